@@ -1,0 +1,283 @@
+//! Gemini's answers as data: the JSON bodies and status codes of `generateContent` and of
+//! its errors, as the real API sends them (see the project's reference notes on the API).
+
+use serde_json::{json, Value};
+
+use crate::judge::{Dimension, Tier, Violation};
+
+const RATE_LIMIT_DOCS: &str = "https://ai.google.dev/gemini-api/docs/rate-limits";
+
+/// An error answer: HTTP status and JSON body.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ErrorAnswer {
+    /// The HTTP status code.
+    pub status: u16,
+    /// The JSON body, `{"error": {...}}`.
+    pub body: Value,
+}
+
+/// Token counts of an answer, as `usageMetadata` reports them.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct UsageMetadata {
+    /// `promptTokenCount`: input tokens (including cached ones).
+    pub prompt: u64,
+    /// `candidatesTokenCount`: output tokens, thoughts excluded.
+    pub candidates: u64,
+    /// `thoughtsTokenCount`: thinking tokens.
+    pub thoughts: u64,
+}
+
+impl UsageMetadata {
+    /// The `usageMetadata` object. Zero-valued fields are omitted, as Gemini does.
+    pub fn to_json(&self) -> Value {
+        let mut m = serde_json::Map::new();
+        let mut put = |k: &str, v: u64| {
+            if v > 0 {
+                m.insert(k.to_owned(), json!(v));
+            }
+        };
+        put("promptTokenCount", self.prompt);
+        put("candidatesTokenCount", self.candidates);
+        put(
+            "totalTokenCount",
+            self.prompt + self.candidates + self.thoughts,
+        );
+        put("thoughtsTokenCount", self.thoughts);
+        if self.prompt > 0 {
+            m.insert(
+                "promptTokensDetails".to_owned(),
+                json!([{"modality": "TEXT", "tokenCount": self.prompt}]),
+            );
+        }
+        Value::Object(m)
+    }
+}
+
+/// A successful `generateContent` body.
+pub fn generate_content(
+    text: &str,
+    usage: &UsageMetadata,
+    model: &str,
+    response_id: &str,
+) -> Value {
+    json!({
+        "candidates": [{
+            "content": {"parts": [{"text": text}], "role": "model"},
+            "finishReason": "STOP",
+            "index": 0
+        }],
+        "usageMetadata": usage.to_json(),
+        "modelVersion": format!("models/{model}"),
+        "responseId": response_id
+    })
+}
+
+/// The `quotaId` Gemini names for an exhausted dimension.
+pub fn quota_id(dimension: Dimension, tier: Tier) -> &'static str {
+    match (dimension, tier) {
+        (Dimension::Rpm, Tier::Free) => "GenerateRequestsPerMinutePerProjectPerModel-FreeTier",
+        (Dimension::Rpm, Tier::Paid) => "GenerateRequestsPerMinutePerProjectPerModel",
+        (Dimension::Tpm, Tier::Free) => "GenerateContentInputTokensPerModelPerMinute-FreeTier",
+        (Dimension::Tpm, Tier::Paid) => "GenerateContentPaidTierInputTokensPerModelPerMinute",
+        (Dimension::Rpd, Tier::Free) => "GenerateRequestsPerDayPerProjectPerModel-FreeTier",
+        (Dimension::Rpd, Tier::Paid) => "GenerateRequestsPerDayPerProjectPerModel",
+        (Dimension::Tpd, Tier::Free) => "GenerateContentInputTokensPerModelPerDay-FreeTier",
+        (Dimension::Tpd, Tier::Paid) => "GenerateContentPaidTierInputTokensPerModelPerDay",
+    }
+}
+
+/// The `quotaMetric` Gemini names for an exhausted dimension.
+pub fn quota_metric(dimension: Dimension, tier: Tier) -> &'static str {
+    match (dimension, tier) {
+        (Dimension::Rpm | Dimension::Rpd, Tier::Free) => {
+            "generativelanguage.googleapis.com/generate_content_free_tier_requests"
+        }
+        (Dimension::Rpm | Dimension::Rpd, Tier::Paid) => {
+            "generativelanguage.googleapis.com/generate_content_paid_tier_requests"
+        }
+        (Dimension::Tpm | Dimension::Tpd, Tier::Free) => {
+            "generativelanguage.googleapis.com/generate_content_free_tier_input_token_count"
+        }
+        (Dimension::Tpm | Dimension::Tpd, Tier::Paid) => {
+            "generativelanguage.googleapis.com/generate_content_paid_tier_input_token_count"
+        }
+    }
+}
+
+/// The 429 `RESOURCE_EXHAUSTED` answer, with `QuotaFailure`, `Help` and `RetryInfo` details.
+pub fn quota_exceeded(
+    violations: &[Violation],
+    tier: Tier,
+    model: &str,
+    retry_after_ms: u64,
+) -> ErrorAnswer {
+    let mut message = format!(
+        "You exceeded your current quota, please check your plan and billing details. \
+         For more information on this error, head to: {RATE_LIMIT_DOCS}."
+    );
+    for v in violations {
+        message.push_str(&format!(
+            "\n* Quota exceeded for metric: {}, limit: {}, model: {model}",
+            quota_metric(v.dimension, tier),
+            v.limit
+        ));
+    }
+    message.push_str(&format!(
+        "\nPlease retry in {:.9}s.",
+        retry_after_ms as f64 / 1000.0
+    ));
+    let violations: Vec<Value> = violations
+        .iter()
+        .map(|v| {
+            json!({
+                "quotaMetric": quota_metric(v.dimension, tier),
+                "quotaId": quota_id(v.dimension, tier),
+                "quotaDimensions": {"location": "global", "model": model},
+                "quotaValue": v.limit.to_string()
+            })
+        })
+        .collect();
+    let retry_s = retry_after_ms.div_ceil(1000);
+    ErrorAnswer {
+        status: 429,
+        body: json!({"error": {
+            "code": 429,
+            "message": message,
+            "status": "RESOURCE_EXHAUSTED",
+            "details": [
+                {"@type": "type.googleapis.com/google.rpc.QuotaFailure", "violations": violations},
+                {"@type": "type.googleapis.com/google.rpc.Help", "links": [
+                    {"description": "Learn more about Gemini API quotas", "url": RATE_LIMIT_DOCS}
+                ]},
+                {"@type": "type.googleapis.com/google.rpc.RetryInfo", "retryDelay": format!("{retry_s}s")}
+            ]
+        }}),
+    }
+}
+
+fn plain(status: u16, code_name: &str, message: &str, details: Option<Value>) -> ErrorAnswer {
+    let mut error = json!({"code": status, "message": message, "status": code_name});
+    if let Some(details) = details {
+        error["details"] = details;
+    }
+    ErrorAnswer {
+        status,
+        body: json!({ "error": error }),
+    }
+}
+
+/// 400 `INVALID_ARGUMENT`: the key is not one the provider issued.
+pub fn api_key_invalid() -> ErrorAnswer {
+    const MSG: &str = "API key not valid. Please pass a valid API key.";
+    let details = json!([
+        {"@type": "type.googleapis.com/google.rpc.ErrorInfo", "reason": "API_KEY_INVALID",
+         "domain": "googleapis.com", "metadata": {"service": "generativelanguage.googleapis.com"}},
+        {"@type": "type.googleapis.com/google.rpc.LocalizedMessage", "locale": "en-US", "message": MSG}
+    ]);
+    plain(400, "INVALID_ARGUMENT", MSG, Some(details))
+}
+
+/// 400 `INVALID_ARGUMENT`: both a key and a bearer token were sent.
+pub fn multiple_credentials() -> ErrorAnswer {
+    plain(
+        400,
+        "INVALID_ARGUMENT",
+        "Multiple authentication credentials received. Please pass only one.",
+        None,
+    )
+}
+
+/// 403 `PERMISSION_DENIED`: no key at all.
+pub fn missing_key() -> ErrorAnswer {
+    plain(
+        403,
+        "PERMISSION_DENIED",
+        "Method doesn't allow unregistered callers (callers without established identity). \
+         Please use API Key or other form of API consumer identity to call this API.",
+        None,
+    )
+}
+
+/// 403 `PERMISSION_DENIED`: the key was reported as leaked.
+pub fn leaked_key() -> ErrorAnswer {
+    plain(
+        403,
+        "PERMISSION_DENIED",
+        "Your API key was reported as leaked. Please use another API key.",
+        None,
+    )
+}
+
+/// 404 `NOT_FOUND`: the model does not exist.
+pub fn model_not_found(model: &str) -> ErrorAnswer {
+    let msg = format!(
+        "models/{model} is not found for API version v1beta, or is not supported for generateContent. \
+         Call ListModels to see the list of available models and their supported methods."
+    );
+    plain(404, "NOT_FOUND", &msg, None)
+}
+
+/// 500 `INTERNAL`.
+pub fn internal() -> ErrorAnswer {
+    plain(
+        500,
+        "INTERNAL",
+        "An internal error has occurred. Please retry or report in \
+         https://developers.generativeai.google/guide/troubleshooting",
+        None,
+    )
+}
+
+/// 503 `UNAVAILABLE`: the model is overloaded.
+pub fn overloaded() -> ErrorAnswer {
+    plain(
+        503,
+        "UNAVAILABLE",
+        "The model is overloaded. Please try again later.",
+        None,
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quota_body_has_the_three_details() {
+        let v = [Violation {
+            dimension: Dimension::Rpm,
+            limit: 2,
+        }];
+        let a = quota_exceeded(&v, Tier::Free, "gemini-2.5-pro", 45_200);
+        assert_eq!(a.status, 429);
+        let e = &a.body["error"];
+        assert_eq!(e["status"], "RESOURCE_EXHAUSTED");
+        let d = e["details"].as_array().unwrap();
+        assert_eq!(
+            d[0]["violations"][0]["quotaId"],
+            "GenerateRequestsPerMinutePerProjectPerModel-FreeTier"
+        );
+        assert_eq!(d[0]["violations"][0]["quotaValue"], "2");
+        assert_eq!(
+            d[0]["violations"][0]["quotaDimensions"]["model"],
+            "gemini-2.5-pro"
+        );
+        assert_eq!(d[2]["retryDelay"], "46s");
+        assert!(e["message"]
+            .as_str()
+            .unwrap()
+            .ends_with("Please retry in 45.200000000s."));
+    }
+
+    #[test]
+    fn usage_omits_zero_fields() {
+        let u = UsageMetadata {
+            prompt: 5,
+            candidates: 44,
+            thoughts: 0,
+        };
+        let j = u.to_json();
+        assert_eq!(j["totalTokenCount"], 49);
+        assert!(j.get("thoughtsTokenCount").is_none());
+    }
+}

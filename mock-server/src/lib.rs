@@ -1,0 +1,22 @@
+//! The fake Gemini API.
+//!
+//! The crate holds the **judge**: a model of how Google enforces Gemini quotas, written
+//! independently of keysim's engine so that one accounting bug cannot hide on both sides.
+//! The judge is pure — every call takes the time — so the simulator can drive it in virtual
+//! time, and HTTP hosts can serve it in real time.
+//!
+//! - [`judge`]: per (project, model) enforcement of RPM, TPM, RPD and TPD with selectable
+//!   semantics, the latency and fault model, and the verdicts.
+//! - [`body`]: the provider's answers as data — `generateContent` responses with
+//!   `usageMetadata`, and error bodies (429 `RESOURCE_EXHAUSTED` with `QuotaFailure` and
+//!   `RetryInfo`, 400, 403, 404, 500, 503) exactly as Gemini sends them.
+//! - [`pacific`]: the calendar of the daily quota (midnight America/Los_Angeles).
+
+pub mod body;
+pub mod judge;
+pub mod pacific;
+
+pub use judge::{
+    Dimension, Enforcement, FaultModel, Judge, JudgeConfig, KeyState, LatencyModel, ModelQuota,
+    ProjectQuota, Tier, Usage, Verdict, Violation,
+};

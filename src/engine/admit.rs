@@ -1,0 +1,330 @@
+//! Admission and settlement: the engine's two calls on every request.
+
+use std::sync::atomic::Ordering;
+
+use super::estimate::Prompt;
+use super::limits::Dimension;
+use super::pool::KeyId;
+use super::provider::QuotaExhausted;
+use super::store::{BucketId, QuotaStore, Reservation, Shortfall};
+use super::strategy::Choice;
+use super::time::{next_pacific_midnight, Timestamp, MINUTE_MS};
+use super::{AdmissionMode, Engine, TokenBasis};
+
+/// A request's priority. Only high priority may use the reserved fraction of each limit.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Priority {
+    /// Ordinary traffic.
+    #[default]
+    Normal,
+    /// Traffic that may use the reserve.
+    High,
+}
+
+impl Priority {
+    /// The name used in scenario files and reports.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Normal => "normal",
+            Self::High => "high",
+        }
+    }
+
+    fn index(self) -> usize {
+        self as usize
+    }
+}
+
+/// A request as the engine sees it before sending.
+#[derive(Clone, Copy, Debug)]
+pub struct Request<'a> {
+    /// Index of the model.
+    pub model: usize,
+    /// The prompt (or its size).
+    pub prompt: Prompt<'a>,
+    /// Its priority.
+    pub priority: Priority,
+    /// `generationConfig.maxOutputTokens`, if set; reserved with basis `total`.
+    pub max_output_tokens: Option<u64>,
+}
+
+/// An admitted request: which key to send it with, and what it holds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Ticket {
+    /// The key to use.
+    pub key: KeyId,
+    /// The quota bucket charged.
+    pub bucket: BucketId,
+    /// Index of the model.
+    pub model: usize,
+    /// Estimated input tokens.
+    pub estimated_input: u64,
+    /// Output tokens reserved (basis `total` only).
+    pub reserved_output: u64,
+    /// What the store holds for it; `None` in check-then-act mode, which holds nothing.
+    pub reservation: Option<Reservation>,
+}
+
+/// Why no key could take a request now.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum DenyReason {
+    /// Every candidate is at its ceiling on this dimension (the one that frees last).
+    Exhausted(Dimension),
+    /// Every candidate cools down after a 429 on this dimension.
+    CoolingDown(Dimension),
+    /// No usable key serves the model.
+    NoUsableKey,
+}
+
+impl DenyReason {
+    fn code(self) -> u64 {
+        match self {
+            Self::Exhausted(d) => d.index() as u64,
+            Self::CoolingDown(d) => 4 + d.index() as u64,
+            Self::NoUsableKey => 8,
+        }
+    }
+
+    fn from_code(c: u64) -> Self {
+        match c {
+            0..=3 => Self::Exhausted(Dimension::ALL[c as usize]),
+            4..=7 => Self::CoolingDown(Dimension::ALL[c as usize - 4]),
+            _ => Self::NoUsableKey,
+        }
+    }
+
+    /// A short name for reports (`exhausted:rpm`, `cooling:rpd`, `no-usable-key`).
+    pub fn name(self) -> String {
+        match self {
+            Self::Exhausted(d) => format!("exhausted:{d}"),
+            Self::CoolingDown(d) => format!("cooling:{d}"),
+            Self::NoUsableKey => "no-usable-key".to_owned(),
+        }
+    }
+}
+
+/// A denial: an expected outcome, not an error.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Denial {
+    /// When to try again; `None` if waiting will not help.
+    pub retry_at: Option<Timestamp>,
+    /// Why.
+    pub reason: DenyReason,
+}
+
+/// The engine's answer to [`Engine::admit`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Decision {
+    /// Send it with this ticket, then settle the ticket.
+    Admitted(Ticket),
+    /// Do not send it now.
+    Denied(Denial),
+}
+
+/// A request that can never be admitted.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum AdmitError {
+    /// The model index is not in the pool.
+    #[error("unknown model index {0}")]
+    UnknownModel(usize),
+    /// The request needs more tokens than any bucket's per-minute or per-day ceiling allows.
+    #[error("request of {tokens} tokens exceeds the largest {dimension} ceiling of the pool ({ceiling})")]
+    TooLarge {
+        /// Tokens the request counts.
+        tokens: u64,
+        /// The dimension it cannot fit.
+        dimension: Dimension,
+        /// The largest ceiling of that dimension.
+        ceiling: u64,
+    },
+}
+
+/// What really happened to an admitted request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// Answered; counts from `usageMetadata` (`output` = candidates + thoughts).
+    Success {
+        /// `promptTokenCount`.
+        input_tokens: u64,
+        /// `candidatesTokenCount + thoughtsTokenCount`.
+        output_tokens: u64,
+    },
+    /// Answered 429.
+    RateLimited(QuotaExhausted),
+    /// Failed otherwise after sending; the provider may have counted it, so it stays counted.
+    Failed,
+    /// Never sent; everything it held is returned.
+    NotSent,
+}
+
+impl<S: QuotaStore> Engine<S> {
+    /// Picks a key for `req` and reserves its quota on every dimension at once.
+    pub fn admit(&self, req: &Request<'_>, now: Timestamp) -> Result<Decision, AdmitError> {
+        let model = req.model;
+        let groups = self
+            .pool
+            .groups
+            .get(model)
+            .ok_or(AdmitError::UnknownModel(model))?;
+        if groups.is_empty() {
+            return Ok(Decision::Denied(Denial {
+                retry_at: None,
+                reason: DenyReason::NoUsableKey,
+            }));
+        }
+        let estimated_input = self.estimator.estimate(model, &req.prompt);
+        let reserved_output = match self.config.basis {
+            TokenBasis::Input => 0,
+            TokenBasis::Total => req.max_output_tokens.unwrap_or(self.config.output_reserve),
+        };
+        let tokens = estimated_input + reserved_output;
+        let p = req.priority.index();
+        let [tpm_max, tpd_max] = self.pool.largest[model][1];
+        for (dimension, ceiling) in [(Dimension::Tpm, tpm_max), (Dimension::Tpd, tpd_max)] {
+            if tokens > ceiling {
+                return Err(AdmitError::TooLarge {
+                    tokens,
+                    dimension,
+                    ceiling,
+                });
+            }
+        }
+        let until = self.exhausted[model][p].load(Ordering::Relaxed);
+        if now.0 < until {
+            let reason =
+                DenyReason::from_code(self.exhausted_reason[model][p].load(Ordering::Relaxed));
+            return Ok(Decision::Denied(Denial {
+                retry_at: Some(Timestamp(until)),
+                reason,
+            }));
+        }
+
+        let turn = self.turn.fetch_add(1, Ordering::Relaxed);
+        let headroom = |i: usize| {
+            let b = groups[i].bucket;
+            self.store
+                .usage(b, now)
+                .headroom(&self.pool.ceilings[b.0 as usize][p])
+        };
+        let proposed = self.strategy.propose(&Choice {
+            n: groups.len(),
+            headroom: &headroom,
+            random: self.next_random(),
+            turn,
+        });
+        let fallback = (0..groups.len())
+            .map(|j| (turn + j) % groups.len())
+            .filter(|i| !proposed.contains(&Some(*i)));
+        let mut earliest: Option<Shortfall> = None;
+        let mut size_matters = false;
+        for i in proposed.into_iter().flatten().chain(fallback) {
+            let g = &groups[i];
+            let ceilings = &self.pool.ceilings[g.bucket.0 as usize][p];
+            let attempt = match self.config.admission {
+                AdmissionMode::Atomic => self
+                    .store
+                    .reserve(g.bucket, tokens, ceilings, now)
+                    .map(Some),
+                AdmissionMode::CheckThenAct => self
+                    .store
+                    .check(g.bucket, tokens, ceilings, now)
+                    .map(|()| None),
+            };
+            match attempt {
+                Ok(reservation) => {
+                    let key = g.keys[turn % g.keys.len()];
+                    let ticket = Ticket {
+                        key,
+                        bucket: g.bucket,
+                        model,
+                        estimated_input,
+                        reserved_output,
+                        reservation,
+                    };
+                    return Ok(Decision::Admitted(ticket));
+                }
+                Err(s) => {
+                    size_matters |= s.dimension.counts_tokens() && !s.cooling;
+                    if earlier(&s, earliest.as_ref()) {
+                        earliest = Some(s);
+                    }
+                }
+            }
+        }
+        let s = earliest.expect("at least one group was tried");
+        let reason = if s.cooling {
+            DenyReason::CoolingDown(s.dimension)
+        } else {
+            DenyReason::Exhausted(s.dimension)
+        };
+        if let (false, Some(at)) = (size_matters, s.retry_at) {
+            self.exhausted_reason[model][p].store(reason.code(), Ordering::Relaxed);
+            self.exhausted[model][p].store(at.0, Ordering::Relaxed);
+        }
+        Ok(Decision::Denied(Denial {
+            retry_at: s.retry_at,
+            reason,
+        }))
+    }
+
+    /// Reconciles `ticket` with what really happened.
+    pub fn settle(&self, ticket: &Ticket, outcome: Outcome, now: Timestamp) {
+        let b = ticket.bucket;
+        match (outcome, ticket.reservation) {
+            (
+                Outcome::Success {
+                    input_tokens,
+                    output_tokens,
+                },
+                r,
+            ) => {
+                let counted = match self.config.basis {
+                    TokenBasis::Input => input_tokens,
+                    TokenBasis::Total => input_tokens + output_tokens,
+                };
+                match r {
+                    Some(r) => {
+                        self.store.reconcile(b, &r, counted, now);
+                        if counted < r.tokens {
+                            self.forget_exhaustion(Some(ticket.model));
+                        }
+                    }
+                    None => self.store.record(b, counted, now),
+                }
+            }
+            (Outcome::RateLimited(q), r) => {
+                if let Some(r) = r {
+                    self.store.refund(b, &r, now);
+                }
+                let dimension = q.dimension.unwrap_or(Dimension::Rpm);
+                let until = if dimension.is_daily() {
+                    next_pacific_midnight(now)
+                } else {
+                    now.plus(q.retry_after_ms.unwrap_or(MINUTE_MS))
+                };
+                self.store.cool_down(b, dimension, until);
+            }
+            (Outcome::Failed, Some(_)) => {}
+            (Outcome::Failed, None) => {
+                self.store
+                    .record(b, ticket.estimated_input + ticket.reserved_output, now);
+            }
+            (Outcome::NotSent, r) => {
+                if let Some(r) = r {
+                    self.store.refund(b, &r, now);
+                    self.forget_exhaustion(Some(ticket.model));
+                }
+            }
+        }
+    }
+}
+
+/// Whether shortfall `s` frees earlier than `than` (`None` retry = never).
+fn earlier(s: &Shortfall, than: Option<&Shortfall>) -> bool {
+    match (than, s.retry_at) {
+        (None, _) => true,
+        (Some(t), Some(r)) => t.retry_at.is_none_or(|tr| r < tr),
+        (Some(_), None) => false,
+    }
+}

@@ -1,0 +1,72 @@
+//! The pool's capacity per model: counted over the distinct projects of usable keys.
+
+use super::limits::Dimension;
+use super::store::QuotaStore;
+use super::time::{next_pacific_midnight, Timestamp};
+use super::Engine;
+
+/// What one model can still serve.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Capacity {
+    /// Index of the model.
+    pub model: usize,
+    /// Distinct quota buckets (projects) with at least one usable key.
+    pub projects: usize,
+    /// Usable keys.
+    pub keys: usize,
+    /// Sum of the provider's limits over those projects, per [`Dimension`] (`tpd`: limited ones).
+    pub limits: [u64; 4],
+    /// What the engine may use of them (after the safety margin).
+    pub usable: [u64; 4],
+    /// What is still free now, per dimension.
+    pub remaining: [u64; 4],
+    /// When the minute windows next free something, if anything is in them.
+    pub minute_frees_at: Option<Timestamp>,
+    /// When the daily dimensions reset.
+    pub day_resets_at: Timestamp,
+}
+
+impl Capacity {
+    /// The limit sum of one dimension.
+    pub fn limit(&self, d: Dimension) -> u64 {
+        self.limits[d.index()]
+    }
+}
+
+impl<S: QuotaStore> Engine<S> {
+    /// Capacity of `model` at `now`. Totals follow every pool event; `remaining` reads the
+    /// store at once, so a view is never older than the call.
+    pub fn capacity(&self, model: usize, now: Timestamp) -> Capacity {
+        let totals = self.pool.totals[model];
+        let mut remaining = [0u64; 4];
+        let mut minute_frees_at: Option<Timestamp> = None;
+        for g in &self.pool.groups[model] {
+            let u = self.store.usage(g.bucket, now);
+            let high = &self.pool.ceilings[g.bucket.0 as usize][1];
+            for d in Dimension::ALL {
+                let c = high.get(d);
+                if c != u64::MAX {
+                    let free = if u.cooling_until.is_some() {
+                        0
+                    } else {
+                        c.saturating_sub(u.get(d))
+                    };
+                    remaining[d.index()] += free;
+                }
+            }
+            if let Some(f) = u.minute_frees_at {
+                minute_frees_at = Some(minute_frees_at.map_or(f, |m| m.min(f)));
+            }
+        }
+        Capacity {
+            model,
+            projects: totals.buckets,
+            keys: totals.keys,
+            limits: totals.limits,
+            usable: totals.usable,
+            remaining,
+            minute_frees_at,
+            day_resets_at: next_pacific_midnight(now),
+        }
+    }
+}

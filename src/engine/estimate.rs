@@ -1,0 +1,62 @@
+//! Token estimation before a request is sent.
+//!
+//! Gemini counts TPM on input tokens, so the pre-send estimate of the prompt decides whether
+//! TPM holds. Estimators see the prompt (its text, or only its size when the text is not at
+//! hand) and learn from the actual counts reported at settlement.
+
+/// What an estimator may look at.
+#[derive(Clone, Copy, Debug)]
+pub enum Prompt<'a> {
+    /// The prompt's text.
+    Text(&'a str),
+    /// Only the prompt's length in characters.
+    Chars(u64),
+}
+
+impl Prompt<'_> {
+    /// Length in characters (Unicode scalar values).
+    pub fn chars(&self) -> u64 {
+        match self {
+            Prompt::Text(t) => t.chars().count() as u64,
+            Prompt::Chars(n) => *n,
+        }
+    }
+}
+
+/// Estimates input tokens of a prompt.
+pub trait Estimator: Send + Sync {
+    /// The estimator's name in reports.
+    fn name(&self) -> &str;
+
+    /// Estimated input tokens of `prompt` for model index `model`.
+    fn estimate(&self, model: usize, prompt: &Prompt<'_>) -> u64;
+
+    /// Learns from the actual input tokens the provider reported for a prompt.
+    fn observe(&self, _model: usize, _prompt: &Prompt<'_>, _actual: u64) {}
+}
+
+/// Google's rule of thumb: about four characters per token, rounded up.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Chars4;
+
+impl Estimator for Chars4 {
+    fn name(&self) -> &str {
+        "chars4"
+    }
+
+    fn estimate(&self, _model: usize, prompt: &Prompt<'_>) -> u64 {
+        prompt.chars().div_ceil(4)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chars4_rounds_up_and_counts_characters_not_bytes() {
+        assert_eq!(Chars4.estimate(0, &Prompt::Chars(9)), 3);
+        assert_eq!(Chars4.estimate(0, &Prompt::Text("héllo")), 2);
+        assert_eq!(Chars4.estimate(0, &Prompt::Text("")), 0);
+    }
+}

@@ -1,0 +1,364 @@
+//! The in-memory store: one mutex per bucket, an exact sliding minute window and the
+//! Pacific day. Memory is bounded by the buckets' limits (a window holds at most RPM
+//! entries), never by the number of requests served.
+
+use std::collections::VecDeque;
+use std::sync::{Mutex, MutexGuard};
+
+use super::limits::{Ceilings, Dimension};
+use super::store::{BucketId, QuotaStore, Reservation, Shortfall, Usage};
+use super::time::{next_pacific_midnight, Timestamp, MINUTE_MS};
+
+#[derive(Clone, Copy, Debug)]
+struct Entry {
+    at: u64,
+    seq: u64,
+    tokens: u64,
+}
+
+/// One bucket: what was counted in the last minute and today.
+#[derive(Debug, Default)]
+pub(crate) struct Bucket {
+    window: VecDeque<Entry>,
+    minute_tokens: u64,
+    day_ends: u64,
+    day_requests: u64,
+    day_tokens: u64,
+    next_seq: u64,
+    cooling: [u64; 4],
+}
+
+impl Bucket {
+    /// Drops what left the window and starts a new day when one began.
+    fn advance(&mut self, now: u64) {
+        while let Some(e) = self.window.front() {
+            if now < e.at + MINUTE_MS {
+                break;
+            }
+            self.minute_tokens -= e.tokens;
+            self.window.pop_front();
+        }
+        if now >= self.day_ends {
+            self.day_ends = next_pacific_midnight(Timestamp(now)).0;
+            self.day_requests = 0;
+            self.day_tokens = 0;
+        }
+    }
+
+    /// When each failing dimension frees enough room for one more request of `tokens`;
+    /// the latest of them wins.
+    fn shortfall(&self, tokens: u64, c: &Ceilings, now: u64) -> Option<Shortfall> {
+        let mut worst: Option<Shortfall> = None;
+        let mut consider = |dimension: Dimension, cooling: bool, retry: Option<u64>| {
+            let s = Shortfall {
+                dimension,
+                cooling,
+                retry_at: retry.map(Timestamp),
+            };
+            let later = match (&worst, retry) {
+                (None, _) => true,
+                (Some(w), None) => w.retry_at.is_some(),
+                (Some(w), Some(r)) => w.retry_at.is_some_and(|wr| r > wr.0),
+            };
+            if later {
+                worst = Some(s);
+            }
+        };
+        for d in Dimension::ALL {
+            if self.cooling[d.index()] > now {
+                consider(d, true, Some(self.cooling[d.index()]));
+            }
+        }
+        let rpm = c.get(Dimension::Rpm);
+        if self.window.len() as u64 >= rpm {
+            let retry =
+                (rpm > 0).then(|| self.window[self.window.len() - rpm as usize].at + MINUTE_MS);
+            consider(Dimension::Rpm, false, retry);
+        }
+        let tpm = c.get(Dimension::Tpm);
+        if self.minute_tokens.saturating_add(tokens) > tpm {
+            consider(Dimension::Tpm, false, self.tokens_free_at(tokens, tpm));
+        }
+        let rpd = c.get(Dimension::Rpd);
+        if self.day_requests >= rpd {
+            consider(Dimension::Rpd, false, (rpd > 0).then_some(self.day_ends));
+        }
+        let tpd = c.get(Dimension::Tpd);
+        if self.day_tokens.saturating_add(tokens) > tpd {
+            consider(
+                Dimension::Tpd,
+                false,
+                (tokens <= tpd).then_some(self.day_ends),
+            );
+        }
+        worst
+    }
+
+    /// When enough of the window's tokens have left for `tokens` more to fit under `tpm`.
+    fn tokens_free_at(&self, tokens: u64, tpm: u64) -> Option<u64> {
+        if tokens > tpm {
+            return None;
+        }
+        let mut excess = self.minute_tokens + tokens - tpm;
+        for e in &self.window {
+            if e.tokens >= excess {
+                return Some(e.at + MINUTE_MS);
+            }
+            excess -= e.tokens;
+        }
+        None
+    }
+
+    fn push(&mut self, tokens: u64, now: u64) -> Reservation {
+        // Callers on several threads may hand in slightly older times: keep the window
+        // ordered by counting such an entry at the newest time seen (later = conservative).
+        let at = self.window.back().map_or(now, |b| b.at.max(now));
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        self.window.push_back(Entry { at, seq, tokens });
+        self.minute_tokens += tokens;
+        self.day_requests += 1;
+        self.day_tokens += tokens;
+        Reservation {
+            seq,
+            at: Timestamp(at),
+            day_ends: Timestamp(self.day_ends),
+            tokens,
+        }
+    }
+
+    fn find(&self, seq: u64) -> Option<usize> {
+        self.window.binary_search_by_key(&seq, |e| e.seq).ok()
+    }
+
+    fn usage(&self, now: u64) -> Usage {
+        let cooling = self.cooling.iter().copied().filter(|&c| c > now).max();
+        Usage {
+            minute_requests: self.window.len() as u64,
+            minute_tokens: self.minute_tokens,
+            day_requests: self.day_requests,
+            day_tokens: self.day_tokens,
+            minute_frees_at: self.window.front().map(|e| Timestamp(e.at + MINUTE_MS)),
+            day_ends: Timestamp(self.day_ends),
+            cooling_until: cooling.map(Timestamp),
+        }
+    }
+}
+
+/// Quota state of one process: a mutex per bucket, so admissions on different buckets never
+/// wait for each other and admissions on one bucket are atomic.
+#[derive(Debug, Default)]
+pub struct MemoryStore {
+    buckets: Vec<Mutex<Bucket>>,
+}
+
+impl MemoryStore {
+    /// An empty store.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn lock_raw(&self, bucket: BucketId) -> MutexGuard<'_, Bucket> {
+        // A panic while holding the lock cannot leave a bucket half-updated in a way that
+        // breaks its invariants worse than losing the lock would; carry on.
+        self.buckets[bucket.0 as usize]
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn lock(&self, bucket: BucketId, now: Timestamp) -> MutexGuard<'_, Bucket> {
+        let mut b = self.lock_raw(bucket);
+        b.advance(now.0);
+        b
+    }
+}
+
+impl QuotaStore for MemoryStore {
+    fn ensure_buckets(&mut self, count: usize) {
+        while self.buckets.len() < count {
+            self.buckets.push(Mutex::new(Bucket::default()));
+        }
+    }
+
+    fn reserve(
+        &self,
+        bucket: BucketId,
+        tokens: u64,
+        ceilings: &Ceilings,
+        now: Timestamp,
+    ) -> Result<Reservation, Shortfall> {
+        let mut b = self.lock(bucket, now);
+        match b.shortfall(tokens, ceilings, now.0) {
+            Some(s) => Err(s),
+            None => Ok(b.push(tokens, now.0)),
+        }
+    }
+
+    fn check(
+        &self,
+        bucket: BucketId,
+        tokens: u64,
+        ceilings: &Ceilings,
+        now: Timestamp,
+    ) -> Result<(), Shortfall> {
+        let b = self.lock(bucket, now);
+        b.shortfall(tokens, ceilings, now.0).map_or(Ok(()), Err)
+    }
+
+    fn reconcile(&self, bucket: BucketId, r: &Reservation, actual: u64, now: Timestamp) {
+        let mut b = self.lock(bucket, now);
+        if let Some(i) = b.find(r.seq) {
+            let e = &mut b.window[i];
+            let before = e.tokens;
+            e.tokens = actual;
+            b.minute_tokens = b.minute_tokens - before + actual;
+        }
+        if b.day_ends == r.day_ends.0 {
+            b.day_tokens = (b.day_tokens + actual).saturating_sub(r.tokens);
+        }
+    }
+
+    fn refund(&self, bucket: BucketId, r: &Reservation, now: Timestamp) {
+        let mut b = self.lock(bucket, now);
+        if let Some(i) = b.find(r.seq) {
+            let e = b.window.remove(i).expect("index found by search");
+            b.minute_tokens -= e.tokens;
+        }
+        if b.day_ends == r.day_ends.0 {
+            b.day_requests = b.day_requests.saturating_sub(1);
+            b.day_tokens = b.day_tokens.saturating_sub(r.tokens);
+        }
+    }
+
+    fn record(&self, bucket: BucketId, tokens: u64, now: Timestamp) {
+        self.lock(bucket, now).push(tokens, now.0);
+    }
+
+    fn cool_down(&self, bucket: BucketId, dimension: Dimension, until: Timestamp) {
+        let mut b = self.lock_raw(bucket);
+        let c = &mut b.cooling[dimension.index()];
+        *c = (*c).max(until.0);
+    }
+
+    fn usage(&self, bucket: BucketId, now: Timestamp) -> Usage {
+        self.lock(bucket, now).usage(now.0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::limits::Limits;
+
+    const T0: Timestamp = Timestamp(1_764_140_400_000);
+
+    fn store() -> MemoryStore {
+        let mut s = MemoryStore::new();
+        s.ensure_buckets(1);
+        s
+    }
+
+    fn ceilings(rpm: u64, tpm: u64, rpd: u64) -> Ceilings {
+        Ceilings::from_limits(
+            &Limits {
+                rpm,
+                tpm,
+                rpd,
+                tpd: None,
+            },
+            0.0,
+            0.0,
+        )
+    }
+
+    #[test]
+    fn reserve_is_all_or_nothing() {
+        let s = store();
+        let c = ceilings(10, 100, 1000);
+        s.reserve(BucketId(0), 90, &c, T0).unwrap();
+        let err = s.reserve(BucketId(0), 20, &c, T0).unwrap_err();
+        assert_eq!(err.dimension, Dimension::Tpm);
+        assert_eq!(err.retry_at, Some(T0.plus(MINUTE_MS)));
+        let u = s.usage(BucketId(0), T0);
+        assert_eq!(
+            (u.minute_requests, u.minute_tokens, u.day_requests),
+            (1, 90, 1)
+        );
+    }
+
+    #[test]
+    fn a_request_is_admitted_exactly_at_retry_at() {
+        let s = store();
+        let c = ceilings(2, 1000, 1000);
+        s.reserve(BucketId(0), 1, &c, T0).unwrap();
+        s.reserve(BucketId(0), 1, &c, T0.plus(5)).unwrap();
+        let retry = s
+            .reserve(BucketId(0), 1, &c, T0.plus(10))
+            .unwrap_err()
+            .retry_at
+            .unwrap();
+        assert_eq!(retry, T0.plus(MINUTE_MS));
+        assert!(s
+            .reserve(BucketId(0), 1, &c, Timestamp(retry.0 - 1))
+            .is_err());
+        assert!(s.reserve(BucketId(0), 1, &c, retry).is_ok());
+    }
+
+    #[test]
+    fn reconcile_and_refund_adjust_every_counter() {
+        let s = store();
+        let c = ceilings(10, 1000, 1000);
+        let r = s.reserve(BucketId(0), 100, &c, T0).unwrap();
+        s.reconcile(BucketId(0), &r, 40, T0.plus(1));
+        let u = s.usage(BucketId(0), T0.plus(1));
+        assert_eq!((u.minute_tokens, u.day_tokens), (40, 40));
+        let r2 = s.reserve(BucketId(0), 10, &c, T0.plus(2)).unwrap();
+        s.refund(BucketId(0), &r2, T0.plus(3));
+        let u = s.usage(BucketId(0), T0.plus(3));
+        assert_eq!(
+            (
+                u.minute_requests,
+                u.minute_tokens,
+                u.day_requests,
+                u.day_tokens
+            ),
+            (1, 40, 1, 40)
+        );
+    }
+
+    #[test]
+    fn cooling_blocks_until_its_end() {
+        let s = store();
+        let c = ceilings(10, 1000, 1000);
+        s.cool_down(BucketId(0), Dimension::Rpm, T0.plus(500));
+        let e = s.reserve(BucketId(0), 1, &c, T0).unwrap_err();
+        assert!(e.cooling);
+        assert_eq!(e.retry_at, Some(T0.plus(500)));
+        assert!(s.reserve(BucketId(0), 1, &c, T0.plus(500)).is_ok());
+    }
+
+    #[test]
+    fn the_day_restarts_at_pacific_midnight() {
+        let s = store();
+        let c = ceilings(10, 1000, 1);
+        s.reserve(BucketId(0), 1, &c, T0).unwrap();
+        let e = s
+            .reserve(BucketId(0), 1, &c, T0.plus(MINUTE_MS))
+            .unwrap_err();
+        assert_eq!(e.dimension, Dimension::Rpd);
+        let midnight = e.retry_at.unwrap();
+        assert_eq!(midnight, T0.plus(3_600_000));
+        assert!(s.reserve(BucketId(0), 1, &c, midnight).is_ok());
+    }
+
+    #[test]
+    fn memory_is_bounded_by_the_limit() {
+        let s = store();
+        let c = ceilings(5, u64::MAX / 4, u64::MAX / 4);
+        for i in 0..100_000u64 {
+            let _ = s.reserve(BucketId(0), 1, &c, T0.plus(i * 100));
+        }
+        let b = s.buckets[0].lock().unwrap();
+        assert!(b.window.len() <= 5);
+    }
+}

@@ -1,0 +1,216 @@
+//! The engine: for every request, pick a key and reserve quota on every dimension at once.
+//!
+//! Pure logic: no I/O, no async runtime, no clock. Every call takes `now`; a denial says when
+//! to come back (`retry_at`), and the caller schedules — an event in the simulator, a sleep in
+//! real time.
+//!
+//! - [`time`]: the time type and the Pacific calendar of daily quotas.
+//! - [`limits`]: dimensions, limits, and the ceilings (safety margin, reserve) below them.
+//! - [`pool`]: projects, keys and their states; buckets per model; capacity totals.
+//! - [`store`]: the store trait — atomic reserve, reconcile, refund, cool down.
+//! - [`memory`]: the in-memory store.
+//! - [`strategy`]: round-robin, least-used, power-of-two-choices, headroom-weighted.
+//! - [`estimate`]: token estimators.
+//! - [`provider`]: reading 429 answers (quotaId, retryDelay).
+
+pub mod estimate;
+pub mod limits;
+pub mod memory;
+pub mod pool;
+pub mod provider;
+pub mod store;
+pub mod strategy;
+pub mod time;
+
+mod admit;
+mod capacity;
+
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+
+pub use admit::{AdmitError, Decision, Denial, DenyReason, Outcome, Priority, Request, Ticket};
+pub use capacity::Capacity;
+pub use estimate::{Chars4, Estimator, Prompt};
+pub use limits::{Ceilings, Dimension, Limits};
+pub use memory::MemoryStore;
+pub use pool::{
+    KeyId, KeySpec, KeyState, ModelSpec, PoolError, PoolEvent, PoolSpec, ProjectSpec, QuotaScope,
+};
+pub use provider::{parse_quota_error, QuotaExhausted};
+pub use store::{BucketId, QuotaStore, Reservation, Shortfall, Usage};
+pub use strategy::{Strategy, StrategyKind};
+pub use time::{next_pacific_midnight, Timestamp, MINUTE_MS};
+
+/// How admission counts usage.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum AdmissionMode {
+    /// Check and reserve every dimension in one atomic step; reconcile at settlement.
+    #[default]
+    Atomic,
+    /// The reference mistake many gateways make: check current usage, count the request only
+    /// when it completes. Concurrent requests race past the limits.
+    CheckThenAct,
+}
+
+/// Which tokens TPM and TPD count.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum TokenBasis {
+    /// Input tokens only (Gemini).
+    #[default]
+    Input,
+    /// Input and output tokens (other providers).
+    Total,
+}
+
+/// The engine's settings.
+#[derive(Clone, Debug, PartialEq)]
+pub struct EngineConfig {
+    /// Which bucket to try first.
+    pub strategy: StrategyKind,
+    /// Fraction of every limit kept for high-priority requests.
+    pub reserve: f64,
+    /// Fraction of every limit the engine never uses.
+    pub safety: f64,
+    /// Atomic admission, or the check-then-act reference.
+    pub admission: AdmissionMode,
+    /// Per project (right for Gemini), or per key (the reference mistake).
+    pub scope: QuotaScope,
+    /// What token limits count.
+    pub basis: TokenBasis,
+    /// Output tokens reserved with basis `total` when a request names no `max_output_tokens`.
+    pub output_reserve: u64,
+    /// Seed of the engine's own randomness (power-of-two choices, headroom weighting).
+    pub seed: u64,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        Self {
+            strategy: StrategyKind::default(),
+            reserve: 0.0,
+            safety: 0.0,
+            admission: AdmissionMode::Atomic,
+            scope: QuotaScope::Project,
+            basis: TokenBasis::Input,
+            output_reserve: 1024,
+            seed: 0,
+        }
+    }
+}
+
+/// The engine over a store `S`.
+pub struct Engine<S: QuotaStore = MemoryStore> {
+    config: EngineConfig,
+    pool: pool::Pool,
+    store: S,
+    strategy: Box<dyn Strategy>,
+    estimator: Box<dyn Estimator>,
+    turn: AtomicUsize,
+    rng: AtomicU64,
+    /// Per model and priority: until when a full scan found no bucket for any request size.
+    exhausted: Vec<[AtomicU64; 2]>,
+    /// Per model and priority: why (the [`DenyReason`] code of that scan).
+    exhausted_reason: Vec<[AtomicU64; 2]>,
+}
+
+impl<S: QuotaStore> Engine<S> {
+    /// An engine over `store` for the pool `spec`.
+    pub fn new(
+        config: EngineConfig,
+        spec: PoolSpec,
+        mut store: S,
+        estimator: Box<dyn Estimator>,
+    ) -> Result<Self, PoolError> {
+        let pool = pool::Pool::new(spec, config.scope, config.safety, config.reserve)?;
+        store.ensure_buckets(pool.bucket_count());
+        let models = pool.models.len();
+        Ok(Self {
+            strategy: config.strategy.build(),
+            rng: AtomicU64::new(config.seed),
+            config,
+            pool,
+            store,
+            estimator,
+            turn: AtomicUsize::new(0),
+            exhausted: (0..models).map(|_| Default::default()).collect(),
+            exhausted_reason: (0..models).map(|_| Default::default()).collect(),
+        })
+    }
+
+    /// The engine's settings.
+    pub fn config(&self) -> &EngineConfig {
+        &self.config
+    }
+
+    /// The store.
+    pub fn store(&self) -> &S {
+        &self.store
+    }
+
+    /// The estimator in use.
+    pub fn estimator(&self) -> &dyn Estimator {
+        self.estimator.as_ref()
+    }
+
+    /// Index of model `name`.
+    pub fn model(&self, name: &str) -> Option<usize> {
+        self.pool.models.iter().position(|m| m.name == name)
+    }
+
+    /// The models, in index order.
+    pub fn models(&self) -> &[ModelSpec] {
+        &self.pool.models
+    }
+
+    /// The projects, in index order.
+    pub fn projects(&self) -> &[ProjectSpec] {
+        &self.pool.projects
+    }
+
+    /// Every key the pool has known, including removed and revoked ones.
+    pub fn keys(&self) -> &[KeyState] {
+        &self.pool.keys
+    }
+
+    /// The key with id `id`.
+    pub fn key(&self, id: &str) -> Option<KeyId> {
+        self.pool.key(id)
+    }
+
+    /// The (project, model) a bucket belongs to.
+    pub fn bucket_owner(&self, bucket: BucketId) -> (usize, usize) {
+        self.pool.bucket_owner(bucket)
+    }
+
+    /// Applies a pool event; capacity and candidates follow at once.
+    pub fn apply(&mut self, event: PoolEvent) -> Result<(), PoolError> {
+        self.pool.apply(event)?;
+        self.store.ensure_buckets(self.pool.bucket_count());
+        self.forget_exhaustion(None);
+        Ok(())
+    }
+
+    fn next_random(&self) -> u64 {
+        // SplitMix64 over an atomic counter: deterministic for a given call order.
+        let mut z = self
+            .rng
+            .fetch_add(0x9E37_79B9_7F4A_7C15, Ordering::Relaxed)
+            .wrapping_add(0x9E37_79B9_7F4A_7C15);
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    /// Forgets cached exhaustion of `model` (or of every model): something was freed.
+    fn forget_exhaustion(&self, model: Option<usize>) {
+        for (m, slots) in self.exhausted.iter().enumerate() {
+            if model.is_none_or(|x| x == m) {
+                for s in slots {
+                    s.store(0, Ordering::Relaxed);
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,12 @@
+//! keysim: a quota-aware engine in front of a pool of Google Gemini API keys, and the
+//! laboratory that proves it before it meets production traffic.
+//!
+//! - [`engine`]: pure logic — pool, atomic multi-dimension admission, settlement, strategies,
+//!   estimation, capacity. No I/O, no clock: every call takes `now`.
+//! - [`scenario`]: scenario files — parsing, validation with precise diagnostics.
+//! - [`sim`]: the deterministic discrete-event simulator that drives engine and judge in
+//!   virtual time.
+//! - [`report`]: one aggregator fed by runs; summary, CSV writers and the terminal table.
+//! - [`cli`]: the `keysim` command line.
+
+pub mod engine;
