@@ -9,4 +9,8 @@
 //! - [`report`]: one aggregator fed by runs; summary, CSV writers and the terminal table.
 //! - [`cli`]: the `keysim` command line.
 
+pub mod cli;
 pub mod engine;
+pub mod report;
+pub mod scenario;
+pub mod sim;

@@ -38,28 +38,17 @@ impl UsageMetadata {
         };
         put("promptTokenCount", self.prompt);
         put("candidatesTokenCount", self.candidates);
-        put(
-            "totalTokenCount",
-            self.prompt + self.candidates + self.thoughts,
-        );
+        put("totalTokenCount", self.prompt + self.candidates + self.thoughts);
         put("thoughtsTokenCount", self.thoughts);
         if self.prompt > 0 {
-            m.insert(
-                "promptTokensDetails".to_owned(),
-                json!([{"modality": "TEXT", "tokenCount": self.prompt}]),
-            );
+            m.insert("promptTokensDetails".to_owned(), json!([{"modality": "TEXT", "tokenCount": self.prompt}]));
         }
         Value::Object(m)
     }
 }
 
 /// A successful `generateContent` body.
-pub fn generate_content(
-    text: &str,
-    usage: &UsageMetadata,
-    model: &str,
-    response_id: &str,
-) -> Value {
+pub fn generate_content(text: &str, usage: &UsageMetadata, model: &str, response_id: &str) -> Value {
     json!({
         "candidates": [{
             "content": {"parts": [{"text": text}], "role": "model"},
@@ -105,12 +94,7 @@ pub fn quota_metric(dimension: Dimension, tier: Tier) -> &'static str {
 }
 
 /// The 429 `RESOURCE_EXHAUSTED` answer, with `QuotaFailure`, `Help` and `RetryInfo` details.
-pub fn quota_exceeded(
-    violations: &[Violation],
-    tier: Tier,
-    model: &str,
-    retry_after_ms: u64,
-) -> ErrorAnswer {
+pub fn quota_exceeded(violations: &[Violation], tier: Tier, model: &str, retry_after_ms: u64) -> ErrorAnswer {
     let mut message = format!(
         "You exceeded your current quota, please check your plan and billing details. \
          For more information on this error, head to: {RATE_LIMIT_DOCS}."
@@ -122,10 +106,7 @@ pub fn quota_exceeded(
             v.limit
         ));
     }
-    message.push_str(&format!(
-        "\nPlease retry in {:.9}s.",
-        retry_after_ms as f64 / 1000.0
-    ));
+    message.push_str(&format!("\nPlease retry in {:.9}s.", retry_after_ms as f64 / 1000.0));
     let violations: Vec<Value> = violations
         .iter()
         .map(|v| {
@@ -160,10 +141,7 @@ fn plain(status: u16, code_name: &str, message: &str, details: Option<Value>) ->
     if let Some(details) = details {
         error["details"] = details;
     }
-    ErrorAnswer {
-        status,
-        body: json!({ "error": error }),
-    }
+    ErrorAnswer { status, body: json!({ "error": error }) }
 }
 
 /// 400 `INVALID_ARGUMENT`: the key is not one the provider issued.
@@ -179,12 +157,7 @@ pub fn api_key_invalid() -> ErrorAnswer {
 
 /// 400 `INVALID_ARGUMENT`: both a key and a bearer token were sent.
 pub fn multiple_credentials() -> ErrorAnswer {
-    plain(
-        400,
-        "INVALID_ARGUMENT",
-        "Multiple authentication credentials received. Please pass only one.",
-        None,
-    )
+    plain(400, "INVALID_ARGUMENT", "Multiple authentication credentials received. Please pass only one.", None)
 }
 
 /// 403 `PERMISSION_DENIED`: no key at all.
@@ -200,12 +173,7 @@ pub fn missing_key() -> ErrorAnswer {
 
 /// 403 `PERMISSION_DENIED`: the key was reported as leaked.
 pub fn leaked_key() -> ErrorAnswer {
-    plain(
-        403,
-        "PERMISSION_DENIED",
-        "Your API key was reported as leaked. Please use another API key.",
-        None,
-    )
+    plain(403, "PERMISSION_DENIED", "Your API key was reported as leaked. Please use another API key.", None)
 }
 
 /// 404 `NOT_FOUND`: the model does not exist.
@@ -230,12 +198,7 @@ pub fn internal() -> ErrorAnswer {
 
 /// 503 `UNAVAILABLE`: the model is overloaded.
 pub fn overloaded() -> ErrorAnswer {
-    plain(
-        503,
-        "UNAVAILABLE",
-        "The model is overloaded. Please try again later.",
-        None,
-    )
+    plain(503, "UNAVAILABLE", "The model is overloaded. Please try again later.", None)
 }
 
 #[cfg(test)]
@@ -244,38 +207,22 @@ mod tests {
 
     #[test]
     fn quota_body_has_the_three_details() {
-        let v = [Violation {
-            dimension: Dimension::Rpm,
-            limit: 2,
-        }];
+        let v = [Violation { dimension: Dimension::Rpm, limit: 2 }];
         let a = quota_exceeded(&v, Tier::Free, "gemini-2.5-pro", 45_200);
         assert_eq!(a.status, 429);
         let e = &a.body["error"];
         assert_eq!(e["status"], "RESOURCE_EXHAUSTED");
         let d = e["details"].as_array().unwrap();
-        assert_eq!(
-            d[0]["violations"][0]["quotaId"],
-            "GenerateRequestsPerMinutePerProjectPerModel-FreeTier"
-        );
+        assert_eq!(d[0]["violations"][0]["quotaId"], "GenerateRequestsPerMinutePerProjectPerModel-FreeTier");
         assert_eq!(d[0]["violations"][0]["quotaValue"], "2");
-        assert_eq!(
-            d[0]["violations"][0]["quotaDimensions"]["model"],
-            "gemini-2.5-pro"
-        );
+        assert_eq!(d[0]["violations"][0]["quotaDimensions"]["model"], "gemini-2.5-pro");
         assert_eq!(d[2]["retryDelay"], "46s");
-        assert!(e["message"]
-            .as_str()
-            .unwrap()
-            .ends_with("Please retry in 45.200000000s."));
+        assert!(e["message"].as_str().unwrap().ends_with("Please retry in 45.200000000s."));
     }
 
     #[test]
     fn usage_omits_zero_fields() {
-        let u = UsageMetadata {
-            prompt: 5,
-            candidates: 44,
-            thoughts: 0,
-        };
+        let u = UsageMetadata { prompt: 5, candidates: 44, thoughts: 0 };
         let j = u.to_json();
         assert_eq!(j["totalTokenCount"], 49);
         assert!(j.get("thoughtsTokenCount").is_none());

@@ -6,28 +6,20 @@ use chrono_tz::America::Los_Angeles;
 
 /// Milliseconds since the Unix epoch of the first Pacific midnight strictly after `ms`.
 pub fn next_midnight_ms(ms: u64) -> u64 {
-    let utc =
-        DateTime::<Utc>::from_timestamp_millis(ms as i64).expect("timestamp within chrono's range");
+    let utc = DateTime::<Utc>::from_timestamp_millis(ms as i64).expect("timestamp within chrono's range");
     let local_date = utc.with_timezone(&Los_Angeles).date_naive();
-    let tomorrow = local_date
-        .checked_add_days(Days::new(1))
-        .expect("date within range");
+    let tomorrow = local_date.checked_add_days(Days::new(1)).expect("date within range");
     let midnight = tomorrow.and_time(NaiveTime::MIN);
     // Midnight exists on every DST transition day in Los Angeles (changes happen at 02:00).
-    let start = Los_Angeles
-        .from_local_datetime(&midnight)
-        .earliest()
-        .expect("midnight exists in America/Los_Angeles");
+    let start = Los_Angeles.from_local_datetime(&midnight).earliest().expect("midnight exists in America/Los_Angeles");
     start.with_timezone(&Utc).timestamp_millis() as u64
 }
 
 /// The Pacific calendar day of `ms`, as days since 1970-01-01 in that zone.
 pub fn day_index(ms: u64) -> i64 {
-    let utc =
-        DateTime::<Utc>::from_timestamp_millis(ms as i64).expect("timestamp within chrono's range");
+    let utc = DateTime::<Utc>::from_timestamp_millis(ms as i64).expect("timestamp within chrono's range");
     let date = utc.with_timezone(&Los_Angeles).date_naive();
-    date.signed_duration_since(chrono::NaiveDate::from_ymd_opt(1970, 1, 1).expect("valid"))
-        .num_days()
+    date.signed_duration_since(chrono::NaiveDate::from_ymd_opt(1970, 1, 1).expect("valid")).num_days()
 }
 
 #[cfg(test)]
@@ -40,18 +32,12 @@ mod tests {
 
     #[test]
     fn midnight_in_winter_is_08_utc() {
-        assert_eq!(
-            next_midnight_ms(ms("2026-11-25T23:00:00-08:00")),
-            ms("2026-11-26T08:00:00Z")
-        );
+        assert_eq!(next_midnight_ms(ms("2026-11-25T23:00:00-08:00")), ms("2026-11-26T08:00:00Z"));
     }
 
     #[test]
     fn midnight_in_summer_is_07_utc() {
-        assert_eq!(
-            next_midnight_ms(ms("2026-07-04T12:00:00-07:00")),
-            ms("2026-07-05T07:00:00Z")
-        );
+        assert_eq!(next_midnight_ms(ms("2026-07-04T12:00:00-07:00")), ms("2026-07-05T07:00:00Z"));
     }
 
     #[test]

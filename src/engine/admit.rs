@@ -110,6 +110,8 @@ pub struct Denial {
     pub retry_at: Option<Timestamp>,
     /// Why.
     pub reason: DenyReason,
+    /// The bucket that frees first, if any was tried.
+    pub bucket: Option<BucketId>,
 }
 
 /// The engine's answer to [`Engine::admit`].
@@ -162,16 +164,9 @@ impl<S: QuotaStore> Engine<S> {
     /// Picks a key for `req` and reserves its quota on every dimension at once.
     pub fn admit(&self, req: &Request<'_>, now: Timestamp) -> Result<Decision, AdmitError> {
         let model = req.model;
-        let groups = self
-            .pool
-            .groups
-            .get(model)
-            .ok_or(AdmitError::UnknownModel(model))?;
+        let groups = self.pool.groups.get(model).ok_or(AdmitError::UnknownModel(model))?;
         if groups.is_empty() {
-            return Ok(Decision::Denied(Denial {
-                retry_at: None,
-                reason: DenyReason::NoUsableKey,
-            }));
+            return Ok(Decision::Denied(Denial { retry_at: None, reason: DenyReason::NoUsableKey, bucket: None }));
         }
         let estimated_input = self.estimator.estimate(model, &req.prompt);
         let reserved_output = match self.config.basis {
@@ -183,102 +178,65 @@ impl<S: QuotaStore> Engine<S> {
         let [tpm_max, tpd_max] = self.pool.largest[model][1];
         for (dimension, ceiling) in [(Dimension::Tpm, tpm_max), (Dimension::Tpd, tpd_max)] {
             if tokens > ceiling {
-                return Err(AdmitError::TooLarge {
-                    tokens,
-                    dimension,
-                    ceiling,
-                });
+                return Err(AdmitError::TooLarge { tokens, dimension, ceiling });
             }
         }
         let until = self.exhausted[model][p].load(Ordering::Relaxed);
         if now.0 < until {
-            let reason =
-                DenyReason::from_code(self.exhausted_reason[model][p].load(Ordering::Relaxed));
+            let reason = DenyReason::from_code(self.exhausted_reason[model][p].load(Ordering::Relaxed));
             return Ok(Decision::Denied(Denial {
                 retry_at: Some(Timestamp(until)),
                 reason,
+                bucket: Some(BucketId(self.exhausted_bucket[model][p].load(Ordering::Relaxed) as u32)),
             }));
         }
 
         let turn = self.turn.fetch_add(1, Ordering::Relaxed);
         let headroom = |i: usize| {
             let b = groups[i].bucket;
-            self.store
-                .usage(b, now)
-                .headroom(&self.pool.ceilings[b.0 as usize][p])
+            self.store.usage(b, now).headroom(&self.pool.ceilings[b.0 as usize][p])
         };
-        let proposed = self.strategy.propose(&Choice {
-            n: groups.len(),
-            headroom: &headroom,
-            random: self.next_random(),
-            turn,
-        });
-        let fallback = (0..groups.len())
-            .map(|j| (turn + j) % groups.len())
-            .filter(|i| !proposed.contains(&Some(*i)));
-        let mut earliest: Option<Shortfall> = None;
+        let proposed =
+            self.strategy.propose(&Choice { n: groups.len(), headroom: &headroom, random: self.next_random(), turn });
+        let fallback = (0..groups.len()).map(|j| (turn + j) % groups.len()).filter(|i| !proposed.contains(&Some(*i)));
+        let mut earliest: Option<(Shortfall, BucketId)> = None;
         let mut size_matters = false;
         for i in proposed.into_iter().flatten().chain(fallback) {
             let g = &groups[i];
             let ceilings = &self.pool.ceilings[g.bucket.0 as usize][p];
             let attempt = match self.config.admission {
-                AdmissionMode::Atomic => self
-                    .store
-                    .reserve(g.bucket, tokens, ceilings, now)
-                    .map(Some),
-                AdmissionMode::CheckThenAct => self
-                    .store
-                    .check(g.bucket, tokens, ceilings, now)
-                    .map(|()| None),
+                AdmissionMode::Atomic => self.store.reserve(g.bucket, tokens, ceilings, now).map(Some),
+                AdmissionMode::CheckThenAct => self.store.check(g.bucket, tokens, ceilings, now).map(|()| None),
             };
             match attempt {
                 Ok(reservation) => {
                     let key = g.keys[turn % g.keys.len()];
-                    let ticket = Ticket {
-                        key,
-                        bucket: g.bucket,
-                        model,
-                        estimated_input,
-                        reserved_output,
-                        reservation,
-                    };
+                    let ticket = Ticket { key, bucket: g.bucket, model, estimated_input, reserved_output, reservation };
                     return Ok(Decision::Admitted(ticket));
                 }
                 Err(s) => {
                     size_matters |= s.dimension.counts_tokens() && !s.cooling;
-                    if earlier(&s, earliest.as_ref()) {
-                        earliest = Some(s);
+                    if earlier(&s, earliest.as_ref().map(|e| &e.0)) {
+                        earliest = Some((s, g.bucket));
                     }
                 }
             }
         }
-        let s = earliest.expect("at least one group was tried");
-        let reason = if s.cooling {
-            DenyReason::CoolingDown(s.dimension)
-        } else {
-            DenyReason::Exhausted(s.dimension)
-        };
+        let (s, bucket) = earliest.expect("at least one group was tried");
+        let reason = if s.cooling { DenyReason::CoolingDown(s.dimension) } else { DenyReason::Exhausted(s.dimension) };
         if let (false, Some(at)) = (size_matters, s.retry_at) {
             self.exhausted_reason[model][p].store(reason.code(), Ordering::Relaxed);
+            self.exhausted_bucket[model][p].store(u64::from(bucket.0), Ordering::Relaxed);
             self.exhausted[model][p].store(at.0, Ordering::Relaxed);
         }
-        Ok(Decision::Denied(Denial {
-            retry_at: s.retry_at,
-            reason,
-        }))
+        Ok(Decision::Denied(Denial { retry_at: s.retry_at, reason, bucket: Some(bucket) }))
     }
 
     /// Reconciles `ticket` with what really happened.
     pub fn settle(&self, ticket: &Ticket, outcome: Outcome, now: Timestamp) {
         let b = ticket.bucket;
         match (outcome, ticket.reservation) {
-            (
-                Outcome::Success {
-                    input_tokens,
-                    output_tokens,
-                },
-                r,
-            ) => {
+            (Outcome::Success { input_tokens, output_tokens }, r) => {
                 let counted = match self.config.basis {
                     TokenBasis::Input => input_tokens,
                     TokenBasis::Total => input_tokens + output_tokens,
@@ -307,8 +265,7 @@ impl<S: QuotaStore> Engine<S> {
             }
             (Outcome::Failed, Some(_)) => {}
             (Outcome::Failed, None) => {
-                self.store
-                    .record(b, ticket.estimated_input + ticket.reserved_output, now);
+                self.store.record(b, ticket.estimated_input + ticket.reserved_output, now);
             }
             (Outcome::NotSent, r) => {
                 if let Some(r) = r {

@@ -46,11 +46,7 @@ impl<S: QuotaStore> Engine<S> {
             for d in Dimension::ALL {
                 let c = high.get(d);
                 if c != u64::MAX {
-                    let free = if u.cooling_until.is_some() {
-                        0
-                    } else {
-                        c.saturating_sub(u.get(d))
-                    };
+                    let free = if u.cooling_until.is_some() { 0 } else { c.saturating_sub(u.get(d)) };
                     remaining[d.index()] += free;
                 }
             }

@@ -117,12 +117,7 @@ mod tests {
 
     #[test]
     fn reserve_rounds_in_favour_of_the_reserve() {
-        let l = Limits {
-            rpm: 2,
-            tpm: 1000,
-            rpd: 10,
-            tpd: None,
-        };
+        let l = Limits { rpm: 2, tpm: 1000, rpd: 10, tpd: None };
         let normal = Ceilings::from_limits(&l, 0.0, 0.1);
         assert_eq!(normal.get(Dimension::Rpm), 1);
         assert_eq!(normal.get(Dimension::Tpm), 900);

@@ -50,11 +50,7 @@ impl Bucket {
     fn shortfall(&self, tokens: u64, c: &Ceilings, now: u64) -> Option<Shortfall> {
         let mut worst: Option<Shortfall> = None;
         let mut consider = |dimension: Dimension, cooling: bool, retry: Option<u64>| {
-            let s = Shortfall {
-                dimension,
-                cooling,
-                retry_at: retry.map(Timestamp),
-            };
+            let s = Shortfall { dimension, cooling, retry_at: retry.map(Timestamp) };
             let later = match (&worst, retry) {
                 (None, _) => true,
                 (Some(w), None) => w.retry_at.is_some(),
@@ -71,8 +67,7 @@ impl Bucket {
         }
         let rpm = c.get(Dimension::Rpm);
         if self.window.len() as u64 >= rpm {
-            let retry =
-                (rpm > 0).then(|| self.window[self.window.len() - rpm as usize].at + MINUTE_MS);
+            let retry = (rpm > 0).then(|| self.window[self.window.len() - rpm as usize].at + MINUTE_MS);
             consider(Dimension::Rpm, false, retry);
         }
         let tpm = c.get(Dimension::Tpm);
@@ -85,11 +80,7 @@ impl Bucket {
         }
         let tpd = c.get(Dimension::Tpd);
         if self.day_tokens.saturating_add(tokens) > tpd {
-            consider(
-                Dimension::Tpd,
-                false,
-                (tokens <= tpd).then_some(self.day_ends),
-            );
+            consider(Dimension::Tpd, false, (tokens <= tpd).then_some(self.day_ends));
         }
         worst
     }
@@ -119,12 +110,7 @@ impl Bucket {
         self.minute_tokens += tokens;
         self.day_requests += 1;
         self.day_tokens += tokens;
-        Reservation {
-            seq,
-            at: Timestamp(at),
-            day_ends: Timestamp(self.day_ends),
-            tokens,
-        }
+        Reservation { seq, at: Timestamp(at), day_ends: Timestamp(self.day_ends), tokens }
     }
 
     fn find(&self, seq: u64) -> Option<usize> {
@@ -161,9 +147,7 @@ impl MemoryStore {
     fn lock_raw(&self, bucket: BucketId) -> MutexGuard<'_, Bucket> {
         // A panic while holding the lock cannot leave a bucket half-updated in a way that
         // breaks its invariants worse than losing the lock would; carry on.
-        self.buckets[bucket.0 as usize]
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.buckets[bucket.0 as usize].lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     fn lock(&self, bucket: BucketId, now: Timestamp) -> MutexGuard<'_, Bucket> {
@@ -194,13 +178,7 @@ impl QuotaStore for MemoryStore {
         }
     }
 
-    fn check(
-        &self,
-        bucket: BucketId,
-        tokens: u64,
-        ceilings: &Ceilings,
-        now: Timestamp,
-    ) -> Result<(), Shortfall> {
+    fn check(&self, bucket: BucketId, tokens: u64, ceilings: &Ceilings, now: Timestamp) -> Result<(), Shortfall> {
         let b = self.lock(bucket, now);
         b.shortfall(tokens, ceilings, now.0).map_or(Ok(()), Err)
     }
@@ -259,16 +237,7 @@ mod tests {
     }
 
     fn ceilings(rpm: u64, tpm: u64, rpd: u64) -> Ceilings {
-        Ceilings::from_limits(
-            &Limits {
-                rpm,
-                tpm,
-                rpd,
-                tpd: None,
-            },
-            0.0,
-            0.0,
-        )
+        Ceilings::from_limits(&Limits { rpm, tpm, rpd, tpd: None }, 0.0, 0.0)
     }
 
     #[test]
@@ -280,10 +249,7 @@ mod tests {
         assert_eq!(err.dimension, Dimension::Tpm);
         assert_eq!(err.retry_at, Some(T0.plus(MINUTE_MS)));
         let u = s.usage(BucketId(0), T0);
-        assert_eq!(
-            (u.minute_requests, u.minute_tokens, u.day_requests),
-            (1, 90, 1)
-        );
+        assert_eq!((u.minute_requests, u.minute_tokens, u.day_requests), (1, 90, 1));
     }
 
     #[test]
@@ -292,15 +258,9 @@ mod tests {
         let c = ceilings(2, 1000, 1000);
         s.reserve(BucketId(0), 1, &c, T0).unwrap();
         s.reserve(BucketId(0), 1, &c, T0.plus(5)).unwrap();
-        let retry = s
-            .reserve(BucketId(0), 1, &c, T0.plus(10))
-            .unwrap_err()
-            .retry_at
-            .unwrap();
+        let retry = s.reserve(BucketId(0), 1, &c, T0.plus(10)).unwrap_err().retry_at.unwrap();
         assert_eq!(retry, T0.plus(MINUTE_MS));
-        assert!(s
-            .reserve(BucketId(0), 1, &c, Timestamp(retry.0 - 1))
-            .is_err());
+        assert!(s.reserve(BucketId(0), 1, &c, Timestamp(retry.0 - 1)).is_err());
         assert!(s.reserve(BucketId(0), 1, &c, retry).is_ok());
     }
 
@@ -315,15 +275,7 @@ mod tests {
         let r2 = s.reserve(BucketId(0), 10, &c, T0.plus(2)).unwrap();
         s.refund(BucketId(0), &r2, T0.plus(3));
         let u = s.usage(BucketId(0), T0.plus(3));
-        assert_eq!(
-            (
-                u.minute_requests,
-                u.minute_tokens,
-                u.day_requests,
-                u.day_tokens
-            ),
-            (1, 40, 1, 40)
-        );
+        assert_eq!((u.minute_requests, u.minute_tokens, u.day_requests, u.day_tokens), (1, 40, 1, 40));
     }
 
     #[test]
@@ -342,9 +294,7 @@ mod tests {
         let s = store();
         let c = ceilings(10, 1000, 1);
         s.reserve(BucketId(0), 1, &c, T0).unwrap();
-        let e = s
-            .reserve(BucketId(0), 1, &c, T0.plus(MINUTE_MS))
-            .unwrap_err();
+        let e = s.reserve(BucketId(0), 1, &c, T0.plus(MINUTE_MS)).unwrap_err();
         assert_eq!(e.dimension, Dimension::Rpd);
         let midnight = e.retry_at.unwrap();
         assert_eq!(midnight, T0.plus(3_600_000));

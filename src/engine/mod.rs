@@ -32,9 +32,7 @@ pub use capacity::Capacity;
 pub use estimate::{Chars4, Estimator, Prompt};
 pub use limits::{Ceilings, Dimension, Limits};
 pub use memory::MemoryStore;
-pub use pool::{
-    KeyId, KeySpec, KeyState, ModelSpec, PoolError, PoolEvent, PoolSpec, ProjectSpec, QuotaScope,
-};
+pub use pool::{KeyId, KeySpec, KeyState, ModelSpec, PoolError, PoolEvent, PoolSpec, ProjectSpec, QuotaScope};
 pub use provider::{parse_quota_error, QuotaExhausted};
 pub use store::{BucketId, QuotaStore, Reservation, Shortfall, Usage};
 pub use strategy::{Strategy, StrategyKind};
@@ -110,6 +108,8 @@ pub struct Engine<S: QuotaStore = MemoryStore> {
     exhausted: Vec<[AtomicU64; 2]>,
     /// Per model and priority: why (the [`DenyReason`] code of that scan).
     exhausted_reason: Vec<[AtomicU64; 2]>,
+    /// Per model and priority: the bucket that frees first.
+    exhausted_bucket: Vec<[AtomicU64; 2]>,
 }
 
 impl<S: QuotaStore> Engine<S> {
@@ -133,6 +133,7 @@ impl<S: QuotaStore> Engine<S> {
             turn: AtomicUsize::new(0),
             exhausted: (0..models).map(|_| Default::default()).collect(),
             exhausted_reason: (0..models).map(|_| Default::default()).collect(),
+            exhausted_bucket: (0..models).map(|_| Default::default()).collect(),
         })
     }
 
@@ -181,6 +182,11 @@ impl<S: QuotaStore> Engine<S> {
         self.pool.bucket_owner(bucket)
     }
 
+    /// The projects that can serve `model` now (one entry per quota bucket).
+    pub fn serving_projects(&self, model: usize) -> impl Iterator<Item = usize> + '_ {
+        self.pool.groups[model].iter().map(|g| g.project)
+    }
+
     /// Applies a pool event; capacity and candidates follow at once.
     pub fn apply(&mut self, event: PoolEvent) -> Result<(), PoolError> {
         self.pool.apply(event)?;
@@ -191,10 +197,7 @@ impl<S: QuotaStore> Engine<S> {
 
     fn next_random(&self) -> u64 {
         // SplitMix64 over an atomic counter: deterministic for a given call order.
-        let mut z = self
-            .rng
-            .fetch_add(0x9E37_79B9_7F4A_7C15, Ordering::Relaxed)
-            .wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.rng.fetch_add(0x9E37_79B9_7F4A_7C15, Ordering::Relaxed).wrapping_add(0x9E37_79B9_7F4A_7C15);
         z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
         z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
         z ^ (z >> 31)

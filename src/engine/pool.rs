@@ -154,12 +154,7 @@ pub(crate) struct Pool {
 }
 
 impl Pool {
-    pub(crate) fn new(
-        spec: PoolSpec,
-        scope: QuotaScope,
-        safety: f64,
-        reserve: f64,
-    ) -> Result<Self, PoolError> {
+    pub(crate) fn new(spec: PoolSpec, scope: QuotaScope, safety: f64, reserve: f64) -> Result<Self, PoolError> {
         let mut pool = Pool {
             models: spec.models,
             projects: spec.projects,
@@ -220,15 +215,8 @@ impl Pool {
             .iter()
             .position(|p| p.id == k.project)
             .ok_or_else(|| PoolError::UnknownProject(k.project.clone()))?;
-        self.index
-            .insert(k.id.clone(), KeyId(self.keys.len() as u32));
-        self.keys.push(KeyState {
-            id: k.id,
-            project,
-            enabled: true,
-            revoked: false,
-            removed: false,
-        });
+        self.index.insert(k.id.clone(), KeyId(self.keys.len() as u32));
+        self.keys.push(KeyState { id: k.id, project, enabled: true, revoked: false, removed: false });
         Ok(())
     }
 
@@ -281,11 +269,7 @@ impl Pool {
                     Some(g) => groups[g].keys.push(KeyId(i as u32)),
                     None => {
                         slot[bucket.0 as usize] = Some(groups.len());
-                        groups.push(Group {
-                            bucket,
-                            project: key.project,
-                            keys: vec![KeyId(i as u32)],
-                        });
+                        groups.push(Group { bucket, project: key.project, keys: vec![KeyId(i as u32)] });
                     }
                 }
                 self.totals[model].keys += 1;
@@ -300,10 +284,8 @@ impl Pool {
                 let high = self.ceilings[g.bucket.0 as usize][1];
                 for d in super::limits::Dimension::ALL {
                     let (l, u) = (limits.get(d), high.get(d));
-                    t.limits[d.index()] =
-                        t.limits[d.index()].saturating_add(if l == u64::MAX { 0 } else { l });
-                    t.usable[d.index()] =
-                        t.usable[d.index()].saturating_add(if u == u64::MAX { 0 } else { u });
+                    t.limits[d.index()] = t.limits[d.index()].saturating_add(if l == u64::MAX { 0 } else { l });
+                    t.usable[d.index()] = t.usable[d.index()].saturating_add(if u == u64::MAX { 0 } else { u });
                 }
                 for p in 0..2 {
                     let c = self.ceilings[g.bucket.0 as usize][p];

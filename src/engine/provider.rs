@@ -18,17 +18,9 @@ pub struct QuotaExhausted {
 pub fn dimension_of_quota_id(id: &str) -> Option<Dimension> {
     let tokens = id.contains("Token");
     if id.contains("PerMinute") {
-        Some(if tokens {
-            Dimension::Tpm
-        } else {
-            Dimension::Rpm
-        })
+        Some(if tokens { Dimension::Tpm } else { Dimension::Rpm })
     } else if id.contains("PerDay") {
-        Some(if tokens {
-            Dimension::Tpd
-        } else {
-            Dimension::Rpd
-        })
+        Some(if tokens { Dimension::Tpd } else { Dimension::Rpd })
     } else {
         None
     }
@@ -53,25 +45,16 @@ pub fn parse_quota_error(body: &str) -> QuotaExhausted {
         if kind.ends_with("google.rpc.QuotaFailure") {
             let violations = d.get("violations").and_then(Value::as_array);
             for v in violations.into_iter().flatten() {
-                let id = v
-                    .get("quotaId")
-                    .or_else(|| v.get("quotaMetric"))
-                    .and_then(Value::as_str);
+                let id = v.get("quotaId").or_else(|| v.get("quotaMetric")).and_then(Value::as_str);
                 if let Some(dim) = id.and_then(dimension_of_quota_id) {
                     // A daily exhaustion outlasts a minute one: keep the longest.
-                    if out
-                        .dimension
-                        .is_none_or(|cur| dim.is_daily() && !cur.is_daily())
-                    {
+                    if out.dimension.is_none_or(|cur| dim.is_daily() && !cur.is_daily()) {
                         out.dimension = Some(dim);
                     }
                 }
             }
         } else if kind.ends_with("google.rpc.RetryInfo") {
-            out.retry_after_ms = d
-                .get("retryDelay")
-                .and_then(Value::as_str)
-                .and_then(parse_proto_duration);
+            out.retry_after_ms = d.get("retryDelay").and_then(Value::as_str).and_then(parse_proto_duration);
         }
     }
     out
@@ -89,10 +72,7 @@ mod tests {
  {"@type":"type.googleapis.com/google.rpc.RetryInfo","retryDelay":"46s"}]}}"#;
         assert_eq!(
             parse_quota_error(body),
-            QuotaExhausted {
-                dimension: Some(Dimension::Rpm),
-                retry_after_ms: Some(46_000)
-            }
+            QuotaExhausted { dimension: Some(Dimension::Rpm), retry_after_ms: Some(46_000) }
         );
     }
 
@@ -111,26 +91,11 @@ mod tests {
     #[test]
     fn names_every_documented_quota_id() {
         for (id, d) in [
-            (
-                "GenerateRequestsPerMinutePerProjectPerModel",
-                Dimension::Rpm,
-            ),
-            (
-                "GenerateContentInputTokensPerModelPerMinute-FreeTier",
-                Dimension::Tpm,
-            ),
-            (
-                "GenerateContentPaidTierInputTokensPerModelPerMinute",
-                Dimension::Tpm,
-            ),
-            (
-                "GenerateRequestsPerDayPerProjectPerModel-FreeTier",
-                Dimension::Rpd,
-            ),
-            (
-                "GenerateContentInputTokensPerModelPerDay-FreeTier",
-                Dimension::Tpd,
-            ),
+            ("GenerateRequestsPerMinutePerProjectPerModel", Dimension::Rpm),
+            ("GenerateContentInputTokensPerModelPerMinute-FreeTier", Dimension::Tpm),
+            ("GenerateContentPaidTierInputTokensPerModelPerMinute", Dimension::Tpm),
+            ("GenerateRequestsPerDayPerProjectPerModel-FreeTier", Dimension::Rpd),
+            ("GenerateContentInputTokensPerModelPerDay-FreeTier", Dimension::Tpd),
         ] {
             assert_eq!(dimension_of_quota_id(id), Some(d), "{id}");
         }

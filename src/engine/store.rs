@@ -106,22 +106,10 @@ pub trait QuotaStore: Send + Sync {
     ) -> Result<Reservation, Shortfall>;
 
     /// Whether [`QuotaStore::reserve`] would succeed now, without counting anything.
-    fn check(
-        &self,
-        bucket: BucketId,
-        tokens: u64,
-        ceilings: &Ceilings,
-        now: Timestamp,
-    ) -> Result<(), Shortfall>;
+    fn check(&self, bucket: BucketId, tokens: u64, ceilings: &Ceilings, now: Timestamp) -> Result<(), Shortfall>;
 
     /// Replaces a reservation's token count by the actual one.
-    fn reconcile(
-        &self,
-        bucket: BucketId,
-        reservation: &Reservation,
-        actual_tokens: u64,
-        now: Timestamp,
-    );
+    fn reconcile(&self, bucket: BucketId, reservation: &Reservation, actual_tokens: u64, now: Timestamp);
 
     /// Takes a reservation back, as if it had never been made.
     fn refund(&self, bucket: BucketId, reservation: &Reservation, now: Timestamp);

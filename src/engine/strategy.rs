@@ -21,12 +21,7 @@ pub enum StrategyKind {
 
 impl StrategyKind {
     /// Every strategy.
-    pub const ALL: [StrategyKind; 4] = [
-        Self::RoundRobin,
-        Self::LeastUsed,
-        Self::PowerOfTwo,
-        Self::Headroom,
-    ];
+    pub const ALL: [StrategyKind; 4] = [Self::RoundRobin, Self::LeastUsed, Self::PowerOfTwo, Self::Headroom];
 
     /// The name used in scenario files and reports.
     pub fn name(self) -> &'static str {
@@ -154,20 +149,12 @@ mod tests {
 
     fn choose(kind: StrategyKind, heads: &[f64], random: u64, turn: usize) -> [Option<usize>; 2] {
         let h = |i: usize| heads[i];
-        kind.build().propose(&Choice {
-            n: heads.len(),
-            headroom: &h,
-            random,
-            turn,
-        })
+        kind.build().propose(&Choice { n: heads.len(), headroom: &h, random, turn })
     }
 
     #[test]
     fn least_used_takes_the_most_headroom() {
-        assert_eq!(
-            choose(StrategyKind::LeastUsed, &[0.1, 0.9, 0.5], 0, 7)[0],
-            Some(1)
-        );
+        assert_eq!(choose(StrategyKind::LeastUsed, &[0.1, 0.9, 0.5], 0, 7)[0], Some(1));
     }
 
     #[test]
@@ -185,18 +172,13 @@ mod tests {
     fn headroom_weighted_never_picks_a_full_bucket() {
         for r in 0..200u64 {
             let random = r.wrapping_mul(0x9E37_79B9_7F4A_7C15);
-            assert_ne!(
-                choose(StrategyKind::Headroom, &[0.0, 0.5, 0.0, 1.0], random, 0)[0],
-                Some(0)
-            );
+            assert_ne!(choose(StrategyKind::Headroom, &[0.0, 0.5, 0.0, 1.0], random, 0)[0], Some(0));
         }
     }
 
     #[test]
     fn round_robin_rotates() {
-        let picks: Vec<_> = (0..4)
-            .map(|t| choose(StrategyKind::RoundRobin, &[1.0; 3], 0, t)[0])
-            .collect();
+        let picks: Vec<_> = (0..4).map(|t| choose(StrategyKind::RoundRobin, &[1.0; 3], 0, t)[0]).collect();
         assert_eq!(picks, vec![Some(0), Some(1), Some(2), Some(0)]);
     }
 }

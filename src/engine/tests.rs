@@ -3,32 +3,13 @@ use super::*;
 const T0: Timestamp = Timestamp(1_764_140_400_000); // 23:00 Pacific
 
 fn spec(projects: &[(&str, &[&str])], rpm: u64) -> PoolSpec {
-    let limits = Limits {
-        rpm,
-        tpm: 1_000_000,
-        rpd: 1000,
-        tpd: None,
-    };
+    let limits = Limits { rpm, tpm: 1_000_000, rpd: 1000, tpd: None };
     PoolSpec {
-        models: vec![ModelSpec {
-            name: "m".into(),
-            limits,
-        }],
-        projects: projects
-            .iter()
-            .map(|(id, _)| ProjectSpec {
-                id: (*id).into(),
-                limits: vec![limits],
-            })
-            .collect(),
+        models: vec![ModelSpec { name: "m".into(), limits }],
+        projects: projects.iter().map(|(id, _)| ProjectSpec { id: (*id).into(), limits: vec![limits] }).collect(),
         keys: projects
             .iter()
-            .flat_map(|(p, keys)| {
-                keys.iter().map(move |k| KeySpec {
-                    id: (*k).into(),
-                    project: (*p).into(),
-                })
-            })
+            .flat_map(|(p, keys)| keys.iter().map(move |k| KeySpec { id: (*k).into(), project: (*p).into() }))
             .collect(),
     }
 }
@@ -38,12 +19,7 @@ fn engine(config: EngineConfig, spec: PoolSpec) -> Engine {
 }
 
 fn req(priority: Priority) -> Request<'static> {
-    Request {
-        model: 0,
-        prompt: Prompt::Chars(400),
-        priority,
-        max_output_tokens: None,
-    }
+    Request { model: 0, prompt: Prompt::Chars(400), priority, max_output_tokens: None }
 }
 
 fn admitted(e: &Engine, p: Priority, now: Timestamp) -> Option<Ticket> {
@@ -56,43 +32,26 @@ fn admitted(e: &Engine, p: Priority, now: Timestamp) -> Option<Ticket> {
 #[test]
 fn concurrent_requests_cannot_race_past_rpm() {
     let e = engine(EngineConfig::default(), spec(&[("p", &["k"])], 2));
-    let n = (0..3)
-        .filter(|_| admitted(&e, Priority::Normal, T0).is_some())
-        .count();
+    let n = (0..3).filter(|_| admitted(&e, Priority::Normal, T0).is_some()).count();
     assert_eq!(n, 2);
 }
 
 #[test]
 fn check_then_act_lets_in_flight_requests_race() {
-    let config = EngineConfig {
-        admission: AdmissionMode::CheckThenAct,
-        ..Default::default()
-    };
+    let config = EngineConfig { admission: AdmissionMode::CheckThenAct, ..Default::default() };
     let e = engine(config, spec(&[("p", &["k"])], 2));
-    let n = (0..3)
-        .filter(|_| admitted(&e, Priority::Normal, T0).is_some())
-        .count();
+    let n = (0..3).filter(|_| admitted(&e, Priority::Normal, T0).is_some()).count();
     assert_eq!(n, 3, "nothing is counted until completion");
 }
 
 #[test]
 fn keys_of_one_project_share_its_quota() {
     let e = engine(EngineConfig::default(), spec(&[("p", &["k1", "k2"])], 2));
-    let tickets: Vec<_> = (0..4)
-        .filter_map(|_| admitted(&e, Priority::Normal, T0))
-        .collect();
+    let tickets: Vec<_> = (0..4).filter_map(|_| admitted(&e, Priority::Normal, T0)).collect();
     assert_eq!(tickets.len(), 2);
-    let key_scope = EngineConfig {
-        scope: QuotaScope::Key,
-        ..Default::default()
-    };
+    let key_scope = EngineConfig { scope: QuotaScope::Key, ..Default::default() };
     let wrong = engine(key_scope, spec(&[("p", &["k1", "k2"])], 2));
-    assert_eq!(
-        (0..4)
-            .filter(|_| admitted(&wrong, Priority::Normal, T0).is_some())
-            .count(),
-        4
-    );
+    assert_eq!((0..4).filter(|_| admitted(&wrong, Priority::Normal, T0).is_some()).count(), 4);
 }
 
 #[test]
@@ -111,33 +70,17 @@ fn a_denial_says_when_to_come_back() {
 
 #[test]
 fn the_reserve_is_for_high_priority_only() {
-    let config = EngineConfig {
-        reserve: 0.5,
-        ..Default::default()
-    };
+    let config = EngineConfig { reserve: 0.5, ..Default::default() };
     let e = engine(config, spec(&[("p", &["k"])], 4));
-    assert_eq!(
-        (0..4)
-            .filter(|_| admitted(&e, Priority::Normal, T0).is_some())
-            .count(),
-        2
-    );
-    assert_eq!(
-        (0..4)
-            .filter(|_| admitted(&e, Priority::High, T0).is_some())
-            .count(),
-        2
-    );
+    assert_eq!((0..4).filter(|_| admitted(&e, Priority::Normal, T0).is_some()).count(), 2);
+    assert_eq!((0..4).filter(|_| admitted(&e, Priority::High, T0).is_some()).count(), 2);
 }
 
 #[test]
 fn a_rate_limit_cools_down_exactly_its_dimension_and_refunds() {
     let e = engine(EngineConfig::default(), spec(&[("p", &["k"])], 10));
     let t = admitted(&e, Priority::Normal, T0).unwrap();
-    let q = QuotaExhausted {
-        dimension: Some(Dimension::Rpm),
-        retry_after_ms: Some(5_000),
-    };
+    let q = QuotaExhausted { dimension: Some(Dimension::Rpm), retry_after_ms: Some(5_000) };
     e.settle(&t, Outcome::RateLimited(q), T0.plus(10));
     assert_eq!(e.store().usage(t.bucket, T0.plus(10)).day_requests, 0);
     match e.admit(&req(Priority::Normal), T0.plus(20)).unwrap() {
@@ -149,35 +92,21 @@ fn a_rate_limit_cools_down_exactly_its_dimension_and_refunds() {
 
 #[test]
 fn a_daily_rate_limit_parks_the_project_until_pacific_midnight() {
-    let e = engine(
-        EngineConfig::default(),
-        spec(&[("p", &["k"]), ("q", &["j"])], 10),
-    );
+    let e = engine(EngineConfig::default(), spec(&[("p", &["k"]), ("q", &["j"])], 10));
     let t = admitted(&e, Priority::Normal, T0).unwrap();
-    let q = QuotaExhausted {
-        dimension: Some(Dimension::Rpd),
-        retry_after_ms: Some(5_000),
-    };
+    let q = QuotaExhausted { dimension: Some(Dimension::Rpd), retry_after_ms: Some(5_000) };
     e.settle(&t, Outcome::RateLimited(q), T0);
     let midnight = T0.plus(3_600_000);
     for i in 0..20 {
         let t2 = admitted(&e, Priority::Normal, T0.plus(10 + i * 60_000)).unwrap();
-        assert_ne!(
-            t2.bucket, t.bucket,
-            "the parked project must not serve before midnight"
-        );
+        assert_ne!(t2.bucket, t.bucket, "the parked project must not serve before midnight");
     }
     assert_eq!(e.store().usage(t.bucket, midnight).cooling_until, None);
 }
 
 #[test]
 fn reconciliation_returns_over_reserved_tokens() {
-    let limits = Limits {
-        rpm: 100,
-        tpm: 250,
-        rpd: 1000,
-        tpd: None,
-    };
+    let limits = Limits { rpm: 100, tpm: 250, rpd: 1000, tpd: None };
     let mut s = spec(&[("p", &["k"])], 100);
     s.models[0].limits = limits;
     s.projects[0].limits = vec![limits];
@@ -185,26 +114,13 @@ fn reconciliation_returns_over_reserved_tokens() {
     let t = admitted(&e, Priority::Normal, T0).unwrap(); // 100 estimated
     admitted(&e, Priority::Normal, T0).unwrap(); // 200
     assert!(admitted(&e, Priority::Normal, T0).is_none());
-    e.settle(
-        &t,
-        Outcome::Success {
-            input_tokens: 40,
-            output_tokens: 10,
-        },
-        T0.plus(1),
-    );
-    assert!(
-        admitted(&e, Priority::Normal, T0.plus(2)).is_some(),
-        "140 + 100 fits in 250"
-    );
+    e.settle(&t, Outcome::Success { input_tokens: 40, output_tokens: 10 }, T0.plus(1));
+    assert!(admitted(&e, Priority::Normal, T0.plus(2)).is_some(), "140 + 100 fits in 250");
 }
 
 #[test]
 fn capacity_counts_projects_not_keys_and_follows_events() {
-    let mut e = engine(
-        EngineConfig::default(),
-        spec(&[("p", &["k1", "k2", "k3"]), ("q", &["j"])], 10),
-    );
+    let mut e = engine(EngineConfig::default(), spec(&[("p", &["k1", "k2", "k3"]), ("q", &["j"])], 10));
     let c = e.capacity(0, T0);
     assert_eq!((c.projects, c.keys, c.limit(Dimension::Rpm)), (2, 4, 20));
     e.apply(PoolEvent::Disable("j".into())).unwrap();
@@ -216,49 +132,26 @@ fn capacity_counts_projects_not_keys_and_follows_events() {
     assert_eq!(e.capacity(0, T0).projects, 0);
     assert!(matches!(
         e.admit(&req(Priority::Normal), T0).unwrap(),
-        Decision::Denied(Denial {
-            reason: DenyReason::NoUsableKey,
-            ..
-        })
+        Decision::Denied(Denial { reason: DenyReason::NoUsableKey, .. })
     ));
     e.apply(PoolEvent::Enable("j".into())).unwrap();
     assert!(admitted(&e, Priority::Normal, T0).is_some());
-    assert_eq!(
-        e.apply(PoolEvent::Enable("nope".into())),
-        Err(PoolError::UnknownKey("nope".into()))
-    );
+    assert_eq!(e.apply(PoolEvent::Enable("nope".into())), Err(PoolError::UnknownKey("nope".into())));
 }
 
 #[test]
 fn a_request_larger_than_any_window_is_an_error() {
     let e = engine(EngineConfig::default(), spec(&[("p", &["k"])], 10));
-    let huge = Request {
-        prompt: Prompt::Chars(8_000_000),
-        ..req(Priority::Normal)
-    };
-    assert!(matches!(
-        e.admit(&huge, T0),
-        Err(AdmitError::TooLarge {
-            dimension: Dimension::Tpm,
-            ..
-        })
-    ));
+    let huge = Request { prompt: Prompt::Chars(8_000_000), ..req(Priority::Normal) };
+    assert!(matches!(e.admit(&huge, T0), Err(AdmitError::TooLarge { dimension: Dimension::Tpm, .. })));
 }
 
 #[test]
 fn every_strategy_spreads_over_projects() {
     for strategy in StrategyKind::ALL {
-        let config = EngineConfig {
-            strategy,
-            ..Default::default()
-        };
-        let e = engine(
-            config,
-            spec(&[("a", &["a1"]), ("b", &["b1"]), ("c", &["c1"])], 2),
-        );
-        let n = (0..10)
-            .filter(|_| admitted(&e, Priority::Normal, T0).is_some())
-            .count();
+        let config = EngineConfig { strategy, ..Default::default() };
+        let e = engine(config, spec(&[("a", &["a1"]), ("b", &["b1"]), ("c", &["c1"])], 2));
+        let n = (0..10).filter(|_| admitted(&e, Priority::Normal, T0).is_some()).count();
         assert_eq!(n, 6, "{strategy:?} must use every project");
     }
 }

@@ -66,14 +66,8 @@ mod tests {
 
     #[test]
     fn resets_follow_pacific_time_and_dst() {
-        assert_eq!(
-            next_pacific_midnight(at("2026-11-25T23:59:59-08:00")),
-            at("2026-11-26T00:00:00-08:00")
-        );
-        assert_eq!(
-            next_pacific_midnight(at("2026-03-08T01:00:00-08:00")),
-            at("2026-03-09T00:00:00-07:00")
-        );
+        assert_eq!(next_pacific_midnight(at("2026-11-25T23:59:59-08:00")), at("2026-11-26T00:00:00-08:00"));
+        assert_eq!(next_pacific_midnight(at("2026-03-08T01:00:00-08:00")), at("2026-03-09T00:00:00-07:00"));
         let fall = at("2026-11-01T00:00:00-07:00");
         assert_eq!(next_pacific_midnight(fall).since(fall), 25 * 3_600_000);
         let spring = at("2026-03-08T00:00:00-08:00");

@@ -22,8 +22,7 @@ impl LatencyModel {
             return self.median_ms.max(0.0).round() as u64;
         }
         let sigma = (self.p99_ms / self.median_ms).ln() / Z_P99;
-        let dist =
-            LogNormal::new(self.median_ms.ln(), sigma).expect("sigma is finite and positive");
+        let dist = LogNormal::new(self.median_ms.ln(), sigma).expect("sigma is finite and positive");
         dist.sample(rng).round().min(3_600_000.0) as u64
     }
 

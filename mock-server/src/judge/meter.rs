@@ -10,53 +10,19 @@ const MINUTE_MS: u64 = 60_000;
 /// Counts one (project, model)'s requests and input tokens per minute.
 pub(super) enum MinuteMeter {
     /// Accepted requests of the last 60 s: `(accepted_at, tokens)`, oldest first.
-    Sliding {
-        rpm: u64,
-        tpm: u64,
-        log: VecDeque<(u64, u64)>,
-        tokens: u64,
-    },
+    Sliding { rpm: u64, tpm: u64, log: VecDeque<(u64, u64)>, tokens: u64 },
     /// Counters of the current calendar minute.
-    Fixed {
-        rpm: u64,
-        tpm: u64,
-        minute: u64,
-        requests: u64,
-        tokens: u64,
-    },
+    Fixed { rpm: u64, tpm: u64, minute: u64, requests: u64, tokens: u64 },
     /// Two buckets refilled continuously; levels are what is still available.
-    Bucket {
-        rpm: u64,
-        tpm: u64,
-        at: u64,
-        requests: f64,
-        tokens: f64,
-    },
+    Bucket { rpm: u64, tpm: u64, at: u64, requests: f64, tokens: f64 },
 }
 
 impl MinuteMeter {
     pub(super) fn new(enforcement: Enforcement, rpm: u64, tpm: u64) -> Self {
         match enforcement {
-            Enforcement::Sliding => Self::Sliding {
-                rpm,
-                tpm,
-                log: VecDeque::new(),
-                tokens: 0,
-            },
-            Enforcement::FixedMinute => Self::Fixed {
-                rpm,
-                tpm,
-                minute: 0,
-                requests: 0,
-                tokens: 0,
-            },
-            Enforcement::TokenBucket => Self::Bucket {
-                rpm,
-                tpm,
-                at: 0,
-                requests: rpm as f64,
-                tokens: tpm as f64,
-            },
+            Enforcement::Sliding => Self::Sliding { rpm, tpm, log: VecDeque::new(), tokens: 0 },
+            Enforcement::FixedMinute => Self::Fixed { rpm, tpm, minute: 0, requests: 0, tokens: 0 },
+            Enforcement::TokenBucket => Self::Bucket { rpm, tpm, at: 0, requests: rpm as f64, tokens: tpm as f64 },
         }
     }
 
@@ -71,29 +37,17 @@ impl MinuteMeter {
                     *tokens -= t;
                 }
             }
-            Self::Fixed {
-                minute,
-                requests,
-                tokens,
-                ..
-            } => {
+            Self::Fixed { minute, requests, tokens, .. } => {
                 if now / MINUTE_MS != *minute {
                     *minute = now / MINUTE_MS;
                     *requests = 0;
                     *tokens = 0;
                 }
             }
-            Self::Bucket {
-                rpm,
-                tpm,
-                at,
-                requests,
-                tokens,
-            } => {
+            Self::Bucket { rpm, tpm, at, requests, tokens } => {
                 if now > *at {
                     let elapsed = (now - *at) as f64;
-                    *requests =
-                        (*requests + elapsed * *rpm as f64 / MINUTE_MS as f64).min(*rpm as f64);
+                    *requests = (*requests + elapsed * *rpm as f64 / MINUTE_MS as f64).min(*rpm as f64);
                     *tokens = (*tokens + elapsed * *tpm as f64 / MINUTE_MS as f64).min(*tpm as f64);
                     *at = now;
                 }
@@ -105,12 +59,7 @@ impl MinuteMeter {
     pub(super) fn waits(&mut self, now: u64, input: u64) -> (Option<u64>, Option<u64>) {
         self.advance(now);
         match self {
-            Self::Sliding {
-                rpm,
-                tpm,
-                log,
-                tokens,
-            } => {
+            Self::Sliding { rpm, tpm, log, tokens } => {
                 let rpm_wait = if (log.len() as u64) < *rpm {
                     None
                 } else if *rpm == 0 {
@@ -137,25 +86,13 @@ impl MinuteMeter {
                 };
                 (rpm_wait, tpm_wait)
             }
-            Self::Fixed {
-                rpm,
-                tpm,
-                requests,
-                tokens,
-                ..
-            } => {
+            Self::Fixed { rpm, tpm, requests, tokens, .. } => {
                 let to_next_minute = MINUTE_MS - now % MINUTE_MS;
                 let rpm_wait = (*requests >= *rpm).then_some(to_next_minute);
                 let tpm_wait = (*tokens + input > *tpm).then_some(to_next_minute);
                 (rpm_wait, tpm_wait)
             }
-            Self::Bucket {
-                rpm,
-                tpm,
-                requests,
-                tokens,
-                ..
-            } => {
+            Self::Bucket { rpm, tpm, requests, tokens, .. } => {
                 let wait = |level: f64, need: f64, limit: u64| -> Option<u64> {
                     if level + 1e-9 >= need {
                         None
@@ -165,10 +102,7 @@ impl MinuteMeter {
                         Some(((need - level) * MINUTE_MS as f64 / limit as f64).ceil() as u64)
                     }
                 };
-                (
-                    wait(*requests, 1.0, *rpm),
-                    wait(*tokens, input as f64, *tpm),
-                )
+                (wait(*requests, 1.0, *rpm), wait(*tokens, input as f64, *tpm))
             }
         }
     }
@@ -181,15 +115,11 @@ impl MinuteMeter {
                 log.push_back((now, input));
                 *tokens += input;
             }
-            Self::Fixed {
-                requests, tokens, ..
-            } => {
+            Self::Fixed { requests, tokens, .. } => {
                 *requests += 1;
                 *tokens += input;
             }
-            Self::Bucket {
-                requests, tokens, ..
-            } => {
+            Self::Bucket { requests, tokens, .. } => {
                 *requests -= 1.0;
                 *tokens -= input as f64;
             }
@@ -201,19 +131,10 @@ impl MinuteMeter {
         self.advance(now);
         match self {
             Self::Sliding { log, tokens, .. } => (log.len() as u64, *tokens),
-            Self::Fixed {
-                requests, tokens, ..
-            } => (*requests, *tokens),
-            Self::Bucket {
-                rpm,
-                tpm,
-                requests,
-                tokens,
-                ..
-            } => (
-                (*rpm as f64 - *requests).round() as u64,
-                (*tpm as f64 - *tokens).round() as u64,
-            ),
+            Self::Fixed { requests, tokens, .. } => (*requests, *tokens),
+            Self::Bucket { rpm, tpm, requests, tokens, .. } => {
+                ((*rpm as f64 - *requests).round() as u64, (*tpm as f64 - *tokens).round() as u64)
+            }
         }
     }
 }
@@ -235,13 +156,7 @@ impl DayMeter {
         }
     }
 
-    pub(super) fn waits(
-        &mut self,
-        now: u64,
-        input: u64,
-        rpd: u64,
-        tpd: Option<u64>,
-    ) -> (Option<u64>, Option<u64>) {
+    pub(super) fn waits(&mut self, now: u64, input: u64, rpd: u64, tpd: Option<u64>) -> (Option<u64>, Option<u64>) {
         self.advance(now);
         let to_midnight = self.ends_at - now;
         let rpd_wait = (self.requests >= rpd).then_some(to_midnight);

@@ -172,11 +172,7 @@ impl Judge {
                 day: DayMeter::default(),
             })
             .collect();
-        Self {
-            config,
-            cells,
-            keys: HashMap::new(),
-        }
+        Self { config, cells, keys: HashMap::new() }
     }
 
     /// The configuration this judge enforces.
@@ -186,10 +182,7 @@ impl Judge {
 
     /// Issues `key` for project `project`.
     pub fn issue_key(&mut self, key: &str, project: usize) {
-        assert!(
-            project < self.config.projects.len(),
-            "project index out of range"
-        );
+        assert!(project < self.config.projects.len(), "project index out of range");
         self.keys.insert(key.to_owned(), KeyState::Valid(project));
     }
 
@@ -243,10 +236,7 @@ impl Judge {
         if violations.is_empty() {
             Verdict::Accepted
         } else {
-            Verdict::Exhausted {
-                violations,
-                retry_after_ms: wait,
-            }
+            Verdict::Exhausted { violations, retry_after_ms: wait }
         }
     }
 
@@ -255,12 +245,7 @@ impl Judge {
         let cell = self.cell_mut(project, model);
         let (minute_requests, minute_tokens) = cell.minute.usage(now);
         let (day_requests, day_tokens) = cell.day.usage(now);
-        Usage {
-            minute_requests,
-            minute_tokens,
-            day_requests,
-            day_tokens,
-        }
+        Usage { minute_requests, minute_tokens, day_requests, day_tokens }
     }
 
     /// The limits of (`project`, `model`).

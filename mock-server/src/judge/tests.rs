@@ -9,17 +9,9 @@ fn judge(enforcement: Enforcement, rpm: u64, tpm: u64, rpd: u64) -> Judge {
         projects: vec![ProjectQuota {
             id: "p".into(),
             tier: Tier::Free,
-            limits: vec![ModelQuota {
-                rpm,
-                tpm,
-                rpd,
-                tpd: None,
-            }],
+            limits: vec![ModelQuota { rpm, tpm, rpd, tpd: None }],
         }],
-        latency: LatencyModel {
-            median_ms: 800.0,
-            p99_ms: 6000.0,
-        },
+        latency: LatencyModel { median_ms: 800.0, p99_ms: 6000.0 },
         faults: FaultModel::default(),
     })
 }
@@ -27,10 +19,7 @@ fn judge(enforcement: Enforcement, rpm: u64, tpm: u64, rpd: u64) -> Judge {
 fn rpm_only(v: &Verdict) -> Option<u64> {
     match v {
         Verdict::Accepted => None,
-        Verdict::Exhausted {
-            violations,
-            retry_after_ms,
-        } => {
+        Verdict::Exhausted { violations, retry_after_ms } => {
             assert_eq!(violations[0].dimension, Dimension::Rpm);
             Some(*retry_after_ms)
         }
@@ -72,17 +61,8 @@ fn tokens_count_input_only_and_name_tpm() {
     assert_eq!(j.submit(0, 0, 600, T0), Verdict::Accepted);
     assert_eq!(j.submit(0, 0, 300, T0 + 5_000), Verdict::Accepted);
     match j.submit(0, 0, 200, T0 + 6_000) {
-        Verdict::Exhausted {
-            violations,
-            retry_after_ms,
-        } => {
-            assert_eq!(
-                violations,
-                vec![Violation {
-                    dimension: Dimension::Tpm,
-                    limit: 1000
-                }]
-            );
+        Verdict::Exhausted { violations, retry_after_ms } => {
+            assert_eq!(violations, vec![Violation { dimension: Dimension::Tpm, limit: 1000 }]);
             assert_eq!(retry_after_ms, 54_000);
         }
         v => panic!("expected TPM exhaustion, got {v:?}"),
@@ -95,10 +75,7 @@ fn daily_quota_resets_at_pacific_midnight() {
     assert_eq!(j.submit(0, 0, 1, T0), Verdict::Accepted);
     assert_eq!(j.submit(0, 0, 1, T0 + 1), Verdict::Accepted);
     match j.submit(0, 0, 1, T0 + 1_800_000) {
-        Verdict::Exhausted {
-            violations,
-            retry_after_ms,
-        } => {
+        Verdict::Exhausted { violations, retry_after_ms } => {
             assert_eq!(violations[0].dimension, Dimension::Rpd);
             assert_eq!(retry_after_ms, 1_800_000);
         }

@@ -1,0 +1,91 @@
+//! The `keysim` command line: subcommands, and the mapping of failures to exit codes
+//! (0 ok, 1 expectations failed, 2 bad input, 3 runtime failure).
+
+mod run;
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+/// keysim — a quota-aware Gemini key pool engine, and the laboratory that proves it.
+#[derive(Debug, Parser)]
+#[command(name = "keysim", version, about, long_about = None)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Options every scenario-reading command shares.
+#[derive(Debug, clap::Args)]
+pub struct ScenarioArgs {
+    /// The scenario file (TOML).
+    pub scenario: PathBuf,
+    /// Override a setting of the file, e.g. `--set engine.admission=check-then-act`.
+    #[arg(long = "set", value_name = "PATH=VALUE")]
+    pub overrides: Vec<String>,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Simulate a scenario in virtual time and write its report.
+    Run {
+        /// The scenario.
+        #[command(flatten)]
+        scenario: ScenarioArgs,
+        /// Output folder (default: reports/<scenario-name>/).
+        #[arg(long, value_name = "DIR")]
+        out: Option<PathBuf>,
+        /// Seed of every random stream (default: the scenario's).
+        #[arg(long)]
+        seed: Option<u64>,
+        /// Print summary.json instead of the table.
+        #[arg(long)]
+        json: bool,
+        /// Also write requests.csv (one row per request).
+        #[arg(long)]
+        requests_csv: bool,
+        /// Print nothing but errors.
+        #[arg(long, short)]
+        quiet: bool,
+    },
+    /// Check a scenario file and report every problem in it.
+    Validate {
+        /// The scenario.
+        #[command(flatten)]
+        scenario: ScenarioArgs,
+    },
+}
+
+/// A failure with its exit code.
+#[derive(Debug, thiserror::Error)]
+pub enum CliError {
+    /// Bad input: exit code 2.
+    #[error("{0}")]
+    BadInput(String),
+    /// Runtime failure: exit code 3.
+    #[error(transparent)]
+    Runtime(#[from] anyhow::Error),
+}
+
+impl CliError {
+    /// The documented exit code.
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            CliError::BadInput(_) => 2,
+            CliError::Runtime(_) => 3,
+        }
+    }
+}
+
+/// Runs a parsed command line; returns the exit code on success (0, or 1 for failed
+/// expectations in gating commands).
+pub fn execute(cli: Cli) -> Result<i32, CliError> {
+    match cli.command {
+        Command::Run { scenario, out, seed, json, requests_csv, quiet } => {
+            run::run(&scenario, run::RunOptions { out, seed, json, requests_csv, quiet })
+        }
+        Command::Validate { scenario } => run::validate(&scenario),
+    }
+}

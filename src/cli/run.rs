@@ -1,0 +1,78 @@
+//! `keysim run` and `keysim validate`.
+
+use std::fs::File;
+use std::io::BufWriter;
+use std::path::PathBuf;
+
+use anyhow::Context;
+
+use super::{CliError, ScenarioArgs};
+use crate::report::summary::Summary;
+use crate::report::table;
+use crate::scenario::{self, LoadError, Scenario};
+use crate::sim::{simulate, Outputs};
+
+pub(super) struct RunOptions {
+    pub(super) out: Option<PathBuf>,
+    pub(super) seed: Option<u64>,
+    pub(super) json: bool,
+    pub(super) requests_csv: bool,
+    pub(super) quiet: bool,
+}
+
+pub(super) fn load(args: &ScenarioArgs) -> Result<Scenario, CliError> {
+    scenario::load(&args.scenario, &args.overrides).map_err(|e| match e {
+        LoadError::Invalid(d) => CliError::BadInput(d.to_string()),
+        other => CliError::BadInput(other.to_string()),
+    })
+}
+
+pub(super) fn validate(args: &ScenarioArgs) -> Result<i32, CliError> {
+    let sc = load(args)?;
+    let keys: usize = sc.projects.iter().map(|p| p.keys.len()).sum();
+    println!(
+        "ok: {} — {} model(s), {} project(s), {} key(s), {} traffic class(es), {} event(s), {} expectation(s)",
+        sc.name,
+        sc.models.len(),
+        sc.projects.len(),
+        keys,
+        sc.traffic.len(),
+        sc.events.len(),
+        sc.expect.len()
+    );
+    Ok(0)
+}
+
+fn create(path: &std::path::Path) -> Result<BufWriter<File>, CliError> {
+    let f = File::create(path).with_context(|| format!("creating {}", path.display()))?;
+    Ok(BufWriter::new(f))
+}
+
+pub(super) fn run(args: &ScenarioArgs, opts: RunOptions) -> Result<i32, CliError> {
+    let mut sc = load(args)?;
+    if let Some(seed) = opts.seed {
+        sc.seed = seed;
+        sc.engine.config.seed = seed;
+    }
+    let dir = opts.out.unwrap_or_else(|| PathBuf::from("reports").join(&sc.name));
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating output folder {}", dir.display()))?;
+    let mut timeline = create(&dir.join("timeline.csv"))?;
+    let mut requests =
+        if opts.requests_csv || sc.requests_csv { Some(create(&dir.join("requests.csv"))?) } else { None };
+    let outputs =
+        Outputs { timeline: Some(&mut timeline), requests: requests.as_mut().map(|w| w as &mut dyn std::io::Write) };
+    let result = simulate(&sc, outputs).with_context(|| format!("simulating {}", sc.name))?;
+    drop(timeline);
+    drop(requests);
+    let summary = Summary::new(&sc, "sim", &result.aggregate, &result.engine);
+    let json = serde_json::to_string_pretty(&summary).context("serialising the summary")?;
+    let path = dir.join("summary.json");
+    std::fs::write(&path, format!("{json}\n")).with_context(|| format!("writing {}", path.display()))?;
+    if opts.json {
+        println!("{json}");
+    } else if !opts.quiet {
+        print!("{}", table::render(&summary));
+        println!("\nreport: {}", dir.display());
+    }
+    Ok(0)
+}

@@ -1,0 +1,289 @@
+//! Reports: one aggregator fed by every run (simulated or real-time), and its writers.
+//!
+//! - [`Aggregate`]: counts, token totals and histograms, bounded in memory whatever the
+//!   run's length.
+//! - [`summary`]: `summary.json` — the user-facing contract — and expectations.
+//! - [`table`]: the terminal summary.
+//! - [`RequestLog`]: `requests.csv`, one row per request, streamed.
+
+pub mod summary;
+pub mod table;
+
+use std::collections::BTreeMap;
+use std::io::Write;
+
+use hdrhistogram::Histogram;
+use serde::Serialize;
+
+use crate::engine::Priority;
+
+/// The one state every request ends in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Terminal {
+    /// Admitted and answered.
+    Succeeded,
+    /// Admitted and answered 429: the engine's failure.
+    Breach,
+    /// Never sent: denied by the engine (or queued past its wait).
+    Denied,
+    /// Sent and failed for another reason (5xx, invalid key).
+    Failed,
+}
+
+impl Terminal {
+    /// Lower-case name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Succeeded => "succeeded",
+            Self::Breach => "breach",
+            Self::Denied => "denied",
+            Self::Failed => "failed",
+        }
+    }
+}
+
+/// Request counts by terminal state.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct Counts {
+    /// Every request.
+    pub total: u64,
+    /// Succeeded.
+    pub succeeded: u64,
+    /// Breaches.
+    pub breaches: u64,
+    /// Denied.
+    pub denied: u64,
+    /// Failed.
+    pub failed: u64,
+}
+
+impl Counts {
+    fn add(&mut self, t: Terminal) {
+        self.total += 1;
+        match t {
+            Terminal::Succeeded => self.succeeded += 1,
+            Terminal::Breach => self.breaches += 1,
+            Terminal::Denied => self.denied += 1,
+            Terminal::Failed => self.failed += 1,
+        }
+    }
+
+    /// Succeeded / total (1 when there were no requests).
+    pub fn success_rate(&self) -> f64 {
+        if self.total == 0 {
+            1.0
+        } else {
+            self.succeeded as f64 / self.total as f64
+        }
+    }
+}
+
+/// One finished request.
+#[derive(Clone, Debug)]
+pub struct RequestRecord<'a> {
+    /// Sequence number in arrival order.
+    pub id: u64,
+    /// Traffic class name.
+    pub class: &'a str,
+    /// Priority.
+    pub priority: Priority,
+    /// Model index.
+    pub model: usize,
+    /// Arrival, ms from the run's start.
+    pub arrival_ms: u64,
+    /// End, ms from the run's start.
+    pub end_ms: u64,
+    /// How it ended.
+    pub state: Terminal,
+    /// Key index used, if sent.
+    pub key: Option<usize>,
+    /// Project index of the bucket charged or named by the denial.
+    pub project: Option<usize>,
+    /// True input tokens.
+    pub input_tokens: u64,
+    /// Estimated input tokens (if the engine estimated).
+    pub estimated_input: Option<u64>,
+    /// Output tokens (succeeded requests).
+    pub output_tokens: u64,
+    /// Time spent queued before sending or giving up.
+    pub queue_wait_ms: u64,
+    /// Response time after sending.
+    pub latency_ms: Option<u64>,
+    /// Why it ended that way (denial reason, error).
+    pub reason: &'a str,
+}
+
+fn histogram(high: u64) -> Histogram<u64> {
+    Histogram::new_with_bounds(1, high, 3).expect("valid histogram bounds")
+}
+
+/// Everything a run's report is made of, in memory bounded by pool size.
+#[derive(Debug)]
+pub struct Aggregate {
+    /// All requests.
+    pub counts: Counts,
+    /// By priority (normal, high).
+    pub by_priority: [Counts; 2],
+    /// Per (key, model).
+    pub per_key: BTreeMap<(usize, usize), Counts>,
+    /// Per (project, model).
+    pub per_project: BTreeMap<(usize, usize), Counts>,
+    /// Denials by reason.
+    pub deny_reasons: BTreeMap<String, u64>,
+    /// True input tokens of succeeded requests.
+    pub input_actual: u64,
+    /// Estimated input tokens of succeeded requests.
+    pub input_estimated: u64,
+    /// Output tokens of succeeded requests.
+    pub output_actual: u64,
+    /// Requests that waited in the queue at least once.
+    pub delayed: u64,
+    /// Requests denied or delayed at a moment when the provider would have accepted them.
+    pub lost_capacity: u64,
+    /// Requests an ideal dispatcher could have served (see the simulator's oracle).
+    pub servable: Option<u64>,
+    /// Queue wait in ms (requests that waited or were denied after waiting).
+    pub queue_wait_ms: Histogram<u64>,
+    /// Response latency in ms.
+    pub latency_ms: Histogram<u64>,
+    /// Admission decision time in ns, on the real clock.
+    pub admit_ns: Histogram<u64>,
+    /// Settlement time in ns, on the real clock.
+    pub settle_ns: Histogram<u64>,
+}
+
+impl Default for Aggregate {
+    fn default() -> Self {
+        Self {
+            counts: Counts::default(),
+            by_priority: [Counts::default(); 2],
+            per_key: BTreeMap::new(),
+            per_project: BTreeMap::new(),
+            deny_reasons: BTreeMap::new(),
+            input_actual: 0,
+            input_estimated: 0,
+            output_actual: 0,
+            delayed: 0,
+            lost_capacity: 0,
+            servable: None,
+            queue_wait_ms: histogram(90 * 86_400_000),
+            latency_ms: histogram(86_400_000),
+            admit_ns: histogram(60_000_000_000),
+            settle_ns: histogram(60_000_000_000),
+        }
+    }
+}
+
+impl Aggregate {
+    /// Counts a finished request.
+    pub fn record(&mut self, r: &RequestRecord<'_>) {
+        self.counts.add(r.state);
+        self.by_priority[usize::from(r.priority == Priority::High)].add(r.state);
+        if let Some(k) = r.key {
+            self.per_key.entry((k, r.model)).or_default().add(r.state);
+        }
+        if let Some(p) = r.project {
+            self.per_project.entry((p, r.model)).or_default().add(r.state);
+        }
+        if r.state == Terminal::Denied {
+            *self.deny_reasons.entry(r.reason.to_owned()).or_default() += 1;
+        }
+        if r.state == Terminal::Succeeded {
+            self.input_actual += r.input_tokens;
+            self.input_estimated += r.estimated_input.unwrap_or(0);
+            self.output_actual += r.output_tokens;
+        }
+        if r.queue_wait_ms > 0 {
+            self.queue_wait_ms.saturating_record(r.queue_wait_ms);
+        }
+        if let Some(l) = r.latency_ms {
+            self.latency_ms.saturating_record(l.max(1));
+        }
+    }
+}
+
+/// `requests.csv`, written one row at a time.
+pub struct RequestLog<W: Write> {
+    out: csv::Writer<W>,
+}
+
+impl<W: Write> RequestLog<W> {
+    /// A log writing its header to `w`.
+    pub fn new(w: W) -> csv::Result<Self> {
+        let mut out = csv::Writer::from_writer(w);
+        out.write_record([
+            "id",
+            "class",
+            "priority",
+            "model",
+            "arrival_ms",
+            "end_ms",
+            "state",
+            "key",
+            "project",
+            "input_tokens",
+            "estimated_input",
+            "output_tokens",
+            "queue_wait_ms",
+            "latency_ms",
+            "reason",
+        ])?;
+        Ok(Self { out })
+    }
+
+    /// Writes one request; names are resolved by the caller.
+    pub fn write(&mut self, r: &RequestRecord<'_>, model: &str, key: &str, project: &str) -> csv::Result<()> {
+        let opt = |v: Option<u64>| v.map_or_else(String::new, |v| v.to_string());
+        self.out.write_record([
+            r.id.to_string().as_str(),
+            r.class,
+            r.priority.name(),
+            model,
+            &r.arrival_ms.to_string(),
+            &r.end_ms.to_string(),
+            r.state.name(),
+            key,
+            project,
+            &r.input_tokens.to_string(),
+            &opt(r.estimated_input),
+            &r.output_tokens.to_string(),
+            &r.queue_wait_ms.to_string(),
+            &opt(r.latency_ms),
+            r.reason,
+        ])
+    }
+
+    /// Flushes everything written.
+    pub fn finish(mut self) -> std::io::Result<()> {
+        self.out.flush()
+    }
+}
+
+/// A key id as reports show it: ids that look like secrets are shortened to their first and
+/// last four characters; plain labels are shown as they are.
+pub fn redact(id: &str) -> String {
+    let looks_secret = id.starts_with("AIza") || (id.len() >= 20 && !id.contains(['-', '_', ' ']));
+    if !looks_secret {
+        return id.to_owned();
+    }
+    let chars: Vec<char> = id.chars().collect();
+    if chars.len() <= 8 {
+        return "…".repeat(1);
+    }
+    let head: String = chars[..4].iter().collect();
+    let tail: String = chars[chars.len() - 4..].iter().collect();
+    format!("{head}…{tail}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn secrets_are_redacted_labels_are_not() {
+        assert_eq!(redact("key-1"), "key-1");
+        assert_eq!(redact("AIzaSyA1234567890abcdefghijklmnopqrstuv"), "AIza…stuv");
+        assert_eq!(redact("abcdefghijklmnopqrstuvwxyz0123"), "abcd…0123");
+    }
+}

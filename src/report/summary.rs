@@ -1,0 +1,383 @@
+//! `summary.json`: the user-facing contract of a run, and the expectations checked on it.
+//!
+//! Everything here is deterministic for a scenario and seed except `overhead_ns` (measured on
+//! the real clock), which is kept in its own object.
+
+use hdrhistogram::Histogram;
+use serde::Serialize;
+
+use super::{redact, Aggregate, Counts};
+use crate::engine::{Dimension, Engine, Timestamp};
+use crate::scenario::{Expectation, Metric, Scenario};
+
+/// Percentiles of real-clock engine time, in nanoseconds.
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct Overhead {
+    /// Median.
+    pub p50: u64,
+    /// 99th percentile.
+    pub p99: u64,
+    /// 99.9th percentile.
+    pub p999: u64,
+    /// Largest.
+    pub max: u64,
+    /// Number of calls measured.
+    pub calls: u64,
+    /// Settlement time percentiles (p50, p99).
+    pub settle_p50: u64,
+    /// Settlement 99th percentile.
+    pub settle_p99: u64,
+}
+
+/// Percentiles of a duration in milliseconds.
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct Millis {
+    /// Median.
+    pub p50: u64,
+    /// 99th percentile.
+    pub p99: u64,
+    /// Largest.
+    pub max: u64,
+    /// Number of samples.
+    pub count: u64,
+}
+
+/// Token totals of succeeded requests.
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct Tokens {
+    /// True input tokens (usageMetadata.promptTokenCount).
+    pub input_actual: u64,
+    /// What the estimator predicted for them.
+    pub input_estimated: u64,
+    /// Output tokens.
+    pub output_actual: u64,
+}
+
+/// Requests by terminal state, plus how many waited and how much capacity was lost.
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct Requests {
+    /// Every request that arrived.
+    pub total: u64,
+    /// Answered.
+    pub succeeded: u64,
+    /// Admitted, answered 429.
+    pub breaches: u64,
+    /// Never sent.
+    pub denied: u64,
+    /// Sent, failed otherwise.
+    pub failed: u64,
+    /// Waited in the queue at least once.
+    pub delayed: u64,
+    /// Denied or delayed while the provider would have accepted them.
+    pub lost_capacity: u64,
+    /// What an ideal dispatcher could have served.
+    pub servable: u64,
+    /// High-priority requests.
+    pub high_priority: Counts,
+    /// Denials by reason.
+    pub denied_by_reason: std::collections::BTreeMap<String, u64>,
+}
+
+/// Warning figures (early warnings are evaluated when rules are configured).
+#[derive(Clone, Debug, Serialize, PartialEq, Default)]
+pub struct Warnings {
+    /// Whether warning rules ran.
+    pub enabled: bool,
+    /// Notifications sent.
+    pub notifications: u64,
+    /// Followed by real exhaustion.
+    pub true_positive: u64,
+    /// Not followed by exhaustion.
+    pub false_positive: u64,
+    /// Exhaustions without a warning.
+    pub missed: u64,
+}
+
+/// One (key, model) row.
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct KeyRow {
+    /// The key (redacted if it looks like a secret).
+    pub key: String,
+    /// Its project.
+    pub project: String,
+    /// The model.
+    pub model: String,
+    /// Its state at the end of the run.
+    pub state: &'static str,
+    /// Requests it served.
+    pub succeeded: u64,
+    /// 429s it received.
+    pub breaches: u64,
+    /// Other failures.
+    pub failed: u64,
+    /// Denials that named this key's quota bucket (shared by its project's keys).
+    pub denied: u64,
+}
+
+/// One (project, model) row.
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct ProjectRow {
+    /// Project id.
+    pub project: String,
+    /// Model.
+    pub model: String,
+    /// Counts of requests charged to (or denied on) this project.
+    #[serde(flatten)]
+    pub counts: Counts,
+}
+
+/// Capacity of one model at the end of the run.
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct CapacityRow {
+    /// Model.
+    pub model: String,
+    /// Projects with a usable key.
+    pub projects: usize,
+    /// Usable keys.
+    pub keys: usize,
+    /// Sum of RPM limits.
+    pub rpm: u64,
+    /// Sum of TPM limits.
+    pub tpm: u64,
+    /// Sum of RPD limits.
+    pub rpd: u64,
+}
+
+/// An expectation and how the run fared.
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct ExpectationResult {
+    /// The metric.
+    pub name: &'static str,
+    /// Whether it held.
+    pub ok: bool,
+    /// The measured value.
+    pub actual: f64,
+    /// The comparison, e.g. `">= 0.99"`.
+    pub limit: String,
+}
+
+/// The engine settings of the run.
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct EngineInfo {
+    /// Strategy name.
+    pub strategy: &'static str,
+    /// `atomic` or `check-then-act`.
+    pub admission: &'static str,
+    /// `project` or `key`.
+    pub quota_scope: &'static str,
+    /// Reserve fraction.
+    pub reserve: f64,
+    /// Safety fraction.
+    pub safety: f64,
+    /// Estimator name.
+    pub estimator: String,
+    /// Minute semantics of the judge.
+    pub enforcement: &'static str,
+}
+
+/// `summary.json`.
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct Summary {
+    /// Scenario name.
+    pub scenario: String,
+    /// Seed.
+    pub seed: u64,
+    /// `sim` or `load`.
+    pub mode: &'static str,
+    /// Start of the run (RFC 3339, UTC).
+    pub start: String,
+    /// Length of traffic, in seconds.
+    pub duration_s: f64,
+    /// Engine settings.
+    pub engine: EngineInfo,
+    /// Requests.
+    pub requests: Requests,
+    /// Tokens.
+    pub tokens: Tokens,
+    /// Succeeded / servable.
+    pub utilization: f64,
+    /// Succeeded / total.
+    pub success_rate: f64,
+    /// Queue wait of requests that waited.
+    pub queue_wait_ms: Millis,
+    /// Provider latency of sent requests.
+    pub latency_ms: Millis,
+    /// Warnings.
+    pub warnings: Warnings,
+    /// Capacity at the end.
+    pub capacity: Vec<CapacityRow>,
+    /// Per (project, model).
+    pub per_project: Vec<ProjectRow>,
+    /// Per (key, model).
+    pub per_key: Vec<KeyRow>,
+    /// Expectations.
+    pub expectations: Vec<ExpectationResult>,
+    /// Engine time on the real clock: the one figure that differs between identical runs.
+    pub overhead_ns: Overhead,
+}
+
+fn millis(h: &Histogram<u64>) -> Millis {
+    Millis { p50: h.value_at_quantile(0.5), p99: h.value_at_quantile(0.99), max: h.max(), count: h.len() }
+}
+
+impl Summary {
+    /// Builds the summary of a finished run.
+    pub fn new(sc: &Scenario, mode: &'static str, agg: &Aggregate, engine: &Engine) -> Self {
+        let c = &agg.counts;
+        let servable = agg.servable.unwrap_or(c.total);
+        let end = Timestamp(sc.start.0 + sc.duration_ms);
+        let cfg = engine.config();
+        let models = engine.models();
+        let projects = engine.projects();
+        let per_key = engine_keys(engine, agg);
+        let per_project = agg
+            .per_project
+            .iter()
+            .map(|(&(p, m), counts)| ProjectRow {
+                project: projects[p].id.clone(),
+                model: models[m].name.clone(),
+                counts: *counts,
+            })
+            .collect();
+        let capacity = (0..models.len())
+            .map(|m| {
+                let cap = engine.capacity(m, end);
+                CapacityRow {
+                    model: models[m].name.clone(),
+                    projects: cap.projects,
+                    keys: cap.keys,
+                    rpm: cap.limit(Dimension::Rpm),
+                    tpm: cap.limit(Dimension::Tpm),
+                    rpd: cap.limit(Dimension::Rpd),
+                }
+            })
+            .collect();
+        let o = &agg.admit_ns;
+        let mut s = Summary {
+            scenario: sc.name.clone(),
+            seed: sc.seed,
+            mode,
+            start: sc.start.to_rfc3339(),
+            duration_s: sc.duration_ms as f64 / 1000.0,
+            engine: EngineInfo {
+                strategy: cfg.strategy.name(),
+                admission: match cfg.admission {
+                    crate::engine::AdmissionMode::Atomic => "atomic",
+                    crate::engine::AdmissionMode::CheckThenAct => "check-then-act",
+                },
+                quota_scope: match cfg.scope {
+                    crate::engine::QuotaScope::Project => "project",
+                    crate::engine::QuotaScope::Key => "key",
+                },
+                reserve: cfg.reserve,
+                safety: cfg.safety,
+                estimator: engine.estimator().name().to_owned(),
+                enforcement: sc.provider.enforcement.name(),
+            },
+            requests: Requests {
+                total: c.total,
+                succeeded: c.succeeded,
+                breaches: c.breaches,
+                denied: c.denied,
+                failed: c.failed,
+                delayed: agg.delayed,
+                lost_capacity: agg.lost_capacity,
+                servable,
+                high_priority: agg.by_priority[1],
+                denied_by_reason: agg.deny_reasons.clone(),
+            },
+            tokens: Tokens {
+                input_actual: agg.input_actual,
+                input_estimated: agg.input_estimated,
+                output_actual: agg.output_actual,
+            },
+            utilization: if servable == 0 { 1.0 } else { round6(c.succeeded as f64 / servable as f64) },
+            success_rate: round6(c.success_rate()),
+            queue_wait_ms: millis(&agg.queue_wait_ms),
+            latency_ms: millis(&agg.latency_ms),
+            warnings: Warnings::default(),
+            capacity,
+            per_project,
+            per_key,
+            expectations: Vec::new(),
+            overhead_ns: Overhead {
+                p50: o.value_at_quantile(0.5),
+                p99: o.value_at_quantile(0.99),
+                p999: o.value_at_quantile(0.999),
+                max: o.max(),
+                calls: o.len(),
+                settle_p50: agg.settle_ns.value_at_quantile(0.5),
+                settle_p99: agg.settle_ns.value_at_quantile(0.99),
+            },
+        };
+        s.expectations = sc.expect.iter().map(|e| s.check(e)).collect();
+        s
+    }
+
+    /// The value of a metric in this run.
+    pub fn metric(&self, m: Metric) -> f64 {
+        let r = &self.requests;
+        match m {
+            Metric::Breaches => r.breaches as f64,
+            Metric::Succeeded => r.succeeded as f64,
+            Metric::Denied => r.denied as f64,
+            Metric::Failed => r.failed as f64,
+            Metric::Total => r.total as f64,
+            Metric::SuccessRate => self.success_rate,
+            Metric::HighSuccessRate => round6(r.high_priority.success_rate()),
+            Metric::Utilization => self.utilization,
+            Metric::QueueWaitP99 => self.queue_wait_ms.p99 as f64,
+            Metric::OverheadP99 => self.overhead_ns.p99 as f64,
+        }
+    }
+
+    fn check(&self, e: &Expectation) -> ExpectationResult {
+        let actual = self.metric(e.metric);
+        ExpectationResult {
+            name: e.metric.name(),
+            ok: e.cmp.holds(actual, e.limit),
+            actual,
+            limit: format!("{} {}", e.cmp.symbol(), e.limit),
+        }
+    }
+
+    /// Whether every expectation held.
+    pub fn passed(&self) -> bool {
+        self.expectations.iter().all(|e| e.ok)
+    }
+}
+
+fn engine_keys(engine: &Engine, agg: &Aggregate) -> Vec<KeyRow> {
+    let models = engine.models();
+    let projects = engine.projects();
+    let mut rows = Vec::new();
+    for (k, key) in engine.keys().iter().enumerate() {
+        for (m, model) in models.iter().enumerate() {
+            let counts = agg.per_key.get(&(k, m)).copied().unwrap_or_default();
+            let denied = agg.per_project.get(&(key.project, m)).map_or(0, |c| c.denied);
+            rows.push(KeyRow {
+                key: redact(&key.id),
+                project: projects[key.project].id.clone(),
+                model: model.name.clone(),
+                state: if key.revoked {
+                    "revoked"
+                } else if key.removed {
+                    "removed"
+                } else if !key.enabled {
+                    "disabled"
+                } else {
+                    "active"
+                },
+                succeeded: counts.succeeded,
+                breaches: counts.breaches,
+                failed: counts.failed,
+                denied,
+            });
+        }
+    }
+    rows
+}
+
+fn round6(x: f64) -> f64 {
+    (x * 1e6).round() / 1e6
+}

@@ -1,0 +1,82 @@
+//! The terminal summary: what a person reads first after a run.
+
+use std::fmt::Write;
+
+use super::summary::Summary;
+
+fn pct(x: f64) -> String {
+    format!("{:.2}%", x * 100.0)
+}
+
+fn ns(n: u64) -> String {
+    if n >= 1_000_000 {
+        format!("{:.1} ms", n as f64 / 1e6)
+    } else if n >= 1_000 {
+        format!("{:.1} µs", n as f64 / 1e3)
+    } else {
+        format!("{n} ns")
+    }
+}
+
+/// Renders `s` as aligned text tables.
+pub fn render(s: &Summary) -> String {
+    let mut o = String::new();
+    let r = &s.requests;
+    let e = &s.engine;
+    let _ = writeln!(o, "scenario {}  seed {}  {} over {}s of traffic", s.scenario, s.seed, s.mode, s.duration_s);
+    let _ = writeln!(
+        o,
+        "engine   {} · {} · quota per {} · reserve {} · safety {} · estimator {} · judge {}",
+        e.strategy, e.admission, e.quota_scope, e.reserve, e.safety, e.estimator, e.enforcement
+    );
+    let _ = writeln!(o);
+    let rows = [
+        ("requests", r.total.to_string()),
+        ("succeeded", r.succeeded.to_string()),
+        ("breaches (429 after admission)", r.breaches.to_string()),
+        ("denied by the engine", r.denied.to_string()),
+        ("failed otherwise", r.failed.to_string()),
+        ("delayed in queue", r.delayed.to_string()),
+        ("lost capacity", r.lost_capacity.to_string()),
+        ("success rate", pct(s.success_rate)),
+        ("utilisation (of what the pool could serve)", pct(s.utilization)),
+        ("high priority succeeded", format!("{} of {}", r.high_priority.succeeded, r.high_priority.total)),
+        ("queue wait p50 / p99", format!("{} ms / {} ms", s.queue_wait_ms.p50, s.queue_wait_ms.p99)),
+        (
+            "engine overhead p50 / p99 / p99.9",
+            format!("{} / {} / {}", ns(s.overhead_ns.p50), ns(s.overhead_ns.p99), ns(s.overhead_ns.p999)),
+        ),
+    ];
+    let w = rows.iter().map(|(k, _)| k.len()).max().unwrap_or(0);
+    for (k, v) in rows {
+        let _ = writeln!(o, "  {k:<w$}  {v:>14}");
+    }
+    if !r.denied_by_reason.is_empty() {
+        let reasons: Vec<String> = r.denied_by_reason.iter().map(|(k, v)| format!("{k} {v}")).collect();
+        let _ = writeln!(o, "  denials by reason: {}", reasons.join(", "));
+    }
+    let _ = writeln!(o);
+    let pw = s.per_project.iter().map(|p| p.project.len()).max().unwrap_or(7).max(7);
+    let mw = s.per_project.iter().map(|p| p.model.len()).max().unwrap_or(5).max(5);
+    let _ = writeln!(
+        o,
+        "  {:<pw$}  {:<mw$}  {:>9}  {:>8}  {:>7}  {:>6}",
+        "project", "model", "succeeded", "breaches", "denied", "failed"
+    );
+    for p in &s.per_project {
+        let c = &p.counts;
+        let _ = writeln!(
+            o,
+            "  {:<pw$}  {:<mw$}  {:>9}  {:>8}  {:>7}  {:>6}",
+            p.project, p.model, c.succeeded, c.breaches, c.denied, c.failed
+        );
+    }
+    if !s.expectations.is_empty() {
+        let _ = writeln!(o);
+        for x in &s.expectations {
+            let mark = if x.ok { "ok  " } else { "FAIL" };
+            let _ = writeln!(o, "  {mark} {} {} (actual {})", x.name, x.limit, x.actual);
+        }
+    }
+    o
+}

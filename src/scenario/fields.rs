@@ -1,0 +1,264 @@
+//! The raw layer: typed reads from a spanned TOML tree that record every problem (unknown
+//! fields, wrong types, missing fields, bad units) with its place, and never stop at the first.
+
+use std::ops::Range;
+
+use toml::de::{DeTable, DeValue};
+use toml::Spanned;
+
+use super::diag::Diagnostic;
+use super::units;
+
+pub(super) type Span = Range<usize>;
+
+/// Collects diagnostics.
+#[derive(Default)]
+pub(super) struct Ctx {
+    pub(super) diags: Vec<Diagnostic>,
+}
+
+impl Ctx {
+    pub(super) fn error(&mut self, span: Span, message: impl Into<String>) {
+        self.diags.push(Diagnostic { message: message.into(), span: Some(span), help: None });
+    }
+
+    pub(super) fn error_help(&mut self, span: Span, message: impl Into<String>, help: impl Into<String>) {
+        self.diags.push(Diagnostic { message: message.into(), span: Some(span), help: Some(help.into()) });
+    }
+}
+
+/// A table being read, with the name it has in messages (`[engine]`, `[[traffic]] #2`).
+pub(super) struct Table<'a, 'i> {
+    pub(super) t: &'a DeTable<'i>,
+    pub(super) span: Span,
+    pub(super) name: String,
+}
+
+fn kind(v: &DeValue<'_>) -> &'static str {
+    match v {
+        DeValue::String(_) => "a string",
+        DeValue::Integer(_) => "an integer",
+        DeValue::Float(_) => "a float",
+        DeValue::Boolean(_) => "a boolean",
+        DeValue::Datetime(_) => "a datetime",
+        DeValue::Array(_) => "an array",
+        DeValue::Table(_) => "a table",
+    }
+}
+
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut prev: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut cur = vec![i + 1];
+        for (j, cb) in b.iter().enumerate() {
+            cur.push((prev[j] + usize::from(ca != *cb)).min(prev[j + 1] + 1).min(cur[j] + 1));
+        }
+        prev = cur;
+    }
+    prev[b.len()]
+}
+
+pub(super) fn int_of(v: &DeValue<'_>) -> Option<i128> {
+    match v {
+        DeValue::Integer(i) => i128::from_str_radix(i.as_str(), i.radix()).ok(),
+        _ => None,
+    }
+}
+
+pub(super) fn float_of(v: &DeValue<'_>) -> Option<f64> {
+    match v {
+        DeValue::Float(f) => f.as_str().parse().ok(),
+        DeValue::Integer(_) => int_of(v).map(|i| i as f64),
+        _ => None,
+    }
+}
+
+impl<'a, 'i> Table<'a, 'i> {
+    pub(super) fn new(t: &'a Spanned<DeTable<'i>>, name: impl Into<String>) -> Self {
+        Self { t: t.get_ref(), span: t.span(), name: name.into() }
+    }
+
+    /// Reports every key not in `allowed`, suggesting the closest allowed one.
+    pub(super) fn allow(&self, ctx: &mut Ctx, allowed: &[&str]) {
+        for (k, _) in self.t.iter() {
+            let key = k.get_ref().as_ref();
+            if allowed.contains(&key) {
+                continue;
+            }
+            let close = allowed.iter().map(|a| (edit_distance(key, a), *a)).min().filter(|(d, _)| *d <= 2);
+            let msg = format!("unknown field `{key}` in {}", self.name);
+            match close {
+                Some((_, a)) => ctx.error_help(k.span(), msg, format!("did you mean `{a}`?")),
+                None => ctx.error_help(k.span(), msg, format!("expected one of {}", quoted(allowed))),
+            }
+        }
+    }
+
+    pub(super) fn raw(&self, key: &str) -> Option<&'a Spanned<DeValue<'i>>> {
+        self.t.iter().find(|(k, _)| k.get_ref().as_ref() == key).map(|(_, v)| v)
+    }
+
+    pub(super) fn has(&self, key: &str) -> bool {
+        self.raw(key).is_some()
+    }
+
+    /// Reports a missing required field and passes `v` through.
+    pub(super) fn required<T>(&self, v: Option<T>, ctx: &mut Ctx, key: &str) -> Option<T> {
+        if v.is_none() && !self.has(key) {
+            ctx.error(self.span.clone(), format!("missing field `{key}` in {}", self.name));
+        }
+        v
+    }
+
+    fn typed<T>(
+        &self,
+        ctx: &mut Ctx,
+        key: &str,
+        want: &str,
+        f: impl Fn(&DeValue<'i>) -> Option<T>,
+    ) -> Option<(T, Span)> {
+        let v = self.raw(key)?;
+        match f(v.get_ref()) {
+            Some(x) => Some((x, v.span())),
+            None => {
+                ctx.error(v.span(), format!("`{key}` in {} must be {want}, found {}", self.name, kind(v.get_ref())));
+                None
+            }
+        }
+    }
+
+    pub(super) fn string(&self, ctx: &mut Ctx, key: &str) -> Option<(String, Span)> {
+        self.typed(ctx, key, "a string", |v| v.as_str().map(str::to_owned))
+    }
+
+    pub(super) fn boolean(&self, ctx: &mut Ctx, key: &str) -> Option<bool> {
+        self.typed(ctx, key, "a boolean", DeValue::as_bool).map(|(b, _)| b)
+    }
+
+    pub(super) fn uint(&self, ctx: &mut Ctx, key: &str) -> Option<(u64, Span)> {
+        let (i, span) = self.typed(ctx, key, "an integer", int_of)?;
+        match u64::try_from(i) {
+            Ok(u) => Some((u, span)),
+            Err(_) => {
+                ctx.error(span, format!("`{key}` in {} must be zero or more, found {i}", self.name));
+                None
+            }
+        }
+    }
+
+    pub(super) fn float(&self, ctx: &mut Ctx, key: &str) -> Option<(f64, Span)> {
+        self.typed(ctx, key, "a number", float_of)
+    }
+
+    /// A number in `[lo, hi]`.
+    pub(super) fn fraction(&self, ctx: &mut Ctx, key: &str, lo: f64, hi: f64) -> Option<f64> {
+        let (x, span) = self.float(ctx, key)?;
+        if x.is_finite() && (lo..=hi).contains(&x) {
+            Some(x)
+        } else {
+            ctx.error(span, format!("`{key}` in {} must be between {lo} and {hi}, found {x}", self.name));
+            None
+        }
+    }
+
+    pub(super) fn duration(&self, ctx: &mut Ctx, key: &str) -> Option<(u64, Span)> {
+        let (s, span) = self.typed(ctx, key, "a duration string such as \"30s\"", |v| v.as_str().map(str::to_owned))?;
+        match units::parse_duration(&s) {
+            Ok(ms) => Some((ms, span)),
+            Err(e) => {
+                ctx.error(span, format!("`{key}` in {}: {e}", self.name));
+                None
+            }
+        }
+    }
+
+    /// A rate: `"2/s"`, `"30/min"`, or a plain number per second.
+    pub(super) fn rate(&self, ctx: &mut Ctx, key: &str) -> Option<(f64, Span)> {
+        let v = self.raw(key)?;
+        let parsed = match v.get_ref() {
+            DeValue::String(s) => units::parse_rate(s),
+            other => float_of(other)
+                .filter(|x| x.is_finite() && *x >= 0.0)
+                .ok_or_else(|| format!("expected a rate such as \"2/s\", found {}", kind(other))),
+        };
+        match parsed {
+            Ok(r) => Some((r, v.span())),
+            Err(e) => {
+                ctx.error(v.span(), format!("`{key}` in {}: {e}", self.name));
+                None
+            }
+        }
+    }
+
+    /// One of `options` by name.
+    pub(super) fn choice<T: Copy>(&self, ctx: &mut Ctx, key: &str, options: &[(&str, T)]) -> Option<T> {
+        let (s, span) = self.string(ctx, key)?;
+        match options.iter().find(|(n, _)| *n == s) {
+            Some((_, t)) => Some(*t),
+            None => {
+                let names: Vec<&str> = options.iter().map(|(n, _)| *n).collect();
+                ctx.error_help(
+                    span,
+                    format!("unknown {key} '{s}' in {}", self.name),
+                    format!("expected one of {}", quoted(&names)),
+                );
+                None
+            }
+        }
+    }
+
+    pub(super) fn table(&self, ctx: &mut Ctx, key: &str) -> Option<Table<'a, 'i>> {
+        let v = self.raw(key)?;
+        match v.get_ref() {
+            DeValue::Table(t) => Some(Table { t, span: v.span(), name: format!("`{key}`") }),
+            other => {
+                ctx.error(v.span(), format!("`{key}` in {} must be a table, found {}", self.name, kind(other)));
+                None
+            }
+        }
+    }
+
+    /// An array of tables (`[[key]]`), each named `[[key]] #n` in messages.
+    pub(super) fn tables(&self, ctx: &mut Ctx, key: &str) -> Vec<Table<'a, 'i>> {
+        let Some(v) = self.raw(key) else { return Vec::new() };
+        let DeValue::Array(items) = v.get_ref() else {
+            ctx.error(v.span(), format!("`{key}` must be an array of tables ([[{key}]]), found {}", kind(v.get_ref())));
+            return Vec::new();
+        };
+        let mut out = Vec::new();
+        for (n, item) in items.iter().enumerate() {
+            match item.get_ref() {
+                DeValue::Table(t) => out.push(Table { t, span: item.span(), name: format!("[[{key}]] #{}", n + 1) }),
+                other => ctx.error(item.span(), format!("entries of `{key}` must be tables, found {}", kind(other))),
+            }
+        }
+        out
+    }
+
+    pub(super) fn strings(&self, ctx: &mut Ctx, key: &str) -> Option<Vec<(String, Span)>> {
+        let v = self.raw(key)?;
+        let DeValue::Array(items) = v.get_ref() else {
+            ctx.error(
+                v.span(),
+                format!("`{key}` in {} must be an array of strings, found {}", self.name, kind(v.get_ref())),
+            );
+            return None;
+        };
+        let mut out = Vec::new();
+        for item in items.iter() {
+            match item.get_ref().as_str() {
+                Some(s) => out.push((s.to_owned(), item.span())),
+                None => ctx.error(
+                    item.span(),
+                    format!("`{key}` in {} must hold strings, found {}", self.name, kind(item.get_ref())),
+                ),
+            }
+        }
+        Some(out)
+    }
+}
+
+pub(super) fn quoted(names: &[&str]) -> String {
+    names.iter().map(|n| format!("`{n}`")).collect::<Vec<_>>().join(", ")
+}

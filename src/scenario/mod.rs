@@ -1,0 +1,47 @@
+//! Scenario files: TOML read in two layers — a spanned tree read by typed accessors that
+//! collect every problem with its place, then the validated [`Scenario`].
+//!
+//! - [`parse()`]: text to scenario (no file reading of its own but trace files).
+//! - [`load`]: read a file, then parse it.
+//! - [`model`]: the validated types.
+//! - [`units`]: durations, rates, comparisons.
+//! - [`diag`]: diagnostics and their rendering with line, column and caret.
+
+pub mod diag;
+pub mod model;
+pub mod units;
+
+mod fields;
+mod parse;
+mod traffic;
+
+use std::path::Path;
+
+pub use diag::{Diagnostic, Diagnostics};
+pub use model::*;
+pub use parse::parse;
+
+/// Why a scenario could not be loaded.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum LoadError {
+    /// The file could not be read.
+    #[error("cannot read scenario {path}: {source}")]
+    Read {
+        /// The path.
+        path: String,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The file has problems.
+    #[error("{0}")]
+    Invalid(Box<Diagnostics>),
+}
+
+/// Reads and parses the scenario at `path`, applying `overrides` (`path=value`).
+pub fn load(path: &Path, overrides: &[String]) -> Result<Scenario, LoadError> {
+    let text =
+        std::fs::read_to_string(path).map_err(|source| LoadError::Read { path: path.display().to_string(), source })?;
+    let origin = path.display().to_string();
+    parse(&text, &origin, path.parent(), overrides).map_err(|d| LoadError::Invalid(Box::new(d)))
+}

@@ -1,0 +1,264 @@
+//! The validated scenario: every value typed and checked, every reference resolved.
+
+use mock_server::{Enforcement, FaultModel, LatencyModel, Tier};
+
+use super::units::Cmp;
+use crate::engine::{EngineConfig, Limits, PoolEvent, Priority, Timestamp};
+
+/// A scenario ready to run.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Scenario {
+    /// Its name (the default output folder).
+    pub name: String,
+    /// The seed of every random stream.
+    pub seed: u64,
+    /// Simulated time, in milliseconds.
+    pub duration_ms: u64,
+    /// The calendar instant the run starts at.
+    pub start: Timestamp,
+    /// Timeline interval, in milliseconds.
+    pub timeline_ms: u64,
+    /// Whether to write one CSV row per request.
+    pub requests_csv: bool,
+    /// How the provider enforces quotas.
+    pub provider: Provider,
+    /// Models and their default limits.
+    pub models: Vec<ModelDef>,
+    /// Projects, their keys and resolved limits.
+    pub projects: Vec<ProjectDef>,
+    /// The engine under test.
+    pub engine: EngineDef,
+    /// Traffic classes.
+    pub traffic: Vec<TrafficClass>,
+    /// Pool events, by time.
+    pub events: Vec<TimedEvent>,
+    /// Expectations the run is checked against.
+    pub expect: Vec<Expectation>,
+}
+
+/// The judge's settings.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Provider {
+    /// Minute semantics.
+    pub enforcement: Enforcement,
+    /// Response times.
+    pub latency: LatencyModel,
+    /// Server-side failures.
+    pub faults: FaultModel,
+}
+
+/// A model with default limits.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ModelDef {
+    /// Model name.
+    pub name: String,
+    /// Default limits per project.
+    pub limits: Limits,
+}
+
+/// A project with its keys.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ProjectDef {
+    /// Project id.
+    pub id: String,
+    /// Billing tier.
+    pub tier: Tier,
+    /// Key ids present at the start.
+    pub keys: Vec<String>,
+    /// Limits per model (defaults with this project's overrides).
+    pub limits: Vec<Limits>,
+}
+
+/// What to do when the engine denies a request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OnExhausted {
+    /// Wait for `retry_at`, up to `max_wait`.
+    Queue,
+    /// Give up at once.
+    Reject,
+}
+
+/// The engine's settings in a scenario.
+#[derive(Clone, Debug, PartialEq)]
+pub struct EngineDef {
+    /// Engine configuration.
+    pub config: EngineConfig,
+    /// Estimator name.
+    pub estimator: String,
+    /// Queue or reject on denial.
+    pub on_exhausted: OnExhausted,
+    /// Longest wait in the queue, in milliseconds.
+    pub max_wait_ms: u64,
+}
+
+/// A distribution of token counts.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Tokens {
+    /// Always this many.
+    Fixed(u64),
+    /// Log-normal with this median and 99th percentile.
+    LogNormal {
+        /// Median.
+        median: f64,
+        /// 99th percentile.
+        p99: f64,
+    },
+}
+
+/// How requests of a class arrive.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Arrival {
+    /// Evenly spaced, `rate` per second.
+    Constant {
+        /// Requests per second.
+        rate: f64,
+    },
+    /// A Poisson process of `rate` per second.
+    Poisson {
+        /// Requests per second.
+        rate: f64,
+    },
+    /// `size` requests at the same instant, every `every_ms`.
+    Batch {
+        /// Requests per burst.
+        size: u64,
+        /// Milliseconds between bursts.
+        every_ms: u64,
+    },
+    /// Poisson at `rate` during `on_ms`, silent during `off_ms`, repeating.
+    OnOff {
+        /// Requests per second while on.
+        rate: f64,
+        /// Milliseconds on.
+        on_ms: u64,
+        /// Milliseconds off.
+        off_ms: u64,
+    },
+    /// Poisson with a rate moving linearly from `from` to `to` over `over_ms`, then holding.
+    Ramp {
+        /// Starting rate per second.
+        from: f64,
+        /// Final rate per second.
+        to: f64,
+        /// Milliseconds to get there.
+        over_ms: u64,
+    },
+    /// Poisson with a daily cycle between `min` and `max`, peaking at `peak_ms` after midnight
+    /// Pacific.
+    Diurnal {
+        /// Lowest rate per second.
+        min: f64,
+        /// Highest rate per second.
+        max: f64,
+        /// Time of day of the peak, milliseconds after Pacific midnight.
+        peak_ms: u64,
+    },
+    /// Replay of recorded requests.
+    Trace(Trace),
+}
+
+/// Recorded requests to replay.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Trace {
+    /// Where they came from (for reports).
+    pub file: String,
+    /// Offsets from the first request (ms, already divided by the speed-up), and input and
+    /// output token counts.
+    pub rows: Vec<(u64, u64, u64)>,
+    /// Replay again from the start when the trace ends.
+    pub repeat: bool,
+    /// Span of one pass of the trace in milliseconds (last offset plus the mean gap).
+    pub period_ms: u64,
+}
+
+/// One class of traffic.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TrafficClass {
+    /// Name in reports.
+    pub name: String,
+    /// Arrival process.
+    pub arrival: Arrival,
+    /// Input tokens (ground truth).
+    pub prompt_tokens: Tokens,
+    /// Output tokens (ground truth).
+    pub output_tokens: Tokens,
+    /// Characters per input token of this class's text; the prompt length shown to the
+    /// estimator is tokens × this.
+    pub chars_per_token: f64,
+    /// Model index.
+    pub model: usize,
+    /// Priority.
+    pub priority: Priority,
+    /// `maxOutputTokens` sent with each request.
+    pub max_output_tokens: Option<u64>,
+    /// Active from this offset (ms).
+    pub start_ms: u64,
+    /// Active until this offset (ms).
+    pub end_ms: u64,
+}
+
+/// A pool event at an offset from the start.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TimedEvent {
+    /// Milliseconds after the start.
+    pub at_ms: u64,
+    /// What happens.
+    pub event: PoolEvent,
+}
+
+/// A figure an expectation can check.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Metric {
+    /// Number of breaches.
+    Breaches,
+    /// Number of succeeded requests.
+    Succeeded,
+    /// Number of denied requests.
+    Denied,
+    /// Number of failed requests.
+    Failed,
+    /// Succeeded / total.
+    SuccessRate,
+    /// Succeeded / total among high-priority requests.
+    HighSuccessRate,
+    /// Succeeded / servable.
+    Utilization,
+    /// 99th percentile of queue wait, in milliseconds.
+    QueueWaitP99,
+    /// 99th percentile of engine overhead, in nanoseconds.
+    OverheadP99,
+    /// Number of requests that ended in each other state.
+    Total,
+}
+
+impl Metric {
+    /// Every metric with its name in `[expect]`.
+    pub const NAMES: [(&'static str, Metric); 10] = [
+        ("breaches", Metric::Breaches),
+        ("succeeded", Metric::Succeeded),
+        ("denied", Metric::Denied),
+        ("failed", Metric::Failed),
+        ("total", Metric::Total),
+        ("success_rate", Metric::SuccessRate),
+        ("high_priority_success_rate", Metric::HighSuccessRate),
+        ("utilization", Metric::Utilization),
+        ("queue_wait_p99", Metric::QueueWaitP99),
+        ("overhead_p99_ns", Metric::OverheadP99),
+    ];
+
+    /// Its name in `[expect]`.
+    pub fn name(self) -> &'static str {
+        Self::NAMES.iter().find(|(_, m)| *m == self).map(|(n, _)| *n).expect("every metric has a name")
+    }
+}
+
+/// `metric <op> limit`.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Expectation {
+    /// What is checked.
+    pub metric: Metric,
+    /// How.
+    pub cmp: Cmp,
+    /// Against what.
+    pub limit: f64,
+}

@@ -1,0 +1,424 @@
+//! From text to a validated [`Scenario`]: the spanned TOML tree is read section by section,
+//! and every problem is collected before anything is returned.
+
+use std::path::Path;
+
+use chrono::DateTime;
+use mock_server::{Enforcement, FaultModel, LatencyModel, Tier};
+use toml::de::{DeTable, DeValue};
+use toml::Spanned;
+
+use super::diag::Diagnostics;
+use super::fields::{Ctx, Table};
+use super::model::*;
+use super::traffic::{events, expectations, traffic};
+use crate::engine::{AdmissionMode, EngineConfig, Limits, QuotaScope, StrategyKind, Timestamp, TokenBasis};
+
+/// Where the scenario's week starts if it names no `start`: a Wednesday at 00:00 Pacific.
+const DEFAULT_START: &str = "2026-11-25T00:00:00-08:00";
+
+/// Parses and validates scenario `text`. `origin` names it in diagnostics; `base` is the
+/// folder relative paths (trace files) are resolved against; `overrides` are `path=value`
+/// settings (`engine.admission=check-then-act`) applied on top of the file.
+pub fn parse(text: &str, origin: &str, base: Option<&Path>, overrides: &[String]) -> Result<Scenario, Diagnostics> {
+    let source = with_overrides(text, overrides);
+    let fail = |items| Diagnostics { origin: origin.to_owned(), source: source.clone(), items };
+    let (root, errors) = DeTable::parse_recoverable(&source[..text.len()]);
+    if !errors.is_empty() {
+        let items = errors
+            .iter()
+            .map(|e| super::diag::Diagnostic { message: e.message().to_owned(), span: e.span(), help: None })
+            .collect();
+        return Err(fail(items));
+    }
+    let mut root = root.into_inner();
+    let mut ctx = Ctx::default();
+    if !overrides.is_empty() {
+        match DeTable::parse(&source[text.len()..]) {
+            Ok(t) => merge(&mut root, shift_table(t.into_inner(), text.len())),
+            Err(e) => ctx.error(text.len()..source.len(), format!("bad --set override: {}", e.message())),
+        }
+    }
+    let root = Spanned::new(0..source.len(), root);
+    let scenario = build(&mut ctx, &Table::new(&root, "the scenario file"), base);
+    ctx.diags.sort_by_key(|d| d.span.as_ref().map_or(usize::MAX, |s| s.start));
+    match scenario {
+        Some(s) if ctx.diags.is_empty() => Ok(s),
+        _ => Err(fail(ctx.diags)),
+    }
+}
+
+/// Appends overrides to the source as TOML lines, so that a problem in an override shows at
+/// its own line like any other.
+fn with_overrides(text: &str, overrides: &[String]) -> String {
+    let mut source = text.to_owned();
+    if overrides.is_empty() {
+        return source;
+    }
+    source.push_str("\n# --set\n");
+    for o in overrides {
+        let (path, value) = o.split_once('=').unwrap_or((o, ""));
+        let value = value.trim();
+        let literal = if DeValue::parse(value).is_ok() { value.to_owned() } else { format!("{value:?}") };
+        source.push_str(&format!("{} = {literal}\n", path.trim()));
+    }
+    source
+}
+
+fn shift_value(v: Spanned<DeValue<'_>>, by: usize) -> Spanned<DeValue<'_>> {
+    let span = v.span();
+    let inner = match v.into_inner() {
+        DeValue::Table(t) => DeValue::Table(shift_table(t, by)),
+        other => other,
+    };
+    Spanned::new(span.start + by..span.end + by, inner)
+}
+
+fn shift_table(t: DeTable<'_>, by: usize) -> DeTable<'_> {
+    let mut out = DeTable::new();
+    for (k, v) in t {
+        let span = k.span();
+        out.insert(Spanned::new(span.start + by..span.end + by, k.into_inner()), shift_value(v, by));
+    }
+    out
+}
+
+fn merge<'i>(into: &mut DeTable<'i>, from: DeTable<'i>) {
+    for (k, v) in from {
+        let existing = into.iter_mut().find(|(ek, _)| ek.get_ref() == k.get_ref()).map(|(_, ev)| ev);
+        match (existing, v.into_inner()) {
+            (Some(ev), DeValue::Table(t)) if matches!(ev.get_ref(), DeValue::Table(_)) => {
+                if let DeValue::Table(et) = ev.get_mut() {
+                    merge(et, t);
+                }
+            }
+            (Some(ev), other) => *ev = Spanned::new(k.span(), other),
+            (None, other) => {
+                let span = k.span();
+                into.insert(k, Spanned::new(span, other));
+            }
+        }
+    }
+}
+
+const ROOT_KEYS: &[&str] =
+    &["scenario", "provider", "models", "projects", "engine", "traffic", "events", "expect", "output"];
+
+fn build(ctx: &mut Ctx, root: &Table<'_, '_>, base: Option<&Path>) -> Option<Scenario> {
+    root.allow(ctx, ROOT_KEYS);
+    let head = root.required(root.table(ctx, "scenario"), ctx, "scenario");
+    let (name, seed, duration_ms, start, timeline_ms) = match &head {
+        Some(t) => header(ctx, t),
+        None => (None, Some(0), None, Some(parse_start(DEFAULT_START).expect("default start parses")), Some(60_000)),
+    };
+    let provider_table = root.table(ctx, "provider");
+    let provider = provider(ctx, provider_table.as_ref());
+    let models = models(ctx, root);
+    let projects = projects(ctx, root, &models);
+    let engine_table = root.table(ctx, "engine");
+    let engine = engine(ctx, engine_table.as_ref(), seed.unwrap_or(0));
+    let traffic = traffic(ctx, root, &models, duration_ms.unwrap_or(u64::MAX), base);
+    let events = events(ctx, root, &projects, duration_ms.unwrap_or(u64::MAX));
+    let expect_table = root.table(ctx, "expect");
+    let expect = expectations(ctx, expect_table.as_ref());
+    let requests_csv = match root.table(ctx, "output") {
+        Some(t) => {
+            t.allow(ctx, &["requests_csv"]);
+            t.boolean(ctx, "requests_csv").unwrap_or(false)
+        }
+        None => false,
+    };
+    Some(Scenario {
+        name: name?,
+        seed: seed?,
+        duration_ms: duration_ms?,
+        start: start?,
+        timeline_ms: timeline_ms?,
+        requests_csv,
+        provider: provider?,
+        models,
+        projects,
+        engine: engine?,
+        traffic,
+        events,
+        expect,
+    })
+}
+
+type Header = (Option<String>, Option<u64>, Option<u64>, Option<Timestamp>, Option<u64>);
+
+fn header(ctx: &mut Ctx, t: &Table<'_, '_>) -> Header {
+    t.allow(ctx, &["name", "description", "seed", "duration", "start", "timeline"]);
+    let _ = t.string(ctx, "description");
+    let name = t.required(t.string(ctx, "name"), ctx, "name").and_then(|(n, span)| {
+        let ok = !n.is_empty() && n.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c));
+        if !ok {
+            ctx.error(span, format!("scenario name '{n}' may hold only letters, digits, '-', '_' and '.'"));
+        }
+        ok.then_some(n)
+    });
+    let seed = if t.has("seed") { t.uint(ctx, "seed").map(|(s, _)| s) } else { Some(0) };
+    let duration = t.required(t.duration(ctx, "duration"), ctx, "duration").and_then(|(d, span)| {
+        if d == 0 {
+            ctx.error(span, "`duration` must be longer than zero");
+        }
+        (d > 0).then_some(d)
+    });
+    let start = match t.raw("start") {
+        None => parse_start(DEFAULT_START).ok(),
+        Some(v) => {
+            let text = match v.get_ref() {
+                DeValue::Datetime(d) => Some(d.to_string()),
+                DeValue::String(s) => Some(s.to_string()),
+                _ => None,
+            };
+            match text.as_deref().map(parse_start) {
+                Some(Ok(ts)) => Some(ts),
+                Some(Err(e)) => {
+                    ctx.error(v.span(), format!("`start` in [scenario]: {e}"));
+                    None
+                }
+                None => {
+                    ctx.error(v.span(), "`start` in [scenario] must be a date-time with an offset");
+                    None
+                }
+            }
+        }
+    };
+    let timeline = if t.has("timeline") {
+        t.duration(ctx, "timeline").and_then(|(ms, span)| {
+            if ms < 1_000 {
+                ctx.error(span, "`timeline` in [scenario] must be at least 1s");
+            }
+            (ms >= 1_000).then_some(ms)
+        })
+    } else {
+        Some(60_000)
+    };
+    (name, seed, duration, start, timeline)
+}
+
+fn parse_start(s: &str) -> Result<Timestamp, String> {
+    let t = DateTime::parse_from_rfc3339(s)
+        .map_err(|e| format!("'{s}' is not an RFC 3339 date-time with an offset ({e})"))?;
+    u64::try_from(t.timestamp_millis()).map(Timestamp).map_err(|_| format!("'{s}' is before 1970"))
+}
+
+fn provider(ctx: &mut Ctx, t: Option<&Table<'_, '_>>) -> Option<Provider> {
+    let mut p = Provider {
+        enforcement: Enforcement::Sliding,
+        latency: LatencyModel { median_ms: 800.0, p99_ms: 6_000.0 },
+        faults: FaultModel::default(),
+    };
+    let Some(t) = t else { return Some(p) };
+    t.allow(ctx, &["enforcement", "latency", "faults"]);
+    let modes: Vec<(&str, Enforcement)> = Enforcement::ALL.iter().map(|e| (e.name(), *e)).collect();
+    let mut ok = true;
+    if t.has("enforcement") {
+        match t.choice(ctx, "enforcement", &modes) {
+            Some(e) => p.enforcement = e,
+            None => ok = false,
+        }
+    }
+    if let Some(l) = t.table(ctx, "latency") {
+        l.allow(ctx, &["median", "p99"]);
+        if let Some((m, _)) = l.duration(ctx, "median") {
+            p.latency.median_ms = m as f64;
+        }
+        if let Some((q, span)) = l.duration(ctx, "p99") {
+            p.latency.p99_ms = q as f64;
+            if p.latency.p99_ms < p.latency.median_ms {
+                ctx.error(span, "latency `p99` must be at least the `median`");
+                ok = false;
+            }
+        } else if p.latency.p99_ms < p.latency.median_ms {
+            p.latency.p99_ms = p.latency.median_ms;
+        }
+    }
+    if let Some(f) = t.table(ctx, "faults") {
+        f.allow(ctx, &["internal_rate", "overloaded_rate"]);
+        p.faults.internal_rate = f.fraction(ctx, "internal_rate", 0.0, 1.0).unwrap_or(0.0);
+        p.faults.overloaded_rate = f.fraction(ctx, "overloaded_rate", 0.0, 1.0).unwrap_or(0.0);
+    }
+    ok.then_some(p)
+}
+
+const LIMIT_KEYS: [&str; 4] = ["rpm", "tpm", "rpd", "tpd"];
+
+/// Reads `rpm`, `tpm`, `rpd`, `tpd` into `limits`; with `all`, the first three are required.
+fn read_limits(ctx: &mut Ctx, t: &Table<'_, '_>, limits: &mut Limits, all: bool) {
+    for key in LIMIT_KEYS {
+        let v = t.uint(ctx, key).map(|(v, _)| v);
+        let v = if all && key != "tpd" { t.required(v, ctx, key) } else { v };
+        if let Some(v) = v {
+            match key {
+                "rpm" => limits.rpm = v,
+                "tpm" => limits.tpm = v,
+                "rpd" => limits.rpd = v,
+                _ => limits.tpd = Some(v),
+            }
+        }
+    }
+}
+
+fn models(ctx: &mut Ctx, root: &Table<'_, '_>) -> Vec<ModelDef> {
+    let tables = root.tables(ctx, "models");
+    if tables.is_empty() && !root.has("models") {
+        ctx.error(root.span.start..root.span.start, "missing `[[models]]`: a scenario needs at least one model");
+    }
+    let mut out: Vec<ModelDef> = Vec::new();
+    for t in tables {
+        let mut keys = vec!["name"];
+        keys.extend(LIMIT_KEYS);
+        t.allow(ctx, &keys);
+        let mut limits = Limits::default();
+        read_limits(ctx, &t, &mut limits, true);
+        if let Some((name, span)) = t.required(t.string(ctx, "name"), ctx, "name") {
+            if out.iter().any(|m| m.name == name) {
+                ctx.error(span, format!("model '{name}' is defined twice"));
+            }
+            out.push(ModelDef { name, limits });
+        }
+    }
+    out
+}
+
+fn projects(ctx: &mut Ctx, root: &Table<'_, '_>, models: &[ModelDef]) -> Vec<ProjectDef> {
+    let tables = root.tables(ctx, "projects");
+    if tables.is_empty() && !root.has("projects") {
+        ctx.error(root.span.start..root.span.start, "missing `[[projects]]`: a scenario needs at least one project");
+    }
+    let mut out: Vec<ProjectDef> = Vec::new();
+    let mut seen_keys: Vec<String> = Vec::new();
+    for t in tables {
+        t.allow(ctx, &["id", "keys", "tier", "count", "limits"]);
+        let tier = if t.has("tier") {
+            t.choice(ctx, "tier", &[("free", Tier::Free), ("paid", Tier::Paid)])
+        } else {
+            Some(Tier::Free)
+        };
+        let mut limits: Vec<Limits> = models.iter().map(|m| m.limits).collect();
+        if let Some(lt) = t.table(ctx, "limits") {
+            for (k, v) in lt.t.iter() {
+                let model = k.get_ref().as_ref();
+                let Some(i) = models.iter().position(|m| m.name == model) else {
+                    ctx.error(k.span(), format!("unknown model '{model}' in `limits` of {}", t.name));
+                    continue;
+                };
+                match v.get_ref() {
+                    DeValue::Table(mt) => {
+                        let mt = Table { t: mt, span: v.span(), name: format!("`limits.{model}`") };
+                        mt.allow(ctx, &LIMIT_KEYS);
+                        read_limits(ctx, &mt, &mut limits[i], false);
+                    }
+                    _ => ctx.error(v.span(), format!("`limits.{model}` must be a table such as {{ rpm = 5 }}")),
+                }
+            }
+        }
+        let count = if t.has("count") { t.uint(ctx, "count") } else { None };
+        let id = t.required(t.string(ctx, "id"), ctx, "id");
+        let keys = t.required(t.strings(ctx, "keys"), ctx, "keys");
+        let (Some((id, id_span)), Some(keys), Some(tier)) = (id, keys, tier) else { continue };
+        let n = match count {
+            Some((0, span)) => {
+                ctx.error(span, "`count` must be at least 1");
+                continue;
+            }
+            Some((n, span)) => {
+                if !id.contains("{i}") {
+                    ctx.error_help(
+                        span,
+                        format!("`count` in {} needs `{{i}}` in the id", t.name),
+                        "write id = \"proj-{i}\"",
+                    );
+                    continue;
+                }
+                n
+            }
+            None => 1,
+        };
+        for i in 1..=n {
+            let fill = |s: &str| s.replace("{i}", &i.to_string());
+            let pid = fill(&id);
+            if out.iter().any(|p| p.id == pid) {
+                ctx.error(id_span.clone(), format!("project '{pid}' is defined twice"));
+            }
+            let mut pkeys = Vec::new();
+            for (k, span) in &keys {
+                let kid = fill(k);
+                if seen_keys.contains(&kid) {
+                    ctx.error(span.clone(), format!("key '{kid}' is listed twice"));
+                } else if kid.is_empty() {
+                    ctx.error(span.clone(), "key ids may not be empty");
+                } else {
+                    seen_keys.push(kid.clone());
+                    pkeys.push(kid);
+                }
+            }
+            out.push(ProjectDef { id: pid, tier, keys: pkeys, limits: limits.clone() });
+        }
+    }
+    out
+}
+
+fn engine(ctx: &mut Ctx, t: Option<&Table<'_, '_>>, seed: u64) -> Option<EngineDef> {
+    let mut def = EngineDef {
+        config: EngineConfig { seed, ..EngineConfig::default() },
+        estimator: "chars4".into(),
+        on_exhausted: OnExhausted::Queue,
+        max_wait_ms: 30_000,
+    };
+    let Some(t) = t else { return Some(def) };
+    t.allow(
+        ctx,
+        &[
+            "strategy",
+            "reserve",
+            "safety",
+            "estimator",
+            "on_exhausted",
+            "max_wait",
+            "admission",
+            "quota_scope",
+            "token_basis",
+            "output_reserve",
+        ],
+    );
+    let before = ctx.diags.len();
+    let strategies: Vec<(&str, StrategyKind)> = StrategyKind::ALL.iter().map(|s| (s.name(), *s)).collect();
+    let c = &mut def.config;
+    if t.has("strategy") {
+        c.strategy = t.choice(ctx, "strategy", &strategies).unwrap_or_default();
+    }
+    c.reserve = t.fraction(ctx, "reserve", 0.0, 0.9).unwrap_or(0.0);
+    c.safety = t.fraction(ctx, "safety", 0.0, 0.9).unwrap_or(0.0);
+    if t.has("admission") {
+        let modes = [("atomic", AdmissionMode::Atomic), ("check-then-act", AdmissionMode::CheckThenAct)];
+        c.admission = t.choice(ctx, "admission", &modes).unwrap_or_default();
+    }
+    if t.has("quota_scope") {
+        c.scope = t
+            .choice(ctx, "quota_scope", &[("project", QuotaScope::Project), ("key", QuotaScope::Key)])
+            .unwrap_or_default();
+    }
+    if t.has("token_basis") {
+        c.basis = t
+            .choice(ctx, "token_basis", &[("input", TokenBasis::Input), ("total", TokenBasis::Total)])
+            .unwrap_or_default();
+    }
+    if let Some((o, _)) = t.uint(ctx, "output_reserve") {
+        c.output_reserve = o;
+    }
+    if t.has("estimator") {
+        def.estimator = t.choice(ctx, "estimator", &[("chars4", "chars4")]).unwrap_or("chars4").to_owned();
+    }
+    if t.has("on_exhausted") {
+        def.on_exhausted = t
+            .choice(ctx, "on_exhausted", &[("queue", OnExhausted::Queue), ("reject", OnExhausted::Reject)])
+            .unwrap_or(OnExhausted::Queue);
+    }
+    if let Some((w, _)) = t.duration(ctx, "max_wait") {
+        def.max_wait_ms = w;
+    }
+    (ctx.diags.len() == before).then_some(def)
+}

@@ -1,0 +1,406 @@
+//! Traffic classes, pool events and expectations of a scenario.
+
+use std::path::Path;
+
+use chrono::NaiveDateTime;
+use toml::de::DeValue;
+
+use super::fields::{float_of, Ctx, Span, Table};
+use super::model::*;
+use super::units;
+use crate::engine::{KeySpec, PoolEvent, Priority};
+
+const TRAFFIC_KEYS: &[&str] = &[
+    "name",
+    "arrival",
+    "prompt_tokens",
+    "output_tokens",
+    "chars_per_token",
+    "model",
+    "priority",
+    "max_output_tokens",
+    "start",
+    "end",
+];
+
+pub(super) fn traffic(
+    ctx: &mut Ctx,
+    root: &Table<'_, '_>,
+    models: &[ModelDef],
+    duration: u64,
+    base: Option<&Path>,
+) -> Vec<TrafficClass> {
+    let tables = root.tables(ctx, "traffic");
+    if tables.is_empty() && !root.has("traffic") {
+        ctx.error(
+            root.span.start..root.span.start,
+            "missing `[[traffic]]`: a scenario needs at least one traffic class",
+        );
+    }
+    let mut out = Vec::new();
+    for (n, t) in tables.iter().enumerate() {
+        t.allow(ctx, TRAFFIC_KEYS);
+        if let Some(c) = class(ctx, t, n, models, duration, base) {
+            out.push(c);
+        }
+    }
+    out
+}
+
+fn class(
+    ctx: &mut Ctx,
+    t: &Table<'_, '_>,
+    n: usize,
+    models: &[ModelDef],
+    duration: u64,
+    base: Option<&Path>,
+) -> Option<TrafficClass> {
+    let before = ctx.diags.len();
+    let name = t.string(ctx, "name").map_or_else(|| format!("traffic-{}", n + 1), |(s, _)| s);
+    let arrival = t.required(t.table(ctx, "arrival"), ctx, "arrival").and_then(|a| arrival(ctx, &a, base));
+    let is_trace = matches!(arrival, Some(Arrival::Trace(_)));
+    let mut tokens = |key: &str, default: Tokens| -> Option<Tokens> {
+        if is_trace {
+            if let Some(v) = t.raw(key) {
+                ctx.error(v.span(), format!("`{key}` in {} comes from the trace; remove it", t.name));
+            }
+            return Some(default);
+        }
+        match t.raw(key) {
+            None => Some(default),
+            Some(_) => token_dist(ctx, t, key),
+        }
+    };
+    let prompt_tokens = tokens("prompt_tokens", Tokens::LogNormal { median: 600.0, p99: 6_000.0 });
+    let output_tokens = tokens("output_tokens", Tokens::LogNormal { median: 200.0, p99: 1_500.0 });
+    let chars_per_token = match t.float(ctx, "chars_per_token") {
+        Some((c, span)) if !(c.is_finite() && c > 0.0) => {
+            ctx.error(span, "`chars_per_token` must be greater than zero");
+            None
+        }
+        Some((c, _)) => Some(c),
+        None => Some(4.0),
+    };
+    let model = match t.string(ctx, "model") {
+        Some((m, span)) => match models.iter().position(|d| d.name == m) {
+            Some(i) => Some(i),
+            None => {
+                let names: Vec<&str> = models.iter().map(|m| m.name.as_str()).collect();
+                ctx.error_help(
+                    span,
+                    format!("unknown model '{m}' in {}", t.name),
+                    format!("defined models: {}", super::fields::quoted(&names)),
+                );
+                None
+            }
+        },
+        None if models.len() == 1 && !t.has("model") => Some(0),
+        None => t.required(None, ctx, "model"),
+    };
+    let priority = if t.has("priority") {
+        t.choice(ctx, "priority", &[("normal", Priority::Normal), ("high", Priority::High)])
+    } else {
+        Some(Priority::Normal)
+    };
+    let max_output_tokens = t.uint(ctx, "max_output_tokens").map(|(v, _)| v);
+    let start_ms = t.duration(ctx, "start").map_or(0, |(v, _)| v);
+    let end_ms = t.duration(ctx, "end").map_or(duration, |(v, _)| v);
+    if start_ms >= end_ms && t.has("end") {
+        let span = t.raw("end").map(|v| v.span()).unwrap_or(t.span.clone());
+        ctx.error(span, format!("`end` of {} must come after its `start`", t.name));
+    }
+    if ctx.diags.len() > before {
+        return None;
+    }
+    Some(TrafficClass {
+        name,
+        arrival: arrival?,
+        prompt_tokens: prompt_tokens?,
+        output_tokens: output_tokens?,
+        chars_per_token: chars_per_token?,
+        model: model?,
+        priority: priority?,
+        max_output_tokens,
+        start_ms,
+        end_ms,
+    })
+}
+
+fn token_dist(ctx: &mut Ctx, t: &Table<'_, '_>, key: &str) -> Option<Tokens> {
+    let v = t.raw(key)?;
+    match v.get_ref() {
+        DeValue::Integer(_) => t.uint(ctx, key).map(|(n, _)| Tokens::Fixed(n)),
+        DeValue::Table(inner) => {
+            let d = Table { t: inner, span: v.span(), name: format!("`{key}`") };
+            d.allow(ctx, &["median", "p99"]);
+            let median = d.required(d.float(ctx, "median"), ctx, "median");
+            let p99 = d.required(d.float(ctx, "p99"), ctx, "p99");
+            let (Some((m, mspan)), Some((p, pspan))) = (median, p99) else { return None };
+            if !(m.is_finite() && m >= 1.0) {
+                ctx.error(mspan, format!("`{key}.median` must be at least 1"));
+                return None;
+            }
+            if !(p.is_finite() && p >= m) {
+                ctx.error(pspan, format!("`{key}.p99` must be at least its median ({m})"));
+                return None;
+            }
+            Some(Tokens::LogNormal { median: m, p99: p })
+        }
+        _ => {
+            ctx.error(v.span(), format!("`{key}` in {} must be a count or {{ median = .., p99 = .. }}", t.name));
+            None
+        }
+    }
+}
+
+const ARRIVAL_KINDS: [&str; 7] = ["constant", "poisson", "burst", "ramp", "diurnal", "trace", ""];
+
+fn positive_rate(ctx: &mut Ctx, a: &Table<'_, '_>, key: &str) -> Option<f64> {
+    let (r, span) = a.required(a.rate(ctx, key), ctx, key)?;
+    if r <= 0.0 {
+        ctx.error(span, format!("`{key}` in the arrival must be more than zero"));
+        return None;
+    }
+    Some(r)
+}
+
+fn arrival(ctx: &mut Ctx, a: &Table<'_, '_>, base: Option<&Path>) -> Option<Arrival> {
+    let kinds: Vec<(&str, &str)> = ARRIVAL_KINDS[..6].iter().map(|k| (*k, *k)).collect();
+    let kind = a.required(a.choice(ctx, "kind", &kinds), ctx, "kind")?;
+    match kind {
+        "constant" | "poisson" => {
+            a.allow(ctx, &["kind", "rate"]);
+            let rate = positive_rate(ctx, a, "rate")?;
+            Some(if kind == "constant" { Arrival::Constant { rate } } else { Arrival::Poisson { rate } })
+        }
+        "burst" => {
+            a.allow(ctx, &["kind", "size", "every", "rate", "on", "off"]);
+            if a.has("size") || a.has("every") {
+                let size = a.required(a.uint(ctx, "size"), ctx, "size");
+                let every = a.required(a.duration(ctx, "every"), ctx, "every");
+                let ((size, sspan), (every, espan)) = (size?, every?);
+                if size == 0 {
+                    ctx.error(sspan, "burst `size` must be at least 1");
+                }
+                if every == 0 {
+                    ctx.error(espan, "burst `every` must be longer than zero");
+                }
+                (size > 0 && every > 0).then_some(Arrival::Batch { size, every_ms: every })
+            } else {
+                let rate = positive_rate(ctx, a, "rate");
+                let on = a.required(a.duration(ctx, "on"), ctx, "on");
+                let off = a.required(a.duration(ctx, "off"), ctx, "off");
+                let ((on, span), (off, _)) = (on?, off?);
+                if on == 0 {
+                    ctx.error(span, "burst `on` must be longer than zero");
+                    return None;
+                }
+                Some(Arrival::OnOff { rate: rate?, on_ms: on, off_ms: off })
+            }
+        }
+        "ramp" => {
+            a.allow(ctx, &["kind", "from", "to", "over"]);
+            let from = a.required(a.rate(ctx, "from"), ctx, "from").map(|(r, _)| r);
+            let to = a.required(a.rate(ctx, "to"), ctx, "to").map(|(r, _)| r);
+            let over = a.required(a.duration(ctx, "over"), ctx, "over").map(|(d, _)| d);
+            Some(Arrival::Ramp { from: from?, to: to?, over_ms: over?.max(1) })
+        }
+        "diurnal" => {
+            a.allow(ctx, &["kind", "min", "max", "peak"]);
+            let min = a.required(a.rate(ctx, "min"), ctx, "min").map(|(r, _)| r);
+            let max = a.required(a.rate(ctx, "max"), ctx, "max");
+            let peak = match a.string(ctx, "peak") {
+                Some((p, span)) => match chrono::NaiveTime::parse_from_str(&p, "%H:%M") {
+                    Ok(t) => Some(u64::from(chrono::Timelike::num_seconds_from_midnight(&t)) * 1000),
+                    Err(_) => {
+                        ctx.error(span, format!("`peak` must be a Pacific time of day such as \"14:00\", found '{p}'"));
+                        None
+                    }
+                },
+                None => Some(14 * 3_600_000),
+            };
+            let (min, (max, mspan)) = (min?, max?);
+            if max < min {
+                ctx.error(mspan, "diurnal `max` must be at least `min`");
+                return None;
+            }
+            Some(Arrival::Diurnal { min, max, peak_ms: peak? })
+        }
+        _ => trace(ctx, a, base).map(Arrival::Trace),
+    }
+}
+
+fn trace(ctx: &mut Ctx, a: &Table<'_, '_>, base: Option<&Path>) -> Option<Trace> {
+    a.allow(ctx, &["kind", "file", "time_column", "input_column", "output_column", "speedup", "repeat", "limit"]);
+    let (file, span) = a.required(a.string(ctx, "file"), ctx, "file")?;
+    let col =
+        |ctx: &mut Ctx, key: &str, default: &str| a.string(ctx, key).map_or_else(|| default.to_owned(), |(s, _)| s);
+    let time_col = col(ctx, "time_column", "TIMESTAMP");
+    let input_col = col(ctx, "input_column", "ContextTokens");
+    let output_col = col(ctx, "output_column", "GeneratedTokens");
+    let speedup = match a.float(ctx, "speedup") {
+        Some((s, sspan)) if !(s.is_finite() && s > 0.0) => {
+            ctx.error(sspan, "`speedup` must be greater than zero");
+            return None;
+        }
+        Some((s, _)) => s,
+        None => 1.0,
+    };
+    let repeat = a.boolean(ctx, "repeat").unwrap_or(false);
+    let limit = a.uint(ctx, "limit").map(|(l, _)| l as usize);
+    let path = base.map_or_else(|| Path::new(&file).to_path_buf(), |b| b.join(&file));
+    let text = match std::fs::read_to_string(&path) {
+        Ok(t) => t,
+        Err(e) => {
+            ctx.error(span, format!("cannot read trace file '{}': {e}", path.display()));
+            return None;
+        }
+    };
+    match read_trace(&text, [&time_col, &input_col, &output_col], speedup, limit) {
+        Ok((rows, period_ms)) => Some(Trace { file, rows, repeat, period_ms }),
+        Err(e) => {
+            ctx.error(span, format!("trace file '{}': {e}", path.display()));
+            None
+        }
+    }
+}
+
+type TraceRows = (Vec<(u64, u64, u64)>, u64);
+
+/// Reads a CSV trace into (offset ms, input, output) rows, sorted by time.
+pub(super) fn read_trace(text: &str, cols: [&str; 3], speedup: f64, limit: Option<usize>) -> Result<TraceRows, String> {
+    let mut reader = csv::ReaderBuilder::new().trim(csv::Trim::All).from_reader(text.as_bytes());
+    let headers = reader.headers().map_err(|e| e.to_string())?.clone();
+    let idx: Vec<usize> =
+        cols.iter()
+            .map(|c| {
+                headers.iter().position(|h| h == *c).ok_or_else(|| {
+                    format!("no column '{c}' (columns: {})", headers.iter().collect::<Vec<_>>().join(", "))
+                })
+            })
+            .collect::<Result<_, _>>()?;
+    let mut raw: Vec<(f64, u64, u64)> = Vec::new();
+    for (n, rec) in reader.records().enumerate() {
+        if limit.is_some_and(|l| raw.len() >= l) {
+            break;
+        }
+        let line = n + 2;
+        let rec = rec.map_err(|e| format!("line {line}: {e}"))?;
+        let field = |i: usize| rec.get(idx[i]).unwrap_or("");
+        let t = parse_time(field(0))
+            .ok_or_else(|| format!("line {line}: bad time '{}' in column '{}'", field(0), cols[0]))?;
+        let num = |i: usize| {
+            field(i)
+                .parse::<u64>()
+                .map_err(|_| format!("line {line}: bad count '{}' in column '{}'", field(i), cols[i]))
+        };
+        raw.push((t, num(1)?, num(2)?));
+    }
+    if raw.is_empty() {
+        return Err("holds no requests".into());
+    }
+    raw.sort_by(|a, b| a.0.total_cmp(&b.0));
+    let t0 = raw[0].0;
+    let rows: Vec<(u64, u64, u64)> =
+        raw.iter().map(|(t, i, o)| (((t - t0) * 1000.0 / speedup).round() as u64, *i, *o)).collect();
+    let last = rows.last().map_or(0, |r| r.0);
+    let gap = if rows.len() > 1 { last / (rows.len() as u64 - 1) } else { 1_000 };
+    Ok((rows, last + gap.max(1)))
+}
+
+/// Seconds of a trace time: a number of seconds, or `YYYY-MM-DD HH:MM:SS[.fraction]`.
+fn parse_time(s: &str) -> Option<f64> {
+    if let Ok(x) = s.parse::<f64>() {
+        return x.is_finite().then_some(x);
+    }
+    let (main, frac) = s.split_once('.').unwrap_or((s, "0"));
+    let t = NaiveDateTime::parse_from_str(main, "%Y-%m-%d %H:%M:%S")
+        .or_else(|_| NaiveDateTime::parse_from_str(main, "%Y-%m-%dT%H:%M:%S"))
+        .ok()?;
+    let frac: f64 = format!("0.{frac}").parse().ok()?;
+    Some(t.and_utc().timestamp() as f64 + frac)
+}
+
+pub(super) fn events(ctx: &mut Ctx, root: &Table<'_, '_>, projects: &[ProjectDef], duration: u64) -> Vec<TimedEvent> {
+    let mut keys: Vec<String> = projects.iter().flat_map(|p| p.keys.iter().cloned()).collect();
+    let mut parsed: Vec<(TimedEvent, Span)> = Vec::new();
+    for t in root.tables(ctx, "events") {
+        t.allow(ctx, &["at", "add", "remove", "enable", "disable", "revoke"]);
+        let at = t.required(t.duration(ctx, "at"), ctx, "at");
+        if let Some((ms, span)) = &at {
+            if *ms > duration {
+                ctx.error(span.clone(), format!("event at {ms} ms comes after the scenario ends"));
+            }
+        }
+        let actions: Vec<&str> =
+            ["add", "remove", "enable", "disable", "revoke"].into_iter().filter(|k| t.has(k)).collect();
+        if actions.len() != 1 {
+            ctx.error(
+                t.span.clone(),
+                format!("{} needs exactly one of `add`, `remove`, `enable`, `disable`, `revoke`", t.name),
+            );
+            continue;
+        }
+        let event = match actions[0] {
+            "add" => t.table(ctx, "add").and_then(|a| {
+                a.allow(ctx, &["key", "project"]);
+                let key = a.required(a.string(ctx, "key"), ctx, "key");
+                let project = a.required(a.string(ctx, "project"), ctx, "project");
+                let ((key, kspan), (project, pspan)) = (key?, project?);
+                if !projects.iter().any(|p| p.id == project) {
+                    ctx.error(pspan, format!("unknown project '{project}' in {}", t.name));
+                    return None;
+                }
+                Some((PoolEvent::Add(KeySpec { id: key, project }), kspan))
+            }),
+            action => t.string(ctx, action).map(|(key, span)| {
+                let e = match action {
+                    "remove" => PoolEvent::Remove(key),
+                    "enable" => PoolEvent::Enable(key),
+                    "disable" => PoolEvent::Disable(key),
+                    _ => PoolEvent::Revoke(key),
+                };
+                (e, span)
+            }),
+        };
+        if let (Some((at, _)), Some((event, span))) = (at, event) {
+            parsed.push((TimedEvent { at_ms: at, event }, span));
+        }
+    }
+    parsed.sort_by_key(|(e, _)| e.at_ms);
+    for (e, span) in &parsed {
+        match &e.event {
+            PoolEvent::Add(k) if keys.contains(&k.id) => {
+                ctx.error(span.clone(), format!("key '{}' is already in the pool", k.id))
+            }
+            PoolEvent::Add(k) => keys.push(k.id.clone()),
+            PoolEvent::Remove(k) | PoolEvent::Enable(k) | PoolEvent::Disable(k) | PoolEvent::Revoke(k) => {
+                if !keys.contains(k) {
+                    ctx.error(span.clone(), format!("unknown key '{k}' (not in the pool at that time)"));
+                }
+            }
+        }
+    }
+    parsed.into_iter().map(|(e, _)| e).collect()
+}
+
+pub(super) fn expectations(ctx: &mut Ctx, t: Option<&Table<'_, '_>>) -> Vec<Expectation> {
+    let Some(t) = t else { return Vec::new() };
+    let names: Vec<&str> = Metric::NAMES.iter().map(|(n, _)| *n).collect();
+    t.allow(ctx, &names);
+    let mut out = Vec::new();
+    for (name, metric) in Metric::NAMES {
+        let Some(v) = t.raw(name) else { continue };
+        let parsed = match v.get_ref() {
+            DeValue::String(s) => units::parse_comparison(s),
+            other => float_of(other)
+                .map(|x| (units::Cmp::Eq, x))
+                .ok_or_else(|| "expected a number or a comparison such as \">= 0.99\"".to_owned()),
+        };
+        match parsed {
+            Ok((cmp, limit)) => out.push(Expectation { metric, cmp, limit }),
+            Err(e) => ctx.error(v.span(), format!("`{name}` in [expect]: {e}")),
+        }
+    }
+    out
+}
