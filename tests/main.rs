@@ -1,1 +1,8 @@
+//! keysim's integration tests, in one binary (one link, shared helpers).
 
+mod acceptance;
+mod cli;
+mod common;
+mod determinism;
+mod diagnostics;
+mod properties;

@@ -269,7 +269,7 @@ pub fn redact(id: &str) -> String {
     }
     let chars: Vec<char> = id.chars().collect();
     if chars.len() <= 8 {
-        return "…".repeat(1);
+        return "…".to_owned();
     }
     let head: String = chars[..4].iter().collect();
     let tail: String = chars[chars.len() - 4..].iter().collect();

@@ -11,6 +11,14 @@ use super::units;
 
 pub(super) type Span = Range<usize>;
 
+/// The largest count a scenario may give (limits, tokens, sizes): far above any real quota,
+/// low enough that sums never overflow.
+pub(super) const MAX_COUNT: u64 = 1_000_000_000_000;
+/// The longest duration a scenario may give: 400 days.
+pub(super) const MAX_DURATION_MS: u64 = 400 * 86_400_000;
+/// The highest rate a traffic class may have, per second.
+pub(super) const MAX_RATE: f64 = 100_000.0;
+
 /// Collects diagnostics.
 #[derive(Default)]
 pub(super) struct Ctx {
@@ -32,6 +40,8 @@ pub(super) struct Table<'a, 'i> {
     pub(super) t: &'a DeTable<'i>,
     pub(super) span: Span,
     pub(super) name: String,
+    /// Whether this is the document itself (its tables are named `[key]`).
+    pub(super) root: bool,
 }
 
 fn kind(v: &DeValue<'_>) -> &'static str {
@@ -76,7 +86,7 @@ pub(super) fn float_of(v: &DeValue<'_>) -> Option<f64> {
 
 impl<'a, 'i> Table<'a, 'i> {
     pub(super) fn new(t: &'a Spanned<DeTable<'i>>, name: impl Into<String>) -> Self {
-        Self { t: t.get_ref(), span: t.span(), name: name.into() }
+        Self { t: t.get_ref(), span: t.span(), name: name.into(), root: true }
     }
 
     /// Reports every key not in `allowed`, suggesting the closest allowed one.
@@ -139,7 +149,11 @@ impl<'a, 'i> Table<'a, 'i> {
     pub(super) fn uint(&self, ctx: &mut Ctx, key: &str) -> Option<(u64, Span)> {
         let (i, span) = self.typed(ctx, key, "an integer", int_of)?;
         match u64::try_from(i) {
-            Ok(u) => Some((u, span)),
+            Ok(u) if u <= MAX_COUNT => Some((u, span)),
+            Ok(_) => {
+                ctx.error(span, format!("`{key}` in {} is too large (at most {MAX_COUNT})", self.name));
+                None
+            }
             Err(_) => {
                 ctx.error(span, format!("`{key}` in {} must be zero or more, found {i}", self.name));
                 None
@@ -148,7 +162,13 @@ impl<'a, 'i> Table<'a, 'i> {
     }
 
     pub(super) fn float(&self, ctx: &mut Ctx, key: &str) -> Option<(f64, Span)> {
-        self.typed(ctx, key, "a number", float_of)
+        let (x, span) = self.typed(ctx, key, "a number", float_of)?;
+        if x.is_finite() && x.abs() <= MAX_COUNT as f64 {
+            Some((x, span))
+        } else {
+            ctx.error(span, format!("`{key}` in {} must be a finite number of at most {MAX_COUNT}", self.name));
+            None
+        }
     }
 
     /// A number in `[lo, hi]`.
@@ -165,6 +185,10 @@ impl<'a, 'i> Table<'a, 'i> {
     pub(super) fn duration(&self, ctx: &mut Ctx, key: &str) -> Option<(u64, Span)> {
         let (s, span) = self.typed(ctx, key, "a duration string such as \"30s\"", |v| v.as_str().map(str::to_owned))?;
         match units::parse_duration(&s) {
+            Ok(ms) if ms > MAX_DURATION_MS => {
+                ctx.error(span, format!("`{key}` in {} is longer than the 400 days a run may last", self.name));
+                None
+            }
             Ok(ms) => Some((ms, span)),
             Err(e) => {
                 ctx.error(span, format!("`{key}` in {}: {e}", self.name));
@@ -183,6 +207,10 @@ impl<'a, 'i> Table<'a, 'i> {
                 .ok_or_else(|| format!("expected a rate such as \"2/s\", found {}", kind(other))),
         };
         match parsed {
+            Ok(r) if r > MAX_RATE => {
+                ctx.error(v.span(), format!("`{key}` in {} is above {MAX_RATE} requests per second", self.name));
+                None
+            }
             Ok(r) => Some((r, v.span())),
             Err(e) => {
                 ctx.error(v.span(), format!("`{key}` in {}: {e}", self.name));
@@ -211,7 +239,10 @@ impl<'a, 'i> Table<'a, 'i> {
     pub(super) fn table(&self, ctx: &mut Ctx, key: &str) -> Option<Table<'a, 'i>> {
         let v = self.raw(key)?;
         match v.get_ref() {
-            DeValue::Table(t) => Some(Table { t, span: v.span(), name: format!("`{key}`") }),
+            DeValue::Table(t) => {
+                let name = if self.root { format!("[{key}]") } else { format!("`{key}`") };
+                Some(Table { t, span: v.span(), name, root: false })
+            }
             other => {
                 ctx.error(v.span(), format!("`{key}` in {} must be a table, found {}", self.name, kind(other)));
                 None
@@ -229,7 +260,9 @@ impl<'a, 'i> Table<'a, 'i> {
         let mut out = Vec::new();
         for (n, item) in items.iter().enumerate() {
             match item.get_ref() {
-                DeValue::Table(t) => out.push(Table { t, span: item.span(), name: format!("[[{key}]] #{}", n + 1) }),
+                DeValue::Table(t) => {
+                    out.push(Table { t, span: item.span(), name: format!("[[{key}]] #{}", n + 1), root: false })
+                }
                 other => ctx.error(item.span(), format!("entries of `{key}` must be tables, found {}", kind(other))),
             }
         }

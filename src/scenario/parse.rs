@@ -307,7 +307,7 @@ fn projects(ctx: &mut Ctx, root: &Table<'_, '_>, models: &[ModelDef]) -> Vec<Pro
                 };
                 match v.get_ref() {
                     DeValue::Table(mt) => {
-                        let mt = Table { t: mt, span: v.span(), name: format!("`limits.{model}`") };
+                        let mt = Table { t: mt, span: v.span(), name: format!("`limits.{model}`"), root: false };
                         mt.allow(ctx, &LIMIT_KEYS);
                         read_limits(ctx, &mt, &mut limits[i], false);
                     }
@@ -322,6 +322,10 @@ fn projects(ctx: &mut Ctx, root: &Table<'_, '_>, models: &[ModelDef]) -> Vec<Pro
         let n = match count {
             Some((0, span)) => {
                 ctx.error(span, "`count` must be at least 1");
+                continue;
+            }
+            Some((n, span)) if n > 10_000 => {
+                ctx.error(span, "`count` must be at most 10000");
                 continue;
             }
             Some((n, span)) => {

@@ -74,8 +74,8 @@ fn class(
     let prompt_tokens = tokens("prompt_tokens", Tokens::LogNormal { median: 600.0, p99: 6_000.0 });
     let output_tokens = tokens("output_tokens", Tokens::LogNormal { median: 200.0, p99: 1_500.0 });
     let chars_per_token = match t.float(ctx, "chars_per_token") {
-        Some((c, span)) if !(c.is_finite() && c > 0.0) => {
-            ctx.error(span, "`chars_per_token` must be greater than zero");
+        Some((c, span)) if !(c > 0.0 && c <= 100.0) => {
+            ctx.error(span, "`chars_per_token` must be greater than zero and at most 100");
             None
         }
         Some((c, _)) => Some(c),
@@ -129,18 +129,24 @@ fn class(
 fn token_dist(ctx: &mut Ctx, t: &Table<'_, '_>, key: &str) -> Option<Tokens> {
     let v = t.raw(key)?;
     match v.get_ref() {
-        DeValue::Integer(_) => t.uint(ctx, key).map(|(n, _)| Tokens::Fixed(n)),
+        DeValue::Integer(_) => match t.uint(ctx, key)? {
+            (n, span) if n > 100_000_000 => {
+                ctx.error(span, format!("`{key}` must be at most 100000000 tokens"));
+                None
+            }
+            (n, _) => Some(Tokens::Fixed(n)),
+        },
         DeValue::Table(inner) => {
-            let d = Table { t: inner, span: v.span(), name: format!("`{key}`") };
+            let d = Table { t: inner, span: v.span(), name: format!("`{key}`"), root: false };
             d.allow(ctx, &["median", "p99"]);
             let median = d.required(d.float(ctx, "median"), ctx, "median");
             let p99 = d.required(d.float(ctx, "p99"), ctx, "p99");
             let (Some((m, mspan)), Some((p, pspan))) = (median, p99) else { return None };
-            if !(m.is_finite() && m >= 1.0) {
-                ctx.error(mspan, format!("`{key}.median` must be at least 1"));
+            if !(m.is_finite() && (1.0..=1e8).contains(&m)) {
+                ctx.error(mspan, format!("`{key}.median` must be between 1 and 100000000"));
                 return None;
             }
-            if !(p.is_finite() && p >= m) {
+            if !(p.is_finite() && p >= m && p <= 1e9) {
                 ctx.error(pspan, format!("`{key}.p99` must be at least its median ({m})"));
                 return None;
             }
@@ -179,13 +185,13 @@ fn arrival(ctx: &mut Ctx, a: &Table<'_, '_>, base: Option<&Path>) -> Option<Arri
                 let size = a.required(a.uint(ctx, "size"), ctx, "size");
                 let every = a.required(a.duration(ctx, "every"), ctx, "every");
                 let ((size, sspan), (every, espan)) = (size?, every?);
-                if size == 0 {
-                    ctx.error(sspan, "burst `size` must be at least 1");
+                if size == 0 || size > 100_000 {
+                    ctx.error(sspan, "burst `size` must be between 1 and 100000");
                 }
                 if every == 0 {
                     ctx.error(espan, "burst `every` must be longer than zero");
                 }
-                (size > 0 && every > 0).then_some(Arrival::Batch { size, every_ms: every })
+                (size > 0 && size <= 100_000 && every > 0).then_some(Arrival::Batch { size, every_ms: every })
             } else {
                 let rate = positive_rate(ctx, a, "rate");
                 let on = a.required(a.duration(ctx, "on"), ctx, "on");
@@ -239,8 +245,8 @@ fn trace(ctx: &mut Ctx, a: &Table<'_, '_>, base: Option<&Path>) -> Option<Trace>
     let input_col = col(ctx, "input_column", "ContextTokens");
     let output_col = col(ctx, "output_column", "GeneratedTokens");
     let speedup = match a.float(ctx, "speedup") {
-        Some((s, sspan)) if !(s.is_finite() && s > 0.0) => {
-            ctx.error(sspan, "`speedup` must be greater than zero");
+        Some((s, sspan)) if !(s > 1e-3 && s <= 1e6) => {
+            ctx.error(sspan, "`speedup` must be between 0.001 and 1000000");
             return None;
         }
         Some((s, _)) => s,
@@ -252,14 +258,27 @@ fn trace(ctx: &mut Ctx, a: &Table<'_, '_>, base: Option<&Path>) -> Option<Trace>
     let text = match std::fs::read_to_string(&path) {
         Ok(t) => t,
         Err(e) => {
-            ctx.error(span, format!("cannot read trace file '{}': {e}", path.display()));
+            ctx.error(
+                span,
+                format!("cannot read trace file '{file}' (paths are relative to the scenario's folder): {e}"),
+            );
             return None;
         }
     };
     match read_trace(&text, [&time_col, &input_col, &output_col], speedup, limit) {
+        Ok((rows, period_ms)) if rows.len() as f64 * 1000.0 / period_ms as f64 > super::fields::MAX_RATE => {
+            ctx.error(
+                span,
+                format!(
+                    "trace '{file}' replayed at this speed-up exceeds {} requests per second",
+                    super::fields::MAX_RATE
+                ),
+            );
+            None
+        }
         Ok((rows, period_ms)) => Some(Trace { file, rows, repeat, period_ms }),
         Err(e) => {
-            ctx.error(span, format!("trace file '{}': {e}", path.display()));
+            ctx.error(span, format!("trace file '{file}': {e}"));
             None
         }
     }

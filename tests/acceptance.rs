@@ -1,0 +1,101 @@
+//! The stories the example scenarios tell, checked under every judge semantics.
+
+use keysim::report::summary::Summary;
+use mock_server::Enforcement;
+
+use crate::common::{run, scenario};
+
+fn summary(name: &str, overrides: &[&str]) -> Summary {
+    run(&scenario(name, overrides)).0
+}
+
+fn with_judge(e: Enforcement, extra: &[&str]) -> Vec<String> {
+    let mut v = vec![format!("provider.enforcement={}", e.name())];
+    v.extend(extra.iter().map(|s| s.to_string()));
+    v
+}
+
+fn summary_under(name: &str, e: Enforcement, extra: &[&str]) -> Summary {
+    let o = with_judge(e, extra);
+    let o: Vec<&str> = o.iter().map(String::as_str).collect();
+    summary(name, &o)
+}
+
+#[test]
+fn quickstart_has_no_breaches_and_keeps_the_contract() {
+    let s = summary("quickstart", &[]);
+    let r = &s.requests;
+    assert_eq!(r.breaches, 0);
+    assert!(r.total > 500, "quickstart should carry real traffic, had {}", r.total);
+    assert_eq!(r.total, r.succeeded + r.breaches + r.denied + r.failed);
+    assert!(s.passed(), "{:?}", s.expectations);
+}
+
+#[test]
+fn check_then_act_races_past_rpm_and_atomic_does_not() {
+    for e in Enforcement::ALL {
+        let atomic = summary_under("race", e, &[]);
+        let cta = summary_under("race", e, &["engine.admission=check-then-act"]);
+        assert_eq!(atomic.requests.breaches, 0, "atomic under {e:?}");
+        assert!(cta.requests.breaches > 0, "check-then-act under {e:?} should breach");
+        assert_eq!(atomic.requests.total, cta.requests.total, "same traffic");
+    }
+}
+
+#[test]
+fn per_key_quota_belief_breaches_and_per_project_does_not() {
+    for e in Enforcement::ALL {
+        let project = summary_under("shared-project", e, &[]);
+        let key = summary_under("shared-project", e, &["engine.quota_scope=key"]);
+        assert_eq!(project.requests.breaches, 0, "project scope under {e:?}");
+        assert!(key.requests.breaches > 0, "key scope under {e:?} should breach");
+    }
+}
+
+#[test]
+fn every_strategy_holds_under_every_semantics() {
+    for e in Enforcement::ALL {
+        for strategy in keysim::engine::StrategyKind::ALL {
+            let set = format!("engine.strategy={}", strategy.name());
+            let s = summary_under("quickstart", e, &[&set]);
+            assert_eq!(s.requests.breaches, 0, "{strategy:?} under {e:?}");
+            assert!(s.utilization > 0.95, "{strategy:?} under {e:?}: utilisation {}", s.utilization);
+        }
+    }
+}
+
+#[test]
+fn the_reserve_keeps_high_priority_alive_after_the_pool_is_exhausted() {
+    let with = summary("reserve", &[]);
+    let without = summary("reserve", &["engine.reserve=0"]);
+    assert_eq!(with.requests.breaches, 0);
+    assert!(with.requests.high_priority.total >= 30);
+    assert!(with.requests.high_priority.success_rate() >= 0.99, "{:?}", with.requests.high_priority);
+    assert!(without.requests.high_priority.success_rate() < 0.5, "{:?}", without.requests.high_priority);
+    // Normal traffic really exhausted the pool: most of it was denied for RPD.
+    assert!(with.requests.denied_by_reason.get("exhausted:rpd").copied().unwrap_or(0) > with.requests.total / 2);
+}
+
+#[test]
+fn the_daily_quota_resets_at_pacific_midnight() {
+    let (s, timeline) = run(&scenario("midnight", &[]));
+    assert_eq!(s.requests.breaches, 0);
+    assert_eq!(s.requests.succeeded, 80, "40 before midnight, 40 after");
+    // rpd_used (column 11) reaches the limit before 08:00 UTC and restarts after it.
+    let rows: Vec<Vec<String>> = timeline.lines().skip(1).map(|l| l.split(',').map(str::to_owned).collect()).collect();
+    let before: Vec<u64> =
+        rows.iter().filter(|r| r[1].as_str() < "2026-11-26T08:00").map(|r| r[11].parse().unwrap()).collect();
+    let after: Vec<u64> =
+        rows.iter().filter(|r| r[1].as_str() > "2026-11-26T08:00").map(|r| r[11].parse().unwrap()).collect();
+    assert_eq!(before.last(), Some(&40));
+    assert!(after.first().is_some_and(|&u| u < 40), "{after:?}");
+    assert_eq!(after.last(), Some(&40));
+}
+
+#[test]
+fn the_azure_trace_replays_without_breaches() {
+    let s = summary("azure-trace", &[]);
+    assert_eq!(s.requests.total, 8_819);
+    assert_eq!(s.requests.breaches, 0);
+    assert!(s.success_rate >= 0.99, "{}", s.success_rate);
+}
