@@ -54,7 +54,7 @@ fn setup() -> impl Strategy<Value = Setup> {
         prop::collection::vec((limits(), 1usize..4), 1..4),
         prop::collection::vec((arrival(), tokens(), prop_oneof![Just(Priority::Normal), Just(Priority::High)]), 1..3),
         prop::collection::vec((0u64..600_000, 0u8..5, 0usize..16), 0..6),
-        prop_oneof![Just(Enforcement::Sliding), Just(Enforcement::FixedMinute)],
+        prop::sample::select(Enforcement::ALL.to_vec()),
         prop::sample::select(StrategyKind::ALL.to_vec()),
         prop_oneof![Just(0.0), 0.0f64..0.5],
         prop_oneof![Just(0u64), 1_000u64..90_000],

@@ -17,6 +17,6 @@ pub mod judge;
 pub mod pacific;
 
 pub use judge::{
-    Dimension, Enforcement, Fault, FaultModel, Judge, JudgeConfig, KeyState, LatencyModel, ModelQuota, ProjectQuota,
-    Tier, Usage, Verdict, Violation,
+    Dimension, Enforcement, Fault, FaultModel, Judge, JudgeConfig, KeyState, LatencyModel, LatencySampler, ModelQuota,
+    ProjectQuota, Tier, Usage, Verdict, Violation,
 };

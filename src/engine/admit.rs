@@ -175,7 +175,7 @@ impl<S: QuotaStore> Engine<S> {
         };
         let tokens = estimated_input + reserved_output;
         let p = req.priority.index();
-        let [tpm_max, tpd_max] = self.pool.largest[model][1];
+        let [tpm_max, tpd_max] = self.pool.largest[model][p];
         for (dimension, ceiling) in [(Dimension::Tpm, tpm_max), (Dimension::Tpd, tpd_max)] {
             if tokens > ceiling {
                 return Err(AdmitError::TooLarge { tokens, dimension, ceiling });
@@ -254,14 +254,19 @@ impl<S: QuotaStore> Engine<S> {
             (Outcome::RateLimited(q), r) => {
                 if let Some(r) = r {
                     self.store.refund(b, &r, now);
+                    self.forget_exhaustion(Some(ticket.model));
                 }
                 let dimension = q.dimension.unwrap_or(Dimension::Rpm);
                 let until = if dimension.is_daily() {
-                    next_pacific_midnight(now)
+                    // The day the request was counted in, which may have ended while the
+                    // answer travelled: then the new day's quota is fresh and nothing cools.
+                    r.map_or_else(|| next_pacific_midnight(now), |r| r.day_ends)
                 } else {
                     now.plus(q.retry_after_ms.unwrap_or(MINUTE_MS))
                 };
-                self.store.cool_down(b, dimension, until);
+                if until > now {
+                    self.store.cool_down(b, dimension, until);
+                }
             }
             (Outcome::Failed, Some(_)) => {}
             (Outcome::Failed, None) => {

@@ -114,6 +114,13 @@ impl Bucket {
     }
 
     fn find(&self, seq: u64) -> Option<usize> {
+        // Sequence numbers are consecutive unless a refund removed one: try the direct index
+        // first, search only when it misses.
+        let first = self.window.front()?.seq;
+        let guess = seq.checked_sub(first)? as usize;
+        if self.window.get(guess).is_some_and(|e| e.seq == seq) {
+            return Some(guess);
+        }
         self.window.binary_search_by_key(&seq, |e| e.seq).ok()
     }
 

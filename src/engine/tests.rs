@@ -155,3 +155,13 @@ fn every_strategy_spreads_over_projects() {
         assert_eq!(n, 6, "{strategy:?} must use every project");
     }
 }
+
+#[test]
+fn a_daily_rate_limit_answered_after_midnight_does_not_park_the_new_day() {
+    let e = engine(EngineConfig::default(), spec(&[("p", &["k"])], 10));
+    let before_midnight = T0.plus(3_600_000 - 50);
+    let t = admitted(&e, Priority::Normal, before_midnight).unwrap();
+    let q = QuotaExhausted { dimension: Some(Dimension::Rpd), retry_after_ms: Some(1_000) };
+    e.settle(&t, Outcome::RateLimited(q), T0.plus(3_600_000 + 30));
+    assert!(admitted(&e, Priority::Normal, T0.plus(3_600_000 + 40)).is_some());
+}

@@ -5,7 +5,9 @@
 //! - [`summary`]: `summary.json` — the user-facing contract — and expectations.
 //! - [`table`]: the terminal summary.
 //! - [`RequestLog`]: `requests.csv`, one row per request, streamed.
+//! - [`stopwatch`]: a cheap real-clock stopwatch for engine decision time.
 
+pub mod stopwatch;
 pub mod summary;
 pub mod table;
 
@@ -125,10 +127,10 @@ pub struct Aggregate {
     pub counts: Counts,
     /// By priority (normal, high).
     pub by_priority: [Counts; 2],
-    /// Per (key, model).
-    pub per_key: BTreeMap<(usize, usize), Counts>,
-    /// Per (project, model).
-    pub per_project: BTreeMap<(usize, usize), Counts>,
+    /// Per key, per model: `per_key[key][model]`.
+    pub per_key: Vec<Vec<Counts>>,
+    /// Per project, per model: `per_project[project][model]`.
+    pub per_project: Vec<Vec<Counts>>,
     /// Denials by reason.
     pub deny_reasons: BTreeMap<String, u64>,
     /// True input tokens of succeeded requests.
@@ -158,8 +160,8 @@ impl Default for Aggregate {
         Self {
             counts: Counts::default(),
             by_priority: [Counts::default(); 2],
-            per_key: BTreeMap::new(),
-            per_project: BTreeMap::new(),
+            per_key: Vec::new(),
+            per_project: Vec::new(),
             deny_reasons: BTreeMap::new(),
             input_actual: 0,
             input_estimated: 0,
@@ -181,10 +183,10 @@ impl Aggregate {
         self.counts.add(r.state);
         self.by_priority[usize::from(r.priority == Priority::High)].add(r.state);
         if let Some(k) = r.key {
-            self.per_key.entry((k, r.model)).or_default().add(r.state);
+            cell(&mut self.per_key, k, r.model).add(r.state);
         }
         if let Some(p) = r.project {
-            self.per_project.entry((p, r.model)).or_default().add(r.state);
+            cell(&mut self.per_project, p, r.model).add(r.state);
         }
         if r.state == Terminal::Denied {
             *self.deny_reasons.entry(r.reason.to_owned()).or_default() += 1;
@@ -201,6 +203,22 @@ impl Aggregate {
             self.latency_ms.saturating_record(l.max(1));
         }
     }
+}
+
+fn cell(table: &mut Vec<Vec<Counts>>, row: usize, col: usize) -> &mut Counts {
+    if table.len() <= row {
+        table.resize_with(row + 1, Vec::new);
+    }
+    let r = &mut table[row];
+    if r.len() <= col {
+        r.resize(col + 1, Counts::default());
+    }
+    &mut r[col]
+}
+
+/// Counts of `table[row][col]`, zero where nothing was recorded.
+pub fn counts_at(table: &[Vec<Counts>], row: usize, col: usize) -> Counts {
+    table.get(row).and_then(|r| r.get(col)).copied().unwrap_or_default()
 }
 
 /// `requests.csv`, written one row at a time.

@@ -233,11 +233,10 @@ impl Summary {
         let per_project = agg
             .per_project
             .iter()
-            .map(|(&(p, m), counts)| ProjectRow {
-                project: projects[p].id.clone(),
-                model: models[m].name.clone(),
-                counts: *counts,
-            })
+            .enumerate()
+            .flat_map(|(p, row)| row.iter().enumerate().map(move |(m, c)| (p, m, *c)))
+            .filter(|(_, _, c)| c.total > 0)
+            .map(|(p, m, counts)| ProjectRow { project: projects[p].id.clone(), model: models[m].name.clone(), counts })
             .collect();
         let capacity = (0..models.len())
             .map(|m| {
@@ -353,8 +352,8 @@ fn engine_keys(engine: &Engine, agg: &Aggregate) -> Vec<KeyRow> {
     let mut rows = Vec::new();
     for (k, key) in engine.keys().iter().enumerate() {
         for (m, model) in models.iter().enumerate() {
-            let counts = agg.per_key.get(&(k, m)).copied().unwrap_or_default();
-            let denied = agg.per_project.get(&(key.project, m)).map_or(0, |c| c.denied);
+            let counts = super::counts_at(&agg.per_key, k, m);
+            let denied = super::counts_at(&agg.per_project, key.project, m).denied;
             rows.push(KeyRow {
                 key: redact(&key.id),
                 project: projects[key.project].id.clone(),

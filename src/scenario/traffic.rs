@@ -189,7 +189,17 @@ fn arrival(ctx: &mut Ctx, a: &Table<'_, '_>, base: Option<&Path>) -> Option<Arri
                     ctx.error(sspan, "burst `size` must be between 1 and 100000");
                 }
                 if every == 0 {
-                    ctx.error(espan, "burst `every` must be longer than zero");
+                    ctx.error(espan.clone(), "burst `every` must be longer than zero");
+                }
+                if size as f64 * 1000.0 / every.max(1) as f64 > super::fields::MAX_RATE {
+                    ctx.error(
+                        espan,
+                        format!(
+                            "bursts of {size} every {every} ms exceed {} requests per second",
+                            super::fields::MAX_RATE
+                        ),
+                    );
+                    return None;
                 }
                 (size > 0 && size <= 100_000 && every > 0).then_some(Arrival::Batch { size, every_ms: every })
             } else {
@@ -320,6 +330,10 @@ pub(super) fn read_trace(text: &str, cols: [&str; 3], speedup: f64, limit: Optio
     }
     raw.sort_by(|a, b| a.0.total_cmp(&b.0));
     let t0 = raw[0].0;
+    let span_s = raw[raw.len() - 1].0 - t0;
+    if span_s / speedup * 1000.0 > super::fields::MAX_DURATION_MS as f64 {
+        return Err(format!("spans {span_s:.0} s, more than the 400 days a run may last"));
+    }
     let rows: Vec<(u64, u64, u64)> =
         raw.iter().map(|(t, i, o)| (((t - t0) * 1000.0 / speedup).round() as u64, *i, *o)).collect();
     let last = rows.last().map_or(0, |r| r.0);

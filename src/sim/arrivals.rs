@@ -97,13 +97,19 @@ impl Arrivals {
             }
             Arrival::OnOff { rate, on_ms, off_ms } => {
                 let cycle = (on_ms + off_ms) as f64;
-                self.t += Self::exp_gap(rng, *rate);
-                let phase = (self.t - self.start_ms as f64) % cycle;
-                if phase >= *on_ms as f64 {
-                    // Skip the silent part; memorylessness keeps the process Poisson while on.
+                loop {
+                    self.t += Self::exp_gap(rng, *rate);
+                    let phase = (self.t - self.start_ms as f64) % cycle;
+                    if phase < *on_ms as f64 {
+                        return Some((self.t as u64, None));
+                    }
+                    // Skip the silent part and draw a fresh gap from the next on-period's
+                    // start: memorylessness keeps the process Poisson while on.
                     self.t += cycle - phase;
+                    if self.t >= self.end_ms as f64 {
+                        return Some((self.end_ms, None));
+                    }
                 }
-                Some((self.t as u64, None))
             }
             Arrival::Ramp { from, to, over_ms } => {
                 let (from, to, over) = (*from, *to, *over_ms as f64);

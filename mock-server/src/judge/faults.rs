@@ -18,17 +18,40 @@ const Z_P99: f64 = 2.326_347_874;
 impl LatencyModel {
     /// A successful answer's latency in milliseconds.
     pub fn sample(&self, rng: &mut impl Rng) -> u64 {
+        self.sampler().sample(rng)
+    }
+
+    /// A sampler that draws many latencies without recomputing the distribution.
+    pub fn sampler(&self) -> LatencySampler {
         if self.p99_ms <= self.median_ms || self.median_ms <= 0.0 {
-            return self.median_ms.max(0.0).round() as u64;
+            return LatencySampler::Fixed(self.median_ms.max(0.0).round() as u64);
         }
         let sigma = (self.p99_ms / self.median_ms).ln() / Z_P99;
-        let dist = LogNormal::new(self.median_ms.ln(), sigma).expect("sigma is finite and positive");
-        dist.sample(rng).round().min(3_600_000.0) as u64
+        LatencySampler::LogNormal(LogNormal::new(self.median_ms.ln(), sigma).expect("sigma is finite and positive"))
     }
 
     /// An error answer's latency: errors come back quickly, at a tenth of the median.
     pub fn error_ms(&self) -> u64 {
         (self.median_ms / 10.0).round() as u64
+    }
+}
+
+/// Draws latencies of one [`LatencyModel`].
+#[derive(Clone, Copy, Debug)]
+pub enum LatencySampler {
+    /// Always this many milliseconds.
+    Fixed(u64),
+    /// Log-normal milliseconds.
+    LogNormal(LogNormal<f64>),
+}
+
+impl LatencySampler {
+    /// One latency in milliseconds, capped at an hour.
+    pub fn sample(&self, rng: &mut impl Rng) -> u64 {
+        match self {
+            Self::Fixed(ms) => *ms,
+            Self::LogNormal(d) => d.sample(rng).round().min(3_600_000.0) as u64,
+        }
     }
 }
 

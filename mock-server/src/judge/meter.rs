@@ -13,8 +13,10 @@ pub(super) enum MinuteMeter {
     Sliding { rpm: u64, tpm: u64, log: VecDeque<(u64, u64)>, tokens: u64 },
     /// Counters of the current calendar minute.
     Fixed { rpm: u64, tpm: u64, minute: u64, requests: u64, tokens: u64 },
-    /// Two buckets refilled continuously; levels are what is still available.
-    Bucket { rpm: u64, tpm: u64, at: u64, requests: f64, tokens: f64 },
+    /// Two buckets refilled continuously; levels are what is still available, in units of
+    /// 1/60000 request or token so that a refill of `limit` per minute adds exactly `limit`
+    /// per millisecond: integer arithmetic, no rounding drift.
+    Bucket { rpm: u64, tpm: u64, at: u64, requests: u128, tokens: u128 },
 }
 
 impl MinuteMeter {
@@ -22,7 +24,7 @@ impl MinuteMeter {
         match enforcement {
             Enforcement::Sliding => Self::Sliding { rpm, tpm, log: VecDeque::new(), tokens: 0 },
             Enforcement::FixedMinute => Self::Fixed { rpm, tpm, minute: 0, requests: 0, tokens: 0 },
-            Enforcement::TokenBucket => Self::Bucket { rpm, tpm, at: 0, requests: rpm as f64, tokens: tpm as f64 },
+            Enforcement::TokenBucket => Self::Bucket { rpm, tpm, at: 0, requests: scaled(rpm), tokens: scaled(tpm) },
         }
     }
 
@@ -46,9 +48,9 @@ impl MinuteMeter {
             }
             Self::Bucket { rpm, tpm, at, requests, tokens } => {
                 if now > *at {
-                    let elapsed = (now - *at) as f64;
-                    *requests = (*requests + elapsed * *rpm as f64 / MINUTE_MS as f64).min(*rpm as f64);
-                    *tokens = (*tokens + elapsed * *tpm as f64 / MINUTE_MS as f64).min(*tpm as f64);
+                    let elapsed = u128::from(now - *at);
+                    *requests = (*requests + elapsed * u128::from(*rpm)).min(scaled(*rpm));
+                    *tokens = (*tokens + elapsed * u128::from(*tpm)).min(scaled(*tpm));
                     *at = now;
                 }
             }
@@ -68,7 +70,7 @@ impl MinuteMeter {
                     let oldest_to_leave = log[log.len() - *rpm as usize].0;
                     Some(oldest_to_leave + MINUTE_MS - now)
                 };
-                let tpm_wait = if *tokens + input <= *tpm {
+                let tpm_wait = if tokens.saturating_add(input) <= *tpm {
                     None
                 } else if input > *tpm {
                     Some(MINUTE_MS)
@@ -89,20 +91,22 @@ impl MinuteMeter {
             Self::Fixed { rpm, tpm, requests, tokens, .. } => {
                 let to_next_minute = MINUTE_MS - now % MINUTE_MS;
                 let rpm_wait = (*requests >= *rpm).then_some(to_next_minute);
-                let tpm_wait = (*tokens + input > *tpm).then_some(to_next_minute);
+                let tpm_wait = (tokens.saturating_add(input) > *tpm).then_some(to_next_minute);
                 (rpm_wait, tpm_wait)
             }
             Self::Bucket { rpm, tpm, requests, tokens, .. } => {
-                let wait = |level: f64, need: f64, limit: u64| -> Option<u64> {
-                    if level + 1e-9 >= need {
+                // Refill is `limit` scaled units per millisecond.
+                let wait = |level: u128, need: u64, limit: u64| -> Option<u64> {
+                    let need = scaled(need);
+                    if level >= need {
                         None
-                    } else if need > limit as f64 {
+                    } else if need > scaled(limit) {
                         Some(MINUTE_MS)
                     } else {
-                        Some(((need - level) * MINUTE_MS as f64 / limit as f64).ceil() as u64)
+                        Some(((need - level).div_ceil(u128::from(limit))) as u64)
                     }
                 };
-                (wait(*requests, 1.0, *rpm), wait(*tokens, input as f64, *tpm))
+                (wait(*requests, 1, *rpm), wait(*tokens, input, *tpm))
             }
         }
     }
@@ -120,8 +124,8 @@ impl MinuteMeter {
                 *tokens += input;
             }
             Self::Bucket { requests, tokens, .. } => {
-                *requests -= 1.0;
-                *tokens -= input as f64;
+                *requests = requests.saturating_sub(scaled(1));
+                *tokens = tokens.saturating_sub(scaled(input));
             }
         }
     }
@@ -133,10 +137,16 @@ impl MinuteMeter {
             Self::Sliding { log, tokens, .. } => (log.len() as u64, *tokens),
             Self::Fixed { requests, tokens, .. } => (*requests, *tokens),
             Self::Bucket { rpm, tpm, requests, tokens, .. } => {
-                ((*rpm as f64 - *requests).round() as u64, (*tpm as f64 - *tokens).round() as u64)
+                let drawn = |limit: u64, level: u128| (scaled(limit) - level).div_ceil(u128::from(MINUTE_MS)) as u64;
+                (drawn(*rpm, *requests), drawn(*tpm, *tokens))
             }
         }
     }
+}
+
+/// `n` in units of 1/60000.
+fn scaled(n: u64) -> u128 {
+    u128::from(n) * u128::from(MINUTE_MS)
 }
 
 /// Counts one (project, model)'s requests and tokens of the current Pacific day.
@@ -160,7 +170,7 @@ impl DayMeter {
         self.advance(now);
         let to_midnight = self.ends_at - now;
         let rpd_wait = (self.requests >= rpd).then_some(to_midnight);
-        let tpd_wait = tpd.and_then(|tpd| (self.tokens + input > tpd).then_some(to_midnight));
+        let tpd_wait = tpd.and_then(|tpd| (self.tokens.saturating_add(input) > tpd).then_some(to_midnight));
         (rpd_wait, tpd_wait)
     }
 

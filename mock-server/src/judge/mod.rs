@@ -11,7 +11,7 @@ mod meter;
 
 use std::collections::HashMap;
 
-pub use faults::{Fault, FaultModel, LatencyModel};
+pub use faults::{Fault, FaultModel, LatencyModel, LatencySampler};
 use meter::{DayMeter, MinuteMeter};
 
 /// How the provider counts a minute.

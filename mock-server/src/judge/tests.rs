@@ -110,3 +110,16 @@ fn keys_map_to_projects_and_can_be_deleted() {
     assert_eq!(j.key_state("k"), KeyState::Invalid);
     assert_eq!(j.key_state("other"), KeyState::Invalid);
 }
+
+#[test]
+fn token_bucket_is_exact_at_large_limits() {
+    let mut j = judge(Enforcement::TokenBucket, 1000, 10_000_000, 100_000);
+    assert_eq!(j.submit(0, 0, 10_000_000, T0), Verdict::Accepted);
+    match j.submit(0, 0, 1_000_000, T0 + 1) {
+        Verdict::Exhausted { retry_after_ms, .. } => assert_eq!(retry_after_ms, 5_999),
+        v => panic!("expected TPM exhaustion, got {v:?}"),
+    }
+    assert!(matches!(j.submit(0, 0, 1_000_000, T0 + 5_999), Verdict::Exhausted { .. }));
+    assert_eq!(j.submit(0, 0, 1_000_000, T0 + 6_000), Verdict::Accepted);
+    assert_eq!(j.usage(0, 0, T0 + 6_000).minute_tokens, 10_000_000);
+}
