@@ -191,11 +191,10 @@ impl<S: QuotaStore> Engine<S> {
             }));
         }
 
-        let turn = self.turn.fetch_add(1, Ordering::Relaxed);
-        let headroom = |i: usize| {
-            let b = groups[i].bucket;
-            self.store.usage(b, now).headroom(&self.pool.ceilings[b.0 as usize][p])
-        };
+        // Like the random word: a plain load and store, a repeated turn only repeats a choice.
+        let turn = self.turn.load(Ordering::Relaxed);
+        self.turn.store(turn.wrapping_add(1), Ordering::Relaxed);
+        let headroom = |i: usize| self.headroom(groups[i].bucket, p, now);
         let proposed =
             self.strategy.propose(&Choice { n: groups.len(), headroom: &headroom, random: self.next_random(), turn });
         let fallback = (0..groups.len()).map(|j| (turn + j) % groups.len()).filter(|i| !proposed.contains(&Some(*i)));
@@ -205,16 +204,20 @@ impl<S: QuotaStore> Engine<S> {
             let g = &groups[i];
             let ceilings = &self.pool.ceilings[g.bucket.0 as usize][p];
             let attempt = match self.config.admission {
-                AdmissionMode::Atomic => self.store.reserve(g.bucket, tokens, ceilings, now).map(Some),
-                AdmissionMode::CheckThenAct => self.store.check(g.bucket, tokens, ceilings, now).map(|()| None),
+                AdmissionMode::Atomic => {
+                    self.store.reserve(g.bucket, tokens, ceilings, now).map(|g| (Some(g.reservation), g.usage))
+                }
+                AdmissionMode::CheckThenAct => self.store.check(g.bucket, tokens, ceilings, now).map(|u| (None, u)),
             };
             match attempt {
-                Ok(reservation) => {
+                Ok((reservation, usage)) => {
+                    self.note(g.bucket, &usage);
                     let key = g.keys[turn % g.keys.len()];
                     let ticket = Ticket { key, bucket: g.bucket, model, estimated_input, reserved_output, reservation };
                     return Ok(Decision::Admitted(ticket));
                 }
                 Err(s) => {
+                    self.note(g.bucket, &s.usage);
                     size_matters |= s.dimension.counts_tokens() && !s.cooling;
                     if earlier(&s, earliest.as_ref().map(|e| &e.0)) {
                         earliest = Some((s, g.bucket));
@@ -241,19 +244,21 @@ impl<S: QuotaStore> Engine<S> {
                     TokenBasis::Input => input_tokens,
                     TokenBasis::Total => input_tokens + output_tokens,
                 };
-                match r {
+                let usage = match r {
                     Some(r) => {
-                        self.store.reconcile(b, &r, counted, now);
                         if counted < r.tokens {
                             self.forget_exhaustion(Some(ticket.model));
                         }
+                        self.store.reconcile(b, &r, counted, now)
                     }
                     None => self.store.record(b, counted, now),
-                }
+                };
+                self.note(b, &usage);
             }
             (Outcome::RateLimited(q), r) => {
                 if let Some(r) = r {
-                    self.store.refund(b, &r, now);
+                    let usage = self.store.refund(b, &r, now);
+                    self.note(b, &usage);
                     self.forget_exhaustion(Some(ticket.model));
                 }
                 let dimension = q.dimension.unwrap_or(Dimension::Rpm);
@@ -266,15 +271,18 @@ impl<S: QuotaStore> Engine<S> {
                 };
                 if until > now {
                     self.store.cool_down(b, dimension, until);
+                    self.views[b.0 as usize].until.store(0, Ordering::Relaxed);
                 }
             }
             (Outcome::Failed, Some(_)) => {}
             (Outcome::Failed, None) => {
-                self.store.record(b, ticket.estimated_input + ticket.reserved_output, now);
+                let usage = self.store.record(b, ticket.estimated_input + ticket.reserved_output, now);
+                self.note(b, &usage);
             }
             (Outcome::NotSent, r) => {
                 if let Some(r) = r {
-                    self.store.refund(b, &r, now);
+                    let usage = self.store.refund(b, &r, now);
+                    self.note(b, &usage);
                     self.forget_exhaustion(Some(ticket.model));
                 }
             }

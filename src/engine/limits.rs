@@ -109,6 +109,16 @@ impl Ceilings {
     pub fn get(&self, d: Dimension) -> u64 {
         self.0[d.index()]
     }
+
+    /// Reciprocals of the ceilings, for headroom without divisions: `0` for unlimited
+    /// dimensions (they never bind) and infinity for zero ceilings (no headroom at all).
+    pub fn reciprocals(&self) -> [f64; 4] {
+        self.0.map(|c| match c {
+            u64::MAX => 0.0,
+            0 => f64::INFINITY,
+            c => 1.0 / c as f64,
+        })
+    }
 }
 
 #[cfg(test)]

@@ -6,7 +6,7 @@ use std::collections::VecDeque;
 use std::sync::{Mutex, MutexGuard};
 
 use super::limits::{Ceilings, Dimension};
-use super::store::{BucketId, QuotaStore, Reservation, Shortfall, Usage};
+use super::store::{BucketId, Grant, QuotaStore, Reservation, Shortfall, Usage};
 use super::time::{next_pacific_midnight, Timestamp, MINUTE_MS};
 
 #[derive(Clone, Copy, Debug)]
@@ -50,7 +50,7 @@ impl Bucket {
     fn shortfall(&self, tokens: u64, c: &Ceilings, now: u64) -> Option<Shortfall> {
         let mut worst: Option<Shortfall> = None;
         let mut consider = |dimension: Dimension, cooling: bool, retry: Option<u64>| {
-            let s = Shortfall { dimension, cooling, retry_at: retry.map(Timestamp) };
+            let s = Shortfall { dimension, cooling, retry_at: retry.map(Timestamp), usage: Usage::default() };
             let later = match (&worst, retry) {
                 (None, _) => true,
                 (Some(w), None) => w.retry_at.is_some(),
@@ -82,7 +82,7 @@ impl Bucket {
         if self.day_tokens.saturating_add(tokens) > tpd {
             consider(Dimension::Tpd, false, (tokens <= tpd).then_some(self.day_ends));
         }
-        worst
+        worst.map(|w| Shortfall { usage: self.usage(now), ..w })
     }
 
     /// When enough of the window's tokens have left for `tokens` more to fit under `tpm`.
@@ -171,26 +171,23 @@ impl QuotaStore for MemoryStore {
         }
     }
 
-    fn reserve(
-        &self,
-        bucket: BucketId,
-        tokens: u64,
-        ceilings: &Ceilings,
-        now: Timestamp,
-    ) -> Result<Reservation, Shortfall> {
+    fn reserve(&self, bucket: BucketId, tokens: u64, ceilings: &Ceilings, now: Timestamp) -> Result<Grant, Shortfall> {
         let mut b = self.lock(bucket, now);
         match b.shortfall(tokens, ceilings, now.0) {
             Some(s) => Err(s),
-            None => Ok(b.push(tokens, now.0)),
+            None => {
+                let reservation = b.push(tokens, now.0);
+                Ok(Grant { reservation, usage: b.usage(now.0) })
+            }
         }
     }
 
-    fn check(&self, bucket: BucketId, tokens: u64, ceilings: &Ceilings, now: Timestamp) -> Result<(), Shortfall> {
+    fn check(&self, bucket: BucketId, tokens: u64, ceilings: &Ceilings, now: Timestamp) -> Result<Usage, Shortfall> {
         let b = self.lock(bucket, now);
-        b.shortfall(tokens, ceilings, now.0).map_or(Ok(()), Err)
+        b.shortfall(tokens, ceilings, now.0).map_or_else(|| Ok(b.usage(now.0)), Err)
     }
 
-    fn reconcile(&self, bucket: BucketId, r: &Reservation, actual: u64, now: Timestamp) {
+    fn reconcile(&self, bucket: BucketId, r: &Reservation, actual: u64, now: Timestamp) -> Usage {
         let mut b = self.lock(bucket, now);
         if let Some(i) = b.find(r.seq) {
             let e = &mut b.window[i];
@@ -201,9 +198,10 @@ impl QuotaStore for MemoryStore {
         if b.day_ends == r.day_ends.0 {
             b.day_tokens = (b.day_tokens + actual).saturating_sub(r.tokens);
         }
+        b.usage(now.0)
     }
 
-    fn refund(&self, bucket: BucketId, r: &Reservation, now: Timestamp) {
+    fn refund(&self, bucket: BucketId, r: &Reservation, now: Timestamp) -> Usage {
         let mut b = self.lock(bucket, now);
         if let Some(i) = b.find(r.seq) {
             let e = b.window.remove(i).expect("index found by search");
@@ -213,10 +211,13 @@ impl QuotaStore for MemoryStore {
             b.day_requests = b.day_requests.saturating_sub(1);
             b.day_tokens = b.day_tokens.saturating_sub(r.tokens);
         }
+        b.usage(now.0)
     }
 
-    fn record(&self, bucket: BucketId, tokens: u64, now: Timestamp) {
-        self.lock(bucket, now).push(tokens, now.0);
+    fn record(&self, bucket: BucketId, tokens: u64, now: Timestamp) -> Usage {
+        let mut b = self.lock(bucket, now);
+        b.push(tokens, now.0);
+        b.usage(now.0)
     }
 
     fn cool_down(&self, bucket: BucketId, dimension: Dimension, until: Timestamp) {
@@ -275,11 +276,11 @@ mod tests {
     fn reconcile_and_refund_adjust_every_counter() {
         let s = store();
         let c = ceilings(10, 1000, 1000);
-        let r = s.reserve(BucketId(0), 100, &c, T0).unwrap();
+        let r = s.reserve(BucketId(0), 100, &c, T0).unwrap().reservation;
         s.reconcile(BucketId(0), &r, 40, T0.plus(1));
         let u = s.usage(BucketId(0), T0.plus(1));
         assert_eq!((u.minute_tokens, u.day_tokens), (40, 40));
-        let r2 = s.reserve(BucketId(0), 10, &c, T0.plus(2)).unwrap();
+        let r2 = s.reserve(BucketId(0), 10, &c, T0.plus(2)).unwrap().reservation;
         s.refund(BucketId(0), &r2, T0.plus(3));
         let u = s.usage(BucketId(0), T0.plus(3));
         assert_eq!((u.minute_requests, u.minute_tokens, u.day_requests, u.day_tokens), (1, 40, 1, 40));

@@ -34,7 +34,7 @@ pub use limits::{Ceilings, Dimension, Limits};
 pub use memory::MemoryStore;
 pub use pool::{KeyId, KeySpec, KeyState, ModelSpec, PoolError, PoolEvent, PoolSpec, ProjectSpec, QuotaScope};
 pub use provider::{parse_quota_error, QuotaExhausted};
-pub use store::{BucketId, QuotaStore, Reservation, Shortfall, Usage};
+pub use store::{BucketId, Grant, QuotaStore, Reservation, Shortfall, Usage};
 pub use strategy::{Strategy, StrategyKind};
 pub use time::{next_pacific_midnight, Timestamp, MINUTE_MS};
 
@@ -95,6 +95,18 @@ impl Default for EngineConfig {
     }
 }
 
+/// The engine's cached view of one bucket, for strategies: its counters, valid until they
+/// could next fall on their own. Every store call returns fresh
+/// counters, so the view follows this engine's own traffic without extra reads; other
+/// replicas' traffic shows when the view is refreshed. A stale view only misguides the
+/// choice, never admission, which the store decides.
+#[derive(Debug, Default)]
+struct View {
+    /// Used amount per dimension; `u64::MAX` in the first while the bucket cools down.
+    used: [AtomicU64; 4],
+    until: AtomicU64,
+}
+
 /// The engine over a store `S`.
 pub struct Engine<S: QuotaStore = MemoryStore> {
     config: EngineConfig,
@@ -104,6 +116,8 @@ pub struct Engine<S: QuotaStore = MemoryStore> {
     estimator: Box<dyn Estimator>,
     turn: AtomicUsize,
     rng: AtomicU64,
+    /// Per bucket: the cached view.
+    views: Vec<View>,
     /// Per model and priority: until when a full scan found no bucket for any request size.
     exhausted: Vec<[AtomicU64; 2]>,
     /// Per model and priority: why (the [`DenyReason`] code of that scan).
@@ -123,6 +137,7 @@ impl<S: QuotaStore> Engine<S> {
         let pool = pool::Pool::new(spec, config.scope, config.safety, config.reserve)?;
         store.ensure_buckets(pool.bucket_count());
         let models = pool.models.len();
+        let views = (0..pool.bucket_count()).map(|_| View::default()).collect();
         Ok(Self {
             strategy: config.strategy.build(),
             rng: AtomicU64::new(config.seed),
@@ -131,6 +146,7 @@ impl<S: QuotaStore> Engine<S> {
             store,
             estimator,
             turn: AtomicUsize::new(0),
+            views,
             exhausted: (0..models).map(|_| Default::default()).collect(),
             exhausted_reason: (0..models).map(|_| Default::default()).collect(),
             exhausted_bucket: (0..models).map(|_| Default::default()).collect(),
@@ -183,7 +199,7 @@ impl<S: QuotaStore> Engine<S> {
     }
 
     /// The projects that can serve `model` now (one entry per quota bucket).
-    pub fn serving_projects(&self, model: usize) -> impl Iterator<Item = usize> + '_ {
+    pub fn serving_projects(&self, model: usize) -> impl ExactSizeIterator<Item = usize> + '_ {
         self.pool.groups[model].iter().map(|g| g.project)
     }
 
@@ -191,13 +207,53 @@ impl<S: QuotaStore> Engine<S> {
     pub fn apply(&mut self, event: PoolEvent) -> Result<(), PoolError> {
         self.pool.apply(event)?;
         self.store.ensure_buckets(self.pool.bucket_count());
+        self.views = (0..self.pool.bucket_count()).map(|_| View::default()).collect();
         self.forget_exhaustion(None);
         Ok(())
     }
 
+    /// Records fresh counters of `bucket` in its view.
+    fn note(&self, bucket: BucketId, u: &Usage) {
+        let v = &self.views[bucket.0 as usize];
+        let cooling = u.cooling_until.is_some();
+        let used = [if cooling { u64::MAX } else { u.minute_requests }, u.minute_tokens, u.day_requests, u.day_tokens];
+        for (slot, x) in v.used.iter().zip(used) {
+            slot.store(x, Ordering::Relaxed);
+        }
+        v.until.store(u.steady_until().0, Ordering::Relaxed);
+    }
+
+    /// Normalised headroom of `bucket` for priority index `p`, from the view while it holds:
+    /// the free fraction of the tightest dimension, zero while cooling down.
+    fn headroom(&self, bucket: BucketId, p: usize, now: Timestamp) -> f64 {
+        let b = bucket.0 as usize;
+        let v = &self.views[b];
+        if now.0 >= v.until.load(Ordering::Relaxed) {
+            let u = self.store.usage(bucket, now);
+            self.note(bucket, &u);
+        }
+        let (ceilings, inverse) = (&self.pool.ceilings[b][p].0, &self.pool.inverse[b][p]);
+        let mut h = 1.0f64;
+        for i in 0..4 {
+            if inverse[i] != 0.0 {
+                let used = v.used[i].load(Ordering::Relaxed);
+                // Below 2^63 both fit an i64, whose conversion to f64 is one instruction.
+                let free = ceilings[i].saturating_sub(used).min(i64::MAX as u64) as i64 as f64;
+                // A zero ceiling has an infinite inverse: no headroom at all.
+                let x = if inverse[i].is_infinite() { 0.0 } else { free * inverse[i] };
+                h = h.min(x);
+            }
+        }
+        h
+    }
+
     fn next_random(&self) -> u64 {
-        // SplitMix64 over an atomic counter: deterministic for a given call order.
-        let mut z = self.rng.fetch_add(0x9E37_79B9_7F4A_7C15, Ordering::Relaxed).wrapping_add(0x9E37_79B9_7F4A_7C15);
+        // SplitMix64 over a counter: deterministic for a given call order. A relaxed load and
+        // store, not an atomic add: threads racing here may draw the same word, which only
+        // repeats a choice, and the locked add cost as much as the rest of the strategy.
+        let state = self.rng.load(Ordering::Relaxed).wrapping_add(0x9E37_79B9_7F4A_7C15);
+        self.rng.store(state, Ordering::Relaxed);
+        let mut z = state;
         z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
         z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
         z ^ (z >> 31)

@@ -147,6 +147,8 @@ pub(crate) struct Pool {
     pub(crate) groups: Vec<Vec<Group>>,
     /// Per bucket: ceilings for [normal, high] priority.
     pub(crate) ceilings: Vec<[Ceilings; 2]>,
+    /// Per bucket: [`Ceilings::reciprocals`] of `ceilings`.
+    pub(crate) inverse: Vec<[[f64; 4]; 2]>,
     /// Per model: capacity totals.
     pub(crate) totals: Vec<CapacityTotals>,
     /// Per model and priority: the largest TPM and TPD ceilings over usable buckets.
@@ -165,6 +167,7 @@ impl Pool {
             reserve,
             groups: Vec::new(),
             ceilings: Vec::new(),
+            inverse: Vec::new(),
             totals: Vec::new(),
             largest: Vec::new(),
         };
@@ -250,6 +253,7 @@ impl Pool {
                 ]
             })
             .collect();
+        self.inverse = self.ceilings.iter().map(|[n, h]| [n.reciprocals(), h.reciprocals()]).collect();
         self.groups = vec![Vec::new(); models];
         self.totals = vec![CapacityTotals::default(); models];
         self.largest = vec![[[0; 2]; 2]; models];

@@ -25,6 +25,15 @@ pub struct Reservation {
     pub tokens: u64,
 }
 
+/// A successful reservation and the bucket's counters right after it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Grant {
+    /// What to reconcile or refund at settlement.
+    pub reservation: Reservation,
+    /// The bucket's counters, this reservation included.
+    pub usage: Usage,
+}
+
 /// Why a bucket cannot take a request now.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Shortfall {
@@ -35,6 +44,8 @@ pub struct Shortfall {
     /// When the request would fit, if nothing else is admitted meanwhile; `None` if it never
     /// fits under these ceilings.
     pub retry_at: Option<Timestamp>,
+    /// The bucket's counters at the time of the refusal.
+    pub usage: Usage,
 }
 
 /// A bucket's counters at one instant.
@@ -67,6 +78,14 @@ impl Usage {
         }
     }
 
+    /// Until when these counters can only grow (nothing leaves a window, no day ends, no
+    /// cool-down ends before then): how long a cached view of them stays conservative.
+    pub fn steady_until(&self) -> Timestamp {
+        let minute = self.minute_frees_at.unwrap_or(Timestamp(u64::MAX));
+        let cooling = self.cooling_until.unwrap_or(Timestamp(u64::MAX));
+        minute.min(self.day_ends).min(cooling)
+    }
+
     /// The fraction of `ceilings` still free on the tightest dimension, in `[0, 1]`
     /// (zero while cooling down).
     pub fn headroom(&self, ceilings: &Ceilings) -> f64 {
@@ -97,25 +116,21 @@ pub trait QuotaStore: Send + Sync {
 
     /// Counts one request of `tokens` tokens in `bucket` if every dimension stays within
     /// `ceilings` and the bucket is not cooling down; otherwise counts nothing.
-    fn reserve(
-        &self,
-        bucket: BucketId,
-        tokens: u64,
-        ceilings: &Ceilings,
-        now: Timestamp,
-    ) -> Result<Reservation, Shortfall>;
+    /// Returns the bucket's counters after the call, as every mutating call does, so that the
+    /// engine's view of the bucket stays fresh without another round trip.
+    fn reserve(&self, bucket: BucketId, tokens: u64, ceilings: &Ceilings, now: Timestamp) -> Result<Grant, Shortfall>;
 
     /// Whether [`QuotaStore::reserve`] would succeed now, without counting anything.
-    fn check(&self, bucket: BucketId, tokens: u64, ceilings: &Ceilings, now: Timestamp) -> Result<(), Shortfall>;
+    fn check(&self, bucket: BucketId, tokens: u64, ceilings: &Ceilings, now: Timestamp) -> Result<Usage, Shortfall>;
 
     /// Replaces a reservation's token count by the actual one.
-    fn reconcile(&self, bucket: BucketId, reservation: &Reservation, actual_tokens: u64, now: Timestamp);
+    fn reconcile(&self, bucket: BucketId, reservation: &Reservation, actual_tokens: u64, now: Timestamp) -> Usage;
 
     /// Takes a reservation back, as if it had never been made.
-    fn refund(&self, bucket: BucketId, reservation: &Reservation, now: Timestamp);
+    fn refund(&self, bucket: BucketId, reservation: &Reservation, now: Timestamp) -> Usage;
 
     /// Counts a request after the fact, without any check (the `check-then-act` reference mode).
-    fn record(&self, bucket: BucketId, tokens: u64, now: Timestamp);
+    fn record(&self, bucket: BucketId, tokens: u64, now: Timestamp) -> Usage;
 
     /// Stops admissions on `dimension` of `bucket` until `until`.
     fn cool_down(&self, bucket: BucketId, dimension: Dimension, until: Timestamp);

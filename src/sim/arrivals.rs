@@ -35,7 +35,8 @@ impl TokenDraw {
     pub fn sample(&self, rng: &mut impl Rng) -> u64 {
         match self {
             Self::Fixed(n) => *n,
-            Self::LogNormal(d) => d.sample(rng).round().clamp(1.0, 1e7) as u64,
+            // `+ 0.5` then truncation rounds a positive number without a libm call.
+            Self::LogNormal(d) => (d.sample(rng) + 0.5).clamp(1.0, 1e7) as u64,
         }
     }
 }

@@ -118,7 +118,6 @@ struct Sim<'s, 'w> {
     rng_faults: Pcg64Mcg,
     agg: Aggregate,
     intervals: Vec<Interval>,
-    scratch: Vec<usize>,
     /// The judge's view of each engine key (by engine key index), kept in step with pool
     /// events so that sending needs no lookup by name.
     key_states: Vec<JudgeKey>,
@@ -218,7 +217,6 @@ pub fn simulate(sc: &Scenario, out: Outputs<'_>) -> Result<RunResult, SimError> 
         rng_faults: Pcg64Mcg::seed_from_u64(stream_seed(seed, 4)),
         agg: Aggregate::default(),
         intervals: vec![Interval::default(); sc.projects.len() * sc.models.len()],
-        scratch: Vec::new(),
         key_states: Vec::new(),
         latency: sc.provider.latency.sampler(),
         timeline,
@@ -310,7 +308,7 @@ impl Sim<'_, '_> {
             arrival,
             input,
             output,
-            chars: (input as f64 * c.chars_per_token).round() as u64,
+            chars: (input as f64 * c.chars_per_token + 0.5) as u64,
             ticket: None,
             sent_at: 0,
             pending: Pending::Nothing,
@@ -388,12 +386,8 @@ impl Sim<'_, '_> {
 
     /// Whether any project that can serve `model` would accept `input` tokens now.
     fn provider_would_accept(&mut self, model: usize, input: u64, now: u64) -> bool {
-        self.scratch.clear();
-        self.scratch.extend(self.engine.serving_projects(model));
-        let projects = std::mem::take(&mut self.scratch);
-        let yes = projects.iter().any(|&p| self.judge.peek(p, model, input, now) == Verdict::Accepted);
-        self.scratch = projects;
-        yes
+        let judge = &mut self.judge;
+        self.engine.serving_projects(model).any(|p| judge.peek(p, model, input, now) == Verdict::Accepted)
     }
 
     fn send(&mut self, r: u32, ticket: Ticket, now: u64) {
@@ -410,7 +404,7 @@ impl Sim<'_, '_> {
                     let input = self.reqs[r as usize].input;
                     match self.judge.submit(project, ticket.model, input, now) {
                         Verdict::Accepted => {
-                            let u = self.judge.usage(project, ticket.model, now);
+                            let u = self.judge.counted(project, ticket.model);
                             let iv = &mut self.intervals[project * self.sc.models.len() + ticket.model];
                             iv.requests += 1;
                             iv.tokens += input;
@@ -527,12 +521,10 @@ impl Sim<'_, '_> {
     /// counts, tries every serving project (first fit, rotating) and may wait as long as the
     /// engine may. What it serves is what the pool could truly have served.
     fn offer(&mut self, model: usize, tokens: u64, now: u64, deadline: u64) -> Result<(), SimError> {
-        self.scratch.clear();
-        self.scratch.extend(self.engine.serving_projects(model));
-        let n = self.scratch.len();
+        let n = self.engine.serving_projects(model).len();
         let mut wait = u64::MAX;
         for j in 0..n {
-            let p = self.scratch[(self.oracle_turn + j) % n];
+            let p = self.engine.serving_projects(model).nth((self.oracle_turn + j) % n).expect("j < n");
             match self.oracle.submit(p, model, tokens, now) {
                 Verdict::Accepted => {
                     self.oracle_turn = self.oracle_turn.wrapping_add(1);

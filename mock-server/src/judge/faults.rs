@@ -50,7 +50,8 @@ impl LatencySampler {
     pub fn sample(&self, rng: &mut impl Rng) -> u64 {
         match self {
             Self::Fixed(ms) => *ms,
-            Self::LogNormal(d) => d.sample(rng).round().min(3_600_000.0) as u64,
+            // `+ 0.5` then truncation rounds a positive number without a libm call.
+            Self::LogNormal(d) => (d.sample(rng) + 0.5).min(3_600_000.0) as u64,
         }
     }
 }

@@ -28,7 +28,8 @@ impl MinuteMeter {
         }
     }
 
-    fn advance(&mut self, now: u64) {
+    /// Brings the meter to `now`: drops what left the window, refills, starts a new minute.
+    pub(super) fn advance(&mut self, now: u64) {
         match self {
             Self::Sliding { log, tokens, .. } => {
                 while let Some(&(at, t)) = log.front() {
@@ -57,9 +58,9 @@ impl MinuteMeter {
         }
     }
 
-    /// How long until one more request of `input` tokens fits, per dimension (`None`: fits now).
-    pub(super) fn waits(&mut self, now: u64, input: u64) -> (Option<u64>, Option<u64>) {
-        self.advance(now);
+    /// How long until one more request of `input` tokens fits, per dimension (`None`: fits
+    /// now). The meter must have been advanced to `now`.
+    pub(super) fn waits(&self, now: u64, input: u64) -> (Option<u64>, Option<u64>) {
         match self {
             Self::Sliding { rpm, tpm, log, tokens } => {
                 let rpm_wait = if (log.len() as u64) < *rpm {
@@ -111,9 +112,8 @@ impl MinuteMeter {
         }
     }
 
-    /// Counts an accepted request.
+    /// Counts an accepted request. The meter must have been advanced to `now`.
     pub(super) fn record(&mut self, now: u64, input: u64) {
-        self.advance(now);
         match self {
             Self::Sliding { log, tokens, .. } => {
                 log.push_back((now, input));
@@ -133,6 +133,11 @@ impl MinuteMeter {
     /// `(requests, tokens)` counted now; for a token bucket, what has been drawn from it.
     pub(super) fn usage(&mut self, now: u64) -> (u64, u64) {
         self.advance(now);
+        self.counted()
+    }
+
+    /// `(requests, tokens)` as of the last time the meter was advanced.
+    pub(super) fn counted(&self) -> (u64, u64) {
         match self {
             Self::Sliding { log, tokens, .. } => (log.len() as u64, *tokens),
             Self::Fixed { requests, tokens, .. } => (*requests, *tokens),
@@ -158,7 +163,8 @@ pub(super) struct DayMeter {
 }
 
 impl DayMeter {
-    fn advance(&mut self, now: u64) {
+    /// Starts a new day if one began.
+    pub(super) fn advance(&mut self, now: u64) {
         if now >= self.ends_at {
             self.ends_at = pacific::next_midnight_ms(now);
             self.requests = 0;
@@ -166,22 +172,27 @@ impl DayMeter {
         }
     }
 
-    pub(super) fn waits(&mut self, now: u64, input: u64, rpd: u64, tpd: Option<u64>) -> (Option<u64>, Option<u64>) {
-        self.advance(now);
+    /// Waits per daily dimension; the meter must have been advanced to `now`.
+    pub(super) fn waits(&self, now: u64, input: u64, rpd: u64, tpd: Option<u64>) -> (Option<u64>, Option<u64>) {
         let to_midnight = self.ends_at - now;
         let rpd_wait = (self.requests >= rpd).then_some(to_midnight);
         let tpd_wait = tpd.and_then(|tpd| (self.tokens.saturating_add(input) > tpd).then_some(to_midnight));
         (rpd_wait, tpd_wait)
     }
 
-    pub(super) fn record(&mut self, now: u64, input: u64) {
-        self.advance(now);
+    /// Counts an accepted request; the meter must have been advanced to `now`.
+    pub(super) fn record(&mut self, input: u64) {
         self.requests += 1;
         self.tokens += input;
     }
 
     pub(super) fn usage(&mut self, now: u64) -> (u64, u64) {
         self.advance(now);
+        self.counted()
+    }
+
+    /// `(requests, tokens)` as of the last time the meter was advanced.
+    pub(super) fn counted(&self) -> (u64, u64) {
         (self.requests, self.tokens)
     }
 }

@@ -208,7 +208,7 @@ impl Judge {
         if verdict == Verdict::Accepted {
             let cell = self.cell_mut(project, model);
             cell.minute.record(now, input_tokens);
-            cell.day.record(now, input_tokens);
+            cell.day.record(input_tokens);
         }
         verdict
     }
@@ -216,6 +216,8 @@ impl Judge {
     /// What [`Judge::submit`] would answer, without counting anything.
     pub fn peek(&mut self, project: usize, model: usize, input_tokens: u64, now: u64) -> Verdict {
         let cell = self.cell_mut(project, model);
+        cell.minute.advance(now);
+        cell.day.advance(now);
         let limits = cell.limits.clone();
         let mut violations = Vec::new();
         let mut wait = 0u64;
@@ -245,6 +247,15 @@ impl Judge {
         let cell = self.cell_mut(project, model);
         let (minute_requests, minute_tokens) = cell.minute.usage(now);
         let (day_requests, day_tokens) = cell.day.usage(now);
+        Usage { minute_requests, minute_tokens, day_requests, day_tokens }
+    }
+
+    /// The count for (`project`, `model`) as of the last call that touched it, without
+    /// moving its windows: the figures right after a [`Judge::submit`], at no cost.
+    pub fn counted(&self, project: usize, model: usize) -> Usage {
+        let cell = &self.cells[project * self.config.models.len() + model];
+        let (minute_requests, minute_tokens) = cell.minute.counted();
+        let (day_requests, day_tokens) = cell.day.counted();
         Usage { minute_requests, minute_tokens, day_requests, day_tokens }
     }
 
