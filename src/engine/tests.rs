@@ -165,3 +165,23 @@ fn a_daily_rate_limit_answered_after_midnight_does_not_park_the_new_day() {
     e.settle(&t, Outcome::RateLimited(q), T0.plus(3_600_000 + 30));
     assert!(admitted(&e, Priority::Normal, T0.plus(3_600_000 + 40)).is_some());
 }
+
+#[test]
+fn the_cached_view_agrees_with_the_store() {
+    let config = EngineConfig { reserve: 0.2, strategy: StrategyKind::LeastUsed, ..Default::default() };
+    let e = engine(config, spec(&[("p", &["k"]), ("q", &["j"])], 10));
+    let mut now = T0;
+    for i in 0..40u64 {
+        now = now.plus(1_700 * (i % 5));
+        if let Some(t) = admitted(&e, if i % 3 == 0 { Priority::High } else { Priority::Normal }, now) {
+            e.settle(&t, Outcome::Success { input_tokens: 50 + i, output_tokens: 5 }, now.plus(3));
+        }
+        for b in 0..2u32 {
+            for p in 0..2 {
+                let exact = e.store().usage(BucketId(b), now).headroom(&e.pool.ceilings[b as usize][p]);
+                let cached = e.headroom(BucketId(b), p, now);
+                assert!((exact - cached).abs() < 1e-6, "bucket {b} priority {p} at step {i}: {exact} vs {cached}");
+            }
+        }
+    }
+}
