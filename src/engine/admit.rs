@@ -211,13 +211,13 @@ impl<S: QuotaStore> Engine<S> {
             };
             match attempt {
                 Ok((reservation, usage)) => {
-                    self.note(g.bucket, &usage);
+                    self.note(g.bucket, &usage, now);
                     let key = g.keys[turn % g.keys.len()];
                     let ticket = Ticket { key, bucket: g.bucket, model, estimated_input, reserved_output, reservation };
                     return Ok(Decision::Admitted(ticket));
                 }
                 Err(s) => {
-                    self.note(g.bucket, &s.usage);
+                    self.note(g.bucket, &s.usage, now);
                     size_matters |= s.dimension.counts_tokens() && !s.cooling;
                     if earlier(&s, earliest.as_ref().map(|e| &e.0)) {
                         earliest = Some((s, g.bucket));
@@ -253,12 +253,12 @@ impl<S: QuotaStore> Engine<S> {
                     }
                     None => self.store.record(b, counted, now),
                 };
-                self.note(b, &usage);
+                self.note(b, &usage, now);
             }
             (Outcome::RateLimited(q), r) => {
                 if let Some(r) = r {
                     let usage = self.store.refund(b, &r, now);
-                    self.note(b, &usage);
+                    self.note(b, &usage, now);
                     self.forget_exhaustion(Some(ticket.model));
                 }
                 let dimension = q.dimension.unwrap_or(Dimension::Rpm);
@@ -277,12 +277,12 @@ impl<S: QuotaStore> Engine<S> {
             (Outcome::Failed, Some(_)) => {}
             (Outcome::Failed, None) => {
                 let usage = self.store.record(b, ticket.estimated_input + ticket.reserved_output, now);
-                self.note(b, &usage);
+                self.note(b, &usage, now);
             }
             (Outcome::NotSent, r) => {
                 if let Some(r) = r {
                     let usage = self.store.refund(b, &r, now);
-                    self.note(b, &usage);
+                    self.note(b, &usage, now);
                     self.forget_exhaustion(Some(ticket.model));
                 }
             }

@@ -95,8 +95,8 @@ impl Default for EngineConfig {
     }
 }
 
-/// The engine's cached view of one bucket, for strategies: its counters, valid until they
-/// could next fall on their own. Every store call returns fresh
+/// The engine's cached view of one bucket, for strategies: its counters, for at most
+/// [`VIEW_TTL_MS`] or until they could fall on their own, whichever is later. Every store call returns fresh
 /// counters, so the view follows this engine's own traffic without extra reads; other
 /// replicas' traffic shows when the view is refreshed. A stale view only misguides the
 /// choice, never admission, which the store decides.
@@ -106,6 +106,10 @@ struct View {
     used: [AtomicU64; 4],
     until: AtomicU64,
 }
+
+/// How long a bucket's cached view serves strategies before it is read again from the store
+/// (unless this engine's own calls refresh it sooner).
+pub const VIEW_TTL_MS: u64 = 1_000;
 
 /// The engine over a store `S`.
 pub struct Engine<S: QuotaStore = MemoryStore> {
@@ -213,14 +217,17 @@ impl<S: QuotaStore> Engine<S> {
     }
 
     /// Records fresh counters of `bucket` in its view.
-    fn note(&self, bucket: BucketId, u: &Usage) {
+    fn note(&self, bucket: BucketId, u: &Usage, now: Timestamp) {
         let v = &self.views[bucket.0 as usize];
         let cooling = u.cooling_until.is_some();
         let used = [if cooling { u64::MAX } else { u.minute_requests }, u.minute_tokens, u.day_requests, u.day_tokens];
         for (slot, x) in v.used.iter().zip(used) {
             slot.store(x, Ordering::Relaxed);
         }
-        v.until.store(u.steady_until().0, Ordering::Relaxed);
+        // Counters that fall on their own (window entries leaving) only make the view
+        // understate headroom, which misguides nobody; refreshing at every expiry cost more
+        // than the strategy. Other replicas' traffic shows within the TTL.
+        v.until.store(now.0 + VIEW_TTL_MS, Ordering::Relaxed);
     }
 
     /// Normalised headroom of `bucket` for priority index `p`, from the view while it holds:
@@ -230,7 +237,7 @@ impl<S: QuotaStore> Engine<S> {
         let v = &self.views[b];
         if now.0 >= v.until.load(Ordering::Relaxed) {
             let u = self.store.usage(bucket, now);
-            self.note(bucket, &u);
+            self.note(bucket, &u, now);
         }
         let (ceilings, inverse) = (&self.pool.ceilings[b][p].0, &self.pool.inverse[b][p]);
         let mut h = 1.0f64;
