@@ -9,8 +9,10 @@
 //! - [`queue`]: the event queue.
 //! - [`arrivals`]: arrival processes and token-size draws.
 //! - [`run`]: one run of a scenario ([`simulate`]).
+//! - `oracle`: what the pool could truly have served, on a thread of its own.
 
 pub mod arrivals;
+mod oracle;
 pub mod queue;
 pub mod run;
 

@@ -8,6 +8,7 @@ use rand::SeedableRng;
 use rand_pcg::Pcg64Mcg;
 
 use super::arrivals::{Arrivals, TokenDraw};
+use super::oracle::{Offer, OracleHandle};
 use super::queue::EventQueue;
 use super::stream_seed;
 use crate::engine::{
@@ -33,6 +34,9 @@ pub enum SimError {
     /// The scenario's pool does not hold together (validation should have caught it).
     #[error("pool: {0}")]
     Pool(#[from] PoolError),
+    /// The oracle failed.
+    #[error("oracle: {0}")]
+    Oracle(String),
     /// Writing a CSV file failed.
     #[error("writing {what}: {source}")]
     Write {
@@ -60,8 +64,6 @@ enum Ev {
     Complete(u32),
     Pool(u32),
     Tick,
-    /// A retry of the oracle's offer held in `Sim::offers`.
-    Oracle(u32),
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -99,12 +101,7 @@ struct Sim<'s, 'w> {
     sc: &'s Scenario,
     engine: Engine,
     judge: Judge,
-    oracle: Judge,
-    oracle_turn: usize,
-    /// Offers the oracle retries later: (model, tokens, deadline).
-    offers: Vec<(u32, u64, u64)>,
-    free_offers: Vec<u32>,
-    servable: u64,
+    oracle: OracleHandle,
     queue: EventQueue<Ev>,
     reqs: Vec<Req>,
     free: Vec<u32>,
@@ -175,7 +172,7 @@ pub fn build_judge(sc: &Scenario) -> Judge {
 pub fn simulate(sc: &Scenario, out: Outputs<'_>) -> Result<RunResult, SimError> {
     let engine = build_engine(sc)?;
     let judge = build_judge(sc);
-    let oracle = build_judge(sc);
+    let oracle = OracleHandle::spawn(sc);
     let day_phase =
         sc.start.0.saturating_sub(crate::engine::next_pacific_midnight(sc.start).0.saturating_sub(86_400_000));
     let seed = sc.seed;
@@ -196,10 +193,6 @@ pub fn simulate(sc: &Scenario, out: Outputs<'_>) -> Result<RunResult, SimError> 
         engine,
         judge,
         oracle,
-        oracle_turn: 0,
-        offers: Vec::new(),
-        free_offers: Vec::new(),
-        servable: 0,
         queue: EventQueue::default(),
         reqs: Vec::new(),
         free: Vec::new(),
@@ -231,7 +224,7 @@ pub fn simulate(sc: &Scenario, out: Outputs<'_>) -> Result<RunResult, SimError> 
     if let Some(log) = sim.requests.take() {
         log.finish().map_err(|e| SimError::Write { what: "requests.csv", source: e.into() })?;
     }
-    sim.agg.servable = Some(sim.servable);
+    sim.agg.servable = Some(sim.oracle.finish()?);
     Ok(RunResult { aggregate: sim.agg, engine: sim.engine, events: sim.events })
 }
 
@@ -275,11 +268,6 @@ impl Sim<'_, '_> {
                 Ev::Complete(r) => self.complete(r, now)?,
                 Ev::Pool(i) => self.pool_event(i as usize)?,
                 Ev::Tick => self.tick(now)?,
-                Ev::Oracle(i) => {
-                    let (model, tokens, deadline) = self.offers[i as usize];
-                    self.free_offers.push(i);
-                    self.offer(model as usize, tokens, now, deadline)?
-                }
             }
         }
         Ok(())
@@ -336,7 +324,7 @@ impl Sim<'_, '_> {
             OnExhausted::Queue => now + self.sc.engine.max_wait_ms,
             OnExhausted::Reject => now,
         };
-        self.offer(c.model, self.reqs[r as usize].input, now, deadline)?;
+        self.oracle.offer(Offer { at: now, model: c.model as u32, tokens: self.reqs[r as usize].input, deadline });
         self.attempt(r, now)
     }
 
@@ -500,11 +488,9 @@ impl Sim<'_, '_> {
             PoolEvent::Add(KeySpec { id, project }) => {
                 let p = self.sc.projects.iter().position(|x| &x.id == project).expect("validated project");
                 self.judge.issue_key(id, p);
-                self.oracle.issue_key(id, p);
             }
             PoolEvent::Revoke(id) => {
                 self.judge.delete_key(id);
-                self.oracle.delete_key(id);
             }
             _ => {}
         }
@@ -515,40 +501,6 @@ impl Sim<'_, '_> {
 
     fn sync_keys(&mut self) {
         self.key_states = self.engine.keys().iter().map(|k| self.judge.key_state(&k.id)).collect();
-    }
-
-    /// The oracle: an ideal dispatcher that knows the provider's true state and true token
-    /// counts, tries every serving project (first fit, rotating) and may wait as long as the
-    /// engine may. What it serves is what the pool could truly have served.
-    fn offer(&mut self, model: usize, tokens: u64, now: u64, deadline: u64) -> Result<(), SimError> {
-        let n = self.engine.serving_projects(model).len();
-        let mut wait = u64::MAX;
-        for j in 0..n {
-            let p = self.engine.serving_projects(model).nth((self.oracle_turn + j) % n).expect("j < n");
-            match self.oracle.submit(p, model, tokens, now) {
-                Verdict::Accepted => {
-                    self.oracle_turn = self.oracle_turn.wrapping_add(1);
-                    self.servable += 1;
-                    return Ok(());
-                }
-                Verdict::Exhausted { retry_after_ms, .. } => wait = wait.min(retry_after_ms.max(1)),
-            }
-        }
-        if n > 0 && now.saturating_add(wait) <= deadline {
-            let held = (model as u32, tokens, deadline);
-            let i = match self.free_offers.pop() {
-                Some(i) => {
-                    self.offers[i as usize] = held;
-                    i
-                }
-                None => {
-                    self.offers.push(held);
-                    (self.offers.len() - 1) as u32
-                }
-            };
-            self.queue.push(now + wait, Ev::Oracle(i));
-        }
-        Ok(())
     }
 
     fn tick(&mut self, now: u64) -> Result<(), SimError> {
