@@ -59,8 +59,10 @@ pub(super) fn run(args: &ScenarioArgs, opts: RunOptions) -> Result<i32, CliError
     let mut timeline = create(&dir.join("timeline.csv"))?;
     let mut requests =
         if opts.requests_csv || sc.requests_csv { Some(create(&dir.join("requests.csv"))?) } else { None };
-    let outputs =
-        Outputs { timeline: Some(&mut timeline), requests: requests.as_mut().map(|w| w as &mut dyn std::io::Write) };
+    let outputs = Outputs {
+        timeline: Some(&mut timeline),
+        requests: requests.as_mut().map(|w| w as &mut (dyn std::io::Write + Send)),
+    };
     let result = simulate(&sc, outputs).with_context(|| format!("simulating {}", sc.name))?;
     drop(timeline);
     drop(requests);

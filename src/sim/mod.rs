@@ -9,12 +9,15 @@
 //! - [`queue`]: the event queue.
 //! - [`arrivals`]: arrival processes and token-size draws.
 //! - [`run`]: one run of a scenario ([`simulate`]).
-//! - `oracle`: what the pool could truly have served, on a thread of its own.
+//! - `traffic`, `ledger`, `oracle`: the traffic source, the counting of finished requests,
+//!   and what the pool could truly have served — each on a thread of its own beside the run.
 
 pub mod arrivals;
+mod ledger;
 mod oracle;
 pub mod queue;
 pub mod run;
+mod traffic;
 
 pub use run::{simulate, Outputs, RunResult, SimError};
 

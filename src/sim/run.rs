@@ -1,30 +1,32 @@
 //! One simulated run: the event loop and its handlers.
 
 use std::io::Write;
+use std::sync::mpsc::Receiver;
 
 use mock_server::body::quota_exceeded;
 use mock_server::{Fault, Judge, JudgeConfig, KeyState as JudgeKey, LatencySampler, ModelQuota, ProjectQuota, Verdict};
 use rand::SeedableRng;
 use rand_pcg::Pcg64Mcg;
 
-use super::arrivals::{Arrivals, TokenDraw};
+use super::ledger::{Done, Entry, Ledger, Reason};
 use super::oracle::{Offer, OracleHandle};
 use super::queue::EventQueue;
 use super::stream_seed;
+use super::traffic::{NewRequest, Traffic};
 use crate::engine::{
     parse_quota_error, AdmitError, Chars4, Decision, Engine, KeySpec, MemoryStore, ModelSpec, Outcome, PoolError,
     PoolEvent, PoolSpec, ProjectSpec, Prompt, QuotaExhausted, Request, Ticket, Timestamp,
 };
-use crate::report::{stopwatch, Aggregate, RequestLog, RequestRecord, Terminal};
+use crate::report::{stopwatch, Aggregate, Terminal};
 use crate::scenario::{OnExhausted, Scenario};
 
 /// Where a run streams its CSV files (either may be absent).
 #[derive(Default)]
 pub struct Outputs<'w> {
     /// `timeline.csv`.
-    pub timeline: Option<&'w mut dyn Write>,
-    /// `requests.csv`.
-    pub requests: Option<&'w mut dyn Write>,
+    pub timeline: Option<&'w mut (dyn Write + Send)>,
+    /// `requests.csv` (written on a thread of its own, hence `Send`).
+    pub requests: Option<&'w mut (dyn Write + Send)>,
 }
 
 /// Why a run could not complete.
@@ -97,30 +99,28 @@ struct Interval {
     tpm_peak: u64,
 }
 
-struct Sim<'s, 'w> {
+struct Sim<'s, 'w, 'scope> {
     sc: &'s Scenario,
     engine: Engine,
     judge: Judge,
     oracle: OracleHandle,
+    ledger: Ledger<'scope>,
+    traffic: Receiver<Vec<NewRequest>>,
+    incoming: std::vec::IntoIter<NewRequest>,
     queue: EventQueue<Ev>,
     reqs: Vec<Req>,
     free: Vec<u32>,
     next_id: u64,
-    arrivals: Vec<Arrivals>,
-    prompt_draws: Vec<TokenDraw>,
-    output_draws: Vec<TokenDraw>,
-    rng_arrivals: Pcg64Mcg,
-    rng_tokens: Pcg64Mcg,
     rng_latency: Pcg64Mcg,
     rng_faults: Pcg64Mcg,
+    /// Real-clock timings and queue counts; the ledger counts everything else.
     agg: Aggregate,
     intervals: Vec<Interval>,
     /// The judge's view of each engine key (by engine key index), kept in step with pool
     /// events so that sending needs no lookup by name.
     key_states: Vec<JudgeKey>,
     latency: LatencySampler,
-    timeline: Option<csv::Writer<&'w mut dyn Write>>,
-    requests: Option<RequestLog<&'w mut dyn Write>>,
+    timeline: Option<csv::Writer<&'w mut (dyn Write + Send)>>,
     events: u64,
 }
 
@@ -169,14 +169,15 @@ pub fn build_judge(sc: &Scenario) -> Judge {
 
 /// Runs `sc` to the end: every request that arrives before `duration` ends in exactly one
 /// terminal state, even if that takes longer than `duration`.
+///
+/// The run's decisions happen on the calling thread; the traffic source, the ledger and the
+/// oracle work beside it on threads of their own, each fed in a fixed order, so the outcome
+/// is the same on any machine.
 pub fn simulate(sc: &Scenario, out: Outputs<'_>) -> Result<RunResult, SimError> {
     let engine = build_engine(sc)?;
     let judge = build_judge(sc);
-    let oracle = OracleHandle::spawn(sc);
-    let day_phase =
-        sc.start.0.saturating_sub(crate::engine::next_pacific_midnight(sc.start).0.saturating_sub(86_400_000));
-    let seed = sc.seed;
-    let timeline = match out.timeline {
+    let Outputs { timeline, requests } = out;
+    let timeline = match timeline {
         Some(w) => {
             let mut w = csv::Writer::from_writer(w);
             w.write_record(TIMELINE_HEADER).map_err(|source| SimError::Write { what: "timeline.csv", source })?;
@@ -184,48 +185,49 @@ pub fn simulate(sc: &Scenario, out: Outputs<'_>) -> Result<RunResult, SimError> 
         }
         None => None,
     };
-    let requests = match out.requests {
-        Some(w) => Some(RequestLog::new(w).map_err(|source| SimError::Write { what: "requests.csv", source })?),
-        None => None,
-    };
-    let mut sim = Sim {
-        sc,
-        engine,
-        judge,
-        oracle,
-        queue: EventQueue::default(),
-        reqs: Vec::new(),
-        free: Vec::new(),
-        next_id: 0,
-        arrivals: sc
-            .traffic
-            .iter()
-            .map(|t| Arrivals::new(t.arrival.clone(), t.start_ms, t.end_ms.min(sc.duration_ms), day_phase))
-            .collect(),
-        prompt_draws: sc.traffic.iter().map(|t| TokenDraw::new(&t.prompt_tokens)).collect(),
-        output_draws: sc.traffic.iter().map(|t| TokenDraw::new(&t.output_tokens)).collect(),
-        rng_arrivals: Pcg64Mcg::seed_from_u64(stream_seed(seed, 1)),
-        rng_tokens: Pcg64Mcg::seed_from_u64(stream_seed(seed, 2)),
-        rng_latency: Pcg64Mcg::seed_from_u64(stream_seed(seed, 3)),
-        rng_faults: Pcg64Mcg::seed_from_u64(stream_seed(seed, 4)),
-        agg: Aggregate::default(),
-        intervals: vec![Interval::default(); sc.projects.len() * sc.models.len()],
-        key_states: Vec::new(),
-        latency: sc.provider.latency.sampler(),
-        timeline,
-        requests,
-        events: 0,
-    };
-    sim.sync_keys();
-    sim.run()?;
-    if let Some(w) = sim.timeline.as_mut() {
-        w.flush().map_err(|e| SimError::Write { what: "timeline.csv", source: e.into() })?;
-    }
-    if let Some(log) = sim.requests.take() {
-        log.finish().map_err(|e| SimError::Write { what: "requests.csv", source: e.into() })?;
-    }
-    sim.agg.servable = Some(sim.oracle.finish()?);
-    Ok(RunResult { aggregate: sim.agg, engine: sim.engine, events: sim.events })
+    std::thread::scope(|scope| {
+        let (traffic, producer) = Traffic::new(sc).spawn(scope);
+        let mut sim = Sim {
+            sc,
+            engine,
+            judge,
+            oracle: OracleHandle::spawn(sc),
+            ledger: Ledger::spawn(scope, sc, requests),
+            traffic,
+            incoming: Vec::new().into_iter(),
+            queue: EventQueue::default(),
+            reqs: Vec::new(),
+            free: Vec::new(),
+            next_id: 0,
+            rng_latency: Pcg64Mcg::seed_from_u64(stream_seed(sc.seed, 3)),
+            rng_faults: Pcg64Mcg::seed_from_u64(stream_seed(sc.seed, 4)),
+            agg: Aggregate::default(),
+            intervals: vec![Interval::default(); sc.projects.len() * sc.models.len()],
+            key_states: Vec::new(),
+            latency: sc.provider.latency.sampler(),
+            timeline,
+            events: 0,
+        };
+        sim.sync_keys();
+        let ran = sim.run();
+        let Sim { traffic, ledger, oracle, engine, agg: timing, mut timeline, events, .. } = sim;
+        // Close every channel before waiting, so that no helper waits on a run that ended.
+        drop(traffic);
+        let counted = ledger.finish();
+        let servable = oracle.finish();
+        producer.join().map_err(|_| SimError::Oracle("the traffic thread panicked".into()))?;
+        ran?;
+        if let Some(w) = timeline.as_mut() {
+            w.flush().map_err(|e| SimError::Write { what: "timeline.csv", source: e.into() })?;
+        }
+        let mut aggregate = counted?;
+        aggregate.servable = Some(servable?);
+        aggregate.admit_ns = timing.admit_ns;
+        aggregate.settle_ns = timing.settle_ns;
+        aggregate.delayed = timing.delayed;
+        aggregate.lost_capacity = timing.lost_capacity;
+        Ok(RunResult { aggregate, engine, events })
+    })
 }
 
 /// One settlement in this many is timed on the real clock.
@@ -247,15 +249,13 @@ const TIMELINE_HEADER: [&str; 13] = [
     "rpd_limit",
 ];
 
-impl Sim<'_, '_> {
+impl Sim<'_, '_, '_> {
     fn abs(&self, offset: u64) -> u64 {
         self.sc.start.0 + offset
     }
 
     fn run(&mut self) -> Result<(), SimError> {
-        for class in 0..self.sc.traffic.len() {
-            self.schedule_arrival(class as u32);
-        }
+        self.schedule_arrival();
         for (i, e) in self.sc.events.iter().enumerate() {
             self.queue.push(self.abs(e.at_ms), Ev::Pool(i as u32));
         }
@@ -273,30 +273,33 @@ impl Sim<'_, '_> {
         Ok(())
     }
 
-    fn schedule_arrival(&mut self, class: u32) {
-        if let Some((at, tokens)) = self.arrivals[class as usize].next(&mut self.rng_arrivals) {
-            // A trace row carries its own token counts; they ride in the request slot.
-            let r = self.new_req(class, self.abs(at), tokens);
-            self.queue.push(self.abs(at), Ev::Arrive(r));
+    /// Takes the next request of the traffic and schedules its arrival.
+    fn schedule_arrival(&mut self) {
+        let next = match self.incoming.next() {
+            Some(n) => Some(n),
+            None => match self.traffic.recv() {
+                Ok(batch) => {
+                    self.incoming = batch.into_iter();
+                    self.incoming.next()
+                }
+                Err(_) => None,
+            },
+        };
+        if let Some(n) = next {
+            let r = self.new_req(n);
+            self.queue.push(self.abs(n.at), Ev::Arrive(r));
         }
     }
 
-    fn new_req(&mut self, class: u32, arrival: u64, tokens: Option<(u64, u64)>) -> u32 {
-        let c = &self.sc.traffic[class as usize];
-        let (input, output) = match tokens {
-            Some(t) => t,
-            None => (
-                self.prompt_draws[class as usize].sample(&mut self.rng_tokens),
-                self.output_draws[class as usize].sample(&mut self.rng_tokens),
-            ),
-        };
+    fn new_req(&mut self, n: NewRequest) -> u32 {
+        let c = &self.sc.traffic[n.class as usize];
         let req = Req {
             id: 0,
-            class,
-            arrival,
-            input,
-            output,
-            chars: (input as f64 * c.chars_per_token + 0.5) as u64,
+            class: n.class,
+            arrival: self.abs(n.at),
+            input: n.input,
+            output: n.output,
+            chars: (n.input as f64 * c.chars_per_token + 0.5) as u64,
             ticket: None,
             sent_at: 0,
             pending: Pending::Nothing,
@@ -318,7 +321,7 @@ impl Sim<'_, '_> {
         let class = self.reqs[r as usize].class;
         self.reqs[r as usize].id = self.next_id;
         self.next_id += 1;
-        self.schedule_arrival(class);
+        self.schedule_arrival();
         let c = &self.sc.traffic[class as usize];
         let deadline = match self.sc.engine.on_exhausted {
             OnExhausted::Queue => now + self.sc.engine.max_wait_ms,
@@ -363,11 +366,15 @@ impl Sim<'_, '_> {
                         self.queue.push(at.0.max(now + 1), Ev::Attempt(r));
                         Ok(())
                     }
-                    _ => self.finish(r, now, Terminal::Denied, project, &d.reason.name(), waited),
+                    _ => {
+                        self.finish(r, now, Terminal::Denied, project, Reason::Denied(d.reason), waited);
+                        Ok(())
+                    }
                 }
             }
             Err(AdmitError::TooLarge { .. }) | Err(_) => {
-                self.finish(r, now, Terminal::Denied, None, "too-large", now - req.arrival)
+                self.finish(r, now, Terminal::Denied, None, Reason::TooLarge, now - req.arrival);
+                Ok(())
             }
         }
     }
@@ -421,11 +428,13 @@ impl Sim<'_, '_> {
         let req = self.reqs[r as usize];
         let ticket = req.ticket.expect("completed requests were sent");
         let (outcome, state, reason) = match req.pending {
-            Pending::Success => {
-                (Outcome::Success { input_tokens: req.input, output_tokens: req.output }, Terminal::Succeeded, "")
-            }
-            Pending::RateLimited(q) => (Outcome::RateLimited(q), Terminal::Breach, "rate-limited"),
-            Pending::Failed(why) => (Outcome::Failed, Terminal::Failed, why),
+            Pending::Success => (
+                Outcome::Success { input_tokens: req.input, output_tokens: req.output },
+                Terminal::Succeeded,
+                Reason::None,
+            ),
+            Pending::RateLimited(q) => (Outcome::RateLimited(q), Terminal::Breach, Reason::RateLimited),
+            Pending::Failed(why) => (Outcome::Failed, Terminal::Failed, Reason::Failed(why)),
             Pending::Nothing => unreachable!("a completion is scheduled only with its outcome"),
         };
         // Settlement is timed on one call in SETTLE_SAMPLE: reading the clock costs about as
@@ -438,48 +447,34 @@ impl Sim<'_, '_> {
             self.engine.settle(&ticket, outcome, Timestamp(now));
         }
         let project = Some(self.engine.bucket_owner(ticket.bucket).0);
-        self.finish(r, now, state, project, reason, req.sent_at - req.arrival)
+        self.finish(r, now, state, project, reason, req.sent_at - req.arrival);
+        Ok(())
     }
 
-    fn finish(
-        &mut self,
-        r: u32,
-        now: u64,
-        state: Terminal,
-        project: Option<usize>,
-        reason: &str,
-        waited: u64,
-    ) -> Result<(), SimError> {
-        let req = self.reqs[r as usize];
+    /// Hands a finished request to the ledger and frees its slot.
+    fn finish(&mut self, r: u32, now: u64, state: Terminal, project: Option<usize>, reason: Reason, waited: u64) {
+        let req = &self.reqs[r as usize];
         let c = &self.sc.traffic[req.class as usize];
         let sent = state != Terminal::Denied;
-        let record = RequestRecord {
+        let ticket = req.ticket.filter(|_| sent);
+        self.ledger.push(Entry::Done(Done {
             id: req.id,
-            class: &c.name,
+            class: req.class,
             priority: c.priority,
-            model: c.model,
+            model: c.model as u32,
             arrival_ms: req.arrival - self.sc.start.0,
             end_ms: now - self.sc.start.0,
             state,
-            key: req.ticket.filter(|_| sent).map(|t| t.key.0 as usize),
-            project,
-            input_tokens: req.input,
-            estimated_input: req.ticket.filter(|_| sent).map(|t| t.estimated_input),
-            output_tokens: if state == Terminal::Succeeded { req.output } else { 0 },
-            queue_wait_ms: waited,
+            key: ticket.map(|t| t.key.0),
+            project: project.map(|p| p as u32),
+            input: req.input,
+            estimated: ticket.map(|t| t.estimated_input),
+            output: if state == Terminal::Succeeded { req.output } else { 0 },
+            waited_ms: waited,
             latency_ms: sent.then(|| now - req.sent_at),
             reason,
-        };
-        self.agg.record(&record);
-        if let Some(log) = self.requests.as_mut() {
-            let model = &self.sc.models[c.model].name;
-            let key = record.key.map_or_else(String::new, |k| crate::report::redact(&self.engine.keys()[k].id));
-            let project = record.project.map_or("", |p| self.engine.projects()[p].id.as_str());
-            log.write(&record, model, &key, project)
-                .map_err(|source| SimError::Write { what: "requests.csv", source })?;
-        }
+        }));
         self.free.push(r);
-        Ok(())
     }
 
     fn pool_event(&mut self, i: usize) -> Result<(), SimError> {
@@ -488,6 +483,7 @@ impl Sim<'_, '_> {
             PoolEvent::Add(KeySpec { id, project }) => {
                 let p = self.sc.projects.iter().position(|x| &x.id == project).expect("validated project");
                 self.judge.issue_key(id, p);
+                self.ledger.push(Entry::KeyAdded(id.clone()));
             }
             PoolEvent::Revoke(id) => {
                 self.judge.delete_key(id);

@@ -1,0 +1,122 @@
+//! The traffic source: every class's arrivals and token sizes, merged into one stream in
+//! time order.
+//!
+//! What arrives and how large it is never depends on what the engine decides, so the stream
+//! is produced on a thread of its own and handed to the run in batches. Each class draws from
+//! its own random streams, so adding a class leaves the others' traffic unchanged.
+
+use std::sync::mpsc::{sync_channel, Receiver};
+use std::thread::{Scope, ScopedJoinHandle};
+
+use rand::SeedableRng;
+use rand_pcg::Pcg64Mcg;
+
+use super::arrivals::{Arrivals, TokenDraw};
+use super::stream_seed;
+use crate::scenario::Scenario;
+
+/// One request as the traffic makes it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct NewRequest {
+    /// Arrival, ms after the run's start.
+    pub(crate) at: u64,
+    /// Traffic class index.
+    pub(crate) class: u32,
+    /// True input tokens.
+    pub(crate) input: u64,
+    /// True output tokens.
+    pub(crate) output: u64,
+}
+
+struct Class {
+    arrivals: Arrivals,
+    prompt: TokenDraw,
+    output: TokenDraw,
+    rng_arrivals: Pcg64Mcg,
+    rng_tokens: Pcg64Mcg,
+    next: Option<NewRequest>,
+}
+
+impl Class {
+    fn draw(&mut self, class: u32) {
+        self.next = self.arrivals.next(&mut self.rng_arrivals).map(|(at, tokens)| {
+            let (input, output) = tokens.unwrap_or_else(|| {
+                (self.prompt.sample(&mut self.rng_tokens), self.output.sample(&mut self.rng_tokens))
+            });
+            NewRequest { at, class, input, output }
+        });
+    }
+}
+
+/// Every class's requests, merged by time (class order among equals).
+pub(crate) struct Traffic {
+    classes: Vec<Class>,
+}
+
+impl Traffic {
+    /// The traffic of `sc`.
+    pub(crate) fn new(sc: &Scenario) -> Self {
+        let day_phase =
+            sc.start.0.saturating_sub(crate::engine::next_pacific_midnight(sc.start).0.saturating_sub(86_400_000));
+        let classes = sc
+            .traffic
+            .iter()
+            .enumerate()
+            .map(|(i, t)| {
+                let i = i as u64;
+                let mut c = Class {
+                    arrivals: Arrivals::new(t.arrival.clone(), t.start_ms, t.end_ms.min(sc.duration_ms), day_phase),
+                    prompt: TokenDraw::new(&t.prompt_tokens),
+                    output: TokenDraw::new(&t.output_tokens),
+                    rng_arrivals: Pcg64Mcg::seed_from_u64(stream_seed(sc.seed, 100 + 2 * i)),
+                    rng_tokens: Pcg64Mcg::seed_from_u64(stream_seed(sc.seed, 101 + 2 * i)),
+                    next: None,
+                };
+                c.draw(i as u32);
+                c
+            })
+            .collect();
+        Self { classes }
+    }
+
+    /// Starts producing on a thread of `scope`; the run reads batches from the receiver.
+    pub(crate) fn spawn<'scope>(
+        self,
+        scope: &'scope Scope<'scope, '_>,
+    ) -> (Receiver<Vec<NewRequest>>, ScopedJoinHandle<'scope, ()>) {
+        const BATCH: usize = 4096;
+        let (tx, rx) = sync_channel(4);
+        let handle = std::thread::Builder::new()
+            .name("keysim-traffic".into())
+            .spawn_scoped(scope, move || {
+                let mut traffic = self;
+                loop {
+                    let batch: Vec<NewRequest> = traffic.by_ref().take(BATCH).collect();
+                    let done = batch.len() < BATCH;
+                    // The run stops reading only when it has failed; then so do we.
+                    if tx.send(batch).is_err() || done {
+                        return;
+                    }
+                }
+            })
+            .expect("spawning the traffic thread");
+        (rx, handle)
+    }
+}
+
+impl Iterator for Traffic {
+    type Item = NewRequest;
+
+    fn next(&mut self) -> Option<NewRequest> {
+        let (i, _) = self
+            .classes
+            .iter()
+            .enumerate()
+            .filter_map(|(i, c)| c.next.map(|n| (i, n.at)))
+            .min_by_key(|&(i, at)| (at, i))?;
+        let c = &mut self.classes[i];
+        let out = c.next.take();
+        c.draw(i as u32);
+        out
+    }
+}
