@@ -4,14 +4,11 @@ use std::io::Write;
 use std::sync::mpsc::Receiver;
 
 use mock_server::body::quota_exceeded;
-use mock_server::{Fault, Judge, JudgeConfig, KeyState as JudgeKey, LatencySampler, ModelQuota, ProjectQuota, Verdict};
-use rand::SeedableRng;
-use rand_pcg::Pcg64Mcg;
+use mock_server::{Fault, Judge, JudgeConfig, KeyState as JudgeKey, ModelQuota, ProjectQuota, Verdict};
 
 use super::ledger::{Done, Entry, Ledger, Reason};
 use super::oracle::{Offer, OracleHandle};
 use super::queue::EventQueue;
-use super::stream_seed;
 use super::traffic::{NewRequest, Traffic};
 use crate::engine::{
     parse_quota_error, AdmitError, Chars4, Decision, Engine, KeySpec, MemoryStore, ModelSpec, Outcome, PoolError,
@@ -84,6 +81,8 @@ struct Req {
     input: u64,
     output: u64,
     chars: u64,
+    latency_ms: u64,
+    fault: Option<Fault>,
     ticket: Option<Ticket>,
     sent_at: u64,
     pending: Pending,
@@ -111,15 +110,12 @@ struct Sim<'s, 'w, 'scope> {
     reqs: Vec<Req>,
     free: Vec<u32>,
     next_id: u64,
-    rng_latency: Pcg64Mcg,
-    rng_faults: Pcg64Mcg,
     /// Real-clock timings and queue counts; the ledger counts everything else.
     agg: Aggregate,
     intervals: Vec<Interval>,
     /// The judge's view of each engine key (by engine key index), kept in step with pool
     /// events so that sending needs no lookup by name.
     key_states: Vec<JudgeKey>,
-    latency: LatencySampler,
     timeline: Option<csv::Writer<&'w mut (dyn Write + Send)>>,
     events: u64,
 }
@@ -199,12 +195,9 @@ pub fn simulate(sc: &Scenario, out: Outputs<'_>) -> Result<RunResult, SimError> 
             reqs: Vec::new(),
             free: Vec::new(),
             next_id: 0,
-            rng_latency: Pcg64Mcg::seed_from_u64(stream_seed(sc.seed, 3)),
-            rng_faults: Pcg64Mcg::seed_from_u64(stream_seed(sc.seed, 4)),
             agg: Aggregate::default(),
             intervals: vec![Interval::default(); sc.projects.len() * sc.models.len()],
             key_states: Vec::new(),
-            latency: sc.provider.latency.sampler(),
             timeline,
             events: 0,
         };
@@ -300,6 +293,8 @@ impl Sim<'_, '_, '_> {
             input: n.input,
             output: n.output,
             chars: (n.input as f64 * c.chars_per_token + 0.5) as u64,
+            latency_ms: n.latency_ms,
+            fault: n.fault,
             ticket: None,
             sent_at: 0,
             pending: Pending::Nothing,
@@ -389,10 +384,11 @@ impl Sim<'_, '_, '_> {
         let req = &mut self.reqs[r as usize];
         req.ticket = Some(ticket);
         req.sent_at = now;
+        let latency_ms = req.latency_ms;
         let latency = self.sc.provider.latency;
         let (pending, delay) = match self.key_states[ticket.key.0 as usize] {
             JudgeKey::Invalid => (Pending::Failed("api-key-invalid"), latency.error_ms()),
-            JudgeKey::Valid(project) => match self.sc.provider.faults.draw(&mut self.rng_faults) {
+            JudgeKey::Valid(project) => match req.fault {
                 Some(Fault::Internal) => (Pending::Failed("internal"), latency.error_ms()),
                 Some(Fault::Overloaded) => (Pending::Failed("overloaded"), latency.error_ms()),
                 None => {
@@ -405,7 +401,7 @@ impl Sim<'_, '_, '_> {
                             iv.tokens += input;
                             iv.rpm_peak = iv.rpm_peak.max(u.minute_requests);
                             iv.tpm_peak = iv.tpm_peak.max(u.minute_tokens);
-                            (Pending::Success, self.latency.sample(&mut self.rng_latency))
+                            (Pending::Success, latency_ms)
                         }
                         Verdict::Exhausted { violations, retry_after_ms } => {
                             let tier = self.judge.config().projects[project].tier;

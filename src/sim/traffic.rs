@@ -1,13 +1,16 @@
-//! The traffic source: every class's arrivals and token sizes, merged into one stream in
-//! time order.
+//! The traffic source: every class's arrivals, token sizes and provider behaviour (latency,
+//! faults), merged into one stream in time order.
 //!
-//! What arrives and how large it is never depends on what the engine decides, so the stream
-//! is produced on a thread of its own and handed to the run in batches. Each class draws from
-//! its own random streams, so adding a class leaves the others' traffic unchanged.
+//! Everything random about a request — when it arrives, how large it is, how long the provider
+//! will take and whether it fails on its own — is drawn when the request is made, and none of
+//! it depends on what the engine decides. So the stream is produced on a thread of its own and
+//! handed to the run in batches. Each class draws from its own random streams, so adding a
+//! class leaves the others' traffic unchanged.
 
 use std::sync::mpsc::{sync_channel, Receiver};
 use std::thread::{Scope, ScopedJoinHandle};
 
+use mock_server::{Fault, FaultModel, LatencySampler};
 use rand::SeedableRng;
 use rand_pcg::Pcg64Mcg;
 
@@ -26,6 +29,10 @@ pub(crate) struct NewRequest {
     pub(crate) input: u64,
     /// True output tokens.
     pub(crate) output: u64,
+    /// How long the provider takes to answer it, if it answers successfully.
+    pub(crate) latency_ms: u64,
+    /// Whether the provider fails it on its own.
+    pub(crate) fault: Option<Fault>,
 }
 
 struct Class {
@@ -34,6 +41,9 @@ struct Class {
     output: TokenDraw,
     rng_arrivals: Pcg64Mcg,
     rng_tokens: Pcg64Mcg,
+    latency: LatencySampler,
+    faults: FaultModel,
+    rng_provider: Pcg64Mcg,
     next: Option<NewRequest>,
 }
 
@@ -43,7 +53,9 @@ impl Class {
             let (input, output) = tokens.unwrap_or_else(|| {
                 (self.prompt.sample(&mut self.rng_tokens), self.output.sample(&mut self.rng_tokens))
             });
-            NewRequest { at, class, input, output }
+            let latency_ms = self.latency.sample(&mut self.rng_provider);
+            let fault = self.faults.draw(&mut self.rng_provider);
+            NewRequest { at, class, input, output, latency_ms, fault }
         });
     }
 }
@@ -68,8 +80,11 @@ impl Traffic {
                     arrivals: Arrivals::new(t.arrival.clone(), t.start_ms, t.end_ms.min(sc.duration_ms), day_phase),
                     prompt: TokenDraw::new(&t.prompt_tokens),
                     output: TokenDraw::new(&t.output_tokens),
-                    rng_arrivals: Pcg64Mcg::seed_from_u64(stream_seed(sc.seed, 100 + 2 * i)),
-                    rng_tokens: Pcg64Mcg::seed_from_u64(stream_seed(sc.seed, 101 + 2 * i)),
+                    rng_arrivals: Pcg64Mcg::seed_from_u64(stream_seed(sc.seed, 100 + 3 * i)),
+                    rng_tokens: Pcg64Mcg::seed_from_u64(stream_seed(sc.seed, 101 + 3 * i)),
+                    latency: sc.provider.latency.sampler(),
+                    faults: sc.provider.faults,
+                    rng_provider: Pcg64Mcg::seed_from_u64(stream_seed(sc.seed, 102 + 3 * i)),
                     next: None,
                 };
                 c.draw(i as u32);
