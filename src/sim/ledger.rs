@@ -2,9 +2,9 @@
 //! `requests.csv` — on a thread of its own, fed in batches, in the order requests finished.
 
 use std::io::Write;
-use std::sync::mpsc::{sync_channel, SyncSender};
 use std::thread::{Scope, ScopedJoinHandle};
 
+use super::pipe::{pipe, BatchSender};
 use super::SimError;
 use crate::engine::{DenyReason, Priority};
 use crate::report::{redact, Aggregate, RequestLog, RequestRecord, Terminal};
@@ -66,12 +66,9 @@ pub(crate) enum Entry {
     KeyAdded(String),
 }
 
-const BATCH: usize = 2048;
-
 /// The run's end of the ledger.
 pub(crate) struct Ledger<'scope> {
-    tx: Option<SyncSender<Vec<Entry>>>,
-    batch: Vec<Entry>,
+    tx: Option<BatchSender<Entry>>,
     thread: Option<ScopedJoinHandle<'scope, Result<Aggregate, SimError>>>,
 }
 
@@ -82,7 +79,7 @@ impl<'scope> Ledger<'scope> {
         sc: &'scope Scenario,
         requests: Option<W>,
     ) -> Self {
-        let (tx, rx) = sync_channel::<Vec<Entry>>(4);
+        let (tx, mut rx) = pipe::<Entry>(2048);
         let thread = std::thread::Builder::new()
             .name("keysim-ledger".into())
             .spawn_scoped(scope, move || {
@@ -94,12 +91,10 @@ impl<'scope> Ledger<'scope> {
                     None => None,
                 };
                 let mut agg = Aggregate::default();
-                for batch in rx {
-                    for entry in batch {
-                        match entry {
-                            Entry::KeyAdded(k) => keys.push(redact(&k)),
-                            Entry::Done(d) => record(sc, &keys, &mut agg, log.as_mut(), &d)?,
-                        }
+                while let Some(entry) = rx.next() {
+                    match entry {
+                        Entry::KeyAdded(k) => keys.push(redact(&k)),
+                        Entry::Done(d) => record(sc, &keys, &mut agg, log.as_mut(), &d)?,
                     }
                 }
                 if let Some(log) = log {
@@ -108,28 +103,19 @@ impl<'scope> Ledger<'scope> {
                 Ok(agg)
             })
             .expect("spawning the ledger thread");
-        Self { tx: Some(tx), batch: Vec::with_capacity(BATCH), thread: Some(thread) }
+        Self { tx: Some(tx), thread: Some(thread) }
     }
 
     /// Records an entry.
     pub(crate) fn push(&mut self, e: Entry) {
-        self.batch.push(e);
-        if self.batch.len() == BATCH {
-            self.flush();
-        }
-    }
-
-    fn flush(&mut self) {
-        let batch = std::mem::replace(&mut self.batch, Vec::with_capacity(BATCH));
-        if let Some(tx) = &self.tx {
+        if let Some(tx) = &mut self.tx {
             // Fails only if the ledger stopped on a write error, which `finish` reports.
-            let _ = tx.send(batch);
+            tx.push(e);
         }
     }
 
     /// Waits for the ledger and returns its aggregate.
     pub(crate) fn finish(mut self) -> Result<Aggregate, SimError> {
-        self.flush();
         self.tx = None;
         let thread = self.thread.take().expect("joined once");
         thread.join().map_err(|_| SimError::Oracle("the ledger thread panicked".into()))?

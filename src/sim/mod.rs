@@ -15,6 +15,7 @@
 pub mod arrivals;
 mod ledger;
 mod oracle;
+mod pipe;
 pub mod queue;
 pub mod run;
 mod traffic;

@@ -9,11 +9,11 @@
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
-use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
 use std::thread::JoinHandle;
 
 use mock_server::{Judge, Verdict};
 
+use super::pipe::{pipe, BatchReceiver, BatchSender};
 use super::run::{build_engine, build_judge};
 use super::SimError;
 use crate::engine::{Engine, KeySpec, PoolEvent};
@@ -32,46 +32,34 @@ pub(crate) struct Offer {
     pub(crate) deadline: u64,
 }
 
-const BATCH: usize = 4096;
-
 /// The run's end of the oracle.
 pub(crate) struct OracleHandle {
-    tx: Option<SyncSender<Vec<Offer>>>,
-    batch: Vec<Offer>,
+    tx: Option<BatchSender<Offer>>,
     thread: Option<JoinHandle<Result<u64, SimError>>>,
 }
 
 impl OracleHandle {
     /// Starts the oracle for `sc`.
     pub(crate) fn spawn(sc: &Scenario) -> Self {
-        let (tx, rx) = sync_channel::<Vec<Offer>>(4);
+        let (tx, rx) = pipe::<Offer>(4096);
         let sc = sc.clone();
         let thread = std::thread::Builder::new()
             .name("keysim-oracle".into())
             .spawn(move || Oracle::new(&sc).and_then(|o| o.run(&sc, rx)))
             .expect("spawning the oracle thread");
-        Self { tx: Some(tx), batch: Vec::with_capacity(BATCH), thread: Some(thread) }
+        Self { tx: Some(tx), thread: Some(thread) }
     }
 
     /// Hands the oracle one arrival (in arrival order).
     pub(crate) fn offer(&mut self, o: Offer) {
-        self.batch.push(o);
-        if self.batch.len() == BATCH {
-            self.flush();
-        }
-    }
-
-    fn flush(&mut self) {
-        let batch = std::mem::replace(&mut self.batch, Vec::with_capacity(BATCH));
-        if let Some(tx) = &self.tx {
-            // A send fails only if the oracle stopped early; `finish` reports why.
-            let _ = tx.send(batch);
+        if let Some(tx) = &mut self.tx {
+            // Fails only if the oracle stopped early; `finish` reports why.
+            tx.push(o);
         }
     }
 
     /// Waits for the oracle and returns how many requests it served.
     pub(crate) fn finish(mut self) -> Result<u64, SimError> {
-        self.flush();
         self.tx = None;
         let thread = self.thread.take().expect("joined once");
         thread.join().map_err(|_| SimError::Oracle("the oracle thread panicked".into()))?
@@ -118,12 +106,10 @@ impl Oracle {
         })
     }
 
-    fn run(mut self, sc: &Scenario, rx: Receiver<Vec<Offer>>) -> Result<u64, SimError> {
-        for batch in rx {
-            for o in batch {
-                self.advance_to(sc, o.at)?;
-                self.try_offer(o, o.at);
-            }
+    fn run(mut self, sc: &Scenario, mut rx: BatchReceiver<Offer>) -> Result<u64, SimError> {
+        while let Some(o) = rx.next() {
+            self.advance_to(sc, o.at)?;
+            self.try_offer(o, o.at);
         }
         self.advance_to(sc, u64::MAX)?;
         Ok(self.servable)

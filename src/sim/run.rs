@@ -1,13 +1,13 @@
 //! One simulated run: the event loop and its handlers.
 
 use std::io::Write;
-use std::sync::mpsc::Receiver;
 
 use mock_server::body::quota_exceeded;
 use mock_server::{Fault, Judge, JudgeConfig, KeyState as JudgeKey, ModelQuota, ProjectQuota, Verdict};
 
 use super::ledger::{Done, Entry, Ledger, Reason};
 use super::oracle::{Offer, OracleHandle};
+use super::pipe::BatchReceiver;
 use super::queue::EventQueue;
 use super::traffic::{NewRequest, Traffic};
 use crate::engine::{
@@ -104,8 +104,7 @@ struct Sim<'s, 'w, 'scope> {
     judge: Judge,
     oracle: OracleHandle,
     ledger: Ledger<'scope>,
-    traffic: Receiver<Vec<NewRequest>>,
-    incoming: std::vec::IntoIter<NewRequest>,
+    traffic: BatchReceiver<NewRequest>,
     queue: EventQueue<Ev>,
     reqs: Vec<Req>,
     free: Vec<u32>,
@@ -190,7 +189,6 @@ pub fn simulate(sc: &Scenario, out: Outputs<'_>) -> Result<RunResult, SimError> 
             oracle: OracleHandle::spawn(sc),
             ledger: Ledger::spawn(scope, sc, requests),
             traffic,
-            incoming: Vec::new().into_iter(),
             queue: EventQueue::default(),
             reqs: Vec::new(),
             free: Vec::new(),
@@ -268,17 +266,7 @@ impl Sim<'_, '_, '_> {
 
     /// Takes the next request of the traffic and schedules its arrival.
     fn schedule_arrival(&mut self) {
-        let next = match self.incoming.next() {
-            Some(n) => Some(n),
-            None => match self.traffic.recv() {
-                Ok(batch) => {
-                    self.incoming = batch.into_iter();
-                    self.incoming.next()
-                }
-                Err(_) => None,
-            },
-        };
-        if let Some(n) = next {
+        if let Some(n) = self.traffic.next() {
             let r = self.new_req(n);
             self.queue.push(self.abs(n.at), Ev::Arrive(r));
         }

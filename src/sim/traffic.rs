@@ -7,7 +7,6 @@
 //! handed to the run in batches. Each class draws from its own random streams, so adding a
 //! class leaves the others' traffic unchanged.
 
-use std::sync::mpsc::{sync_channel, Receiver};
 use std::thread::{Scope, ScopedJoinHandle};
 
 use mock_server::{Fault, FaultModel, LatencySampler};
@@ -15,6 +14,7 @@ use rand::SeedableRng;
 use rand_pcg::Pcg64Mcg;
 
 use super::arrivals::{Arrivals, TokenDraw};
+use super::pipe::{pipe, BatchReceiver};
 use super::stream_seed;
 use crate::scenario::Scenario;
 
@@ -98,18 +98,14 @@ impl Traffic {
     pub(crate) fn spawn<'scope>(
         self,
         scope: &'scope Scope<'scope, '_>,
-    ) -> (Receiver<Vec<NewRequest>>, ScopedJoinHandle<'scope, ()>) {
-        const BATCH: usize = 4096;
-        let (tx, rx) = sync_channel(4);
+    ) -> (BatchReceiver<NewRequest>, ScopedJoinHandle<'scope, ()>) {
+        let (mut tx, rx) = pipe(4096);
         let handle = std::thread::Builder::new()
             .name("keysim-traffic".into())
             .spawn_scoped(scope, move || {
-                let mut traffic = self;
-                loop {
-                    let batch: Vec<NewRequest> = traffic.by_ref().take(BATCH).collect();
-                    let done = batch.len() < BATCH;
+                for request in self {
                     // The run stops reading only when it has failed; then so do we.
-                    if tx.send(batch).is_err() || done {
+                    if !tx.push(request) {
                         return;
                     }
                 }
