@@ -9,9 +9,6 @@ use super::limits::{Ceilings, Dimension};
 use super::store::{BucketId, Grant, QuotaStore, Reservation, Shortfall, Usage};
 use super::time::{next_pacific_midnight, Timestamp, MINUTE_MS};
 
-/// The most window entries reserved up front per bucket.
-const PRESIZE_MAX: u64 = 4096;
-
 #[derive(Clone, Copy, Debug)]
 struct Entry {
     at: u64,
@@ -103,14 +100,6 @@ impl Bucket {
         None
     }
 
-    /// Sizes the window for `rpm` entries up front (up to a cap), so that its memory does
-    /// not creep up with the longest run's busiest minute.
-    fn presize(&mut self, rpm: u64) {
-        if self.window.capacity() == 0 {
-            self.window.reserve_exact(rpm.min(PRESIZE_MAX) as usize);
-        }
-    }
-
     fn push(&mut self, tokens: u64, now: u64) -> Reservation {
         // Callers on several threads may hand in slightly older times: keep the window
         // ordered by counting such an entry at the newest time seen (later = conservative).
@@ -187,7 +176,6 @@ impl QuotaStore for MemoryStore {
         match b.shortfall(tokens, ceilings, now.0) {
             Some(s) => Err(s),
             None => {
-                b.presize(ceilings.get(Dimension::Rpm));
                 let reservation = b.push(tokens, now.0);
                 Ok(Grant { reservation, usage: b.usage(now.0) })
             }

@@ -22,11 +22,7 @@ pub(super) enum MinuteMeter {
 impl MinuteMeter {
     pub(super) fn new(enforcement: Enforcement, rpm: u64, tpm: u64) -> Self {
         match enforcement {
-            // Sized for a full minute up front (up to a cap), so memory does not creep up with
-            // the busiest minute of a long run.
-            Enforcement::Sliding => {
-                Self::Sliding { rpm, tpm, log: VecDeque::with_capacity(rpm.min(4096) as usize), tokens: 0 }
-            }
+            Enforcement::Sliding => Self::Sliding { rpm, tpm, log: VecDeque::new(), tokens: 0 },
             Enforcement::FixedMinute => Self::Fixed { rpm, tpm, minute: 0, requests: 0, tokens: 0 },
             Enforcement::TokenBucket => Self::Bucket { rpm, tpm, at: 0, requests: scaled(rpm), tokens: scaled(tpm) },
         }
