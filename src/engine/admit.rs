@@ -195,8 +195,15 @@ impl<S: QuotaStore> Engine<S> {
         let turn = self.turn.load(Ordering::Relaxed);
         self.turn.store(turn.wrapping_add(1), Ordering::Relaxed);
         let headroom = |i: usize| self.headroom(groups[i].bucket, p, now);
-        let proposed =
-            self.strategy.propose(&Choice { n: groups.len(), headroom: &headroom, random: self.next_random(), turn });
+        let proposed = match &self.custom {
+            None => self.config.strategy.propose(&Choice {
+                n: groups.len(),
+                headroom: &headroom,
+                random: self.next_random(),
+                turn,
+            }),
+            Some(s) => s.propose(&Choice { n: groups.len(), headroom: &headroom, random: self.next_random(), turn }),
+        };
         let fallback = (0..groups.len()).map(|j| (turn + j) % groups.len()).filter(|i| !proposed.contains(&Some(*i)));
         let mut earliest: Option<(Shortfall, BucketId)> = None;
         let mut size_matters = false;

@@ -116,7 +116,8 @@ pub struct Engine<S: QuotaStore = MemoryStore> {
     config: EngineConfig,
     pool: pool::Pool,
     store: S,
-    strategy: Box<dyn Strategy>,
+    /// A strategy other than the built-in one the configuration names, if set.
+    custom: Option<Box<dyn Strategy>>,
     estimator: Box<dyn Estimator>,
     turn: AtomicUsize,
     rng: AtomicU64,
@@ -143,7 +144,7 @@ impl<S: QuotaStore> Engine<S> {
         let models = pool.models.len();
         let views = (0..pool.bucket_count()).map(|_| View::default()).collect();
         Ok(Self {
-            strategy: config.strategy.build(),
+            custom: None,
             rng: AtomicU64::new(config.seed),
             config,
             pool,
@@ -155,6 +156,12 @@ impl<S: QuotaStore> Engine<S> {
             exhausted_reason: (0..models).map(|_| Default::default()).collect(),
             exhausted_bucket: (0..models).map(|_| Default::default()).collect(),
         })
+    }
+
+    /// Uses `strategy` instead of the built-in one the configuration names.
+    pub fn with_strategy(mut self, strategy: Box<dyn Strategy>) -> Self {
+        self.custom = Some(strategy);
+        self
     }
 
     /// The engine's settings.

@@ -33,30 +33,29 @@ impl StrategyKind {
         }
     }
 
-    /// The built-in strategy of this kind.
+    /// The built-in strategy of this kind, as a trait object.
     pub fn build(self) -> Box<dyn Strategy> {
-        match self {
-            Self::RoundRobin => Box::new(RoundRobin),
-            Self::LeastUsed => Box::new(LeastUsed),
-            Self::PowerOfTwo => Box::new(PowerOfTwo),
-            Self::Headroom => Box::new(HeadroomWeighted),
-        }
+        Box::new(Builtin(self))
     }
 }
 
-/// What a strategy sees when it proposes.
-pub struct Choice<'a> {
+/// What a strategy sees when it proposes. `H` is the headroom function: a trait object for
+/// strategies behind [`Strategy`], a concrete closure when the engine calls a built-in
+/// strategy directly (no dynamic call per candidate).
+pub struct Choice<'a, H: Fn(usize) -> f64 + ?Sized + 'a = dyn Fn(usize) -> f64 + 'a> {
     /// Number of candidate buckets (at least one).
     pub n: usize,
-    /// Normalised headroom of candidate `i`, in `[0, 1]`; reads the store.
-    pub headroom: &'a dyn Fn(usize) -> f64,
+    /// Normalised headroom of candidate `i`, in `[0, 1]`.
+    pub headroom: &'a H,
     /// A fresh random word.
     pub random: u64,
     /// A counter that advances at every admission.
     pub turn: usize,
 }
 
-/// Proposes up to two candidates, best first.
+/// Proposes up to two candidates, best first. The built-in strategies implement it; the
+/// engine calls them through [`StrategyKind::propose`], and any other implementation through
+/// the trait.
 pub trait Strategy: Send + Sync {
     /// The strategy's name.
     fn name(&self) -> &'static str;
@@ -65,81 +64,71 @@ pub trait Strategy: Send + Sync {
     fn propose(&self, c: &Choice<'_>) -> [Option<usize>; 2];
 }
 
-struct RoundRobin;
-
-impl Strategy for RoundRobin {
-    fn name(&self) -> &'static str {
-        "round-robin"
-    }
-
-    fn propose(&self, c: &Choice<'_>) -> [Option<usize>; 2] {
-        [Some(c.turn % c.n), None]
-    }
-}
-
-struct LeastUsed;
-
-impl Strategy for LeastUsed {
-    fn name(&self) -> &'static str {
-        "least-used"
-    }
-
-    fn propose(&self, c: &Choice<'_>) -> [Option<usize>; 2] {
-        // Start the scan at the turn so that ties rotate instead of piling onto bucket 0.
-        let mut best = (c.turn % c.n, f64::NEG_INFINITY);
-        for j in 0..c.n {
-            let i = (c.turn + j) % c.n;
-            let h = (c.headroom)(i);
-            if h > best.1 {
-                best = (i, h);
-            }
-        }
-        [Some(best.0), None]
-    }
-}
-
-struct PowerOfTwo;
-
-impl Strategy for PowerOfTwo {
-    fn name(&self) -> &'static str {
-        "p2c"
-    }
-
-    fn propose(&self, c: &Choice<'_>) -> [Option<usize>; 2] {
-        if c.n == 1 {
-            return [Some(0), None];
-        }
-        let a = (c.random % c.n as u64) as usize;
-        let b = (a + 1 + ((c.random >> 32) % (c.n as u64 - 1)) as usize) % c.n;
-        if (c.headroom)(b) > (c.headroom)(a) {
-            [Some(b), Some(a)]
-        } else {
-            [Some(a), Some(b)]
+impl StrategyKind {
+    /// This built-in strategy's proposal.
+    #[inline]
+    pub fn propose<H: Fn(usize) -> f64 + ?Sized>(self, c: &Choice<'_, H>) -> [Option<usize>; 2] {
+        match self {
+            Self::RoundRobin => [Some(c.turn % c.n), None],
+            Self::LeastUsed => least_used(c),
+            Self::PowerOfTwo => power_of_two(c),
+            Self::Headroom => headroom_weighted(c),
         }
     }
 }
 
-struct HeadroomWeighted;
+fn least_used<H: Fn(usize) -> f64 + ?Sized>(c: &Choice<'_, H>) -> [Option<usize>; 2] {
+    // Start the scan at the turn so that ties rotate instead of piling onto bucket 0.
+    let mut best = (c.turn % c.n, f64::NEG_INFINITY);
+    for j in 0..c.n {
+        let i = (c.turn + j) % c.n;
+        let h = (c.headroom)(i);
+        if h > best.1 {
+            best = (i, h);
+        }
+    }
+    [Some(best.0), None]
+}
 
-impl Strategy for HeadroomWeighted {
+fn power_of_two<H: Fn(usize) -> f64 + ?Sized>(c: &Choice<'_, H>) -> [Option<usize>; 2] {
+    if c.n == 1 {
+        return [Some(0), None];
+    }
+    let a = (c.random % c.n as u64) as usize;
+    let b = (a + 1 + ((c.random >> 32) % (c.n as u64 - 1)) as usize) % c.n;
+    if (c.headroom)(b) > (c.headroom)(a) {
+        [Some(b), Some(a)]
+    } else {
+        [Some(a), Some(b)]
+    }
+}
+
+fn headroom_weighted<H: Fn(usize) -> f64 + ?Sized>(c: &Choice<'_, H>) -> [Option<usize>; 2] {
+    let weights: Vec<f64> = (0..c.n).map(|i| (c.headroom)(i)).collect();
+    let total: f64 = weights.iter().sum();
+    if total <= 0.0 {
+        return [Some(c.turn % c.n), None];
+    }
+    let mut x = (c.random >> 11) as f64 / (1u64 << 53) as f64 * total;
+    for (i, w) in weights.iter().enumerate() {
+        if x < *w {
+            return [Some(i), None];
+        }
+        x -= w;
+    }
+    [Some(c.n - 1), None]
+}
+
+/// A built-in strategy behind the trait.
+struct Builtin(StrategyKind);
+
+impl Strategy for Builtin {
     fn name(&self) -> &'static str {
-        "headroom"
+        self.0.name()
     }
 
     fn propose(&self, c: &Choice<'_>) -> [Option<usize>; 2] {
-        let weights: Vec<f64> = (0..c.n).map(|i| (c.headroom)(i)).collect();
-        let total: f64 = weights.iter().sum();
-        if total <= 0.0 {
-            return [Some(c.turn % c.n), None];
-        }
-        let mut x = (c.random >> 11) as f64 / (1u64 << 53) as f64 * total;
-        for (i, w) in weights.iter().enumerate() {
-            if x < *w {
-                return [Some(i), None];
-            }
-            x -= w;
-        }
-        [Some(c.n - 1), None]
+        self.0.propose(c)
     }
 }
 
