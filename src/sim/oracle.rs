@@ -3,13 +3,13 @@
 //! An ideal dispatcher that knows the provider's true state and every request's true token
 //! count, tries each serving project in turn (first fit, rotating) and may wait as long as the
 //! engine may. It sees the same arrivals and pool events as the run, in the same order, and
-//! decides with its own judge, so it runs on a thread of its own: the run hands it arrivals
-//! in batches and collects the count at the end. Deterministic all the same — its input
-//! order is fixed.
+//! decides with its own judge, so it runs on a thread of its own: the traffic source hands it
+//! arrivals in batches, and the run collects the count at the end. Deterministic all the
+//! same — its input order is fixed.
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
-use std::thread::JoinHandle;
+use std::thread::{Scope, ScopedJoinHandle};
 
 use mock_server::{Judge, Verdict};
 
@@ -32,38 +32,18 @@ pub(crate) struct Offer {
     pub(crate) deadline: u64,
 }
 
-/// The run's end of the oracle.
-pub(crate) struct OracleHandle {
-    tx: Option<BatchSender<Offer>>,
-    thread: Option<JoinHandle<Result<u64, SimError>>>,
-}
-
-impl OracleHandle {
-    /// Starts the oracle for `sc`.
-    pub(crate) fn spawn(sc: &Scenario) -> Self {
-        let (tx, rx) = pipe::<Offer>(4096);
-        let sc = sc.clone();
-        let thread = std::thread::Builder::new()
-            .name("keysim-oracle".into())
-            .spawn(move || Oracle::new(&sc).and_then(|o| o.run(&sc, rx)))
-            .expect("spawning the oracle thread");
-        Self { tx: Some(tx), thread: Some(thread) }
-    }
-
-    /// Hands the oracle one arrival (in arrival order).
-    pub(crate) fn offer(&mut self, o: Offer) {
-        if let Some(tx) = &mut self.tx {
-            // Fails only if the oracle stopped early; `finish` reports why.
-            tx.push(o);
-        }
-    }
-
-    /// Waits for the oracle and returns how many requests it served.
-    pub(crate) fn finish(mut self) -> Result<u64, SimError> {
-        self.tx = None;
-        let thread = self.thread.take().expect("joined once");
-        thread.join().map_err(|_| SimError::Oracle("the oracle thread panicked".into()))?
-    }
+/// Starts the oracle on a thread of `scope`: arrivals go into the sender, in arrival order;
+/// the thread returns how many requests it served.
+pub(crate) fn spawn<'scope>(
+    scope: &'scope Scope<'scope, '_>,
+    sc: &'scope Scenario,
+) -> (BatchSender<Offer>, ScopedJoinHandle<'scope, Result<u64, SimError>>) {
+    let (tx, rx) = pipe::<Offer>(4096);
+    let thread = std::thread::Builder::new()
+        .name("keysim-oracle".into())
+        .spawn_scoped(scope, move || Oracle::new(sc)?.run(sc, rx))
+        .expect("spawning the oracle thread");
+    (tx, thread)
 }
 
 struct Oracle {

@@ -126,7 +126,17 @@ impl<E: Copy> EventQueue<E> {
 
     /// The earliest event, first-scheduled first among equals.
     pub fn pop(&mut self) -> Option<(u64, E)> {
+        self.pop_until(u64::MAX)
+    }
+
+    /// The earliest event if it is due at or before `limit`; otherwise nothing, and the queue
+    /// stays where it is, so that the caller may handle something else due before the next
+    /// event and schedule more.
+    pub fn pop_until(&mut self, limit: u64) -> Option<(u64, E)> {
         if !self.started {
+            if self.far.peek()?.0.at > limit {
+                return None;
+            }
             self.started = true;
             self.cursor = self.far.peek()?.0.at;
             self.migrate();
@@ -139,17 +149,22 @@ impl<E: Copy> EventQueue<E> {
                 self.near -= 1;
                 return Some((self.cursor, e));
             }
-            slot.clear();
-            let i = (self.cursor & MASK) as usize;
-            self.occupied[i / 64] &= !(1 << (i % 64));
-            self.head = 0;
             let far = self.far.peek().map(|f| f.0.at);
-            self.cursor = match (self.near, far) {
+            let next = match (self.near, far) {
                 (0, None) => return None,
                 (0, Some(f)) => f,
                 (_, None) => self.next_occupied(),
                 (_, Some(f)) => self.next_occupied().min(f),
             };
+            if next > limit {
+                return None;
+            }
+            let slot = &mut self.slots[(self.cursor & MASK) as usize];
+            slot.clear();
+            let i = (self.cursor & MASK) as usize;
+            self.occupied[i / 64] &= !(1 << (i % 64));
+            self.head = 0;
+            self.cursor = next;
             self.migrate();
         }
     }
@@ -178,6 +193,20 @@ mod tests {
         q.push(1, 'd');
         let order: Vec<char> = std::iter::from_fn(|| q.pop().map(|(_, e)| e)).collect();
         assert_eq!(order, vec!['b', 'd', 'a', 'c']);
+    }
+
+    #[test]
+    fn pop_until_leaves_later_events_in_place() {
+        let mut q = EventQueue::default();
+        q.push(10, 'a');
+        q.push(30, 'b');
+        assert_eq!(q.pop_until(5), None);
+        assert_eq!(q.pop_until(10), Some((10, 'a')));
+        assert_eq!(q.pop_until(29), None);
+        q.push(20, 'c');
+        assert_eq!(q.pop_until(u64::MAX), Some((20, 'c')));
+        assert_eq!(q.pop(), Some((30, 'b')));
+        assert_eq!(q.pop(), None);
     }
 
     #[test]

@@ -6,7 +6,6 @@ use mock_server::body::quota_exceeded;
 use mock_server::{Fault, Judge, JudgeConfig, KeyState as JudgeKey, ModelQuota, ProjectQuota, Verdict};
 
 use super::ledger::{Done, Entry, Ledger, Reason};
-use super::oracle::{Offer, OracleHandle};
 use super::pipe::BatchReceiver;
 use super::queue::EventQueue;
 use super::traffic::{NewRequest, Traffic};
@@ -58,7 +57,6 @@ pub struct RunResult {
 
 #[derive(Clone, Copy, Debug)]
 enum Ev {
-    Arrive(u32),
     Attempt(u32),
     Complete(u32),
     Pool(u32),
@@ -102,9 +100,10 @@ struct Sim<'s, 'w, 'scope> {
     sc: &'s Scenario,
     engine: Engine,
     judge: Judge,
-    oracle: OracleHandle,
     ledger: Ledger<'scope>,
     traffic: BatchReceiver<NewRequest>,
+    /// The next request of the traffic, not yet arrived.
+    next_arrival: Option<NewRequest>,
     queue: EventQueue<Ev>,
     reqs: Vec<Req>,
     free: Vec<u32>,
@@ -181,14 +180,15 @@ pub fn simulate(sc: &Scenario, out: Outputs<'_>) -> Result<RunResult, SimError> 
         None => None,
     };
     std::thread::scope(|scope| {
-        let (traffic, producer) = Traffic::new(sc).spawn(scope);
+        let (to_oracle, oracle) = super::oracle::spawn(scope, sc);
+        let (traffic, producer) = Traffic::new(sc).spawn(scope, to_oracle);
         let mut sim = Sim {
             sc,
             engine,
             judge,
-            oracle: OracleHandle::spawn(sc),
             ledger: Ledger::spawn(scope, sc, requests),
             traffic,
+            next_arrival: None,
             queue: EventQueue::default(),
             reqs: Vec::new(),
             free: Vec::new(),
@@ -201,12 +201,12 @@ pub fn simulate(sc: &Scenario, out: Outputs<'_>) -> Result<RunResult, SimError> 
         };
         sim.sync_keys();
         let ran = sim.run();
-        let Sim { traffic, ledger, oracle, engine, agg: timing, mut timeline, events, .. } = sim;
+        let Sim { traffic, ledger, engine, agg: timing, mut timeline, events, .. } = sim;
         // Close every channel before waiting, so that no helper waits on a run that ended.
         drop(traffic);
         let counted = ledger.finish();
-        let servable = oracle.finish();
         producer.join().map_err(|_| SimError::Oracle("the traffic thread panicked".into()))?;
+        let servable = oracle.join().map_err(|_| SimError::Oracle("the oracle thread panicked".into()))?;
         ran?;
         if let Some(w) = timeline.as_mut() {
             w.flush().map_err(|e| SimError::Write { what: "timeline.csv", source: e.into() })?;
@@ -246,29 +246,28 @@ impl Sim<'_, '_, '_> {
     }
 
     fn run(&mut self) -> Result<(), SimError> {
-        self.schedule_arrival();
+        self.next_arrival = self.traffic.next();
         for (i, e) in self.sc.events.iter().enumerate() {
             self.queue.push(self.abs(e.at_ms), Ev::Pool(i as u32));
         }
         self.queue.push(self.abs(self.sc.timeline_ms.min(self.sc.duration_ms)), Ev::Tick);
-        while let Some((now, ev)) = self.queue.pop() {
+        loop {
+            // Arrivals come straight from the traffic; events due at the same instant go first.
+            let due = self.next_arrival.map_or(u64::MAX, |n| self.abs(n.at));
+            let Some((now, ev)) = self.queue.pop_until(due) else {
+                let Some(n) = self.next_arrival.take() else { return Ok(()) };
+                self.next_arrival = self.traffic.next();
+                self.events += 1;
+                self.arrive(n)?;
+                continue;
+            };
             self.events += 1;
             match ev {
-                Ev::Arrive(r) => self.arrive(r, now)?,
                 Ev::Attempt(r) => self.attempt(r, now)?,
                 Ev::Complete(r) => self.complete(r, now)?,
                 Ev::Pool(i) => self.pool_event(i as usize)?,
                 Ev::Tick => self.tick(now)?,
             }
-        }
-        Ok(())
-    }
-
-    /// Takes the next request of the traffic and schedules its arrival.
-    fn schedule_arrival(&mut self) {
-        if let Some(n) = self.traffic.next() {
-            let r = self.new_req(n);
-            self.queue.push(self.abs(n.at), Ev::Arrive(r));
         }
     }
 
@@ -300,18 +299,11 @@ impl Sim<'_, '_, '_> {
         }
     }
 
-    fn arrive(&mut self, r: u32, now: u64) -> Result<(), SimError> {
-        let class = self.reqs[r as usize].class;
+    fn arrive(&mut self, n: NewRequest) -> Result<(), SimError> {
+        let r = self.new_req(n);
         self.reqs[r as usize].id = self.next_id;
         self.next_id += 1;
-        self.schedule_arrival();
-        let c = &self.sc.traffic[class as usize];
-        let deadline = match self.sc.engine.on_exhausted {
-            OnExhausted::Queue => now + self.sc.engine.max_wait_ms,
-            OnExhausted::Reject => now,
-        };
-        self.oracle.offer(Offer { at: now, model: c.model as u32, tokens: self.reqs[r as usize].input, deadline });
-        self.attempt(r, now)
+        self.attempt(r, self.abs(n.at))
     }
 
     fn attempt(&mut self, r: u32, now: u64) -> Result<(), SimError> {

@@ -14,9 +14,10 @@ use rand::SeedableRng;
 use rand_pcg::Pcg64Mcg;
 
 use super::arrivals::{Arrivals, TokenDraw};
-use super::pipe::{pipe, BatchReceiver};
+use super::oracle::Offer;
+use super::pipe::{pipe, BatchReceiver, BatchSender};
 use super::stream_seed;
-use crate::scenario::Scenario;
+use crate::scenario::{OnExhausted, Scenario};
 
 /// One request as the traffic makes it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -63,6 +64,12 @@ impl Class {
 /// Every class's requests, merged by time (class order among equals).
 pub(crate) struct Traffic {
     classes: Vec<Class>,
+    /// Per class: the model index, for the oracle.
+    models: Vec<u32>,
+    /// The run's start, ms since the epoch.
+    start: u64,
+    /// How long a request may wait for quota (zero when the engine rejects at once).
+    max_wait_ms: u64,
 }
 
 impl Traffic {
@@ -91,21 +98,30 @@ impl Traffic {
                 c
             })
             .collect();
-        Self { classes }
+        let max_wait_ms = match sc.engine.on_exhausted {
+            OnExhausted::Queue => sc.engine.max_wait_ms,
+            OnExhausted::Reject => 0,
+        };
+        Self { classes, models: sc.traffic.iter().map(|t| t.model as u32).collect(), start: sc.start.0, max_wait_ms }
     }
 
-    /// Starts producing on a thread of `scope`; the run reads batches from the receiver.
+    /// Starts producing on a thread of `scope`: the run reads requests from the receiver, and
+    /// the oracle gets each one too.
     pub(crate) fn spawn<'scope>(
         self,
         scope: &'scope Scope<'scope, '_>,
+        mut oracle: BatchSender<Offer>,
     ) -> (BatchReceiver<NewRequest>, ScopedJoinHandle<'scope, ()>) {
         let (mut tx, rx) = pipe(4096);
+        let (models, start, wait) = (self.models.clone(), self.start, self.max_wait_ms);
         let handle = std::thread::Builder::new()
             .name("keysim-traffic".into())
             .spawn_scoped(scope, move || {
-                for request in self {
+                for r in self {
+                    let at = start + r.at;
+                    let offer = Offer { at, model: models[r.class as usize], tokens: r.input, deadline: at + wait };
                     // The run stops reading only when it has failed; then so do we.
-                    if !tx.push(request) {
+                    if !tx.push(r) || !oracle.push(offer) {
                         return;
                     }
                 }
