@@ -8,7 +8,13 @@ fn main() {
     match execute(cli) {
         Ok(code) => std::process::exit(code),
         Err(e) => {
-            eprintln!("{e:#}");
+            let text = format!("{e:#}");
+            // Diagnostics render their own `error:` lines; everything else gets one here.
+            if text.starts_with("error:") {
+                eprintln!("{text}");
+            } else {
+                eprintln!("error: {text}");
+            }
             std::process::exit(e.exit_code());
         }
     }

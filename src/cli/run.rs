@@ -63,7 +63,9 @@ pub(super) fn run(args: &ScenarioArgs, opts: RunOptions) -> Result<i32, CliError
         timeline: Some(&mut timeline),
         requests: requests.as_mut().map(|w| w as &mut (dyn std::io::Write + Send)),
     };
+    let started = std::time::Instant::now();
     let result = simulate(&sc, outputs).with_context(|| format!("simulating {}", sc.name))?;
+    let wall = started.elapsed().as_secs_f64();
     drop(timeline);
     drop(requests);
     let summary = Summary::new(&sc, "sim", &result.aggregate, &result.engine);
@@ -74,7 +76,13 @@ pub(super) fn run(args: &ScenarioArgs, opts: RunOptions) -> Result<i32, CliError
         println!("{json}");
     } else if !opts.quiet {
         print!("{}", table::render(&summary));
-        println!("\nreport: {}", dir.display());
+        let n = summary.requests.total;
+        println!(
+            "\nsimulated {n} requests ({} events) in {wall:.2} s of wall time: {:.2} million requests/s",
+            result.events,
+            n as f64 / wall.max(1e-9) / 1e6
+        );
+        println!("report: {}", dir.display());
     }
     Ok(0)
 }
