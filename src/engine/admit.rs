@@ -242,6 +242,12 @@ impl<S: QuotaStore> Engine<S> {
         Ok(Decision::Denied(Denial { retry_at: s.retry_at, reason, bucket: Some(bucket) }))
     }
 
+    /// Teaches the estimator the actual input tokens of a prompt it estimated (from
+    /// `usageMetadata.promptTokenCount`).
+    pub fn learn(&self, model: usize, prompt: &Prompt<'_>, actual_input: u64) {
+        self.estimator.observe(model, prompt, actual_input);
+    }
+
     /// Reconciles `ticket` with what really happened.
     pub fn settle(&self, ticket: &Ticket, outcome: Outcome, now: Timestamp) {
         let b = ticket.bucket;

@@ -3,6 +3,24 @@
 //! Gemini counts TPM on input tokens, so the pre-send estimate of the prompt decides whether
 //! TPM holds. Estimators see the prompt (its text, or only its size when the text is not at
 //! hand) and learn from the actual counts reported at settlement.
+//!
+//! - [`Chars4`]: Google's rule of thumb.
+//! - [`bpe`]: real tokenizers — tiktoken's o200k (embedded) and any Hugging Face
+//!   `tokenizer.json` (the Gemini/Gemma one among them), handed in as bytes.
+//! - [`calibrated`]: learns characters per token from `usageMetadata`, per model and script,
+//!   with a safety margin from the observed error quantile.
+//! - [`cache`]: a bounded cache in front of any estimator, so a hot prompt is tokenized once.
+//! - [`script`]: which writing system (or code) a text is in.
+
+pub mod bpe;
+pub mod cache;
+pub mod calibrated;
+pub mod script;
+
+pub use bpe::{HfTokenizer, Tiktoken};
+pub use cache::Cached;
+pub use calibrated::Calibrated;
+pub use script::Script;
 
 /// What an estimator may look at.
 #[derive(Clone, Copy, Debug)]
