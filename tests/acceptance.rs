@@ -99,3 +99,42 @@ fn the_azure_trace_replays_without_breaches() {
     assert_eq!(s.requests.breaches, 0);
     assert!(s.success_rate >= 0.99, "{}", s.success_rate);
 }
+
+#[test]
+fn estimates_decide_whether_tpm_holds() {
+    let calibrated = summary("tpm-arabic", &[]);
+    let chars4 = summary("tpm-arabic", &["engine.estimator=chars4"]);
+    assert_eq!(calibrated.requests.breaches, 0);
+    assert!(chars4.requests.breaches > 0, "chars4 under-counts Arabic and overruns TPM");
+    let a = &calibrated.estimation.by_language["arabic"];
+    assert!(a.mae_pct < 10.0 && a.under_estimate_rate <= 0.05, "{a:?}");
+    let c = &chars4.estimation.by_language["arabic"];
+    assert!(c.bias_pct < -15.0, "{c:?}");
+}
+
+#[test]
+fn the_gemini_tokenizer_estimator_is_exact() {
+    if crate::estimators::gemini().is_none() {
+        return;
+    }
+    let path = crate::common::root().join(".tokenizers/gemini/tokenizer.json");
+    let set = format!("engine.tokenizer={}", path.display());
+    let s = summary("tpm-arabic", &["engine.estimator=tokenizer", &set]);
+    assert_eq!(s.requests.breaches, 0);
+    assert_eq!(s.estimation.by_language["arabic"].mae_pct, 0.0);
+}
+
+#[test]
+fn reconciliation_returns_over_reserved_tokens() {
+    let with = summary("tpm-arabic", &[]);
+    let without = summary("tpm-arabic", &["engine.reconcile=false"]);
+    assert_eq!(without.requests.breaches, 0);
+    assert!(
+        with.requests.succeeded > without.requests.succeeded && with.utilization > without.utilization + 0.01,
+        "with {} / {}, without {} / {}",
+        with.requests.succeeded,
+        with.utilization,
+        without.requests.succeeded,
+        without.utilization
+    );
+}

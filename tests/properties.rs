@@ -8,7 +8,8 @@ use keysim::engine::{
     Timestamp, TokenBasis, MINUTE_MS,
 };
 use keysim::scenario::{
-    Arrival, EngineDef, ModelDef, OnExhausted, ProjectDef, Provider, Scenario, TimedEvent, Tokens, TrafficClass,
+    Arrival, EngineDef, EstimatorKind, ModelDef, OnExhausted, ProjectDef, Provider, Scenario, TimedEvent, Tokens,
+    TrafficClass,
 };
 use mock_server::{Enforcement, FaultModel, LatencyModel, Tier};
 use proptest::prelude::*;
@@ -71,7 +72,7 @@ fn setup() -> impl Strategy<Value = Setup> {
 }
 
 fn scenario(s: &Setup) -> Scenario {
-    let model = ModelDef { name: "m".into(), limits: s.projects[0].0 };
+    let model = ModelDef { name: "m".into(), limits: s.projects[0].0, estimator: None };
     let projects: Vec<ProjectDef> = s
         .projects
         .iter()
@@ -110,6 +111,7 @@ fn scenario(s: &Setup) -> Scenario {
         timeline_ms: 60_000,
         requests_csv: false,
         provider: Provider {
+            tokenizer: None,
             enforcement: s.enforcement,
             latency: LatencyModel { median_ms: 900.0, p99_ms: 5_000.0 },
             faults: FaultModel::default(),
@@ -118,7 +120,10 @@ fn scenario(s: &Setup) -> Scenario {
         projects,
         engine: EngineDef {
             config: EngineConfig { strategy: s.strategy, reserve: s.reserve, seed: 3, ..EngineConfig::default() },
-            estimator: "chars4".into(),
+            estimator: EstimatorKind::Chars4,
+            tokenizer: None,
+            calibration_quantile: 0.96,
+            estimate_cache: 0,
             on_exhausted: if s.max_wait_ms == 0 { OnExhausted::Reject } else { OnExhausted::Queue },
             max_wait_ms: s.max_wait_ms,
         },
@@ -130,6 +135,7 @@ fn scenario(s: &Setup) -> Scenario {
                 name: format!("t{i}"),
                 arrival: a.clone(),
                 prompt_tokens: *t,
+                corpus: None,
                 output_tokens: Tokens::Fixed(50),
                 chars_per_token: 4.0,
                 model: 0,

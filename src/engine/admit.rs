@@ -258,6 +258,7 @@ impl<S: QuotaStore> Engine<S> {
                     TokenBasis::Total => input_tokens + output_tokens,
                 };
                 let usage = match r {
+                    Some(_) if !self.config.reconcile => return,
                     Some(r) => {
                         if counted < r.tokens {
                             self.forget_exhaustion(Some(ticket.model));

@@ -78,6 +78,9 @@ pub struct EngineConfig {
     pub output_reserve: u64,
     /// Seed of the engine's own randomness (power-of-two choices, headroom weighting).
     pub seed: u64,
+    /// Whether settlement replaces reserved tokens by the actual count (`false` is the
+    /// reference that keeps every estimate, to show what reconciliation returns).
+    pub reconcile: bool,
 }
 
 impl Default for EngineConfig {
@@ -91,6 +94,7 @@ impl Default for EngineConfig {
             basis: TokenBasis::Input,
             output_reserve: 1024,
             seed: 0,
+            reconcile: true,
         }
     }
 }

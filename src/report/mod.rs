@@ -120,6 +120,27 @@ fn histogram(high: u64) -> Histogram<u64> {
     Histogram::new_with_bounds(1, high, 3).expect("valid histogram bounds")
 }
 
+/// How far estimates were from the true input counts, for one language.
+#[derive(Debug)]
+pub struct EstimateStats {
+    /// Requests measured (succeeded ones: their true count is known).
+    pub requests: u64,
+    /// Sum of |estimate − actual| / actual.
+    pub abs_error_sum: f64,
+    /// Sum of (estimate − actual) / actual.
+    pub signed_error_sum: f64,
+    /// Estimates below the true count.
+    pub under: u64,
+    /// |error| in hundredths of a percent.
+    pub abs_error: Histogram<u64>,
+}
+
+impl Default for EstimateStats {
+    fn default() -> Self {
+        Self { requests: 0, abs_error_sum: 0.0, signed_error_sum: 0.0, under: 0, abs_error: histogram(10_000_000) }
+    }
+}
+
 /// Everything a run's report is made of, in memory bounded by pool size.
 #[derive(Debug)]
 pub struct Aggregate {
@@ -149,6 +170,8 @@ pub struct Aggregate {
     pub queue_wait_ms: Histogram<u64>,
     /// Response latency in ms.
     pub latency_ms: Histogram<u64>,
+    /// Estimation accuracy by language (`synthetic` for prompts known only by size).
+    pub estimation: BTreeMap<String, EstimateStats>,
     /// Admission decision time in ns, on the real clock.
     pub admit_ns: Histogram<u64>,
     /// Settlement time in ns, on the real clock.
@@ -163,6 +186,7 @@ impl Default for Aggregate {
             per_key: Vec::new(),
             per_project: Vec::new(),
             deny_reasons: BTreeMap::new(),
+            estimation: BTreeMap::new(),
             input_actual: 0,
             input_estimated: 0,
             output_actual: 0,
@@ -219,6 +243,25 @@ fn cell(table: &mut Vec<Vec<Counts>>, row: usize, col: usize) -> &mut Counts {
 /// Counts of `table[row][col]`, zero where nothing was recorded.
 pub fn counts_at(table: &[Vec<Counts>], row: usize, col: usize) -> Counts {
     table.get(row).and_then(|r| r.get(col)).copied().unwrap_or_default()
+}
+
+impl Aggregate {
+    /// Counts one estimate against the true count, under `lang`.
+    pub fn estimation(&mut self, lang: &str, estimated: u64, actual: u64) {
+        if actual == 0 {
+            return;
+        }
+        if !self.estimation.contains_key(lang) {
+            self.estimation.insert(lang.to_owned(), EstimateStats::default());
+        }
+        let s = self.estimation.get_mut(lang).expect("inserted above");
+        let err = (estimated as f64 - actual as f64) / actual as f64;
+        s.requests += 1;
+        s.abs_error_sum += err.abs();
+        s.signed_error_sum += err;
+        s.under += u64::from(estimated < actual);
+        s.abs_error.saturating_record((err.abs() * 10_000.0).round() as u64 + 1);
+    }
 }
 
 /// `requests.csv`, written one row at a time.

@@ -78,6 +78,30 @@ pub struct Requests {
     pub denied_by_reason: std::collections::BTreeMap<String, u64>,
 }
 
+/// Estimation accuracy for one language.
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct Accuracy {
+    /// Requests measured (succeeded ones).
+    pub requests: u64,
+    /// Mean absolute error, percent of the true count.
+    pub mae_pct: f64,
+    /// Mean signed error, percent (positive: over-estimates).
+    pub bias_pct: f64,
+    /// 95th percentile of the absolute error, percent.
+    pub p95_error_pct: f64,
+    /// Share of requests whose estimate was below the true count.
+    pub under_estimate_rate: f64,
+}
+
+/// How good the engine's token estimates were.
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct Estimation {
+    /// The estimator.
+    pub estimator: String,
+    /// By language (`synthetic` for prompts known only by size).
+    pub by_language: std::collections::BTreeMap<String, Accuracy>,
+}
+
 /// Warning figures (early warnings are evaluated when rules are configured).
 #[derive(Clone, Debug, Serialize, PartialEq, Default)]
 pub struct Warnings {
@@ -202,6 +226,8 @@ pub struct Summary {
     pub queue_wait_ms: Millis,
     /// Provider latency of sent requests.
     pub latency_ms: Millis,
+    /// Token estimation accuracy.
+    pub estimation: Estimation,
     /// Warnings.
     pub warnings: Warnings,
     /// Capacity at the end.
@@ -294,6 +320,24 @@ impl Summary {
             success_rate: round6(c.success_rate()),
             queue_wait_ms: millis(&agg.queue_wait_ms),
             latency_ms: millis(&agg.latency_ms),
+            estimation: Estimation {
+                estimator: engine.estimator().name().to_owned(),
+                by_language: agg
+                    .estimation
+                    .iter()
+                    .map(|(lang, e)| {
+                        let n = e.requests.max(1) as f64;
+                        let a = Accuracy {
+                            requests: e.requests,
+                            mae_pct: round6(e.abs_error_sum / n * 100.0),
+                            bias_pct: round6(e.signed_error_sum / n * 100.0),
+                            p95_error_pct: round6(e.abs_error.value_at_quantile(0.95).saturating_sub(1) as f64 / 100.0),
+                            under_estimate_rate: round6(e.under as f64 / n),
+                        };
+                        (lang.clone(), a)
+                    })
+                    .collect(),
+            },
             warnings: Warnings::default(),
             capacity,
             per_project,

@@ -71,6 +71,26 @@ pub fn render(s: &Summary) -> String {
             p.project, p.model, c.succeeded, c.breaches, c.denied, c.failed
         );
     }
+    if s.estimation.by_language.keys().any(|l| l != "synthetic") {
+        let _ = writeln!(o);
+        let _ = writeln!(
+            o,
+            "  estimator {:<12}  {:>8}  {:>8}  {:>8}  {:>9}  {:>6}",
+            s.estimation.estimator, "requests", "MAE", "bias", "p95 |err|", "under"
+        );
+        for (lang, a) in &s.estimation.by_language {
+            let _ = writeln!(
+                o,
+                "  {:<22}  {:>8}  {:>7.1}%  {:>+7.1}%  {:>8.1}%  {:>5.1}%",
+                lang,
+                a.requests,
+                a.mae_pct,
+                a.bias_pct,
+                a.p95_error_pct,
+                a.under_estimate_rate * 100.0
+            );
+        }
+    }
     if !s.expectations.is_empty() {
         let _ = writeln!(o);
         for x in &s.expectations {

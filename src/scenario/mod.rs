@@ -12,6 +12,7 @@ pub mod model;
 pub mod units;
 
 mod fields;
+mod files;
 mod parse;
 mod traffic;
 

@@ -1,6 +1,10 @@
 //! The validated scenario: every value typed and checked, every reference resolved.
 
+use std::sync::Arc;
+
 use mock_server::{Enforcement, FaultModel, LatencyModel, Tier};
+
+use crate::engine::estimate::HfTokenizer;
 
 use super::units::Cmp;
 use crate::engine::{EngineConfig, Limits, PoolEvent, Priority, Timestamp};
@@ -36,9 +40,27 @@ pub struct Scenario {
     pub expect: Vec<Expectation>,
 }
 
+/// A `tokenizer.json` loaded from a file.
+#[derive(Clone, Debug)]
+pub struct TokenizerFile {
+    /// The path as written in the scenario.
+    pub path: String,
+    /// The loaded tokenizer.
+    pub tokenizer: HfTokenizer,
+}
+
+impl PartialEq for TokenizerFile {
+    fn eq(&self, other: &Self) -> bool {
+        self.path == other.path
+    }
+}
+
 /// The judge's settings.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Provider {
+    /// The provider's tokenizer: where it is set, true input counts of text prompts come
+    /// from it.
+    pub tokenizer: Option<TokenizerFile>,
     /// Minute semantics.
     pub enforcement: Enforcement,
     /// Response times.
@@ -54,6 +76,36 @@ pub struct ModelDef {
     pub name: String,
     /// Default limits per project.
     pub limits: Limits,
+    /// The estimator for this model, if it differs from the engine's.
+    pub estimator: Option<EstimatorKind>,
+}
+
+/// The token estimators a scenario can choose.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum EstimatorKind {
+    /// Four characters per token.
+    Chars4,
+    /// tiktoken's o200k encoding.
+    Tiktoken,
+    /// The scenario's `tokenizer.json`.
+    Tokenizer,
+    /// Learned from `usageMetadata`.
+    Calibrated,
+}
+
+impl EstimatorKind {
+    /// Every estimator with its name in scenario files.
+    pub const NAMES: [(&'static str, EstimatorKind); 4] = [
+        ("chars4", Self::Chars4),
+        ("tiktoken", Self::Tiktoken),
+        ("tokenizer", Self::Tokenizer),
+        ("calibrated", Self::Calibrated),
+    ];
+
+    /// Its name in scenario files.
+    pub fn name(self) -> &'static str {
+        Self::NAMES.iter().find(|(_, k)| *k == self).map(|(n, _)| *n).expect("every estimator has a name")
+    }
 }
 
 /// A project with its keys.
@@ -83,8 +135,14 @@ pub enum OnExhausted {
 pub struct EngineDef {
     /// Engine configuration.
     pub config: EngineConfig,
-    /// Estimator name.
-    pub estimator: String,
+    /// The estimator.
+    pub estimator: EstimatorKind,
+    /// The tokenizer of the `tokenizer` estimator (by default the provider's).
+    pub tokenizer: Option<TokenizerFile>,
+    /// The quantile the `calibrated` estimator aims at.
+    pub calibration_quantile: f64,
+    /// Entries of the estimate cache (zero: no cache).
+    pub estimate_cache: usize,
     /// Queue or reject on denial.
     pub on_exhausted: OnExhausted,
     /// Longest wait in the queue, in milliseconds.
@@ -178,8 +236,10 @@ pub struct TrafficClass {
     pub name: String,
     /// Arrival process.
     pub arrival: Arrival,
-    /// Input tokens (ground truth).
+    /// Input tokens (ground truth) of prompts known only by size.
     pub prompt_tokens: Tokens,
+    /// Texts to draw prompts from, if the class sends real text.
+    pub corpus: Option<Corpus>,
     /// Output tokens (ground truth).
     pub output_tokens: Tokens,
     /// Characters per input token of this class's text; the prompt length shown to the
@@ -195,6 +255,27 @@ pub struct TrafficClass {
     pub start_ms: u64,
     /// Active until this offset (ms).
     pub end_ms: u64,
+}
+
+/// Texts a traffic class draws its prompts from.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Corpus {
+    /// The file, as written in the scenario.
+    pub file: String,
+    /// The texts (after any language filter).
+    pub texts: Arc<Vec<CorpusText>>,
+}
+
+/// One prompt of a corpus.
+#[derive(Clone, Debug, PartialEq)]
+pub struct CorpusText {
+    /// Its language (`english`, `arabic`, `chinese`, `code` …).
+    pub lang: String,
+    /// The prompt.
+    pub text: String,
+    /// Its true input token count: from the provider's tokenizer where one is set, else
+    /// from the corpus file.
+    pub tokens: u64,
 }
 
 /// A pool event at an offset from the start.

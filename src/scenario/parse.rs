@@ -112,12 +112,13 @@ fn build(ctx: &mut Ctx, root: &Table<'_, '_>, base: Option<&Path>) -> Option<Sce
         None => (None, Some(0), None, Some(parse_start(DEFAULT_START).expect("default start parses")), Some(60_000)),
     };
     let provider_table = root.table(ctx, "provider");
-    let provider = provider(ctx, provider_table.as_ref());
+    let provider = provider(ctx, provider_table.as_ref(), base);
     let models = models(ctx, root);
     let projects = projects(ctx, root, &models);
     let engine_table = root.table(ctx, "engine");
-    let engine = engine(ctx, engine_table.as_ref(), seed.unwrap_or(0));
-    let traffic = traffic(ctx, root, &models, duration_ms.unwrap_or(u64::MAX), base);
+    let truth = provider.as_ref().and_then(|p| p.tokenizer.clone());
+    let engine = engine(ctx, engine_table.as_ref(), seed.unwrap_or(0), base, truth.as_ref(), &models);
+    let traffic = traffic(ctx, root, &models, duration_ms.unwrap_or(u64::MAX), base, truth.as_ref());
     let events = events(ctx, root, &projects, duration_ms.unwrap_or(u64::MAX));
     let expect_table = root.table(ctx, "expect");
     let expect = expectations(ctx, expect_table.as_ref());
@@ -204,16 +205,21 @@ fn parse_start(s: &str) -> Result<Timestamp, String> {
     u64::try_from(t.timestamp_millis()).map(Timestamp).map_err(|_| format!("'{s}' is before 1970"))
 }
 
-fn provider(ctx: &mut Ctx, t: Option<&Table<'_, '_>>) -> Option<Provider> {
+fn provider(ctx: &mut Ctx, t: Option<&Table<'_, '_>>, base: Option<&Path>) -> Option<Provider> {
     let mut p = Provider {
+        tokenizer: None,
         enforcement: Enforcement::Sliding,
         latency: LatencyModel { median_ms: 800.0, p99_ms: 6_000.0 },
         faults: FaultModel::default(),
     };
     let Some(t) = t else { return Some(p) };
-    t.allow(ctx, &["enforcement", "latency", "faults"]);
-    let modes: Vec<(&str, Enforcement)> = Enforcement::ALL.iter().map(|e| (e.name(), *e)).collect();
+    t.allow(ctx, &["enforcement", "latency", "faults", "tokenizer"]);
     let mut ok = true;
+    if t.has("tokenizer") {
+        p.tokenizer = super::files::tokenizer(ctx, t, "tokenizer", base);
+        ok &= p.tokenizer.is_some();
+    }
+    let modes: Vec<(&str, Enforcement)> = Enforcement::ALL.iter().map(|e| (e.name(), *e)).collect();
     if t.has("enforcement") {
         match t.choice(ctx, "enforcement", &modes) {
             Some(e) => p.enforcement = e,
@@ -268,16 +274,17 @@ fn models(ctx: &mut Ctx, root: &Table<'_, '_>) -> Vec<ModelDef> {
     }
     let mut out: Vec<ModelDef> = Vec::new();
     for t in tables {
-        let mut keys = vec!["name"];
+        let mut keys = vec!["name", "estimator"];
         keys.extend(LIMIT_KEYS);
         t.allow(ctx, &keys);
         let mut limits = Limits::default();
         read_limits(ctx, &t, &mut limits, true);
+        let estimator = if t.has("estimator") { t.choice(ctx, "estimator", &EstimatorKind::NAMES) } else { None };
         if let Some((name, span)) = t.required(t.string(ctx, "name"), ctx, "name") {
             if out.iter().any(|m| m.name == name) {
                 ctx.error(span, format!("model '{name}' is defined twice"));
             }
-            out.push(ModelDef { name, limits });
+            out.push(ModelDef { name, limits, estimator });
         }
     }
     out
@@ -365,14 +372,26 @@ fn projects(ctx: &mut Ctx, root: &Table<'_, '_>, models: &[ModelDef]) -> Vec<Pro
     out
 }
 
-fn engine(ctx: &mut Ctx, t: Option<&Table<'_, '_>>, seed: u64) -> Option<EngineDef> {
+fn engine(
+    ctx: &mut Ctx,
+    t: Option<&Table<'_, '_>>,
+    seed: u64,
+    base: Option<&Path>,
+    truth: Option<&TokenizerFile>,
+    models: &[ModelDef],
+) -> Option<EngineDef> {
     let mut def = EngineDef {
         config: EngineConfig { seed, ..EngineConfig::default() },
-        estimator: "chars4".into(),
+        estimator: EstimatorKind::Chars4,
+        tokenizer: truth.cloned(),
+        calibration_quantile: 0.96,
+        estimate_cache: 4096,
         on_exhausted: OnExhausted::Queue,
         max_wait_ms: 30_000,
     };
-    let Some(t) = t else { return Some(def) };
+    let Some(t) = t else {
+        return needs_tokenizer(ctx, &def, models, None).then_some(def);
+    };
     t.allow(
         ctx,
         &[
@@ -386,6 +405,10 @@ fn engine(ctx: &mut Ctx, t: Option<&Table<'_, '_>>, seed: u64) -> Option<EngineD
             "quota_scope",
             "token_basis",
             "output_reserve",
+            "tokenizer",
+            "calibration_quantile",
+            "estimate_cache",
+            "reconcile",
         ],
     );
     let before = ctx.diags.len();
@@ -410,12 +433,29 @@ fn engine(ctx: &mut Ctx, t: Option<&Table<'_, '_>>, seed: u64) -> Option<EngineD
             .choice(ctx, "token_basis", &[("input", TokenBasis::Input), ("total", TokenBasis::Total)])
             .unwrap_or_default();
     }
+    if let Some(r) = t.boolean(ctx, "reconcile") {
+        c.reconcile = r;
+    }
     if let Some((o, _)) = t.uint(ctx, "output_reserve") {
         c.output_reserve = o;
     }
     if t.has("estimator") {
-        def.estimator = t.choice(ctx, "estimator", &[("chars4", "chars4")]).unwrap_or("chars4").to_owned();
+        def.estimator = t.choice(ctx, "estimator", &EstimatorKind::NAMES).unwrap_or(EstimatorKind::Chars4);
     }
+    if t.has("tokenizer") {
+        let path = t.string(ctx, "tokenizer").map(|(p, _)| p);
+        def.tokenizer = match truth {
+            Some(tf) if path.as_deref() == Some(tf.path.as_str()) => Some(tf.clone()),
+            _ => super::files::tokenizer(ctx, t, "tokenizer", base),
+        };
+    }
+    if let Some(q) = t.fraction(ctx, "calibration_quantile", 0.5, 0.999) {
+        def.calibration_quantile = q;
+    }
+    if let Some((n, _)) = t.uint(ctx, "estimate_cache") {
+        def.estimate_cache = n.min(1 << 20) as usize;
+    }
+    needs_tokenizer(ctx, &def, models, Some(t));
     if t.has("on_exhausted") {
         def.on_exhausted = t
             .choice(ctx, "on_exhausted", &[("queue", OnExhausted::Queue), ("reject", OnExhausted::Reject)])
@@ -425,4 +465,20 @@ fn engine(ctx: &mut Ctx, t: Option<&Table<'_, '_>>, seed: u64) -> Option<EngineD
         def.max_wait_ms = w;
     }
     (ctx.diags.len() == before).then_some(def)
+}
+
+/// The `tokenizer` estimator needs a tokenizer file; says so where it is chosen.
+fn needs_tokenizer(ctx: &mut Ctx, def: &EngineDef, models: &[ModelDef], t: Option<&Table<'_, '_>>) -> bool {
+    let wanted = def.estimator == EstimatorKind::Tokenizer
+        || models.iter().any(|m| m.estimator == Some(EstimatorKind::Tokenizer));
+    if !wanted || def.tokenizer.is_some() {
+        return true;
+    }
+    let span = t.and_then(|t| t.raw("estimator").map(|v| v.span())).unwrap_or(0..0);
+    ctx.error_help(
+        span,
+        "the `tokenizer` estimator needs a tokenizer file",
+        "set `tokenizer = \"path/to/tokenizer.json\"` in [engine] or [provider]",
+    );
+    false
 }

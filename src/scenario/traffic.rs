@@ -13,6 +13,8 @@ use crate::engine::{KeySpec, PoolEvent, Priority};
 const TRAFFIC_KEYS: &[&str] = &[
     "name",
     "arrival",
+    "corpus",
+    "language",
     "prompt_tokens",
     "output_tokens",
     "chars_per_token",
@@ -29,6 +31,7 @@ pub(super) fn traffic(
     models: &[ModelDef],
     duration: u64,
     base: Option<&Path>,
+    truth: Option<&TokenizerFile>,
 ) -> Vec<TrafficClass> {
     let tables = root.tables(ctx, "traffic");
     if tables.is_empty() && !root.has("traffic") {
@@ -40,7 +43,7 @@ pub(super) fn traffic(
     let mut out = Vec::new();
     for (n, t) in tables.iter().enumerate() {
         t.allow(ctx, TRAFFIC_KEYS);
-        if let Some(c) = class(ctx, t, n, models, duration, base) {
+        if let Some(c) = class(ctx, t, n, models, duration, base, truth) {
             out.push(c);
         }
     }
@@ -54,11 +57,20 @@ fn class(
     models: &[ModelDef],
     duration: u64,
     base: Option<&Path>,
+    truth: Option<&TokenizerFile>,
 ) -> Option<TrafficClass> {
     let before = ctx.diags.len();
     let name = t.string(ctx, "name").map_or_else(|| format!("traffic-{}", n + 1), |(s, _)| s);
     let arrival = t.required(t.table(ctx, "arrival"), ctx, "arrival").and_then(|a| arrival(ctx, &a, base));
     let is_trace = matches!(arrival, Some(Arrival::Trace(_)));
+    let corpus = corpus(ctx, t, base, truth);
+    if corpus.is_some() {
+        for key in ["prompt_tokens", "chars_per_token"] {
+            if let Some(v) = t.raw(key) {
+                ctx.error(v.span(), format!("`{key}` in {} comes from the corpus; remove it", t.name));
+            }
+        }
+    }
     let mut tokens = |key: &str, default: Tokens| -> Option<Tokens> {
         if is_trace {
             if let Some(v) = t.raw(key) {
@@ -116,6 +128,7 @@ fn class(
         name,
         arrival: arrival?,
         prompt_tokens: prompt_tokens?,
+        corpus,
         output_tokens: output_tokens?,
         chars_per_token: chars_per_token?,
         model: model?,
@@ -124,6 +137,19 @@ fn class(
         start_ms,
         end_ms,
     })
+}
+
+fn corpus(ctx: &mut Ctx, t: &Table<'_, '_>, base: Option<&Path>, truth: Option<&TokenizerFile>) -> Option<Corpus> {
+    let language = t.string(ctx, "language");
+    let Some((file, span)) = t.string(ctx, "corpus") else {
+        if let Some((_, span)) = language {
+            ctx.error(span, format!("`language` in {} filters a `corpus`; there is none", t.name));
+        }
+        return None;
+    };
+    let lang = language.as_ref().map(|(l, _)| l.as_str());
+    let texts = super::files::corpus(ctx, &file, span, base, lang, truth.map(|t| &t.tokenizer))?;
+    Some(Corpus { file, texts: std::sync::Arc::new(texts) })
 }
 
 fn token_dist(ctx: &mut Ctx, t: &Table<'_, '_>, key: &str) -> Option<Tokens> {

@@ -50,6 +50,7 @@ pub(crate) struct Done {
     pub(crate) key: Option<u32>,
     pub(crate) project: Option<u32>,
     pub(crate) input: u64,
+    pub(crate) text: Option<u32>,
     pub(crate) estimated: Option<u64>,
     pub(crate) output: u64,
     pub(crate) waited_ms: u64,
@@ -148,6 +149,14 @@ fn record<W: Write>(
         reason: &reason,
     };
     agg.record(&r);
+    if let (Terminal::Succeeded, Some(est)) = (d.state, d.estimated) {
+        let class = &sc.traffic[d.class as usize];
+        let lang = match (d.text, &class.corpus) {
+            (Some(i), Some(c)) => c.texts[i as usize].lang.as_str(),
+            _ => "synthetic",
+        };
+        agg.estimation(lang, est, d.input);
+    }
     if let Some(log) = log {
         let model = &sc.models[d.model as usize].name;
         let key = d.key.map_or("", |k| keys[k as usize].as_str());

@@ -9,12 +9,14 @@ use super::ledger::{Done, Entry, Ledger, Reason};
 use super::pipe::BatchReceiver;
 use super::queue::EventQueue;
 use super::traffic::{NewRequest, Traffic};
+use crate::engine::estimate::{Cached, Calibrated, PerModel, Tiktoken};
+use crate::engine::Estimator;
 use crate::engine::{
     parse_quota_error, AdmitError, Chars4, Decision, Engine, KeySpec, MemoryStore, ModelSpec, Outcome, PoolError,
     PoolEvent, PoolSpec, ProjectSpec, Prompt, QuotaExhausted, Request, Ticket, Timestamp,
 };
 use crate::report::{stopwatch, Aggregate, Terminal};
-use crate::scenario::{OnExhausted, Scenario};
+use crate::scenario::{EstimatorKind, OnExhausted, Scenario};
 
 /// Where a run streams its CSV files (either may be absent).
 #[derive(Default)]
@@ -79,6 +81,8 @@ struct Req {
     input: u64,
     output: u64,
     chars: u64,
+    /// Index of the prompt in the class's corpus, if it sends real text.
+    text: Option<u32>,
     latency_ms: u64,
     fault: Option<Fault>,
     ticket: Option<Ticket>,
@@ -129,7 +133,38 @@ pub fn build_engine(sc: &Scenario) -> Result<Engine, PoolError> {
             .flat_map(|p| p.keys.iter().map(|k| KeySpec { id: k.clone(), project: p.id.clone() }))
             .collect(),
     };
-    Engine::new(sc.engine.config.clone(), spec, MemoryStore::new(), Box::new(Chars4))
+    Engine::new(sc.engine.config.clone(), spec, MemoryStore::new(), estimator(sc))
+}
+
+/// The estimator a scenario chooses, per model where models override it.
+fn estimator(sc: &Scenario) -> Box<dyn Estimator> {
+    let def = &sc.engine;
+    let one = |kind: EstimatorKind| -> Box<dyn Estimator> {
+        let cache = def.estimate_cache;
+        match kind {
+            EstimatorKind::Chars4 => Box::new(Chars4),
+            EstimatorKind::Tiktoken if cache > 0 => Box::new(Cached::new(Tiktoken, cache)),
+            EstimatorKind::Tiktoken => Box::new(Tiktoken),
+            EstimatorKind::Tokenizer => {
+                let t = def
+                    .tokenizer
+                    .as_ref()
+                    .expect("validated: the tokenizer estimator has a tokenizer")
+                    .tokenizer
+                    .clone();
+                if cache > 0 {
+                    Box::new(Cached::new(t, cache))
+                } else {
+                    Box::new(t)
+                }
+            }
+            EstimatorKind::Calibrated => Box::new(Calibrated::new(sc.models.len(), def.calibration_quantile)),
+        }
+    };
+    if sc.models.iter().all(|m| m.estimator.is_none_or(|k| k == def.estimator)) {
+        return one(def.estimator);
+    }
+    Box::new(PerModel::new(sc.models.iter().map(|m| one(m.estimator.unwrap_or(def.estimator))).collect()))
 }
 
 /// The judge a scenario describes, with its initial keys issued.
@@ -280,6 +315,7 @@ impl Sim<'_, '_, '_> {
             input: n.input,
             output: n.output,
             chars: (n.input as f64 * c.chars_per_token + 0.5) as u64,
+            text: n.text,
             latency_ms: n.latency_ms,
             fault: n.fault,
             ticket: None,
@@ -309,12 +345,11 @@ impl Sim<'_, '_, '_> {
     fn attempt(&mut self, r: u32, now: u64) -> Result<(), SimError> {
         let req = self.reqs[r as usize];
         let c = &self.sc.traffic[req.class as usize];
-        let request = Request {
-            model: c.model,
-            prompt: Prompt::Chars(req.chars),
-            priority: c.priority,
-            max_output_tokens: c.max_output_tokens,
+        let prompt = match (req.text, &c.corpus) {
+            (Some(i), Some(corpus)) => Prompt::Text(&corpus.texts[i as usize].text),
+            _ => Prompt::Chars(req.chars),
         };
+        let request = Request { model: c.model, prompt, priority: c.priority, max_output_tokens: c.max_output_tokens };
         let started = stopwatch::start();
         let decision = self.engine.admit(&request, Timestamp(now));
         self.agg.admit_ns.saturating_record(stopwatch::elapsed_ns(started));
@@ -403,6 +438,14 @@ impl Sim<'_, '_, '_> {
     fn complete(&mut self, r: u32, now: u64) -> Result<(), SimError> {
         let req = self.reqs[r as usize];
         let ticket = req.ticket.expect("completed requests were sent");
+        if let Pending::Success = req.pending {
+            let c = &self.sc.traffic[req.class as usize];
+            let prompt = match (req.text, &c.corpus) {
+                (Some(i), Some(corpus)) => Prompt::Text(&corpus.texts[i as usize].text),
+                _ => Prompt::Chars(req.chars),
+            };
+            self.engine.learn(ticket.model, &prompt, req.input);
+        }
         let (outcome, state, reason) = match req.pending {
             Pending::Success => (
                 Outcome::Success { input_tokens: req.input, output_tokens: req.output },
@@ -444,6 +487,7 @@ impl Sim<'_, '_, '_> {
             key: ticket.map(|t| t.key.0),
             project: project.map(|p| p as u32),
             input: req.input,
+            text: req.text,
             estimated: ticket.map(|t| t.estimated_input),
             output: if state == Terminal::Succeeded { req.output } else { 0 },
             waited_ms: waited,

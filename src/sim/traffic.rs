@@ -10,7 +10,7 @@
 use std::thread::{Scope, ScopedJoinHandle};
 
 use mock_server::{Fault, FaultModel, LatencySampler};
-use rand::SeedableRng;
+use rand::{Rng, SeedableRng};
 use rand_pcg::Pcg64Mcg;
 
 use super::arrivals::{Arrivals, TokenDraw};
@@ -30,6 +30,8 @@ pub(crate) struct NewRequest {
     pub(crate) input: u64,
     /// True output tokens.
     pub(crate) output: u64,
+    /// Index of the prompt in the class's corpus, if it sends real text.
+    pub(crate) text: Option<u32>,
     /// How long the provider takes to answer it, if it answers successfully.
     pub(crate) latency_ms: u64,
     /// Whether the provider fails it on its own.
@@ -38,6 +40,8 @@ pub(crate) struct NewRequest {
 
 struct Class {
     arrivals: Arrivals,
+    /// True input counts of the class's corpus texts, if it has one.
+    corpus: Option<Vec<u64>>,
     prompt: TokenDraw,
     output: TokenDraw,
     rng_arrivals: Pcg64Mcg,
@@ -51,12 +55,18 @@ struct Class {
 impl Class {
     fn draw(&mut self, class: u32) {
         self.next = self.arrivals.next(&mut self.rng_arrivals).map(|(at, tokens)| {
-            let (input, output) = tokens.unwrap_or_else(|| {
-                (self.prompt.sample(&mut self.rng_tokens), self.output.sample(&mut self.rng_tokens))
+            let mut text = None;
+            let (input, output) = tokens.unwrap_or_else(|| match &self.corpus {
+                Some(counts) => {
+                    let i = self.rng_tokens.random_range(0..counts.len());
+                    text = Some(i as u32);
+                    (counts[i], self.output.sample(&mut self.rng_tokens))
+                }
+                None => (self.prompt.sample(&mut self.rng_tokens), self.output.sample(&mut self.rng_tokens)),
             });
             let latency_ms = self.latency.sample(&mut self.rng_provider);
             let fault = self.faults.draw(&mut self.rng_provider);
-            NewRequest { at, class, input, output, latency_ms, fault }
+            NewRequest { at, class, input, output, text, latency_ms, fault }
         });
     }
 }
@@ -84,6 +94,7 @@ impl Traffic {
             .map(|(i, t)| {
                 let i = i as u64;
                 let mut c = Class {
+                    corpus: t.corpus.as_ref().map(|c| c.texts.iter().map(|x| x.tokens).collect()),
                     arrivals: Arrivals::new(t.arrival.clone(), t.start_ms, t.end_ms.min(sc.duration_ms), day_phase),
                     prompt: TokenDraw::new(&t.prompt_tokens),
                     output: TokenDraw::new(&t.output_tokens),

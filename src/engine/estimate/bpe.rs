@@ -24,9 +24,10 @@ impl Estimator for Tiktoken {
 }
 
 /// A Hugging Face tokenizer (`tokenizer.json`). Without the text it falls back to four
-/// characters per token.
+/// characters per token. Cloning shares the loaded tokenizer.
+#[derive(Clone)]
 pub struct HfTokenizer {
-    inner: tokenizers::Tokenizer,
+    inner: std::sync::Arc<tokenizers::Tokenizer>,
 }
 
 /// Why a tokenizer could not be loaded.
@@ -37,7 +38,9 @@ pub struct TokenizerError(String);
 impl HfTokenizer {
     /// Loads a tokenizer from the bytes of a `tokenizer.json`.
     pub fn from_bytes(bytes: &[u8]) -> Result<Self, TokenizerError> {
-        tokenizers::Tokenizer::from_bytes(bytes).map(|inner| Self { inner }).map_err(|e| TokenizerError(e.to_string()))
+        tokenizers::Tokenizer::from_bytes(bytes)
+            .map(|t| Self { inner: std::sync::Arc::new(t) })
+            .map_err(|e| TokenizerError(e.to_string()))
     }
 
     /// Tokens of `text`, without special tokens.

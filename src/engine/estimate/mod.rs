@@ -53,6 +53,54 @@ pub trait Estimator: Send + Sync {
     fn observe(&self, _model: usize, _prompt: &Prompt<'_>, _actual: u64) {}
 }
 
+impl<E: Estimator + ?Sized> Estimator for Box<E> {
+    fn name(&self) -> &str {
+        (**self).name()
+    }
+
+    fn estimate(&self, model: usize, prompt: &Prompt<'_>) -> u64 {
+        (**self).estimate(model, prompt)
+    }
+
+    fn observe(&self, model: usize, prompt: &Prompt<'_>, actual: u64) {
+        (**self).observe(model, prompt, actual)
+    }
+}
+
+/// A different estimator per model (by model index; the last one serves any other index).
+pub struct PerModel {
+    name: String,
+    by_model: Vec<Box<dyn Estimator>>,
+}
+
+impl PerModel {
+    /// One estimator per model, in model order (at least one).
+    pub fn new(by_model: Vec<Box<dyn Estimator>>) -> Self {
+        assert!(!by_model.is_empty(), "at least one estimator");
+        let mut names: Vec<&str> = by_model.iter().map(|e| e.name()).collect();
+        names.dedup();
+        Self { name: names.join("+"), by_model }
+    }
+
+    fn get(&self, model: usize) -> &dyn Estimator {
+        self.by_model[model.min(self.by_model.len() - 1)].as_ref()
+    }
+}
+
+impl Estimator for PerModel {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn estimate(&self, model: usize, prompt: &Prompt<'_>) -> u64 {
+        self.get(model).estimate(model, prompt)
+    }
+
+    fn observe(&self, model: usize, prompt: &Prompt<'_>, actual: u64) {
+        self.get(model).observe(model, prompt, actual)
+    }
+}
+
 /// Google's rule of thumb: about four characters per token, rounded up.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Chars4;
