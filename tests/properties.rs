@@ -123,6 +123,7 @@ fn scenario(s: &Setup) -> Scenario {
             estimator: EstimatorKind::Chars4,
             tokenizer: None,
             calibration_quantile: 0.96,
+            calibration_base: Default::default(),
             estimate_cache: 0,
             on_exhausted: if s.max_wait_ms == 0 { OnExhausted::Reject } else { OnExhausted::Queue },
             max_wait_ms: s.max_wait_ms,

@@ -141,6 +141,8 @@ pub struct EngineDef {
     pub tokenizer: Option<TokenizerFile>,
     /// The quantile the `calibrated` estimator aims at.
     pub calibration_quantile: f64,
+    /// What the `calibrated` estimator learns ratios to.
+    pub calibration_base: crate::engine::estimate::calibrated::Base,
     /// Entries of the estimate cache (zero: no cache).
     pub estimate_cache: usize,
     /// Queue or reject on denial.

@@ -12,6 +12,7 @@ use super::diag::Diagnostics;
 use super::fields::{Ctx, Table};
 use super::model::*;
 use super::traffic::{events, expectations, traffic};
+use crate::engine::estimate::calibrated::Base;
 use crate::engine::{AdmissionMode, EngineConfig, Limits, QuotaScope, StrategyKind, Timestamp, TokenBasis};
 
 /// Where the scenario's week starts if it names no `start`: a Wednesday at 00:00 Pacific.
@@ -385,6 +386,7 @@ fn engine(
         estimator: EstimatorKind::Chars4,
         tokenizer: truth.cloned(),
         calibration_quantile: 0.96,
+        calibration_base: Base::Chars,
         estimate_cache: 4096,
         on_exhausted: OnExhausted::Queue,
         max_wait_ms: 30_000,
@@ -407,6 +409,7 @@ fn engine(
             "output_reserve",
             "tokenizer",
             "calibration_quantile",
+            "calibration_base",
             "estimate_cache",
             "reconcile",
         ],
@@ -451,6 +454,10 @@ fn engine(
     }
     if let Some(q) = t.fraction(ctx, "calibration_quantile", 0.5, 0.999) {
         def.calibration_quantile = q;
+    }
+    if t.has("calibration_base") {
+        let bases = [("chars", Base::Chars), ("tiktoken", Base::Tiktoken)];
+        def.calibration_base = t.choice(ctx, "calibration_base", &bases).unwrap_or_default();
     }
     if let Some((n, _)) = t.uint(ctx, "estimate_cache") {
         def.estimate_cache = n.min(1 << 20) as usize;

@@ -158,7 +158,9 @@ fn estimator(sc: &Scenario) -> Box<dyn Estimator> {
                     Box::new(t)
                 }
             }
-            EstimatorKind::Calibrated => Box::new(Calibrated::new(sc.models.len(), def.calibration_quantile)),
+            EstimatorKind::Calibrated => {
+                Box::new(Calibrated::with_base(sc.models.len(), def.calibration_quantile, def.calibration_base))
+            }
         }
     };
     if sc.models.iter().all(|m| m.estimator.is_none_or(|k| k == def.estimator)) {

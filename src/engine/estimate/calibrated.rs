@@ -1,11 +1,15 @@
-//! An estimator that learns tokens per character from the provider's own counts.
+//! An estimator that learns from the provider's own counts.
 //!
 //! For each model and script it keeps the last [`WINDOW`] observed ratios of actual tokens
-//! (`usageMetadata.promptTokenCount`) to characters, and estimates with a high quantile of
-//! them: the margin above the typical ratio is exactly as wide as the observed spread, so
-//! under-estimates stay rare (about `1 - quantile` of requests) without reserving more than
-//! the data says is needed. Before enough observations it uses a conservative prior.
-//! Memory is fixed: a window per (model, script).
+//! (`usageMetadata.promptTokenCount`) to a base measure of the prompt, and estimates with a
+//! high quantile of them: the margin above the typical ratio is exactly as wide as the
+//! observed spread, so under-estimates stay rare (about `1 - quantile` of requests) without
+//! reserving more than the data says is needed. Before enough observations it uses a
+//! conservative prior. Memory is fixed: a window per (model, script).
+//!
+//! The base is either characters (whitespace runs counted once) — cheap, and tight for prose —
+//! or tiktoken's token count, whose ratio to Gemini's count varies far less on source code
+//! (on the project's corpus: 6 % against 31 % for characters).
 
 use std::sync::Mutex;
 
@@ -18,9 +22,22 @@ pub const WARM_UP: usize = 16;
 /// Recompute the quantile after this many new observations.
 const REFRESH: usize = 8;
 
-/// Tokens per character before anything is learned: on the high side of what common
+/// What the learned ratios are ratios to.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum Base {
+    /// Characters, each whitespace run counted once.
+    #[default]
+    Chars,
+    /// tiktoken's o200k token count (prompts known only by length fall back to characters).
+    Tiktoken,
+}
+
+/// Tokens per base unit before anything is learned: on the high side of what common
 /// tokenizers produce for each script.
-fn prior(script: Option<Script>) -> f64 {
+fn prior(base: Base, script: Option<Script>) -> f64 {
+    if base == Base::Tiktoken && script.is_some() {
+        return 1.5;
+    }
     match script {
         Some(Script::Latin) => 0.32,
         Some(Script::Cyrillic) => 0.45,
@@ -62,10 +79,26 @@ impl State {
     }
 }
 
+/// A text's size as the ratios are learned over: characters, with each run of whitespace
+/// counted once. Tokenizers fold runs of spaces (code indentation) into few tokens, so raw
+/// character counts make code's ratio swing with its indentation.
+fn size(text: &str) -> u64 {
+    let (mut n, mut in_space) = (0u64, false);
+    for c in text.chars() {
+        let space = c.is_whitespace();
+        if !(space && in_space) {
+            n += 1;
+        }
+        in_space = space;
+    }
+    n
+}
+
 /// The calibrated estimator.
-#[derive(Debug)]
 pub struct Calibrated {
     quantile: f64,
+    base: Base,
+    tiktoken: Option<super::Cached<super::Tiktoken>>,
     /// Per model: one state per script, plus one for prompts known only by length.
     states: Vec<[Mutex<State>; 7]>,
 }
@@ -74,9 +107,17 @@ impl Calibrated {
     /// An estimator for `models` models aiming at `quantile` (0.5 to 0.999) of observed
     /// ratios: about `1 - quantile` of requests will be under-estimated.
     pub fn new(models: usize, quantile: f64) -> Self {
+        Self::with_base(models, quantile, Base::Chars)
+    }
+
+    /// As [`Calibrated::new`], learning ratios to `base`.
+    pub fn with_base(models: usize, quantile: f64, base: Base) -> Self {
         let quantile = quantile.clamp(0.5, 0.999);
+        let tiktoken = (base == Base::Tiktoken).then(|| super::Cached::new(super::Tiktoken, 4096));
         Self {
             quantile,
+            base,
+            tiktoken,
             states: (0..models.max(1)).map(|_| std::array::from_fn(|_| Mutex::new(State::new()))).collect(),
         }
     }
@@ -86,33 +127,43 @@ impl Calibrated {
         &per_model[script.map_or(6, Script::index)]
     }
 
-    fn classify(prompt: &Prompt<'_>) -> (Option<Script>, u64) {
-        match prompt {
-            Prompt::Text(t) => (Some(Script::of(t)), t.chars().count() as u64),
-            Prompt::Chars(n) => (None, *n),
+    fn classify(&self, model: usize, prompt: &Prompt<'_>) -> (Option<Script>, u64) {
+        match (prompt, &self.tiktoken) {
+            (Prompt::Text(t), Some(tk)) => (Some(Script::of(t)), tk.estimate(model, prompt).max(1)),
+            (Prompt::Text(t), None) => (Some(Script::of(t)), size(t)),
+            (Prompt::Chars(n), _) => (None, *n),
         }
     }
 
     /// The tokens-per-character ratio used now for `model` and `script`.
     pub fn ratio(&self, model: usize, script: Option<Script>) -> f64 {
         let s = self.state(model, script).lock().unwrap_or_else(|p| p.into_inner());
-        s.learned.unwrap_or_else(|| prior(script))
+        s.learned.unwrap_or_else(|| prior(self.base, script))
+    }
+}
+
+impl std::fmt::Debug for Calibrated {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Calibrated").field("quantile", &self.quantile).field("base", &self.base).finish()
     }
 }
 
 impl Estimator for Calibrated {
     fn name(&self) -> &str {
-        "calibrated"
+        match self.base {
+            Base::Chars => "calibrated",
+            Base::Tiktoken => "calibrated/tiktoken",
+        }
     }
 
     fn estimate(&self, model: usize, prompt: &Prompt<'_>) -> u64 {
-        let (script, chars) = Self::classify(prompt);
+        let (script, chars) = self.classify(model, prompt);
         // The small allowance keeps float noise from rounding an exact ratio up a token.
         (chars as f64 * self.ratio(model, script) - 1e-6).ceil().max(0.0) as u64
     }
 
     fn observe(&self, model: usize, prompt: &Prompt<'_>, actual: u64) {
-        let (script, chars) = Self::classify(prompt);
+        let (script, chars) = self.classify(model, prompt);
         if chars == 0 {
             return;
         }

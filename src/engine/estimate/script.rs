@@ -68,7 +68,7 @@ impl Script {
         if chars == 0 || letters == 0 {
             return Script::Other;
         }
-        if ascii * 10 >= chars * 9 && code_marks * 100 >= chars * 4 {
+        if ascii * 10 >= chars * 9 && (code_marks * 100 >= chars * 3 || looks_like_code_lines(text)) {
             return Script::Code;
         }
         let (best, n) =
@@ -78,6 +78,22 @@ impl Script {
         }
         [Script::Latin, Script::Cyrillic, Script::Arabic, Script::Cjk][best]
     }
+}
+
+/// Whether most lines of a multi-line text look like code: indented, commented with `//` or
+/// `#`, or ending in `;`, `{`, `}`, `,` or `)`.
+fn looks_like_code_lines(text: &str) -> bool {
+    let (mut lines, mut codey) = (0u32, 0u32);
+    for line in text.lines().take(64).filter(|l| !l.trim().is_empty()) {
+        lines += 1;
+        let t = line.trim_end();
+        let start = line.trim_start();
+        let indented = line.starts_with("    ") || line.starts_with('\t');
+        let commented = start.starts_with("//") || start.starts_with('#');
+        let ends = t.ends_with([';', '{', '}', ',', ')']);
+        codey += u32::from(indented || commented || ends);
+    }
+    lines >= 2 && codey * 2 >= lines
 }
 
 #[cfg(test)]
@@ -94,6 +110,8 @@ mod tests {
             Script::of("fn main() {\n    let x = vec![1, 2, 3];\n    println!(\"{:?}\", x);\n}\n"),
             Script::Code
         );
+        assert_eq!(Script::of("//! The engine: pure logic.\n//! No I/O, no clock.\n"), Script::Code);
+        assert_eq!(Script::of("First line of a letter.\nSecond line, plain prose.\n"), Script::Latin);
         assert_eq!(Script::of("12345 67890"), Script::Other);
         assert_eq!(Script::of(""), Script::Other);
     }
