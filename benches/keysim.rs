@@ -1,13 +1,14 @@
 //! keysim's benchmarks, one harness with a group per area: admission and settlement at
-//! several pool sizes and strategies, and end-to-end simulator throughput.
+//! several pool sizes and strategies, token estimation of a 4 KB prompt (cold and cached),
+//! and end-to-end simulator throughput.
 
 use std::hint::black_box;
 use std::path::Path;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use keysim::engine::{
-    Chars4, Decision, Engine, EngineConfig, KeySpec, Limits, MemoryStore, ModelSpec, Outcome, PoolSpec, Priority,
-    ProjectSpec, Prompt, Request, StrategyKind, Timestamp,
+    Chars4, Decision, Engine, EngineConfig, Estimator, KeySpec, Limits, MemoryStore, ModelSpec, Outcome, PoolSpec,
+    Priority, ProjectSpec, Prompt, Request, StrategyKind, Timestamp,
 };
 use keysim::sim::{simulate, Outputs};
 
@@ -59,5 +60,54 @@ fn simulator(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, admission, simulator);
+/// A 4 KB prompt of mixed English prose and code, different on every call when `salt` changes.
+fn prompt_4k(salt: u64) -> String {
+    let base = "Rate limits apply per project, not per API key. fn admit(&self, req: &Request) -> Decision { self.store.reserve(bucket, tokens) } ";
+    let mut s = format!("#{salt} ");
+    while s.len() < 4096 {
+        s.push_str(base);
+    }
+    s.truncate(4096);
+    s
+}
+
+fn estimation(c: &mut Criterion) {
+    use keysim::engine::estimate::calibrated::Base;
+    use keysim::engine::estimate::{Cached, Calibrated, HfTokenizer, Tiktoken};
+    let mut g = c.benchmark_group("estimate-4k");
+    let hot = prompt_4k(0);
+    let mut estimators: Vec<(&str, Box<dyn Estimator>)> = vec![
+        ("chars4", Box::new(Chars4)),
+        ("tiktoken", Box::new(Tiktoken)),
+        ("tiktoken-cached", Box::new(Cached::new(Tiktoken, 4096))),
+        ("calibrated", Box::new(Calibrated::new(1, 0.96))),
+        ("calibrated-tiktoken", Box::new(Calibrated::with_base(1, 0.96, Base::Tiktoken))),
+    ];
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(".tokenizers/gemini/tokenizer.json");
+    if let Ok(bytes) = std::fs::read(&path) {
+        let t = HfTokenizer::from_bytes(&bytes).expect("tokenizer loads");
+        estimators.push(("gemini-tokenizer", Box::new(t.clone())));
+        estimators.push(("gemini-tokenizer-cached", Box::new(Cached::new(t, 4096))));
+    } else {
+        eprintln!("no Gemini tokenizer at {}: run .ci/fetch-gemini-tokenizer.sh to bench it", path.display());
+    }
+    for (name, e) in &estimators {
+        // Cold: a prompt the estimator (and any cache) has never seen.
+        let mut salt = 1u64;
+        g.bench_function(BenchmarkId::new("cold", name), |b| {
+            b.iter_batched(
+                || {
+                    salt += 1;
+                    prompt_4k(salt)
+                },
+                |p| e.estimate(0, &Prompt::Text(black_box(&p))),
+                criterion::BatchSize::SmallInput,
+            )
+        });
+        g.bench_function(BenchmarkId::new("hot", name), |b| b.iter(|| e.estimate(0, &Prompt::Text(black_box(&hot)))));
+    }
+    g.finish();
+}
+
+criterion_group!(benches, admission, estimation, simulator);
 criterion_main!(benches);

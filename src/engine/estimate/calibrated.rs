@@ -83,12 +83,15 @@ impl State {
 /// counted once. Tokenizers fold runs of spaces (code indentation) into few tokens, so raw
 /// character counts make code's ratio swing with its indentation.
 fn size(text: &str) -> u64 {
+    // Bytewise: a character starts at every byte that is not a UTF-8 continuation byte, and
+    // the whitespace that matters (indentation, line breaks) is ASCII.
     let (mut n, mut in_space) = (0u64, false);
-    for c in text.chars() {
-        let space = c.is_whitespace();
-        if !(space && in_space) {
-            n += 1;
+    for &b in text.as_bytes() {
+        if b & 0xC0 == 0x80 {
+            continue;
         }
+        let space = matches!(b, b' ' | b'\n' | b'\t' | b'\r');
+        n += u64::from(!(space && in_space));
         in_space = space;
     }
     n

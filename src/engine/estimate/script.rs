@@ -2,7 +2,15 @@
 //! about four Latin characters but often a single CJK character) — or whether it is code.
 
 /// Punctuation that is common in code and rare in prose.
-const CODE_MARKS: &str = "{}[]();=<>\\*&|_#$`";
+fn is_code_mark(c: char) -> bool {
+    matches!(
+        c,
+        '{' | '}' | '[' | ']' | '(' | ')' | ';' | '=' | '<' | '>' | '\\' | '*' | '&' | '|' | '_' | '#' | '$' | '`'
+    )
+}
+
+/// Characters of a text that classification looks at.
+pub const SAMPLE: usize = 1_024;
 
 /// A text's dominant script, or code.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -43,15 +51,15 @@ impl Script {
     }
 
     /// Classifies `text` by its letters; mostly-ASCII text dense in code punctuation is code.
-    /// Reads at most the first 2,048 characters.
+    /// Reads at most the first [`SAMPLE`] characters.
     pub fn of(text: &str) -> Script {
         let mut counts = [0u32; 4];
         let (mut chars, mut ascii, mut code_marks, mut letters) = (0u32, 0u32, 0u32, 0u32);
-        for c in text.chars().take(2_048) {
+        for c in text.chars().take(SAMPLE) {
             chars += 1;
             if c.is_ascii() {
                 ascii += 1;
-                code_marks += u32::from(CODE_MARKS.contains(c));
+                code_marks += u32::from(is_code_mark(c));
             }
             let slot = match c as u32 {
                 0x41..=0x5A | 0x61..=0x7A | 0xC0..=0x24F => Some(0),
@@ -84,7 +92,7 @@ impl Script {
 /// `#`, or ending in `;`, `{`, `}`, `,` or `)`.
 fn looks_like_code_lines(text: &str) -> bool {
     let (mut lines, mut codey) = (0u32, 0u32);
-    for line in text.lines().take(64).filter(|l| !l.trim().is_empty()) {
+    for line in text.lines().take(32).filter(|l| !l.trim().is_empty()) {
         lines += 1;
         let t = line.trim_end();
         let start = line.trim_start();
