@@ -248,6 +248,11 @@ impl<S: QuotaStore> Engine<S> {
         self.estimator.observe(model, prompt, actual_input);
     }
 
+    /// Whether [`Engine::learn`] does anything with this engine's estimator.
+    pub fn learns(&self) -> bool {
+        self.estimator.learns()
+    }
+
     /// Reconciles `ticket` with what really happened.
     pub fn settle(&self, ticket: &Ticket, outcome: Outcome, now: Timestamp) {
         let b = ticket.bucket;

@@ -120,6 +120,8 @@ struct Sim<'s, 'w, 'scope> {
     key_states: Vec<JudgeKey>,
     timeline: Option<csv::Writer<&'w mut (dyn Write + Send)>>,
     events: u64,
+    /// Whether the engine's estimator learns from settled requests.
+    learns: bool,
 }
 
 /// The engine a scenario describes, over an in-memory store.
@@ -235,7 +237,9 @@ pub fn simulate(sc: &Scenario, out: Outputs<'_>) -> Result<RunResult, SimError> 
             key_states: Vec::new(),
             timeline,
             events: 0,
+            learns: false,
         };
+        sim.learns = sim.engine.learns();
         sim.sync_keys();
         let ran = sim.run();
         let Sim { traffic, ledger, engine, agg: timing, mut timeline, events, .. } = sim;
@@ -440,7 +444,7 @@ impl Sim<'_, '_, '_> {
     fn complete(&mut self, r: u32, now: u64) -> Result<(), SimError> {
         let req = self.reqs[r as usize];
         let ticket = req.ticket.expect("completed requests were sent");
-        if let Pending::Success = req.pending {
+        if matches!(req.pending, Pending::Success) && self.learns {
             let c = &self.sc.traffic[req.class as usize];
             let prompt = match (req.text, &c.corpus) {
                 (Some(i), Some(corpus)) => Prompt::Text(&corpus.texts[i as usize].text),

@@ -68,6 +68,10 @@ impl<E: Estimator> Estimator for Cached<E> {
     fn observe(&self, model: usize, prompt: &Prompt<'_>, actual: u64) {
         self.inner.observe(model, prompt, actual);
     }
+
+    fn learns(&self) -> bool {
+        self.inner.learns()
+    }
 }
 
 #[cfg(test)]

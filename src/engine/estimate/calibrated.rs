@@ -165,6 +165,10 @@ impl Estimator for Calibrated {
         (chars as f64 * self.ratio(model, script) - 1e-6).ceil().max(0.0) as u64
     }
 
+    fn learns(&self) -> bool {
+        true
+    }
+
     fn observe(&self, model: usize, prompt: &Prompt<'_>, actual: u64) {
         let (script, chars) = self.classify(model, prompt);
         if chars == 0 {

@@ -51,6 +51,11 @@ pub trait Estimator: Send + Sync {
 
     /// Learns from the actual input tokens the provider reported for a prompt.
     fn observe(&self, _model: usize, _prompt: &Prompt<'_>, _actual: u64) {}
+
+    /// Whether [`Estimator::observe`] does anything (callers may skip preparing it if not).
+    fn learns(&self) -> bool {
+        false
+    }
 }
 
 impl<E: Estimator + ?Sized> Estimator for Box<E> {
@@ -64,6 +69,10 @@ impl<E: Estimator + ?Sized> Estimator for Box<E> {
 
     fn observe(&self, model: usize, prompt: &Prompt<'_>, actual: u64) {
         (**self).observe(model, prompt, actual)
+    }
+
+    fn learns(&self) -> bool {
+        (**self).learns()
     }
 }
 
@@ -98,6 +107,10 @@ impl Estimator for PerModel {
 
     fn observe(&self, model: usize, prompt: &Prompt<'_>, actual: u64) {
         self.get(model).observe(model, prompt, actual)
+    }
+
+    fn learns(&self) -> bool {
+        self.by_model.iter().any(|e| e.learns())
     }
 }
 
