@@ -12,6 +12,7 @@
 //! - [`strategy`]: round-robin, least-used, power-of-two-choices, headroom-weighted.
 //! - [`estimate`]: token estimators.
 //! - [`provider`]: reading 429 answers (quotaId, retryDelay).
+//! - [`warn`]: early-warning rules and forecasts.
 
 pub mod estimate;
 pub mod limits;
@@ -21,6 +22,7 @@ pub mod provider;
 pub mod store;
 pub mod strategy;
 pub mod time;
+pub mod warn;
 
 mod admit;
 mod capacity;

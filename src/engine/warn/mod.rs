@@ -1,0 +1,16 @@
+//! Early warnings, before the pool runs dry: rules evaluated on every bucket's usage, in the
+//! manner of Prometheus alerting rules, but aware of when each window resets.
+//!
+//! - [`forecast`]: a linear trend of a bucket's usage (as `predict_linear`) and when it
+//!   would reach its limit.
+//! - [`rule`]: the rule and the per-series state machine — inactive, pending for `for`,
+//!   firing, resolved with hysteresis — with the forecast test that a bucket which recovers
+//!   at its next reset before running out is not worth a warning.
+//!
+//! Pure like the rest of the engine: every call takes `now`.
+
+pub mod forecast;
+pub mod rule;
+
+pub use forecast::Trend;
+pub use rule::{AlertState, Observation, Rule, Series, Transition};
