@@ -7,6 +7,8 @@
 //!   firing, resolved with hysteresis — with the forecast test that a bucket which recovers
 //!   at its next reset before running out is not worth a warning.
 //!
+//! - [`monitor`]: a trend and a rule state per (bucket, dimension), turning counters into
+//!   alerts fired and resolved.
 //! - [`pipeline`]: grouping, group wait and interval, repeat throttling, inhibition and
 //!   resolved notices, with Alertmanager's semantics.
 //! - [`payload`]: the Alertmanager version-4 webhook body of a notification.
@@ -14,10 +16,12 @@
 //! Pure like the rest of the engine: every call takes `now`.
 
 pub mod forecast;
+pub mod monitor;
 pub mod payload;
 pub mod pipeline;
 pub mod rule;
 
 pub use forecast::Trend;
+pub use monitor::{Change, Monitor};
 pub use pipeline::{Inhibit, Notification, Pipeline, Route};
 pub use rule::{AlertState, Observation, Rule, Series, Transition};
