@@ -109,5 +109,30 @@ fn estimation(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, admission, estimation, simulator);
+fn warnings(c: &mut Criterion) {
+    use keysim::engine::warn::{Monitor, Rule};
+    use keysim::engine::{BucketId, Ceilings, Usage};
+    let ceilings = Ceilings::from_limits(&Limits { rpm: 1000, tpm: 1_000_000, rpd: 10_000, tpd: None }, 0.0, 0.0);
+    let mut m = Monitor::new(Rule::default(), 600_000);
+    let mut now = 1_764_140_400_000u64;
+    let mut used = 0u64;
+    c.bench_function("warn/observe-one-bucket", |b| {
+        b.iter(|| {
+            now += 10;
+            used = (used + 1) % 9_000;
+            let u = Usage {
+                minute_requests: used % 1000,
+                minute_tokens: used * 100 % 1_000_000,
+                day_requests: used,
+                day_tokens: used * 100,
+                minute_frees_at: Some(Timestamp(now + 60_000)),
+                day_ends: Timestamp(now + 3_600_000),
+                cooling_until: None,
+            };
+            m.observe(BucketId(0), "proj-a", "gemini-2.5-flash", black_box(&u), &ceilings, Timestamp(now))
+        })
+    });
+}
+
+criterion_group!(benches, admission, estimation, warnings, simulator);
 criterion_main!(benches);
