@@ -119,7 +119,7 @@ impl<'scope> Ledger<'scope> {
     pub(crate) fn finish(mut self) -> Result<Aggregate, SimError> {
         self.tx = None;
         let thread = self.thread.take().expect("joined once");
-        thread.join().map_err(|_| SimError::Oracle("the ledger thread panicked".into()))?
+        thread.join().map_err(|_| SimError::Helper("the ledger thread panicked".into()))?
     }
 }
 

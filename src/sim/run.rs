@@ -34,9 +34,9 @@ pub enum SimError {
     /// The scenario's pool does not hold together (validation should have caught it).
     #[error("pool: {0}")]
     Pool(#[from] PoolError),
-    /// The oracle failed.
-    #[error("oracle: {0}")]
-    Oracle(String),
+    /// A helper thread of the run (traffic, ledger, oracle) failed.
+    #[error("{0}")]
+    Helper(String),
     /// Writing a CSV file failed.
     #[error("writing {what}: {source}")]
     Write {
@@ -246,8 +246,8 @@ pub fn simulate(sc: &Scenario, out: Outputs<'_>) -> Result<RunResult, SimError> 
         // Close every channel before waiting, so that no helper waits on a run that ended.
         drop(traffic);
         let counted = ledger.finish();
-        producer.join().map_err(|_| SimError::Oracle("the traffic thread panicked".into()))?;
-        let servable = oracle.join().map_err(|_| SimError::Oracle("the oracle thread panicked".into()))?;
+        producer.join().map_err(|_| SimError::Helper("the traffic thread panicked".into()))?;
+        let servable = oracle.join().map_err(|_| SimError::Helper("the oracle thread panicked".into()))?;
         ran?;
         if let Some(w) = timeline.as_mut() {
             w.flush().map_err(|e| SimError::Write { what: "timeline.csv", source: e.into() })?;
