@@ -24,7 +24,12 @@ fn summary_without_overhead(dir: &std::path::Path) -> serde_json::Value {
 
 #[test]
 fn same_seed_gives_identical_outputs() {
-    for scenario in ["scenarios/quickstart.toml", "scenarios/azure-trace.toml", "scenarios/reserve.toml"] {
+    for scenario in [
+        "scenarios/quickstart.toml",
+        "scenarios/azure-trace.toml",
+        "scenarios/reserve.toml",
+        "scenarios/tpm-arabic.toml",
+    ] {
         let a = run_into(scenario, None);
         let b = run_into(scenario, None);
         assert_eq!(summary_without_overhead(&a), summary_without_overhead(&b), "{scenario}");
