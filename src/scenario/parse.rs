@@ -386,7 +386,7 @@ fn engine(
         estimator: EstimatorKind::Chars4,
         tokenizer: truth.cloned(),
         calibration_quantile: 0.96,
-        calibration_base: Base::Chars,
+        calibration_base: Base::Features,
         estimate_cache: 4096,
         on_exhausted: OnExhausted::Queue,
         max_wait_ms: 30_000,
@@ -456,7 +456,7 @@ fn engine(
         def.calibration_quantile = q;
     }
     if t.has("calibration_base") {
-        let bases = [("chars", Base::Chars), ("tiktoken", Base::Tiktoken)];
+        let bases = [("features", Base::Features), ("tiktoken", Base::Tiktoken)];
         def.calibration_base = t.choice(ctx, "calibration_base", &bases).unwrap_or_default();
     }
     if let Some((n, _)) = t.uint(ctx, "estimate_cache") {
