@@ -138,3 +138,20 @@ fn reconciliation_returns_over_reserved_tokens() {
         without.utilization
     );
 }
+
+#[test]
+fn a_learned_output_reservation_serves_more_than_reserving_the_maximum() {
+    let learned = summary("output-reserve", &[]);
+    let fixed = summary("output-reserve", &["engine.output_policy=fixed"]);
+    assert_eq!(learned.requests.breaches, 0);
+    assert_eq!(fixed.requests.breaches, 0, "reserving the maximum never under-counts");
+    assert!(
+        learned.utilization > fixed.utilization + 0.03,
+        "learned {} against fixed {}",
+        learned.utilization,
+        fixed.utilization
+    );
+    // Without its safety share, under-reserved answers overrun the provider's count.
+    let bare = summary("output-reserve", &["engine.safety=0"]);
+    assert!(bare.requests.breaches > 0);
+}

@@ -113,6 +113,7 @@ fn scenario(s: &Setup) -> Scenario {
         provider: Provider {
             tokenizer: None,
             enforcement: s.enforcement,
+            counts_output: false,
             latency: LatencyModel { median_ms: 900.0, p99_ms: 5_000.0 },
             faults: FaultModel::default(),
         },

@@ -171,7 +171,7 @@ impl<S: QuotaStore> Engine<S> {
         let estimated_input = self.estimator.estimate(model, &req.prompt);
         let reserved_output = match self.config.basis {
             TokenBasis::Input => 0,
-            TokenBasis::Total => req.max_output_tokens.unwrap_or(self.config.output_reserve),
+            TokenBasis::Total => self.outputs.reserve(model, req.max_output_tokens),
         };
         let tokens = estimated_input + reserved_output;
         let p = req.priority.index();
@@ -260,7 +260,10 @@ impl<S: QuotaStore> Engine<S> {
             (Outcome::Success { input_tokens, output_tokens }, r) => {
                 let counted = match self.config.basis {
                     TokenBasis::Input => input_tokens,
-                    TokenBasis::Total => input_tokens + output_tokens,
+                    TokenBasis::Total => {
+                        self.outputs.observe(ticket.model, output_tokens);
+                        input_tokens + output_tokens
+                    }
                 };
                 let usage = match r {
                     Some(_) if !self.config.reconcile => return,

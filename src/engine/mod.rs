@@ -76,8 +76,11 @@ pub struct EngineConfig {
     pub scope: QuotaScope,
     /// What token limits count.
     pub basis: TokenBasis,
-    /// Output tokens reserved with basis `total` when a request names no `max_output_tokens`.
+    /// Output tokens reserved with basis `total` when a request names no `max_output_tokens`
+    /// (and, with a learned policy, until it has learned).
     pub output_reserve: u64,
+    /// How output tokens are reserved with basis `total`.
+    pub output_policy: estimate::OutputPolicy,
     /// Seed of the engine's own randomness (power-of-two choices, headroom weighting).
     pub seed: u64,
     /// Whether settlement replaces reserved tokens by the actual count (`false` is the
@@ -95,6 +98,7 @@ impl Default for EngineConfig {
             scope: QuotaScope::Project,
             basis: TokenBasis::Input,
             output_reserve: 1024,
+            output_policy: estimate::OutputPolicy::Fixed,
             seed: 0,
             reconcile: true,
         }
@@ -125,6 +129,7 @@ pub struct Engine<S: QuotaStore = MemoryStore> {
     /// A strategy other than the built-in one the configuration names, if set.
     custom: Option<Box<dyn Strategy>>,
     estimator: Box<dyn Estimator>,
+    outputs: estimate::OutputReserve,
     turn: AtomicUsize,
     rng: AtomicU64,
     /// Per bucket: the cached view.
@@ -149,6 +154,7 @@ impl<S: QuotaStore> Engine<S> {
         store.ensure_buckets(pool.bucket_count());
         let models = pool.models.len();
         let views = (0..pool.bucket_count()).map(|_| View::default()).collect();
+        let outputs = estimate::OutputReserve::new(config.output_policy, config.output_reserve, models);
         Ok(Self {
             custom: None,
             rng: AtomicU64::new(config.seed),
@@ -156,6 +162,7 @@ impl<S: QuotaStore> Engine<S> {
             pool,
             store,
             estimator,
+            outputs,
             turn: AtomicUsize::new(0),
             views,
             exhausted: (0..models).map(|_| Default::default()).collect(),

@@ -63,6 +63,8 @@ pub struct Provider {
     pub tokenizer: Option<TokenizerFile>,
     /// Minute semantics.
     pub enforcement: Enforcement,
+    /// Whether token limits count output tokens too (Gemini counts input only).
+    pub counts_output: bool,
     /// Response times.
     pub latency: LatencyModel,
     /// Server-side failures.

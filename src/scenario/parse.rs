@@ -13,6 +13,7 @@ use super::fields::{Ctx, Table};
 use super::model::*;
 use super::traffic::{events, expectations, traffic};
 use crate::engine::estimate::calibrated::Base;
+use crate::engine::estimate::OutputPolicy;
 use crate::engine::{AdmissionMode, EngineConfig, Limits, QuotaScope, StrategyKind, Timestamp, TokenBasis};
 
 /// Where the scenario's week starts if it names no `start`: a Wednesday at 00:00 Pacific.
@@ -210,12 +211,19 @@ fn provider(ctx: &mut Ctx, t: Option<&Table<'_, '_>>, base: Option<&Path>) -> Op
     let mut p = Provider {
         tokenizer: None,
         enforcement: Enforcement::Sliding,
+        counts_output: false,
         latency: LatencyModel { median_ms: 800.0, p99_ms: 6_000.0 },
         faults: FaultModel::default(),
     };
     let Some(t) = t else { return Some(p) };
-    t.allow(ctx, &["enforcement", "latency", "faults", "tokenizer"]);
+    t.allow(ctx, &["enforcement", "tpm_counts", "latency", "faults", "tokenizer"]);
     let mut ok = true;
+    if t.has("tpm_counts") {
+        match t.choice(ctx, "tpm_counts", &[("input", false), ("total", true)]) {
+            Some(c) => p.counts_output = c,
+            None => ok = false,
+        }
+    }
     if t.has("tokenizer") {
         p.tokenizer = super::files::tokenizer(ctx, t, "tokenizer", base);
         ok &= p.tokenizer.is_some();
@@ -407,6 +415,8 @@ fn engine(
             "quota_scope",
             "token_basis",
             "output_reserve",
+            "output_policy",
+            "output_quantile",
             "tokenizer",
             "calibration_quantile",
             "calibration_base",
@@ -441,6 +451,18 @@ fn engine(
     }
     if let Some((o, _)) = t.uint(ctx, "output_reserve") {
         c.output_reserve = o;
+    }
+    if t.has("output_policy") {
+        let learned = OutputPolicy::Learned { quantile: 0.95 };
+        c.output_policy =
+            t.choice(ctx, "output_policy", &[("fixed", OutputPolicy::Fixed), ("learned", learned)]).unwrap_or_default();
+    }
+    // Read whatever the policy, so a `--set engine.output_policy=fixed` comparison needs no
+    // other edit; the fixed policy has no quantile to set.
+    if let Some(q) = t.fraction(ctx, "output_quantile", 0.5, 0.999) {
+        if let OutputPolicy::Learned { quantile } = &mut c.output_policy {
+            *quantile = q;
+        }
     }
     if t.has("estimator") {
         def.estimator = t.choice(ctx, "estimator", &EstimatorKind::NAMES).unwrap_or(EstimatorKind::Chars4);

@@ -365,7 +365,7 @@ impl Sim<'_, '_, '_> {
                 Ok(())
             }
             Ok(Decision::Denied(d)) => {
-                if !req.delayed && self.provider_would_accept(c.model, req.input, now) {
+                if !req.delayed && self.provider_would_accept(c.model, self.judged(r), now) {
                     self.agg.lost_capacity += 1;
                 }
                 let project = d.bucket.map(|b| self.engine.bucket_owner(b).0);
@@ -395,10 +395,16 @@ impl Sim<'_, '_, '_> {
         }
     }
 
-    /// Whether any project that can serve `model` would accept `input` tokens now.
-    fn provider_would_accept(&mut self, model: usize, input: u64, now: u64) -> bool {
+    /// Whether any project that can serve `model` would accept `tokens` now.
+    fn provider_would_accept(&mut self, model: usize, tokens: u64, now: u64) -> bool {
         let judge = &mut self.judge;
-        self.engine.serving_projects(model).any(|p| judge.peek(p, model, input, now) == Verdict::Accepted)
+        self.engine.serving_projects(model).any(|p| judge.peek(p, model, tokens, now) == Verdict::Accepted)
+    }
+
+    /// The tokens of request `r` the provider counts against token limits.
+    fn judged(&self, r: u32) -> u64 {
+        let req = &self.reqs[r as usize];
+        req.input + if self.sc.provider.counts_output { req.output } else { 0 }
     }
 
     fn send(&mut self, r: u32, ticket: Ticket, now: u64) {
@@ -413,13 +419,13 @@ impl Sim<'_, '_, '_> {
                 Some(Fault::Internal) => (Pending::Failed("internal"), latency.error_ms()),
                 Some(Fault::Overloaded) => (Pending::Failed("overloaded"), latency.error_ms()),
                 None => {
-                    let input = self.reqs[r as usize].input;
-                    match self.judge.submit(project, ticket.model, input, now) {
+                    let tokens = self.judged(r);
+                    match self.judge.submit(project, ticket.model, tokens, now) {
                         Verdict::Accepted => {
                             let u = self.judge.counted(project, ticket.model);
                             let iv = &mut self.intervals[project * self.sc.models.len() + ticket.model];
                             iv.requests += 1;
-                            iv.tokens += input;
+                            iv.tokens += tokens;
                             iv.rpm_peak = iv.rpm_peak.max(u.minute_requests);
                             iv.tpm_peak = iv.tpm_peak.max(u.minute_tokens);
                             (Pending::Success, latency_ms)

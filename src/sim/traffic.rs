@@ -38,6 +38,13 @@ pub(crate) struct NewRequest {
     pub(crate) fault: Option<Fault>,
 }
 
+impl NewRequest {
+    /// The tokens the provider counts against token limits.
+    pub(crate) fn judged(&self, counts_output: bool) -> u64 {
+        self.input + if counts_output { self.output } else { 0 }
+    }
+}
+
 struct Class {
     arrivals: Arrivals,
     /// True input counts of the class's corpus texts, if it has one.
@@ -80,6 +87,8 @@ pub(crate) struct Traffic {
     start: u64,
     /// How long a request may wait for quota (zero when the engine rejects at once).
     max_wait_ms: u64,
+    /// Whether the provider counts output tokens against token limits.
+    counts_output: bool,
 }
 
 impl Traffic {
@@ -113,7 +122,13 @@ impl Traffic {
             OnExhausted::Queue => sc.engine.max_wait_ms,
             OnExhausted::Reject => 0,
         };
-        Self { classes, models: sc.traffic.iter().map(|t| t.model as u32).collect(), start: sc.start.0, max_wait_ms }
+        Self {
+            classes,
+            models: sc.traffic.iter().map(|t| t.model as u32).collect(),
+            start: sc.start.0,
+            max_wait_ms,
+            counts_output: sc.provider.counts_output,
+        }
     }
 
     /// Starts producing on a thread of `scope`: the run reads requests from the receiver, and
@@ -125,12 +140,18 @@ impl Traffic {
     ) -> (BatchReceiver<NewRequest>, ScopedJoinHandle<'scope, ()>) {
         let (mut tx, rx) = pipe(4096);
         let (models, start, wait) = (self.models.clone(), self.start, self.max_wait_ms);
+        let counts_output = self.counts_output;
         let handle = std::thread::Builder::new()
             .name("keysim-traffic".into())
             .spawn_scoped(scope, move || {
                 for r in self {
                     let at = start + r.at;
-                    let offer = Offer { at, model: models[r.class as usize], tokens: r.input, deadline: at + wait };
+                    let offer = Offer {
+                        at,
+                        model: models[r.class as usize],
+                        tokens: r.judged(counts_output),
+                        deadline: at + wait,
+                    };
                     // The run stops reading only when it has failed; then so do we.
                     if !tx.push(r) || !oracle.push(offer) {
                         return;

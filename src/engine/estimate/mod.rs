@@ -9,17 +9,20 @@
 //!   `tokenizer.json` (the Gemini/Gemma one among them), handed in as bytes.
 //! - [`calibrated`]: learns characters per token from `usageMetadata`, per model and script,
 //!   with a safety margin from the observed error quantile.
+//! - [`output`]: how many output tokens to reserve where limits count them.
 //! - [`cache`]: a bounded cache in front of any estimator, so a hot prompt is tokenized once.
 //! - [`script`]: which writing system (or code) a text is in.
 
 pub mod bpe;
 pub mod cache;
 pub mod calibrated;
+pub mod output;
 pub mod script;
 
 pub use bpe::{HfTokenizer, Tiktoken};
 pub use cache::Cached;
 pub use calibrated::Calibrated;
+pub use output::{OutputPolicy, OutputReserve};
 pub use script::Script;
 
 /// What an estimator may look at.
