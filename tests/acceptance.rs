@@ -155,3 +155,23 @@ fn a_learned_output_reservation_serves_more_than_reserving_the_maximum() {
     let bare = summary("output-reserve", &["engine.safety=0"]);
     assert!(bare.requests.breaches > 0);
 }
+
+#[test]
+fn calibrated_estimates_every_language_within_ten_percent_after_warm_up() {
+    let s = summary("estimators", &[]);
+    let langs = ["arabic", "chinese", "code", "english"];
+    for lang in langs {
+        let a = &s.estimation.by_language[lang];
+        assert!(a.warm_up_requests > 0 && a.requests > 500, "{lang}: {a:?}");
+        assert!(a.mae_pct < 10.0 && a.under_estimate_rate <= 0.05, "calibrated on {lang}: {a:?}");
+    }
+    // The shadows ran on the same requests, and the rule of thumb misses badly off English.
+    let chars4 = &s.estimation.shadows["chars4"];
+    assert_eq!(chars4["chinese"].requests + chars4["chinese"].warm_up_requests, {
+        let a = &s.estimation.by_language["chinese"];
+        a.requests + a.warm_up_requests
+    });
+    assert_eq!(chars4["chinese"].warm_up_requests, 0, "chars4 does not learn");
+    assert!(chars4["chinese"].mae_pct > 40.0 && chars4["arabic"].under_estimate_rate > 0.9);
+    assert!(s.estimation.shadows["tiktoken"]["code"].mae_pct > s.estimation.by_language["code"].mae_pct);
+}

@@ -126,6 +126,7 @@ fn scenario(s: &Setup) -> Scenario {
             calibration_quantile: 0.96,
             calibration_base: Default::default(),
             estimate_cache: 0,
+            shadow_estimators: Vec::new(),
             on_exhausted: if s.max_wait_ms == 0 { OnExhausted::Reject } else { OnExhausted::Queue },
             max_wait_ms: s.max_wait_ms,
         },

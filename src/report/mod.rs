@@ -123,8 +123,10 @@ fn histogram(high: u64) -> Histogram<u64> {
 /// How far estimates were from the true input counts, for one language.
 #[derive(Debug)]
 pub struct EstimateStats {
-    /// Requests measured (succeeded ones: their true count is known).
+    /// Requests measured (succeeded ones, after warm-up: their true count is known).
     pub requests: u64,
+    /// Succeeded requests estimated before the estimator warmed up (not measured).
+    pub warm_up: u64,
     /// Sum of |estimate − actual| / actual.
     pub abs_error_sum: f64,
     /// Sum of (estimate − actual) / actual.
@@ -137,7 +139,14 @@ pub struct EstimateStats {
 
 impl Default for EstimateStats {
     fn default() -> Self {
-        Self { requests: 0, abs_error_sum: 0.0, signed_error_sum: 0.0, under: 0, abs_error: histogram(10_000_000) }
+        Self {
+            requests: 0,
+            warm_up: 0,
+            abs_error_sum: 0.0,
+            signed_error_sum: 0.0,
+            under: 0,
+            abs_error: histogram(10_000_000),
+        }
     }
 }
 
@@ -172,6 +181,8 @@ pub struct Aggregate {
     pub latency_ms: Histogram<u64>,
     /// Estimation accuracy by language (`synthetic` for prompts known only by size).
     pub estimation: BTreeMap<String, EstimateStats>,
+    /// The same per shadow estimator, in `shadow_estimators` order.
+    pub shadow_estimation: Vec<BTreeMap<String, EstimateStats>>,
     /// Admission decision time in ns, on the real clock.
     pub admit_ns: Histogram<u64>,
     /// Settlement time in ns, on the real clock.
@@ -187,6 +198,7 @@ impl Default for Aggregate {
             per_project: Vec::new(),
             deny_reasons: BTreeMap::new(),
             estimation: BTreeMap::new(),
+            shadow_estimation: Vec::new(),
             input_actual: 0,
             input_estimated: 0,
             output_actual: 0,
@@ -246,15 +258,34 @@ pub fn counts_at(table: &[Vec<Counts>], row: usize, col: usize) -> Counts {
 }
 
 impl Aggregate {
-    /// Counts one estimate against the true count, under `lang`.
-    pub fn estimation(&mut self, lang: &str, estimated: u64, actual: u64) {
+    /// Counts one estimate against the true count, under `lang`; `cold` estimates (made
+    /// before the estimator warmed up) are only counted.
+    pub fn estimation(&mut self, lang: &str, estimated: u64, actual: u64, cold: bool) {
+        EstimateStats::add(&mut self.estimation, lang, estimated, actual, cold);
+    }
+
+    /// As [`Aggregate::estimation`], for shadow estimator `i`.
+    pub fn shadow_estimation(&mut self, i: usize, lang: &str, estimated: u64, actual: u64, cold: bool) {
+        if self.shadow_estimation.len() <= i {
+            self.shadow_estimation.resize_with(i + 1, BTreeMap::new);
+        }
+        EstimateStats::add(&mut self.shadow_estimation[i], lang, estimated, actual, cold);
+    }
+}
+
+impl EstimateStats {
+    fn add(by_lang: &mut BTreeMap<String, EstimateStats>, lang: &str, estimated: u64, actual: u64, cold: bool) {
         if actual == 0 {
             return;
         }
-        if !self.estimation.contains_key(lang) {
-            self.estimation.insert(lang.to_owned(), EstimateStats::default());
+        if !by_lang.contains_key(lang) {
+            by_lang.insert(lang.to_owned(), EstimateStats::default());
         }
-        let s = self.estimation.get_mut(lang).expect("inserted above");
+        let s = by_lang.get_mut(lang).expect("inserted above");
+        if cold {
+            s.warm_up += 1;
+            return;
+        }
         let err = (estimated as f64 - actual as f64) / actual as f64;
         s.requests += 1;
         s.abs_error_sum += err.abs();

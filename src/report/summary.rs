@@ -81,8 +81,11 @@ pub struct Requests {
 /// Estimation accuracy for one language.
 #[derive(Clone, Debug, Serialize, PartialEq)]
 pub struct Accuracy {
-    /// Requests measured (succeeded ones).
+    /// Requests measured: succeeded ones, estimated after the estimator warmed up.
     pub requests: u64,
+    /// Succeeded requests estimated before the estimator warmed up, left out of the figures
+    /// (a learning estimator's first guesses; always 0 for the others).
+    pub warm_up_requests: u64,
     /// Mean absolute error, percent of the true count.
     pub mae_pct: f64,
     /// Mean signed error, percent (positive: over-estimates).
@@ -100,6 +103,30 @@ pub struct Estimation {
     pub estimator: String,
     /// By language (`synthetic` for prompts known only by size).
     pub by_language: std::collections::BTreeMap<String, Accuracy>,
+    /// Estimators measured beside the engine's on the same succeeded requests
+    /// (`shadow_estimators`), by name, then by language.
+    pub shadows: std::collections::BTreeMap<String, std::collections::BTreeMap<String, Accuracy>>,
+}
+
+/// Accuracy by language from the ledger's sums.
+fn accuracy(
+    by_lang: &std::collections::BTreeMap<String, super::EstimateStats>,
+) -> std::collections::BTreeMap<String, Accuracy> {
+    by_lang
+        .iter()
+        .map(|(lang, e)| {
+            let n = e.requests.max(1) as f64;
+            let a = Accuracy {
+                requests: e.requests,
+                warm_up_requests: e.warm_up,
+                mae_pct: round6(e.abs_error_sum / n * 100.0),
+                bias_pct: round6(e.signed_error_sum / n * 100.0),
+                p95_error_pct: round6(e.abs_error.value_at_quantile(0.95).saturating_sub(1) as f64 / 100.0),
+                under_estimate_rate: round6(e.under as f64 / n),
+            };
+            (lang.clone(), a)
+        })
+        .collect()
 }
 
 /// Warning figures (early warnings are evaluated when rules are configured).
@@ -322,20 +349,13 @@ impl Summary {
             latency_ms: millis(&agg.latency_ms),
             estimation: Estimation {
                 estimator: engine.estimator().name().to_owned(),
-                by_language: agg
-                    .estimation
+                by_language: accuracy(&agg.estimation),
+                shadows: sc
+                    .engine
+                    .shadow_estimators
                     .iter()
-                    .map(|(lang, e)| {
-                        let n = e.requests.max(1) as f64;
-                        let a = Accuracy {
-                            requests: e.requests,
-                            mae_pct: round6(e.abs_error_sum / n * 100.0),
-                            bias_pct: round6(e.signed_error_sum / n * 100.0),
-                            p95_error_pct: round6(e.abs_error.value_at_quantile(0.95).saturating_sub(1) as f64 / 100.0),
-                            under_estimate_rate: round6(e.under as f64 / n),
-                        };
-                        (lang.clone(), a)
-                    })
+                    .zip(&agg.shadow_estimation)
+                    .map(|(k, by_lang)| (k.name().to_owned(), accuracy(by_lang)))
                     .collect(),
             },
             warnings: Warnings::default(),

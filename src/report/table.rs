@@ -71,24 +71,30 @@ pub fn render(s: &Summary) -> String {
             p.project, p.model, c.succeeded, c.breaches, c.denied, c.failed
         );
     }
-    if s.estimation.by_language.keys().any(|l| l != "synthetic") {
+    if s.estimation.by_language.keys().any(|l| l != "synthetic") || !s.estimation.shadows.is_empty() {
         let _ = writeln!(o);
         let _ = writeln!(
             o,
-            "  estimator {:<12}  {:>8}  {:>8}  {:>8}  {:>9}  {:>6}",
-            s.estimation.estimator, "requests", "MAE", "bias", "p95 |err|", "under"
+            "  {:<20}  {:<10}  {:>8}  {:>7}  {:>8}  {:>8}  {:>9}  {:>6}",
+            "estimator", "language", "measured", "warm-up", "MAE", "bias", "p95 |err|", "under"
         );
-        for (lang, a) in &s.estimation.by_language {
-            let _ = writeln!(
-                o,
-                "  {:<22}  {:>8}  {:>7.1}%  {:>+7.1}%  {:>8.1}%  {:>5.1}%",
-                lang,
-                a.requests,
-                a.mae_pct,
-                a.bias_pct,
-                a.p95_error_pct,
-                a.under_estimate_rate * 100.0
-            );
+        let engine = std::iter::once((format!("{} (engine)", s.estimation.estimator), &s.estimation.by_language));
+        let shadows = s.estimation.shadows.iter().map(|(name, by)| (format!("{name} (shadow)"), by));
+        for (name, by_language) in engine.chain(shadows) {
+            for (lang, a) in by_language {
+                let _ = writeln!(
+                    o,
+                    "  {:<20}  {:<10}  {:>8}  {:>7}  {:>7.1}%  {:>+7.1}%  {:>8.1}%  {:>5.1}%",
+                    name,
+                    lang,
+                    a.requests,
+                    a.warm_up_requests,
+                    a.mae_pct,
+                    a.bias_pct,
+                    a.p95_error_pct,
+                    a.under_estimate_rate * 100.0
+                );
+            }
         }
     }
     if !s.expectations.is_empty() {

@@ -147,6 +147,8 @@ pub struct EngineDef {
     pub calibration_base: crate::engine::estimate::calibrated::Base,
     /// Entries of the estimate cache (zero: no cache).
     pub estimate_cache: usize,
+    /// Estimators run beside the engine's on every succeeded request, for their accuracy only.
+    pub shadow_estimators: Vec<EstimatorKind>,
     /// Queue or reject on denial.
     pub on_exhausted: OnExhausted,
     /// Longest wait in the queue, in milliseconds.

@@ -396,6 +396,7 @@ fn engine(
         calibration_quantile: 0.96,
         calibration_base: Base::Features,
         estimate_cache: 4096,
+        shadow_estimators: Vec::new(),
         on_exhausted: OnExhausted::Queue,
         max_wait_ms: 30_000,
     };
@@ -421,6 +422,7 @@ fn engine(
             "calibration_quantile",
             "calibration_base",
             "estimate_cache",
+            "shadow_estimators",
             "reconcile",
         ],
     );
@@ -484,6 +486,19 @@ fn engine(
     if let Some((n, _)) = t.uint(ctx, "estimate_cache") {
         def.estimate_cache = n.min(1 << 20) as usize;
     }
+    if let Some(names) = t.strings(ctx, "shadow_estimators") {
+        for (name, span) in names {
+            match EstimatorKind::NAMES.iter().find(|(n, _)| *n == name) {
+                Some((_, k)) if !def.shadow_estimators.contains(k) => def.shadow_estimators.push(*k),
+                Some(_) => ctx.error(span, format!("estimator '{name}' is listed twice in `shadow_estimators`")),
+                None => ctx.error_help(
+                    span,
+                    format!("unknown estimator '{name}' in `shadow_estimators`"),
+                    format!("expected one of {}", super::fields::quoted(&EstimatorKind::NAMES.map(|(n, _)| n))),
+                ),
+            }
+        }
+    }
     needs_tokenizer(ctx, &def, models, Some(t));
     if t.has("on_exhausted") {
         def.on_exhausted = t
@@ -499,6 +514,7 @@ fn engine(
 /// The `tokenizer` estimator needs a tokenizer file; says so where it is chosen.
 fn needs_tokenizer(ctx: &mut Ctx, def: &EngineDef, models: &[ModelDef], t: Option<&Table<'_, '_>>) -> bool {
     let wanted = def.estimator == EstimatorKind::Tokenizer
+        || def.shadow_estimators.contains(&EstimatorKind::Tokenizer)
         || models.iter().any(|m| m.estimator == Some(EstimatorKind::Tokenizer));
     if !wanted || def.tokenizer.is_some() {
         return true;

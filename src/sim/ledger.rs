@@ -56,7 +56,17 @@ pub(crate) struct Done {
     pub(crate) waited_ms: u64,
     pub(crate) latency_ms: Option<u64>,
     pub(crate) reason: Reason,
+    /// The shadow estimators' estimates, in `shadow_estimators` order (succeeded requests).
+    pub(crate) shadow: [u64; MAX_SHADOWS],
+    /// Which estimates were made before their estimator warmed up: bit 0 the engine's,
+    /// bit `i + 1` shadow `i`'s.
+    pub(crate) cold: u8,
 }
+
+/// At most this many shadow estimators (one of each kind).
+pub(crate) const MAX_SHADOWS: usize = crate::scenario::EstimatorKind::NAMES.len();
+/// No shadow estimates.
+pub(crate) const NO_SHADOW: [u64; MAX_SHADOWS] = [u64::MAX; MAX_SHADOWS];
 
 /// What the run tells the ledger.
 #[derive(Clone, Debug)]
@@ -155,7 +165,10 @@ fn record<W: Write>(
             (Some(i), Some(c)) => c.texts[i as usize].lang.as_str(),
             _ => "synthetic",
         };
-        agg.estimation(lang, est, d.input);
+        agg.estimation(lang, est, d.input, d.cold & 1 != 0);
+        for (i, &shadow) in d.shadow.iter().enumerate().take(sc.engine.shadow_estimators.len()) {
+            agg.shadow_estimation(i, lang, shadow, d.input, d.cold & (2 << i) != 0);
+        }
     }
     if let Some(log) = log {
         let model = &sc.models[d.model as usize].name;

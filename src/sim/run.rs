@@ -5,7 +5,7 @@ use std::io::Write;
 use mock_server::body::quota_exceeded;
 use mock_server::{Fault, Judge, JudgeConfig, KeyState as JudgeKey, ModelQuota, ProjectQuota, Verdict};
 
-use super::ledger::{Done, Entry, Ledger, Reason};
+use super::ledger::{Done, Entry, Ledger, Reason, MAX_SHADOWS, NO_SHADOW};
 use super::pipe::BatchReceiver;
 use super::queue::EventQueue;
 use super::traffic::{NewRequest, Traffic};
@@ -122,6 +122,8 @@ struct Sim<'s, 'w, 'scope> {
     events: u64,
     /// Whether the engine's estimator learns from settled requests.
     learns: bool,
+    /// Estimators measured beside the engine's (`shadow_estimators`).
+    shadows: Vec<Box<dyn Estimator>>,
 }
 
 /// The engine a scenario describes, over an in-memory store.
@@ -141,34 +143,34 @@ pub fn build_engine(sc: &Scenario) -> Result<Engine, PoolError> {
 /// The estimator a scenario chooses, per model where models override it.
 fn estimator(sc: &Scenario) -> Box<dyn Estimator> {
     let def = &sc.engine;
-    let one = |kind: EstimatorKind| -> Box<dyn Estimator> {
-        let cache = def.estimate_cache;
-        match kind {
-            EstimatorKind::Chars4 => Box::new(Chars4),
-            EstimatorKind::Tiktoken if cache > 0 => Box::new(Cached::new(Tiktoken, cache)),
-            EstimatorKind::Tiktoken => Box::new(Tiktoken),
-            EstimatorKind::Tokenizer => {
-                let t = def
-                    .tokenizer
-                    .as_ref()
-                    .expect("validated: the tokenizer estimator has a tokenizer")
-                    .tokenizer
-                    .clone();
-                if cache > 0 {
-                    Box::new(Cached::new(t, cache))
-                } else {
-                    Box::new(t)
-                }
-            }
-            EstimatorKind::Calibrated => {
-                Box::new(Calibrated::with_base(sc.models.len(), def.calibration_quantile, def.calibration_base))
+    if sc.models.iter().all(|m| m.estimator.is_none_or(|k| k == def.estimator)) {
+        return build_estimator(sc, def.estimator);
+    }
+    let per_model = sc.models.iter().map(|m| build_estimator(sc, m.estimator.unwrap_or(def.estimator))).collect();
+    Box::new(PerModel::new(per_model))
+}
+
+/// One estimator of `kind`, with the scenario's settings.
+fn build_estimator(sc: &Scenario, kind: EstimatorKind) -> Box<dyn Estimator> {
+    let def = &sc.engine;
+    let cache = def.estimate_cache;
+    match kind {
+        EstimatorKind::Chars4 => Box::new(Chars4),
+        EstimatorKind::Tiktoken if cache > 0 => Box::new(Cached::new(Tiktoken, cache)),
+        EstimatorKind::Tiktoken => Box::new(Tiktoken),
+        EstimatorKind::Tokenizer => {
+            let t =
+                def.tokenizer.as_ref().expect("validated: the tokenizer estimator has a tokenizer").tokenizer.clone();
+            if cache > 0 {
+                Box::new(Cached::new(t, cache))
+            } else {
+                Box::new(t)
             }
         }
-    };
-    if sc.models.iter().all(|m| m.estimator.is_none_or(|k| k == def.estimator)) {
-        return one(def.estimator);
+        EstimatorKind::Calibrated => {
+            Box::new(Calibrated::with_base(sc.models.len(), def.calibration_quantile, def.calibration_base))
+        }
     }
-    Box::new(PerModel::new(sc.models.iter().map(|m| one(m.estimator.unwrap_or(def.estimator))).collect()))
 }
 
 /// The judge a scenario describes, with its initial keys issued.
@@ -238,6 +240,7 @@ pub fn simulate(sc: &Scenario, out: Outputs<'_>) -> Result<RunResult, SimError> 
             timeline,
             events: 0,
             learns: false,
+            shadows: sc.engine.shadow_estimators.iter().map(|k| build_estimator(sc, *k)).collect(),
         };
         sim.learns = sim.engine.learns();
         sim.sync_keys();
@@ -383,13 +386,21 @@ impl Sim<'_, '_, '_> {
                         Ok(())
                     }
                     _ => {
-                        self.finish(r, now, Terminal::Denied, project, Reason::Denied(d.reason), waited);
+                        self.finish(
+                            r,
+                            now,
+                            Terminal::Denied,
+                            project,
+                            Reason::Denied(d.reason),
+                            waited,
+                            (NO_SHADOW, 0),
+                        );
                         Ok(())
                     }
                 }
             }
             Err(AdmitError::TooLarge { .. }) | Err(_) => {
-                self.finish(r, now, Terminal::Denied, None, Reason::TooLarge, now - req.arrival);
+                self.finish(r, now, Terminal::Denied, None, Reason::TooLarge, now - req.arrival, (NO_SHADOW, 0));
                 Ok(())
             }
         }
@@ -450,13 +461,24 @@ impl Sim<'_, '_, '_> {
     fn complete(&mut self, r: u32, now: u64) -> Result<(), SimError> {
         let req = self.reqs[r as usize];
         let ticket = req.ticket.expect("completed requests were sent");
-        if matches!(req.pending, Pending::Success) && self.learns {
+        let (mut shadow, mut cold) = (NO_SHADOW, 0u8);
+        if matches!(req.pending, Pending::Success) && (self.learns || !self.shadows.is_empty()) {
             let c = &self.sc.traffic[req.class as usize];
             let prompt = match (req.text, &c.corpus) {
                 (Some(i), Some(corpus)) => Prompt::Text(&corpus.texts[i as usize].text),
                 _ => Prompt::Chars(req.chars),
             };
-            self.engine.learn(ticket.model, &prompt, req.input);
+            if self.learns {
+                cold |= u8::from(!self.engine.estimator().warmed_up(ticket.model, &prompt));
+                self.engine.learn(ticket.model, &prompt, req.input);
+            }
+            // Shadows estimate at settlement, then learn: each estimate comes before its
+            // own request's count is known, as the engine's did at admission.
+            for (i, (s, out)) in self.shadows.iter().zip(&mut shadow).enumerate() {
+                cold |= u8::from(!s.warmed_up(ticket.model, &prompt)) << (i + 1);
+                *out = s.estimate(ticket.model, &prompt);
+                s.observe(ticket.model, &prompt, req.input);
+            }
         }
         let (outcome, state, reason) = match req.pending {
             Pending::Success => (
@@ -478,12 +500,22 @@ impl Sim<'_, '_, '_> {
             self.engine.settle(&ticket, outcome, Timestamp(now));
         }
         let project = Some(self.engine.bucket_owner(ticket.bucket).0);
-        self.finish(r, now, state, project, reason, req.sent_at - req.arrival);
+        self.finish(r, now, state, project, reason, req.sent_at - req.arrival, (shadow, cold));
         Ok(())
     }
 
     /// Hands a finished request to the ledger and frees its slot.
-    fn finish(&mut self, r: u32, now: u64, state: Terminal, project: Option<usize>, reason: Reason, waited: u64) {
+    #[allow(clippy::too_many_arguments)]
+    fn finish(
+        &mut self,
+        r: u32,
+        now: u64,
+        state: Terminal,
+        project: Option<usize>,
+        reason: Reason,
+        waited: u64,
+        (shadow, cold): ([u64; MAX_SHADOWS], u8),
+    ) {
         let req = &self.reqs[r as usize];
         let c = &self.sc.traffic[req.class as usize];
         let sent = state != Terminal::Denied;
@@ -505,6 +537,8 @@ impl Sim<'_, '_, '_> {
             waited_ms: waited,
             latency_ms: sent.then(|| now - req.sent_at),
             reason,
+            shadow,
+            cold,
         }));
         self.free.push(r);
     }

@@ -72,6 +72,10 @@ impl<E: Estimator> Estimator for Cached<E> {
     fn learns(&self) -> bool {
         self.inner.learns()
     }
+
+    fn warmed_up(&self, model: usize, prompt: &Prompt<'_>) -> bool {
+        self.inner.warmed_up(model, prompt)
+    }
 }
 
 #[cfg(test)]

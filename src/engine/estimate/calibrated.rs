@@ -25,6 +25,9 @@ use super::{Estimator, Prompt, Script};
 pub const WINDOW: usize = 256;
 /// Observations before the fit replaces the prior.
 pub const WARM_UP: usize = 16;
+/// Realized errors kept per (model, script): fewer than observations, so the margin
+/// follows the fit as it improves.
+const ERRORS: usize = 128;
 /// Refit after this many new observations.
 const REFRESH: usize = 8;
 /// Features of a prompt.
@@ -185,17 +188,30 @@ impl Fit {
 struct State {
     /// (features, actual tokens), a ring of at most [`WINDOW`].
     seen: Vec<([f32; F], f32)>,
+    /// `actual / point estimate` of each observation under the fit of its time: the errors
+    /// the estimator really made, a ring of at most [`WINDOW`].
+    errors: Vec<f64>,
     next: usize,
+    next_error: usize,
     since_refresh: usize,
     fit: Option<Fit>,
 }
 
 impl State {
     fn new() -> Self {
-        Self { seen: Vec::new(), next: 0, since_refresh: 0, fit: None }
+        Self { seen: Vec::new(), errors: Vec::new(), next: 0, next_error: 0, since_refresh: 0, fit: None }
     }
 
     fn push(&mut self, x: &[f64; F], actual: u64, quantile: f64) {
+        if let Some(p) = self.fit.and_then(|f| f.point(x)) {
+            let e = actual as f64 / p;
+            if self.errors.len() < ERRORS {
+                self.errors.push(e);
+            } else {
+                self.errors[self.next_error] = e;
+            }
+            self.next_error = (self.next_error + 1) % ERRORS;
+        }
         let row = (x.map(|v| v as f32), actual as f32);
         if self.seen.len() < WINDOW {
             self.seen.push(row);
@@ -206,6 +222,11 @@ impl State {
         self.since_refresh += 1;
         if self.seen.len() >= WARM_UP && (self.since_refresh >= REFRESH || self.fit.is_none()) {
             self.fit = refit(&self.seen, quantile).or(self.fit);
+            // Once enough estimates were made, their real errors set the margin: on traffic
+            // that repeats prompts they are smaller than the leave-one-out ones.
+            if let (Some(fit), true) = (&mut self.fit, self.errors.len() >= WARM_UP) {
+                fit.margin = quantile_of(&mut self.errors.clone(), quantile);
+            }
             self.since_refresh = 0;
         }
     }
@@ -240,9 +261,13 @@ fn refit(seen: &[([f32; F], f32)], quantile: f64) -> Option<Fit> {
             1.0 / loo.max(0.05)
         })
         .collect();
-    let k = ((ratios.len() as f64 * quantile).ceil() as usize).clamp(1, ratios.len()) - 1;
-    let (_, margin, _) = ratios.select_nth_unstable_by(k, f64::total_cmp);
-    Some(Fit { w, margin: *margin })
+    Some(Fit { w, margin: quantile_of(&mut ratios, quantile) })
+}
+
+/// The `q` quantile of non-empty `v` (reorders it).
+fn quantile_of(v: &mut [f64], q: f64) -> f64 {
+    let k = ((v.len() as f64 * q).ceil() as usize).clamp(1, v.len()) - 1;
+    *v.select_nth_unstable_by(k, f64::total_cmp).1
 }
 
 /// Lower-triangular `l` with `l·lᵀ = m` (only `m`'s lower triangle is read).
@@ -354,6 +379,14 @@ impl Estimator for Calibrated {
 
     fn learns(&self) -> bool {
         true
+    }
+
+    fn warmed_up(&self, model: usize, prompt: &Prompt<'_>) -> bool {
+        let script = match prompt {
+            Prompt::Text(t) => Some(Script::of(t)),
+            Prompt::Chars(_) => None,
+        };
+        self.fit(model, script).is_some()
     }
 
     fn observe(&self, model: usize, prompt: &Prompt<'_>, actual: u64) {

@@ -59,6 +59,12 @@ pub trait Estimator: Send + Sync {
     fn learns(&self) -> bool {
         false
     }
+
+    /// Whether the estimate of `prompt` comes from what was learned rather than from a
+    /// starting guess (always, for estimators that do not learn).
+    fn warmed_up(&self, _model: usize, _prompt: &Prompt<'_>) -> bool {
+        true
+    }
 }
 
 impl<E: Estimator + ?Sized> Estimator for Box<E> {
@@ -76,6 +82,10 @@ impl<E: Estimator + ?Sized> Estimator for Box<E> {
 
     fn learns(&self) -> bool {
         (**self).learns()
+    }
+
+    fn warmed_up(&self, model: usize, prompt: &Prompt<'_>) -> bool {
+        (**self).warmed_up(model, prompt)
     }
 }
 
@@ -114,6 +124,10 @@ impl Estimator for PerModel {
 
     fn learns(&self) -> bool {
         self.by_model.iter().any(|e| e.learns())
+    }
+
+    fn warmed_up(&self, model: usize, prompt: &Prompt<'_>) -> bool {
+        self.get(model).warmed_up(model, prompt)
     }
 }
 
