@@ -110,8 +110,8 @@ fn estimation(c: &mut Criterion) {
 }
 
 fn warnings(c: &mut Criterion) {
-    use keysim::engine::warn::{Monitor, Rule};
-    use keysim::engine::{BucketId, Ceilings, Usage};
+    use keysim::engine::warn::{Monitor, Rule, Subject};
+    use keysim::engine::{Ceilings, Usage};
     let ceilings = Ceilings::from_limits(&Limits { rpm: 1000, tpm: 1_000_000, rpd: 10_000, tpd: None }, 0.0, 0.0);
     let mut m = Monitor::new(Rule::default(), 600_000);
     let mut now = 1_764_140_400_000u64;
@@ -129,7 +129,9 @@ fn warnings(c: &mut Criterion) {
                 day_ends: Timestamp(now + 3_600_000),
                 cooling_until: None,
             };
-            m.observe(BucketId(0), "proj-a", "gemini-2.5-flash", black_box(&u), &ceilings, Timestamp(now))
+            let labels = [("project", "proj-a"), ("model", "gemini-2.5-flash")];
+            let s = Subject { id: 0, alertname: "QuotaNearLimit", labels: &labels, name: "proj-a" };
+            m.observe(&s, black_box(&u), &ceilings, Timestamp(now))
         })
     });
 }

@@ -6,11 +6,13 @@
 //! - [`scenario`]: scenario files — parsing, validation with precise diagnostics.
 //! - [`sim`]: the deterministic discrete-event simulator that drives engine and judge in
 //!   virtual time.
+//! - [`notify`]: where warning notifications go — log lines, JSON lines, a webhook.
 //! - [`report`]: one aggregator fed by runs; summary, CSV writers and the terminal table.
 //! - [`cli`]: the `keysim` command line.
 
 pub mod cli;
 pub mod engine;
+pub mod notify;
 pub mod report;
 pub mod scenario;
 pub mod sim;

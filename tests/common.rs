@@ -22,7 +22,8 @@ pub(crate) fn scenario(name: &str, overrides: &[&str]) -> Scenario {
 /// Runs a scenario in memory and returns its summary and timeline CSV.
 pub(crate) fn run(sc: &Scenario) -> (Summary, String) {
     let mut timeline = Vec::new();
-    let result = simulate(sc, Outputs { timeline: Some(&mut timeline), requests: None }).expect("simulation runs");
+    let outputs = Outputs { timeline: Some(&mut timeline), requests: None, notifications: None };
+    let result = simulate(sc, outputs).expect("simulation runs");
     (Summary::new(sc, "sim", &result.aggregate, &result.engine), String::from_utf8(timeline).expect("utf-8"))
 }
 

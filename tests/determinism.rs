@@ -29,6 +29,7 @@ fn same_seed_gives_identical_outputs() {
         "scenarios/azure-trace.toml",
         "scenarios/reserve.toml",
         "scenarios/tpm-arabic.toml",
+        "scenarios/warn-spiky.toml",
     ] {
         let a = run_into(scenario, None);
         let b = run_into(scenario, None);
@@ -40,6 +41,19 @@ fn same_seed_gives_identical_outputs() {
             assert!(x == y, "{scenario}: {f} differs between identical runs");
         }
     }
+    // Warnings: the naive reference sends many notifications on warn-spiky, in one order.
+    let naive = |dir: &std::path::Path| {
+        let status = keysim()
+            .args(["run", "scenarios/warn-spiky.toml", "--quiet", "--set", "warnings.mode=naive", "--out"])
+            .arg(dir)
+            .status()
+            .expect("keysim runs");
+        assert!(status.success());
+        std::fs::read(dir.join("notifications.jsonl")).expect("notifications.jsonl")
+    };
+    let (x, y) = (naive(&temp_dir("det")), naive(&temp_dir("det")));
+    assert!(x.len() > 1000, "many notifications");
+    assert!(x == y, "notifications.jsonl differs between identical runs");
 }
 
 #[test]

@@ -7,3 +7,4 @@ mod determinism;
 mod diagnostics;
 mod estimators;
 mod properties;
+mod warnings;

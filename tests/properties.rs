@@ -150,6 +150,7 @@ fn scenario(s: &Setup) -> Scenario {
             .collect(),
         events,
         expect: Vec::new(),
+        warnings: None,
     }
 }
 

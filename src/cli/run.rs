@@ -7,10 +7,66 @@ use std::path::PathBuf;
 use anyhow::Context;
 
 use super::{CliError, ScenarioArgs};
+use crate::notify::webhook::{Target, Webhook, WebhookStats};
+use crate::notify::{Fanout, JsonLines, LogLine, Sink};
 use crate::report::summary::Summary;
 use crate::report::table;
 use crate::scenario::{self, LoadError, Scenario};
 use crate::sim::{simulate, Outputs};
+
+/// How long a run waits at its end for the webhook to deliver what is queued.
+const WEBHOOK_GRACE: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// The notification sinks a scenario asks for.
+struct Sinks {
+    jsonl: Option<JsonLines<BufWriter<File>>>,
+    log: Option<LogLine>,
+    webhook: Option<Webhook>,
+}
+
+impl Sinks {
+    fn new(sc: &Scenario, dir: &std::path::Path, quiet: bool) -> Result<Self, CliError> {
+        let Some(w) = &sc.warnings else { return Ok(Self { jsonl: None, log: None, webhook: None }) };
+        let receiver = w.webhook.as_ref().map_or("keysim", |h| h.receiver.as_str());
+        let jsonl = JsonLines::new(create(&dir.join("notifications.jsonl"))?, receiver);
+        if w.log && !quiet {
+            // Notifications as log lines on stderr; a second run in one process keeps the first's.
+            let _ = tracing_subscriber::fmt()
+                .with_writer(std::io::stderr)
+                .with_max_level(tracing::Level::INFO)
+                .with_target(true)
+                .without_time()
+                .try_init();
+        }
+        let webhook = w.webhook.as_ref().map(|h| {
+            let target = Target::parse(&h.url).expect("validated when the scenario was read");
+            Webhook::start(target, std::time::Duration::from_millis(h.timeout_ms), h.retries, h.receiver.clone())
+        });
+        Ok(Self { jsonl: Some(jsonl), log: (w.log && !quiet).then_some(LogLine), webhook })
+    }
+
+    fn fanout(&mut self) -> Option<Fanout<'_>> {
+        self.jsonl.as_ref()?;
+        let mut f = Fanout::default();
+        if let Some(j) = self.jsonl.as_mut() {
+            f.0.push(j);
+        }
+        if let Some(l) = self.log.as_mut() {
+            f.0.push(l);
+        }
+        if let Some(w) = self.webhook.as_mut() {
+            f.0.push(w);
+        }
+        Some(f)
+    }
+
+    fn finish(self) -> Result<Option<WebhookStats>, CliError> {
+        if let Some(j) = self.jsonl {
+            j.finish().context("writing notifications.jsonl")?;
+        }
+        Ok(self.webhook.map(|w| w.finish(WEBHOOK_GRACE)))
+    }
+}
 
 pub(super) struct RunOptions {
     pub(super) out: Option<PathBuf>,
@@ -59,16 +115,22 @@ pub(super) fn run(args: &ScenarioArgs, opts: RunOptions) -> Result<i32, CliError
     let mut timeline = create(&dir.join("timeline.csv"))?;
     let mut requests =
         if opts.requests_csv || sc.requests_csv { Some(create(&dir.join("requests.csv"))?) } else { None };
+    let mut sinks = Sinks::new(&sc, &dir, opts.quiet || opts.json)?;
+    let mut fanout = sinks.fanout();
     let outputs = Outputs {
         timeline: Some(&mut timeline),
         requests: requests.as_mut().map(|w| w as &mut (dyn std::io::Write + Send)),
+        notifications: fanout.as_mut().map(|f| f as &mut dyn Sink),
     };
     let started = std::time::Instant::now();
     let result = simulate(&sc, outputs).with_context(|| format!("simulating {}", sc.name))?;
     let wall = started.elapsed().as_secs_f64();
+    drop(fanout);
     drop(timeline);
     drop(requests);
-    let summary = Summary::new(&sc, "sim", &result.aggregate, &result.engine);
+    let webhook = sinks.finish()?;
+    let mut summary = Summary::new(&sc, "sim", &result.aggregate, &result.engine);
+    summary.warnings.webhook = webhook;
     let json = serde_json::to_string_pretty(&summary).context("serialising the summary")?;
     let path = dir.join("summary.json");
     std::fs::write(&path, format!("{json}\n")).with_context(|| format!("writing {}", path.display()))?;

@@ -222,6 +222,21 @@ impl<S: QuotaStore> Engine<S> {
         self.pool.bucket_owner(bucket)
     }
 
+    /// The quota buckets that can serve `model` now, with their usable keys.
+    pub fn groups(&self, model: usize) -> &[pool::Group] {
+        &self.pool.groups[model]
+    }
+
+    /// What the engine may use of `bucket` at most (the high-priority ceilings).
+    pub fn ceilings(&self, bucket: BucketId) -> &Ceilings {
+        &self.pool.ceilings[bucket.0 as usize][1]
+    }
+
+    /// The counters of `bucket` now, read from the store.
+    pub fn usage(&self, bucket: BucketId, now: Timestamp) -> Usage {
+        self.store.usage(bucket, now)
+    }
+
     /// The projects that can serve `model` now (one entry per quota bucket).
     pub fn serving_projects(&self, model: usize) -> impl ExactSizeIterator<Item = usize> + '_ {
         self.pool.groups[model].iter().map(|g| g.project)

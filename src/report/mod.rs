@@ -183,6 +183,8 @@ pub struct Aggregate {
     pub estimation: BTreeMap<String, EstimateStats>,
     /// The same per shadow estimator, in `shadow_estimators` order.
     pub shadow_estimation: Vec<BTreeMap<String, EstimateStats>>,
+    /// Early-warning figures, when warnings ran.
+    pub warnings: Option<crate::sim::score::WarningScore>,
     /// Admission decision time in ns, on the real clock.
     pub admit_ns: Histogram<u64>,
     /// Settlement time in ns, on the real clock.
@@ -199,6 +201,7 @@ impl Default for Aggregate {
             deny_reasons: BTreeMap::new(),
             estimation: BTreeMap::new(),
             shadow_estimation: Vec::new(),
+            warnings: None,
             input_actual: 0,
             input_estimated: 0,
             output_actual: 0,

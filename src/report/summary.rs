@@ -129,19 +129,74 @@ fn accuracy(
         .collect()
 }
 
-/// Warning figures (early warnings are evaluated when rules are configured).
+/// Early-warning figures, scored against what really ran out (see `sim::score`).
 #[derive(Clone, Debug, Serialize, PartialEq, Default)]
 pub struct Warnings {
-    /// Whether warning rules ran.
+    /// Whether warning rules ran (`[warnings]` in the scenario).
     pub enabled: bool,
-    /// Notifications sent.
+    /// `pipeline` or `naive` (empty when off).
+    pub mode: &'static str,
+    /// Notifications sent, firing and resolved.
     pub notifications: u64,
-    /// Followed by real exhaustion.
+    /// Of which resolved notices.
+    pub resolved: u64,
+    /// Firing notifications followed by real exhaustion within their horizon.
     pub true_positive: u64,
-    /// Not followed by exhaustion.
+    /// Firing notifications not followed by exhaustion.
     pub false_positive: u64,
-    /// Exhaustions without a warning.
+    /// Firing notifications whose horizon outlasted the run.
+    pub undecided: u64,
+    /// Exhaustion events: spells in which a model's pool had nothing left on a dimension.
+    pub exhaustions: u64,
+    /// Exhaustion events with a warning before them.
+    pub warned: u64,
+    /// Exhaustion events without a warning.
     pub missed: u64,
+    /// Notifications per exhaustion event (all notifications when nothing ran out).
+    pub notifications_per_exhaustion: f64,
+    /// Lead time of warned events, in seconds.
+    pub lead_time_s: LeadTime,
+    /// What the webhook did, if one is configured (real-clock figures).
+    pub webhook: Option<crate::notify::webhook::WebhookStats>,
+}
+
+/// Lead time of warned exhaustion events, in seconds.
+#[derive(Clone, Debug, Serialize, PartialEq, Default)]
+pub struct LeadTime {
+    /// Shortest.
+    pub min: f64,
+    /// Median.
+    pub p50: f64,
+    /// Longest.
+    pub max: f64,
+}
+
+impl Warnings {
+    fn new(sc: &Scenario, score: Option<&crate::sim::score::WarningScore>) -> Self {
+        let (Some(def), Some(s)) = (&sc.warnings, score) else { return Self::default() };
+        let secs = |ms: u64| round6(ms as f64 / 1000.0);
+        let lead = if s.lead_ms.is_empty() {
+            LeadTime::default()
+        } else {
+            let p50 = s.lead_ms.value_at_quantile(0.5).clamp(s.lead_min_ms, s.lead_max_ms);
+            LeadTime { min: secs(s.lead_min_ms), p50: secs(p50), max: secs(s.lead_max_ms) }
+        };
+        Self {
+            enabled: true,
+            mode: def.config.mode.name(),
+            notifications: s.notifications,
+            resolved: s.resolved,
+            true_positive: s.true_positive,
+            false_positive: s.false_positive,
+            undecided: s.undecided,
+            exhaustions: s.exhaustions,
+            warned: s.warned,
+            missed: s.missed,
+            notifications_per_exhaustion: round6(s.notifications as f64 / s.exhaustions.max(1) as f64),
+            lead_time_s: lead,
+            webhook: None,
+        }
+    }
 }
 
 /// One (key, model) row.
@@ -358,7 +413,7 @@ impl Summary {
                     .map(|(k, by_lang)| (k.name().to_owned(), accuracy(by_lang)))
                     .collect(),
             },
-            warnings: Warnings::default(),
+            warnings: Warnings::new(sc, agg.warnings.as_ref()),
             capacity,
             per_project,
             per_key,
@@ -391,6 +446,10 @@ impl Summary {
             Metric::Utilization => self.utilization,
             Metric::QueueWaitP99 => self.queue_wait_ms.p99 as f64,
             Metric::OverheadP99 => self.overhead_ns.p99 as f64,
+            Metric::Notifications => self.warnings.notifications as f64,
+            Metric::WarningsMissed => self.warnings.missed as f64,
+            Metric::WarningsFalsePositive => self.warnings.false_positive as f64,
+            Metric::WarningLeadTimeMin => self.warnings.lead_time_s.min,
         }
     }
 

@@ -97,6 +97,27 @@ pub fn render(s: &Summary) -> String {
             }
         }
     }
+    if s.warnings.enabled {
+        let w = &s.warnings;
+        let _ = writeln!(o);
+        let _ = writeln!(
+            o,
+            "  warnings ({})  {} notifications ({} resolved) · {} exhaustions: {} warned, {} missed",
+            w.mode, w.notifications, w.resolved, w.exhaustions, w.warned, w.missed
+        );
+        let _ = writeln!(
+            o,
+            "  true positive {} · false positive {} · undecided {} · lead time min / p50 / max {:.0} s / {:.0} s / {:.0} s",
+            w.true_positive, w.false_positive, w.undecided, w.lead_time_s.min, w.lead_time_s.p50, w.lead_time_s.max
+        );
+        if let Some(h) = &w.webhook {
+            let _ = writeln!(
+                o,
+                "  webhook: {} delivered, {} failed, {} retries, {} dropped",
+                h.delivered, h.failed, h.retries, h.dropped
+            );
+        }
+    }
     if !s.expectations.is_empty() {
         let _ = writeln!(o);
         for x in &s.expectations {

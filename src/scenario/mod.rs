@@ -15,6 +15,7 @@ mod fields;
 mod files;
 mod parse;
 mod traffic;
+mod warnings;
 
 use std::path::Path;
 

@@ -38,6 +38,32 @@ pub struct Scenario {
     pub events: Vec<TimedEvent>,
     /// Expectations the run is checked against.
     pub expect: Vec<Expectation>,
+    /// Early warnings, if the scenario turns them on.
+    pub warnings: Option<WarningsDef>,
+}
+
+/// The `[warnings]` table: the warner's settings and where notifications go.
+#[derive(Clone, Debug, PartialEq)]
+pub struct WarningsDef {
+    /// Rules, evaluation and the notification pipeline.
+    pub config: crate::engine::warn::WarnConfig,
+    /// Whether each notification is also logged (tracing, target `keysim::warnings`).
+    pub log: bool,
+    /// An Alertmanager-style webhook receiver, if any.
+    pub webhook: Option<WebhookDef>,
+}
+
+/// Where and how to post notifications.
+#[derive(Clone, Debug, PartialEq)]
+pub struct WebhookDef {
+    /// `http://host:port/path`.
+    pub url: String,
+    /// Connect, write and read timeout of one attempt.
+    pub timeout_ms: u64,
+    /// Further attempts after a failed one.
+    pub retries: u32,
+    /// The `receiver` field of the payload.
+    pub receiver: String,
 }
 
 /// A `tokenizer.json` loaded from a file.
@@ -316,11 +342,19 @@ pub enum Metric {
     OverheadP99,
     /// Number of requests that ended in each other state.
     Total,
+    /// Warning notifications sent.
+    Notifications,
+    /// Exhaustion events without a warning.
+    WarningsMissed,
+    /// Warnings not followed by exhaustion.
+    WarningsFalsePositive,
+    /// Shortest lead time of a warned exhaustion, in seconds.
+    WarningLeadTimeMin,
 }
 
 impl Metric {
     /// Every metric with its name in `[expect]`.
-    pub const NAMES: [(&'static str, Metric); 10] = [
+    pub const NAMES: [(&'static str, Metric); 14] = [
         ("breaches", Metric::Breaches),
         ("succeeded", Metric::Succeeded),
         ("denied", Metric::Denied),
@@ -331,6 +365,10 @@ impl Metric {
         ("utilization", Metric::Utilization),
         ("queue_wait_p99", Metric::QueueWaitP99),
         ("overhead_p99_ns", Metric::OverheadP99),
+        ("notifications", Metric::Notifications),
+        ("warnings_missed", Metric::WarningsMissed),
+        ("warnings_false_positive", Metric::WarningsFalsePositive),
+        ("warning_lead_time_min_s", Metric::WarningLeadTimeMin),
     ];
 
     /// Its name in `[expect]`.

@@ -104,7 +104,7 @@ fn merge<'i>(into: &mut DeTable<'i>, from: DeTable<'i>) {
 }
 
 const ROOT_KEYS: &[&str] =
-    &["scenario", "provider", "models", "projects", "engine", "traffic", "events", "expect", "output"];
+    &["scenario", "provider", "models", "projects", "engine", "traffic", "events", "expect", "warnings", "output"];
 
 fn build(ctx: &mut Ctx, root: &Table<'_, '_>, base: Option<&Path>) -> Option<Scenario> {
     root.allow(ctx, ROOT_KEYS);
@@ -124,6 +124,11 @@ fn build(ctx: &mut Ctx, root: &Table<'_, '_>, base: Option<&Path>) -> Option<Sce
     let events = events(ctx, root, &projects, duration_ms.unwrap_or(u64::MAX));
     let expect_table = root.table(ctx, "expect");
     let expect = expectations(ctx, expect_table.as_ref());
+    let warnings_table = root.table(ctx, "warnings");
+    let warnings = match warnings_table.as_ref() {
+        Some(t) => super::warnings::parse(ctx, t),
+        None => Some(None),
+    };
     let requests_csv = match root.table(ctx, "output") {
         Some(t) => {
             t.allow(ctx, &["requests_csv"]);
@@ -145,6 +150,7 @@ fn build(ctx: &mut Ctx, root: &Table<'_, '_>, base: Option<&Path>) -> Option<Sce
         traffic,
         events,
         expect,
+        warnings: warnings?,
     })
 }
 

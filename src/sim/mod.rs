@@ -18,6 +18,7 @@ mod oracle;
 mod pipe;
 pub mod queue;
 pub mod run;
+pub mod score;
 mod traffic;
 
 pub use run::{simulate, Outputs, RunResult, SimError};

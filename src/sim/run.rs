@@ -8,12 +8,14 @@ use mock_server::{Fault, Judge, JudgeConfig, KeyState as JudgeKey, ModelQuota, P
 use super::ledger::{Done, Entry, Ledger, Reason, MAX_SHADOWS, NO_SHADOW};
 use super::pipe::BatchReceiver;
 use super::queue::EventQueue;
+use super::score::Scorer;
 use super::traffic::{NewRequest, Traffic};
 use crate::engine::estimate::{Cached, Calibrated, PerModel, Tiktoken};
+use crate::engine::warn::Warner;
 use crate::engine::Estimator;
 use crate::engine::{
-    parse_quota_error, AdmitError, Chars4, Decision, Engine, KeySpec, MemoryStore, ModelSpec, Outcome, PoolError,
-    PoolEvent, PoolSpec, ProjectSpec, Prompt, QuotaExhausted, Request, Ticket, Timestamp,
+    parse_quota_error, AdmitError, Chars4, Decision, DenyReason, Engine, KeySpec, MemoryStore, ModelSpec, Outcome,
+    PoolError, PoolEvent, PoolSpec, ProjectSpec, Prompt, QuotaExhausted, Request, Ticket, Timestamp,
 };
 use crate::report::{stopwatch, Aggregate, Terminal};
 use crate::scenario::{EstimatorKind, OnExhausted, Scenario};
@@ -25,6 +27,8 @@ pub struct Outputs<'w> {
     pub timeline: Option<&'w mut (dyn Write + Send)>,
     /// `requests.csv` (written on a thread of its own, hence `Send`).
     pub requests: Option<&'w mut (dyn Write + Send)>,
+    /// Where warning notifications go (when the scenario has `[warnings]`).
+    pub notifications: Option<&'w mut dyn crate::notify::Sink>,
 }
 
 /// Why a run could not complete.
@@ -63,6 +67,7 @@ enum Ev {
     Complete(u32),
     Pool(u32),
     Tick,
+    Warn,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -124,6 +129,9 @@ struct Sim<'s, 'w, 'scope> {
     learns: bool,
     /// Estimators measured beside the engine's (`shadow_estimators`).
     shadows: Vec<Box<dyn Estimator>>,
+    /// Early warnings: the warner, its scorer and where notifications go.
+    warner: Option<(Warner, Scorer)>,
+    notifications: Option<&'w mut dyn crate::notify::Sink>,
 }
 
 /// The engine a scenario describes, over an in-memory store.
@@ -211,7 +219,7 @@ pub fn build_judge(sc: &Scenario) -> Judge {
 pub fn simulate(sc: &Scenario, out: Outputs<'_>) -> Result<RunResult, SimError> {
     let engine = build_engine(sc)?;
     let judge = build_judge(sc);
-    let Outputs { timeline, requests } = out;
+    let Outputs { timeline, requests, notifications } = out;
     let timeline = match timeline {
         Some(w) => {
             let mut w = csv::Writer::from_writer(w);
@@ -241,11 +249,16 @@ pub fn simulate(sc: &Scenario, out: Outputs<'_>) -> Result<RunResult, SimError> 
             events: 0,
             learns: false,
             shadows: sc.engine.shadow_estimators.iter().map(|k| build_estimator(sc, *k)).collect(),
+            warner: sc.warnings.as_ref().map(|w| {
+                let models: Vec<String> = sc.models.iter().map(|m| m.name.clone()).collect();
+                (Warner::new(w.config.clone()), Scorer::new(&models))
+            }),
+            notifications,
         };
         sim.learns = sim.engine.learns();
         sim.sync_keys();
         let ran = sim.run();
-        let Sim { traffic, ledger, engine, agg: timing, mut timeline, events, .. } = sim;
+        let Sim { traffic, ledger, engine, agg: timing, mut timeline, events, warner, .. } = sim;
         // Close every channel before waiting, so that no helper waits on a run that ended.
         drop(traffic);
         let counted = ledger.finish();
@@ -261,6 +274,7 @@ pub fn simulate(sc: &Scenario, out: Outputs<'_>) -> Result<RunResult, SimError> 
         aggregate.settle_ns = timing.settle_ns;
         aggregate.delayed = timing.delayed;
         aggregate.lost_capacity = timing.lost_capacity;
+        aggregate.warnings = warner.map(|(_, scorer)| scorer.finish(Timestamp(sc.start.0 + sc.duration_ms)));
         Ok(RunResult { aggregate, engine, events })
     })
 }
@@ -295,6 +309,9 @@ impl Sim<'_, '_, '_> {
             self.queue.push(self.abs(e.at_ms), Ev::Pool(i as u32));
         }
         self.queue.push(self.abs(self.sc.timeline_ms.min(self.sc.duration_ms)), Ev::Tick);
+        if let Some((w, _)) = &self.warner {
+            self.queue.push(self.abs(w.config().evaluate_every_ms.min(self.sc.duration_ms)), Ev::Warn);
+        }
         loop {
             // Arrivals come straight from the traffic; events due at the same instant go first.
             let due = self.next_arrival.map_or(u64::MAX, |n| self.abs(n.at));
@@ -311,6 +328,7 @@ impl Sim<'_, '_, '_> {
                 Ev::Complete(r) => self.complete(r, now)?,
                 Ev::Pool(i) => self.pool_event(i as usize)?,
                 Ev::Tick => self.tick(now)?,
+                Ev::Warn => self.warn(now)?,
             }
         }
     }
@@ -368,6 +386,11 @@ impl Sim<'_, '_, '_> {
                 Ok(())
             }
             Ok(Decision::Denied(d)) => {
+                if let (Some((_, scorer)), DenyReason::Exhausted(dim) | DenyReason::CoolingDown(dim)) =
+                    (&mut self.warner, d.reason)
+                {
+                    scorer.exhausted(c.model, dim, Timestamp(now));
+                }
                 if !req.delayed && self.provider_would_accept(c.model, self.judged(r), now) {
                     self.agg.lost_capacity += 1;
                 }
@@ -447,6 +470,9 @@ impl Sim<'_, '_, '_> {
                             let answer = quota_exceeded(&violations, tier, model, retry_after_ms);
                             // The engine reads the body as it would off the wire.
                             let q = parse_quota_error(&answer.body.to_string());
+                            if let (Some((_, scorer)), Some(dim)) = (&mut self.warner, q.dimension) {
+                                scorer.exhausted(ticket.model, dim, Timestamp(now));
+                            }
                             self.intervals[project * self.sc.models.len() + ticket.model].breaches += 1;
                             (Pending::RateLimited(q), latency.error_ms())
                         }
@@ -558,6 +584,25 @@ impl Sim<'_, '_, '_> {
         }
         self.engine.apply(event)?;
         self.sync_keys();
+        Ok(())
+    }
+
+    /// Evaluates the warning rules and sends what is due.
+    fn warn(&mut self, now: u64) -> Result<(), SimError> {
+        let Some((warner, scorer)) = &mut self.warner else { return Ok(()) };
+        let notifications = warner.evaluate(&self.engine, Timestamp(now));
+        for n in &notifications {
+            scorer.notified(n, Timestamp(now), |name| self.sc.models.iter().position(|m| m.name == name));
+            if let Some(sink) = self.notifications.as_mut() {
+                sink.send(n, Timestamp(now))
+                    .map_err(|e| SimError::Write { what: "notifications", source: e.into() })?;
+            }
+        }
+        let offset = now - self.sc.start.0;
+        if offset < self.sc.duration_ms {
+            let next = (offset + warner.config().evaluate_every_ms).min(self.sc.duration_ms);
+            self.queue.push(self.abs(next), Ev::Warn);
+        }
         Ok(())
     }
 

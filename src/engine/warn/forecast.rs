@@ -21,8 +21,12 @@ impl Trend {
         Self { samples: VecDeque::with_capacity(SAMPLES), window_ms }
     }
 
-    /// Adds a sample of `used` at `now`.
+    /// Adds a sample of `used` at `now`. A fall (a daily counter resetting at midnight)
+    /// starts the trend afresh.
     pub fn push(&mut self, now: Timestamp, used: f64) {
+        if self.samples.back().is_some_and(|(_, last)| used < *last) {
+            self.samples.clear();
+        }
         while self.samples.front().is_some_and(|(t, _)| now.0.saturating_sub(*t) > self.window_ms) {
             self.samples.pop_front();
         }
@@ -34,6 +38,8 @@ impl Trend {
 
     /// Usage growth per millisecond, by least squares; `None` with fewer than two samples
     /// or no spread in time.
+    ///
+    /// Fed a cumulative counter, this is the recent rate of use.
     pub fn slope(&self) -> Option<f64> {
         let n = self.samples.len();
         if n < 2 {

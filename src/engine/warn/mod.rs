@@ -12,6 +12,8 @@
 //! - [`pipeline`]: grouping, group wait and interval, repeat throttling, inhibition and
 //!   resolved notices, with Alertmanager's semantics.
 //! - [`payload`]: the Alertmanager version-4 webhook body of a notification.
+//! - [`warner`]: evaluates the rules over an engine's buckets and pools at an interval, in
+//!   `pipeline` mode or the `naive` reference.
 //!
 //! Pure like the rest of the engine: every call takes `now`.
 
@@ -20,8 +22,10 @@ pub mod monitor;
 pub mod payload;
 pub mod pipeline;
 pub mod rule;
+pub mod warner;
 
 pub use forecast::Trend;
-pub use monitor::{Change, Monitor};
+pub use monitor::{Change, Monitor, Subject};
 pub use pipeline::{Inhibit, Notification, Pipeline, Route};
 pub use rule::{AlertState, Observation, Rule, Series, Transition};
+pub use warner::{WarnConfig, WarnMode, Warner};

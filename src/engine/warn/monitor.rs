@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use super::forecast::Trend;
 use super::pipeline::Labels;
 use super::rule::{Observation, Rule, Series, Transition};
-use crate::engine::{BucketId, Ceilings, Dimension, Timestamp, Usage};
+use crate::engine::{Ceilings, Dimension, Timestamp, Usage, MINUTE_MS};
 
 /// An alert to hand to the pipeline.
 #[derive(Clone, Debug, PartialEq)]
@@ -22,12 +22,36 @@ pub struct Change {
     pub annotations: Labels,
 }
 
-/// Trends and rule states of every watched bucket.
+/// What a series watches: a project's quota bucket, a model's whole pool, or one key.
+#[derive(Clone, Copy, Debug)]
+pub struct Subject<'a> {
+    /// A stable id of the watched thing (one series per id and dimension).
+    pub id: u64,
+    /// The alert's name (`QuotaNearLimit`, `PoolNearLimit` …).
+    pub alertname: &'a str,
+    /// Labels that identify it, besides `alertname` and `dimension`.
+    pub labels: &'a [(&'a str, &'a str)],
+    /// How the summary names it ("proj-a", "the gemini-2.5-flash pool").
+    pub name: &'a str,
+}
+
+/// Trends and rule states of every watched series.
 #[derive(Debug)]
 pub struct Monitor {
     rule: Rule,
     trend_window_ms: u64,
-    series: BTreeMap<(BucketId, Dimension), (Trend, Series)>,
+    /// Per (subject id, dimension): the trend, the rule state, when it was last seen, and
+    /// the labels it fired with while it fires.
+    series: BTreeMap<(u64, Dimension), Watched>,
+}
+
+#[derive(Debug)]
+struct Watched {
+    trend: Trend,
+    series: Series,
+    seen: Timestamp,
+    firing: Option<Labels>,
+    last: Option<Observation>,
 }
 
 fn human(ms: u64) -> String {
@@ -47,15 +71,25 @@ impl Monitor {
         Self { rule, trend_window_ms, series: BTreeMap::new() }
     }
 
-    /// Looks at `bucket`'s counters `u` against `ceilings` at `now`.
-    pub fn observe(
+    /// The rule applied.
+    pub fn rule(&self) -> &Rule {
+        &self.rule
+    }
+
+    /// Looks at `subject`'s counters `u` against `ceilings` at `now`.
+    pub fn observe(&mut self, subject: &Subject<'_>, u: &Usage, ceilings: &Ceilings, now: Timestamp) -> Vec<Change> {
+        self.observe_gated(subject, u, ceilings, now, &|_, _| true)
+    }
+
+    /// As [`Monitor::observe`], with the forecast of dimension `d` counted only where
+    /// `gate(d, exhausts_at)` agrees.
+    pub fn observe_gated(
         &mut self,
-        bucket: BucketId,
-        project: &str,
-        model: &str,
+        subject: &Subject<'_>,
         u: &Usage,
         ceilings: &Ceilings,
         now: Timestamp,
+        gate: &dyn Fn(Dimension, Option<Timestamp>) -> bool,
     ) -> Vec<Change> {
         let mut out = Vec::new();
         for d in Dimension::ALL {
@@ -64,32 +98,77 @@ impl Monitor {
                 continue;
             }
             let used = u.get(d) as f64;
-            let (trend, series) =
-                self.series.entry((bucket, d)).or_insert_with(|| (Trend::new(self.trend_window_ms), Series::default()));
-            trend.push(now, used);
-            let exhausts_at = trend.exhaustion_at(limit as f64, now);
-            let resets_at = if d.is_daily() { u.day_ends } else { u.minute_frees_at.unwrap_or(now) };
+            let w = self.series.entry((subject.id, d)).or_insert_with(|| Watched {
+                trend: Trend::new(self.trend_window_ms),
+                series: Series::default(),
+                seen: now,
+                firing: None,
+                last: None,
+            });
+            w.seen = now;
+            let (exhausts_at, resets_at) = if d.is_daily() {
+                // The day's count climbs until midnight Pacific: extrapolate it.
+                w.trend.push(now, used);
+                (w.trend.exhaustion_at(limit as f64, now), u.day_ends)
+            } else {
+                // A sliding minute recovers as its entries leave, so its level says little
+                // about the future; the rate of use does. The day's counter of the same
+                // quantity gives it: at the recent rate the window holds `rate × 1 min`,
+                // and only if that reaches the limit will the bucket run out before it
+                // recovers.
+                let daily = if d == Dimension::Rpm { u.day_requests } else { u.day_tokens };
+                w.trend.push(now, daily as f64);
+                let exhausts = w.trend.slope().filter(|r| r * MINUTE_MS as f64 >= limit as f64).map(|rate| {
+                    let left = (limit as f64 - used).max(0.0);
+                    now.plus((left / rate).ceil() as u64)
+                });
+                (exhausts, now.plus(MINUTE_MS))
+            };
+            let exhausts_at = exhausts_at.filter(|_| gate(d, exhausts_at));
             let o = Observation { utilization: used / limit as f64, exhausts_at, resets_at };
-            let Some(transition) = series.evaluate(&self.rule, &o, now) else { continue };
-            let labels: Labels =
-                [("alertname", "QuotaNearLimit"), ("project", project), ("model", model), ("dimension", d.name())]
-                    .iter()
-                    .map(|(k, v)| (k.to_string(), v.to_string()))
-                    .collect();
+            w.last = Some(o);
+            let Some(transition) = w.series.evaluate(&self.rule, &o, now) else { continue };
+            let mut labels: Labels = subject.labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+            labels.insert("alertname".into(), subject.alertname.into());
+            labels.insert("dimension".into(), d.name().into());
             let exhausts =
                 exhausts_at.map_or_else(|| "not on this trend".to_owned(), |e| format!("in {}", human(e.since(now))));
             let summary = format!(
-                "{project} at {:.0}% of {}; exhausts {exhausts}, resets in {}",
+                "{} at {:.0}% of {}; exhausts {exhausts}, resets in {}",
+                subject.name,
                 o.utilization * 100.0,
                 d.name().to_uppercase(),
                 human(resets_at.since(now))
             );
+            w.firing = (transition == Transition::Fired).then(|| labels.clone());
             out.push(Change {
                 transition,
                 labels,
                 annotations: [("summary".to_owned(), summary)].into_iter().collect(),
             });
         }
+        out
+    }
+
+    /// The last observation of `subject`'s dimension `d`, if it was observed.
+    pub fn last(&self, subject: u64, d: Dimension) -> Option<Observation> {
+        self.series.get(&(subject, d)).and_then(|w| w.last)
+    }
+
+    /// Forgets series not seen since `before` (a bucket or key that left the pool); those
+    /// that were firing resolve.
+    pub fn forget_unseen(&mut self, before: Timestamp) -> Vec<Change> {
+        let mut out = Vec::new();
+        self.series.retain(|_, w| {
+            if w.seen >= before {
+                return true;
+            }
+            if let Some(labels) = w.firing.take() {
+                let annotations = [("summary".to_owned(), "no longer in the pool".to_owned())].into_iter().collect();
+                out.push(Change { transition: Transition::Resolved, labels, annotations });
+            }
+            false
+        });
         out
     }
 
@@ -111,6 +190,11 @@ mod tests {
 
     const T0: Timestamp = Timestamp(1_764_140_400_000); // 23:00 Pacific
 
+    fn subject(project: &str) -> Subject<'_> {
+        static LABELS: [(&str, &str); 1] = [("model", "m")];
+        Subject { id: 0, alertname: "QuotaNearLimit", labels: &LABELS, name: project }
+    }
+
     fn usage(day_requests: u64, at: Timestamp) -> Usage {
         Usage { day_requests, day_ends: T0.plus(3_600_000), minute_frees_at: Some(at.plus(60_000)), ..Usage::default() }
     }
@@ -124,7 +208,7 @@ mod tests {
         // well before midnight.
         for i in 0..10u64 {
             let now = T0.plus(i * 60_000);
-            fired.extend(m.observe(BucketId(0), "proj-a", "m", &usage(70 + 2 * i, now), &ceilings, now));
+            fired.extend(m.observe(&subject("proj-a"), &usage(70 + 2 * i, now), &ceilings, now));
         }
         assert_eq!(fired.len(), 1, "{fired:?}");
         assert_eq!(fired[0].transition, Transition::Fired);
@@ -140,7 +224,7 @@ mod tests {
         // 85 % used and climbing one request a minute: 150 minutes to go, midnight in 60.
         for i in 0..10u64 {
             let now = T0.plus(i * 60_000);
-            assert!(m.observe(BucketId(0), "p", "m", &usage(850 + i, now), &ceilings, now).is_empty());
+            assert!(m.observe(&subject("p"), &usage(850 + i, now), &ceilings, now).is_empty());
         }
     }
 }

@@ -1,0 +1,219 @@
+//! The warner: evaluates the rules over every quota bucket and every model's pool at a fixed
+//! interval, as Prometheus evaluates alerting rules, and hands what changed to the
+//! notification pipeline.
+//!
+//! Two modes:
+//! - `pipeline` (the product): a series per project bucket (`QuotaNearLimit`) and per model
+//!   pool (`PoolNearLimit`); `for`, hysteresis and the reset-aware forecast; grouping, group
+//!   wait and interval, repeat throttling; a firing pool alert mutes the project alerts of the
+//!   same model and dimension; resolved notices.
+//! - `naive` (the reference): a threshold per key (`KeyNearLimit`), no forecast, no `for`,
+//!   no hysteresis, no grouping — one notification per crossing, up or down.
+//!
+//! Memory is bounded by the pool: one series per (bucket, dimension) and per (model,
+//! dimension), or per (key, dimension) in naive mode; series of buckets or keys that left
+//! the pool are forgotten, and groups are dropped once resolved.
+
+use super::monitor::{Monitor, Subject};
+use super::pipeline::{AlertOut, Inhibit, Labels, Notification, Pipeline, Route};
+use super::rule::{Rule, Transition};
+use crate::engine::{Ceilings, Engine, QuotaStore, Timestamp, Usage};
+
+/// Which warning engine runs.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum WarnMode {
+    /// Forecast-aware rules and the notification pipeline.
+    #[default]
+    Pipeline,
+    /// The per-key threshold reference.
+    Naive,
+}
+
+impl WarnMode {
+    /// Its name in scenario files and reports.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Pipeline => "pipeline",
+            Self::Naive => "naive",
+        }
+    }
+}
+
+/// The warner's settings.
+#[derive(Clone, Debug, PartialEq)]
+pub struct WarnConfig {
+    /// Pipeline or naive.
+    pub mode: WarnMode,
+    /// The rule (naive mode uses only `warn_at`).
+    pub rule: Rule,
+    /// How much history the forecast fits.
+    pub trend_window_ms: u64,
+    /// How often rules are evaluated.
+    pub evaluate_every_ms: u64,
+    /// Grouping and throttling.
+    pub route: Route,
+    /// Whether a firing pool alert mutes the project alerts of its model and dimension.
+    pub inhibit: bool,
+}
+
+impl Default for WarnConfig {
+    fn default() -> Self {
+        Self {
+            mode: WarnMode::Pipeline,
+            rule: Rule::default(),
+            trend_window_ms: 600_000,
+            evaluate_every_ms: 10_000,
+            route: Route::default(),
+            inhibit: true,
+        }
+    }
+}
+
+/// A project's alert goes out beside its pool's only if the project runs out within this
+/// share of the time the pool has left.
+const IMBALANCE: f64 = 0.5;
+
+/// Subject ids: buckets as they are, pools and keys above them.
+const POOL: u64 = 1 << 32;
+const KEY: u64 = 2 << 32;
+
+/// Evaluates warnings for one engine.
+#[derive(Debug)]
+pub struct Warner {
+    config: WarnConfig,
+    monitor: Monitor,
+    pipeline: Pipeline,
+}
+
+impl Warner {
+    /// A warner with `config`.
+    pub fn new(config: WarnConfig) -> Self {
+        let rule = match config.mode {
+            WarnMode::Pipeline => config.rule,
+            WarnMode::Naive => Rule { clear_below: config.rule.warn_at, for_ms: 0, forecast: false, ..config.rule },
+        };
+        let inhibits = if config.inhibit && config.mode == WarnMode::Pipeline {
+            let one = |k: &str, v: &str| -> Labels { [(k.to_owned(), v.to_owned())].into_iter().collect() };
+            vec![Inhibit {
+                source: one("alertname", "PoolNearLimit"),
+                target: one("alertname", "QuotaNearLimit"),
+                equal: vec!["model".into(), "dimension".into()],
+            }]
+        } else {
+            Vec::new()
+        };
+        Self {
+            monitor: Monitor::new(rule, config.trend_window_ms),
+            pipeline: Pipeline::new(config.route.clone(), inhibits),
+            config,
+        }
+    }
+
+    /// The settings.
+    pub fn config(&self) -> &WarnConfig {
+        &self.config
+    }
+
+    /// Series watched (bounded by the pool).
+    pub fn series(&self) -> usize {
+        self.monitor.len()
+    }
+
+    /// Evaluates every bucket and pool of `engine` at `now`; returns the notifications due.
+    pub fn evaluate<S: QuotaStore>(&mut self, engine: &Engine<S>, now: Timestamp) -> Vec<Notification> {
+        let mut changes = Vec::new();
+        for (m, spec) in engine.models().iter().enumerate() {
+            let model = spec.name.as_str();
+            let groups = engine.groups(m);
+            let usage: Vec<Usage> = groups.iter().map(|g| engine.usage(g.bucket, now)).collect();
+            if self.config.mode == WarnMode::Naive {
+                for (g, u) in groups.iter().zip(&usage) {
+                    let project = engine.projects()[g.project].id.as_str();
+                    for k in &g.keys {
+                        let key = crate::report::redact(&engine.keys()[k.0 as usize].id);
+                        let labels = [("key", key.as_str()), ("project", project), ("model", model)];
+                        let id = KEY + u64::from(k.0) * engine.models().len() as u64 + m as u64;
+                        let s = Subject { id, alertname: "KeyNearLimit", labels: &labels, name: &key };
+                        changes.extend(self.monitor.observe(&s, u, engine.ceilings(g.bucket), now));
+                    }
+                }
+                continue;
+            }
+            if groups.is_empty() {
+                continue;
+            }
+            // The pool first: a project's own alert is worth sending only where it runs out
+            // clearly before its pool does (an imbalance); where the whole pool runs dry, the
+            // pool's alert says it once.
+            let mut pool = Usage { day_ends: now, ..Usage::default() };
+            let mut pool_ceilings = [0u64; 4];
+            for (g, u) in groups.iter().zip(&usage) {
+                add_usage(&mut pool, u);
+                for (sum, x) in pool_ceilings.iter_mut().zip(engine.ceilings(g.bucket).0) {
+                    *sum = sum.saturating_add(x);
+                }
+            }
+            let labels = [("model", model)];
+            let name = format!("the {model} pool");
+            let pool_id = POOL + m as u64;
+            let s = Subject { id: pool_id, alertname: "PoolNearLimit", labels: &labels, name: &name };
+            changes.extend(self.monitor.observe(&s, &pool, &Ceilings(pool_ceilings), now));
+            let monitor = &self.monitor;
+            let pool_runs_out: Vec<Option<Timestamp>> = crate::engine::Dimension::ALL
+                .iter()
+                .map(|d| monitor.last(pool_id, *d).and_then(|o| o.exhausts_at.filter(|e| *e < o.resets_at)))
+                .collect();
+            let gate = |d: crate::engine::Dimension, own: Option<Timestamp>| match pool_runs_out[d.index()] {
+                None => true,
+                Some(p) => own.is_some_and(|o| o.since(now) as f64 <= IMBALANCE * p.since(now) as f64),
+            };
+            for (g, u) in groups.iter().zip(&usage) {
+                let project = engine.projects()[g.project].id.as_str();
+                let labels = [("project", project), ("model", model)];
+                let s =
+                    Subject { id: u64::from(g.bucket.0), alertname: "QuotaNearLimit", labels: &labels, name: project };
+                changes.extend(self.monitor.observe_gated(&s, u, engine.ceilings(g.bucket), now, &gate));
+            }
+        }
+        changes.extend(self.monitor.forget_unseen(now));
+        match self.config.mode {
+            WarnMode::Naive => changes
+                .into_iter()
+                .map(|c| {
+                    let resolved = c.transition == Transition::Resolved;
+                    Notification {
+                        group_labels: c.labels.clone(),
+                        firing: !resolved,
+                        alerts: vec![AlertOut {
+                            labels: c.labels,
+                            annotations: c.annotations,
+                            starts_at: now,
+                            ends_at: resolved.then_some(now),
+                        }],
+                    }
+                })
+                .collect(),
+            WarnMode::Pipeline => {
+                for c in changes {
+                    match c.transition {
+                        Transition::Fired => self.pipeline.fire(c.labels, c.annotations, now),
+                        Transition::Resolved => self.pipeline.resolve(&c.labels, now),
+                    }
+                }
+                self.pipeline.flush(now)
+            }
+        }
+    }
+}
+
+fn add_usage(sum: &mut Usage, u: &Usage) {
+    sum.minute_requests += u.minute_requests;
+    sum.minute_tokens += u.minute_tokens;
+    sum.day_requests += u.day_requests;
+    sum.day_tokens += u.day_tokens;
+    sum.day_ends = u.day_ends;
+    sum.minute_frees_at = match (sum.minute_frees_at, u.minute_frees_at) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    };
+}

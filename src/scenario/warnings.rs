@@ -1,0 +1,131 @@
+//! The `[warnings]` table.
+
+use super::fields::{Ctx, Table};
+use super::model::{WarningsDef, WebhookDef};
+use crate::engine::warn::{WarnConfig, WarnMode};
+
+const KEYS: &[&str] = &[
+    "mode",
+    "warn_at",
+    "clear_below",
+    "for",
+    "forecast",
+    "trend_window",
+    "evaluate_every",
+    "group_by",
+    "group_wait",
+    "group_interval",
+    "repeat_interval",
+    "send_resolved",
+    "inhibit",
+    "log",
+    "webhook",
+];
+
+/// Reads `[warnings]`: `Some(None)` when `mode = "off"`, `None` on errors.
+pub(super) fn parse(ctx: &mut Ctx, t: &Table<'_, '_>) -> Option<Option<WarningsDef>> {
+    t.allow(ctx, KEYS);
+    let before = ctx.diags.len();
+    let mut c = WarnConfig::default();
+    let modes = [("pipeline", Some(WarnMode::Pipeline)), ("naive", Some(WarnMode::Naive)), ("off", None)];
+    let mode = if t.has("mode") { t.choice(ctx, "mode", &modes)? } else { Some(WarnMode::Pipeline) };
+    if let Some(m) = mode {
+        c.mode = m;
+    }
+    if let Some(x) = t.fraction(ctx, "warn_at", 0.01, 1.0) {
+        c.rule.warn_at = x;
+        c.rule.clear_below = c.rule.clear_below.min(x);
+    }
+    if let Some(x) = t.fraction(ctx, "clear_below", 0.0, 1.0) {
+        if x > c.rule.warn_at {
+            let span = t.raw("clear_below").map_or(0..0, |v| v.span());
+            ctx.error(span, format!("`clear_below` ({x}) must not be above `warn_at` ({})", c.rule.warn_at));
+        }
+        c.rule.clear_below = x;
+    }
+    if let Some((ms, _)) = t.duration(ctx, "for") {
+        c.rule.for_ms = ms;
+    }
+    if let Some(f) = t.boolean(ctx, "forecast") {
+        c.rule.forecast = f;
+    }
+    if let Some((ms, span)) = t.duration(ctx, "trend_window") {
+        if ms < 60_000 {
+            ctx.error(span, "`trend_window` must be at least a minute");
+        }
+        c.trend_window_ms = ms;
+    }
+    if let Some((ms, span)) = t.duration(ctx, "evaluate_every") {
+        if !(1_000..=3_600_000).contains(&ms) {
+            ctx.error(span, "`evaluate_every` must be between 1s and 1h");
+        }
+        c.evaluate_every_ms = ms;
+    }
+    if let Some(labels) = t.strings(ctx, "group_by") {
+        let known = ["alertname", "model", "dimension", "project", "key"];
+        for (l, span) in &labels {
+            if !known.contains(&l.as_str()) {
+                ctx.error_help(
+                    span.clone(),
+                    format!("unknown label '{l}' in `group_by`"),
+                    format!("alerts carry {}", super::fields::quoted(&known)),
+                );
+            }
+        }
+        c.route.group_by = labels.into_iter().map(|(l, _)| l).collect();
+    }
+    for (key, slot) in [
+        ("group_wait", &mut c.route.group_wait_ms),
+        ("group_interval", &mut c.route.group_interval_ms),
+        ("repeat_interval", &mut c.route.repeat_interval_ms),
+    ] {
+        if let Some((ms, _)) = t.duration(ctx, key) {
+            *slot = ms;
+        }
+    }
+    if let Some(b) = t.boolean(ctx, "send_resolved") {
+        c.route.send_resolved = b;
+    }
+    if let Some(b) = t.boolean(ctx, "inhibit") {
+        c.inhibit = b;
+    }
+    let log = t.boolean(ctx, "log").unwrap_or(true);
+    let webhook = webhook(ctx, t);
+    if ctx.diags.len() > before {
+        return None;
+    }
+    Some(mode.map(|_| WarningsDef { config: c, log, webhook }))
+}
+
+/// `webhook = "http://…"` or `webhook = { url, timeout, retries, receiver }`.
+fn webhook(ctx: &mut Ctx, t: &Table<'_, '_>) -> Option<WebhookDef> {
+    let mut w = WebhookDef { url: String::new(), timeout_ms: 2_000, retries: 3, receiver: "keysim".into() };
+    let (url, span) = if let Some(v) = t.raw("webhook").filter(|v| v.get_ref().as_str().is_some()) {
+        (v.get_ref().as_str().unwrap_or_default().to_owned(), v.span())
+    } else {
+        let h = t.table(ctx, "webhook")?;
+        h.allow(ctx, &["url", "timeout", "retries", "receiver"]);
+        if let Some((ms, span)) = h.duration(ctx, "timeout") {
+            if !(1..=60_000).contains(&ms) {
+                ctx.error(span, "webhook `timeout` must be between 1ms and 60s");
+            }
+            w.timeout_ms = ms;
+        }
+        if let Some((n, span)) = h.uint(ctx, "retries") {
+            if n > 10 {
+                ctx.error(span, "webhook `retries` must be at most 10");
+            }
+            w.retries = n.min(10) as u32;
+        }
+        if let Some((r, _)) = h.string(ctx, "receiver") {
+            w.receiver = r;
+        }
+        h.required(h.string(ctx, "url"), ctx, "url")?
+    };
+    if let Err(e) = crate::notify::webhook::Target::parse(&url) {
+        ctx.error(span, format!("webhook url: {e}"));
+        return None;
+    }
+    w.url = url;
+    Some(w)
+}

@@ -1,0 +1,175 @@
+//! Early warnings: the storm, spiky and daily-exhaustion stories, notifications.jsonl, and
+//! the webhook against a real HTTP receiver on loopback.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpListener;
+use std::sync::mpsc;
+use std::time::Duration;
+
+use serde_json::Value;
+
+use crate::common::{keysim, run, scenario, temp_dir};
+
+fn warnings(name: &str, overrides: &[&str]) -> keysim::report::summary::Warnings {
+    run(&scenario(name, overrides)).0.warnings
+}
+
+#[test]
+fn a_storm_of_ten_keys_is_one_grouped_notification_with_lead_time() {
+    let w = warnings("warn-storm", &[]);
+    assert!(w.enabled);
+    assert_eq!(w.mode, "pipeline");
+    assert_eq!(w.notifications, 1, "{w:?}");
+    assert_eq!((w.true_positive, w.false_positive), (1, 0));
+    // The pool truly runs out of RPD, and was warned well before.
+    assert_eq!((w.exhaustions, w.warned, w.missed), (1, 1, 0));
+    assert!(w.lead_time_s.min > 30.0 * 60.0, "lead time {:?}", w.lead_time_s);
+}
+
+#[test]
+fn the_naive_reference_sends_one_notification_per_key() {
+    let w = warnings("warn-storm", &["warnings.mode=naive"]);
+    assert_eq!(w.mode, "naive");
+    assert!(w.notifications >= 10, "{w:?}");
+    assert_eq!(w.missed, 0);
+}
+
+#[test]
+fn spikes_that_recover_at_the_window_reset_do_not_warn() {
+    let pipeline = warnings("warn-spiky", &[]);
+    assert_eq!(pipeline.notifications, 0, "{pipeline:?}");
+    assert_eq!(pipeline.exhaustions, 0, "nothing ever ran out");
+    let naive = warnings("warn-spiky", &["warnings.mode=naive"]);
+    assert!(naive.notifications > 50 && naive.false_positive > 25, "{naive:?}");
+}
+
+#[test]
+fn warnings_off_reports_nothing() {
+    let w = warnings("warn-storm", &["warnings.mode=off"]);
+    assert!(!w.enabled);
+    assert_eq!(w.notifications, 0);
+}
+
+/// A loopback HTTP receiver: answers each request with the next status of `statuses` (the
+/// last one repeats; `0` means hold the connection without answering), and hands every
+/// request body to the returned channel.
+fn receiver(statuses: Vec<u16>) -> (String, mpsc::Receiver<(String, Value)>) {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind loopback");
+    let url = format!("http://{}/hook/alerts", listener.local_addr().unwrap());
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for (i, conn) in listener.incoming().enumerate() {
+            let Ok(mut s) = conn else { return };
+            let mut r = BufReader::new(s.try_clone().unwrap());
+            let mut request_line = String::new();
+            r.read_line(&mut request_line).unwrap();
+            let mut len = 0;
+            loop {
+                let mut h = String::new();
+                r.read_line(&mut h).unwrap();
+                if h == "\r\n" || h.is_empty() {
+                    break;
+                }
+                if let Some(v) = h.to_ascii_lowercase().strip_prefix("content-length:") {
+                    len = v.trim().parse().unwrap();
+                }
+            }
+            let mut body = vec![0; len];
+            r.read_exact(&mut body).unwrap();
+            let status = *statuses.get(i).or(statuses.last()).unwrap();
+            let _ = tx.send((request_line, serde_json::from_slice(&body).expect("a JSON body")));
+            if status == 0 {
+                held.push(s);
+                continue;
+            }
+            let _ = write!(s, "HTTP/1.1 {status} X\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+        }
+    });
+    (url, rx)
+}
+
+fn warnings_json(name: &str, sets: &[String]) -> (Value, std::path::PathBuf) {
+    let out = temp_dir(name);
+    let mut cmd = keysim();
+    cmd.args(["run", &format!("scenarios/{name}.toml"), "--quiet", "--out"]).arg(&out);
+    for s in sets {
+        cmd.args(["--set", s]);
+    }
+    let o = cmd.output().expect("keysim runs");
+    assert_eq!(o.status.code(), Some(0), "{}", String::from_utf8_lossy(&o.stderr));
+    let summary: Value = serde_json::from_str(&std::fs::read_to_string(out.join("summary.json")).unwrap()).unwrap();
+    (summary["warnings"].clone(), out)
+}
+
+#[test]
+fn the_webhook_posts_the_alertmanager_payload_and_retries() {
+    // The first attempt gets a 503; the retry is accepted.
+    let (url, bodies) = receiver(vec![503, 200]);
+    let (w, out) = warnings_json("warn-storm", &[format!("warnings.webhook={url:?}")]);
+    let (line, first) = bodies.recv_timeout(Duration::from_secs(5)).expect("a first attempt");
+    let (_, second) = bodies.recv_timeout(Duration::from_secs(5)).expect("a retry");
+    assert_eq!(line.trim_end(), "POST /hook/alerts HTTP/1.1");
+    assert_eq!(first, second, "the retry carries the same payload");
+    assert_eq!(w["webhook"]["delivered"], 1);
+    assert_eq!(w["webhook"]["retries"], 1);
+    assert_eq!(w["webhook"]["failed"], 0);
+
+    // Field by field, as Alertmanager's version-4 webhook.
+    let p = &first;
+    assert_eq!(p["version"], "4");
+    assert_eq!(p["status"], "firing");
+    assert_eq!(p["receiver"], "keysim");
+    assert_eq!(p["groupKey"], "{}:{alertname=\"PoolNearLimit\",model=\"gemini-2.5-flash\"}");
+    assert_eq!(p["truncatedAlerts"], 0);
+    assert_eq!(p["externalURL"], "");
+    assert_eq!(p["groupLabels"], serde_json::json!({"alertname": "PoolNearLimit", "model": "gemini-2.5-flash"}));
+    assert_eq!(
+        p["commonLabels"],
+        serde_json::json!({"alertname": "PoolNearLimit", "model": "gemini-2.5-flash", "dimension": "rpd"})
+    );
+    let alerts = p["alerts"].as_array().unwrap();
+    assert_eq!(alerts.len(), 1);
+    let a = &alerts[0];
+    assert_eq!(a["status"], "firing");
+    assert_eq!(a["labels"]["dimension"], "rpd");
+    let summary = a["annotations"]["summary"].as_str().unwrap();
+    assert!(summary.starts_with("the gemini-2.5-flash pool at 80% of RPD; exhausts in"), "{summary}");
+    assert_eq!(p["commonAnnotations"]["summary"], a["annotations"]["summary"]);
+    assert_eq!(a["startsAt"], "2026-11-25T17:20:00.000Z", "when it fired");
+    assert_eq!(a["endsAt"], "0001-01-01T00:00:00Z");
+    assert_eq!(a["generatorURL"], "");
+    assert_eq!(a["fingerprint"].as_str().unwrap().len(), 16);
+
+    // The same notification is in notifications.jsonl, with the time it went out.
+    let lines = std::fs::read_to_string(out.join("notifications.jsonl")).unwrap();
+    let lines: Vec<Value> = lines.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(lines.len(), 1);
+    assert_eq!(lines[0]["payload"], first);
+    assert_eq!(lines[0]["at"], "2026-11-25T17:20:30.000Z", "after the group wait");
+}
+
+#[test]
+fn a_receiver_that_never_answers_costs_its_timeout_not_the_run() {
+    let (url, bodies) = receiver(vec![0]);
+    let set = format!("warnings.webhook={{ url = {url:?}, timeout = \"200ms\", retries = 1 }}");
+    let started = std::time::Instant::now();
+    let (w, _) = warnings_json("warn-storm", &[set]);
+    assert!(bodies.recv_timeout(Duration::from_secs(1)).is_ok(), "it was tried");
+    assert_eq!(w["webhook"]["delivered"], 0);
+    assert_eq!(w["webhook"]["failed"], 1);
+    assert_eq!(w["webhook"]["retries"], 1);
+    assert_eq!(w["notifications"], 1, "scoring does not depend on delivery");
+    assert!(started.elapsed() < Duration::from_secs(20));
+}
+
+#[test]
+fn a_webhook_url_that_cannot_work_is_bad_input() {
+    let o = keysim()
+        .args(["validate", "scenarios/warn-storm.toml", "--set", "warnings.webhook=\"https://hooks.example/x\""])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("https is not supported"), "{err}");
+}
