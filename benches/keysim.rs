@@ -1,6 +1,6 @@
 //! keysim's benchmarks, one harness with a group per area: admission and settlement at
 //! several pool sizes and strategies, token estimation of a 4 KB prompt (cold and cached),
-//! and end-to-end simulator throughput.
+//! warning evaluation, and end-to-end simulator throughput.
 
 use std::hint::black_box;
 use std::path::Path;
@@ -136,5 +136,33 @@ fn warnings(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, admission, estimation, warnings, simulator);
+/// A full evaluation of the warning rules over pools of several sizes, with every bucket
+/// busy: per bucket it is what one evaluation costs; divided by the admissions between two
+/// evaluations (`evaluate_every`), what warnings cost an admission.
+fn warn_evaluate(c: &mut Criterion) {
+    use keysim::engine::warn::{WarnConfig, Warner};
+    let mut g = c.benchmark_group("warn/evaluate");
+    for keys in [10usize, 1_000] {
+        let e = engine(keys, StrategyKind::PowerOfTwo);
+        let mut now = 1_764_140_400_000u64;
+        let req = Request { model: 0, prompt: Prompt::Chars(2_400), priority: Priority::Normal, max_output_tokens: None };
+        for _ in 0..keys * 20 {
+            now += 1;
+            if let Ok(Decision::Admitted(t)) = e.admit(&req, Timestamp(now)) {
+                e.settle(&t, Outcome::Success { input_tokens: 590, output_tokens: 200 }, Timestamp(now));
+            }
+        }
+        let mut w = Warner::new(WarnConfig::default());
+        g.throughput(Throughput::Elements(keys as u64));
+        g.bench_with_input(BenchmarkId::from_parameter(keys), &keys, |b, _| {
+            b.iter(|| {
+                now += 10_000;
+                black_box(w.evaluate(&e, Timestamp(now)))
+            })
+        });
+    }
+    g.finish();
+}
+
+criterion_group!(benches, admission, estimation, warnings, warn_evaluate, simulator);
 criterion_main!(benches);
