@@ -166,3 +166,16 @@ fn estimator_accuracy_by_language_against_gemini_counts() {
     assert!(scores[&("chars4", "chinese")].mae_pct() > 40.0);
     assert!(scores[&("chars4", "arabic")].under_rate() > 0.9);
 }
+
+/// The corpus's stored counts are the Gemini tokenizer's, so the accuracy figures above are
+/// against the real tokenizer even where it is not on disk.
+#[test]
+fn the_corpus_counts_are_the_gemini_tokenizers() {
+    let Some(g) = gemini() else { return };
+    let text = std::fs::read_to_string(root().join("scenarios/corpora/multilingual.jsonl")).unwrap();
+    for (i, line) in text.lines().enumerate() {
+        let v: serde_json::Value = serde_json::from_str(line).unwrap();
+        let (text, stored) = (v["text"].as_str().unwrap(), v["tokens"].as_u64().unwrap());
+        assert_eq!(g.count(text), stored, "line {}: {}", i + 1, v["lang"]);
+    }
+}
