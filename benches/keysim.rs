@@ -145,7 +145,8 @@ fn warn_evaluate(c: &mut Criterion) {
     for keys in [10usize, 1_000] {
         let e = engine(keys, StrategyKind::PowerOfTwo);
         let mut now = 1_764_140_400_000u64;
-        let req = Request { model: 0, prompt: Prompt::Chars(2_400), priority: Priority::Normal, max_output_tokens: None };
+        let req =
+            Request { model: 0, prompt: Prompt::Chars(2_400), priority: Priority::Normal, max_output_tokens: None };
         for _ in 0..keys * 20 {
             now += 1;
             if let Ok(Decision::Admitted(t)) = e.admit(&req, Timestamp(now)) {
