@@ -173,3 +173,15 @@ fn a_webhook_url_that_cannot_work_is_bad_input() {
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(err.contains("https is not supported"), "{err}");
 }
+
+#[test]
+fn a_forecast_without_history_is_bad_input() {
+    let o = keysim()
+        .args(["validate", "scenarios/warn-storm.toml", "--set", "warnings.trend_window=\"1m\""])
+        .args(["--set", "warnings.evaluate_every=\"45s\""])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("at least two evaluations") && err.contains("warn-storm.toml"), "{err}");
+}

@@ -173,7 +173,7 @@ impl<S: QuotaStore> Engine<S> {
             TokenBasis::Input => 0,
             TokenBasis::Total => self.outputs.reserve(model, req.max_output_tokens),
         };
-        let tokens = estimated_input + reserved_output;
+        let tokens = estimated_input.saturating_add(reserved_output);
         let p = req.priority.index();
         let [tpm_max, tpd_max] = self.pool.largest[model][p];
         for (dimension, ceiling) in [(Dimension::Tpm, tpm_max), (Dimension::Tpd, tpd_max)] {

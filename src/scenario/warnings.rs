@@ -83,6 +83,18 @@ pub(super) fn parse(ctx: &mut Ctx, t: &Table<'_, '_>) -> Option<Option<WarningsD
             *slot = ms;
         }
     }
+    if c.route.group_interval_ms == 0 {
+        let span = t.raw("group_interval").map_or(0..0, |v| v.span());
+        ctx.error(span, "`group_interval` must be longer than zero");
+    }
+    if c.rule.forecast && c.trend_window_ms < 2 * c.evaluate_every_ms {
+        let span = t.raw("trend_window").or_else(|| t.raw("evaluate_every")).map_or(0..0, |v| v.span());
+        ctx.error_help(
+            span,
+            "the forecast needs at least two evaluations within `trend_window`",
+            "make `trend_window` at least twice `evaluate_every`",
+        );
+    }
     if let Some(b) = t.boolean(ctx, "send_resolved") {
         c.route.send_resolved = b;
     }

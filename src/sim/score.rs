@@ -6,18 +6,19 @@
 //! a minute dimension, within a minute of each other; for a daily one, within the same
 //! Pacific day — and a new one starts after that.
 //!
-//! - A firing notification is a *true positive* if an exhaustion of one of its alerts'
-//!   (model, dimension) follows within the horizon: two minutes for minute dimensions, the
-//!   rest of the Pacific day for daily ones; a *false positive* if the horizon passes without
-//!   one; *undecided* if the run ends first.
-//! - An exhaustion event is *warned* if a firing notification for its (model, dimension)
-//!   came before it within the horizon, with lead time = event − first such notification;
-//!   *missed* otherwise.
+//! - A firing notification is a *true positive* if, for one of its alerts' (model,
+//!   dimension), exhaustion follows within that dimension's horizon — two minutes for minute
+//!   dimensions, the rest of the Pacific day for daily ones — or is already going on when it
+//!   is sent (right, but late); a *false positive* if every horizon passes without; and
+//!   *undecided* if the run ends first.
+//! - An exhaustion event is *warned* if a firing notification for its (model, dimension) was
+//!   sent before it, outside any earlier spell, and within its horizon; lead time = event −
+//!   the first such notification. It is *missed* otherwise.
 //!
-//! Memory is bounded: notifications wait only for their horizon, and state is per
+//! Memory is bounded: a notification waits only for its horizon, and the rest is per
 //! (model, dimension).
 
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
 
 use hdrhistogram::Histogram;
 
@@ -55,21 +56,33 @@ pub struct WarningScore {
     pub lead_max_ms: u64,
 }
 
-#[derive(Clone, Copy, Debug, Default)]
-struct Track {
-    /// The last exhaustion answer, and the spell's day end (daily dimensions).
-    last_exhausted: Option<(Timestamp, Timestamp)>,
-    /// The first firing notification since the last event.
-    first_warning: Option<Timestamp>,
+/// What the scorer knows of one (model, dimension).
+#[derive(Debug, Default)]
+struct Slot {
+    /// The current or last spell: its last exhaustion answer and its Pacific day's end.
+    spell: Option<(Timestamp, Timestamp)>,
+    /// Firing notifications for this slot awaiting a verdict, in the order sent: (note id,
+    /// sent, horizon end). Horizons of one dimension grow with the sending time.
+    pending: VecDeque<(u64, Timestamp, Timestamp)>,
+}
+
+/// A firing notification's verdict so far.
+#[derive(Debug)]
+struct Note {
+    /// Slots still open for it.
+    open: u32,
+    /// Whether exhaustion followed on any of its slots.
+    confirmed: bool,
 }
 
 /// The scorer.
 #[derive(Debug)]
 pub(crate) struct Scorer {
     dims: usize,
-    tracks: Vec<Track>,
-    /// Firing notifications awaiting their verdict: (sent, horizon end, (model, dimension) slots).
-    pending: VecDeque<(Timestamp, Timestamp, Vec<usize>)>,
+    slots: Vec<Slot>,
+    /// Firing notifications not yet decided, by id.
+    notes: BTreeMap<u64, Note>,
+    next_note: u64,
     score: WarningScore,
 }
 
@@ -86,8 +99,9 @@ impl Scorer {
         let dims = Dimension::ALL.len();
         Self {
             dims,
-            tracks: vec![Track::default(); models.len() * dims],
-            pending: VecDeque::new(),
+            slots: (0..models.len() * dims).map(|_| Slot::default()).collect(),
+            notes: BTreeMap::new(),
+            next_note: 0,
             score: WarningScore {
                 notifications: 0,
                 resolved: 0,
@@ -104,101 +118,114 @@ impl Scorer {
         }
     }
 
-    fn slot(&self, model: usize, d: Dimension) -> usize {
-        model * self.dims + d.index()
+    /// Whether a spell of `d` is going on in `slot` at `now`.
+    fn in_spell(slot: &Slot, d: Dimension, now: Timestamp) -> bool {
+        slot.spell.is_some_and(|(last, day_end)| {
+            if d.is_daily() {
+                day_end == next_pacific_midnight(now)
+            } else {
+                now.since(last) <= MINUTE_SPELL_GAP_MS
+            }
+        })
+    }
+
+    /// Closes the pending entries of slot `s` whose horizon ended by `now`.
+    fn expire(&mut self, s: usize, now: Timestamp) {
+        while let Some(&(id, _, until)) = self.slots[s].pending.front() {
+            if until > now {
+                break;
+            }
+            self.slots[s].pending.pop_front();
+            self.close(id, false);
+        }
+    }
+
+    /// One slot of note `id` is decided: `confirmed` if exhaustion followed.
+    fn close(&mut self, id: u64, confirmed: bool) {
+        let Some(note) = self.notes.get_mut(&id) else { return };
+        if confirmed && !note.confirmed {
+            note.confirmed = true;
+            self.score.true_positive += 1;
+        }
+        note.open -= 1;
+        if note.open == 0 {
+            if !note.confirmed {
+                self.score.false_positive += 1;
+            }
+            self.notes.remove(&id);
+        }
     }
 
     /// A notification went out at `now`; `model_of` maps a model name to its index.
     pub(crate) fn notified(&mut self, n: &Notification, now: Timestamp, model_of: impl Fn(&str) -> Option<usize>) {
-        self.expire(now);
         self.score.notifications += 1;
         if !n.firing {
             self.score.resolved += 1;
             return;
         }
-        let mut slots = Vec::new();
-        let mut until = now;
+        let mut slots: Vec<(usize, Dimension)> = Vec::new();
         for a in n.alerts.iter().filter(|a| a.ends_at.is_none()) {
             let m = a.labels.get("model").and_then(|m| model_of(m));
             let d = a.labels.get("dimension").and_then(|d| Dimension::ALL.into_iter().find(|x| x.name() == d));
             if let (Some(m), Some(d)) = (m, d) {
-                let s = self.slot(m, d);
-                if !slots.contains(&s) {
-                    slots.push(s);
-                    until = until.max(horizon(d, now));
-                    self.tracks[s].first_warning.get_or_insert(now);
+                let s = m * self.dims + d.index();
+                if !slots.iter().any(|(x, _)| *x == s) {
+                    slots.push((s, d));
                 }
             }
         }
-        if !slots.is_empty() {
-            self.pending.push_back((now, until, slots));
+        if slots.is_empty() {
+            return;
+        }
+        let id = self.next_note;
+        self.next_note += 1;
+        self.notes.insert(id, Note { open: slots.len() as u32, confirmed: false });
+        for (s, d) in slots {
+            self.expire(s, now);
+            if Self::in_spell(&self.slots[s], d, now) {
+                // Sent while the pool is already dry: right, but no warning in advance.
+                self.close(id, true);
+            } else {
+                self.slots[s].pending.push_back((id, now, horizon(d, now)));
+            }
         }
     }
 
     /// The pool of `model` had nothing left on `d` at `now`.
     pub(crate) fn exhausted(&mut self, model: usize, d: Dimension, now: Timestamp) {
-        self.expire(now);
-        let s = self.slot(model, d);
-        let t = &mut self.tracks[s];
-        let day_end = next_pacific_midnight(now);
-        let continues = t.last_exhausted.is_some_and(|(last, last_day_end)| {
-            if d.is_daily() {
-                last_day_end == day_end
-            } else {
-                now.since(last) <= MINUTE_SPELL_GAP_MS
-            }
-        });
-        t.last_exhausted = Some((now, day_end));
-        if !continues {
-            self.score.exhaustions += 1;
-            let horizon_start = if d.is_daily() {
-                day_end.0.saturating_sub(86_400_000 + 3_600_000)
-            } else {
-                now.0 - MINUTE_HORIZON_MS.min(now.0)
-            };
-            match t.first_warning.take() {
-                Some(w) if w.0 >= horizon_start => {
-                    self.score.warned += 1;
-                    let lead = now.since(w).max(1);
-                    self.score.lead_ms.saturating_record(lead);
-                    let first = self.score.warned == 1;
-                    self.score.lead_min_ms = if first { lead } else { self.score.lead_min_ms.min(lead) };
-                    self.score.lead_max_ms = self.score.lead_max_ms.max(lead);
-                }
-                _ => self.score.missed += 1,
-            }
+        let s = model * self.dims + d.index();
+        self.expire(s, now);
+        let continues = Self::in_spell(&self.slots[s], d, now);
+        self.slots[s].spell = Some((now, next_pacific_midnight(now)));
+        if continues {
+            return;
         }
-        // Notifications that came before this answer, for this slot, were right.
-        let mut i = 0;
-        while i < self.pending.len() {
-            let (sent, _, slots) = &self.pending[i];
-            if *sent <= now && slots.contains(&s) {
-                self.pending.remove(i);
-                self.score.true_positive += 1;
-            } else {
-                i += 1;
+        self.score.exhaustions += 1;
+        // Every notification still within its horizon warned of this spell; the first one
+        // gave the lead.
+        let pending = std::mem::take(&mut self.slots[s].pending);
+        match pending.front() {
+            Some(&(_, sent, _)) => {
+                self.score.warned += 1;
+                let lead = now.since(sent).max(1);
+                self.score.lead_ms.saturating_record(lead);
+                let first = self.score.warned == 1;
+                self.score.lead_min_ms = if first { lead } else { self.score.lead_min_ms.min(lead) };
+                self.score.lead_max_ms = self.score.lead_max_ms.max(lead);
             }
+            None => self.score.missed += 1,
         }
-    }
-
-    /// Notifications whose horizon has passed without exhaustion are false positives.
-    fn expire(&mut self, now: Timestamp) {
-        self.pending.retain(|(_, until, _)| {
-            let open = *until > now;
-            self.score.false_positive += u64::from(!open);
-            open
-        });
-        for t in &mut self.tracks {
-            if t.first_warning.is_some_and(|w| now.since(w) > 86_400_000 + 3_600_000) {
-                t.first_warning = None;
-            }
+        for (id, _, _) in pending {
+            self.close(id, true);
         }
     }
 
     /// The figures at the end of a run at `end`.
     pub(crate) fn finish(mut self, end: Timestamp) -> WarningScore {
-        self.expire(end);
-        self.score.undecided = self.pending.len() as u64;
+        for s in 0..self.slots.len() {
+            self.expire(s, end);
+        }
+        self.score.undecided = self.notes.len() as u64;
         self.score
     }
 }
@@ -260,6 +287,27 @@ mod tests {
         assert_eq!((f.notifications, f.resolved), (2, 1));
         assert_eq!((f.true_positive, f.false_positive, f.undecided), (0, 1, 0));
         assert_eq!((f.exhaustions, f.warned, f.missed), (2, 0, 2));
+    }
+
+    #[test]
+    fn each_dimension_keeps_its_own_horizon_and_a_stale_warning_gives_way() {
+        let mut s = scorer();
+        let mut both = note("m", "rpm", true);
+        let mut rpd = both.alerts[0].clone();
+        rpd.labels.insert("dimension".into(), "rpd".into());
+        both.alerts.push(rpd);
+        s.notified(&both, T0, model);
+        // RPM runs dry three hours later: the RPD alert's day-long horizon does not cover it.
+        s.exhausted(0, Dimension::Rpm, T0.plus(3 * 3_600_000));
+        // A new RPM warning, then a dry spell 50 s later: warned, with a 50 s lead.
+        s.notified(&note("m", "rpm", true), T0.plus(4 * 3_600_000), model);
+        s.exhausted(0, Dimension::Rpm, T0.plus(4 * 3_600_000 + 50_000));
+        // A warning sent during that spell is right but late: no lead for anything.
+        s.notified(&note("m", "rpm", true), T0.plus(4 * 3_600_000 + 60_000), model);
+        let f = s.finish(T0.plus(5 * 3_600_000));
+        assert_eq!((f.exhaustions, f.warned, f.missed), (2, 1, 1));
+        assert_eq!((f.lead_min_ms, f.lead_max_ms), (50_000, 50_000));
+        assert_eq!((f.true_positive, f.false_positive, f.undecided), (2, 0, 1), "the RPD alert waits for midnight");
     }
 
     #[test]

@@ -204,7 +204,9 @@ impl State {
 
     fn push(&mut self, x: &[f64; F], actual: u64, quantile: f64) {
         if let Some(p) = self.fit.and_then(|f| f.point(x)) {
-            let e = actual as f64 / p;
+            // Bounded as the leave-one-out ratios are: one wild extrapolation must not set
+            // the margin of a whole script.
+            let e = (actual as f64 / p).clamp(0.05, 20.0);
             if self.errors.len() < ERRORS {
                 self.errors.push(e);
             } else {
@@ -369,9 +371,11 @@ impl Estimator for Calibrated {
 
     fn estimate(&self, model: usize, prompt: &Prompt<'_>) -> u64 {
         let (script, shape) = self.classify(model, prompt);
+        let guess = shape.size as f64 * prior(script);
+        // Where the fit extrapolates to next to nothing, it knows nothing: fall back.
         let tokens = match self.fit(model, script).and_then(|f| f.estimate(&shape.x)) {
-            Some(t) => t,
-            None => shape.size as f64 * prior(script),
+            Some(t) if t >= 0.05 * guess => t,
+            _ => guess,
         };
         // The small allowance keeps float noise from rounding an exact count up a token.
         (tokens - 1e-6).ceil().max(0.0) as u64

@@ -21,12 +21,13 @@ impl Trend {
         Self { samples: VecDeque::with_capacity(SAMPLES), window_ms }
     }
 
-    /// Adds a sample of `used` at `now`. A fall (a daily counter resetting at midnight)
-    /// starts the trend afresh.
+    /// Forgets every sample (a daily counter starting a new day).
+    pub fn clear(&mut self) {
+        self.samples.clear();
+    }
+
+    /// Adds a sample of `used` at `now`.
     pub fn push(&mut self, now: Timestamp, used: f64) {
-        if self.samples.back().is_some_and(|(_, last)| used < *last) {
-            self.samples.clear();
-        }
         while self.samples.front().is_some_and(|(t, _)| now.0.saturating_sub(*t) > self.window_ms) {
             self.samples.pop_front();
         }
@@ -48,7 +49,7 @@ impl Trend {
         let t0 = self.samples[0].0;
         let (mut st, mut su, mut stt, mut stu) = (0.0, 0.0, 0.0, 0.0);
         for &(t, u) in &self.samples {
-            let x = (t - t0) as f64;
+            let x = t.saturating_sub(t0) as f64;
             st += x;
             su += u;
             stt += x * x;

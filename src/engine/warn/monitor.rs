@@ -20,6 +20,8 @@ pub struct Change {
     pub labels: Labels,
     /// `summary`: where the bucket stands, when it runs out and when it resets.
     pub annotations: Labels,
+    /// When the alert started firing (for a resolution, when it had fired).
+    pub since: Timestamp,
 }
 
 /// What a series watches: a project's quota bucket, a model's whole pool, or one key.
@@ -50,8 +52,11 @@ struct Watched {
     trend: Trend,
     series: Series,
     seen: Timestamp,
-    firing: Option<Labels>,
+    /// Labels and start of the alert while it fires.
+    firing: Option<(Labels, Timestamp)>,
     last: Option<Observation>,
+    /// The Pacific day the trend's samples belong to (the trends follow daily counters).
+    day_ends: Timestamp,
 }
 
 fn human(ms: u64) -> String {
@@ -104,8 +109,15 @@ impl Monitor {
                 seen: now,
                 firing: None,
                 last: None,
+                day_ends: u.day_ends,
             });
             w.seen = now;
+            // Daily counters start again at midnight; refunds and reconciliation may lower
+            // them too, which the least squares absorbs.
+            if w.day_ends != u.day_ends {
+                w.trend.clear();
+                w.day_ends = u.day_ends;
+            }
             let (exhausts_at, resets_at) = if d.is_daily() {
                 // The day's count climbs until midnight Pacific: extrapolate it.
                 w.trend.push(now, used);
@@ -140,11 +152,16 @@ impl Monitor {
                 d.name().to_uppercase(),
                 human(resets_at.since(now))
             );
-            w.firing = (transition == Transition::Fired).then(|| labels.clone());
+            let since = match (transition, &w.firing) {
+                (Transition::Resolved, Some((_, since))) => *since,
+                _ => now,
+            };
+            w.firing = (transition == Transition::Fired).then(|| (labels.clone(), now));
             out.push(Change {
                 transition,
                 labels,
                 annotations: [("summary".to_owned(), summary)].into_iter().collect(),
+                since,
             });
         }
         out
@@ -163,9 +180,9 @@ impl Monitor {
             if w.seen >= before {
                 return true;
             }
-            if let Some(labels) = w.firing.take() {
+            if let Some((labels, since)) = w.firing.take() {
                 let annotations = [("summary".to_owned(), "no longer in the pool".to_owned())].into_iter().collect();
-                out.push(Change { transition: Transition::Resolved, labels, annotations });
+                out.push(Change { transition: Transition::Resolved, labels, annotations, since });
             }
             false
         });

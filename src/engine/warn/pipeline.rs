@@ -156,14 +156,30 @@ impl Pipeline {
         let mut out = Vec::new();
         let keys: Vec<Labels> = self.groups.keys().cloned().collect();
         for key in keys {
+            let send_resolved = self.route.send_resolved;
+            if !send_resolved {
+                // Resolved alerts will never be told: forget them at once.
+                let g = self.groups.get_mut(&key).expect("key from the map");
+                g.alerts.retain(|_, a| a.ends_at.is_none());
+                if g.alerts.is_empty() {
+                    self.groups.remove(&key);
+                    continue;
+                }
+            }
             let group = &self.groups[&key];
             let visible: Vec<AlertOut> = group.alerts.values().filter(|a| !self.inhibited(a)).cloned().collect();
             let state: Vec<(Labels, bool)> = visible.iter().map(|a| (a.labels.clone(), a.ends_at.is_some())).collect();
             let firing = visible.iter().any(|a| a.ends_at.is_none());
+            // Without resolved notices, only new firing alerts are news (as Alertmanager).
+            let changed = if send_resolved {
+                state != group.last_state
+            } else {
+                state.iter().any(|s| !group.last_state.contains(s))
+            };
             let due = match group.last_sent {
                 // A new group: wait to collect; an alert that resolved meanwhile sends nothing.
                 None => now.since(group.created) >= self.route.group_wait_ms && firing,
-                Some(last) if state != group.last_state => now.since(last) >= self.route.group_interval_ms,
+                Some(last) if changed => now.since(last) >= self.route.group_interval_ms,
                 Some(last) => firing && now.since(last) >= self.repeat_ms(),
             };
             let notify = due && (firing || self.route.send_resolved);
@@ -232,6 +248,26 @@ mod tests {
         let later = p.flush(T0.plus(30_000 + 300_000));
         assert_eq!(later.len(), 1);
         assert_eq!(later[0].alerts.len(), 10);
+    }
+
+    #[test]
+    fn without_resolved_notices_a_shrinking_group_is_no_news() {
+        let route = Route { send_resolved: false, ..Route::default() };
+        let mut p = Pipeline::new(route, vec![]);
+        p.fire(near("a"), Labels::new(), T0);
+        p.fire(near("b"), Labels::new(), T0);
+        assert_eq!(p.flush(T0.plus(30_000)).len(), 1);
+        p.resolve(&near("a"), T0.plus(60_000));
+        assert!(p.flush(T0.plus(400_000)).is_empty(), "b still fires, a resolved: nothing new");
+        p.fire(near("c"), Labels::new(), T0.plus(400_000));
+        let sent = p.flush(T0.plus(700_000));
+        assert_eq!(sent.len(), 1);
+        assert!(sent[0].alerts.iter().all(|a| a.ends_at.is_none()), "no resolved alert in the payload");
+        assert_eq!(sent[0].alerts.len(), 2);
+        p.resolve(&near("b"), T0.plus(800_000));
+        p.resolve(&near("c"), T0.plus(800_000));
+        assert!(p.flush(T0.plus(1_200_000)).is_empty());
+        assert!(p.is_empty(), "the group is forgotten");
     }
 
     #[test]

@@ -167,9 +167,18 @@ impl Warner {
                 None => true,
                 Some(p) => own.is_some_and(|o| o.since(now) as f64 <= IMBALANCE * p.since(now) as f64),
             };
+            let per_key = engine.config().scope == crate::engine::QuotaScope::Key;
             for (g, u) in groups.iter().zip(&usage) {
                 let project = engine.projects()[g.project].id.as_str();
-                let labels = [("project", project), ("model", model)];
+                // With quota counted per key, each key is a bucket of its own: name it.
+                let key = match (per_key, g.keys.first()) {
+                    (true, Some(k)) => Some(crate::report::redact(&engine.keys()[k.0 as usize].id)),
+                    _ => None,
+                };
+                let mut labels = vec![("project", project), ("model", model)];
+                if let Some(k) = &key {
+                    labels.push(("key", k.as_str()));
+                }
                 let s =
                     Subject { id: u64::from(g.bucket.0), alertname: "QuotaNearLimit", labels: &labels, name: project };
                 changes.extend(self.monitor.observe_gated(&s, u, engine.ceilings(g.bucket), now, &gate));
@@ -187,7 +196,7 @@ impl Warner {
                         alerts: vec![AlertOut {
                             labels: c.labels,
                             annotations: c.annotations,
-                            starts_at: now,
+                            starts_at: c.since,
                             ends_at: resolved.then_some(now),
                         }],
                     }
