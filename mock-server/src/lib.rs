@@ -10,9 +10,12 @@
 //! - [`body`]: the provider's answers as data — `generateContent` responses with
 //!   `usageMetadata`, and error bodies (429 `RESOURCE_EXHAUSTED` with `QuotaFailure` and
 //!   `RetryInfo`, 400, 403, 404, 500, 503) exactly as Gemini sends them.
+//! - [`fake`]: the HTTP API as one function of a request — routing, keys, the judge's
+//!   verdicts, latency and faults — for any host to serve.
 //! - [`pacific`]: the calendar of the daily quota (midnight America/Los_Angeles).
 
 pub mod body;
+pub mod fake;
 pub mod judge;
 pub mod pacific;
 

@@ -1,0 +1,663 @@
+//! The fake Gemini API as one function: an HTTP request in, an answer out, with the judge
+//! deciding every quota question. Hosts (wiremock, or the sustained host) only move bytes.
+//!
+//! Speaks `generateContent`, `streamGenerateContent` (server-sent events with `alt=sse`, a
+//! JSON array without), `countTokens`, `GET models` (paged) and `GET models/{model}`, and the
+//! OpenAI-compatible `chat/completions` (plain and streamed). Keys come from
+//! `x-goog-api-key`, `?key=` or, on the OpenAI path, `Authorization: Bearer`. Bodies and
+//! errors are Gemini's own (see [`crate::body`]).
+//!
+//! Fake-only extension: a request may say how long its answer is with the header
+//! `x-keysim-output-tokens: N`, so a load run can replay a scenario's output sizes.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+
+use rand::{Rng, SeedableRng};
+use rand_distr::{Distribution, LogNormal};
+use serde_json::{json, Value};
+
+use crate::body::{self, ErrorAnswer, UsageMetadata};
+use crate::judge::{Fault, FaultModel, Judge, JudgeConfig, KeyState, LatencySampler, Verdict};
+
+/// Counts the input tokens of a prompt's text (the truth the judge enforces).
+pub type TokenCounter = Box<dyn Fn(&str) -> u64 + Send + Sync>;
+
+/// About four characters a token, rounded up: the count when no tokenizer is given.
+pub fn chars_per_four(text: &str) -> u64 {
+    (text.chars().count() as u64).div_ceil(4)
+}
+
+/// Failures beyond the judge's 500/503 rates.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct ExtraFaults {
+    /// Share of requests whose connection is dropped without an answer.
+    pub drop_rate: f64,
+    /// Share of successful answers that take `slow_factor` times longer.
+    pub slow_rate: f64,
+    /// How much longer a slow answer takes.
+    pub slow_factor: f64,
+    /// Every this many milliseconds (0: never) a burst of 503s starts ...
+    pub burst_every_ms: u64,
+    /// ... and lasts this long.
+    pub burst_ms: u64,
+}
+
+/// What the fake is made of.
+pub struct FakeConfig {
+    /// Models, projects, quotas, latency and the 500/503 rates.
+    pub judge: JudgeConfig,
+    /// Keys and the index of their project.
+    pub keys: Vec<(String, usize)>,
+    /// Dropped connections, slow answers, 503 bursts.
+    pub extra: ExtraFaults,
+    /// Output tokens of answers that do not say (log-normal median and p99).
+    pub output_median: f64,
+    /// See `output_median`.
+    pub output_p99: f64,
+    /// The input-token truth.
+    pub count: TokenCounter,
+    /// Seed of latencies, faults and output sizes.
+    pub seed: u64,
+}
+
+/// One HTTP request, as the fake needs it.
+#[derive(Clone, Copy, Debug)]
+pub struct ApiRequest<'a> {
+    /// `GET`, `POST` …
+    pub method: &'a str,
+    /// The path, without the query.
+    pub path: &'a str,
+    /// The query string, without `?`.
+    pub query: &'a str,
+    /// Header lookup by lower-case name.
+    pub headers: &'a [(String, String)],
+    /// The body.
+    pub body: &'a [u8],
+}
+
+impl ApiRequest<'_> {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+    }
+
+    fn query(&self, name: &str) -> Option<&str> {
+        self.query.split('&').filter_map(|kv| kv.split_once('=')).find(|(k, _)| *k == name).map(|(_, v)| v)
+    }
+}
+
+/// The answer's body.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Payload {
+    /// One JSON document.
+    Json(Value),
+    /// Server-sent events, each `data: <json>` (already serialised).
+    Events(Vec<String>),
+    /// A streamed JSON array, its elements already serialised.
+    Array(Vec<String>),
+}
+
+/// What to send back.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Answer {
+    /// HTTP status.
+    pub status: u16,
+    /// The body.
+    pub payload: Payload,
+    /// How long to wait before answering, in milliseconds.
+    pub delay_ms: u64,
+    /// Drop the connection instead of answering.
+    pub drop: bool,
+}
+
+impl Answer {
+    fn json(status: u16, body: Value, delay_ms: u64) -> Self {
+        Self { status, payload: Payload::Json(body), delay_ms, drop: false }
+    }
+
+    fn error(e: ErrorAnswer, delay_ms: u64) -> Self {
+        Self::json(e.status, e.body, delay_ms)
+    }
+
+    /// The content type of the body.
+    pub fn content_type(&self) -> &'static str {
+        match self.payload {
+            Payload::Events(_) => "text/event-stream",
+            Payload::Json(_) | Payload::Array(_) => "application/json; charset=UTF-8",
+        }
+    }
+
+    /// The body as bytes, all at once.
+    pub fn body_bytes(&self) -> Vec<u8> {
+        match &self.payload {
+            Payload::Json(v) => serde_json::to_vec(v).expect("JSON values serialise"),
+            Payload::Events(events) => {
+                events.iter().map(|e| format!("data: {e}\r\n\r\n")).collect::<String>().into_bytes()
+            }
+            Payload::Array(items) => format!("[{}]", items.join(",\r\n")).into_bytes(),
+        }
+    }
+}
+
+struct State {
+    judge: Judge,
+    rng: rand_pcg::Pcg64Mcg,
+}
+
+/// The fake API.
+pub struct Fake {
+    state: Mutex<State>,
+    models: Vec<String>,
+    latency: LatencySampler,
+    error_ms: u64,
+    faults: FaultModel,
+    extra: ExtraFaults,
+    output: Option<LogNormal<f64>>,
+    output_median: u64,
+    count: TokenCounter,
+    responses: AtomicU64,
+    /// The instant 503 bursts count from.
+    epoch_ms: AtomicU64,
+}
+
+/// Which surface a request came in on (errors of the OpenAI one are wrapped in an array).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Surface {
+    Gemini,
+    OpenAi,
+}
+
+impl Fake {
+    /// A fake serving `config`.
+    pub fn new(config: FakeConfig) -> Self {
+        let mut judge = Judge::new(config.judge.clone());
+        for (k, p) in &config.keys {
+            judge.issue_key(k, *p);
+        }
+        let output = (config.output_p99 > config.output_median && config.output_median > 0.0).then(|| {
+            let sigma = (config.output_p99 / config.output_median).ln() / 2.326_347_874;
+            LogNormal::new(config.output_median.ln(), sigma).expect("finite sigma")
+        });
+        Self {
+            state: Mutex::new(State { judge, rng: rand_pcg::Pcg64Mcg::seed_from_u64(config.seed) }),
+            models: config.judge.models.clone(),
+            latency: config.judge.latency.sampler(),
+            error_ms: config.judge.latency.error_ms(),
+            faults: config.judge.faults,
+            extra: config.extra,
+            output,
+            output_median: config.output_median.max(1.0) as u64,
+            count: config.count,
+            responses: AtomicU64::new(0),
+            epoch_ms: AtomicU64::new(0),
+        }
+    }
+
+    /// The models served.
+    pub fn models(&self) -> &[String] {
+        &self.models
+    }
+
+    /// Issues a key for project `project` while serving.
+    pub fn issue_key(&self, key: &str, project: usize) {
+        self.lock().judge.issue_key(key, project);
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Answers `req` at `now` (milliseconds since the Unix epoch, on the fake's clock).
+    pub fn handle(&self, req: &ApiRequest<'_>, now: u64) -> Answer {
+        let _ = self.epoch_ms.compare_exchange(0, now.max(1), Ordering::Relaxed, Ordering::Relaxed);
+        let path = req.path.trim_end_matches('/');
+        let surface = if path.starts_with("/v1beta/openai/") { Surface::OpenAi } else { Surface::Gemini };
+        let wrap = |a: Answer| match (surface, a.payload) {
+            (Surface::OpenAi, Payload::Json(v)) if a.status >= 400 => {
+                Answer { payload: Payload::Json(json!([v])), ..a }
+            }
+            (_, payload) => Answer { payload, ..a },
+        };
+        let answer = match (req.method, path) {
+            ("GET", "/v1beta/models") => self.with_key(req, surface, |_| self.list_models(req)),
+            ("GET", p) if p.starts_with("/v1beta/models/") => {
+                let name = &p["/v1beta/models/".len()..];
+                self.with_key(req, surface, |_| self.get_model(name))
+            }
+            ("POST", "/v1beta/openai/chat/completions") => {
+                self.with_key(req, surface, |project| self.chat_completions(req, project, now))
+            }
+            ("POST", p) if p.starts_with("/v1beta/models/") => {
+                let rest = &p["/v1beta/models/".len()..];
+                match rest.split_once(':') {
+                    Some((model, "generateContent")) => {
+                        self.with_key(req, surface, |project| self.generate(req, model, project, now, None))
+                    }
+                    Some((model, "streamGenerateContent")) => {
+                        let sse = req.query("alt") == Some("sse");
+                        self.with_key(req, surface, |project| self.generate(req, model, project, now, Some(sse)))
+                    }
+                    Some((model, "countTokens")) => {
+                        self.with_key(req, surface, |project| self.count_tokens(req, model, project, now))
+                    }
+                    _ => not_found(),
+                }
+            }
+            _ => not_found(),
+        };
+        wrap(answer)
+    }
+
+    /// Authenticates `req`, then runs `f` with the key's project.
+    fn with_key(&self, req: &ApiRequest<'_>, surface: Surface, f: impl FnOnce(usize) -> Answer) -> Answer {
+        let fast = self.latency_error();
+        let bearer = req.header("authorization").and_then(|a| a.strip_prefix("Bearer ")).map(str::trim);
+        let google = req.header("x-goog-api-key").or_else(|| req.query("key"));
+        let key = match (google, bearer, surface) {
+            (Some(_), Some(_), _) => return Answer::error(body::multiple_credentials(), fast),
+            (Some(k), None, _) | (None, Some(k), Surface::OpenAi) => k,
+            (None, Some(_), Surface::Gemini) | (None, None, _) => return Answer::error(body::missing_key(), fast),
+        };
+        let state = self.lock().judge.key_state(key);
+        match state {
+            KeyState::Valid(project) => f(project),
+            _ => Answer::error(body::api_key_invalid(), fast),
+        }
+    }
+
+    /// Errors come back quickly, at a tenth of the median latency.
+    fn latency_error(&self) -> u64 {
+        self.error_ms
+    }
+
+    fn list_models(&self, req: &ApiRequest<'_>) -> Answer {
+        let size = req.query("pageSize").and_then(|s| s.parse::<usize>().ok()).filter(|n| *n > 0).unwrap_or(50);
+        let start = req.query("pageToken").and_then(|s| s.parse::<usize>().ok()).unwrap_or(0);
+        let page: Vec<Value> = self.models.iter().skip(start).take(size).map(|m| model_json(m)).collect();
+        let mut out = json!({ "models": page });
+        if start + size < self.models.len() {
+            out["nextPageToken"] = json!((start + size).to_string());
+        }
+        Answer::json(200, out, 0)
+    }
+
+    fn get_model(&self, name: &str) -> Answer {
+        match self.models.iter().find(|m| m.as_str() == name) {
+            Some(m) => Answer::json(200, model_json(m), 0),
+            None => Answer::error(body::model_not_found(name), 0),
+        }
+    }
+
+    fn model_index(&self, model: &str) -> Option<usize> {
+        self.models.iter().position(|m| m == model)
+    }
+
+    /// A failure of the provider's own, if this request draws one.
+    fn fault(&self, state: &mut State, now: u64) -> Option<Answer> {
+        let fast = self.latency_error();
+        let e = &self.extra;
+        if e.burst_every_ms > 0 {
+            let since = now.saturating_sub(self.epoch_ms.load(Ordering::Relaxed));
+            if since % e.burst_every_ms < e.burst_ms {
+                return Some(Answer::error(body::overloaded(), fast));
+            }
+        }
+        if e.drop_rate > 0.0 && state.rng.random::<f64>() < e.drop_rate {
+            return Some(Answer { status: 0, payload: Payload::Json(Value::Null), delay_ms: fast, drop: true });
+        }
+        match self.faults.draw(&mut state.rng) {
+            Some(Fault::Internal) => Some(Answer::error(body::internal(), fast)),
+            Some(Fault::Overloaded) => Some(Answer::error(body::overloaded(), fast)),
+            None => None,
+        }
+    }
+
+    /// `generateContent` (`stream = None`) or `streamGenerateContent` (`Some(sse)`).
+    fn generate(&self, req: &ApiRequest<'_>, model: &str, project: usize, now: u64, stream: Option<bool>) -> Answer {
+        let Some(m) = self.model_index(model) else { return Answer::error(body::model_not_found(model), 0) };
+        let Ok(request) = serde_json::from_slice::<Value>(req.body) else {
+            return bad_request("Invalid JSON payload.");
+        };
+        let prompt = gemini_prompt(&request);
+        let input = (self.count)(&prompt);
+        let cap = gemini_max_output(&request);
+        let asked = req.header("x-keysim-output-tokens").and_then(|v| v.trim().parse::<u64>().ok());
+        let mut state = self.lock();
+        if let Some(a) = self.fault(&mut state, now) {
+            return a;
+        }
+        let verdict = state.judge.submit(project, m, input, now);
+        if let Verdict::Exhausted { violations, retry_after_ms } = verdict {
+            let tier = state.judge.config().projects[project].tier;
+            return Answer::error(body::quota_exceeded(&violations, tier, model, retry_after_ms), self.latency_error());
+        }
+        let (output, finish) = self.output_tokens(&mut state, asked, cap);
+        let delay = self.delay(&mut state);
+        drop(state);
+        let n = self.responses.fetch_add(1, Ordering::Relaxed);
+        let id = format!("keysim-{n:012x}");
+        let text = answer_text(output);
+        let usage = UsageMetadata { prompt: input, candidates: output, thoughts: 0 };
+        let Some(sse) = stream else {
+            let mut body = body::generate_content(&text, &usage, model, &id);
+            body["candidates"][0]["finishReason"] = json!(finish);
+            return Answer::json(200, body, delay);
+        };
+        // Up to three chunks; each carries cumulative usage, the last the finish reason.
+        let words: Vec<&str> = text.split_inclusive(' ').collect();
+        let parts = words.len().clamp(1, 3);
+        let mut chunks = Vec::with_capacity(parts);
+        let mut sent = 0u64;
+        for i in 0..parts {
+            let lo = words.len() * i / parts;
+            let hi = words.len() * (i + 1) / parts;
+            let piece: String = words[lo..hi].concat();
+            sent = if i + 1 == parts { output } else { output * (i as u64 + 1) / parts as u64 };
+            let mut c = json!({
+                "candidates": [{"content": {"parts": [{"text": piece}], "role": "model"}, "index": 0}],
+                "usageMetadata": UsageMetadata { prompt: input, candidates: sent, thoughts: 0 }.to_json(),
+                "modelVersion": format!("models/{model}"),
+                "responseId": id,
+            });
+            if i + 1 == parts {
+                c["candidates"][0]["finishReason"] = json!(finish);
+            }
+            chunks.push(c.to_string());
+        }
+        debug_assert_eq!(sent, output);
+        let payload = if sse { Payload::Events(chunks) } else { Payload::Array(chunks) };
+        Answer { status: 200, payload, delay_ms: delay, drop: false }
+    }
+
+    fn count_tokens(&self, req: &ApiRequest<'_>, model: &str, project: usize, now: u64) -> Answer {
+        let Some(m) = self.model_index(model) else { return Answer::error(body::model_not_found(model), 0) };
+        let Ok(request) = serde_json::from_slice::<Value>(req.body) else {
+            return bad_request("Invalid JSON payload.");
+        };
+        let inner = request.get("generateContentRequest").unwrap_or(&request);
+        let total = (self.count)(&gemini_prompt(inner));
+        // Free: nothing is counted, but a project whose minute is full is refused.
+        let mut state = self.lock();
+        if let Verdict::Exhausted { violations, retry_after_ms } = state.judge.peek(project, m, 0, now) {
+            let tier = state.judge.config().projects[project].tier;
+            return Answer::error(body::quota_exceeded(&violations, tier, model, retry_after_ms), self.latency_error());
+        }
+        drop(state);
+        Answer::json(
+            200,
+            json!({"totalTokens": total, "promptTokensDetails": [{"modality": "TEXT", "tokenCount": total}]}),
+            0,
+        )
+    }
+
+    fn chat_completions(&self, req: &ApiRequest<'_>, project: usize, now: u64) -> Answer {
+        let Ok(request) = serde_json::from_slice::<Value>(req.body) else {
+            return bad_request("Invalid JSON payload.");
+        };
+        let model = request["model"].as_str().unwrap_or_default().trim_start_matches("models/").to_owned();
+        let Some(m) = self.model_index(&model) else { return Answer::error(body::model_not_found(&model), 0) };
+        let prompt = openai_prompt(&request);
+        let input = (self.count)(&prompt);
+        let cap = request["max_completion_tokens"].as_u64().or_else(|| request["max_tokens"].as_u64());
+        let asked = req.header("x-keysim-output-tokens").and_then(|v| v.trim().parse::<u64>().ok());
+        let mut state = self.lock();
+        if let Some(a) = self.fault(&mut state, now) {
+            return a;
+        }
+        if let Verdict::Exhausted { violations, retry_after_ms } = state.judge.submit(project, m, input, now) {
+            let tier = state.judge.config().projects[project].tier;
+            return Answer::error(
+                body::quota_exceeded(&violations, tier, &model, retry_after_ms),
+                self.latency_error(),
+            );
+        }
+        let (output, finish) = self.output_tokens(&mut state, asked, cap);
+        let delay = self.delay(&mut state);
+        drop(state);
+        let n = self.responses.fetch_add(1, Ordering::Relaxed);
+        let id = format!("chatcmpl-keysim-{n:012x}");
+        let created = now / 1000;
+        let finish = if finish == "MAX_TOKENS" { "length" } else { "stop" };
+        let text = answer_text(output);
+        let usage = json!({"prompt_tokens": input, "completion_tokens": output, "total_tokens": input + output});
+        if request["stream"].as_bool() == Some(true) {
+            let chunk = |delta: Value, finish: Value, usage: Value| {
+                json!({"id": id, "object": "chat.completion.chunk", "created": created, "model": model,
+                       "choices": [{"index": 0, "delta": delta, "finish_reason": finish}], "usage": usage})
+                .to_string()
+            };
+            let events = vec![
+                chunk(json!({"role": "assistant", "content": text}), Value::Null, Value::Null),
+                chunk(json!({}), json!(finish), usage),
+                "[DONE]".to_owned(),
+            ];
+            return Answer { status: 200, payload: Payload::Events(events), delay_ms: delay, drop: false };
+        }
+        let body = json!({
+            "id": id, "object": "chat.completion", "created": created, "model": model,
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": finish}],
+            "usage": usage,
+        });
+        Answer::json(200, body, delay)
+    }
+
+    /// Output tokens of an answer and its finish reason.
+    fn output_tokens(&self, state: &mut State, asked: Option<u64>, cap: Option<u64>) -> (u64, &'static str) {
+        let want = asked.unwrap_or_else(|| match &self.output {
+            Some(d) => (d.sample(&mut state.rng) + 0.5).clamp(1.0, 1e6) as u64,
+            None => self.output_median,
+        });
+        match cap {
+            Some(c) if want > c => (c, "MAX_TOKENS"),
+            _ => (want, "STOP"),
+        }
+    }
+
+    fn delay(&self, state: &mut State) -> u64 {
+        let base = self.latency.sample(&mut state.rng);
+        let e = &self.extra;
+        if e.slow_rate > 0.0 && state.rng.random::<f64>() < e.slow_rate {
+            (base as f64 * e.slow_factor.max(1.0)) as u64
+        } else {
+            base
+        }
+    }
+}
+
+fn model_json(m: &str) -> Value {
+    json!({
+        "name": format!("models/{m}"),
+        "version": "001",
+        "displayName": m,
+        "description": "A model served by keysim's fake Gemini API.",
+        "inputTokenLimit": 1_048_576,
+        "outputTokenLimit": 65_536,
+        "supportedGenerationMethods": ["generateContent", "countTokens"],
+    })
+}
+
+fn not_found() -> Answer {
+    Answer::json(404, json!({"error": {"code": 404, "message": "Method not found.", "status": "NOT_FOUND"}}), 0)
+}
+
+fn bad_request(message: &str) -> Answer {
+    Answer::json(400, json!({"error": {"code": 400, "message": message, "status": "INVALID_ARGUMENT"}}), 0)
+}
+
+/// All text of a Gemini request: system instruction and contents (camelCase or snake_case).
+fn gemini_prompt(req: &Value) -> String {
+    let mut out = String::new();
+    let mut parts = |content: &Value| {
+        for p in content["parts"].as_array().into_iter().flatten() {
+            if let Some(t) = p["text"].as_str() {
+                out.push_str(t);
+            }
+        }
+    };
+    for key in ["systemInstruction", "system_instruction"] {
+        if let Some(s) = req.get(key) {
+            parts(s);
+        }
+    }
+    match &req["contents"] {
+        Value::Array(items) => items.iter().for_each(&mut parts),
+        Value::Object(_) => parts(&req["contents"]),
+        _ => {}
+    }
+    out
+}
+
+fn gemini_max_output(req: &Value) -> Option<u64> {
+    let cfg = req.get("generationConfig").or_else(|| req.get("generation_config"))?;
+    cfg.get("maxOutputTokens").or_else(|| cfg.get("max_output_tokens"))?.as_u64()
+}
+
+/// All text of an OpenAI chat request.
+fn openai_prompt(req: &Value) -> String {
+    let mut out = String::new();
+    for m in req["messages"].as_array().into_iter().flatten() {
+        match &m["content"] {
+            Value::String(s) => out.push_str(s),
+            Value::Array(parts) => parts.iter().filter_map(|p| p["text"].as_str()).for_each(|t| out.push_str(t)),
+            _ => {}
+        }
+    }
+    out
+}
+
+/// An answer of `tokens` tokens at four characters each.
+fn answer_text(tokens: u64) -> String {
+    "tok ".repeat(tokens as usize).trim_end().to_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::judge::{Enforcement, LatencyModel, ModelQuota, ProjectQuota, Tier};
+
+    const NOW: u64 = 1_764_140_400_000;
+
+    fn fake(rpm: u64) -> Fake {
+        let judge = JudgeConfig {
+            enforcement: Enforcement::Sliding,
+            models: vec!["gemini-2.5-flash".into(), "gemini-2.5-pro".into()],
+            projects: vec![ProjectQuota {
+                id: "proj-a".into(),
+                tier: Tier::Free,
+                limits: vec![ModelQuota { rpm, tpm: 250_000, rpd: 250, tpd: None }; 2],
+            }],
+            latency: LatencyModel { median_ms: 100.0, p99_ms: 100.0 },
+            faults: FaultModel::default(),
+        };
+        Fake::new(FakeConfig {
+            judge,
+            keys: vec![("key-a".into(), 0)],
+            extra: ExtraFaults::default(),
+            output_median: 50.0,
+            output_p99: 50.0,
+            count: Box::new(chars_per_four),
+            seed: 1,
+        })
+    }
+
+    fn post(f: &Fake, path: &str, query: &str, headers: &[(&str, &str)], body: &str) -> Answer {
+        let headers: Vec<(String, String)> = headers.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        f.handle(&ApiRequest { method: "POST", path, query, headers: &headers, body: body.as_bytes() }, NOW)
+    }
+
+    const GEN: &str = "/v1beta/models/gemini-2.5-flash:generateContent";
+    const ASK: &str = r#"{"contents":[{"role":"user","parts":[{"text":"abcdefghijklmnop"}]}],"generationConfig":{"maxOutputTokens":30}}"#;
+
+    fn json(a: &Answer) -> Value {
+        serde_json::from_slice(&a.body_bytes()).unwrap()
+    }
+
+    #[test]
+    fn generates_with_usage_metadata_and_honours_max_output() {
+        let f = fake(10);
+        let a = post(&f, GEN, "", &[("x-goog-api-key", "key-a")], ASK);
+        assert_eq!(a.status, 200);
+        assert_eq!(a.delay_ms, 100);
+        let v = json(&a);
+        assert_eq!(v["usageMetadata"]["promptTokenCount"], 4, "16 characters");
+        assert_eq!(v["usageMetadata"]["candidatesTokenCount"], 30, "50 asked, capped at 30");
+        assert_eq!(v["candidates"][0]["finishReason"], "MAX_TOKENS");
+        assert_eq!(v["modelVersion"], "models/gemini-2.5-flash");
+        let a = post(&f, GEN, "key=key-a", &[("x-keysim-output-tokens", "7")], ASK);
+        assert_eq!(json(&a)["usageMetadata"]["candidatesTokenCount"], 7, "the key in the query, the size asked");
+    }
+
+    #[test]
+    fn keys_are_checked_as_gemini_checks_them() {
+        let f = fake(10);
+        let a = post(&f, GEN, "", &[], ASK);
+        assert_eq!((a.status, json(&a)["error"]["status"].as_str()), (403, Some("PERMISSION_DENIED")));
+        let a = post(&f, GEN, "", &[("x-goog-api-key", "nope")], ASK);
+        assert_eq!(json(&a)["error"]["details"][0]["reason"], "API_KEY_INVALID");
+        let a = post(&f, GEN, "", &[("x-goog-api-key", "key-a"), ("authorization", "Bearer key-a")], ASK);
+        assert_eq!(a.status, 400);
+        let a = post(&f, "/v1beta/models/gemini-9:generateContent", "", &[("x-goog-api-key", "key-a")], ASK);
+        assert_eq!(a.status, 404);
+    }
+
+    #[test]
+    fn the_third_request_against_rpm_two_gets_gemini_s_429() {
+        let f = fake(2);
+        for _ in 0..2 {
+            assert_eq!(post(&f, GEN, "", &[("x-goog-api-key", "key-a")], ASK).status, 200);
+        }
+        let a = post(&f, GEN, "", &[("x-goog-api-key", "key-a")], ASK);
+        assert_eq!(a.status, 429);
+        let e = &json(&a)["error"];
+        assert_eq!(e["status"], "RESOURCE_EXHAUSTED");
+        let retry =
+            e["details"].as_array().unwrap().iter().find(|d| d["@type"].as_str().unwrap().ends_with("RetryInfo"));
+        assert_eq!(retry.unwrap()["retryDelay"], "60s");
+        // The OpenAI surface wraps the same error in a one-element array.
+        let chat = r#"{"model":"gemini-2.5-flash","messages":[{"role":"user","content":"hi"}]}"#;
+        let a = post(&f, "/v1beta/openai/chat/completions", "", &[("authorization", "Bearer key-a")], chat);
+        assert_eq!(a.status, 429);
+        assert_eq!(json(&a)[0]["error"]["code"], 429);
+    }
+
+    #[test]
+    fn streams_as_events_or_as_an_array_with_cumulative_usage() {
+        let f = fake(10);
+        let path = "/v1beta/models/gemini-2.5-flash:streamGenerateContent";
+        let a = post(&f, path, "alt=sse", &[("x-goog-api-key", "key-a"), ("x-keysim-output-tokens", "9")], ASK);
+        assert_eq!(a.content_type(), "text/event-stream");
+        let text = String::from_utf8(a.body_bytes()).unwrap();
+        let events: Vec<Value> =
+            text.split("\r\n\r\n").filter(|e| !e.is_empty()).map(|e| serde_json::from_str(&e[6..]).unwrap()).collect();
+        assert_eq!(events.len(), 3);
+        let counts: Vec<u64> =
+            events.iter().map(|e| e["usageMetadata"]["candidatesTokenCount"].as_u64().unwrap()).collect();
+        assert_eq!(counts, [3, 6, 9]);
+        assert!(events[..2].iter().all(|e| e["candidates"][0].get("finishReason").is_none()));
+        assert_eq!(events[2]["candidates"][0]["finishReason"], "STOP");
+        let a = post(&f, path, "", &[("x-goog-api-key", "key-a"), ("x-keysim-output-tokens", "9")], ASK);
+        let arr: Vec<Value> = serde_json::from_slice(&a.body_bytes()).unwrap();
+        assert_eq!(arr.len(), 3);
+    }
+
+    #[test]
+    fn counts_tokens_for_free_and_lists_models_in_pages() {
+        let f = fake(10);
+        let path = "/v1beta/models/gemini-2.5-flash:countTokens";
+        let a = post(&f, path, "", &[("x-goog-api-key", "key-a")], r#"{"contents":[{"parts":[{"text":"abcdefgh"}]}]}"#);
+        assert_eq!(json(&a)["totalTokens"], 2);
+        let headers = vec![("x-goog-api-key".to_owned(), "key-a".to_owned())];
+        let list = |q: &str| {
+            json(&f.handle(
+                &ApiRequest { method: "GET", path: "/v1beta/models", query: q, headers: &headers, body: b"" },
+                NOW,
+            ))
+        };
+        let first = list("pageSize=1");
+        assert_eq!(first["models"][0]["name"], "models/gemini-2.5-flash");
+        assert_eq!(first["nextPageToken"], "1");
+        let second = list("pageSize=1&pageToken=1");
+        assert_eq!(second["models"][0]["name"], "models/gemini-2.5-pro");
+        assert!(second.get("nextPageToken").is_none());
+    }
+}
