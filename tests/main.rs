@@ -6,5 +6,6 @@ mod common;
 mod determinism;
 mod diagnostics;
 mod estimators;
+mod mock;
 mod properties;
 mod warnings;

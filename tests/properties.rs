@@ -116,6 +116,7 @@ fn scenario(s: &Setup) -> Scenario {
             counts_output: false,
             latency: LatencyModel { median_ms: 900.0, p99_ms: 5_000.0 },
             faults: FaultModel::default(),
+            extra_faults: Default::default(),
         },
         models: vec![model],
         projects,

@@ -119,6 +119,11 @@ impl Answer {
         Self::json(e.status, e.body, delay_ms)
     }
 
+    /// An error answer after `delay_ms`.
+    pub fn from_error(e: ErrorAnswer, delay_ms: u64) -> Self {
+        Self::error(e, delay_ms)
+    }
+
     /// The content type of the body.
     pub fn content_type(&self) -> &'static str {
         match self.payload {

@@ -12,10 +12,13 @@
 //!   `RetryInfo`, 400, 403, 404, 500, 503) exactly as Gemini sends them.
 //! - [`fake`]: the HTTP API as one function of a request — routing, keys, the judge's
 //!   verdicts, latency and faults — for any host to serve.
+//! - [`host`]: HTTP hosts of the fake — a sustained hyper host with flat memory, and a
+//!   wiremock `MockServer` for tests.
 //! - [`pacific`]: the calendar of the daily quota (midnight America/Los_Angeles).
 
 pub mod body;
 pub mod fake;
+pub mod host;
 pub mod judge;
 pub mod pacific;
 

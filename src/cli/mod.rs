@@ -1,6 +1,7 @@
 //! The `keysim` command line: subcommands, and the mapping of failures to exit codes
 //! (0 ok, 1 expectations failed, 2 bad input, 3 runtime failure).
 
+pub mod mock;
 mod run;
 
 use std::path::PathBuf;
@@ -56,6 +57,27 @@ pub enum Command {
         #[command(flatten)]
         scenario: ScenarioArgs,
     },
+    /// Serve the fake Gemini API (quotas, latency and faults of a scenario) until Ctrl-C.
+    Mock {
+        /// Port to listen on (0: any free port).
+        #[arg(long, default_value_t = 8080)]
+        port: u16,
+        /// Address to listen on.
+        #[arg(long, default_value = "127.0.0.1")]
+        bind: String,
+        /// The scenario whose pool is served (default: the built-in quickstart).
+        #[arg(long)]
+        scenario: Option<PathBuf>,
+        /// Override a setting of the scenario.
+        #[arg(long = "set", value_name = "PATH=VALUE")]
+        overrides: Vec<String>,
+        /// The host: sustained (no per-request memory) or wiremock.
+        #[arg(long, value_enum, default_value = "sustained")]
+        host: mock::Host,
+        /// Run the fake's clock this many times faster than real time.
+        #[arg(long, default_value_t = 1.0)]
+        time_scale: f64,
+    },
 }
 
 /// A failure with its exit code.
@@ -87,5 +109,8 @@ pub fn execute(cli: Cli) -> Result<i32, CliError> {
             run::run(&scenario, run::RunOptions { out, seed, json, requests_csv, quiet })
         }
         Command::Validate { scenario } => run::validate(&scenario),
+        Command::Mock { port, bind, scenario, overrides, host, time_scale } => {
+            mock::mock(mock::MockOptions { port, bind, scenario, overrides, host, time_scale })
+        }
     }
 }

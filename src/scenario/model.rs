@@ -95,6 +95,9 @@ pub struct Provider {
     pub latency: LatencyModel,
     /// Server-side failures.
     pub faults: FaultModel,
+    /// Failures only a real-time host produces (dropped connections, slow answers, 503
+    /// bursts); the simulator does not model them.
+    pub extra_faults: mock_server::fake::ExtraFaults,
 }
 
 /// A model with default limits.
@@ -193,6 +196,16 @@ pub enum Tokens {
         /// 99th percentile.
         p99: f64,
     },
+}
+
+impl Tokens {
+    /// Median and 99th percentile (equal for a fixed count).
+    pub fn median_p99(&self) -> (f64, f64) {
+        match *self {
+            Self::Fixed(n) => (n as f64, n as f64),
+            Self::LogNormal { median, p99 } => (median, p99),
+        }
+    }
 }
 
 /// How requests of a class arrive.

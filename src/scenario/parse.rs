@@ -220,6 +220,7 @@ fn provider(ctx: &mut Ctx, t: Option<&Table<'_, '_>>, base: Option<&Path>) -> Op
         counts_output: false,
         latency: LatencyModel { median_ms: 800.0, p99_ms: 6_000.0 },
         faults: FaultModel::default(),
+        extra_faults: Default::default(),
     };
     let Some(t) = t else { return Some(p) };
     t.allow(ctx, &["enforcement", "tpm_counts", "latency", "faults", "tokenizer"]);
@@ -257,7 +258,29 @@ fn provider(ctx: &mut Ctx, t: Option<&Table<'_, '_>>, base: Option<&Path>) -> Op
         }
     }
     if let Some(f) = t.table(ctx, "faults") {
-        f.allow(ctx, &["internal_rate", "overloaded_rate"]);
+        f.allow(
+            ctx,
+            &[
+                "internal_rate",
+                "overloaded_rate",
+                "drop_rate",
+                "slow_rate",
+                "slow_factor",
+                "burst_every",
+                "burst_length",
+            ],
+        );
+        let x = &mut p.extra_faults;
+        x.drop_rate = f.fraction(ctx, "drop_rate", 0.0, 1.0).unwrap_or(0.0);
+        x.slow_rate = f.fraction(ctx, "slow_rate", 0.0, 1.0).unwrap_or(0.0);
+        x.slow_factor = f.float(ctx, "slow_factor").map_or(10.0, |(v, _)| v.clamp(1.0, 1000.0));
+        x.burst_every_ms = f.duration(ctx, "burst_every").map_or(0, |(v, _)| v);
+        x.burst_ms = f.duration(ctx, "burst_length").map_or(0, |(v, _)| v);
+        if x.burst_ms > 0 && x.burst_ms >= x.burst_every_ms {
+            let span = f.raw("burst_length").map_or(0..0, |v| v.span());
+            ctx.error(span, "`burst_length` must be shorter than `burst_every`");
+            ok = false;
+        }
         p.faults.internal_rate = f.fraction(ctx, "internal_rate", 0.0, 1.0).unwrap_or(0.0);
         p.faults.overloaded_rate = f.fraction(ctx, "overloaded_rate", 0.0, 1.0).unwrap_or(0.0);
     }

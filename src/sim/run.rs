@@ -183,7 +183,18 @@ fn build_estimator(sc: &Scenario, kind: EstimatorKind) -> Box<dyn Estimator> {
 
 /// The judge a scenario describes, with its initial keys issued.
 pub fn build_judge(sc: &Scenario) -> Judge {
-    let mut judge = Judge::new(JudgeConfig {
+    let mut judge = Judge::new(judge_config(sc));
+    for (i, p) in sc.projects.iter().enumerate() {
+        for k in &p.keys {
+            judge.issue_key(k, i);
+        }
+    }
+    judge
+}
+
+/// The judge's settings for a scenario (its keys are issued apart).
+pub fn judge_config(sc: &Scenario) -> JudgeConfig {
+    JudgeConfig {
         enforcement: sc.provider.enforcement,
         models: sc.models.iter().map(|m| m.name.clone()).collect(),
         projects: sc
@@ -201,13 +212,7 @@ pub fn build_judge(sc: &Scenario) -> Judge {
             .collect(),
         latency: sc.provider.latency,
         faults: sc.provider.faults,
-    });
-    for (i, p) in sc.projects.iter().enumerate() {
-        for k in &p.keys {
-            judge.issue_key(k, i);
-        }
     }
-    judge
 }
 
 /// Runs `sc` to the end: every request that arrives before `duration` ends in exactly one

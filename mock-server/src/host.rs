@@ -1,0 +1,167 @@
+//! Hosts that serve the [`Fake`] over HTTP/1.1.
+//!
+//! - [`serve`]: the sustained host, on hyper: keep-alive connections, answers delayed by the
+//!   fake's latency without holding anything per request once it is answered, dropped
+//!   connections for real. Memory stays flat however many requests it serves.
+//! - [`start_wiremock`]: the same fake mounted in a wiremock `MockServer`, for tests and for
+//!   users whose tests already use wiremock. wiremock keeps a copy of every matched request
+//!   (even with recording disabled), so its memory grows with traffic; it cannot drop a
+//!   connection either, and answers 503 where the sustained host would drop.
+//!
+//! Both read time from a [`Clock`], which may run faster than real time (`--time-scale`):
+//! quotas are judged on the scaled clock and latencies shrink by the same factor.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+
+use crate::fake::{Answer, ApiRequest, Fake};
+
+/// The fake's clock: Unix milliseconds, optionally running `scale` times faster than real
+/// time from the moment it was made.
+#[derive(Clone, Copy, Debug)]
+pub struct Clock {
+    origin: Instant,
+    origin_ms: u64,
+    scale: f64,
+}
+
+impl Clock {
+    /// Real time, sped up `scale` times (1 for real time).
+    pub fn new(scale: f64) -> Self {
+        let origin_ms = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
+        Self::starting_at(origin_ms, scale)
+    }
+
+    /// A clock that reads `origin_ms` now and runs `scale` times faster than real time.
+    pub fn starting_at(origin_ms: u64, scale: f64) -> Self {
+        Self { origin: Instant::now(), origin_ms, scale: if scale.is_finite() && scale > 0.0 { scale } else { 1.0 } }
+    }
+
+    /// Now, in Unix milliseconds on this clock.
+    pub fn now_ms(&self) -> u64 {
+        self.origin_ms + (self.origin.elapsed().as_secs_f64() * 1000.0 * self.scale) as u64
+    }
+
+    /// How long `ms` of this clock's time takes in real time.
+    pub fn real(&self, ms: u64) -> Duration {
+        Duration::from_secs_f64(ms as f64 / 1000.0 / self.scale)
+    }
+
+    /// How much faster than real time it runs.
+    pub fn scale(&self) -> f64 {
+        self.scale
+    }
+}
+
+/// Header names and values (values that are not text are left out).
+fn pairs(headers: &hyper::HeaderMap) -> Vec<(String, String)> {
+    headers.iter().filter_map(|(k, v)| Some((k.as_str().to_owned(), v.to_str().ok()?.to_owned()))).collect()
+}
+
+/// The fake's answer to one request, now.
+fn ask(
+    fake: &Fake,
+    clock: &Clock,
+    method: &str,
+    path: &str,
+    query: &str,
+    headers: &[(String, String)],
+    body: &[u8],
+) -> Answer {
+    fake.handle(&ApiRequest { method, path, query, headers, body }, clock.now_ms())
+}
+
+fn response(a: &Answer) -> hyper::Response<Full<Bytes>> {
+    hyper::Response::builder()
+        .status(a.status)
+        .header("content-type", a.content_type())
+        .header("server", "keysim-fake-gemini")
+        .body(Full::new(Bytes::from(a.body_bytes())))
+        .expect("valid status and headers")
+}
+
+/// Serves `fake` on `listener` until `shutdown` completes.
+pub async fn serve(
+    fake: Arc<Fake>,
+    listener: tokio::net::TcpListener,
+    clock: Clock,
+    shutdown: impl Future<Output = ()>,
+) -> std::io::Result<()> {
+    tokio::pin!(shutdown);
+    loop {
+        let (stream, _) = tokio::select! {
+            accepted = listener.accept() => accepted?,
+            () = &mut shutdown => return Ok(()),
+        };
+        let _ = stream.set_nodelay(true);
+        let fake = fake.clone();
+        tokio::spawn(async move {
+            let service = service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+                let fake = fake.clone();
+                async move {
+                    let (parts, body) = req.into_parts();
+                    let body = body.collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+                    let headers = pairs(&parts.headers);
+                    let (path, query) = (parts.uri.path(), parts.uri.query().unwrap_or_default());
+                    let answer = ask(&fake, &clock, parts.method.as_str(), path, query, &headers, &body);
+                    if answer.delay_ms > 0 {
+                        tokio::time::sleep(clock.real(answer.delay_ms)).await;
+                    }
+                    if answer.drop {
+                        // An error from the service makes hyper close the connection unanswered.
+                        return Err(std::io::Error::other("dropped by fault injection"));
+                    }
+                    Ok::<_, std::io::Error>(response(&answer))
+                }
+            });
+            let _ = http1::Builder::new().keep_alive(true).serve_connection(TokioIo::new(stream), service).await;
+        });
+    }
+}
+
+/// The fake as a wiremock responder.
+pub struct Responder {
+    fake: Arc<Fake>,
+    clock: Clock,
+}
+
+impl wiremock::Respond for Responder {
+    fn respond(&self, req: &wiremock::Request) -> wiremock::ResponseTemplate {
+        let headers = pairs(&req.headers);
+        let (path, query) = (req.url.path(), req.url.query().unwrap_or_default());
+        let mut answer = ask(&self.fake, &self.clock, req.method.as_str(), path, query, &headers, &req.body);
+        if answer.drop {
+            answer = Answer { drop: false, ..Answer::from_error(crate::body::overloaded(), answer.delay_ms) };
+        }
+        wiremock::ResponseTemplate::new(answer.status)
+            .insert_header("content-type", answer.content_type())
+            .set_body_bytes(answer.body_bytes())
+            .set_delay(self.clock.real(answer.delay_ms))
+    }
+}
+
+/// Starts a wiremock server serving `fake` (on `listener`, or on a free loopback port).
+pub async fn start_wiremock(
+    fake: Arc<Fake>,
+    clock: Clock,
+    listener: Option<std::net::TcpListener>,
+) -> wiremock::MockServer {
+    let mut builder = wiremock::MockServer::builder().disable_request_recording();
+    if let Some(l) = listener {
+        builder = builder.listener(l);
+    }
+    let server = builder.start().await;
+    wiremock::Mock::given(wiremock::matchers::any())
+        .respond_with(Responder { fake, clock })
+        .named("keysim fake Gemini API")
+        .mount(&server)
+        .await;
+    server
+}

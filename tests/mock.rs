@@ -1,0 +1,121 @@
+//! `keysim mock` over real HTTP: both hosts, raw requests, dropped connections, and the
+//! official Python SDKs (google-genai, openai) against it.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::process::{Child, Stdio};
+use std::time::Duration;
+
+use crate::common::{keysim, root};
+
+/// A running `keysim mock`, stopped when dropped.
+struct Mock {
+    child: Child,
+    base: String,
+}
+
+impl Drop for Mock {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn start(host: &str, extra: &[&str]) -> Mock {
+    let mut child = keysim()
+        .args(["mock", "--port", "0", "--host", host, "--scenario", "tests/sdk/sdk-pool.toml"])
+        .args(extra)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("keysim mock starts");
+    let mut first = String::new();
+    let mut out = BufReader::new(child.stdout.take().unwrap());
+    out.read_line(&mut first).unwrap();
+    // Keep reading what else it says, so that it never writes into a closed pipe.
+    std::thread::spawn(move || std::io::copy(&mut out, &mut std::io::sink()));
+    let base =
+        first.split_whitespace().find(|w| w.starts_with("http://")).expect("it says where it listens").to_owned();
+    Mock { child, base }
+}
+
+/// One raw HTTP/1.1 exchange; `None` if the connection closed without an answer.
+fn raw(base: &str, request: &str) -> Option<(u16, String)> {
+    let mut s = TcpStream::connect(base.trim_start_matches("http://")).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.write_all(request.as_bytes()).unwrap();
+    let mut out = String::new();
+    let _ = s.read_to_string(&mut out);
+    let status = out.split_whitespace().nth(1)?.parse().ok()?;
+    let body = out.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
+    Some((status, body))
+}
+
+fn generate(key: &str) -> String {
+    let body = r#"{"contents":[{"parts":[{"text":"abcdefgh"}]}]}"#;
+    format!(
+        "POST /v1beta/models/gemini-2.5-flash:generateContent HTTP/1.1\r\nHost: fake\r\nx-goog-api-key: {key}\r\n\
+         content-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+        body.len()
+    )
+}
+
+#[test]
+fn both_hosts_answer_over_real_http_and_enforce_rpm_per_project() {
+    for host in ["sustained", "wiremock"] {
+        let m = start(host, &[]);
+        let list = "GET /v1beta/models?key=fake-gemini-key HTTP/1.1\r\nHost: fake\r\nconnection: close\r\n\r\n";
+        let (status, body) = raw(&m.base, list).expect("an answer");
+        assert_eq!(status, 200, "{host}: {body}");
+        assert!(body.contains("models/gemini-2.5-flash"), "{host}: {body}");
+        let statuses: Vec<u16> = (0..3).map(|_| raw(&m.base, &generate("fake-gemini-key")).unwrap().0).collect();
+        assert_eq!(statuses, [200, 200, 429], "{host}: RPM 2 per project");
+        assert_eq!(
+            raw(&m.base, &generate("fake-openai-key")).unwrap().0,
+            200,
+            "{host}: another project, another quota"
+        );
+        let (status, body) = raw(&m.base, &generate("not-a-key")).unwrap();
+        assert_eq!(status, 400, "{host}");
+        assert!(body.contains("API_KEY_INVALID"), "{host}: {body}");
+    }
+}
+
+#[test]
+fn the_sustained_host_drops_connections_when_told_to() {
+    let m = start("sustained", &["--set", "provider.faults={ drop_rate = 1.0 }"]);
+    assert_eq!(raw(&m.base, &generate("fake-gemini-key")), None, "closed without an answer");
+    let w = start("wiremock", &["--set", "provider.faults={ drop_rate = 1.0 }"]);
+    assert_eq!(raw(&w.base, &generate("fake-gemini-key")).unwrap().0, 503, "wiremock cannot drop: 503 instead");
+}
+
+/// Whether the Python SDKs are importable; in CI they must be.
+fn sdks() -> bool {
+    let ok = std::process::Command::new("python3")
+        .args(["-c", "import google.genai, openai"])
+        .status()
+        .is_ok_and(|s| s.success());
+    if !ok {
+        assert!(std::env::var_os("CI").is_none(), "CI must install tests/sdk/requirements.txt");
+        eprintln!("skipped: the Python SDKs are not installed (pip install -r tests/sdk/requirements.txt)");
+    }
+    ok
+}
+
+#[test]
+fn the_official_sdks_work_against_the_fake() {
+    if !sdks() {
+        return;
+    }
+    for host in ["sustained", "wiremock"] {
+        let m = start(host, &[]);
+        let out = std::process::Command::new("python3")
+            .arg(root().join("tests/sdk/check_sdks.py"))
+            .args([&m.base, "fake-gemini-key", "fake-openai-key"])
+            .output()
+            .expect("python3 runs");
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "{host}:\n{text}\n{}", String::from_utf8_lossy(&out.stderr));
+        assert!(text.contains("all SDK checks passed"), "{host}: {text}");
+    }
+}

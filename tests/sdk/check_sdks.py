@@ -1,0 +1,80 @@
+"""The official SDKs against `keysim mock`: generate, stream, count tokens, list models, and
+the 429 a client sees when a project's quota runs out.
+
+Usage: python3 check_sdks.py BASE_URL KEY
+The fake must serve a project with RPM 2 for `gemini-2.5-flash` owning KEY (the test
+starts it with such a scenario). Exits non-zero with a message on the first failure.
+"""
+
+import sys
+
+from google import genai
+from google.genai import errors, types
+import openai
+
+base, key = sys.argv[1], sys.argv[2]
+MODEL = "gemini-2.5-flash"
+
+
+def check(cond, what):
+    if not cond:
+        print(f"FAIL: {what}", file=sys.stderr)
+        sys.exit(1)
+    print(f"ok: {what}")
+
+
+client = genai.Client(api_key=key, http_options=types.HttpOptions(base_url=base, api_version="v1beta"))
+
+# countTokens is free: it does not use the minute's quota.
+n = client.models.count_tokens(model=MODEL, contents="abcdefghijklmnop")
+check(n.total_tokens == 4, f"count_tokens: 16 characters are 4 tokens (got {n.total_tokens})")
+
+models = list(client.models.list())
+check(any(m.name == f"models/{MODEL}" for m in models), "models.list names the scenario's model")
+
+r = client.models.generate_content(
+    model=MODEL,
+    contents="Explain how AI works in a few words",
+    config=types.GenerateContentConfig(max_output_tokens=25),
+)
+u = r.usage_metadata
+check(u.prompt_token_count == 9, f"generate_content: usage_metadata.prompt_token_count (got {u.prompt_token_count})")
+check(u.candidates_token_count == 25, f"generate_content: capped at max_output_tokens (got {u.candidates_token_count})")
+check(r.text.startswith("tok"), "generate_content: response.text")
+check(str(r.candidates[0].finish_reason).endswith("MAX_TOKENS"), "generate_content: finish_reason MAX_TOKENS")
+
+chunks = list(client.models.generate_content_stream(model=MODEL, contents="stream this please"))
+check(len(chunks) >= 2, f"generate_content_stream: several chunks (got {len(chunks)})")
+check(chunks[-1].usage_metadata.candidates_token_count > 0, "generate_content_stream: final usage")
+check("".join(c.text or "" for c in chunks).startswith("tok"), "generate_content_stream: text")
+
+# RPM 2: both generate calls above used it up; the third call in the minute is refused.
+try:
+    client.models.generate_content(model=MODEL, contents="one too many")
+    check(False, "the third request of the minute raises")
+except errors.ClientError as e:
+    check(e.code == 429, f"ClientError.code == 429 (got {e.code})")
+    check(e.status == "RESOURCE_EXHAUSTED", f"ClientError.status (got {e.status})")
+    details = e.details["error"]["details"]
+    types_ = [d["@type"] for d in details]
+    check("type.googleapis.com/google.rpc.RetryInfo" in types_, "RetryInfo in the details")
+    check("type.googleapis.com/google.rpc.QuotaFailure" in types_, "QuotaFailure in the details")
+    retry = next(d for d in details if d["@type"].endswith("RetryInfo"))
+    check(retry["retryDelay"].endswith("s"), f"retryDelay {retry['retryDelay']}")
+
+# The OpenAI SDK on the compatible surface, with a key of its own project.
+oai = openai.OpenAI(api_key=sys.argv[3], base_url=f"{base}/v1beta/openai/")
+c = oai.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "abcdefgh"}], max_tokens=12)
+check(c.usage.prompt_tokens == 2 and c.usage.completion_tokens == 12, f"openai: usage {c.usage}")
+check(c.choices[0].message.content.startswith("tok"), "openai: message content")
+check(c.choices[0].finish_reason == "length", "openai: finish_reason length")
+stream = oai.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "hi"}], stream=True)
+text = "".join((ch.choices[0].delta.content or "") for ch in stream if ch.choices)
+check(text.startswith("tok"), "openai: streamed content")
+try:
+    oai.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "again"}])
+    check(False, "openai: the third request of the minute raises")
+except openai.RateLimitError as e:
+    check(e.status_code == 429, "openai: RateLimitError 429")
+
+print("all SDK checks passed")
