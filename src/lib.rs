@@ -6,12 +6,14 @@
 //! - [`scenario`]: scenario files — parsing, validation with precise diagnostics.
 //! - [`sim`]: the deterministic discrete-event simulator that drives engine and judge in
 //!   virtual time.
+//! - [`load`]: the same traffic and engine in real time over real HTTP (`keysim load`).
 //! - [`notify`]: where warning notifications go — log lines, JSON lines, a webhook.
 //! - [`report`]: one aggregator fed by runs; summary, CSV writers and the terminal table.
 //! - [`cli`]: the `keysim` command line.
 
 pub mod cli;
 pub mod engine;
+pub mod load;
 pub mod notify;
 pub mod report;
 pub mod scenario;

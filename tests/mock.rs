@@ -9,9 +9,9 @@ use std::time::Duration;
 use crate::common::{keysim, root};
 
 /// A running `keysim mock`, stopped when dropped.
-struct Mock {
+pub(crate) struct Mock {
     child: Child,
-    base: String,
+    pub(crate) base: String,
 }
 
 impl Drop for Mock {
@@ -22,8 +22,13 @@ impl Drop for Mock {
 }
 
 fn start(host: &str, extra: &[&str]) -> Mock {
+    start_with(host, "tests/sdk/sdk-pool.toml", extra)
+}
+
+/// `keysim mock` serving `scenario` on a free port.
+pub(crate) fn start_with(host: &str, scenario: &str, extra: &[&str]) -> Mock {
     let mut child = keysim()
-        .args(["mock", "--port", "0", "--host", host, "--scenario", "tests/sdk/sdk-pool.toml"])
+        .args(["mock", "--port", "0", "--host", host, "--scenario", scenario])
         .args(extra)
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
@@ -100,6 +105,45 @@ fn sdks() -> bool {
         eprintln!("skipped: the Python SDKs are not installed (pip install -r tests/sdk/requirements.txt)");
     }
     ok
+}
+
+/// The same two minutes of traffic, simulated and sent for real (at 4x) to the fake, tell
+/// the same story. They cannot agree exactly: in real time, two requests' trips to the
+/// fake differ by scheduling jitter (multiplied by the time scale), so a request admitted
+/// right at a window's edge can reach the fake before the entry it replaces has left, and
+/// settlement times shift which queued request gets the next slot. Hence a tolerance of
+/// three requests (or 10 %) on succeeded and denied, and at most two breaches.
+#[test]
+fn a_load_run_against_the_fake_agrees_with_the_simulation() {
+    let sim = crate::common::run(&crate::common::scenario("load-check", &[])).0;
+    let m = start_with("sustained", "scenarios/load-check.toml", &["--time-scale", "4"]);
+    let out = keysim()
+        .args(["load", "scenarios/load-check.toml", "--target", &m.base, "--time-scale", "4", "--json"])
+        .args(["--out"])
+        .arg(crate::common::temp_dir("load"))
+        .output()
+        .expect("keysim load runs");
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    let load: serde_json::Value = serde_json::from_slice(&out.stdout).expect("summary JSON");
+    assert_eq!(load["mode"], "load");
+    let r = &load["requests"];
+    let n = |k: &str| r[k].as_u64().unwrap();
+    assert_eq!(n("total"), sim.requests.total, "the same schedule");
+    assert_eq!(n("total"), n("succeeded") + n("breaches") + n("denied") + n("failed"));
+    let near = |a: u64, b: u64| a.abs_diff(b) <= 3.max(b / 10);
+    assert!(
+        near(n("succeeded"), sim.requests.succeeded),
+        "succeeded: load {} sim {}",
+        n("succeeded"),
+        sim.requests.succeeded
+    );
+    assert!(near(n("denied"), sim.requests.denied), "denied: load {} sim {}", n("denied"), sim.requests.denied);
+    assert!(n("breaches") <= 2, "breaches: {}", n("breaches"));
+    assert_eq!(n("failed"), 0);
+    let l = &load["load"];
+    assert_eq!(l["started"], sim.requests.total);
+    assert_eq!(l["transport_errors"], 0);
+    assert!(load["overhead_ns"]["p50"].as_u64().unwrap() > 0, "the engine's decision time is measured");
 }
 
 #[test]

@@ -7,8 +7,9 @@
 //! `x-goog-api-key`, `?key=` or, on the OpenAI path, `Authorization: Bearer`. Bodies and
 //! errors are Gemini's own (see [`crate::body`]).
 //!
-//! Fake-only extension: a request may say how long its answer is with the header
-//! `x-keysim-output-tokens: N`, so a load run can replay a scenario's output sizes.
+//! Fake-only extensions, so that a load run can replay a simulated scenario exactly: a
+//! request may say how long its answer is (`x-keysim-output-tokens: N`) and how long the
+//! fake takes to give it (`x-keysim-latency-ms: N`, on the fake's clock).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
@@ -337,7 +338,7 @@ impl Fake {
             return Answer::error(body::quota_exceeded(&violations, tier, model, retry_after_ms), self.latency_error());
         }
         let (output, finish) = self.output_tokens(&mut state, asked, cap);
-        let delay = self.delay(&mut state);
+        let delay = self.delay(&mut state, req);
         drop(state);
         let n = self.responses.fetch_add(1, Ordering::Relaxed);
         let id = format!("keysim-{n:012x}");
@@ -417,7 +418,7 @@ impl Fake {
             );
         }
         let (output, finish) = self.output_tokens(&mut state, asked, cap);
-        let delay = self.delay(&mut state);
+        let delay = self.delay(&mut state, req);
         drop(state);
         let n = self.responses.fetch_add(1, Ordering::Relaxed);
         let id = format!("chatcmpl-keysim-{n:012x}");
@@ -458,7 +459,10 @@ impl Fake {
         }
     }
 
-    fn delay(&self, state: &mut State) -> u64 {
+    fn delay(&self, state: &mut State, req: &ApiRequest<'_>) -> u64 {
+        if let Some(ms) = req.header("x-keysim-latency-ms").and_then(|v| v.trim().parse::<u64>().ok()) {
+            return ms.min(3_600_000);
+        }
         let base = self.latency.sample(&mut state.rng);
         let e = &self.extra;
         if e.slow_rate > 0.0 && state.rng.random::<f64>() < e.slow_rate {

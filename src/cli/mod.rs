@@ -57,6 +57,36 @@ pub enum Command {
         #[command(flatten)]
         scenario: ScenarioArgs,
     },
+    /// Send a scenario's traffic in real time through the engine to a Gemini-compatible API.
+    Load {
+        /// The scenario.
+        #[command(flatten)]
+        scenario: ScenarioArgs,
+        /// Base URL of the API (`http://127.0.0.1:8080` for `keysim mock`).
+        #[arg(long)]
+        target: String,
+        /// Run the scenario this many times faster (run the fake with the same scale).
+        #[arg(long, default_value_t = 1.0)]
+        time_scale: f64,
+        /// Also send the same schedule without the engine, with one fixed key.
+        #[arg(long)]
+        baseline: bool,
+        /// Key ids in the scenario name environment variables that hold the real keys.
+        #[arg(long)]
+        keys_from_env: bool,
+        /// Per-request timeout, in seconds.
+        #[arg(long, default_value_t = 60.0)]
+        timeout: f64,
+        /// Output folder (default: reports/<scenario-name>-load/).
+        #[arg(long, value_name = "DIR")]
+        out: Option<PathBuf>,
+        /// Print summary.json instead of the table.
+        #[arg(long)]
+        json: bool,
+        /// Print nothing but errors.
+        #[arg(long, short)]
+        quiet: bool,
+    },
     /// Serve the fake Gemini API (quotas, latency and faults of a scenario) until Ctrl-C.
     Mock {
         /// Port to listen on (0: any free port).
@@ -109,6 +139,20 @@ pub fn execute(cli: Cli) -> Result<i32, CliError> {
             run::run(&scenario, run::RunOptions { out, seed, json, requests_csv, quiet })
         }
         Command::Validate { scenario } => run::validate(&scenario),
+        Command::Load { scenario, target, time_scale, baseline, keys_from_env, timeout, out, json, quiet } => {
+            run::load_run(
+                &scenario,
+                crate::load::LoadOptions {
+                    target,
+                    time_scale,
+                    baseline,
+                    keys_from_env,
+                    timeout: std::time::Duration::from_secs_f64(timeout.clamp(0.001, 3600.0)),
+                    progress: !quiet && !json,
+                },
+                run::RunOptions { out, seed: None, json, requests_csv: false, quiet },
+            )
+        }
         Command::Mock { port, bind, scenario, overrides, host, time_scale } => {
             mock::mock(mock::MockOptions { port, bind, scenario, overrides, host, time_scale })
         }

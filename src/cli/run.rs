@@ -110,7 +110,7 @@ pub(super) fn run(args: &ScenarioArgs, opts: RunOptions) -> Result<i32, CliError
         sc.seed = seed;
         sc.engine.config.seed = seed;
     }
-    let dir = opts.out.unwrap_or_else(|| PathBuf::from("reports").join(&sc.name));
+    let dir = opts.out.clone().unwrap_or_else(|| PathBuf::from("reports").join(&sc.name));
     std::fs::create_dir_all(&dir).with_context(|| format!("creating output folder {}", dir.display()))?;
     let mut timeline = create(&dir.join("timeline.csv"))?;
     let mut requests =
@@ -131,20 +131,42 @@ pub(super) fn run(args: &ScenarioArgs, opts: RunOptions) -> Result<i32, CliError
     let webhook = sinks.finish()?;
     let mut summary = Summary::new(&sc, "sim", &result.aggregate, &result.engine);
     summary.warnings.webhook = webhook;
-    let json = serde_json::to_string_pretty(&summary).context("serialising the summary")?;
+    let n = summary.requests.total;
+    let speed = format!(
+        "\nsimulated {n} requests ({} events) in {wall:.2} s of wall time: {:.2} million requests/s",
+        result.events,
+        n as f64 / wall.max(1e-9) / 1e6
+    );
+    report(&summary, &dir, &opts, Some(&speed))
+}
+
+/// Writes `summary.json` into `dir`, then prints it (`--json`), or the table, unless quiet.
+fn report(summary: &Summary, dir: &std::path::Path, opts: &RunOptions, footer: Option<&str>) -> Result<i32, CliError> {
+    let json = serde_json::to_string_pretty(summary).context("serialising the summary")?;
     let path = dir.join("summary.json");
     std::fs::write(&path, format!("{json}\n")).with_context(|| format!("writing {}", path.display()))?;
     if opts.json {
         println!("{json}");
     } else if !opts.quiet {
-        print!("{}", table::render(&summary));
-        let n = summary.requests.total;
-        println!(
-            "\nsimulated {n} requests ({} events) in {wall:.2} s of wall time: {:.2} million requests/s",
-            result.events,
-            n as f64 / wall.max(1e-9) / 1e6
-        );
+        print!("{}", table::render(summary));
+        if let Some(f) = footer {
+            println!("{f}");
+        }
         println!("report: {}", dir.display());
     }
     Ok(0)
+}
+
+/// `keysim load`: the report of a real-time run, as `run` writes one.
+pub(super) fn load_run(args: &ScenarioArgs, how: crate::load::LoadOptions, opts: RunOptions) -> Result<i32, CliError> {
+    let sc = load(args)?;
+    let dir = opts.out.clone().unwrap_or_else(|| PathBuf::from("reports").join(format!("{}-load", sc.name)));
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating output folder {}", dir.display()))?;
+    let result = crate::load::run_load(&sc, &how).map_err(|e| match e {
+        crate::load::LoadError::Bad(m) => CliError::BadInput(m),
+        other => CliError::Runtime(anyhow::anyhow!("load run of {}: {other}", sc.name)),
+    })?;
+    let mut summary = Summary::new(&sc, "load", &result.aggregate, &result.engine);
+    summary.load = Some(result.figures);
+    report(&summary, &dir, &opts, None)
 }

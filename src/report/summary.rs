@@ -312,6 +312,8 @@ pub struct Summary {
     pub estimation: Estimation,
     /// Warnings.
     pub warnings: Warnings,
+    /// Real-clock figures of a load run (`mode = "load"`); null for simulations.
+    pub load: Option<crate::load::LoadFigures>,
     /// Capacity at the end.
     pub capacity: Vec<CapacityRow>,
     /// Per (project, model).
@@ -414,6 +416,7 @@ impl Summary {
                     .collect(),
             },
             warnings: Warnings::new(sc, agg.warnings.as_ref()),
+            load: None,
             capacity,
             per_project,
             per_key,

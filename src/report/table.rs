@@ -118,6 +118,32 @@ pub fn render(s: &Summary) -> String {
             );
         }
     }
+    if let Some(l) = &s.load {
+        let _ = writeln!(o);
+        let _ = writeln!(
+            o,
+            "  load     {} at {}x · {} started, {} late (> {} ms), start lag p99 {:.2} ms · {} transport errors",
+            l.target,
+            l.time_scale,
+            l.started,
+            l.late_sends,
+            crate::load::LATE_MS,
+            l.start_lag.p99,
+            l.transport_errors
+        );
+        let _ = writeln!(
+            o,
+            "  end to end (succeeded) p50 / p99   {:.2} ms / {:.2} ms with the engine ({:.2} ms / {:.2} ms unqueued)",
+            l.end_to_end.p50, l.end_to_end.p99, l.end_to_end_unqueued.p50, l.end_to_end_unqueued.p99
+        );
+        if let Some(b) = &l.baseline_end_to_end {
+            let _ = writeln!(
+                o,
+                "                                      {:.2} ms / {:.2} ms without (baseline)",
+                b.p50, b.p99
+            );
+        }
+    }
     if !s.expectations.is_empty() {
         let _ = writeln!(o);
         for x in &s.expectations {

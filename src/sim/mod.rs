@@ -21,7 +21,8 @@ pub mod run;
 pub mod score;
 mod traffic;
 
-pub use run::{judge_config, simulate, Outputs, RunResult, SimError};
+pub use run::{judge_config, servable, simulate, Outputs, RunResult, SimError};
+pub(crate) use traffic::{NewRequest, Traffic};
 
 /// Seeds of the independent random streams, derived from the scenario's seed.
 pub(crate) fn stream_seed(seed: u64, stream: u64) -> u64 {

@@ -181,6 +181,19 @@ fn build_estimator(sc: &Scenario, kind: EstimatorKind) -> Box<dyn Estimator> {
     }
 }
 
+/// What an ideal dispatcher could have served of the scenario's traffic (the oracle alone,
+/// without the engine): the denominator of utilisation for runs that are not simulated.
+pub fn servable(sc: &Scenario) -> Result<u64, SimError> {
+    std::thread::scope(|scope| {
+        let (to_oracle, oracle) = super::oracle::spawn(scope, sc);
+        let (mut traffic, producer) = Traffic::new(sc).spawn(scope, to_oracle);
+        while traffic.next().is_some() {}
+        drop(traffic);
+        producer.join().map_err(|_| SimError::Helper("the traffic thread panicked".into()))?;
+        oracle.join().map_err(|_| SimError::Helper("the oracle thread panicked".into()))?
+    })
+}
+
 /// The judge a scenario describes, with its initial keys issued.
 pub fn build_judge(sc: &Scenario) -> Judge {
     let mut judge = Judge::new(judge_config(sc));

@@ -1,0 +1,548 @@
+//! `keysim load`: the scenario's traffic in real time, through the same engine, over real
+//! HTTP to a Gemini-compatible target (`keysim mock`, or Google's endpoint with real keys).
+//!
+//! - **Open loop.** Every request has an intended send time from the scenario's arrival
+//!   process (`at / time_scale` after the start). It is started then, whatever earlier
+//!   requests are doing; latency counts from the intended time, so a late start shows as
+//!   latency rather than vanishing (no coordinated omission), and starts more than
+//!   [`LATE_MS`] behind schedule are counted.
+//! - **The engine in the path.** Admission, queueing up to `max_wait` when denied,
+//!   settlement from the real answer: `usageMetadata` on success, the 429 body parsed as it
+//!   comes off the wire, anything else a failure.
+//! - **Overhead, two ways.** The engine's decision time per request (`overhead_ns`), and the
+//!   end-to-end latency, which `--baseline` compares with the same schedule sent straight to
+//!   the target with one fixed key and no engine.
+//!
+//! Time runs on one scaled clock (`--time-scale`); the engine judges windows on it, so run
+//! the fake with the same scale. The scenario's `start` anchor is not used: the clock is the
+//! real one.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use hdrhistogram::Histogram;
+use serde::Serialize;
+use tokio::sync::mpsc;
+
+use crate::engine::{parse_quota_error, Decision, Engine, Outcome, Prompt, Request, Timestamp};
+use crate::report::{stopwatch, Aggregate, RequestRecord, Terminal};
+use crate::scenario::{OnExhausted, Scenario};
+use crate::sim::{NewRequest, Traffic};
+use mock_server::host::Clock;
+
+/// A send this far behind its intended time counts as late.
+pub const LATE_MS: u64 = 10;
+
+/// How to run.
+#[derive(Clone, Debug)]
+pub struct LoadOptions {
+    /// Base URL of a Gemini-compatible API (`http://127.0.0.1:8080`,
+    /// `https://generativelanguage.googleapis.com`).
+    pub target: String,
+    /// Run the scenario this many times faster than its own clock.
+    pub time_scale: f64,
+    /// Also send the same schedule without the engine, with one fixed key.
+    pub baseline: bool,
+    /// Key ids name environment variables holding the real keys.
+    pub keys_from_env: bool,
+    /// Per-request timeout.
+    pub timeout: Duration,
+    /// Draw a progress bar (on a terminal).
+    pub progress: bool,
+}
+
+/// Percentiles of a latency, in milliseconds.
+#[derive(Clone, Debug, Default, Serialize, PartialEq)]
+pub struct Latency {
+    /// Requests measured.
+    pub count: u64,
+    /// Median.
+    pub p50: f64,
+    /// 99th percentile.
+    pub p99: f64,
+    /// Largest.
+    pub max: f64,
+}
+
+impl Latency {
+    fn of(h: &Histogram<u64>) -> Self {
+        let ms = |us: u64| (us as f64 / 10.0).round() / 100.0;
+        if h.is_empty() {
+            return Self::default();
+        }
+        Self { count: h.len(), p50: ms(h.value_at_quantile(0.5)), p99: ms(h.value_at_quantile(0.99)), max: ms(h.max()) }
+    }
+}
+
+/// What a load run adds to `summary.json` (real-clock figures).
+#[derive(Clone, Debug, Default, Serialize, PartialEq)]
+pub struct LoadFigures {
+    /// The target, without path or query.
+    pub target: String,
+    /// How much faster than the scenario's clock it ran.
+    pub time_scale: f64,
+    /// Requests started.
+    pub started: u64,
+    /// Of those, started more than `LATE_MS` after their intended time.
+    pub late_sends: u64,
+    /// How far behind schedule starts were.
+    pub start_lag: Latency,
+    /// HTTP requests that failed below HTTP (connection refused, reset, timeout).
+    pub transport_errors: u64,
+    /// Intended start to answer, through the engine, succeeded requests only (queue waits
+    /// included).
+    pub end_to_end: Latency,
+    /// The same for requests the engine admitted at once: the engine's cost on the path.
+    pub end_to_end_unqueued: Latency,
+    /// The same without the engine (with `--baseline`).
+    pub baseline_end_to_end: Option<Latency>,
+}
+
+/// A finished load run.
+pub struct LoadResult {
+    /// Counts and histograms, as a simulated run has them.
+    pub aggregate: Aggregate,
+    /// The engine as it ended.
+    pub engine: Engine,
+    /// Real-clock figures.
+    pub figures: LoadFigures,
+}
+
+/// Why a load run could not run.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum LoadError {
+    /// The options or the scenario do not allow a run (exit 2).
+    #[error("{0}")]
+    Bad(String),
+    /// Something failed while running (exit 3).
+    #[error("{0}")]
+    Failed(String),
+}
+
+/// One finished request, for the collector.
+struct Done {
+    new: NewRequest,
+    state: Terminal,
+    key: Option<usize>,
+    project: Option<usize>,
+    estimated: Option<u64>,
+    input: u64,
+    output: u64,
+    queue_wait_ms: u64,
+    latency_ms: Option<u64>,
+    end_ms: u64,
+    reason: String,
+    lag_us: u64,
+    e2e_us: Option<u64>,
+    transport_error: bool,
+    /// Decision time of each admission call, in nanoseconds.
+    admit_ns: Vec<u64>,
+}
+
+impl Done {
+    /// Whether it waited in the queue (was denied at least once before its end).
+    fn delayed(&self) -> bool {
+        self.admit_ns.len() > 1
+    }
+}
+
+/// `scheme://host[:port]` of a URL, for reports.
+pub fn redact_target(url: &str) -> String {
+    let (scheme, rest) = url.split_once("://").unwrap_or(("http", url));
+    let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let host = rest[..end].rsplit('@').next().unwrap_or_default();
+    format!("{scheme}://{host}")
+}
+
+/// The prompt the scenario's request `r` sends: its corpus text, or synthetic text of its
+/// true token count at four characters a token.
+fn prompt_text(sc: &Scenario, r: &NewRequest) -> String {
+    let class = &sc.traffic[r.class as usize];
+    match (r.text, &class.corpus) {
+        (Some(i), Some(c)) => c.texts[i as usize].text.clone(),
+        _ => "tok ".repeat(r.input as usize).trim_end().to_owned(),
+    }
+}
+
+struct Shared {
+    sc: Scenario,
+    engine: Option<Engine>,
+    http: reqwest::Client,
+    target: String,
+    clock: Clock,
+    /// Key values by engine key index.
+    keys: Vec<String>,
+    origin: Instant,
+    origin_ms: u64,
+    scale: f64,
+}
+
+impl Shared {
+    fn now(&self) -> Timestamp {
+        Timestamp(self.clock.now_ms())
+    }
+
+    /// Sends `r` to `model` with key `key`; the answer's outcome.
+    async fn send(&self, r: &NewRequest, key: &str, prompt: &str) -> (Result<(u16, String), ()>, Instant) {
+        let class = &self.sc.traffic[r.class as usize];
+        let model = &self.sc.models[class.model].name;
+        let mut body = serde_json::json!({"contents": [{"role": "user", "parts": [{"text": prompt}]}]});
+        if let Some(max) = class.max_output_tokens {
+            body["generationConfig"] = serde_json::json!({"maxOutputTokens": max});
+        }
+        let url = format!("{}/v1beta/models/{model}:generateContent", self.target);
+        let sent = self
+            .http
+            .post(url)
+            .header("x-goog-api-key", key)
+            .header("x-keysim-output-tokens", r.output)
+            .header("x-keysim-latency-ms", r.latency_ms)
+            .json(&body)
+            .send()
+            .await;
+        let answer = match sent {
+            Ok(resp) => {
+                let status = resp.status().as_u16();
+                match resp.text().await {
+                    Ok(text) => Ok((status, text)),
+                    Err(_) => Err(()),
+                }
+            }
+            Err(_) => Err(()),
+        };
+        (answer, Instant::now())
+    }
+
+    /// The whole life of one request through the engine.
+    async fn through_engine(&self, r: NewRequest, intended: Instant) -> Done {
+        let engine = self.engine.as_ref().expect("an engine run");
+        let started = Instant::now();
+        let lag_us = started.saturating_duration_since(intended).as_micros() as u64;
+        let class = &self.sc.traffic[r.class as usize];
+        let text = prompt_text(&self.sc, &r);
+        // As the simulator: the estimator sees corpus text, or the size of the synthetic text.
+        let chars = (r.input as f64 * class.chars_per_token + 0.5) as u64;
+        let prompt = if r.text.is_some() { Prompt::Text(&text) } else { Prompt::Chars(chars) };
+        let request = Request {
+            model: class.model,
+            prompt,
+            priority: class.priority,
+            max_output_tokens: class.max_output_tokens,
+        };
+        let arrival = self.now();
+        let mut done = Done {
+            new: r,
+            state: Terminal::Denied,
+            key: None,
+            project: None,
+            estimated: None,
+            input: r.input,
+            output: 0,
+            queue_wait_ms: 0,
+            latency_ms: None,
+            end_ms: 0,
+            reason: String::new(),
+            lag_us,
+            e2e_us: None,
+            transport_error: false,
+            admit_ns: Vec::with_capacity(1),
+        };
+        let ticket = loop {
+            let now = self.now();
+            let mark = stopwatch::start();
+            let decision = engine.admit(&request, now);
+            done.admit_ns.push(stopwatch::elapsed_ns(mark));
+            match decision {
+                Ok(Decision::Admitted(t)) => break t,
+                Ok(Decision::Denied(d)) => {
+                    let waited = now.since(arrival);
+                    let queue = self.sc.engine.on_exhausted == OnExhausted::Queue;
+                    match d.retry_at {
+                        Some(at) if queue && at.since(arrival) <= self.sc.engine.max_wait_ms => {
+                            tokio::time::sleep(self.clock.real(at.since(now).max(1))).await;
+                        }
+                        _ => {
+                            done.reason = d.reason.name();
+                            done.project = d.bucket.map(|b| engine.bucket_owner(b).0);
+                            done.queue_wait_ms = waited;
+                            done.end_ms = now.since(Timestamp(self.origin_ms));
+                            return done;
+                        }
+                    }
+                }
+                Err(_) => {
+                    done.reason = "too-large".into();
+                    done.end_ms = now.since(Timestamp(self.origin_ms));
+                    return done;
+                }
+            }
+        };
+        let sent_at = self.now();
+        done.queue_wait_ms = sent_at.since(arrival);
+        done.key = Some(ticket.key.0 as usize);
+        done.project = Some(engine.bucket_owner(ticket.bucket).0);
+        done.estimated = Some(ticket.estimated_input);
+        let (answer, answered) = self.send(&r, &self.keys[ticket.key.0 as usize], &text).await;
+        let now = self.now();
+        done.latency_ms = Some(now.since(sent_at));
+        done.end_ms = now.since(Timestamp(self.origin_ms));
+        let outcome = match answer {
+            Ok((200, body)) => {
+                let v: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
+                let u = &v["usageMetadata"];
+                let input = u["promptTokenCount"].as_u64().unwrap_or(r.input);
+                let output =
+                    u["candidatesTokenCount"].as_u64().unwrap_or(0) + u["thoughtsTokenCount"].as_u64().unwrap_or(0);
+                if engine.learns() {
+                    engine.learn(class.model, &prompt, input);
+                }
+                done.state = Terminal::Succeeded;
+                done.input = input;
+                done.output = output;
+                done.e2e_us = Some(answered.saturating_duration_since(intended).as_micros() as u64);
+                Outcome::Success { input_tokens: input, output_tokens: output }
+            }
+            Ok((429, body)) => {
+                done.state = Terminal::Breach;
+                done.reason = "rate-limited".into();
+                Outcome::RateLimited(parse_quota_error(&body))
+            }
+            Ok((status, _)) => {
+                done.state = Terminal::Failed;
+                done.reason = format!("http-{status}");
+                Outcome::Failed
+            }
+            Err(()) => {
+                done.state = Terminal::Failed;
+                done.reason = "transport".into();
+                done.transport_error = true;
+                Outcome::Failed
+            }
+        };
+        engine.settle(&ticket, outcome, now);
+        done
+    }
+
+    /// The same request straight to the target with one key, no engine.
+    async fn direct(&self, r: NewRequest, intended: Instant) -> Option<u64> {
+        let text = prompt_text(&self.sc, &r);
+        let (answer, answered) = self.send(&r, &self.keys[0], &text).await;
+        matches!(answer, Ok((200, _))).then(|| answered.saturating_duration_since(intended).as_micros() as u64)
+    }
+}
+
+fn micros() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, 3_600_000_000, 3).expect("valid bounds")
+}
+
+/// Runs `sc` against `opts.target`.
+pub fn run_load(sc: &Scenario, opts: &LoadOptions) -> Result<LoadResult, LoadError> {
+    if !(opts.time_scale.is_finite() && opts.time_scale > 0.0 && opts.time_scale <= 10_000.0) {
+        return Err(LoadError::Bad("--time-scale must be a number above 0 and at most 10000".into()));
+    }
+    let target = opts.target.trim_end_matches('/').to_owned();
+    if !(target.starts_with("http://") || target.starts_with("https://")) {
+        return Err(LoadError::Bad(format!(
+            "--target must be an http:// or https:// URL, not '{}'",
+            redact_target(&target)
+        )));
+    }
+    let engine = crate::sim::run::build_engine(sc).map_err(|e| LoadError::Bad(format!("the pool: {e}")))?;
+    let mut keys = Vec::new();
+    let mut missing = Vec::new();
+    for k in engine.keys() {
+        if opts.keys_from_env {
+            match std::env::var(&k.id) {
+                Ok(v) if !v.is_empty() => keys.push(v),
+                _ => missing.push(k.id.clone()),
+            }
+        } else {
+            keys.push(k.id.clone());
+        }
+    }
+    if !missing.is_empty() {
+        return Err(LoadError::Bad(format!("--keys-from-env: no value in the environment for {}", missing.join(", "))));
+    }
+    let servable = crate::sim::servable(sc).map_err(|e| LoadError::Failed(e.to_string()))?;
+    let http = reqwest::Client::builder()
+        .timeout(opts.timeout)
+        .pool_max_idle_per_host(1024)
+        .tcp_nodelay(true)
+        .build()
+        .map_err(|e| LoadError::Failed(format!("HTTP client: {e}")))?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| LoadError::Failed(format!("runtime: {e}")))?;
+    let clock = Clock::new(opts.time_scale);
+    let shared = Arc::new(Shared {
+        sc: sc.clone(),
+        engine: Some(engine),
+        http,
+        target: target.clone(),
+        clock,
+        keys,
+        origin: Instant::now(),
+        origin_ms: clock.now_ms(),
+        scale: opts.time_scale,
+    });
+    let (mut agg, figures) = rt.block_on(schedule(shared.clone(), opts.progress, false));
+    let baseline = if opts.baseline {
+        let base = Arc::new(Shared {
+            engine: None,
+            origin: Instant::now(),
+            origin_ms: clock.now_ms(),
+            ..clone_shared(&shared)
+        });
+        Some(rt.block_on(schedule(base, opts.progress, true)).1.end_to_end)
+    } else {
+        None
+    };
+    agg.servable = Some(servable);
+    // Every request has reported; their tasks let go of the shared state right after.
+    let (mut shared, until) = (shared, Instant::now() + Duration::from_secs(5));
+    let shared = loop {
+        match Arc::try_unwrap(shared) {
+            Ok(s) => break s,
+            Err(s) if Instant::now() < until => {
+                shared = s;
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            Err(_) => return Err(LoadError::Failed("requests still running".into())),
+        }
+    };
+    let engine = shared.engine.expect("the engine run's engine");
+    Ok(LoadResult {
+        aggregate: agg,
+        engine,
+        figures: LoadFigures {
+            target: redact_target(&target),
+            time_scale: opts.time_scale,
+            baseline_end_to_end: baseline,
+            ..figures
+        },
+    })
+}
+
+fn clone_shared(s: &Shared) -> Shared {
+    Shared {
+        sc: s.sc.clone(),
+        engine: None,
+        http: s.http.clone(),
+        target: s.target.clone(),
+        clock: s.clock,
+        keys: s.keys.clone(),
+        origin: s.origin,
+        origin_ms: s.origin_ms,
+        scale: s.scale,
+    }
+}
+
+/// Starts every request of the scenario at its time; collects what they did.
+async fn schedule(shared: Arc<Shared>, progress: bool, direct: bool) -> (Aggregate, LoadFigures) {
+    let sc = &shared.sc;
+    let (tx, mut rx) = mpsc::unbounded_channel::<Done>();
+    let (tx_direct, mut rx_direct) = mpsc::unbounded_channel::<(u64, Option<u64>)>();
+    let bar = progress.then(|| {
+        let b = indicatif::ProgressBar::with_draw_target(
+            Some(sc.duration_ms / 1000),
+            indicatif::ProgressDrawTarget::stderr(),
+        );
+        b.set_style(
+            indicatif::ProgressStyle::with_template("{msg} [{bar:40}] {pos}/{len} s of traffic")
+                .expect("a valid template"),
+        );
+        b.set_message(if direct { "baseline" } else { "load" });
+        b
+    });
+    let start = Instant::now();
+    let mut started = 0u64;
+    let mut traffic = Traffic::new(sc);
+    for r in traffic.by_ref() {
+        let intended = start + Duration::from_secs_f64(r.at as f64 / 1000.0 / shared.scale);
+        tokio::time::sleep_until(intended.into()).await;
+        if let Some(b) = &bar {
+            b.set_position(r.at / 1000);
+        }
+        started += 1;
+        let s = shared.clone();
+        if direct {
+            let tx = tx_direct.clone();
+            tokio::spawn(async move {
+                let lag = Instant::now().saturating_duration_since(intended).as_micros() as u64;
+                let e2e = s.direct(r, intended).await;
+                drop(s);
+                let _ = tx.send((lag, e2e));
+            });
+        } else {
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                let done = s.through_engine(r, intended).await;
+                drop(s);
+                let _ = tx.send(done);
+            });
+        }
+    }
+    drop((tx, tx_direct));
+    let (mut lag, mut e2e, mut unqueued) = (micros(), micros(), micros());
+    let mut figures = LoadFigures { started, ..LoadFigures::default() };
+    let mut agg = Aggregate::default();
+    if direct {
+        while let Some((l, e)) = rx_direct.recv().await {
+            lag.saturating_record(l.max(1));
+            figures.late_sends += u64::from(l > LATE_MS * 1000);
+            if let Some(e) = e {
+                e2e.saturating_record(e.max(1));
+            }
+        }
+    } else {
+        while let Some(d) = rx.recv().await {
+            lag.saturating_record(d.lag_us.max(1));
+            figures.late_sends += u64::from(d.lag_us > LATE_MS * 1000);
+            figures.transport_errors += u64::from(d.transport_error);
+            if let Some(e) = d.e2e_us {
+                e2e.saturating_record(e.max(1));
+                if !d.delayed() {
+                    unqueued.saturating_record(e.max(1));
+                }
+            }
+            agg.delayed += u64::from(d.delayed());
+            let class = &sc.traffic[d.new.class as usize];
+            agg.record(&RequestRecord {
+                id: 0,
+                class: &class.name,
+                priority: class.priority,
+                model: class.model,
+                arrival_ms: d.new.at,
+                end_ms: d.end_ms,
+                state: d.state,
+                key: d.key,
+                project: d.project,
+                input_tokens: d.input,
+                estimated_input: d.estimated,
+                output_tokens: d.output,
+                queue_wait_ms: d.queue_wait_ms,
+                latency_ms: d.latency_ms,
+                reason: &d.reason,
+            });
+            for ns in &d.admit_ns {
+                agg.admit_ns.saturating_record(*ns);
+            }
+            if let (Terminal::Succeeded, Some(est)) = (d.state, d.estimated) {
+                let lang = match (d.new.text, &class.corpus) {
+                    (Some(i), Some(c)) => c.texts[i as usize].lang.as_str(),
+                    _ => "synthetic",
+                };
+                agg.estimation(lang, est, d.input, false);
+            }
+        }
+    }
+    if let Some(b) = bar {
+        b.finish_and_clear();
+    }
+    figures.start_lag = Latency::of(&lag);
+    figures.end_to_end = Latency::of(&e2e);
+    figures.end_to_end_unqueued = Latency::of(&unqueued);
+    (agg, figures)
+}
