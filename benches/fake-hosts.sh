@@ -16,7 +16,7 @@ wrk.headers["x-keysim-output-tokens"] = "64"
 wrk.body = '{"contents":[{"role":"user","parts":[{"text":"' .. string.rep("word ", 190) .. '"}]}]}'
 LUA
 rss() { awk '/VmHWM/ {print $2 " kB"}' "/proc/$1/status"; }
-for spec in sustained:3:24 wiremock:4:45; do
+for spec in sustained:3:24 wiremock:4:55; do
   IFS=: read -r host first second <<<"$spec"
   port=$((18400 + RANDOM % 1000))
   "$KEYSIM" mock --host "$host" --port "$port" --scenario benches/fake-pool.toml >/dev/null &

@@ -108,11 +108,12 @@ fn sdks() -> bool {
 }
 
 /// The same two minutes of traffic, simulated and sent for real (at 4x) to the fake, tell
-/// the same story. They cannot agree exactly: in real time, two requests' trips to the
-/// fake differ by scheduling jitter (multiplied by the time scale), so a request admitted
-/// right at a window's edge can reach the fake before the entry it replaces has left, and
-/// settlement times shift which queued request gets the next slot. Hence a tolerance of
-/// three requests (or 10 %) on succeeded and denied, and at most two breaches.
+/// the same story. They cannot agree exactly. In real time a queued request is retried a
+/// little after its slot frees (`load::EDGE_GUARD`, 25 ms, i.e. 100 ms of scenario time at
+/// 4x), against jitter between two requests' trips to the fake; over two minutes of chained
+/// retries that costs a few slots. Settlement order also shifts which queued request gets
+/// the next slot. Hence a tolerance of four requests (or 10 %) on succeeded and denied, and
+/// at most two breaches, for jitter beyond the guard on a busy machine.
 #[test]
 fn a_load_run_against_the_fake_agrees_with_the_simulation() {
     let sim = crate::common::run(&crate::common::scenario("load-check", &[])).0;
@@ -130,7 +131,7 @@ fn a_load_run_against_the_fake_agrees_with_the_simulation() {
     let n = |k: &str| r[k].as_u64().unwrap();
     assert_eq!(n("total"), sim.requests.total, "the same schedule");
     assert_eq!(n("total"), n("succeeded") + n("breaches") + n("denied") + n("failed"));
-    let near = |a: u64, b: u64| a.abs_diff(b) <= 3.max(b / 10);
+    let near = |a: u64, b: u64| a.abs_diff(b) <= 4.max(b / 10);
     assert!(
         near(n("succeeded"), sim.requests.succeeded),
         "succeeded: load {} sim {}",

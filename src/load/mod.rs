@@ -33,6 +33,10 @@ use mock_server::host::Clock;
 /// A send this far behind its intended time counts as late.
 pub const LATE_MS: u64 = 10;
 
+/// Real time a queued request waits beyond the instant its slot frees: more than the
+/// scheduling jitter between two requests' trips on loopback or a LAN.
+pub const EDGE_GUARD: Duration = Duration::from_millis(25);
+
 /// How to run.
 #[derive(Clone, Debug)]
 pub struct LoadOptions {
@@ -260,7 +264,10 @@ impl Shared {
                     let queue = self.sc.engine.on_exhausted == OnExhausted::Queue;
                     match d.retry_at {
                         Some(at) if queue && at.since(arrival) <= self.sc.engine.max_wait_ms => {
-                            tokio::time::sleep(self.clock.real(at.since(now).max(1))).await;
+                            // A little after the slot frees: a request retried exactly at a
+                            // window's edge can reach the provider before the entry it
+                            // replaces has left there, if that one's trip took longer.
+                            tokio::time::sleep(self.clock.real(at.since(now).max(1)) + EDGE_GUARD).await;
                         }
                         _ => {
                             done.reason = d.reason.name();
