@@ -164,3 +164,35 @@ fn the_official_sdks_work_against_the_fake() {
         assert!(text.contains("all SDK checks passed"), "{host}: {text}");
     }
 }
+
+#[test]
+fn the_sustained_host_streams_events_over_the_answer_s_latency() {
+    let m = start("sustained", &[]);
+    let body = r#"{"contents":[{"parts":[{"text":"stream"}]}]}"#;
+    let request = format!(
+        "POST /v1beta/models/gemini-2.5-flash:streamGenerateContent?alt=sse HTTP/1.1\r\nHost: fake\r\n\
+         x-goog-api-key: fake-gemini-key\r\nx-keysim-latency-ms: 900\r\nx-keysim-output-tokens: 30\r\n\
+         content-length: {}\r\nconnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    let mut s = TcpStream::connect(m.base.trim_start_matches("http://")).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let sent = std::time::Instant::now();
+    s.write_all(request.as_bytes()).unwrap();
+    let (mut seen, mut first, mut buf) = (String::new(), None, [0u8; 4096]);
+    loop {
+        let n = s.read(&mut buf).unwrap();
+        if n == 0 {
+            break;
+        }
+        seen.push_str(&String::from_utf8_lossy(&buf[..n]));
+        if first.is_none() && seen.contains("data: ") {
+            first = Some(sent.elapsed());
+        }
+    }
+    let (first, all) = (first.expect("an event"), sent.elapsed());
+    assert_eq!(seen.matches("data: ").count(), 3, "{seen}");
+    assert!(seen.contains("text/event-stream"));
+    assert!(first < Duration::from_millis(700), "the first event comes after a third of the latency: {first:?}");
+    assert!(all >= Duration::from_millis(850), "the last one after all of it: {all:?}");
+}

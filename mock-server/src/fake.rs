@@ -135,12 +135,27 @@ impl Answer {
 
     /// The body as bytes, all at once.
     pub fn body_bytes(&self) -> Vec<u8> {
+        self.body_pieces().concat()
+    }
+
+    /// The body in the pieces a streaming host sends one after another: one for a JSON
+    /// document, one per event or array element of a stream.
+    pub fn body_pieces(&self) -> Vec<Vec<u8>> {
         match &self.payload {
-            Payload::Json(v) => serde_json::to_vec(v).expect("JSON values serialise"),
-            Payload::Events(events) => {
-                events.iter().map(|e| format!("data: {e}\r\n\r\n")).collect::<String>().into_bytes()
+            Payload::Json(v) => vec![serde_json::to_vec(v).expect("JSON values serialise")],
+            Payload::Events(events) => events.iter().map(|e| format!("data: {e}\r\n\r\n").into_bytes()).collect(),
+            Payload::Array(items) => {
+                let last = items.len().saturating_sub(1);
+                items
+                    .iter()
+                    .enumerate()
+                    .map(|(i, item)| {
+                        let open = if i == 0 { "[" } else { ",\r\n" };
+                        let close = if i == last { "]" } else { "" };
+                        format!("{open}{item}{close}").into_bytes()
+                    })
+                    .collect()
             }
-            Payload::Array(items) => format!("[{}]", items.join(",\r\n")).into_bytes(),
         }
     }
 }

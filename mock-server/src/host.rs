@@ -1,8 +1,9 @@
 //! Hosts that serve the [`Fake`] over HTTP/1.1.
 //!
 //! - [`serve`]: the sustained host, on hyper: keep-alive connections, answers delayed by the
-//!   fake's latency without holding anything per request once it is answered, dropped
-//!   connections for real. Memory stays flat however many requests it serves.
+//!   fake's latency (streams arrive piece by piece over it) without holding anything per
+//!   request once it is answered, dropped connections for real. Memory stays flat however
+//!   many requests it serves.
 //! - [`start_wiremock`]: the same fake mounted in a wiremock `MockServer`, for tests and for
 //!   users whose tests already use wiremock. wiremock keeps a copy of every matched request
 //!   (even with recording disabled), so its memory grows with traffic; it cannot drop a
@@ -11,15 +12,18 @@
 //! Both read time from a [`Clock`], which may run faster than real time (`--time-scale`):
 //! quotas are judged on the scaled clock and latencies shrink by the same factor.
 
+use std::convert::Infallible;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
+use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Full};
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
+use tokio::sync::mpsc;
 
 use crate::fake::{Answer, ApiRequest, Fake};
 
@@ -78,13 +82,61 @@ fn ask(
     fake.handle(&ApiRequest { method, path, query, headers, body }, clock.now_ms())
 }
 
-fn response(a: &Answer) -> hyper::Response<Full<Bytes>> {
+type Body = BoxBody<Bytes, Infallible>;
+
+fn response(a: &Answer, body: Body) -> hyper::Response<Body> {
     hyper::Response::builder()
         .status(a.status)
         .header("content-type", a.content_type())
         .header("server", "keysim-fake-gemini")
-        .body(Full::new(Bytes::from(a.body_bytes())))
+        .body(body)
         .expect("valid status and headers")
+}
+
+/// A body fed piece by piece from a channel.
+struct Channel(mpsc::Receiver<Bytes>);
+
+impl hyper::body::Body for Channel {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, Infallible>>> {
+        self.0.poll_recv(cx).map(|piece| piece.map(|b| Ok(hyper::body::Frame::data(b))))
+    }
+}
+
+/// Sends `a` after its latency. A stream's pieces are spread over the latency: the first
+/// after its share, the rest each a share later, as a model writing its answer would.
+async fn answer(a: Answer, clock: Clock) -> Result<hyper::Response<Body>, std::io::Error> {
+    let pieces = a.body_pieces();
+    if pieces.len() <= 1 || a.drop {
+        if a.delay_ms > 0 {
+            tokio::time::sleep(clock.real(a.delay_ms)).await;
+        }
+        if a.drop {
+            // An error from the service makes hyper close the connection unanswered.
+            return Err(std::io::Error::other("dropped by fault injection"));
+        }
+        let bytes = Bytes::from(pieces.into_iter().next().unwrap_or_default());
+        return Ok(response(&a, Full::new(bytes).boxed()));
+    }
+    let share = clock.real(a.delay_ms / pieces.len() as u64);
+    tokio::time::sleep(share).await;
+    let (tx, rx) = mpsc::channel(pieces.len());
+    tokio::spawn(async move {
+        for (i, piece) in pieces.into_iter().enumerate() {
+            if i > 0 {
+                tokio::time::sleep(share).await;
+            }
+            if tx.send(Bytes::from(piece)).await.is_err() {
+                return;
+            }
+        }
+    });
+    Ok(response(&a, Channel(rx).boxed()))
 }
 
 /// Serves `fake` on `listener` until `shutdown` completes.
@@ -110,15 +162,7 @@ pub async fn serve(
                     let body = body.collect().await.map(|b| b.to_bytes()).unwrap_or_default();
                     let headers = pairs(&parts.headers);
                     let (path, query) = (parts.uri.path(), parts.uri.query().unwrap_or_default());
-                    let answer = ask(&fake, &clock, parts.method.as_str(), path, query, &headers, &body);
-                    if answer.delay_ms > 0 {
-                        tokio::time::sleep(clock.real(answer.delay_ms)).await;
-                    }
-                    if answer.drop {
-                        // An error from the service makes hyper close the connection unanswered.
-                        return Err(std::io::Error::other("dropped by fault injection"));
-                    }
-                    Ok::<_, std::io::Error>(response(&answer))
+                    answer(ask(&fake, &clock, parts.method.as_str(), path, query, &headers, &body), clock).await
                 }
             });
             let _ = http1::Builder::new().keep_alive(true).serve_connection(TokioIo::new(stream), service).await;
