@@ -185,6 +185,11 @@ pub fn model_not_found(model: &str) -> ErrorAnswer {
     plain(404, "NOT_FOUND", &msg, None)
 }
 
+/// 413: the request body is larger than the API accepts.
+pub fn payload_too_large() -> ErrorAnswer {
+    plain(413, "INVALID_ARGUMENT", "Request payload size exceeds the limit: 20971520 bytes.", None)
+}
+
 /// 500 `INTERNAL`.
 pub fn internal() -> ErrorAnswer {
     plain(

@@ -8,8 +8,10 @@
 //! errors are Gemini's own (see [`crate::body`]).
 //!
 //! Fake-only extensions, so that a load run can replay a simulated scenario exactly: a
-//! request may say how long its answer is (`x-keysim-output-tokens: N`) and how long the
-//! fake takes to give it (`x-keysim-latency-ms: N`, on the fake's clock).
+//! request may state its true input count (`x-keysim-input-tokens`), its answer's length
+//! (`x-keysim-output-tokens`), how long the fake takes to give it (`x-keysim-latency-ms`, on
+//! the fake's clock) and whether it fails (`x-keysim-fault: internal | overloaded | none`).
+//! Stated counts are capped at the limits the models advertise.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
@@ -20,6 +22,12 @@ use serde_json::{json, Value};
 
 use crate::body::{self, ErrorAnswer, UsageMetadata};
 use crate::judge::{Fault, FaultModel, Judge, JudgeConfig, KeyState, LatencySampler, Verdict};
+
+/// The most output tokens an answer has (the `outputTokenLimit` models advertise); also the
+/// cap on an output count a request states.
+pub const MAX_TOKENS: u64 = 65_536;
+/// The most input tokens a prompt has (the `inputTokenLimit` models advertise).
+pub const MAX_INPUT_TOKENS: u64 = 1_048_576;
 
 /// Counts the input tokens of a prompt's text (the truth the judge enforces).
 pub type TokenCounter = Box<dyn Fn(&str) -> u64 + Send + Sync>;
@@ -60,6 +68,8 @@ pub struct FakeConfig {
     pub count: TokenCounter,
     /// Seed of latencies, faults and output sizes.
     pub seed: u64,
+    /// Whether token limits count output tokens too (Gemini: input only).
+    pub counts_output: bool,
 }
 
 /// One HTTP request, as the fake needs it.
@@ -82,8 +92,8 @@ impl ApiRequest<'_> {
         self.headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
     }
 
-    fn query(&self, name: &str) -> Option<&str> {
-        self.query.split('&').filter_map(|kv| kv.split_once('=')).find(|(k, _)| *k == name).map(|(_, v)| v)
+    fn query(&self, name: &str) -> Option<String> {
+        self.query.split('&').filter_map(|kv| kv.split_once('=')).find(|(k, _)| *k == name).map(|(_, v)| decode(v))
     }
 }
 
@@ -163,6 +173,8 @@ impl Answer {
 struct State {
     judge: Judge,
     rng: rand_pcg::Pcg64Mcg,
+    /// The latest time the judge was asked at.
+    last_now: u64,
 }
 
 /// The fake API.
@@ -175,6 +187,7 @@ pub struct Fake {
     extra: ExtraFaults,
     output: Option<LogNormal<f64>>,
     output_median: u64,
+    counts_output: bool,
     count: TokenCounter,
     responses: AtomicU64,
     /// The instant 503 bursts count from.
@@ -200,7 +213,8 @@ impl Fake {
             LogNormal::new(config.output_median.ln(), sigma).expect("finite sigma")
         });
         Self {
-            state: Mutex::new(State { judge, rng: rand_pcg::Pcg64Mcg::seed_from_u64(config.seed) }),
+            state: Mutex::new(State { judge, rng: rand_pcg::Pcg64Mcg::seed_from_u64(config.seed), last_now: 0 }),
+            counts_output: config.counts_output,
             models: config.judge.models.clone(),
             latency: config.judge.latency.sampler(),
             error_ms: config.judge.latency.error_ms(),
@@ -245,6 +259,14 @@ impl Fake {
                 let name = &p["/v1beta/models/".len()..];
                 self.with_key(req, surface, |_| self.get_model(name))
             }
+            ("GET", "/v1beta/openai/models") => self.with_key(req, surface, |_| {
+                let data: Vec<Value> = self
+                    .models
+                    .iter()
+                    .map(|m| json!({"id": format!("models/{m}"), "object": "model", "owned_by": "google"}))
+                    .collect();
+                Answer::json(200, json!({"object": "list", "data": data}), 0)
+            }),
             ("POST", "/v1beta/openai/chat/completions") => {
                 self.with_key(req, surface, |project| self.chat_completions(req, project, now))
             }
@@ -255,7 +277,7 @@ impl Fake {
                         self.with_key(req, surface, |project| self.generate(req, model, project, now, None))
                     }
                     Some((model, "streamGenerateContent")) => {
-                        let sse = req.query("alt") == Some("sse");
+                        let sse = req.query("alt").as_deref() == Some("sse");
                         self.with_key(req, surface, |project| self.generate(req, model, project, now, Some(sse)))
                     }
                     Some((model, "countTokens")) => {
@@ -272,8 +294,12 @@ impl Fake {
     /// Authenticates `req`, then runs `f` with the key's project.
     fn with_key(&self, req: &ApiRequest<'_>, surface: Surface, f: impl FnOnce(usize) -> Answer) -> Answer {
         let fast = self.latency_error();
-        let bearer = req.header("authorization").and_then(|a| a.strip_prefix("Bearer ")).map(str::trim);
-        let google = req.header("x-goog-api-key").or_else(|| req.query("key"));
+        let bearer = req
+            .header("authorization")
+            .and_then(|a| a.split_once(' ').filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer")))
+            .map(|(_, token)| token.trim());
+        let from_query = req.query("key");
+        let google = req.header("x-goog-api-key").or(from_query.as_deref());
         let key = match (google, bearer, surface) {
             (Some(_), Some(_), _) => return Answer::error(body::multiple_credentials(), fast),
             (Some(k), None, _) | (None, Some(k), Surface::OpenAi) => k,
@@ -292,11 +318,12 @@ impl Fake {
     }
 
     fn list_models(&self, req: &ApiRequest<'_>) -> Answer {
-        let size = req.query("pageSize").and_then(|s| s.parse::<usize>().ok()).filter(|n| *n > 0).unwrap_or(50);
+        let size =
+            req.query("pageSize").and_then(|s| s.parse::<usize>().ok()).filter(|n| *n > 0).unwrap_or(50).min(1000);
         let start = req.query("pageToken").and_then(|s| s.parse::<usize>().ok()).unwrap_or(0);
         let page: Vec<Value> = self.models.iter().skip(start).take(size).map(|m| model_json(m)).collect();
         let mut out = json!({ "models": page });
-        if start + size < self.models.len() {
+        if start.saturating_add(size) < self.models.len() {
             out["nextPageToken"] = json!((start + size).to_string());
         }
         Answer::json(200, out, 0)
@@ -313,24 +340,68 @@ impl Fake {
         self.models.iter().position(|m| m == model)
     }
 
-    /// A failure of the provider's own, if this request draws one.
+    /// A failure only a real-time host has (503 burst, dropped connection), if any.
     fn fault(&self, state: &mut State, now: u64) -> Option<Answer> {
         let fast = self.latency_error();
         let e = &self.extra;
         if e.burst_every_ms > 0 {
             let since = now.saturating_sub(self.epoch_ms.load(Ordering::Relaxed));
-            if since % e.burst_every_ms < e.burst_ms {
+            if since % e.burst_every_ms >= e.burst_every_ms - e.burst_ms {
                 return Some(Answer::error(body::overloaded(), fast));
             }
         }
         if e.drop_rate > 0.0 && state.rng.random::<f64>() < e.drop_rate {
             return Some(Answer { status: 0, payload: Payload::Json(Value::Null), delay_ms: fast, drop: true });
         }
-        match self.faults.draw(&mut state.rng) {
-            Some(Fault::Internal) => Some(Answer::error(body::internal(), fast)),
-            Some(Fault::Overloaded) => Some(Answer::error(body::overloaded(), fast)),
-            None => None,
+        None
+    }
+
+    /// Everything a generating request goes through: its true counts, the provider's own
+    /// failures, the judge, and the answer's size and latency. `Ok((input, output, finish,
+    /// delay))`, or the error answer.
+    #[allow(clippy::too_many_arguments)]
+    fn admit(
+        &self,
+        req: &ApiRequest<'_>,
+        model: &str,
+        project: usize,
+        m: usize,
+        prompt: &str,
+        cap: Option<u64>,
+        now: u64,
+    ) -> Result<(u64, u64, &'static str, u64), Answer> {
+        let number = |name: &str| req.header(name).and_then(|v| v.trim().parse::<u64>().ok());
+        let input = number("x-keysim-input-tokens").unwrap_or_else(|| (self.count)(prompt)).min(MAX_INPUT_TOKENS);
+        let asked = number("x-keysim-output-tokens");
+        let mut state = self.lock();
+        // Time reaches the judge in order, whatever order requests took the lock in.
+        let now = now.max(state.last_now);
+        state.last_now = now;
+        // A replayed request says which 500/503 it drew (`none` included); others draw here.
+        let fast = self.latency_error();
+        let drawn = match req.header("x-keysim-fault") {
+            Some("internal") => Some(Fault::Internal),
+            Some("overloaded") => Some(Fault::Overloaded),
+            Some("none") => None,
+            _ => self.faults.draw(&mut state.rng),
+        };
+        if let Some(a) = self.fault(&mut state, now) {
+            return Err(a);
         }
+        match drawn {
+            Some(Fault::Internal) => return Err(Answer::error(body::internal(), fast)),
+            Some(Fault::Overloaded) => return Err(Answer::error(body::overloaded(), fast)),
+            None => {}
+        }
+        let (output, finish) = self.output_tokens(&mut state, asked, cap);
+        let judged = if self.counts_output { input.saturating_add(output) } else { input };
+        if let Verdict::Exhausted { violations, retry_after_ms } = state.judge.submit(project, m, judged, now) {
+            let tier = state.judge.config().projects[project].tier;
+            let body = body::quota_exceeded(&violations, tier, model, retry_after_ms);
+            return Err(Answer::error(body, self.latency_error()));
+        }
+        let delay = self.delay(&mut state, req);
+        Ok((input, output, finish, delay))
     }
 
     /// `generateContent` (`stream = None`) or `streamGenerateContent` (`Some(sse)`).
@@ -339,22 +410,12 @@ impl Fake {
         let Ok(request) = serde_json::from_slice::<Value>(req.body) else {
             return bad_request("Invalid JSON payload.");
         };
-        let prompt = gemini_prompt(&request);
-        let input = (self.count)(&prompt);
         let cap = gemini_max_output(&request);
-        let asked = req.header("x-keysim-output-tokens").and_then(|v| v.trim().parse::<u64>().ok());
-        let mut state = self.lock();
-        if let Some(a) = self.fault(&mut state, now) {
-            return a;
-        }
-        let verdict = state.judge.submit(project, m, input, now);
-        if let Verdict::Exhausted { violations, retry_after_ms } = verdict {
-            let tier = state.judge.config().projects[project].tier;
-            return Answer::error(body::quota_exceeded(&violations, tier, model, retry_after_ms), self.latency_error());
-        }
-        let (output, finish) = self.output_tokens(&mut state, asked, cap);
-        let delay = self.delay(&mut state, req);
-        drop(state);
+        let (input, output, finish, delay) =
+            match self.admit(req, model, project, m, &gemini_prompt(&request), cap, now) {
+                Ok(x) => x,
+                Err(a) => return a,
+            };
         let n = self.responses.fetch_add(1, Ordering::Relaxed);
         let id = format!("keysim-{n:012x}");
         let text = answer_text(output);
@@ -399,7 +460,15 @@ impl Fake {
         let total = (self.count)(&gemini_prompt(inner));
         // Free: nothing is counted, but a project whose minute is full is refused.
         let mut state = self.lock();
-        if let Verdict::Exhausted { violations, retry_after_ms } = state.judge.peek(project, m, 0, now) {
+        let minute_full = match state.judge.peek(project, m, 0, now) {
+            Verdict::Exhausted { violations, retry_after_ms } => {
+                let rpm: Vec<_> =
+                    violations.into_iter().filter(|v| v.dimension == crate::judge::Dimension::Rpm).collect();
+                (!rpm.is_empty()).then_some((rpm, retry_after_ms))
+            }
+            Verdict::Accepted => None,
+        };
+        if let Some((violations, retry_after_ms)) = minute_full {
             let tier = state.judge.config().projects[project].tier;
             return Answer::error(body::quota_exceeded(&violations, tier, model, retry_after_ms), self.latency_error());
         }
@@ -417,24 +486,12 @@ impl Fake {
         };
         let model = request["model"].as_str().unwrap_or_default().trim_start_matches("models/").to_owned();
         let Some(m) = self.model_index(&model) else { return Answer::error(body::model_not_found(&model), 0) };
-        let prompt = openai_prompt(&request);
-        let input = (self.count)(&prompt);
         let cap = request["max_completion_tokens"].as_u64().or_else(|| request["max_tokens"].as_u64());
-        let asked = req.header("x-keysim-output-tokens").and_then(|v| v.trim().parse::<u64>().ok());
-        let mut state = self.lock();
-        if let Some(a) = self.fault(&mut state, now) {
-            return a;
-        }
-        if let Verdict::Exhausted { violations, retry_after_ms } = state.judge.submit(project, m, input, now) {
-            let tier = state.judge.config().projects[project].tier;
-            return Answer::error(
-                body::quota_exceeded(&violations, tier, &model, retry_after_ms),
-                self.latency_error(),
-            );
-        }
-        let (output, finish) = self.output_tokens(&mut state, asked, cap);
-        let delay = self.delay(&mut state, req);
-        drop(state);
+        let (input, output, finish, delay) =
+            match self.admit(req, &model, project, m, &openai_prompt(&request), cap, now) {
+                Ok(x) => x,
+                Err(a) => return a,
+            };
         let n = self.responses.fetch_add(1, Ordering::Relaxed);
         let id = format!("chatcmpl-keysim-{n:012x}");
         let created = now / 1000;
@@ -464,8 +521,9 @@ impl Fake {
 
     /// Output tokens of an answer and its finish reason.
     fn output_tokens(&self, state: &mut State, asked: Option<u64>, cap: Option<u64>) -> (u64, &'static str) {
+        let cap = Some(cap.unwrap_or(MAX_TOKENS).min(MAX_TOKENS));
         let want = asked.unwrap_or_else(|| match &self.output {
-            Some(d) => (d.sample(&mut state.rng) + 0.5).clamp(1.0, 1e6) as u64,
+            Some(d) => (d.sample(&mut state.rng) + 0.5).clamp(1.0, MAX_TOKENS as f64) as u64,
             None => self.output_median,
         });
         match cap {
@@ -488,14 +546,39 @@ impl Fake {
     }
 }
 
+/// Percent-decodes a query value (`+` is a space); bad escapes stay as they are.
+fn decode(v: &str) -> String {
+    let b = v.as_bytes();
+    let hex = |c: u8| (c as char).to_digit(16).map(|d| d as u8);
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        match (b[i], b.get(i + 1).copied().and_then(hex), b.get(i + 2).copied().and_then(hex)) {
+            (b'%', Some(h), Some(l)) => {
+                out.push(h * 16 + l);
+                i += 3;
+            }
+            (b'+', _, _) => {
+                out.push(b' ');
+                i += 1;
+            }
+            (c, _, _) => {
+                out.push(c);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
 fn model_json(m: &str) -> Value {
     json!({
         "name": format!("models/{m}"),
         "version": "001",
         "displayName": m,
         "description": "A model served by keysim's fake Gemini API.",
-        "inputTokenLimit": 1_048_576,
-        "outputTokenLimit": 65_536,
+        "inputTokenLimit": MAX_INPUT_TOKENS,
+        "outputTokenLimit": MAX_TOKENS,
         "supportedGenerationMethods": ["generateContent", "countTokens"],
     })
 }
@@ -581,6 +664,7 @@ mod tests {
             output_p99: 50.0,
             count: Box::new(chars_per_four),
             seed: 1,
+            counts_output: false,
         })
     }
 
@@ -683,5 +767,31 @@ mod tests {
         let second = list("pageSize=1&pageToken=1");
         assert_eq!(second["models"][0]["name"], "models/gemini-2.5-pro");
         assert!(second.get("nextPageToken").is_none());
+    }
+
+    #[test]
+    fn stated_counts_are_capped_and_query_values_decoded() {
+        let f = fake(10);
+        let a = post(&f, GEN, "key=key%2Da", &[("x-keysim-output-tokens", "18446744073709551615")], "{}");
+        assert_eq!(a.status, 200, "the key is percent-decoded");
+        assert_eq!(json(&a)["usageMetadata"]["candidatesTokenCount"], MAX_TOKENS);
+        let a = post(&f, GEN, "", &[("x-goog-api-key", "key-a"), ("x-keysim-input-tokens", "123")], "{}");
+        assert_eq!(json(&a)["usageMetadata"]["promptTokenCount"], 123, "a replayed request's true count");
+        let a = post(&f, GEN, "", &[("x-goog-api-key", "key-a"), ("x-keysim-fault", "overloaded")], "{}");
+        assert_eq!(a.status, 503);
+        let a = post(&f, GEN, "", &[("authorization", "bearer key-a")], "{}");
+        assert_eq!(a.status, 403, "Bearer tokens are for the OpenAI surface");
+    }
+
+    #[test]
+    fn count_tokens_is_refused_only_for_a_full_minute() {
+        let f = fake(1_000);
+        // Spend the day (250 requests) in one minute; counting tokens still works.
+        for _ in 0..250 {
+            assert_eq!(post(&f, GEN, "", &[("x-goog-api-key", "key-a")], "{}").status, 200);
+        }
+        assert_eq!(post(&f, GEN, "", &[("x-goog-api-key", "key-a")], "{}").status, 429);
+        let path = "/v1beta/models/gemini-2.5-flash:countTokens";
+        assert_eq!(post(&f, path, "", &[("x-goog-api-key", "key-a")], "{}").status, 200);
     }
 }

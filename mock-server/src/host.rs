@@ -19,13 +19,16 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use http_body_util::combinators::BoxBody;
-use http_body_util::{BodyExt, Full};
+use http_body_util::{BodyExt, Full, Limited};
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use tokio::sync::mpsc;
 
 use crate::fake::{Answer, ApiRequest, Fake};
+
+/// The largest request body the sustained host reads (Gemini's own limit is 20 MB).
+pub const MAX_BODY: usize = 20 * 1024 * 1024;
 
 /// The fake's clock: Unix milliseconds, optionally running `scale` times faster than real
 /// time from the moment it was made.
@@ -148,9 +151,17 @@ pub async fn serve(
 ) -> std::io::Result<()> {
     tokio::pin!(shutdown);
     loop {
-        let (stream, _) = tokio::select! {
-            accepted = listener.accept() => accepted?,
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
             () = &mut shutdown => return Ok(()),
+        };
+        let stream = match accepted {
+            Ok((stream, _)) => stream,
+            // Aborted handshakes and full descriptor tables pass; the host goes on.
+            Err(_) => {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                continue;
+            }
         };
         let _ = stream.set_nodelay(true);
         let fake = fake.clone();
@@ -159,7 +170,10 @@ pub async fn serve(
                 let fake = fake.clone();
                 async move {
                     let (parts, body) = req.into_parts();
-                    let body = body.collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+                    let Ok(body) = Limited::new(body, MAX_BODY).collect().await.map(|b| b.to_bytes()) else {
+                        let a = Answer::from_error(crate::body::payload_too_large(), 0);
+                        return answer(a, clock).await;
+                    };
                     let headers = pairs(&parts.headers);
                     let (path, query) = (parts.uri.path(), parts.uri.query().unwrap_or_default());
                     answer(ask(&fake, &clock, parts.method.as_str(), path, query, &headers, &body), clock).await

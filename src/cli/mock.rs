@@ -62,6 +62,7 @@ pub fn fake_for(sc: &Scenario, extra: ExtraFaults) -> Fake {
         output_p99: p99,
         count,
         seed: sc.seed,
+        counts_output: sc.provider.counts_output,
     })
 }
 
@@ -73,8 +74,8 @@ pub(super) fn mock(opts: MockOptions) -> Result<i32, CliError> {
         None => scenario::parse(DEFAULT_SCENARIO, "quickstart (built in)", None, &opts.overrides)
             .map_err(|d| CliError::BadInput(d.to_string()))?,
     };
-    if !(opts.time_scale.is_finite() && opts.time_scale > 0.0 && opts.time_scale <= 10_000.0) {
-        return Err(CliError::BadInput("--time-scale must be a number above 0 and at most 10000".into()));
+    if !(opts.time_scale.is_finite() && (0.01..=10_000.0).contains(&opts.time_scale)) {
+        return Err(CliError::BadInput("--time-scale must be a number from 0.01 to 10000".into()));
     }
     let fake = Arc::new(fake_for(&sc, sc.provider.extra_faults));
     let clock = Clock::new(opts.time_scale);

@@ -147,7 +147,13 @@ pub fn execute(cli: Cli) -> Result<i32, CliError> {
                     time_scale,
                     baseline,
                     keys_from_env,
-                    timeout: std::time::Duration::from_secs_f64(timeout.clamp(0.001, 3600.0)),
+                    timeout: if timeout.is_finite() && (0.001..=3600.0).contains(&timeout) {
+                        std::time::Duration::from_secs_f64(timeout)
+                    } else {
+                        return Err(CliError::BadInput(
+                            "--timeout must be a number of seconds from 0.001 to 3600".into(),
+                        ));
+                    },
                     progress: !quiet && !json,
                 },
                 run::RunOptions { out, seed: None, json, requests_csv: false, quiet },

@@ -187,6 +187,11 @@ impl Shared {
         Timestamp(self.clock.now_ms())
     }
 
+    /// [`EDGE_GUARD`] in the scenario's milliseconds.
+    fn guard_ms(&self) -> u64 {
+        (EDGE_GUARD.as_secs_f64() * 1000.0 * self.scale).ceil() as u64
+    }
+
     /// Sends `r` to `model` with key `key`; the answer's outcome.
     async fn send(&self, r: &NewRequest, key: &str, prompt: &str) -> (Result<(u16, String), ()>, Instant) {
         let class = &self.sc.traffic[r.class as usize];
@@ -196,12 +201,19 @@ impl Shared {
             body["generationConfig"] = serde_json::json!({"maxOutputTokens": max});
         }
         let url = format!("{}/v1beta/models/{model}:generateContent", self.target);
+        let fault = match r.fault {
+            Some(mock_server::Fault::Internal) => "internal",
+            Some(mock_server::Fault::Overloaded) => "overloaded",
+            None => "none",
+        };
         let sent = self
             .http
             .post(url)
             .header("x-goog-api-key", key)
             .header("x-keysim-output-tokens", r.output)
             .header("x-keysim-latency-ms", r.latency_ms)
+            .header("x-keysim-input-tokens", r.input)
+            .header("x-keysim-fault", fault)
             .json(&body)
             .send()
             .await;
@@ -234,7 +246,8 @@ impl Shared {
             priority: class.priority,
             max_output_tokens: class.max_output_tokens,
         };
-        let arrival = self.now();
+        // The request arrived when it was meant to, however late its task started.
+        let arrival = Timestamp(self.origin_ms + r.at);
         let mut done = Done {
             new: r,
             state: Terminal::Denied,
@@ -263,7 +276,7 @@ impl Shared {
                     let waited = now.since(arrival);
                     let queue = self.sc.engine.on_exhausted == OnExhausted::Queue;
                     match d.retry_at {
-                        Some(at) if queue && at.since(arrival) <= self.sc.engine.max_wait_ms => {
+                        Some(at) if queue && at.since(arrival) + self.guard_ms() <= self.sc.engine.max_wait_ms => {
                             // A little after the slot frees: a request retried exactly at a
                             // window's edge can reach the provider before the entry it
                             // replaces has left there, if that one's trip took longer.
@@ -315,9 +328,15 @@ impl Shared {
                 done.reason = "rate-limited".into();
                 Outcome::RateLimited(parse_quota_error(&body))
             }
-            Ok((status, _)) => {
+            Ok((status, body)) => {
                 done.state = Terminal::Failed;
-                done.reason = format!("http-{status}");
+                // The simulator's names for the provider's failures.
+                done.reason = match status {
+                    500 => "internal".into(),
+                    503 => "overloaded".into(),
+                    400 if body.contains("API_KEY_INVALID") => "api-key-invalid".into(),
+                    s => format!("http-{s}"),
+                };
                 Outcome::Failed
             }
             Err(()) => {
@@ -345,8 +364,14 @@ fn micros() -> Histogram<u64> {
 
 /// Runs `sc` against `opts.target`.
 pub fn run_load(sc: &Scenario, opts: &LoadOptions) -> Result<LoadResult, LoadError> {
-    if !(opts.time_scale.is_finite() && opts.time_scale > 0.0 && opts.time_scale <= 10_000.0) {
-        return Err(LoadError::Bad("--time-scale must be a number above 0 and at most 10000".into()));
+    if !(opts.time_scale.is_finite() && (0.01..=10_000.0).contains(&opts.time_scale)) {
+        return Err(LoadError::Bad("--time-scale must be a number from 0.01 to 10000".into()));
+    }
+    if !sc.events.is_empty() {
+        return Err(LoadError::Bad(format!(
+            "{} has pool events; load runs do not replay them yet (simulate it with `keysim run`)",
+            sc.name
+        )));
     }
     let target = opts.target.trim_end_matches('/').to_owned();
     if !(target.starts_with("http://") || target.starts_with("https://")) {
@@ -394,7 +419,7 @@ pub fn run_load(sc: &Scenario, opts: &LoadOptions) -> Result<LoadResult, LoadErr
         origin_ms: clock.now_ms(),
         scale: opts.time_scale,
     });
-    let (mut agg, figures) = rt.block_on(schedule(shared.clone(), opts.progress, false));
+    let (mut agg, figures) = rt.block_on(schedule(shared.clone(), opts.progress, false))?;
     let baseline = if opts.baseline {
         let base = Arc::new(Shared {
             engine: None,
@@ -402,7 +427,7 @@ pub fn run_load(sc: &Scenario, opts: &LoadOptions) -> Result<LoadResult, LoadErr
             origin_ms: clock.now_ms(),
             ..clone_shared(&shared)
         });
-        Some(rt.block_on(schedule(base, opts.progress, true)).1.end_to_end)
+        Some(rt.block_on(schedule(base, opts.progress, true))?.1.end_to_end)
     } else {
         None
     };
@@ -446,11 +471,20 @@ fn clone_shared(s: &Shared) -> Shared {
     }
 }
 
-/// Starts every request of the scenario at its time; collects what they did.
-async fn schedule(shared: Arc<Shared>, progress: bool, direct: bool) -> (Aggregate, LoadFigures) {
+/// What a request task reports.
+enum Report {
+    /// A request through the engine.
+    Engine(Box<Done>),
+    /// A baseline request: its start lag and, if it succeeded, its end-to-end time (µs).
+    Direct(u64, Option<u64>),
+}
+
+/// Starts every request of the scenario at its time while a collector counts what they did;
+/// fails if any request went unreported.
+async fn schedule(shared: Arc<Shared>, progress: bool, direct: bool) -> Result<(Aggregate, LoadFigures), LoadError> {
     let sc = &shared.sc;
-    let (tx, mut rx) = mpsc::unbounded_channel::<Done>();
-    let (tx_direct, mut rx_direct) = mpsc::unbounded_channel::<(u64, Option<u64>)>();
+    let (tx, rx) = mpsc::unbounded_channel::<Report>();
+    let collector = tokio::spawn(collect(shared.clone(), rx));
     let bar = progress.then(|| {
         let b = indicatif::ProgressBar::with_draw_target(
             Some(sc.duration_ms / 1000),
@@ -465,91 +499,102 @@ async fn schedule(shared: Arc<Shared>, progress: bool, direct: bool) -> (Aggrega
     });
     let start = Instant::now();
     let mut started = 0u64;
-    let mut traffic = Traffic::new(sc);
-    for r in traffic.by_ref() {
+    for r in Traffic::new(sc) {
         let intended = start + Duration::from_secs_f64(r.at as f64 / 1000.0 / shared.scale);
         tokio::time::sleep_until(intended.into()).await;
         if let Some(b) = &bar {
             b.set_position(r.at / 1000);
         }
         started += 1;
-        let s = shared.clone();
-        if direct {
-            let tx = tx_direct.clone();
-            tokio::spawn(async move {
+        let (s, tx) = (shared.clone(), tx.clone());
+        tokio::spawn(async move {
+            let report = if direct {
                 let lag = Instant::now().saturating_duration_since(intended).as_micros() as u64;
-                let e2e = s.direct(r, intended).await;
-                drop(s);
-                let _ = tx.send((lag, e2e));
-            });
-        } else {
-            let tx = tx.clone();
-            tokio::spawn(async move {
-                let done = s.through_engine(r, intended).await;
-                drop(s);
-                let _ = tx.send(done);
-            });
-        }
+                Report::Direct(lag, s.direct(r, intended).await)
+            } else {
+                Report::Engine(Box::new(s.through_engine(r, intended).await))
+            };
+            drop(s);
+            let _ = tx.send(report);
+        });
     }
-    drop((tx, tx_direct));
-    let (mut lag, mut e2e, mut unqueued) = (micros(), micros(), micros());
-    let mut figures = LoadFigures { started, ..LoadFigures::default() };
-    let mut agg = Aggregate::default();
-    if direct {
-        while let Some((l, e)) = rx_direct.recv().await {
-            lag.saturating_record(l.max(1));
-            figures.late_sends += u64::from(l > LATE_MS * 1000);
-            if let Some(e) = e {
-                e2e.saturating_record(e.max(1));
-            }
-        }
-    } else {
-        while let Some(d) = rx.recv().await {
-            lag.saturating_record(d.lag_us.max(1));
-            figures.late_sends += u64::from(d.lag_us > LATE_MS * 1000);
-            figures.transport_errors += u64::from(d.transport_error);
-            if let Some(e) = d.e2e_us {
-                e2e.saturating_record(e.max(1));
-                if !d.delayed() {
-                    unqueued.saturating_record(e.max(1));
-                }
-            }
-            agg.delayed += u64::from(d.delayed());
-            let class = &sc.traffic[d.new.class as usize];
-            agg.record(&RequestRecord {
-                id: 0,
-                class: &class.name,
-                priority: class.priority,
-                model: class.model,
-                arrival_ms: d.new.at,
-                end_ms: d.end_ms,
-                state: d.state,
-                key: d.key,
-                project: d.project,
-                input_tokens: d.input,
-                estimated_input: d.estimated,
-                output_tokens: d.output,
-                queue_wait_ms: d.queue_wait_ms,
-                latency_ms: d.latency_ms,
-                reason: &d.reason,
-            });
-            for ns in &d.admit_ns {
-                agg.admit_ns.saturating_record(*ns);
-            }
-            if let (Terminal::Succeeded, Some(est)) = (d.state, d.estimated) {
-                let lang = match (d.new.text, &class.corpus) {
-                    (Some(i), Some(c)) => c.texts[i as usize].lang.as_str(),
-                    _ => "synthetic",
-                };
-                agg.estimation(lang, est, d.input, false);
-            }
-        }
-    }
+    drop(tx);
+    let (agg, mut figures, reported) =
+        collector.await.map_err(|e| LoadError::Failed(format!("the collector failed: {e}")))?;
     if let Some(b) = bar {
         b.finish_and_clear();
+    }
+    if reported != started {
+        return Err(LoadError::Failed(format!(
+            "{} of {started} requests never reported (a task failed)",
+            started - reported
+        )));
+    }
+    figures.started = started;
+    Ok((agg, figures))
+}
+
+/// Counts reports as they come, so nothing piles up while the schedule runs.
+async fn collect(shared: Arc<Shared>, mut rx: mpsc::UnboundedReceiver<Report>) -> (Aggregate, LoadFigures, u64) {
+    let sc = &shared.sc;
+    let (mut lag, mut e2e, mut unqueued) = (micros(), micros(), micros());
+    let mut figures = LoadFigures::default();
+    let mut agg = Aggregate::default();
+    let mut reported = 0u64;
+    while let Some(report) = rx.recv().await {
+        reported += 1;
+        let d = match report {
+            Report::Direct(l, e) => {
+                lag.saturating_record(l.max(1));
+                figures.late_sends += u64::from(l > LATE_MS * 1000);
+                if let Some(e) = e {
+                    e2e.saturating_record(e.max(1));
+                }
+                continue;
+            }
+            Report::Engine(d) => d,
+        };
+        lag.saturating_record(d.lag_us.max(1));
+        figures.late_sends += u64::from(d.lag_us > LATE_MS * 1000);
+        figures.transport_errors += u64::from(d.transport_error);
+        if let Some(e) = d.e2e_us {
+            e2e.saturating_record(e.max(1));
+            if !d.delayed() {
+                unqueued.saturating_record(e.max(1));
+            }
+        }
+        agg.delayed += u64::from(d.delayed());
+        let class = &sc.traffic[d.new.class as usize];
+        agg.record(&RequestRecord {
+            id: 0,
+            class: &class.name,
+            priority: class.priority,
+            model: class.model,
+            arrival_ms: d.new.at,
+            end_ms: d.end_ms,
+            state: d.state,
+            key: d.key,
+            project: d.project,
+            input_tokens: d.input,
+            estimated_input: d.estimated,
+            output_tokens: d.output,
+            queue_wait_ms: d.queue_wait_ms,
+            latency_ms: d.latency_ms,
+            reason: &d.reason,
+        });
+        for ns in &d.admit_ns {
+            agg.admit_ns.saturating_record(*ns);
+        }
+        if let (Terminal::Succeeded, Some(est)) = (d.state, d.estimated) {
+            let lang = match (d.new.text, &class.corpus) {
+                (Some(i), Some(c)) => c.texts[i as usize].lang.as_str(),
+                _ => "synthetic",
+            };
+            agg.estimation(lang, est, d.input, false);
+        }
     }
     figures.start_lag = Latency::of(&lag);
     figures.end_to_end = Latency::of(&e2e);
     figures.end_to_end_unqueued = Latency::of(&unqueued);
-    (agg, figures)
+    (agg, figures, reported)
 }
