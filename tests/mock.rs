@@ -193,6 +193,7 @@ fn the_sustained_host_streams_events_over_the_answer_s_latency() {
     let (first, all) = (first.expect("an event"), sent.elapsed());
     assert_eq!(seen.matches("data: ").count(), 3, "{seen}");
     assert!(seen.contains("text/event-stream"));
-    assert!(first < Duration::from_millis(700), "the first event comes after a third of the latency: {first:?}");
-    assert!(all >= Duration::from_millis(850), "the last one after all of it: {all:?}");
+    // Pieces go out a third of the latency apart: the first long before the last.
+    assert!(all >= Duration::from_millis(850), "the last one after all of the latency: {all:?}");
+    assert!(all - first >= Duration::from_millis(450), "first {first:?}, all {all:?}");
 }
