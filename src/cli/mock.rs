@@ -84,7 +84,8 @@ pub(super) fn mock(opts: MockOptions) -> Result<i32, CliError> {
         std::net::TcpListener::bind(&addr).map_err(|e| CliError::BadInput(format!("cannot listen on {addr}: {e}")))?;
     let local = listener.local_addr().context("reading the bound address")?;
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the runtime")?;
-    rt.block_on(async move {
+    // Said once the fake answers, so that whoever waits for the first line can call at once.
+    let banner = move |models: String| {
         // Written with errors ignored: whoever reads this may stop reading.
         let mut out = std::io::stdout().lock();
         let mut say = |line: String| {
@@ -92,7 +93,7 @@ pub(super) fn mock(opts: MockOptions) -> Result<i32, CliError> {
         };
         say(format!("keysim fake Gemini API ({} host) listening on http://{local}", opts.host.name()));
         say(format!("  base URL for SDKs: http://{local}  (API version v1beta; OpenAI-compatible: /v1beta/openai/)"));
-        say(format!("  scenario {} · models {}", sc.name, fake.models().join(", ")));
+        say(format!("  scenario {} · models {models}", sc.name));
         for p in &sc.projects {
             let keys: Vec<String> = p.keys.iter().map(|k| redact(k)).collect();
             say(format!("  project {}: keys {}", p.id, keys.join(", ")));
@@ -102,7 +103,9 @@ pub(super) fn mock(opts: MockOptions) -> Result<i32, CliError> {
         }
         say("Ctrl-C stops it.".to_owned());
         let _ = out.flush();
-        drop(out);
+    };
+    let models = fake.models().join(", ");
+    rt.block_on(async move {
         let ctrl_c = async {
             let _ = tokio::signal::ctrl_c().await;
         };
@@ -110,10 +113,12 @@ pub(super) fn mock(opts: MockOptions) -> Result<i32, CliError> {
             Host::Sustained => {
                 listener.set_nonblocking(true).context("configuring the listener")?;
                 let listener = tokio::net::TcpListener::from_std(listener).context("configuring the listener")?;
+                banner(models);
                 serve(fake, listener, clock, ctrl_c).await.context("serving")?;
             }
             Host::Wiremock => {
                 let _server = start_wiremock(fake, clock, Some(listener)).await;
+                banner(models);
                 ctrl_c.await;
             }
         }
