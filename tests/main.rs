@@ -6,6 +6,7 @@ mod common;
 mod determinism;
 mod diagnostics;
 mod estimators;
+mod gate;
 mod mock;
 mod properties;
 mod warnings;

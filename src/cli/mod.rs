@@ -1,6 +1,7 @@
 //! The `keysim` command line: subcommands, and the mapping of failures to exit codes
 //! (0 ok, 1 expectations failed, 2 bad input, 3 runtime failure).
 
+mod gate;
 pub mod mock;
 mod run;
 
@@ -56,6 +57,27 @@ pub enum Command {
         /// The scenario.
         #[command(flatten)]
         scenario: ScenarioArgs,
+    },
+    /// Run scenarios as a CI gate: their `[expect]` tables and a committed baseline.
+    Gate {
+        /// The scenarios.
+        #[arg(required = true)]
+        scenarios: Vec<PathBuf>,
+        /// Override a setting of every scenario, e.g. `--set engine.admission=check-then-act`.
+        #[arg(long = "set", value_name = "PATH=VALUE")]
+        overrides: Vec<String>,
+        /// The baseline file (JSON) to compare with.
+        #[arg(long)]
+        baseline: Option<PathBuf>,
+        /// Write the current figures into the baseline instead of comparing.
+        #[arg(long)]
+        update_baseline: bool,
+        /// Also write a JUnit XML report here.
+        #[arg(long)]
+        junit: Option<PathBuf>,
+        /// Print nothing but errors.
+        #[arg(long, short)]
+        quiet: bool,
     },
     /// Send a scenario's traffic in real time through the engine to a Gemini-compatible API.
     Load {
@@ -158,6 +180,9 @@ pub fn execute(cli: Cli) -> Result<i32, CliError> {
                 },
                 run::RunOptions { out, seed: None, json, requests_csv: false, quiet },
             )
+        }
+        Command::Gate { scenarios, overrides, baseline, update_baseline, junit, quiet } => {
+            gate::gate(gate::GateOptions { scenarios, overrides, baseline, update_baseline, junit, quiet })
         }
         Command::Mock { port, bind, scenario, overrides, host, time_scale } => {
             mock::mock(mock::MockOptions { port, bind, scenario, overrides, host, time_scale })
