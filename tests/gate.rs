@@ -19,13 +19,13 @@ fn the_committed_baseline_passes_and_a_worse_engine_fails_with_junit() {
     let bad = keysim()
         .args(["gate", "scenarios/race.toml", "--set", "engine.admission=check-then-act"])
         .args(["--baseline", "scenarios/gate-baseline.json", "--junit"])
-        .arg(dir.join("bad.xml"))
+        .arg(dir.join("reports/bad.xml"))
         .output()
         .unwrap();
     assert_eq!(bad.status.code(), Some(1));
     let table = String::from_utf8_lossy(&bad.stdout);
     assert!(table.contains("FAIL  expected breaches == 0, got 20"), "{table}");
-    let junit = std::fs::read_to_string(dir.join("bad.xml")).unwrap();
+    let junit = std::fs::read_to_string(dir.join("reports/bad.xml")).expect("its folder is created");
     assert!(junit.contains("<testcase classname=\"race\" name=\"expect breaches == 0\">"), "{junit}");
     assert!(junit.contains("<failure message=\"expected breaches == 0, got 20\">"), "{junit}");
     assert!(junit.contains("<failure message=\"breaches: baseline 0, now 20"), "{junit}");

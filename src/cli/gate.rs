@@ -185,6 +185,9 @@ pub(super) fn gate(opts: GateOptions) -> Result<i32, CliError> {
         std::fs::write(path, format!("{text}\n")).with_context(|| format!("writing {}", path.display()))?;
     }
     if let Some(j) = &opts.junit {
+        if let Some(dir) = j.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        }
         std::fs::write(j, junit(&checks)).with_context(|| format!("writing {}", j.display()))?;
     }
     let failed: Vec<&Check> = checks.iter().filter(|c| !c.ok).collect();
