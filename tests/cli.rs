@@ -72,3 +72,16 @@ fn usage_errors_exit_2() {
     assert_eq!(keysim().args(["frobnicate"]).output().unwrap().status.code(), Some(2));
     assert_eq!(keysim().args(["--help"]).output().unwrap().status.code(), Some(0));
 }
+
+#[test]
+fn progress_is_drawn_on_terminals_only() {
+    // stderr is a pipe here: no progress bar, no escape codes, nothing at all.
+    let out = crate::common::keysim()
+        .args(["run", "scenarios/midnight.toml", "--out"])
+        .arg(crate::common::temp_dir("progress"))
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    assert!(out.stderr.is_empty(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("report:"));
+}

@@ -117,14 +117,25 @@ pub(super) fn run(args: &ScenarioArgs, opts: RunOptions) -> Result<i32, CliError
         if opts.requests_csv || sc.requests_csv { Some(create(&dir.join("requests.csv"))?) } else { None };
     let mut sinks = Sinks::new(&sc, &dir, opts.quiet || opts.json)?;
     let mut fanout = sinks.fanout();
+    // Progress on a terminal only (indicatif draws nothing elsewhere), never with --quiet/--json.
+    let bar = (!opts.quiet && !opts.json).then(|| crate::report::progress(sc.duration_ms, "simulating"));
+    let tick = |ms: u64| {
+        if let Some(b) = &bar {
+            b.set_position(ms / 1000);
+        }
+    };
     let outputs = Outputs {
         timeline: Some(&mut timeline),
         requests: requests.as_mut().map(|w| w as &mut (dyn std::io::Write + Send)),
         notifications: fanout.as_mut().map(|f| f as &mut dyn Sink),
+        progress: Some(&tick),
     };
     let started = std::time::Instant::now();
     let result = simulate(&sc, outputs).with_context(|| format!("simulating {}", sc.name))?;
     let wall = started.elapsed().as_secs_f64();
+    if let Some(b) = &bar {
+        b.finish_and_clear();
+    }
     drop(fanout);
     drop(timeline);
     drop(requests);

@@ -485,18 +485,7 @@ async fn schedule(shared: Arc<Shared>, progress: bool, direct: bool) -> Result<(
     let sc = &shared.sc;
     let (tx, rx) = mpsc::unbounded_channel::<Report>();
     let collector = tokio::spawn(collect(shared.clone(), rx));
-    let bar = progress.then(|| {
-        let b = indicatif::ProgressBar::with_draw_target(
-            Some(sc.duration_ms / 1000),
-            indicatif::ProgressDrawTarget::stderr(),
-        );
-        b.set_style(
-            indicatif::ProgressStyle::with_template("{msg} [{bar:40}] {pos}/{len} s of traffic")
-                .expect("a valid template"),
-        );
-        b.set_message(if direct { "baseline" } else { "load" });
-        b
-    });
+    let bar = progress.then(|| crate::report::progress(sc.duration_ms, if direct { "baseline" } else { "load" }));
     let start = Instant::now();
     let mut started = 0u64;
     for r in Traffic::new(sc) {

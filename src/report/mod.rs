@@ -371,6 +371,18 @@ pub fn redact(id: &str) -> String {
     format!("{head}…{tail}")
 }
 
+/// A progress bar over `duration_ms` of scenario time, counted in seconds, on stderr. It
+/// draws only on a terminal.
+pub fn progress(duration_ms: u64, what: &str) -> indicatif::ProgressBar {
+    let b = indicatif::ProgressBar::with_draw_target(Some(duration_ms / 1000), indicatif::ProgressDrawTarget::stderr());
+    b.set_style(
+        indicatif::ProgressStyle::with_template("{msg} [{bar:40}] {pos}/{len} s of traffic, {elapsed} so far")
+            .expect("a valid template"),
+    );
+    b.set_message(what.to_owned());
+    b
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

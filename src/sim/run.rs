@@ -29,6 +29,8 @@ pub struct Outputs<'w> {
     pub requests: Option<&'w mut (dyn Write + Send)>,
     /// Where warning notifications go (when the scenario has `[warnings]`).
     pub notifications: Option<&'w mut dyn crate::notify::Sink>,
+    /// Told the simulated milliseconds done at every timeline tick (a progress bar).
+    pub progress: Option<&'w dyn Fn(u64)>,
 }
 
 /// Why a run could not complete.
@@ -132,6 +134,7 @@ struct Sim<'s, 'w, 'scope> {
     /// Early warnings: the warner, its scorer and where notifications go.
     warner: Option<(Warner, Scorer)>,
     notifications: Option<&'w mut dyn crate::notify::Sink>,
+    progress: Option<&'w dyn Fn(u64)>,
 }
 
 /// The engine a scenario describes, over an in-memory store.
@@ -237,7 +240,7 @@ pub fn judge_config(sc: &Scenario) -> JudgeConfig {
 pub fn simulate(sc: &Scenario, out: Outputs<'_>) -> Result<RunResult, SimError> {
     let engine = build_engine(sc)?;
     let judge = build_judge(sc);
-    let Outputs { timeline, requests, notifications } = out;
+    let Outputs { timeline, requests, notifications, progress } = out;
     let timeline = match timeline {
         Some(w) => {
             let mut w = csv::Writer::from_writer(w);
@@ -272,6 +275,7 @@ pub fn simulate(sc: &Scenario, out: Outputs<'_>) -> Result<RunResult, SimError> 
                 (Warner::new(w.config.clone()), Scorer::new(&models))
             }),
             notifications,
+            progress,
         };
         sim.learns = sim.engine.learns();
         sim.sync_keys();
@@ -630,6 +634,9 @@ impl Sim<'_, '_, '_> {
 
     fn tick(&mut self, now: u64) -> Result<(), SimError> {
         let offset = now - self.sc.start.0;
+        if let Some(p) = self.progress {
+            p(offset);
+        }
         if let Some(w) = self.timeline.as_mut() {
             let models = self.sc.models.len();
             let t_s = format!("{:.0}", offset as f64 / 1000.0);
