@@ -126,13 +126,9 @@ impl Answer {
         Self { status, payload: Payload::Json(body), delay_ms, drop: false }
     }
 
-    fn error(e: ErrorAnswer, delay_ms: u64) -> Self {
-        Self::json(e.status, e.body, delay_ms)
-    }
-
     /// An error answer after `delay_ms`.
-    pub fn from_error(e: ErrorAnswer, delay_ms: u64) -> Self {
-        Self::error(e, delay_ms)
+    pub fn error(e: ErrorAnswer, delay_ms: u64) -> Self {
+        Self::json(e.status, e.body, delay_ms)
     }
 
     /// The content type of the body.
@@ -182,6 +178,7 @@ pub struct Fake {
     state: Mutex<State>,
     models: Vec<String>,
     latency: LatencySampler,
+    /// Errors come back quickly, at a tenth of the median latency.
     error_ms: u64,
     faults: FaultModel,
     extra: ExtraFaults,
@@ -293,7 +290,7 @@ impl Fake {
 
     /// Authenticates `req`, then runs `f` with the key's project.
     fn with_key(&self, req: &ApiRequest<'_>, surface: Surface, f: impl FnOnce(usize) -> Answer) -> Answer {
-        let fast = self.latency_error();
+        let fast = self.error_ms;
         let bearer = req
             .header("authorization")
             .and_then(|a| a.split_once(' ').filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer")))
@@ -310,11 +307,6 @@ impl Fake {
             KeyState::Valid(project) => f(project),
             _ => Answer::error(body::api_key_invalid(), fast),
         }
-    }
-
-    /// Errors come back quickly, at a tenth of the median latency.
-    fn latency_error(&self) -> u64 {
-        self.error_ms
     }
 
     fn list_models(&self, req: &ApiRequest<'_>) -> Answer {
@@ -342,7 +334,7 @@ impl Fake {
 
     /// A failure only a real-time host has (503 burst, dropped connection), if any.
     fn fault(&self, state: &mut State, now: u64) -> Option<Answer> {
-        let fast = self.latency_error();
+        let fast = self.error_ms;
         let e = &self.extra;
         if e.burst_every_ms > 0 {
             let since = now.saturating_sub(self.epoch_ms.load(Ordering::Relaxed));
@@ -378,7 +370,7 @@ impl Fake {
         let now = now.max(state.last_now);
         state.last_now = now;
         // A replayed request says which 500/503 it drew (`none` included); others draw here.
-        let fast = self.latency_error();
+        let fast = self.error_ms;
         let drawn = match req.header("x-keysim-fault") {
             Some("internal") => Some(Fault::Internal),
             Some("overloaded") => Some(Fault::Overloaded),
@@ -398,7 +390,7 @@ impl Fake {
         if let Verdict::Exhausted { violations, retry_after_ms } = state.judge.submit(project, m, judged, now) {
             let tier = state.judge.config().projects[project].tier;
             let body = body::quota_exceeded(&violations, tier, model, retry_after_ms);
-            return Err(Answer::error(body, self.latency_error()));
+            return Err(Answer::error(body, self.error_ms));
         }
         let delay = self.delay(&mut state, req);
         Ok((input, output, finish, delay))
@@ -470,7 +462,7 @@ impl Fake {
         };
         if let Some((violations, retry_after_ms)) = minute_full {
             let tier = state.judge.config().projects[project].tier;
-            return Answer::error(body::quota_exceeded(&violations, tier, model, retry_after_ms), self.latency_error());
+            return Answer::error(body::quota_exceeded(&violations, tier, model, retry_after_ms), self.error_ms);
         }
         drop(state);
         Answer::json(

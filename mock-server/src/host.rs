@@ -171,7 +171,7 @@ pub async fn serve(
                 async move {
                     let (parts, body) = req.into_parts();
                     let Ok(body) = Limited::new(body, MAX_BODY).collect().await.map(|b| b.to_bytes()) else {
-                        let a = Answer::from_error(crate::body::payload_too_large(), 0);
+                        let a = Answer::error(crate::body::payload_too_large(), 0);
                         return answer(a, clock).await;
                     };
                     let headers = pairs(&parts.headers);
@@ -196,7 +196,7 @@ impl wiremock::Respond for Responder {
         let (path, query) = (req.url.path(), req.url.query().unwrap_or_default());
         let mut answer = ask(&self.fake, &self.clock, req.method.as_str(), path, query, &headers, &req.body);
         if answer.drop {
-            answer = Answer { drop: false, ..Answer::from_error(crate::body::overloaded(), answer.delay_ms) };
+            answer = Answer { drop: false, ..Answer::error(crate::body::overloaded(), answer.delay_ms) };
         }
         wiremock::ResponseTemplate::new(answer.status)
             .insert_header("content-type", answer.content_type())

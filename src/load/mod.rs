@@ -177,9 +177,8 @@ struct Shared {
     clock: Clock,
     /// Key values by engine key index.
     keys: Vec<String>,
-    origin: Instant,
+    /// The clock's reading when the schedule started.
     origin_ms: u64,
-    scale: f64,
 }
 
 impl Shared {
@@ -189,7 +188,7 @@ impl Shared {
 
     /// [`EDGE_GUARD`] in the scenario's milliseconds.
     fn guard_ms(&self) -> u64 {
-        (EDGE_GUARD.as_secs_f64() * 1000.0 * self.scale).ceil() as u64
+        (EDGE_GUARD.as_secs_f64() * 1000.0 * self.clock.scale()).ceil() as u64
     }
 
     /// Sends `r` to `model` with key `key`; the answer's outcome.
@@ -415,17 +414,18 @@ pub fn run_load(sc: &Scenario, opts: &LoadOptions) -> Result<LoadResult, LoadErr
         target: target.clone(),
         clock,
         keys,
-        origin: Instant::now(),
         origin_ms: clock.now_ms(),
-        scale: opts.time_scale,
     });
     let (mut agg, figures) = rt.block_on(schedule(shared.clone(), opts.progress, false))?;
     let baseline = if opts.baseline {
         let base = Arc::new(Shared {
+            sc: sc.clone(),
             engine: None,
-            origin: Instant::now(),
+            http: shared.http.clone(),
+            target: shared.target.clone(),
+            clock,
+            keys: shared.keys.clone(),
             origin_ms: clock.now_ms(),
-            ..clone_shared(&shared)
         });
         Some(rt.block_on(schedule(base, opts.progress, true))?.1.end_to_end)
     } else {
@@ -457,20 +457,6 @@ pub fn run_load(sc: &Scenario, opts: &LoadOptions) -> Result<LoadResult, LoadErr
     })
 }
 
-fn clone_shared(s: &Shared) -> Shared {
-    Shared {
-        sc: s.sc.clone(),
-        engine: None,
-        http: s.http.clone(),
-        target: s.target.clone(),
-        clock: s.clock,
-        keys: s.keys.clone(),
-        origin: s.origin,
-        origin_ms: s.origin_ms,
-        scale: s.scale,
-    }
-}
-
 /// What a request task reports.
 enum Report {
     /// A request through the engine.
@@ -489,7 +475,7 @@ async fn schedule(shared: Arc<Shared>, progress: bool, direct: bool) -> Result<(
     let start = Instant::now();
     let mut started = 0u64;
     for r in Traffic::new(sc) {
-        let intended = start + Duration::from_secs_f64(r.at as f64 / 1000.0 / shared.scale);
+        let intended = start + Duration::from_secs_f64(r.at as f64 / 1000.0 / shared.clock.scale());
         tokio::time::sleep_until(intended.into()).await;
         if let Some(b) = &bar {
             b.set_position(r.at / 1000);

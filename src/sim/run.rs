@@ -460,7 +460,7 @@ impl Sim<'_, '_, '_> {
     /// The tokens of request `r` the provider counts against token limits.
     fn judged(&self, r: u32) -> u64 {
         let req = &self.reqs[r as usize];
-        req.input + if self.sc.provider.counts_output { req.output } else { 0 }
+        super::traffic::judged(req.input, req.output, self.sc.provider.counts_output)
     }
 
     fn send(&mut self, r: u32, ticket: Ticket, now: u64) {

@@ -28,6 +28,8 @@ use crate::engine::{Dimension, Timestamp};
 
 const MINUTE_HORIZON_MS: u64 = 120_000;
 const MINUTE_SPELL_GAP_MS: u64 = 60_000;
+/// Slots per model: one per dimension.
+const DIMS: usize = Dimension::ALL.len();
 
 /// The figures.
 #[derive(Debug)]
@@ -78,7 +80,6 @@ struct Note {
 /// The scorer.
 #[derive(Debug)]
 pub(crate) struct Scorer {
-    dims: usize,
     slots: Vec<Slot>,
     /// Firing notifications not yet decided, by id.
     notes: BTreeMap<u64, Note>,
@@ -96,10 +97,8 @@ fn horizon(d: Dimension, at: Timestamp) -> Timestamp {
 
 impl Scorer {
     pub(crate) fn new(models: &[String]) -> Self {
-        let dims = Dimension::ALL.len();
         Self {
-            dims,
-            slots: (0..models.len() * dims).map(|_| Slot::default()).collect(),
+            slots: (0..models.len() * DIMS).map(|_| Slot::default()).collect(),
             notes: BTreeMap::new(),
             next_note: 0,
             score: WarningScore {
@@ -168,7 +167,7 @@ impl Scorer {
             let m = a.labels.get("model").and_then(|m| model_of(m));
             let d = a.labels.get("dimension").and_then(|d| Dimension::ALL.into_iter().find(|x| x.name() == d));
             if let (Some(m), Some(d)) = (m, d) {
-                let s = m * self.dims + d.index();
+                let s = m * DIMS + d.index();
                 if !slots.iter().any(|(x, _)| *x == s) {
                     slots.push((s, d));
                 }
@@ -193,7 +192,7 @@ impl Scorer {
 
     /// The pool of `model` had nothing left on `d` at `now`.
     pub(crate) fn exhausted(&mut self, model: usize, d: Dimension, now: Timestamp) {
-        let s = model * self.dims + d.index();
+        let s = model * DIMS + d.index();
         self.expire(s, now);
         let continues = Self::in_spell(&self.slots[s], d, now);
         self.slots[s].spell = Some((now, next_pacific_midnight(now)));

@@ -41,8 +41,14 @@ pub(crate) struct NewRequest {
 impl NewRequest {
     /// The tokens the provider counts against token limits.
     pub(crate) fn judged(&self, counts_output: bool) -> u64 {
-        self.input + if counts_output { self.output } else { 0 }
+        judged(self.input, self.output, counts_output)
     }
+}
+
+/// The tokens a provider counts against token limits: the input, and the output if it
+/// counts output too.
+pub(crate) fn judged(input: u64, output: u64, counts_output: bool) -> u64 {
+    input + if counts_output { output } else { 0 }
 }
 
 struct Class {
