@@ -22,7 +22,7 @@ pub(crate) fn scenario(name: &str, overrides: &[&str]) -> Scenario {
 /// Runs a scenario in memory and returns its summary and timeline CSV.
 pub(crate) fn run(sc: &Scenario) -> (Summary, String) {
     let mut timeline = Vec::new();
-    let outputs = Outputs { timeline: Some(&mut timeline), requests: None, notifications: None, progress: None };
+    let outputs = Outputs { timeline: Some(&mut timeline), ..Outputs::default() };
     let result = simulate(sc, outputs).expect("simulation runs");
     (Summary::new(sc, "sim", &result.aggregate, &result.engine), String::from_utf8(timeline).expect("utf-8"))
 }

@@ -9,4 +9,5 @@ mod estimators;
 mod gate;
 mod mock;
 mod properties;
+mod report;
 mod warnings;

@@ -51,6 +51,9 @@ pub enum Command {
         /// Print nothing but errors.
         #[arg(long, short)]
         quiet: bool,
+        /// Skip the plots and report.html.
+        #[arg(long)]
+        no_plots: bool,
     },
     /// Check a scenario file and report every problem in it.
     Validate {
@@ -108,6 +111,9 @@ pub enum Command {
         /// Print nothing but errors.
         #[arg(long, short)]
         quiet: bool,
+        /// Skip the plots and report.html.
+        #[arg(long)]
+        no_plots: bool,
     },
     /// Serve the fake Gemini API (quotas, latency and faults of a scenario) until Ctrl-C.
     Mock {
@@ -157,30 +163,37 @@ impl CliError {
 /// expectations in gating commands).
 pub fn execute(cli: Cli) -> Result<i32, CliError> {
     match cli.command {
-        Command::Run { scenario, out, seed, json, requests_csv, quiet } => {
-            run::run(&scenario, run::RunOptions { out, seed, json, requests_csv, quiet })
+        Command::Run { scenario, out, seed, json, requests_csv, quiet, no_plots } => {
+            run::run(&scenario, run::RunOptions { out, seed, json, requests_csv, quiet, no_plots })
         }
         Command::Validate { scenario } => run::validate(&scenario),
-        Command::Load { scenario, target, time_scale, baseline, keys_from_env, timeout, out, json, quiet } => {
-            run::load_run(
-                &scenario,
-                crate::load::LoadOptions {
-                    target,
-                    time_scale,
-                    baseline,
-                    keys_from_env,
-                    timeout: if timeout.is_finite() && (0.001..=3600.0).contains(&timeout) {
-                        std::time::Duration::from_secs_f64(timeout)
-                    } else {
-                        return Err(CliError::BadInput(
-                            "--timeout must be a number of seconds from 0.001 to 3600".into(),
-                        ));
-                    },
-                    progress: !quiet && !json,
+        Command::Load {
+            scenario,
+            target,
+            time_scale,
+            baseline,
+            keys_from_env,
+            timeout,
+            out,
+            json,
+            quiet,
+            no_plots,
+        } => run::load_run(
+            &scenario,
+            crate::load::LoadOptions {
+                target,
+                time_scale,
+                baseline,
+                keys_from_env,
+                timeout: if timeout.is_finite() && (0.001..=3600.0).contains(&timeout) {
+                    std::time::Duration::from_secs_f64(timeout)
+                } else {
+                    return Err(CliError::BadInput("--timeout must be a number of seconds from 0.001 to 3600".into()));
                 },
-                run::RunOptions { out, seed: None, json, requests_csv: false, quiet },
-            )
-        }
+                progress: !quiet && !json,
+            },
+            run::RunOptions { out, seed: None, json, requests_csv: false, quiet, no_plots },
+        ),
         Command::Gate { scenarios, overrides, baseline, update_baseline, junit, quiet } => {
             gate::gate(gate::GateOptions { scenarios, overrides, baseline, update_baseline, junit, quiet })
         }

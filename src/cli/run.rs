@@ -9,6 +9,7 @@ use anyhow::Context;
 use super::{CliError, ScenarioArgs};
 use crate::notify::webhook::{Target, Webhook, WebhookStats};
 use crate::notify::{Fanout, JsonLines, LogLine, Sink};
+use crate::report::plots::{self, RunData};
 use crate::report::summary::Summary;
 use crate::report::table;
 use crate::scenario::{self, LoadError, Scenario};
@@ -74,6 +75,7 @@ pub(super) struct RunOptions {
     pub(super) json: bool,
     pub(super) requests_csv: bool,
     pub(super) quiet: bool,
+    pub(super) no_plots: bool,
 }
 
 pub(super) fn load(args: &ScenarioArgs) -> Result<Scenario, CliError> {
@@ -129,6 +131,7 @@ pub(super) fn run(args: &ScenarioArgs, opts: RunOptions) -> Result<i32, CliError
         requests: requests.as_mut().map(|w| w as &mut (dyn std::io::Write + Send)),
         notifications: fanout.as_mut().map(|f| f as &mut dyn Sink),
         progress: Some(&tick),
+        trace: !opts.no_plots,
     };
     let started = std::time::Instant::now();
     let result = simulate(&sc, outputs).with_context(|| format!("simulating {}", sc.name))?;
@@ -142,6 +145,9 @@ pub(super) fn run(args: &ScenarioArgs, opts: RunOptions) -> Result<i32, CliError
     let webhook = sinks.finish()?;
     let mut summary = Summary::new(&sc, "sim", &result.aggregate, &result.engine);
     summary.warnings.webhook = webhook;
+    let data =
+        RunData { scenario: &sc, aggregate: &result.aggregate, trace: result.trace.as_ref(), end_to_end_us: None };
+    pictures(&summary, &dir, &opts, &data)?;
     let n = summary.requests.total;
     let speed = format!(
         "\nsimulated {n} requests ({} events) in {wall:.2} s of wall time: {:.2} million requests/s",
@@ -149,6 +155,18 @@ pub(super) fn run(args: &ScenarioArgs, opts: RunOptions) -> Result<i32, CliError
         n as f64 / wall.max(1e-9) / 1e6
     );
     report(&summary, &dir, &opts, Some(&speed))
+}
+
+/// Draws the run's plots into `dir/plots/` and writes `report.html` (unless `--no-plots`).
+fn pictures(summary: &Summary, dir: &std::path::Path, opts: &RunOptions, data: &RunData<'_>) -> Result<(), CliError> {
+    if opts.no_plots {
+        return Ok(());
+    }
+    let drawn = plots::write(dir, plots::figures(data))?;
+    let path = dir.join("report.html");
+    let html = crate::report::html::run_report(summary, data.scenario.description.as_deref(), &drawn);
+    std::fs::write(&path, html).with_context(|| format!("writing {}", path.display()))?;
+    Ok(())
 }
 
 /// Writes `summary.json` into `dir`, then prints it (`--json`), or the table, unless quiet.
@@ -178,6 +196,10 @@ pub(super) fn load_run(args: &ScenarioArgs, how: crate::load::LoadOptions, opts:
         other => CliError::Runtime(anyhow::anyhow!("load run of {}: {other}", sc.name)),
     })?;
     let mut summary = Summary::new(&sc, "load", &result.aggregate, &result.engine);
+    let f = &result.figures;
+    let e2e = f.end_to_end_us.as_ref().map(|h| (h, f.baseline_end_to_end_us.as_ref()));
+    let data = RunData { scenario: &sc, aggregate: &result.aggregate, trace: None, end_to_end_us: e2e };
+    pictures(&summary, &dir, &opts, &data)?;
     summary.load = Some(result.figures);
     report(&summary, &dir, &opts, None)
 }

@@ -100,6 +100,12 @@ pub struct LoadFigures {
     pub end_to_end_unqueued: Latency,
     /// The same without the engine (with `--baseline`).
     pub baseline_end_to_end: Option<Latency>,
+    /// The end-to-end distribution, in µs, for plots.
+    #[serde(skip)]
+    pub end_to_end_us: Option<Histogram<u64>>,
+    /// The baseline's, in µs, for plots.
+    #[serde(skip)]
+    pub baseline_end_to_end_us: Option<Histogram<u64>>,
 }
 
 /// A finished load run.
@@ -427,10 +433,12 @@ pub fn run_load(sc: &Scenario, opts: &LoadOptions) -> Result<LoadResult, LoadErr
             keys: shared.keys.clone(),
             origin_ms: clock.now_ms(),
         });
-        Some(rt.block_on(schedule(base, opts.progress, true))?.1.end_to_end)
+        let b = rt.block_on(schedule(base, opts.progress, true))?.1;
+        Some((b.end_to_end, b.end_to_end_us))
     } else {
         None
     };
+    let (baseline, baseline_end_to_end_us) = baseline.map_or((None, None), |(l, h)| (Some(l), h));
     agg.servable = Some(servable);
     // Every request has reported; their tasks let go of the shared state right after.
     let (mut shared, until) = (shared, Instant::now() + Duration::from_secs(5));
@@ -452,6 +460,7 @@ pub fn run_load(sc: &Scenario, opts: &LoadOptions) -> Result<LoadResult, LoadErr
             target: redact_target(&target),
             time_scale: opts.time_scale,
             baseline_end_to_end: baseline,
+            baseline_end_to_end_us,
             ..figures
         },
     })
@@ -571,5 +580,6 @@ async fn collect(shared: Arc<Shared>, mut rx: mpsc::UnboundedReceiver<Report>) -
     figures.start_lag = Latency::of(&lag);
     figures.end_to_end = Latency::of(&e2e);
     figures.end_to_end_unqueued = Latency::of(&unqueued);
+    figures.end_to_end_us = Some(e2e);
     (agg, figures, reported)
 }

@@ -7,9 +7,13 @@
 //! - [`RequestLog`]: `requests.csv`, one row per request, streamed.
 //! - [`stopwatch`]: a cheap real-clock stopwatch for engine decision time.
 
+pub mod chart;
+pub mod html;
+pub mod plots;
 pub mod stopwatch;
 pub mod summary;
 pub mod table;
+pub mod trace;
 
 use std::collections::BTreeMap;
 use std::io::Write;

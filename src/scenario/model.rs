@@ -14,6 +14,8 @@ use crate::engine::{EngineConfig, Limits, PoolEvent, Priority, Timestamp};
 pub struct Scenario {
     /// Its name (the default output folder).
     pub name: String,
+    /// What it shows, in a sentence or two (shown atop its report).
+    pub description: Option<String>,
     /// The seed of every random stream.
     pub seed: u64,
     /// Simulated time, in milliseconds.

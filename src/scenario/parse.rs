@@ -136,8 +136,10 @@ fn build(ctx: &mut Ctx, root: &Table<'_, '_>, base: Option<&Path>) -> Option<Sce
         }
         None => false,
     };
+    let description = head.as_ref().and_then(|t| t.string(ctx, "description")).map(|(d, _)| d);
     Some(Scenario {
         name: name?,
+        description,
         seed: seed?,
         duration_ms: duration_ms?,
         start: start?,
@@ -158,7 +160,6 @@ type Header = (Option<String>, Option<u64>, Option<u64>, Option<Timestamp>, Opti
 
 fn header(ctx: &mut Ctx, t: &Table<'_, '_>) -> Header {
     t.allow(ctx, &["name", "description", "seed", "duration", "start", "timeline"]);
-    let _ = t.string(ctx, "description");
     let name = t.required(t.string(ctx, "name"), ctx, "name").and_then(|(n, span)| {
         let ok = !n.is_empty() && n.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c));
         if !ok {

@@ -17,6 +17,7 @@ use crate::engine::{
     parse_quota_error, AdmitError, Chars4, Decision, DenyReason, Engine, KeySpec, MemoryStore, ModelSpec, Outcome,
     PoolError, PoolEvent, PoolSpec, ProjectSpec, Prompt, QuotaExhausted, Request, Ticket, Timestamp,
 };
+use crate::report::trace::{Cell, Notice, Room, Trace};
 use crate::report::{stopwatch, Aggregate, Terminal};
 use crate::scenario::{EstimatorKind, OnExhausted, Scenario};
 
@@ -31,6 +32,8 @@ pub struct Outputs<'w> {
     pub notifications: Option<&'w mut dyn crate::notify::Sink>,
     /// Told the simulated milliseconds done at every timeline tick (a progress bar).
     pub progress: Option<&'w dyn Fn(u64)>,
+    /// Whether to keep the run's [`Trace`] for plots.
+    pub trace: bool,
 }
 
 /// Why a run could not complete.
@@ -61,6 +64,8 @@ pub struct RunResult {
     pub engine: Engine,
     /// Simulated events processed.
     pub events: u64,
+    /// The run over time, when [`Outputs::trace`] asked for it.
+    pub trace: Option<Trace>,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -131,8 +136,11 @@ struct Sim<'s, 'w, 'scope> {
     learns: bool,
     /// Estimators measured beside the engine's (`shadow_estimators`).
     shadows: Vec<Box<dyn Estimator>>,
-    /// Early warnings: the warner, its scorer and where notifications go.
-    warner: Option<(Warner, Scorer)>,
+    /// Early warnings, when the scenario has them.
+    warner: Option<Warner>,
+    /// Exhaustion spells and how well warnings foretold them.
+    scorer: Scorer,
+    trace: Option<Trace>,
     notifications: Option<&'w mut dyn crate::notify::Sink>,
     progress: Option<&'w dyn Fn(u64)>,
 }
@@ -240,7 +248,8 @@ pub fn judge_config(sc: &Scenario) -> JudgeConfig {
 pub fn simulate(sc: &Scenario, out: Outputs<'_>) -> Result<RunResult, SimError> {
     let engine = build_engine(sc)?;
     let judge = build_judge(sc);
-    let Outputs { timeline, requests, notifications, progress } = out;
+    let Outputs { timeline, requests, notifications, progress, trace } = out;
+    let models: Vec<String> = sc.models.iter().map(|m| m.name.clone()).collect();
     let timeline = match timeline {
         Some(w) => {
             let mut w = csv::Writer::from_writer(w);
@@ -270,9 +279,11 @@ pub fn simulate(sc: &Scenario, out: Outputs<'_>) -> Result<RunResult, SimError> 
             events: 0,
             learns: false,
             shadows: sc.engine.shadow_estimators.iter().map(|k| build_estimator(sc, *k)).collect(),
-            warner: sc.warnings.as_ref().map(|w| {
-                let models: Vec<String> = sc.models.iter().map(|m| m.name.clone()).collect();
-                (Warner::new(w.config.clone()), Scorer::new(&models))
+            warner: sc.warnings.as_ref().map(|w| Warner::new(w.config.clone())),
+            scorer: Scorer::new(&models),
+            trace: trace.then(|| {
+                let projects = sc.projects.iter().map(|p| p.id.clone()).collect();
+                Trace::new(projects, models.clone(), TRACE_BUDGET)
             }),
             notifications,
             progress,
@@ -280,7 +291,7 @@ pub fn simulate(sc: &Scenario, out: Outputs<'_>) -> Result<RunResult, SimError> 
         sim.learns = sim.engine.learns();
         sim.sync_keys();
         let ran = sim.run();
-        let Sim { traffic, ledger, engine, agg: timing, mut timeline, events, warner, .. } = sim;
+        let Sim { traffic, ledger, engine, agg: timing, mut timeline, events, warner, scorer, trace, .. } = sim;
         // Close every channel before waiting, so that no helper waits on a run that ended.
         drop(traffic);
         let counted = ledger.finish();
@@ -296,10 +307,14 @@ pub fn simulate(sc: &Scenario, out: Outputs<'_>) -> Result<RunResult, SimError> 
         aggregate.settle_ns = timing.settle_ns;
         aggregate.delayed = timing.delayed;
         aggregate.lost_capacity = timing.lost_capacity;
-        aggregate.warnings = warner.map(|(_, scorer)| scorer.finish(Timestamp(sc.start.0 + sc.duration_ms)));
-        Ok(RunResult { aggregate, engine, events })
+        let score = scorer.finish(Timestamp(sc.start.0 + sc.duration_ms));
+        aggregate.warnings = warner.map(|_| score);
+        Ok(RunResult { aggregate, engine, events, trace })
     })
 }
+
+/// Cells of usage a run's trace keeps at most (about 16 bytes each).
+const TRACE_BUDGET: usize = 2_000_000;
 
 /// One settlement in this many is timed on the real clock.
 const SETTLE_SAMPLE: u64 = 8;
@@ -331,7 +346,7 @@ impl Sim<'_, '_, '_> {
             self.queue.push(self.abs(e.at_ms), Ev::Pool(i as u32));
         }
         self.queue.push(self.abs(self.sc.timeline_ms.min(self.sc.duration_ms)), Ev::Tick);
-        if let Some((w, _)) = &self.warner {
+        if let Some(w) = &self.warner {
             self.queue.push(self.abs(w.config().evaluate_every_ms.min(self.sc.duration_ms)), Ev::Warn);
         }
         loop {
@@ -408,10 +423,8 @@ impl Sim<'_, '_, '_> {
                 Ok(())
             }
             Ok(Decision::Denied(d)) => {
-                if let (Some((_, scorer)), DenyReason::Exhausted(dim) | DenyReason::CoolingDown(dim)) =
-                    (&mut self.warner, d.reason)
-                {
-                    scorer.exhausted(c.model, dim, Timestamp(now));
+                if let DenyReason::Exhausted(dim) | DenyReason::CoolingDown(dim) = d.reason {
+                    self.exhausted(c.model, dim, now);
                 }
                 if !req.delayed && self.provider_would_accept(c.model, self.judged(r), now) {
                     self.agg.lost_capacity += 1;
@@ -492,8 +505,8 @@ impl Sim<'_, '_, '_> {
                             let answer = quota_exceeded(&violations, tier, model, retry_after_ms);
                             // The engine reads the body as it would off the wire.
                             let q = parse_quota_error(&answer.body.to_string());
-                            if let (Some((_, scorer)), Some(dim)) = (&mut self.warner, q.dimension) {
-                                scorer.exhausted(ticket.model, dim, Timestamp(now));
+                            if let Some(dim) = q.dimension {
+                                self.exhausted(ticket.model, dim, now);
                             }
                             self.intervals[project * self.sc.models.len() + ticket.model].breaches += 1;
                             (Pending::RateLimited(q), latency.error_ms())
@@ -611,10 +624,25 @@ impl Sim<'_, '_, '_> {
 
     /// Evaluates the warning rules and sends what is due.
     fn warn(&mut self, now: u64) -> Result<(), SimError> {
-        let Some((warner, scorer)) = &mut self.warner else { return Ok(()) };
+        let Some(warner) = &mut self.warner else { return Ok(()) };
         let notifications = warner.evaluate(&self.engine, Timestamp(now));
+        let model_of = |name: &str| self.sc.models.iter().position(|m| m.name == name);
         for n in &notifications {
-            scorer.notified(n, Timestamp(now), |name| self.sc.models.iter().position(|m| m.name == name));
+            self.scorer.notified(n, Timestamp(now), model_of);
+            if let Some(t) = self.trace.as_mut() {
+                let mut about: Vec<(usize, usize)> = n
+                    .alerts
+                    .iter()
+                    .filter_map(|a| {
+                        let m = model_of(a.labels.get("model")?)?;
+                        let d = a.labels.get("dimension")?;
+                        Some((m, crate::engine::Dimension::ALL.iter().position(|x| x.name() == d)?))
+                    })
+                    .collect();
+                about.sort_unstable();
+                about.dedup();
+                t.notice(Notice { at_ms: now - self.sc.start.0, firing: n.firing, about });
+            }
             if let Some(sink) = self.notifications.as_mut() {
                 sink.send(n, Timestamp(now))
                     .map_err(|e| SimError::Write { what: "notifications", source: e.into() })?;
@@ -628,8 +656,54 @@ impl Sim<'_, '_, '_> {
         Ok(())
     }
 
+    /// The pool of `model` had nothing left on `dim`: scored, and traced when a spell begins.
+    fn exhausted(&mut self, model: usize, dim: crate::engine::Dimension, now: u64) {
+        if let Some(lead) = self.scorer.exhausted(model, dim, Timestamp(now)) {
+            if let Some(t) = self.trace.as_mut() {
+                t.spell(self.sc.start, Timestamp(now), model, dim.index(), lead);
+            }
+        }
+    }
+
     fn sync_keys(&mut self) {
         self.key_states = self.engine.keys().iter().map(|k| self.judge.key_state(&k.id)).collect();
+    }
+
+    /// Records this interval's usage and capacity in the trace.
+    fn trace_tick(&mut self, now: u64) {
+        let models = self.sc.models.len();
+        let frac =
+            |used: u64, limit: u64| if limit == 0 || limit == u64::MAX { 0.0 } else { used as f32 / limit as f32 };
+        let mut cells = Vec::with_capacity(self.intervals.len());
+        for p in 0..self.sc.projects.len() {
+            for m in 0..models {
+                let iv = self.intervals[p * models + m];
+                let u = self.judge.usage(p, m, now);
+                let l = self.judge.limits(p, m);
+                cells.push(Cell {
+                    rpm: frac(iv.rpm_peak, l.rpm),
+                    tpm: frac(iv.tpm_peak, l.tpm),
+                    rpd: frac(u.day_requests, l.rpd),
+                    requests: iv.requests as u32,
+                    breaches: iv.breaches as u32,
+                });
+            }
+        }
+        let rooms: Vec<Room> = (0..models)
+            .map(|m| {
+                let c = self.engine.capacity(m, Timestamp(now));
+                let mut remaining = [0.0f32; 3];
+                for (d, r) in remaining.iter_mut().enumerate() {
+                    *r = if c.usable[d] == 0 { 0.0 } else { c.remaining[d] as f32 / c.usable[d] as f32 };
+                }
+                Room { remaining, projects: c.projects as u32, keys: c.keys as u32 }
+            })
+            .collect();
+        if let Some(t) = self.trace.as_mut() {
+            // Each point is drawn from its interval's start.
+            let offset = now - self.sc.start.0;
+            t.tick(offset.saturating_sub(self.sc.timeline_ms), &cells, &rooms);
+        }
     }
 
     fn tick(&mut self, now: u64) -> Result<(), SimError> {
@@ -664,6 +738,9 @@ impl Sim<'_, '_, '_> {
                     w.write_record(&row).map_err(|source| SimError::Write { what: "timeline.csv", source })?;
                 }
             }
+        }
+        if self.trace.is_some() {
+            self.trace_tick(now);
         }
         self.intervals.iter_mut().for_each(|iv| *iv = Interval::default());
         if offset < self.sc.duration_ms {

@@ -190,19 +190,21 @@ impl Scorer {
         }
     }
 
-    /// The pool of `model` had nothing left on `d` at `now`.
-    pub(crate) fn exhausted(&mut self, model: usize, d: Dimension, now: Timestamp) {
+    /// The pool of `model` had nothing left on `d` at `now`. When that begins a spell, says
+    /// so with the lead of the warning that foretold it, if any.
+    pub(crate) fn exhausted(&mut self, model: usize, d: Dimension, now: Timestamp) -> Option<Option<u64>> {
         let s = model * DIMS + d.index();
         self.expire(s, now);
         let continues = Self::in_spell(&self.slots[s], d, now);
         self.slots[s].spell = Some((now, next_pacific_midnight(now)));
         if continues {
-            return;
+            return None;
         }
         self.score.exhaustions += 1;
         // Every notification still within its horizon warned of this spell; the first one
         // gave the lead.
         let pending = std::mem::take(&mut self.slots[s].pending);
+        let lead = pending.front().map(|&(_, sent, _)| now.since(sent).max(1));
         match pending.front() {
             Some(&(_, sent, _)) => {
                 self.score.warned += 1;
@@ -217,6 +219,7 @@ impl Scorer {
         for (id, _, _) in pending {
             self.close(id, true);
         }
+        Some(lead)
     }
 
     /// The figures at the end of a run at `end`.

@@ -1,0 +1,163 @@
+//! Plots and report.html: every example scenario draws every figure, and the report renders in
+//! headless Chromium without console errors.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use crate::common::{keysim, root, temp_dir};
+
+/// The figures a simulated run of `sc` draws.
+fn expected_figures(sc: &keysim::scenario::Scenario) -> Vec<String> {
+    let mut names: Vec<String> =
+        sc.models.iter().map(|m| format!("usage-{}", keysim::report::plots::slug(&m.name))).collect();
+    names.extend(["breaches", "overhead", "queue-wait", "capacity", "warnings"].map(String::from));
+    names
+}
+
+fn png_size(bytes: &[u8]) -> (u32, u32) {
+    assert_eq!(&bytes[..8], b"\x89PNG\r\n\x1a\n", "a PNG signature");
+    assert_eq!(&bytes[12..16], b"IHDR");
+    let be = |b: &[u8]| u32::from_be_bytes([b[0], b[1], b[2], b[3]]);
+    (be(&bytes[16..20]), be(&bytes[20..24]))
+}
+
+/// Checks a run folder's plots and report; returns the report's path.
+fn check_run_folder(dir: &Path, figures: &[String]) -> PathBuf {
+    let html = std::fs::read_to_string(dir.join("report.html")).expect("report.html");
+    for f in figures {
+        let svg = std::fs::read_to_string(dir.join("plots").join(format!("{f}.svg")))
+            .unwrap_or_else(|e| panic!("{}: {f}.svg: {e}", dir.display()));
+        assert!(svg.starts_with("<svg") && svg.trim_end().ends_with("</svg>"), "{f}.svg is an SVG document");
+        assert!(svg.matches("<polyline").count() + svg.matches("<path").count() + svg.matches("<text").count() > 10);
+        let png = std::fs::read(dir.join("plots").join(format!("{f}.png"))).expect("png");
+        let (w, h) = png_size(&png);
+        assert!(w == 960 && h >= 300 && h % 300 == 0, "{f}.png is {w}×{h}");
+        assert!(html.contains(&format!("<figure id=\"{f}\">")), "report.html shows {f}");
+    }
+    assert_eq!(html.matches("<svg").count(), figures.len(), "every figure inline, nothing else");
+    // Self-contained: nothing is fetched (the SVG namespace is a name, not a fetch).
+    let stripped = html.replace("xmlns=\"http://www.w3.org/2000/svg\"", "");
+    for needle in ["src=", "href=", "url(", "@import", "http://", "https://", "<script", "<link"] {
+        assert!(!stripped.contains(needle), "{}: report.html holds {needle}", dir.display());
+    }
+    dir.join("report.html")
+}
+
+/// Runs headless Chromium on `page`: its console messages (there must be none) and the DOM.
+fn chromium(page: &Path, browser: &Path) -> (Vec<String>, String) {
+    let profile = temp_dir("chromium-profile");
+    let out = Command::new(browser)
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--enable-logging=stderr",
+            "--v=0",
+            "--virtual-time-budget=2000",
+        ])
+        .arg(format!("--user-data-dir={}", profile.display()))
+        .arg("--dump-dom")
+        .arg(format!("file://{}", page.display()))
+        .output()
+        .expect("chromium starts");
+    assert!(out.status.success(), "chromium failed: {}", String::from_utf8_lossy(&out.stderr));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let console = stderr.lines().filter(|l| l.contains(":CONSOLE")).map(str::to_owned).collect();
+    (console, String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// Debian's Chromium, if installed; in CI it must be.
+fn browser() -> Option<PathBuf> {
+    let found = ["/usr/bin/chromium", "/usr/bin/chromium-browser"].into_iter().map(PathBuf::from).find(|p| p.exists());
+    if found.is_none() {
+        assert!(std::env::var_os("CI").is_none(), "CI must install chromium (apt-get install -y chromium)");
+        eprintln!("skipped the browser check: chromium is not installed (apt-get install -y chromium)");
+    }
+    found
+}
+
+#[test]
+fn every_example_scenario_draws_every_plot_and_its_report_renders_in_chromium() {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(root().join("scenarios"))
+        .expect("scenarios/")
+        .map(|e| e.expect("entry").path())
+        .filter(|p| p.extension().is_some_and(|e| e == "toml"))
+        .collect();
+    files.sort();
+    assert!(files.len() >= 10, "the example scenarios");
+    let out = temp_dir("reports");
+    // Two at a time: the machine has two cores.
+    let reports: Vec<PathBuf> = std::thread::scope(|s| {
+        let chunks: Vec<Vec<PathBuf>> = (0..2).map(|i| files.iter().skip(i).step_by(2).cloned().collect()).collect();
+        let handles: Vec<_> = chunks
+            .into_iter()
+            .map(|chunk| {
+                let out = out.clone();
+                s.spawn(move || {
+                    chunk
+                        .iter()
+                        .map(|f| {
+                            let name = f.file_stem().unwrap().to_string_lossy().into_owned();
+                            let dir = out.join(&name);
+                            let st = keysim().arg("run").arg(f).arg("--out").arg(&dir).arg("-q").status().unwrap();
+                            assert!(st.success(), "keysim run {name}");
+                            let sc = keysim::scenario::load(f, &[]).expect("loads");
+                            check_run_folder(&dir, &expected_figures(&sc))
+                        })
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        handles.into_iter().flat_map(|h| h.join().expect("a runner thread")).collect()
+    });
+    assert_eq!(reports.len(), files.len());
+
+    let Some(browser) = browser() else { return };
+    // The check can fail: a page with a script error is caught.
+    let bad = out.join("bad.html");
+    std::fs::write(&bad, "<!DOCTYPE html><p>x</p><script>console.error('marker'); missing();</script>").unwrap();
+    let (console, _) = chromium(&bad, &browser);
+    assert!(console.iter().any(|l| l.contains("missing is not defined")), "console errors are seen: {console:?}");
+    for page in &reports {
+        let (console, dom) = chromium(page, &browser);
+        assert!(console.is_empty(), "{}: console messages {console:?}", page.display());
+        let html = std::fs::read_to_string(page).unwrap();
+        assert_eq!(
+            dom.matches("<svg").count(),
+            html.matches("<svg").count(),
+            "{}: every plot in the DOM",
+            page.display()
+        );
+        assert!(dom.contains("class=\"story\""), "the story rendered");
+    }
+}
+
+#[test]
+fn no_plots_skips_them_and_a_failing_expectation_shows_in_the_report() {
+    let dir = temp_dir("no-plots");
+    let st = keysim().args(["run", "scenarios/race.toml", "--no-plots", "-q", "--out"]).arg(&dir).status().unwrap();
+    assert!(st.success());
+    assert!(dir.join("summary.json").exists() && !dir.join("report.html").exists() && !dir.join("plots").exists());
+
+    let dir = temp_dir("failing");
+    let st = keysim()
+        .args(["run", "scenarios/race.toml", "-q", "--set", "engine.admission=check-then-act", "--out"])
+        .arg(&dir)
+        .status()
+        .unwrap();
+    assert!(st.success(), "run reports; the gate judges");
+    let html = std::fs::read_to_string(dir.join("report.html")).unwrap();
+    assert!(html.contains("expectation(s) fail") && html.contains("<span class=\"fail\">FAIL</span>"), "fail shown");
+    let breaches = std::fs::read_to_string(dir.join("plots/breaches.svg")).unwrap();
+    assert!(!breaches.contains("no breaches"), "the breach plot has breaches to show");
+    let dir = temp_dir("passing");
+    keysim().args(["run", "scenarios/race.toml", "-q", "--out"]).arg(&dir).status().unwrap();
+    let html = std::fs::read_to_string(dir.join("report.html")).unwrap();
+    assert!(html.contains("expectations pass") && !html.contains("FAIL"));
+    assert!(std::fs::read_to_string(dir.join("plots/breaches.svg")).unwrap().contains("no breaches"));
+}
