@@ -8,6 +8,7 @@ mod diagnostics;
 mod estimators;
 mod gate;
 mod mock;
+mod plan;
 mod properties;
 mod report;
 mod warnings;

@@ -118,10 +118,11 @@ fn sdks() -> bool {
 fn a_load_run_against_the_fake_agrees_with_the_simulation() {
     let sim = crate::common::run(&crate::common::scenario("load-check", &[])).0;
     let m = start_with("sustained", "scenarios/load-check.toml", &["--time-scale", "4"]);
+    let dir = crate::common::temp_dir("load");
     let out = keysim()
         .args(["load", "scenarios/load-check.toml", "--target", &m.base, "--time-scale", "4", "--json"])
-        .args(["--out"])
-        .arg(crate::common::temp_dir("load"))
+        .args(["--baseline", "--out"])
+        .arg(&dir)
         .output()
         .expect("keysim load runs");
     assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
@@ -145,6 +146,12 @@ fn a_load_run_against_the_fake_agrees_with_the_simulation() {
     assert_eq!(l["started"], sim.requests.total);
     assert_eq!(l["transport_errors"], 0);
     assert!(load["overhead_ns"]["p50"].as_u64().unwrap() > 0, "the engine's decision time is measured");
+    // Its report: latency plots, end to end with and without the engine.
+    let overhead = std::fs::read_to_string(dir.join("plots/overhead.svg")).expect("overhead plot");
+    assert!(overhead.contains("End-to-end latency") && overhead.contains("without the engine"));
+    assert!(dir.join("plots/queue-wait.png").exists());
+    let html = std::fs::read_to_string(dir.join("report.html")).expect("report.html");
+    assert!(html.contains("Real-time load run") && html.contains("end to end, without the engine"));
 }
 
 #[test]

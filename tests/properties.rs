@@ -106,6 +106,7 @@ fn scenario(s: &Setup) -> Scenario {
     Scenario {
         name: "prop".into(),
         description: None,
+        compare: Vec::new(),
         seed: 9,
         duration_ms: 600_000,
         start: START.plus(1_800_000),

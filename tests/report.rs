@@ -156,8 +156,63 @@ fn no_plots_skips_them_and_a_failing_expectation_shows_in_the_report() {
     let breaches = std::fs::read_to_string(dir.join("plots/breaches.svg")).unwrap();
     assert!(!breaches.contains("no breaches"), "the breach plot has breaches to show");
     let dir = temp_dir("passing");
-    keysim().args(["run", "scenarios/race.toml", "-q", "--out"]).arg(&dir).status().unwrap();
+    assert!(keysim().args(["run", "scenarios/race.toml", "-q", "--out"]).arg(&dir).status().unwrap().success());
     let html = std::fs::read_to_string(dir.join("report.html")).unwrap();
     assert!(html.contains("expectations pass") && !html.contains("FAIL"));
     assert!(std::fs::read_to_string(dir.join("plots/breaches.svg")).unwrap().contains("no breaches"));
+}
+
+#[test]
+fn compare_reports_side_by_side_and_plan_and_compare_pages_render_in_chromium() {
+    let dir = temp_dir("compare");
+    let out = keysim().args(["compare", "scenarios/race.toml", "--quiet", "--out"]).arg(&dir).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let rows: Vec<serde_json::Value> =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("compare.json")).unwrap()).unwrap();
+    assert_eq!(rows.len(), 2, "the [compare] table's two variants");
+    assert_eq!((rows[0]["variant"].as_str(), rows[0]["breaches"].as_u64()), (Some("atomic"), Some(0)));
+    assert_eq!(rows[1]["variant"], "check-then-act");
+    assert!(rows[1]["breaches"].as_u64().unwrap() > 0, "the racy variant breaches");
+    assert_eq!(std::fs::read_to_string(dir.join("compare.csv")).unwrap().lines().count(), 3);
+    for f in ["compare-outcomes", "compare-breaches", "compare-latency"] {
+        assert!(dir.join(format!("plots/{f}.svg")).exists() && dir.join(format!("plots/{f}.png")).exists(), "{f}");
+    }
+    let sc = keysim::scenario::load(&root().join("scenarios/race.toml"), &[]).unwrap();
+    for v in ["atomic", "check-then-act"] {
+        check_run_folder(&dir.join(v), &expected_figures(&sc));
+    }
+    // Variants on the command line replace the table; bad ones are bad input.
+    let out = keysim()
+        .args([
+            "compare",
+            "scenarios/race.toml",
+            "-q",
+            "--variant",
+            "as-written",
+            "--variant",
+            "no-reserve=engine.reserve=0",
+        ])
+        .arg("--out")
+        .arg(temp_dir("compare-cli"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    for bad in [vec!["--variant", "x=engine.nonsense=1", "--variant", "y"], vec!["--variant", "alone"]] {
+        let out = keysim().args(["compare", "scenarios/capacity.toml", "-q"]).args(&bad).output().unwrap();
+        assert_eq!(out.status.code(), Some(2), "{bad:?}");
+    }
+
+    let plan = temp_dir("plan-page");
+    let st = keysim()
+        .args(["plan", "scenarios/capacity.toml", "--sweep", "projects=1..4", "--sweep", "rate=0.3,0.6", "-q", "--out"])
+        .arg(&plan)
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let Some(browser) = browser() else { return };
+    for page in [dir.join("report.html"), plan.join("report.html")] {
+        let (console, dom) = chromium(&page, &browser);
+        assert!(console.is_empty(), "{}: {console:?}", page.display());
+        assert!(dom.contains("<svg") && dom.contains("class=\"story\""), "{}", page.display());
+    }
 }

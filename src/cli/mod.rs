@@ -1,8 +1,10 @@
 //! The `keysim` command line: subcommands, and the mapping of failures to exit codes
 //! (0 ok, 1 expectations failed, 2 bad input, 3 runtime failure).
 
+mod compare;
 mod gate;
 pub mod mock;
+mod plan;
 mod run;
 
 use std::path::PathBuf;
@@ -78,6 +80,58 @@ pub enum Command {
         /// Also write a JUnit XML report here.
         #[arg(long)]
         junit: Option<PathBuf>,
+        /// Print nothing but errors.
+        #[arg(long, short)]
+        quiet: bool,
+    },
+    /// Run the same traffic through several engine settings and report them side by side.
+    Compare {
+        /// The scenario.
+        #[command(flatten)]
+        scenario: ScenarioArgs,
+        /// A variant: `NAME=PATH=VALUE` (repeat a name for several settings) or a bare `NAME`
+        /// (the scenario as written). Without any, the scenario's `[compare]` table.
+        #[arg(long = "variant", value_name = "NAME[=PATH=VALUE]")]
+        variants: Vec<String>,
+        /// Output folder (default: reports/<scenario-name>-compare/).
+        #[arg(long, value_name = "DIR")]
+        out: Option<PathBuf>,
+        /// Print compare.json instead of the table.
+        #[arg(long)]
+        json: bool,
+        /// Print nothing but errors.
+        #[arg(long, short)]
+        quiet: bool,
+    },
+    /// Find the smallest pool that meets a service objective, over a grid of pool sizes and
+    /// traffic (every point simulated, on all cores).
+    Plan {
+        /// The scenario.
+        #[command(flatten)]
+        scenario: ScenarioArgs,
+        /// A swept parameter: `projects=1..20`, `rate=2,4,8` or `rate=1..10:0.5` (requests/s
+        /// peak), or any setting: `engine.strategy=round-robin,least-loaded`. `projects` is
+        /// required.
+        #[arg(long = "sweep", value_name = "NAME=VALUES", required = true)]
+        sweeps: Vec<String>,
+        /// Objective: the smallest success rate (succeeded / requests).
+        #[arg(long, default_value_t = 0.99)]
+        min_success: f64,
+        /// Objective: the most breaches (429s).
+        #[arg(long, default_value_t = 0)]
+        max_breaches: u64,
+        /// Objective: the longest p99 queue wait over all requests (`5s`, `500ms`).
+        #[arg(long, value_name = "DURATION")]
+        max_queue_p99: Option<String>,
+        /// Points simulated at once (default: every core).
+        #[arg(long)]
+        jobs: Option<usize>,
+        /// Output folder (default: reports/<scenario-name>-plan/).
+        #[arg(long, value_name = "DIR")]
+        out: Option<PathBuf>,
+        /// Print plan.json instead of the recommendations.
+        #[arg(long)]
+        json: bool,
         /// Print nothing but errors.
         #[arg(long, short)]
         quiet: bool,
@@ -196,6 +250,23 @@ pub fn execute(cli: Cli) -> Result<i32, CliError> {
         ),
         Command::Gate { scenarios, overrides, baseline, update_baseline, junit, quiet } => {
             gate::gate(gate::GateOptions { scenarios, overrides, baseline, update_baseline, junit, quiet })
+        }
+        Command::Compare { scenario, variants, out, json, quiet } => {
+            compare::compare(compare::CompareOptions { scenario, variants, out, json, quiet })
+        }
+        Command::Plan { scenario, sweeps, min_success, max_breaches, max_queue_p99, jobs, out, json, quiet } => {
+            plan::plan(plan::PlanOptions {
+                scenario: scenario.scenario,
+                overrides: scenario.overrides,
+                sweeps,
+                min_success,
+                max_breaches,
+                max_queue_p99,
+                jobs,
+                out,
+                json,
+                quiet,
+            })
         }
         Command::Mock { port, bind, scenario, overrides, host, time_scale } => {
             mock::mock(mock::MockOptions { port, bind, scenario, overrides, host, time_scale })

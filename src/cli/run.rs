@@ -162,6 +162,11 @@ fn pictures(summary: &Summary, dir: &std::path::Path, opts: &RunOptions, data: &
     if opts.no_plots {
         return Ok(());
     }
+    write_pictures(summary, dir, data)
+}
+
+/// Draws a run's plots into `dir/plots/` and writes its `report.html`.
+pub(super) fn write_pictures(summary: &Summary, dir: &std::path::Path, data: &RunData<'_>) -> Result<(), CliError> {
     let drawn = plots::write(dir, plots::figures(data))?;
     let path = dir.join("report.html");
     let html = crate::report::html::run_report(summary, data.scenario.description.as_deref(), &drawn);
@@ -197,9 +202,9 @@ pub(super) fn load_run(args: &ScenarioArgs, how: crate::load::LoadOptions, opts:
     })?;
     let mut summary = Summary::new(&sc, "load", &result.aggregate, &result.engine);
     let f = &result.figures;
+    summary.load = Some(f.clone());
     let e2e = f.end_to_end_us.as_ref().map(|h| (h, f.baseline_end_to_end_us.as_ref()));
     let data = RunData { scenario: &sc, aggregate: &result.aggregate, trace: None, end_to_end_us: e2e };
     pictures(&summary, &dir, &opts, &data)?;
-    summary.load = Some(result.figures);
     report(&summary, &dir, &opts, None)
 }

@@ -445,7 +445,7 @@ fn heat<DB: DrawingBackend>(area: &DrawingArea<DB, Shift>, p: &Heat) -> Res<DB> 
         .margin_right(30)
         .x_label_area_size(40)
         .y_label_area_size(70)
-        .build_cartesian_2d((0..nx).into_segmented(), (0..ny).into_segmented())?;
+        .build_cartesian_2d((0..nx - 1).into_segmented(), (0..ny - 1).into_segmented())?;
     let name = |names: &[String], v: &SegmentValue<i32>| match v {
         SegmentValue::CenterOf(i) => names.get(*i as usize).cloned().unwrap_or_default(),
         _ => String::new(),
@@ -507,7 +507,7 @@ fn bars<DB: DrawingBackend>(area: &DrawingArea<DB, Shift>, p: &Bars) -> Res<DB> 
         .margin_right(30)
         .x_label_area_size(34)
         .y_label_area_size(56)
-        .build_cartesian_2d((0..n).into_segmented(), 0.0..hi)?;
+        .build_cartesian_2d((0..n - 1).into_segmented(), 0.0..hi)?;
     let names: Vec<String> = p.bars.iter().map(|(n, _)| n.clone()).collect();
     chart
         .configure_mesh()

@@ -121,6 +121,10 @@ pub fn story(s: &Summary) -> String {
     if let Some((reason, n)) = r.denied_by_reason.iter().max_by_key(|(_, n)| **n) {
         let _ = write!(out, "Most denials were {} ({n}). ", esc(reason));
     }
+    let high = &r.high_priority;
+    if high.total > 0 {
+        let _ = write!(out, "High-priority requests: {} of {} succeeded. ", high.succeeded, high.total);
+    }
     if r.delayed > 0 {
         let _ = write!(out, "{} requests waited in the queue (p99 {} ms). ", r.delayed, s.queue_wait_ms.p99);
     }
@@ -197,6 +201,13 @@ pub fn run_report(s: &Summary, description: Option<&str>, figures: &[(Figure, St
             })
             .collect();
         b.push_str(&table(&["expectation", "actual", "limit", "result"], &rows));
+    }
+
+    if !figures.is_empty() {
+        b.push_str("<h2>Plots</h2>");
+        for (f, svg) in figures {
+            b.push_str(&figure(f, svg));
+        }
     }
 
     b.push_str("<h2>Outcome</h2>");
@@ -289,13 +300,6 @@ pub fn run_report(s: &Summary, description: Option<&str>, figures: &[(Figure, St
             add(&format!("{name} (shadow)"), by);
         }
         b.push_str(&table(&["estimator", "language", "requests", "MAE", "bias", "p95 |error|", "under"], &rows));
-    }
-
-    if !figures.is_empty() {
-        b.push_str("<h2>Plots</h2>");
-        for (f, svg) in figures {
-            b.push_str(&figure(f, svg));
-        }
     }
 
     b.push_str("<h2>Capacity at the end</h2>");

@@ -260,7 +260,13 @@ fn breaches(sc: &Scenario, t: &Trace) -> Figure {
     }
 }
 
-fn percentile(title: &str, unit: &str, series: Vec<(String, &hdrhistogram::Histogram<u64>, f64)>, empty: &str) -> XY {
+/// A percentile panel of labelled histograms (values divided by their scale).
+pub fn percentile(
+    title: &str,
+    unit: &str,
+    series: Vec<(String, &hdrhistogram::Histogram<u64>, f64)>,
+    empty: &str,
+) -> XY {
     let reach = series.iter().map(|(_, h, _)| chart::percentile_reach(h)).fold(1.0f64, f64::max).ceil();
     let lines: Vec<Line> = series
         .into_iter()
@@ -388,7 +394,7 @@ fn capacity(sc: &Scenario, t: &Trace) -> Figure {
         });
     }
     let remaining = XY {
-        title: "What the pool had left (lowest in each interval), % of usable".into(),
+        title: "What the pool had left at each interval's end (lowest of merged ones), % of usable".into(),
         x_label: x_label.into(),
         y_label: "% left".into(),
         y_range: Some((0.0, 108.0)),

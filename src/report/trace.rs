@@ -112,7 +112,8 @@ impl Trace {
     /// A recorder for a pool of `projects` × `models`, within about `budget` cells.
     pub fn new(projects: Vec<String>, models: Vec<String>, budget: usize) -> Self {
         let per_point = (projects.len() * models.len()).max(1);
-        let max_points = (budget / per_point).clamp(32, 720);
+        // Even, so that halving merges every point with a neighbour.
+        let max_points = (budget / per_point).clamp(32, 720) & !1;
         Self {
             projects,
             models,

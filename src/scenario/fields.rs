@@ -109,6 +109,14 @@ impl<'a, 'i> Table<'a, 'i> {
         self.t.iter().find(|(k, _)| k.get_ref().as_ref() == key).map(|(_, v)| v)
     }
 
+    /// The table's keys, in file order.
+    pub(super) fn keys(&self) -> Vec<String> {
+        let mut keys: Vec<(usize, String)> =
+            self.t.iter().map(|(k, _)| (k.span().start, k.get_ref().as_ref().to_owned())).collect();
+        keys.sort_unstable();
+        keys.into_iter().map(|(_, k)| k).collect()
+    }
+
     pub(super) fn has(&self, key: &str) -> bool {
         self.raw(key).is_some()
     }

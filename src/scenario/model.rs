@@ -16,6 +16,8 @@ pub struct Scenario {
     pub name: String,
     /// What it shows, in a sentence or two (shown atop its report).
     pub description: Option<String>,
+    /// `keysim compare`'s variants: a name and its settings (`--set` syntax).
+    pub compare: Vec<(String, Vec<String>)>,
     /// The seed of every random stream.
     pub seed: u64,
     /// Simulated time, in milliseconds.

@@ -103,8 +103,10 @@ fn merge<'i>(into: &mut DeTable<'i>, from: DeTable<'i>) {
     }
 }
 
-const ROOT_KEYS: &[&str] =
-    &["scenario", "provider", "models", "projects", "engine", "traffic", "events", "expect", "warnings", "output"];
+const ROOT_KEYS: &[&str] = &[
+    "scenario", "provider", "models", "projects", "engine", "traffic", "events", "expect", "warnings", "output",
+    "compare",
+];
 
 fn build(ctx: &mut Ctx, root: &Table<'_, '_>, base: Option<&Path>) -> Option<Scenario> {
     root.allow(ctx, ROOT_KEYS);
@@ -136,10 +138,23 @@ fn build(ctx: &mut Ctx, root: &Table<'_, '_>, base: Option<&Path>) -> Option<Sce
         }
         None => false,
     };
+    // `[compare]`: variant name = settings (`--set` syntax) for `keysim compare`.
+    let compare = match root.table(ctx, "compare") {
+        Some(t) => t
+            .keys()
+            .into_iter()
+            .map(|k| {
+                let sets = t.strings(ctx, &k).unwrap_or_default().into_iter().map(|(s, _)| s).collect();
+                (k, sets)
+            })
+            .collect(),
+        None => Vec::new(),
+    };
     let description = head.as_ref().and_then(|t| t.string(ctx, "description")).map(|(d, _)| d);
     Some(Scenario {
         name: name?,
         description,
+        compare,
         seed: seed?,
         duration_ms: duration_ms?,
         start: start?,

@@ -141,6 +141,8 @@ struct Sim<'s, 'w, 'scope> {
     /// Exhaustion spells and how well warnings foretold them.
     scorer: Scorer,
     trace: Option<Trace>,
+    /// Offset of the previous timeline tick: where the current interval began.
+    interval_from: u64,
     notifications: Option<&'w mut dyn crate::notify::Sink>,
     progress: Option<&'w dyn Fn(u64)>,
 }
@@ -287,6 +289,7 @@ pub fn simulate(sc: &Scenario, out: Outputs<'_>) -> Result<RunResult, SimError> 
             }),
             notifications,
             progress,
+            interval_from: 0,
         };
         sim.learns = sim.engine.learns();
         sim.sync_keys();
@@ -701,8 +704,7 @@ impl Sim<'_, '_, '_> {
             .collect();
         if let Some(t) = self.trace.as_mut() {
             // Each point is drawn from its interval's start.
-            let offset = now - self.sc.start.0;
-            t.tick(offset.saturating_sub(self.sc.timeline_ms), &cells, &rooms);
+            t.tick(self.interval_from, &cells, &rooms);
         }
     }
 
@@ -742,6 +744,7 @@ impl Sim<'_, '_, '_> {
         if self.trace.is_some() {
             self.trace_tick(now);
         }
+        self.interval_from = offset;
         self.intervals.iter_mut().for_each(|iv| *iv = Interval::default());
         if offset < self.sc.duration_ms {
             let next = (offset + self.sc.timeline_ms).min(self.sc.duration_ms);
