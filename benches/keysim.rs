@@ -60,6 +60,27 @@ fn simulator(c: &mut Criterion) {
     g.finish();
 }
 
+/// Drawing a run's figures (SVG and PNG) and its page, from the quickstart's trace.
+fn report(c: &mut Criterion) {
+    use keysim::report::plots::{figures, RunData};
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("scenarios/quickstart.toml");
+    let sc = keysim::scenario::load(&path, &[]).expect("quickstart scenario");
+    let r = simulate(&sc, Outputs { trace: true, ..Outputs::default() }).expect("runs");
+    let data = RunData { scenario: &sc, aggregate: &r.aggregate, trace: r.trace.as_ref(), end_to_end_us: None };
+    let mut g = c.benchmark_group("report");
+    g.sample_size(10);
+    g.bench_function("draw-quickstart-figures", |b| {
+        b.iter(|| figures(black_box(&data)).iter().map(|f| f.draw().expect("draws").png.len()).sum::<usize>())
+    });
+    g.bench_function("simulate-quickstart-with-trace", |b| {
+        b.iter(|| simulate(black_box(&sc), Outputs { trace: true, ..Outputs::default() }).expect("runs"))
+    });
+    g.bench_function("simulate-quickstart-without-trace", |b| {
+        b.iter(|| simulate(black_box(&sc), Outputs::default()).expect("runs"))
+    });
+    g.finish();
+}
+
 /// A 4 KB prompt of mixed English prose and code, different on every call when `salt` changes.
 fn prompt_4k(salt: u64) -> String {
     let base = "Rate limits apply per project, not per API key. fn admit(&self, req: &Request) -> Decision { self.store.reserve(bucket, tokens) } ";
@@ -165,5 +186,5 @@ fn warn_evaluate(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, admission, estimation, warnings, warn_evaluate, simulator);
+criterion_group!(benches, admission, estimation, warnings, warn_evaluate, simulator, report);
 criterion_main!(benches);

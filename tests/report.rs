@@ -216,3 +216,100 @@ fn compare_reports_side_by_side_and_plan_and_compare_pages_render_in_chromium() 
         assert!(dom.contains("<svg") && dom.contains("class=\"story\""), "{}", page.display());
     }
 }
+
+#[test]
+fn secret_shaped_key_ids_never_reach_reports_or_plots() {
+    // Built at run time, so that no literal in the repository looks like a real key.
+    let secret = |n: u32| format!("AIza{}{n:04}", "Q".repeat(31));
+    let dir = temp_dir("secrets");
+    let scenario = dir.join("secret.toml");
+    std::fs::write(
+        &scenario,
+        format!(
+            r#"[scenario]
+name = "secret"
+duration = "20m"
+[[models]]
+name = "gemini-2.5-flash"
+rpm = 5
+tpm = 250000
+rpd = 250
+[[projects]]
+id = "proj-a"
+keys = ["{}", "{}"]
+[engine]
+on_exhausted = "queue"
+max_wait = "30s"
+[[traffic]]
+name = "t"
+arrival = {{ kind = "poisson", rate = "8/min" }}
+prompt_tokens = 100
+output_tokens = 10
+[[events]]
+at = "5m"
+revoke = "{}"
+[[events]]
+at = "6m"
+add = {{ key = "{}", project = "proj-a" }}
+"#,
+            secret(1),
+            secret(2),
+            secret(1),
+            secret(3)
+        ),
+    )
+    .unwrap();
+    let out = dir.join("out");
+    let st = keysim().arg("run").arg(&scenario).args(["-q", "--requests-csv", "--out"]).arg(&out).status().unwrap();
+    assert!(st.success());
+    let cmp = keysim()
+        .arg("compare")
+        .arg(&scenario)
+        .args(["-q", "--variant", "a", "--variant", "b=engine.strategy=round-robin", "--out"])
+        .arg(dir.join("cmp"))
+        .status()
+        .unwrap();
+    assert!(cmp.success());
+    let mut checked = 0;
+    let mut stack = vec![dir.clone()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                stack.push(p);
+            } else if p != scenario {
+                let bytes = std::fs::read(&p).unwrap();
+                let text = String::from_utf8_lossy(&bytes);
+                for n in 1..=3 {
+                    assert!(!text.contains(&secret(n)), "{} holds a key", p.display());
+                    assert!(!text.contains(&secret(n)[4..30]), "{} holds part of a key", p.display());
+                }
+                checked += 1;
+            }
+        }
+    }
+    assert!(checked > 20, "reports, CSVs and plots were written and read ({checked} files)");
+    let html = std::fs::read_to_string(out.join("report.html")).unwrap();
+    assert!(html.contains("AIza…0002"), "keys are shown redacted");
+}
+
+#[test]
+fn a_daily_token_limit_gets_its_own_panels() {
+    let dir = temp_dir("tpd");
+    let text = std::fs::read_to_string(root().join("scenarios/capacity.toml")).unwrap();
+    let text = text.replace("rpd = 250\n", "rpd = 250\ntpd = 400_000\n");
+    assert!(text.contains("tpd = 400_000"));
+    std::fs::write(dir.join("tpd.toml"), text).unwrap();
+    let st = keysim().arg("run").arg(dir.join("tpd.toml")).args(["-q", "--out"]).arg(dir.join("out")).status().unwrap();
+    assert!(st.success());
+    let usage = std::fs::read_to_string(dir.join("out/plots/usage-gemini-2.5-flash.svg")).unwrap();
+    assert!(usage.contains("TPD — tokens so far today"));
+    assert!(std::fs::read_to_string(dir.join("out/plots/capacity.svg")).unwrap().contains("gemini-2.5-flash TPD"));
+    let (w, h) = png_size(&std::fs::read(dir.join("out/plots/usage-gemini-2.5-flash.png")).unwrap());
+    assert_eq!((w, h), (960, 4 * 300), "four panels");
+    // Without one, three.
+    let quick = temp_dir("no-tpd");
+    keysim().args(["run", "scenarios/capacity.toml", "-q", "--out"]).arg(&quick).status().unwrap();
+    let (_, h) = png_size(&std::fs::read(quick.join("plots/usage-gemini-2.5-flash.png")).unwrap());
+    assert_eq!(h, 3 * 300);
+}

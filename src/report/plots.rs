@@ -28,7 +28,26 @@ const WIDTH: u32 = 960;
 const PANEL: u32 = 300;
 /// Projects drawn in a usage figure at most.
 const MAX_PROJECTS: usize = 8;
-const DIMS: [&str; 3] = ["RPM", "TPM", "RPD"];
+const DIMS: [&str; 4] = ["RPM", "TPM", "RPD", "TPD"];
+
+/// Step lines hold their last value to the run's end at `end_x`.
+fn to_end(mut points: Vec<(f64, f64)>, end_x: f64) -> Vec<(f64, f64)> {
+    if let Some(&(x, y)) = points.last() {
+        if x < end_x {
+            points.push((end_x, y));
+        }
+    }
+    points
+}
+
+/// The dimensions worth drawing: RPM, TPM and RPD, and TPD where some project limits it.
+fn drawn_dims(sc: &Scenario) -> usize {
+    if sc.projects.iter().any(|p| p.limits.iter().any(|l| l.tpd.is_some())) {
+        4
+    } else {
+        3
+    }
+}
 
 /// What a run's figures are drawn from.
 pub struct RunData<'a> {
@@ -141,7 +160,8 @@ fn usage(sc: &Scenario, t: &Trace, model: usize) -> Figure {
     let (div, x_label) = time_axis(sc.duration_ms);
     let shown = chosen_projects(t, model);
     let x = |i: usize| t.t_ms[i] as f64 / div;
-    let panels = (0..3)
+    let end = sc.duration_ms as f64 / div;
+    let panels = (0..drawn_dims(sc))
         .map(|d| {
             let lines = shown
                 .iter()
@@ -149,7 +169,10 @@ fn usage(sc: &Scenario, t: &Trace, model: usize) -> Figure {
                 .map(|(n, &p)| Line {
                     label: t.projects[p].clone(),
                     colour: colour(n),
-                    points: (0..t.points()).map(|i| (x(i), 100.0 * f64::from(t.cell(i, p, model).get(d)))).collect(),
+                    points: to_end(
+                        (0..t.points()).map(|i| (x(i), 100.0 * f64::from(t.cell(i, p, model).get(d)))).collect(),
+                        end,
+                    ),
                     steps: d < 2,
                 })
                 .collect();
@@ -166,15 +189,21 @@ fn usage(sc: &Scenario, t: &Trace, model: usize) -> Figure {
             } else {
                 vec![Marks { label: "429 (breach)".into(), colour: BAD, shape: Shape::Cross, points: breaches }]
             };
-            let what = ["peak requests in a minute", "peak tokens in a minute", "requests so far today"][d];
+            let what = [
+                "peak requests in a minute",
+                "peak tokens in a minute",
+                "requests so far today",
+                "tokens so far today",
+            ][d];
             Panel::XY(XY {
                 title: format!("{} — {what}, % of each project's limit", DIMS[d]),
                 x_label: x_label.into(),
                 y_label: format!("% of {}", DIMS[d]),
                 lines,
                 marks,
-                rules_x: if d == 2 { day_resets(sc, div) } else { Vec::new() },
+                rules_x: if d >= 2 { day_resets(sc, div) } else { Vec::new() },
                 rules_y: vec![(100.0, "limit".into())],
+                x_range: Some((0.0, end)),
                 ..XY::default()
             })
         })
@@ -226,11 +255,18 @@ fn breaches(sc: &Scenario, t: &Trace) -> Figure {
             })
             .collect()
     };
-    let line = |m: usize, points| Line { label: t.models[m].clone(), colour: colour(m), points, steps: true };
+    let end = sc.duration_ms as f64 / div;
+    let line = |m: usize, points| Line {
+        label: t.models[m].clone(),
+        colour: colour(m),
+        points: to_end(points, end),
+        steps: true,
+    };
     let note = (total == 0.0).then(|| "no breaches: the provider accepted every request the engine sent".to_owned());
     let events = pool_events(sc, div);
     let per_interval = XY {
         title: "429s per interval".into(),
+        x_range: Some((0.0, end)),
         x_label: x_label.into(),
         y_label: "breaches".into(),
         lines: series.iter().enumerate().map(|(m, s)| line(m, s.clone())).collect(),
@@ -240,6 +276,7 @@ fn breaches(sc: &Scenario, t: &Trace) -> Figure {
     };
     let running = XY {
         title: "429s so far".into(),
+        x_range: Some((0.0, end)),
         x_label: x_label.into(),
         y_label: "breaches".into(),
         lines: series.iter().enumerate().map(|(m, s)| line(m, cumulative(s))).collect(),
@@ -367,29 +404,33 @@ fn queue_wait(a: &Aggregate) -> Figure {
 fn capacity(sc: &Scenario, t: &Trace) -> Figure {
     let (div, x_label) = time_axis(sc.duration_ms);
     let x = |i: usize| t.t_ms[i] as f64 / div;
+    let end = sc.duration_ms as f64 / div;
     let mut rules = pool_events(sc, div);
     rules.extend(day_resets(sc, div));
     let mut left = Vec::new();
     let mut counts = Vec::new();
     for (m, name) in t.models.iter().enumerate() {
-        for (d, dim) in DIMS.iter().enumerate() {
+        for (d, dim) in DIMS.iter().enumerate().take(drawn_dims(sc)) {
             left.push(Line {
                 label: format!("{name} {dim}"),
-                colour: colour(m * 3 + d),
-                points: (0..t.points()).map(|i| (x(i), 100.0 * f64::from(t.room(i, m).remaining[d]))).collect(),
+                colour: colour(m * 4 + d),
+                points: to_end(
+                    (0..t.points()).map(|i| (x(i), 100.0 * f64::from(t.room(i, m).remaining[d]))).collect(),
+                    end,
+                ),
                 steps: true,
             });
         }
         counts.push(Line {
             label: format!("{name}: projects"),
             colour: colour(m * 2),
-            points: (0..t.points()).map(|i| (x(i), f64::from(t.room(i, m).projects))).collect(),
+            points: to_end((0..t.points()).map(|i| (x(i), f64::from(t.room(i, m).projects))).collect(), end),
             steps: true,
         });
         counts.push(Line {
             label: format!("{name}: keys"),
             colour: colour(m * 2 + 1),
-            points: (0..t.points()).map(|i| (x(i), f64::from(t.room(i, m).keys))).collect(),
+            points: to_end((0..t.points()).map(|i| (x(i), f64::from(t.room(i, m).keys))).collect(), end),
             steps: true,
         });
     }
@@ -398,12 +439,14 @@ fn capacity(sc: &Scenario, t: &Trace) -> Figure {
         x_label: x_label.into(),
         y_label: "% left".into(),
         y_range: Some((0.0, 108.0)),
+        x_range: Some((0.0, end)),
         lines: left,
         rules_x: rules.clone(),
         ..XY::default()
     };
     let usable = XY {
         title: "Usable projects and keys".into(),
+        x_range: Some((0.0, end)),
         x_label: x_label.into(),
         y_label: "count".into(),
         lines: counts,

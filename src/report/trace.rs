@@ -16,6 +16,8 @@ pub struct Cell {
     pub tpm: f32,
     /// Requests of the day / RPD, at the point's end.
     pub rpd: f32,
+    /// Input tokens of the day / TPD (0 where the day's tokens are not limited).
+    pub tpd: f32,
     /// Requests the provider accepted.
     pub requests: u32,
     /// Requests the provider refused with 429.
@@ -27,21 +29,22 @@ impl Cell {
         self.rpm = self.rpm.max(o.rpm);
         self.tpm = self.tpm.max(o.tpm);
         self.rpd = o.rpd;
+        self.tpd = o.tpd;
         self.requests += o.requests;
         self.breaches += o.breaches;
     }
 
-    /// The usage fraction of dimension `d` (0 RPM, 1 TPM, 2 RPD).
+    /// The usage fraction of dimension `d` (0 RPM, 1 TPM, 2 RPD, 3 TPD).
     pub fn get(&self, d: usize) -> f32 {
-        [self.rpm, self.tpm, self.rpd][d]
+        [self.rpm, self.tpm, self.rpd, self.tpd][d]
     }
 }
 
 /// What one model's pool could still serve, at the point's lowest.
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
 pub struct Room {
-    /// Remaining / usable, per RPM, TPM, RPD.
-    pub remaining: [f32; 3],
+    /// Remaining / usable, per RPM, TPM, RPD, TPD.
+    pub remaining: [f32; 4],
     /// Projects with a usable key.
     pub projects: u32,
     /// Usable keys.
@@ -50,7 +53,7 @@ pub struct Room {
 
 impl Room {
     fn merge(&mut self, o: &Room) {
-        for d in 0..3 {
+        for d in 0..4 {
             self.remaining[d] = self.remaining[d].min(o.remaining[d]);
         }
         self.projects = o.projects;
@@ -214,13 +217,13 @@ mod tests {
     use super::*;
 
     fn cell(rpm: f32, breaches: u32) -> Cell {
-        Cell { rpm, tpm: 0.0, rpd: rpm, requests: 1, breaches }
+        Cell { rpm, tpm: 0.0, rpd: rpm, tpd: 0.0, requests: 1, breaches }
     }
 
     #[test]
     fn points_stay_within_budget_and_keep_peaks_and_counts() {
         let mut t = Trace::new(vec!["p".into()], vec!["m".into()], 32);
-        let room = [Room { remaining: [1.0; 3], projects: 1, keys: 1 }];
+        let room = [Room { remaining: [1.0; 4], projects: 1, keys: 1 }];
         for i in 0..1000u64 {
             let peak = if i == 777 { 2.0 } else { 0.5 };
             t.tick(i * 1000, &[cell(peak, u32::from(i % 10 == 0))], &room);

@@ -687,6 +687,7 @@ impl Sim<'_, '_, '_> {
                     rpm: frac(iv.rpm_peak, l.rpm),
                     tpm: frac(iv.tpm_peak, l.tpm),
                     rpd: frac(u.day_requests, l.rpd),
+                    tpd: l.tpd.map_or(0.0, |t| frac(u.day_tokens, t)),
                     requests: iv.requests as u32,
                     breaches: iv.breaches as u32,
                 });
@@ -695,7 +696,7 @@ impl Sim<'_, '_, '_> {
         let rooms: Vec<Room> = (0..models)
             .map(|m| {
                 let c = self.engine.capacity(m, Timestamp(now));
-                let mut remaining = [0.0f32; 3];
+                let mut remaining = [0.0f32; 4];
                 for (d, r) in remaining.iter_mut().enumerate() {
                     *r = if c.usable[d] == 0 { 0.0 } else { c.remaining[d] as f32 / c.usable[d] as f32 };
                 }
