@@ -66,7 +66,13 @@ fn report(c: &mut Criterion) {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("scenarios/quickstart.toml");
     let sc = keysim::scenario::load(&path, &[]).expect("quickstart scenario");
     let r = simulate(&sc, Outputs { trace: true, ..Outputs::default() }).expect("runs");
-    let data = RunData { scenario: &sc, aggregate: &r.aggregate, trace: r.trace.as_ref(), end_to_end_us: None };
+    let data = RunData {
+        scenario: &sc,
+        aggregate: &r.aggregate,
+        trace: r.trace.as_ref(),
+        outcomes: None,
+        end_to_end_us: None,
+    };
     let mut g = c.benchmark_group("report");
     g.sample_size(10);
     g.bench_function("draw-quickstart-figures", |b| {

@@ -149,7 +149,7 @@ fn a_load_run_against_the_fake_agrees_with_the_simulation() {
     // Its report: latency plots, end to end with and without the engine.
     let overhead = std::fs::read_to_string(dir.join("plots/overhead.svg")).expect("overhead plot");
     assert!(overhead.contains("End-to-end latency") && overhead.contains("without the engine"));
-    assert!(dir.join("plots/queue-wait.png").exists());
+    assert!(dir.join("plots/queue-wait.png").exists() && dir.join("plots/outcomes.svg").exists());
     let html = std::fs::read_to_string(dir.join("report.html")).expect("report.html");
     assert!(html.contains("Real-time load run") && html.contains("end to end, without the engine"));
 }

@@ -72,3 +72,34 @@ fn plan_refuses_bad_sweeps_with_exit_2() {
         assert!(!String::from_utf8_lossy(&out.stderr).contains("panicked"));
     }
 }
+
+#[test]
+fn any_setting_can_be_swept_beside_the_pool() {
+    let dir = temp_dir("plan-set");
+    let out = keysim()
+        .args(["plan", "scenarios/capacity.toml", "--sweep", "projects=4..6", "--sweep", "rate=0.9"])
+        .args(["--sweep", "engine.strategy=round-robin,p2c", "--quiet", "--out"])
+        .arg(&dir)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let csv = std::fs::read_to_string(dir.join("plan.csv")).unwrap();
+    let mut lines = csv.lines();
+    assert!(lines.next().unwrap().starts_with("projects,rate,engine.strategy,"));
+    assert_eq!(lines.count(), 3 * 2);
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("plan.json")).unwrap()).unwrap();
+    let recs = json["recommendations"].as_array().unwrap();
+    assert_eq!(recs.len(), 2, "one per strategy");
+    for r in recs {
+        assert_eq!(r["projects"], 6, "{}", r["text"]);
+        assert!(r["text"].as_str().unwrap().contains("engine.strategy = "));
+    }
+    // A setting that does not exist is bad input, named.
+    let bad = keysim()
+        .args(["plan", "scenarios/capacity.toml", "--sweep", "projects=1..2", "--sweep", "engine.nonsense=1,2", "-q"])
+        .output()
+        .unwrap();
+    assert_eq!(bad.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("nonsense"));
+}

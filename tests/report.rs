@@ -10,6 +10,7 @@ use crate::common::{keysim, root, temp_dir};
 fn expected_figures(sc: &keysim::scenario::Scenario) -> Vec<String> {
     let mut names: Vec<String> =
         sc.models.iter().map(|m| format!("usage-{}", keysim::report::plots::slug(&m.name))).collect();
+    names.insert(0, "outcomes".to_owned());
     names.extend(["breaches", "overhead", "queue-wait", "capacity", "warnings"].map(String::from));
     names
 }

@@ -189,8 +189,13 @@ pub(super) fn compare(o: CompareOptions) -> Result<i32, CliError> {
         std::fs::create_dir_all(&vdir).with_context(|| format!("creating {}", vdir.display()))?;
         let json = serde_json::to_string_pretty(&r.summary).context("serialising a summary")?;
         std::fs::write(vdir.join("summary.json"), format!("{json}\n")).context("writing summary.json")?;
-        let data =
-            RunData { scenario: &r.scenario, aggregate: &r.aggregate, trace: r.trace.as_ref(), end_to_end_us: None };
+        let data = RunData {
+            scenario: &r.scenario,
+            aggregate: &r.aggregate,
+            trace: r.trace.as_ref(),
+            outcomes: None,
+            end_to_end_us: None,
+        };
         super::run::write_pictures(&r.summary, &vdir, &data)?;
     }
 

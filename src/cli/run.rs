@@ -145,8 +145,13 @@ pub(super) fn run(args: &ScenarioArgs, opts: RunOptions) -> Result<i32, CliError
     let webhook = sinks.finish()?;
     let mut summary = Summary::new(&sc, "sim", &result.aggregate, &result.engine);
     summary.warnings.webhook = webhook;
-    let data =
-        RunData { scenario: &sc, aggregate: &result.aggregate, trace: result.trace.as_ref(), end_to_end_us: None };
+    let data = RunData {
+        scenario: &sc,
+        aggregate: &result.aggregate,
+        trace: result.trace.as_ref(),
+        outcomes: None,
+        end_to_end_us: None,
+    };
     pictures(&summary, &dir, &opts, &data)?;
     let n = summary.requests.total;
     let speed = format!(
@@ -204,7 +209,13 @@ pub(super) fn load_run(args: &ScenarioArgs, how: crate::load::LoadOptions, opts:
     let f = &result.figures;
     summary.load = Some(f.clone());
     let e2e = f.end_to_end_us.as_ref().map(|h| (h, f.baseline_end_to_end_us.as_ref()));
-    let data = RunData { scenario: &sc, aggregate: &result.aggregate, trace: None, end_to_end_us: e2e };
+    let data = RunData {
+        scenario: &sc,
+        aggregate: &result.aggregate,
+        trace: None,
+        outcomes: f.outcomes.as_ref(),
+        end_to_end_us: e2e,
+    };
     pictures(&summary, &dir, &opts, &data)?;
     report(&summary, &dir, &opts, None)
 }

@@ -106,6 +106,9 @@ pub struct LoadFigures {
     /// The baseline's, in µs, for plots.
     #[serde(skip)]
     pub baseline_end_to_end_us: Option<Histogram<u64>>,
+    /// Requests by terminal state over time, for plots.
+    #[serde(skip)]
+    pub outcomes: Option<crate::report::trace::Outcomes>,
 }
 
 /// A finished load run.
@@ -524,6 +527,7 @@ async fn collect(shared: Arc<Shared>, mut rx: mpsc::UnboundedReceiver<Report>) -
     let (mut lag, mut e2e, mut unqueued) = (micros(), micros(), micros());
     let mut figures = LoadFigures::default();
     let mut agg = Aggregate::default();
+    let mut outcomes = crate::report::trace::Outcomes::new(sc.timeline_ms);
     let mut reported = 0u64;
     while let Some(report) = rx.recv().await {
         reported += 1;
@@ -548,6 +552,7 @@ async fn collect(shared: Arc<Shared>, mut rx: mpsc::UnboundedReceiver<Report>) -
             }
         }
         agg.delayed += u64::from(d.delayed());
+        outcomes.record(d.end_ms, d.state);
         let class = &sc.traffic[d.new.class as usize];
         agg.record(&RequestRecord {
             id: 0,
@@ -581,5 +586,6 @@ async fn collect(shared: Arc<Shared>, mut rx: mpsc::UnboundedReceiver<Report>) -
     figures.end_to_end = Latency::of(&e2e);
     figures.end_to_end_unqueued = Latency::of(&unqueued);
     figures.end_to_end_us = Some(e2e);
+    figures.outcomes = Some(outcomes);
     (agg, figures, reported)
 }

@@ -57,6 +57,9 @@ pub struct RunData<'a> {
     pub aggregate: &'a Aggregate,
     /// The run over time (simulated runs).
     pub trace: Option<&'a Trace>,
+    /// Requests by terminal state over time (load runs; simulated ones carry theirs in the
+    /// trace).
+    pub outcomes: Option<&'a super::trace::Outcomes>,
     /// End-to-end latency in µs through the engine and without it (load runs).
     pub end_to_end_us: Option<(&'a hdrhistogram::Histogram<u64>, Option<&'a hdrhistogram::Histogram<u64>>)>,
 }
@@ -106,6 +109,9 @@ fn pool_events(sc: &Scenario, div: f64) -> Vec<(f64, String)> {
 /// Every figure of the run.
 pub fn figures(d: &RunData<'_>) -> Vec<Figure> {
     let mut out = Vec::new();
+    if let Some(o) = d.outcomes.or(d.trace.map(|t| &t.outcomes)) {
+        out.push(outcomes(d.scenario, o));
+    }
     if let Some(t) = d.trace {
         for m in 0..t.models.len() {
             out.push(usage(d.scenario, t, m));
@@ -135,6 +141,64 @@ pub fn write(dir: &Path, figures: Vec<Figure>) -> anyhow::Result<Vec<(Figure, St
         out.push((f, drawn.svg));
     }
     Ok(out)
+}
+
+/// Most points of a line over time.
+const MAX_POINTS: usize = 720;
+
+fn outcomes(sc: &Scenario, o: &super::trace::Outcomes) -> Figure {
+    let (div, x_label) = time_axis(sc.duration_ms);
+    // Neighbouring intervals add up until the line fits.
+    let merge = o.counts.len().div_ceil(MAX_POINTS).max(1);
+    let width_ms = o.interval_ms * merge as u64;
+    let sums: Vec<[u64; 4]> = o
+        .counts
+        .chunks(merge)
+        .map(|c| {
+            c.iter().fold([0u64; 4], |mut a, x| {
+                for s in 0..4 {
+                    a[s] += x[s];
+                }
+                a
+            })
+        })
+        .collect();
+    let end = (sums.len() as u64 * width_ms).max(sc.duration_ms) as f64 / div;
+    let names = ["succeeded", "breaches (429)", "denied by the engine", "failed (other)"];
+    let colours = [GOOD, BAD, colour(1), colour(3)];
+    let totals: Vec<u64> = (0..4).map(|s| sums.iter().map(|c| c[s]).sum()).collect();
+    let lines = (0..4)
+        .filter(|&s| totals[s] > 0)
+        .map(|s| Line {
+            label: format!("{} ({})", names[s], totals[s]),
+            colour: colours[s],
+            points: to_end(
+                sums.iter().enumerate().map(|(i, c)| ((i as u64 * width_ms) as f64 / div, c[s] as f64)).collect(),
+                end,
+            ),
+            steps: true,
+        })
+        .collect::<Vec<_>>();
+    Figure {
+        name: "outcomes".into(),
+        title: "Outcomes over time".into(),
+        caption: format!(
+            "Requests by how they ended, per {}-s interval of their end: served, refused by the provider with              429 (the engine's failures), denied by the engine (nothing left, or queued past max_wait), or failed              otherwise. Pool events are ruled.",
+            width_ms as f64 / 1000.0
+        ),
+        width: WIDTH,
+        panel_height: PANEL,
+        panels: vec![Panel::XY(XY {
+            title: "Requests per interval, by outcome".into(),
+            x_label: x_label.into(),
+            y_label: "requests".into(),
+            x_range: Some((0.0, end)),
+            note: lines.is_empty().then(|| "no requests".to_owned()),
+            lines,
+            rules_x: pool_events(sc, div),
+            ..XY::default()
+        })],
+    }
 }
 
 /// The projects worth drawing for `model`: most breaches first, then highest peaks.

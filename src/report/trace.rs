@@ -85,6 +85,41 @@ pub struct Notice {
     pub about: Vec<(usize, usize)>,
 }
 
+/// Requests by terminal state, per interval of their end.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Outcomes {
+    /// Interval width, ms.
+    pub interval_ms: u64,
+    /// `[succeeded, breaches, denied, failed]` per interval; requests that end after the
+    /// last interval allowed count in it.
+    pub counts: Vec<[u64; 4]>,
+}
+
+/// Most intervals an [`Outcomes`] keeps.
+const MAX_INTERVALS: usize = 100_000;
+
+impl Outcomes {
+    /// Intervals of `interval_ms` (at least 1 ms).
+    pub fn new(interval_ms: u64) -> Self {
+        Self { interval_ms: interval_ms.max(1), counts: Vec::new() }
+    }
+
+    /// A request ended at `end_ms` (from the run's start) in `state`.
+    pub fn record(&mut self, end_ms: u64, state: super::Terminal) {
+        let i = ((end_ms / self.interval_ms) as usize).min(MAX_INTERVALS - 1);
+        if self.counts.len() <= i {
+            self.counts.resize(i + 1, [0; 4]);
+        }
+        let s = match state {
+            super::Terminal::Succeeded => 0,
+            super::Terminal::Breach => 1,
+            super::Terminal::Denied => 2,
+            super::Terminal::Failed => 3,
+        };
+        self.counts[i][s] += 1;
+    }
+}
+
 /// Most spells and notices kept (the rest are counted in the summary only).
 const MAX_EVENTS: usize = 20_000;
 
@@ -109,11 +144,13 @@ pub struct Trace {
     pub spells: Vec<Spell>,
     /// Notifications, by time.
     pub notices: Vec<Notice>,
+    /// Requests by terminal state over time.
+    pub outcomes: Outcomes,
 }
 
 impl Trace {
     /// A recorder for a pool of `projects` × `models`, within about `budget` cells.
-    pub fn new(projects: Vec<String>, models: Vec<String>, budget: usize) -> Self {
+    pub fn new(projects: Vec<String>, models: Vec<String>, budget: usize, interval_ms: u64) -> Self {
         let per_point = (projects.len() * models.len()).max(1);
         // Even, so that halving merges every point with a neighbour.
         let max_points = (budget / per_point).clamp(32, 720) & !1;
@@ -128,6 +165,7 @@ impl Trace {
             room: Vec::new(),
             spells: Vec::new(),
             notices: Vec::new(),
+            outcomes: Outcomes::new(interval_ms),
         }
     }
 
@@ -222,7 +260,7 @@ mod tests {
 
     #[test]
     fn points_stay_within_budget_and_keep_peaks_and_counts() {
-        let mut t = Trace::new(vec!["p".into()], vec!["m".into()], 32);
+        let mut t = Trace::new(vec!["p".into()], vec!["m".into()], 32, 1000);
         let room = [Room { remaining: [1.0; 4], projects: 1, keys: 1 }];
         for i in 0..1000u64 {
             let peak = if i == 777 { 2.0 } else { 0.5 };

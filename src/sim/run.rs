@@ -285,7 +285,7 @@ pub fn simulate(sc: &Scenario, out: Outputs<'_>) -> Result<RunResult, SimError> 
             scorer: Scorer::new(&models),
             trace: trace.then(|| {
                 let projects = sc.projects.iter().map(|p| p.id.clone()).collect();
-                Trace::new(projects, models.clone(), TRACE_BUDGET)
+                Trace::new(projects, models.clone(), TRACE_BUDGET, sc.timeline_ms)
             }),
             notifications,
             progress,
@@ -583,6 +583,9 @@ impl Sim<'_, '_, '_> {
         let req = &self.reqs[r as usize];
         let c = &self.sc.traffic[req.class as usize];
         let sent = state != Terminal::Denied;
+        if let Some(t) = self.trace.as_mut() {
+            t.outcomes.record(now - self.sc.start.0, state);
+        }
         let ticket = req.ticket.filter(|_| sent);
         self.ledger.push(Entry::Done(Done {
             id: req.id,
