@@ -110,7 +110,7 @@ pub enum Command {
         #[command(flatten)]
         scenario: ScenarioArgs,
         /// A swept parameter: `projects=1..20`, `rate=2,4,8` or `rate=1..10:0.5` (requests/s
-        /// peak), or any setting: `engine.strategy=round-robin,least-loaded`. `projects` is
+        /// peak), or any setting: `engine.strategy=round-robin,least-used`. `projects` is
         /// required.
         #[arg(long = "sweep", value_name = "NAME=VALUES", required = true)]
         sweeps: Vec<String>,
