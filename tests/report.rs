@@ -175,6 +175,23 @@ fn compare_reports_side_by_side_and_plan_and_compare_pages_render_in_chromium() 
     assert_eq!(rows[1]["variant"], "check-then-act");
     assert!(rows[1]["breaches"].as_u64().unwrap() > 0, "the racy variant breaches");
     assert_eq!(std::fs::read_to_string(dir.join("compare.csv")).unwrap().lines().count(), 3);
+    // Same scenario and seed: the same files.
+    let again = temp_dir("compare-again");
+    assert!(keysim().args(["compare", "scenarios/race.toml", "-q", "--out"]).arg(&again).status().unwrap().success());
+    for f in ["compare.csv", "compare.json", "atomic/summary.json"] {
+        let (a, b) = (std::fs::read_to_string(dir.join(f)).unwrap(), std::fs::read_to_string(again.join(f)).unwrap());
+        if f.ends_with("summary.json") {
+            // Engine time on the real clock is the one figure allowed to differ.
+            let strip = |s: &str| {
+                let mut v: serde_json::Value = serde_json::from_str(s).unwrap();
+                v.as_object_mut().unwrap().remove("overhead_ns");
+                v
+            };
+            assert_eq!(strip(&a), strip(&b), "{f}");
+        } else {
+            assert_eq!(a, b, "{f}");
+        }
+    }
     for f in ["compare-outcomes", "compare-breaches", "compare-latency"] {
         assert!(dir.join(format!("plots/{f}.svg")).exists() && dir.join(format!("plots/{f}.png")).exists(), "{f}");
     }

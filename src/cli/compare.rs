@@ -152,6 +152,8 @@ pub(super) fn compare(o: CompareOptions) -> Result<i32, CliError> {
     let started = std::time::Instant::now();
     // Variants run side by side, one per core; each is deterministic on its own.
     let jobs = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let bar = (!o.quiet && !o.json).then(|| crate::report::count_progress(list.len() as u64, "comparing", "variants"));
+    let bar = bar.as_ref();
     let results: Vec<anyhow::Result<Ran>> = std::thread::scope(|s| {
         let mut out = Vec::new();
         for chunk in list.iter().zip(scenarios).collect::<Vec<_>>().chunks(jobs.max(1)) {
@@ -163,6 +165,9 @@ pub(super) fn compare(o: CompareOptions) -> Result<i32, CliError> {
                         let r = simulate(&sc, Outputs { trace: true, ..Outputs::default() })
                             .with_context(|| format!("simulating variant {name}"))?;
                         let summary = Summary::new(&sc, "sim", &r.aggregate, &r.engine);
+                        if let Some(b) = bar {
+                            b.inc(1);
+                        }
                         Ok(Ran {
                             name: name.clone(),
                             settings: sets.clone(),
@@ -182,6 +187,9 @@ pub(super) fn compare(o: CompareOptions) -> Result<i32, CliError> {
     });
     let ran = results.into_iter().collect::<anyhow::Result<Vec<Ran>>>()?;
     let wall = started.elapsed().as_secs_f64();
+    if let Some(b) = bar {
+        b.finish_and_clear();
+    }
 
     // Each variant's own report.
     for r in &ran {

@@ -496,14 +496,7 @@ pub(super) fn plan(o: PlanOptions) -> Result<i32, CliError> {
     let name = column_scenarios[0].name.clone();
     let points = sizes.len() * columns;
     let jobs = o.jobs.unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get())).clamp(1, 64);
-    let bar = (!o.quiet && !o.json).then(|| {
-        let b = indicatif::ProgressBar::with_draw_target(Some(points as u64), indicatif::ProgressDrawTarget::stderr());
-        b.set_style(
-            indicatif::ProgressStyle::with_template("planning [{bar:40}] {pos}/{len} points, {elapsed} so far")
-                .expect("a valid template"),
-        );
-        b
-    });
+    let bar = (!o.quiet && !o.json).then(|| crate::report::count_progress(points as u64, "planning", "points"));
     let started = std::time::Instant::now();
     let next = AtomicUsize::new(0);
     let results: Mutex<Vec<Option<anyhow::Result<Outcome>>>> = Mutex::new((0..points).map(|_| None).collect());

@@ -387,6 +387,15 @@ pub fn progress(duration_ms: u64, what: &str) -> indicatif::ProgressBar {
     b
 }
 
+/// A progress bar over `len` units of work (`what`: "points", "variants"), on stderr; it
+/// draws only on a terminal.
+pub fn count_progress(len: u64, doing: &str, what: &str) -> indicatif::ProgressBar {
+    let b = indicatif::ProgressBar::with_draw_target(Some(len), indicatif::ProgressDrawTarget::stderr());
+    let template = format!("{doing} [{{bar:40}}] {{pos}}/{{len}} {what}, {{elapsed}} so far");
+    b.set_style(indicatif::ProgressStyle::with_template(&template).expect("a valid template"));
+    b
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
