@@ -9,6 +9,7 @@ use std::sync::Once;
 
 use plotters::coord::Shift;
 use plotters::prelude::*;
+use plotters::style::text_anchor::{HPos, Pos, VPos};
 
 /// The embedded font (DejaVu Sans; its licence is beside it).
 const FONT: &[u8] = include_bytes!("fonts/DejaVuSans.ttf");
@@ -310,15 +311,30 @@ fn number_label(v: f64) -> String {
     }
 }
 
+/// A panel's chart area: its title, margins and label areas.
+fn frame<'a, 'b, DB: DrawingBackend>(
+    area: &'a DrawingArea<DB, Shift>,
+    title: &str,
+    x_labels: u32,
+    y_labels: u32,
+) -> ChartBuilder<'a, 'b, DB> {
+    let mut b = ChartBuilder::on(area);
+    b.caption(title, font(15)).margin(10).margin_right(30).x_label_area_size(x_labels).y_label_area_size(y_labels);
+    b
+}
+
+/// The name of a segment's centre (labels of heatmap rows and columns, and of bars).
+fn segment_name(names: &[String], v: &SegmentValue<i32>) -> String {
+    match v {
+        SegmentValue::CenterOf(i) => names.get(*i as usize).cloned().unwrap_or_default(),
+        _ => String::new(),
+    }
+}
+
 fn xy<DB: DrawingBackend>(area: &DrawingArea<DB, Shift>, p: &XY) -> Res<DB> {
     let ((x0, x1), (y0, y1)) = data_range(p);
-    let mut chart = ChartBuilder::on(area)
-        .caption(&p.title, font(15))
-        .margin(10)
-        .margin_right(30)
-        .x_label_area_size(34)
-        .y_label_area_size(if p.y_names.is_empty() { 56 } else { 150 })
-        .build_cartesian_2d(x0..x1, y0..y1)?;
+    let mut chart =
+        frame(area, &p.title, 34, if p.y_names.is_empty() { 56 } else { 150 }).build_cartesian_2d(x0..x1, y0..y1)?;
     let x_fmt = |x: &f64| if p.percentile_x { percentile_label(*x) } else { number_label(*x) };
     let y_fmt = |y: &f64| {
         if p.y_names.is_empty() {
@@ -354,10 +370,7 @@ fn xy<DB: DrawingBackend>(area: &DrawingArea<DB, Shift>, p: &XY) -> Res<DB> {
         chart.draw_series(std::iter::once(Text::new(
             label.clone(),
             (x1 - (x1 - x0) * 0.005, *y),
-            font(10).color(&MUTED).pos(plotters::style::text_anchor::Pos::new(
-                plotters::style::text_anchor::HPos::Right,
-                plotters::style::text_anchor::VPos::Bottom,
-            )),
+            font(10).color(&MUTED).pos(Pos::new(HPos::Right, VPos::Bottom)),
         )))?;
     }
     for (i, (x, label)) in p.rules_x.iter().enumerate() {
@@ -399,10 +412,7 @@ fn xy<DB: DrawingBackend>(area: &DrawingArea<DB, Shift>, p: &XY) -> Res<DB> {
         chart.draw_series(std::iter::once(Text::new(
             note.clone(),
             ((x0 + x1) / 2.0, (y0 + y1) / 2.0),
-            font(13).color(&MUTED).pos(plotters::style::text_anchor::Pos::new(
-                plotters::style::text_anchor::HPos::Center,
-                plotters::style::text_anchor::VPos::Center,
-            )),
+            font(13).color(&MUTED).pos(Pos::new(HPos::Center, VPos::Center)),
         )))?;
     }
     if p.lines.iter().any(|l| !l.label.is_empty()) || p.marks.iter().any(|m| !m.label.is_empty()) {
@@ -439,17 +449,8 @@ fn heat_colour(v: f64) -> RGBColor {
 
 fn heat<DB: DrawingBackend>(area: &DrawingArea<DB, Shift>, p: &Heat) -> Res<DB> {
     let (nx, ny) = (p.columns.len().max(1) as i32, p.rows.len().max(1) as i32);
-    let mut chart = ChartBuilder::on(area)
-        .caption(&p.title, font(15))
-        .margin(10)
-        .margin_right(30)
-        .x_label_area_size(40)
-        .y_label_area_size(70)
-        .build_cartesian_2d((0..nx - 1).into_segmented(), (0..ny - 1).into_segmented())?;
-    let name = |names: &[String], v: &SegmentValue<i32>| match v {
-        SegmentValue::CenterOf(i) => names.get(*i as usize).cloned().unwrap_or_default(),
-        _ => String::new(),
-    };
+    let mut chart =
+        frame(area, &p.title, 40, 70).build_cartesian_2d((0..nx - 1).into_segmented(), (0..ny - 1).into_segmented())?;
     let (cols, rows) = (&p.columns, &p.rows);
     chart
         .configure_mesh()
@@ -460,8 +461,8 @@ fn heat<DB: DrawingBackend>(area: &DrawingArea<DB, Shift>, p: &Heat) -> Res<DB> 
         .axis_desc_style(font(12))
         .x_labels(nx as usize)
         .y_labels(ny as usize)
-        .x_label_formatter(&|v| name(cols, v))
-        .y_label_formatter(&|v| name(rows, v))
+        .x_label_formatter(&|v| segment_name(cols, v))
+        .y_label_formatter(&|v| segment_name(rows, v))
         .draw()?;
     for (r, row) in p.cells.iter().enumerate() {
         for (c, v) in row.iter().enumerate() {
@@ -478,10 +479,7 @@ fn heat<DB: DrawingBackend>(area: &DrawingArea<DB, Shift>, p: &Heat) -> Res<DB> 
                 chart.draw_series(std::iter::once(Text::new(
                     text,
                     (SegmentValue::CenterOf(x), SegmentValue::CenterOf(y)),
-                    font(10).color(&ink).pos(plotters::style::text_anchor::Pos::new(
-                        plotters::style::text_anchor::HPos::Center,
-                        plotters::style::text_anchor::VPos::Center,
-                    )),
+                    font(10).color(&ink).pos(Pos::new(HPos::Center, VPos::Center)),
                 )))?;
             }
         }
@@ -501,13 +499,7 @@ fn bars<DB: DrawingBackend>(area: &DrawingArea<DB, Shift>, p: &Bars) -> Res<DB> 
     let n = p.bars.len().max(1) as i32;
     let top = p.bars.iter().map(|(_, v)| *v).fold(0.0f64, f64::max);
     let (_, hi) = span(0.0, if top > 0.0 { top * 1.15 } else { 1.0 });
-    let mut chart = ChartBuilder::on(area)
-        .caption(&p.title, font(15))
-        .margin(10)
-        .margin_right(30)
-        .x_label_area_size(34)
-        .y_label_area_size(56)
-        .build_cartesian_2d((0..n - 1).into_segmented(), 0.0..hi)?;
+    let mut chart = frame(area, &p.title, 34, 56).build_cartesian_2d((0..n - 1).into_segmented(), 0.0..hi)?;
     let names: Vec<String> = p.bars.iter().map(|(n, _)| n.clone()).collect();
     chart
         .configure_mesh()
@@ -516,10 +508,7 @@ fn bars<DB: DrawingBackend>(area: &DrawingArea<DB, Shift>, p: &Bars) -> Res<DB> 
         .label_style(font(11))
         .axis_desc_style(font(12))
         .x_labels(n as usize)
-        .x_label_formatter(&|v| match v {
-            SegmentValue::CenterOf(i) => names.get(*i as usize).cloned().unwrap_or_default(),
-            _ => String::new(),
-        })
+        .x_label_formatter(&|v| segment_name(&names, v))
         .y_label_formatter(&|y| number_label(*y))
         .light_line_style(RGBColor(240, 240, 240))
         .draw()?;
@@ -532,10 +521,7 @@ fn bars<DB: DrawingBackend>(area: &DrawingArea<DB, Shift>, p: &Bars) -> Res<DB> 
         chart.draw_series(std::iter::once(Text::new(
             number_label(*v),
             (SegmentValue::CenterOf(x), *v + hi * 0.02),
-            font(11).pos(plotters::style::text_anchor::Pos::new(
-                plotters::style::text_anchor::HPos::Center,
-                plotters::style::text_anchor::VPos::Bottom,
-            )),
+            font(11).pos(Pos::new(HPos::Center, VPos::Bottom)),
         )))?;
     }
     Ok(())

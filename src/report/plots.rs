@@ -40,6 +40,18 @@ fn to_end(mut points: Vec<(f64, f64)>, end_x: f64) -> Vec<(f64, f64)> {
     points
 }
 
+/// A panel over the run's time axis, from 0 to `end`.
+fn over_time(
+    title: String,
+    x_label: &str,
+    end: f64,
+    y_label: String,
+    lines: Vec<Line>,
+    rules_x: Vec<(f64, String)>,
+) -> XY {
+    XY { title, x_label: x_label.into(), y_label, x_range: Some((0.0, end)), lines, rules_x, ..XY::default() }
+}
+
 /// The dimensions worth drawing: RPM, TPM and RPD, and TPD where some project limits it.
 fn drawn_dims(sc: &Scenario) -> usize {
     if sc.projects.iter().any(|p| p.limits.iter().any(|l| l.tpd.is_some())) {
@@ -183,20 +195,23 @@ fn outcomes(sc: &Scenario, o: &super::trace::Outcomes) -> Figure {
         name: "outcomes".into(),
         title: "Outcomes over time".into(),
         caption: format!(
-            "Requests by how they ended, per {}-s interval of their end: served, refused by the provider with              429 (the engine's failures), denied by the engine (nothing left, or queued past max_wait), or failed              otherwise. Pool events are ruled.",
+            "Requests by how they ended, per {}-s interval of their end: served, refused by the provider with \
+             429 (the engine's failures), denied by the engine (nothing left, or queued past max_wait), or failed \
+             otherwise. Pool events are ruled.",
             width_ms as f64 / 1000.0
         ),
         width: WIDTH,
         panel_height: PANEL,
         panels: vec![Panel::XY(XY {
-            title: "Requests per interval, by outcome".into(),
-            x_label: x_label.into(),
-            y_label: "requests".into(),
-            x_range: Some((0.0, end)),
             note: lines.is_empty().then(|| "no requests".to_owned()),
-            lines,
-            rules_x: pool_events(sc, div),
-            ..XY::default()
+            ..over_time(
+                "Requests per interval, by outcome".into(),
+                x_label,
+                end,
+                "requests".into(),
+                lines,
+                pool_events(sc, div),
+            )
         })],
     }
 }
@@ -260,15 +275,16 @@ fn usage(sc: &Scenario, t: &Trace, model: usize) -> Figure {
                 "tokens so far today",
             ][d];
             Panel::XY(XY {
-                title: format!("{} — {what}, % of each project's limit", DIMS[d]),
-                x_label: x_label.into(),
-                y_label: format!("% of {}", DIMS[d]),
-                lines,
                 marks,
-                rules_x: if d >= 2 { day_resets(sc, div) } else { Vec::new() },
                 rules_y: vec![(100.0, "limit".into())],
-                x_range: Some((0.0, end)),
-                ..XY::default()
+                ..over_time(
+                    format!("{} — {what}, % of each project's limit", DIMS[d]),
+                    x_label,
+                    end,
+                    format!("% of {}", DIMS[d]),
+                    lines,
+                    if d >= 2 { day_resets(sc, div) } else { Vec::new() },
+                )
             })
         })
         .collect();
@@ -329,24 +345,26 @@ fn breaches(sc: &Scenario, t: &Trace) -> Figure {
     let note = (total == 0.0).then(|| "no breaches: the provider accepted every request the engine sent".to_owned());
     let events = pool_events(sc, div);
     let per_interval = XY {
-        title: "429s per interval".into(),
-        x_range: Some((0.0, end)),
-        x_label: x_label.into(),
-        y_label: "breaches".into(),
-        lines: series.iter().enumerate().map(|(m, s)| line(m, s.clone())).collect(),
-        rules_x: events.clone(),
         note: note.clone(),
-        ..XY::default()
+        ..over_time(
+            "429s per interval".into(),
+            x_label,
+            end,
+            "breaches".into(),
+            series.iter().enumerate().map(|(m, s)| line(m, s.clone())).collect(),
+            events.clone(),
+        )
     };
     let running = XY {
-        title: "429s so far".into(),
-        x_range: Some((0.0, end)),
-        x_label: x_label.into(),
-        y_label: "breaches".into(),
-        lines: series.iter().enumerate().map(|(m, s)| line(m, cumulative(s))).collect(),
-        rules_x: events,
         note,
-        ..XY::default()
+        ..over_time(
+            "429s so far".into(),
+            x_label,
+            end,
+            "breaches".into(),
+            series.iter().enumerate().map(|(m, s)| line(m, cumulative(s))).collect(),
+            events,
+        )
     };
     Figure {
         name: "breaches".into(),
@@ -499,24 +517,17 @@ fn capacity(sc: &Scenario, t: &Trace) -> Figure {
         });
     }
     let remaining = XY {
-        title: "What the pool had left at each interval's end (lowest of merged ones), % of usable".into(),
-        x_label: x_label.into(),
-        y_label: "% left".into(),
         y_range: Some((0.0, 108.0)),
-        x_range: Some((0.0, end)),
-        lines: left,
-        rules_x: rules.clone(),
-        ..XY::default()
+        ..over_time(
+            "What the pool had left at each interval's end (lowest of merged ones), % of usable".into(),
+            x_label,
+            end,
+            "% left".into(),
+            left,
+            rules.clone(),
+        )
     };
-    let usable = XY {
-        title: "Usable projects and keys".into(),
-        x_range: Some((0.0, end)),
-        x_label: x_label.into(),
-        y_label: "count".into(),
-        lines: counts,
-        rules_x: rules,
-        ..XY::default()
-    };
+    let usable = over_time("Usable projects and keys".into(), x_label, end, "count".into(), counts, rules);
     Figure {
         name: "capacity".into(),
         title: "Capacity over time".into(),
