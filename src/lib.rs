@@ -1,8 +1,8 @@
 //! keysim: a quota-aware engine in front of a pool of Google Gemini API keys, and the
 //! laboratory that proves it before it meets production traffic.
 //!
-//! - [`engine`]: pure logic — pool, atomic multi-dimension admission, settlement, strategies,
-//!   estimation, capacity. No I/O, no clock: every call takes `now`.
+//! - [`engine`]: the `keysim-engine` crate, re-exported — pool, atomic multi-dimension
+//!   admission, settlement, the fair wait queue, strategies, estimation, warnings, capacity.
 //! - [`scenario`]: scenario files — parsing, validation with precise diagnostics.
 //! - [`sim`]: the deterministic discrete-event simulator that drives engine and judge in
 //!   virtual time.
@@ -12,7 +12,7 @@
 //! - [`cli`]: the `keysim` command line.
 
 pub mod cli;
-pub mod engine;
+pub use keysim_engine as engine;
 pub mod load;
 pub mod notify;
 pub mod report;

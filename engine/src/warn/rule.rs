@@ -7,7 +7,7 @@
 //! window resets: a bucket that recovers at the next minute (or at midnight Pacific) before
 //! it runs out is not worth a notification.
 
-use crate::engine::Timestamp;
+use crate::Timestamp;
 
 /// A warning rule.
 #[derive(Clone, Copy, Debug, PartialEq)]

@@ -77,8 +77,8 @@ pub fn alertmanager_v4(n: &Notification, receiver: &str) -> Value {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::engine::warn::pipeline::AlertOut;
-    use crate::engine::Timestamp;
+    use crate::warn::pipeline::AlertOut;
+    use crate::Timestamp;
 
     fn labels(pairs: &[(&str, &str)]) -> Labels {
         pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()

@@ -3,7 +3,7 @@
 
 use std::collections::VecDeque;
 
-use crate::engine::Timestamp;
+use crate::Timestamp;
 
 /// Samples a trend keeps.
 pub const SAMPLES: usize = 32;

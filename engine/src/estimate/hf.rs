@@ -1,27 +1,7 @@
-//! Real tokenizers as estimators: tiktoken's o200k encoding (embedded in the binary, works
-//! offline) and any Hugging Face `tokenizer.json`, such as the Gemini (Gemma) tokenizer.
-//!
-//! Both are pure: the caller reads the tokenizer file and hands its bytes in.
+//! Any Hugging Face `tokenizer.json` as an estimator (feature `tokenizers`), such as the
+//! Gemini (Gemma) tokenizer. Pure: the caller reads the file and hands its bytes in.
 
 use super::{Estimator, Prompt};
-
-/// OpenAI's o200k BPE via tiktoken: a real tokenizer to compare the heuristics against.
-/// Without the text it falls back to four characters per token.
-#[derive(Clone, Copy, Debug, Default)]
-pub struct Tiktoken;
-
-impl Estimator for Tiktoken {
-    fn name(&self) -> &str {
-        "tiktoken"
-    }
-
-    fn estimate(&self, _model: usize, prompt: &Prompt<'_>) -> u64 {
-        match prompt {
-            Prompt::Text(t) => tiktoken_rs::o200k_base_singleton().encode_ordinary(t).len() as u64,
-            Prompt::Chars(n) => n.div_ceil(4),
-        }
-    }
-}
 
 /// A Hugging Face tokenizer (`tokenizer.json`). Without the text it falls back to four
 /// characters per token. Cloning shares the loaded tokenizer.
@@ -73,13 +53,6 @@ impl Estimator for HfTokenizer {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn tiktoken_counts_real_tokens() {
-        let n = Tiktoken.estimate(0, &Prompt::Text("Hello, world! This is a test."));
-        assert!((6..=10).contains(&n), "{n}");
-        assert_eq!(Tiktoken.estimate(0, &Prompt::Chars(10)), 3);
-    }
 
     #[test]
     fn a_small_hf_tokenizer_loads_and_counts() {

@@ -42,7 +42,9 @@ pub enum Base {
     /// Features of the text itself: cheap (one pass over the characters).
     #[default]
     Features,
-    /// The text's features plus tiktoken's o200k token count (a BPE pass, so dearer).
+    /// The text's features plus tiktoken's o200k token count (a BPE pass, so dearer;
+    /// feature `tiktoken`).
+    #[cfg(feature = "tiktoken")]
     Tiktoken,
 }
 
@@ -308,7 +310,8 @@ fn solve(l: &[[f64; F]; F], b: &[f64; F]) -> [f64; F] {
 pub struct Calibrated {
     quantile: f64,
     base: Base,
-    tiktoken: Option<super::Cached<super::Tiktoken>>,
+    /// A token count to fit over, with [`Base::Tiktoken`].
+    counter: Option<Box<dyn Estimator>>,
     /// Per model: one state per script, plus one for prompts known only by length.
     states: Vec<[Mutex<State>; 7]>,
 }
@@ -323,11 +326,15 @@ impl Calibrated {
     /// As [`Calibrated::new`], fitting over `base`.
     pub fn with_base(models: usize, quantile: f64, base: Base) -> Self {
         let quantile = quantile.clamp(0.5, 0.999);
-        let tiktoken = (base == Base::Tiktoken).then(|| super::Cached::new(super::Tiktoken, 4096));
+        let counter: Option<Box<dyn Estimator>> = match base {
+            Base::Features => None,
+            #[cfg(feature = "tiktoken")]
+            Base::Tiktoken => Some(Box::new(super::Cached::new(super::Tiktoken, 4096))),
+        };
         Self {
             quantile,
             base,
-            tiktoken,
+            counter,
             states: (0..models.max(1)).map(|_| std::array::from_fn(|_| Mutex::new(State::new()))).collect(),
         }
     }
@@ -338,7 +345,7 @@ impl Calibrated {
     }
 
     fn classify(&self, model: usize, prompt: &Prompt<'_>) -> (Option<Script>, Shape) {
-        match (prompt, &self.tiktoken) {
+        match (prompt, &self.counter) {
             (Prompt::Text(t), Some(tk)) => (Some(Script::of(t)), Shape::with_count(t, tk.estimate(model, prompt))),
             (Prompt::Text(t), None) => (Some(Script::of(t)), Shape::of(t)),
             (Prompt::Chars(n), _) => (None, Shape::count(*n)),
@@ -365,6 +372,7 @@ impl Estimator for Calibrated {
     fn name(&self) -> &str {
         match self.base {
             Base::Features => "calibrated",
+            #[cfg(feature = "tiktoken")]
             Base::Tiktoken => "calibrated/tiktoken",
         }
     }

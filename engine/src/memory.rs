@@ -234,7 +234,7 @@ impl QuotaStore for MemoryStore {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::engine::limits::Limits;
+    use crate::limits::Limits;
 
     const T0: Timestamp = Timestamp(1_764_140_400_000);
 

@@ -9,7 +9,7 @@
 
 use std::collections::BTreeMap;
 
-use crate::engine::Timestamp;
+use crate::Timestamp;
 
 /// Labels of an alert, in a stable order.
 pub type Labels = BTreeMap<String, String>;

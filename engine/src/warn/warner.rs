@@ -17,7 +17,7 @@
 use super::monitor::{Monitor, Subject};
 use super::pipeline::{AlertOut, Inhibit, Labels, Notification, Pipeline, Route};
 use super::rule::{Rule, Transition};
-use crate::engine::{Ceilings, Engine, QuotaStore, Timestamp, Usage};
+use crate::{Ceilings, Engine, QuotaStore, Timestamp, Usage};
 
 /// Which warning engine runs.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -130,7 +130,7 @@ impl Warner {
                 for (g, u) in groups.iter().zip(&usage) {
                     let project = engine.projects()[g.project].id.as_str();
                     for k in &g.keys {
-                        let key = crate::report::redact(&engine.keys()[k.0 as usize].id);
+                        let key = crate::redact(&engine.keys()[k.0 as usize].id);
                         let labels = [("key", key.as_str()), ("project", project), ("model", model)];
                         let id = KEY + u64::from(k.0) * engine.models().len() as u64 + m as u64;
                         let s = Subject { id, alertname: "KeyNearLimit", labels: &labels, name: &key };
@@ -159,20 +159,20 @@ impl Warner {
             let s = Subject { id: pool_id, alertname: "PoolNearLimit", labels: &labels, name: &name };
             changes.extend(self.monitor.observe(&s, &pool, &Ceilings(pool_ceilings), now));
             let monitor = &self.monitor;
-            let pool_runs_out: Vec<Option<Timestamp>> = crate::engine::Dimension::ALL
+            let pool_runs_out: Vec<Option<Timestamp>> = crate::Dimension::ALL
                 .iter()
                 .map(|d| monitor.last(pool_id, *d).and_then(|o| o.exhausts_at.filter(|e| *e < o.resets_at)))
                 .collect();
-            let gate = |d: crate::engine::Dimension, own: Option<Timestamp>| match pool_runs_out[d.index()] {
+            let gate = |d: crate::Dimension, own: Option<Timestamp>| match pool_runs_out[d.index()] {
                 None => true,
                 Some(p) => own.is_some_and(|o| o.since(now) as f64 <= IMBALANCE * p.since(now) as f64),
             };
-            let per_key = engine.config().scope == crate::engine::QuotaScope::Key;
+            let per_key = engine.config().scope == crate::QuotaScope::Key;
             for (g, u) in groups.iter().zip(&usage) {
                 let project = engine.projects()[g.project].id.as_str();
                 // With quota counted per key, each key is a bucket of its own: name it.
                 let key = match (per_key, g.keys.first()) {
-                    (true, Some(k)) => Some(crate::report::redact(&engine.keys()[k.0 as usize].id)),
+                    (true, Some(k)) => Some(crate::redact(&engine.keys()[k.0 as usize].id)),
                     _ => None,
                 };
                 let mut labels = vec![("project", project), ("model", model)];

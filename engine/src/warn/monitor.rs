@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use super::forecast::Trend;
 use super::pipeline::Labels;
 use super::rule::{Observation, Rule, Series, Transition};
-use crate::engine::{Ceilings, Dimension, Timestamp, Usage, MINUTE_MS};
+use crate::{Ceilings, Dimension, Timestamp, Usage, MINUTE_MS};
 
 /// An alert to hand to the pipeline.
 #[derive(Clone, Debug, PartialEq)]
@@ -203,7 +203,7 @@ impl Monitor {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::engine::Limits;
+    use crate::Limits;
 
     const T0: Timestamp = Timestamp(1_764_140_400_000); // 23:00 Pacific
 

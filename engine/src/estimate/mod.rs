@@ -5,25 +5,32 @@
 //! hand) and learn from the actual counts reported at settlement.
 //!
 //! - [`Chars4`]: Google's rule of thumb.
-//! - [`bpe`]: real tokenizers — tiktoken's o200k (embedded) and any Hugging Face
-//!   `tokenizer.json` (the Gemini/Gemma one among them), handed in as bytes.
+//! - [`tiktoken`] (feature `tiktoken`): tiktoken's o200k, embedded.
+//! - [`hf`] (feature `tokenizers`): any Hugging Face `tokenizer.json` (the Gemini/Gemma one
+//!   among them), handed in as bytes.
 //! - [`calibrated`]: learns characters per token from `usageMetadata`, per model and script,
 //!   with a safety margin from the observed error quantile.
 //! - [`output`]: how many output tokens to reserve where limits count them.
 //! - [`cache`]: a bounded cache in front of any estimator, so a hot prompt is tokenized once.
 //! - [`script`]: which writing system (or code) a text is in.
 
-pub mod bpe;
 pub mod cache;
 pub mod calibrated;
+#[cfg(feature = "tokenizers")]
+pub mod hf;
 pub mod output;
 pub mod script;
+#[cfg(feature = "tiktoken")]
+pub mod tiktoken;
 
-pub use bpe::{HfTokenizer, Tiktoken};
 pub use cache::Cached;
 pub use calibrated::Calibrated;
+#[cfg(feature = "tokenizers")]
+pub use hf::{HfTokenizer, TokenizerError};
 pub use output::{OutputPolicy, OutputReserve};
 pub use script::Script;
+#[cfg(feature = "tiktoken")]
+pub use tiktoken::Tiktoken;
 
 /// What an estimator may look at.
 #[derive(Clone, Copy, Debug)]
