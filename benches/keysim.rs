@@ -17,7 +17,7 @@ fn engine(keys: usize, strategy: StrategyKind) -> Engine {
     let limits = Limits { rpm: 1_000_000, tpm: 10_000_000_000, rpd: 1_000_000_000, tpd: None };
     let spec = PoolSpec {
         models: vec![ModelSpec { name: "gemini-2.5-flash".into(), limits }],
-        projects: (0..keys).map(|i| ProjectSpec { id: format!("p{i}"), limits: vec![limits] }).collect(),
+        projects: (0..keys).map(|i| ProjectSpec { id: format!("p{i}"), limits: vec![Some(limits)] }).collect(),
         keys: (0..keys).map(|i| KeySpec { id: format!("k{i}"), project: format!("p{i}") }).collect(),
     };
     let config = EngineConfig { strategy, seed: 1, ..EngineConfig::default() };
@@ -38,9 +38,9 @@ fn admission(c: &mut Criterion) {
                 now += 1;
                 let t = Timestamp(now);
                 match e.admit(black_box(&req), t) {
-                    Ok(Decision::Admitted(ticket)) => {
-                        e.settle(&ticket, Outcome::Success { input_tokens: 590, output_tokens: 200 }, t)
-                    }
+                    Ok(Decision::Admitted(ticket)) => e
+                        .settle(&ticket, Outcome::Success { input_tokens: 590, output_tokens: 200 }, t)
+                        .expect("settles"),
                     other => panic!("the bench pool never denies: {other:?}"),
                 }
             })
@@ -177,7 +177,8 @@ fn warn_evaluate(c: &mut Criterion) {
         for _ in 0..keys * 20 {
             now += 1;
             if let Ok(Decision::Admitted(t)) = e.admit(&req, Timestamp(now)) {
-                e.settle(&t, Outcome::Success { input_tokens: 590, output_tokens: 200 }, Timestamp(now));
+                e.settle(&t, Outcome::Success { input_tokens: 590, output_tokens: 200 }, Timestamp(now))
+                    .expect("settles");
             }
         }
         let mut w = Warner::new(WarnConfig::default());

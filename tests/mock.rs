@@ -204,3 +204,19 @@ fn the_sustained_host_streams_events_over_the_answer_s_latency() {
     assert!(all >= Duration::from_millis(850), "the last one after all of the latency: {all:?}");
     assert!(all - first >= Duration::from_millis(450), "first {first:?}, all {all:?}");
 }
+
+/// The embedding example (`examples/embed.rs`) against `keysim mock`: every request is
+/// admitted by the engine, answered 200, and settled from its `usageMetadata`.
+#[test]
+fn the_embedding_example_runs_against_the_fake() {
+    let exe = std::path::Path::new(env!("CARGO_BIN_EXE_keysim")).with_file_name("examples").join("embed");
+    assert!(exe.exists(), "cargo test builds the examples: {} is missing", exe.display());
+    let mock = start_with("sustained", "scenarios/quickstart.toml", &[]);
+    let out = std::process::Command::new(&exe).args([mock.base.as_str(), "12"]).output().expect("the example runs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    let answered = stdout.lines().filter(|l| l.contains("→ 200 Success")).count();
+    assert_eq!(answered, 12, "{stdout}");
+    // Twelve requests of two projects' 20 a minute: eight left.
+    assert!(stdout.contains("8 of 20 requests left this minute"), "{stdout}");
+}

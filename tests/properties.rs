@@ -3,9 +3,9 @@
 //! `retry_at`; capacity is the sum over usable projects.
 
 use keysim::engine::{
-    AdmissionMode, BucketId, Ceilings, Chars4, Decision, Dimension, Engine, EngineConfig, KeySpec, Limits, MemoryStore,
-    ModelSpec, PoolEvent, PoolSpec, Priority, ProjectSpec, Prompt, QuotaScope, QuotaStore, Request, StrategyKind,
-    Timestamp, TokenBasis, MINUTE_MS,
+    AdmissionMode, BucketKey, Ceilings, Chars4, Decision, Dimension, Engine, EngineConfig, KeySpec, Limits,
+    MemoryStore, ModelSpec, PoolEvent, PoolSpec, Priority, ProjectSpec, Prompt, QuotaScope, QuotaStore, Request,
+    StrategyKind, Timestamp, TokenBasis, MINUTE_MS,
 };
 use keysim::scenario::{
     Arrival, EngineDef, EstimatorKind, ModelDef, OnExhausted, ProjectDef, Provider, Scenario, TimedEvent, Tokens,
@@ -183,24 +183,23 @@ proptest! {
         l in limits(),
         steps in prop::collection::vec((0u64..20_000, 1u64..800), 1..200),
     ) {
-        let mut store = MemoryStore::new();
-        store.ensure_buckets(1);
+        let store = MemoryStore::new();
+        let b = store.bucket(&BucketKey { owner: "p".into(), model: "m".into() }).unwrap();
         let c = full(&l);
-        let b = BucketId(0);
         let mut now = START;
         let mut admitted: Vec<(u64, u64)> = Vec::new();
         for (gap, tokens) in steps {
             now = now.plus(gap);
-            match store.reserve(b, tokens, &c, now) {
+            match store.reserve(b, tokens, &c, now).unwrap() {
                 Ok(_) => admitted.push((now.0, tokens)),
                 Err(s) => {
                     if let Some(at) = s.retry_at {
                         prop_assert!(at > now);
                         if at.0 > now.0 + 1 {
-                            prop_assert!(store.check(b, tokens, &c, Timestamp(at.0 - 1)).is_err(), "fits before retry_at");
+                            prop_assert!(store.check(b, tokens, &c, Timestamp(at.0 - 1)).unwrap().is_err(), "fits before retry_at");
                         }
                         now = at;
-                        prop_assert!(store.reserve(b, tokens, &c, now).is_ok(), "must fit exactly at retry_at");
+                        prop_assert!(store.reserve(b, tokens, &c, now).unwrap().is_ok(), "must fit exactly at retry_at");
                         admitted.push((now.0, tokens));
                     } else {
                         prop_assert!(tokens > c.get(Dimension::Tpm));
@@ -220,11 +219,11 @@ proptest! {
     ) {
         let spec = PoolSpec {
             models: vec![ModelSpec { name: "m".into(), limits: projects[0].0 }],
-            projects: projects.iter().enumerate().map(|(i, (l, _))| ProjectSpec { id: format!("p{i}"), limits: vec![*l] }).collect(),
+            projects: projects.iter().enumerate().map(|(i, (l, _))| ProjectSpec { id: format!("p{i}"), limits: vec![Some(*l)] }).collect(),
             keys: projects.iter().enumerate().flat_map(|(i, (_, n))| (0..*n).map(move |k| KeySpec { id: format!("p{i}-{k}"), project: format!("p{i}") })).collect(),
         };
         let mut state: Vec<(String, usize, bool, bool)> = spec.keys.iter().map(|k| (k.id.clone(), k.project[1..].parse().unwrap(), true, true)).collect();
-        let mut engine = Engine::new(EngineConfig::default(), spec, MemoryStore::new(), Box::new(Chars4)).unwrap();
+        let engine = Engine::new(EngineConfig::default(), spec, MemoryStore::new(), Box::new(Chars4)).unwrap();
         for (n, (kind, who)) in events.into_iter().enumerate() {
             if kind == 4 || state.is_empty() {
                 let p = who % projects.len();
@@ -260,7 +259,7 @@ fn concurrent_threads_never_jointly_exceed_a_limit() {
     let limits = Limits { rpm: 7, tpm: 1_000_000, rpd: 1_000, tpd: None };
     let spec = PoolSpec {
         models: vec![ModelSpec { name: "m".into(), limits }],
-        projects: vec![ProjectSpec { id: "p".into(), limits: vec![limits] }],
+        projects: vec![ProjectSpec { id: "p".into(), limits: vec![Some(limits)] }],
         keys: (0..4).map(|k| KeySpec { id: format!("k{k}"), project: "p".into() }).collect(),
     };
     let config = EngineConfig {

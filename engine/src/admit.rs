@@ -6,7 +6,7 @@ use super::estimate::Prompt;
 use super::limits::Dimension;
 use super::pool::KeyId;
 use super::provider::QuotaExhausted;
-use super::store::{BucketId, QuotaStore, Reservation, Shortfall};
+use super::store::{BucketId, QuotaStore, Reservation, Shortfall, StoreError};
 use super::strategy::Choice;
 use super::time::{next_pacific_midnight, Timestamp, MINUTE_MS};
 use super::{AdmissionMode, Engine, TokenBasis};
@@ -48,8 +48,28 @@ pub struct Request<'a> {
     pub max_output_tokens: Option<u64>,
 }
 
-/// An admitted request: which key to send it with, and what it holds.
+impl<'a> Request<'a> {
+    /// A normal-priority request for model index `model` with no output limit.
+    pub fn new(model: usize, prompt: Prompt<'a>) -> Self {
+        Self { model, prompt, priority: Priority::Normal, max_output_tokens: None }
+    }
+
+    /// The same request at `priority`.
+    pub fn priority(self, priority: Priority) -> Self {
+        Self { priority, ..self }
+    }
+
+    /// The same request with `generationConfig.maxOutputTokens`.
+    pub fn max_output_tokens(self, max: Option<u64>) -> Self {
+        Self { max_output_tokens: max, ..self }
+    }
+}
+
+/// An admitted request: which key to send it with, and what it holds — the plain record of
+/// the sans-IO layer, for callers that settle themselves (a simulator). A service takes a
+/// [`Permit`](crate::Permit) instead, which cannot leak.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[must_use = "a ticket holds quota until it is settled"]
 pub struct Ticket {
     /// The key to use.
     pub key: KeyId,
@@ -74,6 +94,8 @@ pub enum DenyReason {
     CoolingDown(Dimension),
     /// No usable key serves the model.
     NoUsableKey,
+    /// The quota store did not answer: admission fails closed.
+    StoreUnavailable,
 }
 
 impl DenyReason {
@@ -82,6 +104,7 @@ impl DenyReason {
             Self::Exhausted(d) => d.index() as u64,
             Self::CoolingDown(d) => 4 + d.index() as u64,
             Self::NoUsableKey => 8,
+            Self::StoreUnavailable => 9,
         }
     }
 
@@ -89,6 +112,7 @@ impl DenyReason {
         match c {
             0..=3 => Self::Exhausted(Dimension::ALL[c as usize]),
             4..=7 => Self::CoolingDown(Dimension::ALL[c as usize - 4]),
+            9 => Self::StoreUnavailable,
             _ => Self::NoUsableKey,
         }
     }
@@ -99,6 +123,7 @@ impl DenyReason {
             Self::Exhausted(d) => format!("exhausted:{d}"),
             Self::CoolingDown(d) => format!("cooling:{d}"),
             Self::NoUsableKey => "no-usable-key".to_owned(),
+            Self::StoreUnavailable => "store-unavailable".to_owned(),
         }
     }
 }
@@ -161,10 +186,14 @@ pub enum Outcome {
 }
 
 impl<S: QuotaStore> Engine<S> {
-    /// Picks a key for `req` and reserves its quota on every dimension at once.
+    /// Picks a key for `req` and reserves its quota on every dimension at once, at `now`.
+    ///
+    /// The sans-IO core: the [`Ticket`] must be settled with [`Engine::settle`]. Services
+    /// use [`Engine::try_acquire`] or [`Engine::acquire`], whose permits settle themselves.
     pub fn admit(&self, req: &Request<'_>, now: Timestamp) -> Result<Decision, AdmitError> {
         let model = req.model;
-        let groups = self.pool.groups.get(model).ok_or(AdmitError::UnknownModel(model))?;
+        let pool = self.pool.load();
+        let groups = pool.groups.get(model).ok_or(AdmitError::UnknownModel(model))?;
         if groups.is_empty() {
             return Ok(Decision::Denied(Denial { retry_at: None, reason: DenyReason::NoUsableKey, bucket: None }));
         }
@@ -175,7 +204,7 @@ impl<S: QuotaStore> Engine<S> {
         };
         let tokens = estimated_input.saturating_add(reserved_output);
         let p = req.priority.index();
-        let [tpm_max, tpd_max] = self.pool.largest[model][p];
+        let [tpm_max, tpd_max] = pool.largest[model][p];
         for (dimension, ceiling) in [(Dimension::Tpm, tpm_max), (Dimension::Tpd, tpd_max)] {
             if tokens > ceiling {
                 return Err(AdmitError::TooLarge { tokens, dimension, ceiling });
@@ -194,32 +223,42 @@ impl<S: QuotaStore> Engine<S> {
         // Like the random word: a plain load and store, a repeated turn only repeats a choice.
         let turn = self.turn.load(Ordering::Relaxed);
         self.turn.store(turn.wrapping_add(1), Ordering::Relaxed);
-        let headroom = |i: usize| self.headroom(groups[i].bucket, p, now);
+        let headroom = |i: usize| {
+            let b = groups[i].bucket;
+            self.headroom(pool.limits_of(b), b, p, now)
+        };
+        let choice = Choice { n: groups.len(), headroom: &headroom, random: self.next_random(), turn };
         let proposed = match &self.custom {
-            None => self.config.strategy.propose(&Choice {
-                n: groups.len(),
-                headroom: &headroom,
-                random: self.next_random(),
-                turn,
-            }),
-            Some(s) => s.propose(&Choice { n: groups.len(), headroom: &headroom, random: self.next_random(), turn }),
+            None => self.config.strategy.propose(&choice),
+            Some(s) => s.propose(&Choice { n: choice.n, headroom: &headroom, random: choice.random, turn }),
         };
         let fallback = (0..groups.len()).map(|j| (turn + j) % groups.len()).filter(|i| !proposed.contains(&Some(*i)));
         let mut earliest: Option<(Shortfall, BucketId)> = None;
         let mut size_matters = false;
         for i in proposed.into_iter().flatten().chain(fallback) {
             let g = &groups[i];
-            let ceilings = &self.pool.ceilings[g.bucket.0 as usize][p];
+            let ceilings = &pool.limits_of(g.bucket).ceilings[p];
             let attempt = match self.config.admission {
-                AdmissionMode::Atomic => {
-                    self.store.reserve(g.bucket, tokens, ceilings, now).map(|g| (Some(g.reservation), g.usage))
+                AdmissionMode::Atomic => self
+                    .store
+                    .reserve(g.bucket, tokens, ceilings, now)
+                    .map(|r| r.map(|g| (Some(g.reservation), g.usage))),
+                AdmissionMode::CheckThenAct => {
+                    self.store.check(g.bucket, tokens, ceilings, now).map(|r| r.map(|u| (None, u)))
                 }
-                AdmissionMode::CheckThenAct => self.store.check(g.bucket, tokens, ceilings, now).map(|u| (None, u)),
+            };
+            let attempt = match attempt {
+                Ok(a) => a,
+                Err(_) => {
+                    // Fail closed: nothing is sent on a count nobody could check.
+                    let reason = DenyReason::StoreUnavailable;
+                    return Ok(Decision::Denied(Denial { retry_at: None, reason, bucket: Some(g.bucket) }));
+                }
             };
             match attempt {
                 Ok((reservation, usage)) => {
                     self.note(g.bucket, &usage, now);
-                    let key = g.keys[turn % g.keys.len()];
+                    let key = g.keys[self.key_turn(g.bucket) % g.keys.len()];
                     let ticket = Ticket { key, bucket: g.bucket, model, estimated_input, reserved_output, reservation };
                     return Ok(Decision::Admitted(ticket));
                 }
@@ -253,8 +292,20 @@ impl<S: QuotaStore> Engine<S> {
         self.estimator.learns()
     }
 
-    /// Reconciles `ticket` with what really happened.
-    pub fn settle(&self, ticket: &Ticket, outcome: Outcome, now: Timestamp) {
+    /// Reconciles `ticket` with what really happened, at `now`. When the store cannot be
+    /// reached the error says so; the reservation then stays as counted (conservative).
+    pub fn settle(&self, ticket: &Ticket, outcome: Outcome, now: Timestamp) -> Result<(), StoreError> {
+        let freed = self.settle_inner(ticket, outcome, now)?;
+        if freed {
+            self.forget_exhaustion(Some(ticket.model));
+            #[cfg(feature = "async")]
+            self.wake_queues(Some(ticket.model));
+        }
+        Ok(())
+    }
+
+    /// Settles; whether capacity was freed (waiters may be served now).
+    fn settle_inner(&self, ticket: &Ticket, outcome: Outcome, now: Timestamp) -> Result<bool, StoreError> {
         let b = ticket.bucket;
         match (outcome, ticket.reservation) {
             (Outcome::Success { input_tokens, output_tokens }, r) => {
@@ -265,23 +316,18 @@ impl<S: QuotaStore> Engine<S> {
                         input_tokens + output_tokens
                     }
                 };
-                let usage = match r {
-                    Some(_) if !self.config.reconcile => return,
-                    Some(r) => {
-                        if counted < r.tokens {
-                            self.forget_exhaustion(Some(ticket.model));
-                        }
-                        self.store.reconcile(b, &r, counted, now)
-                    }
-                    None => self.store.record(b, counted, now),
+                let (usage, freed) = match r {
+                    Some(_) if !self.config.reconcile => return Ok(false),
+                    Some(r) => (self.store.reconcile(b, &r, counted, now)?, counted < r.tokens),
+                    None => (self.store.record(b, counted, now)?, false),
                 };
                 self.note(b, &usage, now);
+                Ok(freed)
             }
             (Outcome::RateLimited(q), r) => {
                 if let Some(r) = r {
-                    let usage = self.store.refund(b, &r, now);
+                    let usage = self.store.refund(b, &r, now)?;
                     self.note(b, &usage, now);
-                    self.forget_exhaustion(Some(ticket.model));
                 }
                 let dimension = q.dimension.unwrap_or(Dimension::Rpm);
                 let until = if dimension.is_daily() {
@@ -292,22 +338,23 @@ impl<S: QuotaStore> Engine<S> {
                     now.plus(q.retry_after_ms.unwrap_or(MINUTE_MS))
                 };
                 if until > now {
-                    self.store.cool_down(b, dimension, until);
+                    self.store.cool_down(b, dimension, until)?;
                     self.views[b.0 as usize].until.store(0, Ordering::Relaxed);
                 }
+                Ok(r.is_some())
             }
-            (Outcome::Failed, Some(_)) => {}
+            (Outcome::Failed, Some(_)) => Ok(false),
             (Outcome::Failed, None) => {
-                let usage = self.store.record(b, ticket.estimated_input + ticket.reserved_output, now);
+                let usage = self.store.record(b, ticket.estimated_input + ticket.reserved_output, now)?;
                 self.note(b, &usage, now);
+                Ok(false)
             }
-            (Outcome::NotSent, r) => {
-                if let Some(r) = r {
-                    let usage = self.store.refund(b, &r, now);
-                    self.note(b, &usage, now);
-                    self.forget_exhaustion(Some(ticket.model));
-                }
+            (Outcome::NotSent, Some(r)) => {
+                let usage = self.store.refund(b, &r, now)?;
+                self.note(b, &usage, now);
+                Ok(true)
             }
+            (Outcome::NotSent, None) => Ok(false),
         }
     }
 }

@@ -35,14 +35,17 @@ impl Capacity {
 
 impl<S: QuotaStore> Engine<S> {
     /// Capacity of `model` at `now`. Totals follow every pool event; `remaining` reads the
-    /// store at once, so a view is never older than the call.
+    /// store at once, so a view is never older than the call (a bucket the store cannot
+    /// read counts as full).
     pub fn capacity(&self, model: usize, now: Timestamp) -> Capacity {
-        let totals = self.pool.totals[model];
+        let pool = self.pool.load();
+        let totals = pool.totals[model];
         let mut remaining = [0u64; 4];
         let mut minute_frees_at: Option<Timestamp> = None;
-        for g in &self.pool.groups[model] {
-            let u = self.store.usage(g.bucket, now);
-            let high = &self.pool.ceilings[g.bucket.0 as usize][1];
+        for g in &pool.groups[model] {
+            // What the store cannot tell is not counted as free.
+            let Ok(u) = self.store.usage(g.bucket, now) else { continue };
+            let high = &pool.limits_of(g.bucket).ceilings[1];
             for d in Dimension::ALL {
                 let c = high.get(d);
                 if c != u64::MAX {

@@ -1,9 +1,31 @@
-//! The engine: for every request, pick a key and reserve quota on every dimension at once.
+//! keysim's engine: for every request to a pool of Gemini API keys, pick a key and reserve
+//! quota on every dimension of its project at once — or say when to come back.
 //!
-//! Pure logic: no I/O, no async runtime, no clock. Every call takes `now`; a denial says when
-//! to come back (`retry_at`), and the caller schedules — an event in the simulator, a sleep in
-//! real time.
+//! The core is pure: no I/O and no clock; every core call takes `now`, a denial says when to
+//! come back (`retry_at`), and the caller schedules. Around it, what a service needs:
+//! a [`Permit`] that returns its quota when dropped unsettled, a fair wait queue per model
+//! ([`Engine::acquire`], feature `async`), pool changes through `&self`, and a fallible store
+//! whose buckets are named by project and model.
 //!
+//! ```
+//! use keysim_engine::{Engine, Limits, ModelSpec, Outcome, PoolSpec, ProjectSpec, KeySpec, Prompt, Request};
+//! let flash = Limits { rpm: 10, tpm: 250_000, rpd: 250, tpd: None };
+//! let engine = Engine::builder(PoolSpec {
+//!     models: vec![ModelSpec { name: "gemini-2.5-flash".into(), limits: flash }],
+//!     projects: vec![ProjectSpec { id: "proj-a".into(), limits: vec![Some(flash)] }],
+//!     keys: vec![KeySpec { id: "key-1".into(), project: "proj-a".into() }],
+//! })
+//! .build()?;
+//! let model = engine.model("gemini-2.5-flash").unwrap();
+//! let permit = engine.try_acquire(&Request::new(model, Prompt::Text("Hello")))?;
+//! // … send the request with the key `permit.key_id()` names, then:
+//! permit.settle(Outcome::Success { input_tokens: 2, output_tokens: 10 })?;
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+//!
+//! - [`clock`]: where `now` comes from when the engine acts on its own.
+//! - [`lifecycle`]: send, wait or give up — one request's next step, sans-IO.
+//! - [`fair`]: the fair wait queue of one model, sans-IO.
 //! - [`time`]: the time type and the Pacific calendar of daily quotas.
 //! - [`limits`]: dimensions, limits, and the ceilings (safety margin, reserve) below them.
 //! - [`pool`]: projects, keys and their states; buckets per model; capacity totals.
@@ -14,7 +36,10 @@
 //! - [`provider`]: reading 429 answers (quotaId, retryDelay).
 //! - [`warn`]: early-warning rules and forecasts.
 
+pub mod clock;
 pub mod estimate;
+pub mod fair;
+pub mod lifecycle;
 pub mod limits;
 pub mod memory;
 pub mod pool;
@@ -27,20 +52,35 @@ pub mod warn;
 
 mod admit;
 mod capacity;
+mod config;
+mod permit;
+#[cfg(feature = "async")]
+mod wait;
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+use arc_swap::ArcSwap;
 
 pub use admit::{AdmitError, Decision, Denial, DenyReason, Outcome, Priority, Request, Ticket};
 pub use capacity::Capacity;
+pub use clock::{Clock, ManualClock, SystemClock};
+pub use config::{Builder, ConfigError};
 pub use estimate::{Chars4, Estimator, Prompt};
+pub use lifecycle::{step, QueuePolicy, Reason, Step};
 pub use limits::{Ceilings, Dimension, Limits};
 pub use memory::MemoryStore;
-pub use pool::{KeyId, KeySpec, KeyState, ModelSpec, PoolError, PoolEvent, PoolSpec, ProjectSpec, QuotaScope};
+pub use permit::{Permit, TryAcquireError};
+pub use pool::{
+    Group, KeyId, KeySpec, KeyState, ModelSpec, Pool, PoolError, PoolEvent, PoolSpec, ProjectSpec, QuotaScope,
+};
 pub use provider::{parse_quota_error, QuotaExhausted};
 pub use redact::redact;
-pub use store::{BucketId, Grant, QuotaStore, Reservation, Shortfall, Usage};
+pub use store::{BucketId, BucketKey, Grant, QuotaStore, Reservation, Shortfall, StoreError, Usage};
 pub use strategy::{Strategy, StrategyKind};
 pub use time::{next_pacific_midnight, Timestamp, MINUTE_MS};
+#[cfg(feature = "async")]
+pub use wait::AcquireError;
 
 /// How admission counts usage.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
@@ -107,78 +147,53 @@ impl Default for EngineConfig {
     }
 }
 
-/// The engine's cached view of one bucket, for strategies: its counters, for at most
-/// [`VIEW_TTL_MS`] or until they could fall on their own, whichever is later. Every store call returns fresh
-/// counters, so the view follows this engine's own traffic without extra reads; other
-/// replicas' traffic shows when the view is refreshed. A stale view only misguides the
-/// choice, never admission, which the store decides.
+/// The engine's cached view of one bucket, for strategies. Every store call returns fresh
+/// counters, so the view follows this engine's own traffic without extra reads; with a
+/// shared store, other replicas' traffic shows when the view is refreshed after
+/// [`VIEW_TTL_MS`]. A stale view only misguides the choice, never admission, which the
+/// store decides.
 #[derive(Debug, Default)]
 struct View {
     /// Used amount per dimension; `u64::MAX` in the first while the bucket cools down.
     used: [AtomicU64; 4],
     until: AtomicU64,
+    /// The bucket's own turn among its keys, so that every key of a project serves.
+    turn: AtomicUsize,
 }
 
-/// How long a bucket's cached view serves strategies before it is read again from the store
-/// (unless this engine's own calls refresh it sooner).
+/// How long a bucket's cached view serves strategies before it is read again from a shared
+/// store (unless this engine's own calls refresh it sooner).
 pub const VIEW_TTL_MS: u64 = 1_000;
 
-/// The engine over a store `S`.
+/// The engine over a store `S`. Share it by reference or in an `Arc`: every call takes
+/// `&self`, pool changes included.
 pub struct Engine<S: QuotaStore = MemoryStore> {
     config: EngineConfig,
-    pool: pool::Pool,
+    pool: ArcSwap<pool::Pool>,
+    /// Serialises pool changes (admissions never wait for it).
+    changing: Mutex<()>,
     store: S,
+    clock: Arc<dyn Clock>,
     /// A strategy other than the built-in one the configuration names, if set.
     custom: Option<Box<dyn Strategy>>,
     estimator: Box<dyn Estimator>,
     outputs: estimate::OutputReserve,
     turn: AtomicUsize,
     rng: AtomicU64,
-    /// Per bucket: the cached view.
-    views: Vec<View>,
+    /// Per bucket id: the cached view.
+    views: boxcar::Vec<View>,
     /// Per model and priority: until when a full scan found no bucket for any request size.
     exhausted: Vec<[AtomicU64; 2]>,
     /// Per model and priority: why (the [`DenyReason`] code of that scan).
     exhausted_reason: Vec<[AtomicU64; 2]>,
     /// Per model and priority: the bucket that frees first.
     exhausted_bucket: Vec<[AtomicU64; 2]>,
+    /// Per model: the fair wait queue of [`Engine::acquire`].
+    #[cfg(feature = "async")]
+    queues: Vec<wait::Queue>,
 }
 
 impl<S: QuotaStore> Engine<S> {
-    /// An engine over `store` for the pool `spec`.
-    pub fn new(
-        config: EngineConfig,
-        spec: PoolSpec,
-        mut store: S,
-        estimator: Box<dyn Estimator>,
-    ) -> Result<Self, PoolError> {
-        let pool = pool::Pool::new(spec, config.scope, config.safety, config.reserve)?;
-        store.ensure_buckets(pool.bucket_count());
-        let models = pool.models.len();
-        let views = (0..pool.bucket_count()).map(|_| View::default()).collect();
-        let outputs = estimate::OutputReserve::new(config.output_policy, config.output_reserve, models);
-        Ok(Self {
-            custom: None,
-            rng: AtomicU64::new(config.seed),
-            config,
-            pool,
-            store,
-            estimator,
-            outputs,
-            turn: AtomicUsize::new(0),
-            views,
-            exhausted: (0..models).map(|_| Default::default()).collect(),
-            exhausted_reason: (0..models).map(|_| Default::default()).collect(),
-            exhausted_bucket: (0..models).map(|_| Default::default()).collect(),
-        })
-    }
-
-    /// Uses `strategy` instead of the built-in one the configuration names.
-    pub fn with_strategy(mut self, strategy: Box<dyn Strategy>) -> Self {
-        self.custom = Some(strategy);
-        self
-    }
-
     /// The engine's settings.
     pub fn config(&self) -> &EngineConfig {
         &self.config
@@ -189,68 +204,59 @@ impl<S: QuotaStore> Engine<S> {
         &self.store
     }
 
+    /// The clock the engine reads when it acts on its own.
+    pub fn clock(&self) -> &dyn Clock {
+        self.clock.as_ref()
+    }
+
     /// The estimator in use.
     pub fn estimator(&self) -> &dyn Estimator {
         self.estimator.as_ref()
     }
 
+    /// The pool as it is now: a snapshot that later changes do not alter.
+    pub fn pool(&self) -> Arc<pool::Pool> {
+        self.pool.load_full()
+    }
+
     /// Index of model `name`.
     pub fn model(&self, name: &str) -> Option<usize> {
-        self.pool.models.iter().position(|m| m.name == name)
-    }
-
-    /// The models, in index order.
-    pub fn models(&self) -> &[ModelSpec] {
-        &self.pool.models
-    }
-
-    /// The projects, in index order.
-    pub fn projects(&self) -> &[ProjectSpec] {
-        &self.pool.projects
-    }
-
-    /// Every key the pool has known, including removed and revoked ones.
-    pub fn keys(&self) -> &[KeyState] {
-        &self.pool.keys
+        self.pool.load().model(name)
     }
 
     /// The key with id `id`.
     pub fn key(&self, id: &str) -> Option<KeyId> {
-        self.pool.key(id)
+        self.pool.load().key(id)
     }
 
     /// The (project, model) a bucket belongs to.
     pub fn bucket_owner(&self, bucket: BucketId) -> (usize, usize) {
-        self.pool.bucket_owner(bucket)
-    }
-
-    /// The quota buckets that can serve `model` now, with their usable keys.
-    pub fn groups(&self, model: usize) -> &[pool::Group] {
-        &self.pool.groups[model]
-    }
-
-    /// What the engine may use of `bucket` at most (the high-priority ceilings).
-    pub fn ceilings(&self, bucket: BucketId) -> &Ceilings {
-        &self.pool.ceilings[bucket.0 as usize][1]
+        self.pool.load().bucket_owner(bucket)
     }
 
     /// The counters of `bucket` now, read from the store.
-    pub fn usage(&self, bucket: BucketId, now: Timestamp) -> Usage {
+    pub fn usage(&self, bucket: BucketId, now: Timestamp) -> Result<Usage, StoreError> {
         self.store.usage(bucket, now)
     }
 
-    /// The projects that can serve `model` now (one entry per quota bucket).
-    pub fn serving_projects(&self, model: usize) -> impl ExactSizeIterator<Item = usize> + '_ {
-        self.pool.groups[model].iter().map(|g| g.project)
+    /// Applies a pool event; capacity and candidates follow at once. Admissions under way
+    /// finish on the pool they started with; none waits for the change.
+    pub fn apply(&self, event: PoolEvent) -> Result<(), ConfigError> {
+        let _changing = self.changing.lock().unwrap_or_else(|p| p.into_inner());
+        let next = self.pool.load().apply(event, &mut |k| self.store.bucket(k)).map_err(ConfigError::from)?;
+        self.grow_views(&next);
+        self.pool.store(Arc::new(next));
+        self.forget_exhaustion(None);
+        #[cfg(feature = "async")]
+        self.wake_queues(None);
+        Ok(())
     }
 
-    /// Applies a pool event; capacity and candidates follow at once.
-    pub fn apply(&mut self, event: PoolEvent) -> Result<(), PoolError> {
-        self.pool.apply(event)?;
-        self.store.ensure_buckets(self.pool.bucket_count());
-        self.views = (0..self.pool.bucket_count()).map(|_| View::default()).collect();
-        self.forget_exhaustion(None);
-        Ok(())
+    /// Makes sure every bucket of `pool` has a view.
+    fn grow_views(&self, pool: &pool::Pool) {
+        while self.views.count() < pool.buckets.len() {
+            self.views.push(View::default());
+        }
     }
 
     /// Records fresh counters of `bucket` in its view.
@@ -263,20 +269,24 @@ impl<S: QuotaStore> Engine<S> {
         }
         // Counters that fall on their own (window entries leaving) only make the view
         // understate headroom, which misguides nobody; refreshing at every expiry cost more
-        // than the strategy. Other replicas' traffic shows within the TTL.
-        v.until.store(now.0 + VIEW_TTL_MS, Ordering::Relaxed);
+        // than the strategy. A private store's counters change only through this engine, so
+        // its view holds until they could fall (an entry leaves the window, a cool-down or
+        // the day ends); a shared store's for the TTL, for other replicas' traffic.
+        let until = if self.store.shared() { now.0 + VIEW_TTL_MS } else { u.steady_until().0.max(now.0 + VIEW_TTL_MS) };
+        v.until.store(until, Ordering::Relaxed);
     }
 
     /// Normalised headroom of `bucket` for priority index `p`, from the view while it holds:
     /// the free fraction of the tightest dimension, zero while cooling down.
-    fn headroom(&self, bucket: BucketId, p: usize, now: Timestamp) -> f64 {
-        let b = bucket.0 as usize;
-        let v = &self.views[b];
+    fn headroom(&self, limits: &pool::BucketLimits, bucket: BucketId, p: usize, now: Timestamp) -> f64 {
+        let v = &self.views[bucket.0 as usize];
         if now.0 >= v.until.load(Ordering::Relaxed) {
-            let u = self.store.usage(bucket, now);
-            self.note(bucket, &u, now);
+            // A store that cannot answer leaves the view as it was; admission will say.
+            if let Ok(u) = self.store.usage(bucket, now) {
+                self.note(bucket, &u, now);
+            }
         }
-        let (ceilings, inverse) = (&self.pool.ceilings[b][p].0, &self.pool.inverse[b][p]);
+        let (ceilings, inverse) = (&limits.ceilings[p].0, &limits.inverse[p]);
         let mut h = 1.0f64;
         for i in 0..4 {
             if inverse[i] != 0.0 {
@@ -289,6 +299,14 @@ impl<S: QuotaStore> Engine<S> {
             }
         }
         h
+    }
+
+    /// The next turn among the keys of `bucket`.
+    fn key_turn(&self, bucket: BucketId) -> usize {
+        let t = &self.views[bucket.0 as usize].turn;
+        let turn = t.load(Ordering::Relaxed);
+        t.store(turn.wrapping_add(1), Ordering::Relaxed);
+        turn
     }
 
     fn next_random(&self) -> u64 {

@@ -2,11 +2,11 @@
 //! Pacific day. Memory is bounded by the buckets' limits (a window holds at most RPM
 //! entries), never by the number of requests served.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::sync::{Mutex, MutexGuard};
 
 use super::limits::{Ceilings, Dimension};
-use super::store::{BucketId, Grant, QuotaStore, Reservation, Shortfall, Usage};
+use super::store::{BucketId, BucketKey, Grant, QuotaStore, Reservation, Shortfall, StoreError, Usage};
 use super::time::{next_pacific_midnight, Timestamp, MINUTE_MS};
 
 #[derive(Clone, Copy, Debug)]
@@ -139,10 +139,13 @@ impl Bucket {
 }
 
 /// Quota state of one process: a mutex per bucket, so admissions on different buckets never
-/// wait for each other and admissions on one bucket are atomic.
+/// wait for each other and admissions on one bucket are atomic. Buckets live in an
+/// append-only vector, found by their dense handle without a lock; only naming a new bucket
+/// takes one. It never fails.
 #[derive(Debug, Default)]
 pub struct MemoryStore {
-    buckets: Vec<Mutex<Bucket>>,
+    buckets: boxcar::Vec<Mutex<Bucket>>,
+    names: Mutex<HashMap<BucketKey, BucketId>>,
 }
 
 impl MemoryStore {
@@ -165,29 +168,45 @@ impl MemoryStore {
 }
 
 impl QuotaStore for MemoryStore {
-    fn ensure_buckets(&mut self, count: usize) {
-        while self.buckets.len() < count {
-            self.buckets.push(Mutex::new(Bucket::default()));
+    fn bucket(&self, key: &BucketKey) -> Result<BucketId, StoreError> {
+        let mut names = self.names.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(id) = names.get(key) {
+            return Ok(*id);
         }
+        let id = BucketId(self.buckets.push(Mutex::new(Bucket::default())) as u32);
+        names.insert(key.clone(), id);
+        Ok(id)
     }
 
-    fn reserve(&self, bucket: BucketId, tokens: u64, ceilings: &Ceilings, now: Timestamp) -> Result<Grant, Shortfall> {
+    fn reserve(
+        &self,
+        bucket: BucketId,
+        tokens: u64,
+        ceilings: &Ceilings,
+        now: Timestamp,
+    ) -> Result<Result<Grant, Shortfall>, StoreError> {
         let mut b = self.lock(bucket, now);
-        match b.shortfall(tokens, ceilings, now.0) {
+        Ok(match b.shortfall(tokens, ceilings, now.0) {
             Some(s) => Err(s),
             None => {
                 let reservation = b.push(tokens, now.0);
                 Ok(Grant { reservation, usage: b.usage(now.0) })
             }
-        }
+        })
     }
 
-    fn check(&self, bucket: BucketId, tokens: u64, ceilings: &Ceilings, now: Timestamp) -> Result<Usage, Shortfall> {
+    fn check(
+        &self,
+        bucket: BucketId,
+        tokens: u64,
+        ceilings: &Ceilings,
+        now: Timestamp,
+    ) -> Result<Result<Usage, Shortfall>, StoreError> {
         let b = self.lock(bucket, now);
-        b.shortfall(tokens, ceilings, now.0).map_or_else(|| Ok(b.usage(now.0)), Err)
+        Ok(b.shortfall(tokens, ceilings, now.0).map_or_else(|| Ok(b.usage(now.0)), Err))
     }
 
-    fn reconcile(&self, bucket: BucketId, r: &Reservation, actual: u64, now: Timestamp) -> Usage {
+    fn reconcile(&self, bucket: BucketId, r: &Reservation, actual: u64, now: Timestamp) -> Result<Usage, StoreError> {
         let mut b = self.lock(bucket, now);
         if let Some(i) = b.find(r.seq) {
             let e = &mut b.window[i];
@@ -198,10 +217,10 @@ impl QuotaStore for MemoryStore {
         if b.day_ends == r.day_ends.0 {
             b.day_tokens = (b.day_tokens + actual).saturating_sub(r.tokens);
         }
-        b.usage(now.0)
+        Ok(b.usage(now.0))
     }
 
-    fn refund(&self, bucket: BucketId, r: &Reservation, now: Timestamp) -> Usage {
+    fn refund(&self, bucket: BucketId, r: &Reservation, now: Timestamp) -> Result<Usage, StoreError> {
         let mut b = self.lock(bucket, now);
         if let Some(i) = b.find(r.seq) {
             let e = b.window.remove(i).expect("index found by search");
@@ -211,23 +230,24 @@ impl QuotaStore for MemoryStore {
             b.day_requests = b.day_requests.saturating_sub(1);
             b.day_tokens = b.day_tokens.saturating_sub(r.tokens);
         }
-        b.usage(now.0)
+        Ok(b.usage(now.0))
     }
 
-    fn record(&self, bucket: BucketId, tokens: u64, now: Timestamp) -> Usage {
+    fn record(&self, bucket: BucketId, tokens: u64, now: Timestamp) -> Result<Usage, StoreError> {
         let mut b = self.lock(bucket, now);
         b.push(tokens, now.0);
-        b.usage(now.0)
+        Ok(b.usage(now.0))
     }
 
-    fn cool_down(&self, bucket: BucketId, dimension: Dimension, until: Timestamp) {
+    fn cool_down(&self, bucket: BucketId, dimension: Dimension, until: Timestamp) -> Result<(), StoreError> {
         let mut b = self.lock_raw(bucket);
         let c = &mut b.cooling[dimension.index()];
         *c = (*c).max(until.0);
+        Ok(())
     }
 
-    fn usage(&self, bucket: BucketId, now: Timestamp) -> Usage {
-        self.lock(bucket, now).usage(now.0)
+    fn usage(&self, bucket: BucketId, now: Timestamp) -> Result<Usage, StoreError> {
+        Ok(self.lock(bucket, now).usage(now.0))
     }
 }
 
@@ -237,10 +257,12 @@ mod tests {
     use crate::limits::Limits;
 
     const T0: Timestamp = Timestamp(1_764_140_400_000);
+    const B: BucketId = BucketId(0);
 
     fn store() -> MemoryStore {
-        let mut s = MemoryStore::new();
-        s.ensure_buckets(1);
+        let s = MemoryStore::new();
+        assert_eq!(s.bucket(&BucketKey { owner: "p".into(), model: "m".into() }).unwrap(), B);
+        assert_eq!(s.bucket(&BucketKey { owner: "p".into(), model: "m".into() }).unwrap(), B, "stable");
         s
     }
 
@@ -248,15 +270,23 @@ mod tests {
         Ceilings::from_limits(&Limits { rpm, tpm, rpd, tpd: None }, 0.0, 0.0)
     }
 
+    fn reserve(s: &MemoryStore, tokens: u64, c: &Ceilings, now: Timestamp) -> Result<Grant, Shortfall> {
+        s.reserve(B, tokens, c, now).expect("the memory store never fails")
+    }
+
+    fn usage(s: &MemoryStore, now: Timestamp) -> Usage {
+        s.usage(B, now).expect("the memory store never fails")
+    }
+
     #[test]
     fn reserve_is_all_or_nothing() {
         let s = store();
         let c = ceilings(10, 100, 1000);
-        s.reserve(BucketId(0), 90, &c, T0).unwrap();
-        let err = s.reserve(BucketId(0), 20, &c, T0).unwrap_err();
+        reserve(&s, 90, &c, T0).unwrap();
+        let err = reserve(&s, 20, &c, T0).unwrap_err();
         assert_eq!(err.dimension, Dimension::Tpm);
         assert_eq!(err.retry_at, Some(T0.plus(MINUTE_MS)));
-        let u = s.usage(BucketId(0), T0);
+        let u = usage(&s, T0);
         assert_eq!((u.minute_requests, u.minute_tokens, u.day_requests), (1, 90, 1));
     }
 
@@ -264,25 +294,25 @@ mod tests {
     fn a_request_is_admitted_exactly_at_retry_at() {
         let s = store();
         let c = ceilings(2, 1000, 1000);
-        s.reserve(BucketId(0), 1, &c, T0).unwrap();
-        s.reserve(BucketId(0), 1, &c, T0.plus(5)).unwrap();
-        let retry = s.reserve(BucketId(0), 1, &c, T0.plus(10)).unwrap_err().retry_at.unwrap();
+        reserve(&s, 1, &c, T0).unwrap();
+        reserve(&s, 1, &c, T0.plus(5)).unwrap();
+        let retry = reserve(&s, 1, &c, T0.plus(10)).unwrap_err().retry_at.unwrap();
         assert_eq!(retry, T0.plus(MINUTE_MS));
-        assert!(s.reserve(BucketId(0), 1, &c, Timestamp(retry.0 - 1)).is_err());
-        assert!(s.reserve(BucketId(0), 1, &c, retry).is_ok());
+        assert!(reserve(&s, 1, &c, Timestamp(retry.0 - 1)).is_err());
+        assert!(reserve(&s, 1, &c, retry).is_ok());
     }
 
     #[test]
     fn reconcile_and_refund_adjust_every_counter() {
         let s = store();
         let c = ceilings(10, 1000, 1000);
-        let r = s.reserve(BucketId(0), 100, &c, T0).unwrap().reservation;
-        s.reconcile(BucketId(0), &r, 40, T0.plus(1));
-        let u = s.usage(BucketId(0), T0.plus(1));
+        let r = reserve(&s, 100, &c, T0).unwrap().reservation;
+        s.reconcile(B, &r, 40, T0.plus(1)).unwrap();
+        let u = usage(&s, T0.plus(1));
         assert_eq!((u.minute_tokens, u.day_tokens), (40, 40));
-        let r2 = s.reserve(BucketId(0), 10, &c, T0.plus(2)).unwrap().reservation;
-        s.refund(BucketId(0), &r2, T0.plus(3));
-        let u = s.usage(BucketId(0), T0.plus(3));
+        let r2 = reserve(&s, 10, &c, T0.plus(2)).unwrap().reservation;
+        s.refund(B, &r2, T0.plus(3)).unwrap();
+        let u = usage(&s, T0.plus(3));
         assert_eq!((u.minute_requests, u.minute_tokens, u.day_requests, u.day_tokens), (1, 40, 1, 40));
     }
 
@@ -290,23 +320,23 @@ mod tests {
     fn cooling_blocks_until_its_end() {
         let s = store();
         let c = ceilings(10, 1000, 1000);
-        s.cool_down(BucketId(0), Dimension::Rpm, T0.plus(500));
-        let e = s.reserve(BucketId(0), 1, &c, T0).unwrap_err();
+        s.cool_down(B, Dimension::Rpm, T0.plus(500)).unwrap();
+        let e = reserve(&s, 1, &c, T0).unwrap_err();
         assert!(e.cooling);
         assert_eq!(e.retry_at, Some(T0.plus(500)));
-        assert!(s.reserve(BucketId(0), 1, &c, T0.plus(500)).is_ok());
+        assert!(reserve(&s, 1, &c, T0.plus(500)).is_ok());
     }
 
     #[test]
     fn the_day_restarts_at_pacific_midnight() {
         let s = store();
         let c = ceilings(10, 1000, 1);
-        s.reserve(BucketId(0), 1, &c, T0).unwrap();
-        let e = s.reserve(BucketId(0), 1, &c, T0.plus(MINUTE_MS)).unwrap_err();
+        reserve(&s, 1, &c, T0).unwrap();
+        let e = reserve(&s, 1, &c, T0.plus(MINUTE_MS)).unwrap_err();
         assert_eq!(e.dimension, Dimension::Rpd);
         let midnight = e.retry_at.unwrap();
         assert_eq!(midnight, T0.plus(3_600_000));
-        assert!(s.reserve(BucketId(0), 1, &c, midnight).is_ok());
+        assert!(reserve(&s, 1, &c, midnight).is_ok());
     }
 
     #[test]
@@ -314,7 +344,7 @@ mod tests {
         let s = store();
         let c = ceilings(5, u64::MAX / 4, u64::MAX / 4);
         for i in 0..100_000u64 {
-            let _ = s.reserve(BucketId(0), 1, &c, T0.plus(i * 100));
+            let _ = reserve(&s, 1, &c, T0.plus(i * 100));
         }
         let b = s.buckets[0].lock().unwrap();
         assert!(b.window.len() <= 5);

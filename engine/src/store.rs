@@ -5,12 +5,42 @@
 //! a shared store (Redis) serves several replicas with the same contract, each call being one
 //! round trip.
 
+use std::time::Duration;
+
 use super::limits::{Ceilings, Dimension};
 use super::time::Timestamp;
 
-/// Dense index of a quota bucket: one (project, model), or one (key, model) in key scope.
+/// A quota bucket's stable identity: the project's id (or `key:<id>` in key scope) and the
+/// model's name. Every replica names a bucket the same way, whatever order its
+/// configuration lists projects in.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct BucketKey {
+    /// The project's id, or `key:<key id>` in key scope.
+    pub owner: String,
+    /// The model's name.
+    pub model: String,
+}
+
+/// A store's local handle of a bucket, handed out by [`QuotaStore::bucket`]: dense, so that
+/// the in-memory store indexes it directly. Only meaningful to the store that issued it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct BucketId(pub u32);
+
+/// The store could not answer. Admission fails closed on it: the request is denied with
+/// reason `store-unavailable`, and nothing is sent.
+#[derive(Clone, Debug, thiserror::Error, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum StoreError {
+    /// The store cannot be reached (connection refused, reset, not ready).
+    #[error("the quota store is unreachable: {0}")]
+    Unavailable(String),
+    /// The store did not answer within its deadline.
+    #[error("the quota store did not answer within {0:?}")]
+    TimedOut(Duration),
+    /// The store answered something this engine does not understand (another version).
+    #[error("the quota store answered unexpectedly: {0}")]
+    Protocol(String),
+}
 
 /// What one admission holds in a bucket, to be reconciled or refunded at settlement.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -109,32 +139,59 @@ impl Usage {
 }
 
 /// Quota state shared by every admission. Implementations must make [`QuotaStore::reserve`]
-/// atomic across all dimensions of a bucket and across concurrent callers.
+/// atomic across all dimensions of a bucket and across concurrent callers (and, for a
+/// shared store, across processes). Every call may fail with a [`StoreError`].
 pub trait QuotaStore: Send + Sync {
-    /// Makes sure buckets `0..count` exist.
-    fn ensure_buckets(&mut self, count: usize);
+    /// The local handle of the bucket named `key`, created empty if the store has none yet.
+    /// The same key always gives the same handle.
+    fn bucket(&self, key: &BucketKey) -> Result<BucketId, StoreError>;
+
+    /// Whether other processes change this store's counters too. The engine then re-reads a
+    /// bucket's counters for its strategies after a while; a private store's counters change
+    /// only through this engine's own calls, which return them.
+    fn shared(&self) -> bool {
+        false
+    }
 
     /// Counts one request of `tokens` tokens in `bucket` if every dimension stays within
     /// `ceilings` and the bucket is not cooling down; otherwise counts nothing.
     /// Returns the bucket's counters after the call, as every mutating call does, so that the
     /// engine's view of the bucket stays fresh without another round trip.
-    fn reserve(&self, bucket: BucketId, tokens: u64, ceilings: &Ceilings, now: Timestamp) -> Result<Grant, Shortfall>;
+    fn reserve(
+        &self,
+        bucket: BucketId,
+        tokens: u64,
+        ceilings: &Ceilings,
+        now: Timestamp,
+    ) -> Result<Result<Grant, Shortfall>, StoreError>;
 
     /// Whether [`QuotaStore::reserve`] would succeed now, without counting anything.
-    fn check(&self, bucket: BucketId, tokens: u64, ceilings: &Ceilings, now: Timestamp) -> Result<Usage, Shortfall>;
+    fn check(
+        &self,
+        bucket: BucketId,
+        tokens: u64,
+        ceilings: &Ceilings,
+        now: Timestamp,
+    ) -> Result<Result<Usage, Shortfall>, StoreError>;
 
     /// Replaces a reservation's token count by the actual one.
-    fn reconcile(&self, bucket: BucketId, reservation: &Reservation, actual_tokens: u64, now: Timestamp) -> Usage;
+    fn reconcile(
+        &self,
+        bucket: BucketId,
+        reservation: &Reservation,
+        actual_tokens: u64,
+        now: Timestamp,
+    ) -> Result<Usage, StoreError>;
 
     /// Takes a reservation back, as if it had never been made.
-    fn refund(&self, bucket: BucketId, reservation: &Reservation, now: Timestamp) -> Usage;
+    fn refund(&self, bucket: BucketId, reservation: &Reservation, now: Timestamp) -> Result<Usage, StoreError>;
 
     /// Counts a request after the fact, without any check (the `check-then-act` reference mode).
-    fn record(&self, bucket: BucketId, tokens: u64, now: Timestamp) -> Usage;
+    fn record(&self, bucket: BucketId, tokens: u64, now: Timestamp) -> Result<Usage, StoreError>;
 
     /// Stops admissions on `dimension` of `bucket` until `until`.
-    fn cool_down(&self, bucket: BucketId, dimension: Dimension, until: Timestamp);
+    fn cool_down(&self, bucket: BucketId, dimension: Dimension, until: Timestamp) -> Result<(), StoreError>;
 
     /// The bucket's counters at `now`.
-    fn usage(&self, bucket: BucketId, now: Timestamp) -> Usage;
+    fn usage(&self, bucket: BucketId, now: Timestamp) -> Result<Usage, StoreError>;
 }

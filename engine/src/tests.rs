@@ -6,7 +6,7 @@ fn spec(projects: &[(&str, &[&str])], rpm: u64) -> PoolSpec {
     let limits = Limits { rpm, tpm: 1_000_000, rpd: 1000, tpd: None };
     PoolSpec {
         models: vec![ModelSpec { name: "m".into(), limits }],
-        projects: projects.iter().map(|(id, _)| ProjectSpec { id: (*id).into(), limits: vec![limits] }).collect(),
+        projects: projects.iter().map(|(id, _)| ProjectSpec { id: (*id).into(), limits: vec![Some(limits)] }).collect(),
         keys: projects
             .iter()
             .flat_map(|(p, keys)| keys.iter().map(move |k| KeySpec { id: (*k).into(), project: (*p).into() }))
@@ -57,7 +57,7 @@ fn keys_of_one_project_share_its_quota() {
 #[test]
 fn a_denial_says_when_to_come_back() {
     let e = engine(EngineConfig::default(), spec(&[("p", &["k"])], 1));
-    admitted(&e, Priority::Normal, T0).unwrap();
+    let _ = admitted(&e, Priority::Normal, T0).unwrap();
     match e.admit(&req(Priority::Normal), T0.plus(1000)).unwrap() {
         Decision::Denied(d) => {
             assert_eq!(d.retry_at, Some(T0.plus(MINUTE_MS)));
@@ -81,8 +81,8 @@ fn a_rate_limit_cools_down_exactly_its_dimension_and_refunds() {
     let e = engine(EngineConfig::default(), spec(&[("p", &["k"])], 10));
     let t = admitted(&e, Priority::Normal, T0).unwrap();
     let q = QuotaExhausted { dimension: Some(Dimension::Rpm), retry_after_ms: Some(5_000) };
-    e.settle(&t, Outcome::RateLimited(q), T0.plus(10));
-    assert_eq!(e.store().usage(t.bucket, T0.plus(10)).day_requests, 0);
+    e.settle(&t, Outcome::RateLimited(q), T0.plus(10)).unwrap();
+    assert_eq!(e.usage(t.bucket, T0.plus(10)).unwrap().day_requests, 0);
     match e.admit(&req(Priority::Normal), T0.plus(20)).unwrap() {
         Decision::Denied(d) => assert_eq!(d.reason, DenyReason::CoolingDown(Dimension::Rpm)),
         d => panic!("expected cooling, got {d:?}"),
@@ -95,13 +95,13 @@ fn a_daily_rate_limit_parks_the_project_until_pacific_midnight() {
     let e = engine(EngineConfig::default(), spec(&[("p", &["k"]), ("q", &["j"])], 10));
     let t = admitted(&e, Priority::Normal, T0).unwrap();
     let q = QuotaExhausted { dimension: Some(Dimension::Rpd), retry_after_ms: Some(5_000) };
-    e.settle(&t, Outcome::RateLimited(q), T0);
+    e.settle(&t, Outcome::RateLimited(q), T0).unwrap();
     let midnight = T0.plus(3_600_000);
     for i in 0..20 {
         let t2 = admitted(&e, Priority::Normal, T0.plus(10 + i * 60_000)).unwrap();
         assert_ne!(t2.bucket, t.bucket, "the parked project must not serve before midnight");
     }
-    assert_eq!(e.store().usage(t.bucket, midnight).cooling_until, None);
+    assert_eq!(e.usage(t.bucket, midnight).unwrap().cooling_until, None);
 }
 
 #[test]
@@ -109,18 +109,18 @@ fn reconciliation_returns_over_reserved_tokens() {
     let limits = Limits { rpm: 100, tpm: 250, rpd: 1000, tpd: None };
     let mut s = spec(&[("p", &["k"])], 100);
     s.models[0].limits = limits;
-    s.projects[0].limits = vec![limits];
+    s.projects[0].limits = vec![Some(limits)];
     let e = engine(EngineConfig::default(), s);
     let t = admitted(&e, Priority::Normal, T0).unwrap(); // 100 estimated
-    admitted(&e, Priority::Normal, T0).unwrap(); // 200
+    let _ = admitted(&e, Priority::Normal, T0).unwrap(); // 200
     assert!(admitted(&e, Priority::Normal, T0).is_none());
-    e.settle(&t, Outcome::Success { input_tokens: 40, output_tokens: 10 }, T0.plus(1));
+    e.settle(&t, Outcome::Success { input_tokens: 40, output_tokens: 10 }, T0.plus(1)).unwrap();
     assert!(admitted(&e, Priority::Normal, T0.plus(2)).is_some(), "140 + 100 fits in 250");
 }
 
 #[test]
 fn capacity_counts_projects_not_keys_and_follows_events() {
-    let mut e = engine(EngineConfig::default(), spec(&[("p", &["k1", "k2", "k3"]), ("q", &["j"])], 10));
+    let e = engine(EngineConfig::default(), spec(&[("p", &["k1", "k2", "k3"]), ("q", &["j"])], 10));
     let c = e.capacity(0, T0);
     assert_eq!((c.projects, c.keys, c.limit(Dimension::Rpm)), (2, 4, 20));
     e.apply(PoolEvent::Disable("j".into())).unwrap();
@@ -136,7 +136,7 @@ fn capacity_counts_projects_not_keys_and_follows_events() {
     ));
     e.apply(PoolEvent::Enable("j".into())).unwrap();
     assert!(admitted(&e, Priority::Normal, T0).is_some());
-    assert_eq!(e.apply(PoolEvent::Enable("nope".into())), Err(PoolError::UnknownKey("nope".into())));
+    assert_eq!(e.apply(PoolEvent::Enable("nope".into())), Err(ConfigError::Pool(PoolError::UnknownKey("nope".into()))));
 }
 
 #[test]
@@ -162,7 +162,7 @@ fn a_daily_rate_limit_answered_after_midnight_does_not_park_the_new_day() {
     let before_midnight = T0.plus(3_600_000 - 50);
     let t = admitted(&e, Priority::Normal, before_midnight).unwrap();
     let q = QuotaExhausted { dimension: Some(Dimension::Rpd), retry_after_ms: Some(1_000) };
-    e.settle(&t, Outcome::RateLimited(q), T0.plus(3_600_000 + 30));
+    e.settle(&t, Outcome::RateLimited(q), T0.plus(3_600_000 + 30)).unwrap();
     assert!(admitted(&e, Priority::Normal, T0.plus(3_600_000 + 40)).is_some());
 }
 
@@ -174,23 +174,26 @@ fn the_cached_view_agrees_with_the_store() {
     for i in 0..40u64 {
         now = now.plus(1_700 * (i % 5));
         if let Some(t) = admitted(&e, if i % 3 == 0 { Priority::High } else { Priority::Normal }, now) {
-            e.settle(&t, Outcome::Success { input_tokens: 50 + i, output_tokens: 5 }, now.plus(3));
+            e.settle(&t, Outcome::Success { input_tokens: 50 + i, output_tokens: 5 }, now.plus(3)).unwrap();
         }
         for b in 0..2u32 {
             for p in 0..2 {
                 // Within its TTL the view may understate headroom (entries left the window
                 // since), never overstate it; after the TTL it is exact again.
-                let exact = e.store().usage(BucketId(b), now).headroom(&e.pool.ceilings[b as usize][p]);
-                let cached = e.headroom(BucketId(b), p, now);
+                let limits = *e.pool.load().limits_of(BucketId(b));
+                let exact = e.usage(BucketId(b), now).unwrap().headroom(&limits.ceilings[p]);
+                let cached = e.headroom(&limits, BucketId(b), p, now);
                 assert!(cached <= exact + 1e-9, "bucket {b} priority {p} at step {i}: {cached} > {exact}");
             }
         }
     }
-    let later = now.plus(VIEW_TTL_MS);
+    // Once everything has left the window, the view is read again and exact.
+    let later = now.plus(MINUTE_MS + VIEW_TTL_MS);
     for b in 0..2u32 {
         for p in 0..2 {
-            let exact = e.store().usage(BucketId(b), later).headroom(&e.pool.ceilings[b as usize][p]);
-            assert!((e.headroom(BucketId(b), p, later) - exact).abs() < 1e-9, "refreshed after the TTL");
+            let limits = *e.pool.load().limits_of(BucketId(b));
+            let exact = e.usage(BucketId(b), later).unwrap().headroom(&limits.ceilings[p]);
+            assert!((e.headroom(&limits, BucketId(b), p, later) - exact).abs() < 1e-9, "refreshed when it could fall");
         }
     }
 }

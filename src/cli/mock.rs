@@ -55,7 +55,7 @@ pub fn fake_for(sc: &Scenario, extra: ExtraFaults) -> Fake {
     };
     let (median, p99) = sc.traffic.first().map_or((200.0, 200.0), |t| t.output_tokens.median_p99());
     Fake::new(FakeConfig {
-        judge: crate::sim::judge_config(sc),
+        judge: crate::scenario::build::judge_config(sc),
         keys: sc.projects.iter().enumerate().flat_map(|(i, p)| p.keys.iter().map(move |k| (k.clone(), i))).collect(),
         extra,
         output_median: median,

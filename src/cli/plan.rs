@@ -206,6 +206,8 @@ fn set_projects(sc: &mut Scenario, n: u64) {
         let project = match &e.event {
             PoolEvent::Add(k) => Some(&k.project),
             PoolEvent::Remove(k) | PoolEvent::Enable(k) | PoolEvent::Disable(k) | PoolEvent::Revoke(k) => owner.get(k),
+            // Scenarios change keys only; project-level events are not copied.
+            _ => None,
         };
         let Some(project) = project else { continue };
         for copy in 0..copies {
@@ -220,6 +222,7 @@ fn set_projects(sc: &mut Scenario, n: u64) {
                 PoolEvent::Enable(k) => PoolEvent::Enable(rename(k, copy)),
                 PoolEvent::Disable(k) => PoolEvent::Disable(rename(k, copy)),
                 PoolEvent::Revoke(k) => PoolEvent::Revoke(rename(k, copy)),
+                other => other.clone(),
             };
             events.push(crate::scenario::TimedEvent { at_ms: e.at_ms, event });
         }

@@ -24,11 +24,25 @@ use hdrhistogram::Histogram;
 use serde::Serialize;
 use tokio::sync::mpsc;
 
-use crate::engine::{parse_quota_error, Decision, Engine, Outcome, Prompt, Request, Timestamp};
+use crate::engine::clock::Timer;
+use crate::engine::{parse_quota_error, AcquireError, Engine, Outcome, Prompt, Request, Timestamp};
 use crate::report::{stopwatch, Aggregate, RequestRecord, Terminal};
 use crate::scenario::{OnExhausted, Scenario};
 use crate::sim::{NewRequest, Traffic};
 use mock_server::host::Clock;
+
+/// The run's scaled clock, as the engine's clock: waiters sleep on real timers, scaled.
+struct Scaled(Clock);
+
+impl crate::engine::Clock for Scaled {
+    fn now(&self) -> Timestamp {
+        Timestamp(self.0.now_ms())
+    }
+
+    fn timer(&self) -> Timer<'_> {
+        Timer::Real { scale: self.0.scale() }
+    }
+}
 
 /// A send this far behind its intended time counts as late.
 pub const LATE_MS: u64 = 10;
@@ -149,14 +163,16 @@ struct Done {
     lag_us: u64,
     e2e_us: Option<u64>,
     transport_error: bool,
-    /// Decision time of each admission call, in nanoseconds.
-    admit_ns: Vec<u64>,
+    /// Decision time of its admission, in nanoseconds, when it did not wait.
+    admit_ns: Option<u64>,
+    /// Whether it waited in the queue.
+    delayed: bool,
 }
 
 impl Done {
     /// Whether it waited in the queue (was denied at least once before its end).
     fn delayed(&self) -> bool {
-        self.admit_ns.len() > 1
+        self.delayed
     }
 }
 
@@ -248,12 +264,8 @@ impl Shared {
         // As the simulator: the estimator sees corpus text, or the size of the synthetic text.
         let chars = (r.input as f64 * class.chars_per_token + 0.5) as u64;
         let prompt = if r.text.is_some() { Prompt::Text(&text) } else { Prompt::Chars(chars) };
-        let request = Request {
-            model: class.model,
-            prompt,
-            priority: class.priority,
-            max_output_tokens: class.max_output_tokens,
-        };
+        let request =
+            Request::new(class.model, prompt).priority(class.priority).max_output_tokens(class.max_output_tokens);
         // The request arrived when it was meant to, however late its task started.
         let arrival = Timestamp(self.origin_ms + r.at);
         let mut done = Done {
@@ -271,41 +283,38 @@ impl Shared {
             lag_us,
             e2e_us: None,
             transport_error: false,
-            admit_ns: Vec::with_capacity(1),
+            admit_ns: None,
+            delayed: false,
         };
-        let ticket = loop {
-            let now = self.now();
-            let mark = stopwatch::start();
-            let decision = engine.admit(&request, now);
-            done.admit_ns.push(stopwatch::elapsed_ns(mark));
-            match decision {
-                Ok(Decision::Admitted(t)) => break t,
-                Ok(Decision::Denied(d)) => {
-                    let waited = now.since(arrival);
-                    let queue = self.sc.engine.on_exhausted == OnExhausted::Queue;
-                    match d.retry_at {
-                        Some(at) if queue && at.since(arrival) + self.guard_ms() <= self.sc.engine.max_wait_ms => {
-                            // A little after the slot frees: a request retried exactly at a
-                            // window's edge can reach the provider before the entry it
-                            // replaces has left there, if that one's trip took longer.
-                            tokio::time::sleep(self.clock.real(at.since(now).max(1)) + EDGE_GUARD).await;
-                        }
-                        _ => {
-                            done.reason = d.reason.name();
-                            done.project = d.bucket.map(|b| engine.bucket_owner(b).0);
-                            done.queue_wait_ms = waited;
-                            done.end_ms = now.since(Timestamp(self.origin_ms));
-                            return done;
-                        }
-                    }
-                }
-                Err(_) => {
-                    done.reason = "too-large".into();
-                    done.end_ms = now.since(Timestamp(self.origin_ms));
-                    return done;
-                }
+        let now = self.now();
+        let max_wait_ms = match self.sc.engine.on_exhausted {
+            // A little after the slot frees: a request sent exactly at a window's edge can
+            // reach the provider before the entry it replaces has left there, if that one's
+            // trip took longer. The guard comes out of the wait.
+            OnExhausted::Queue => self.sc.engine.max_wait_ms.saturating_sub(now.since(arrival) + self.guard_ms()),
+            OnExhausted::Reject => 0,
+        };
+        let mark = stopwatch::start();
+        let acquired = engine.acquire(&request, Duration::from_millis(max_wait_ms)).await;
+        let elapsed_ns = stopwatch::elapsed_ns(mark);
+        done.delayed = self.now() > now;
+        if !done.delayed {
+            done.admit_ns = Some(elapsed_ns);
+        }
+        let permit = match acquired {
+            Ok(p) => p,
+            Err(AcquireError(reason)) => {
+                let now = self.now();
+                done.reason = reason.name();
+                done.queue_wait_ms = now.since(arrival);
+                done.end_ms = now.since(Timestamp(self.origin_ms));
+                return done;
             }
         };
+        if done.delayed {
+            tokio::time::sleep(EDGE_GUARD).await;
+        }
+        let ticket = *permit.ticket();
         let sent_at = self.now();
         done.queue_wait_ms = sent_at.since(arrival);
         done.key = Some(ticket.key.0 as usize);
@@ -354,7 +363,8 @@ impl Shared {
                 Outcome::Failed
             }
         };
-        engine.settle(&ticket, outcome, now);
+        // The in-memory store cannot fail.
+        permit.settle(outcome).expect("the in-memory store answers");
         done
     }
 
@@ -388,10 +398,12 @@ pub fn run_load(sc: &Scenario, opts: &LoadOptions) -> Result<LoadResult, LoadErr
             redact_target(&target)
         )));
     }
-    let engine = crate::sim::run::build_engine(sc).map_err(|e| LoadError::Bad(format!("the pool: {e}")))?;
+    let clock = Clock::new(opts.time_scale);
+    let engine = crate::scenario::build::engine(sc, Arc::new(Scaled(clock)))
+        .map_err(|e| LoadError::Bad(format!("the pool: {e}")))?;
     let mut keys = Vec::new();
     let mut missing = Vec::new();
-    for k in engine.keys() {
+    for k in engine.pool().keys() {
         if opts.keys_from_env {
             match std::env::var(&k.id) {
                 Ok(v) if !v.is_empty() => keys.push(v),
@@ -415,7 +427,6 @@ pub fn run_load(sc: &Scenario, opts: &LoadOptions) -> Result<LoadResult, LoadErr
         .enable_all()
         .build()
         .map_err(|e| LoadError::Failed(format!("runtime: {e}")))?;
-    let clock = Clock::new(opts.time_scale);
     let shared = Arc::new(Shared {
         sc: sc.clone(),
         engine: Some(engine),
@@ -571,8 +582,8 @@ async fn collect(shared: Arc<Shared>, mut rx: mpsc::UnboundedReceiver<Report>) -
             latency_ms: d.latency_ms,
             reason: &d.reason,
         });
-        for ns in &d.admit_ns {
-            agg.admit_ns.saturating_record(*ns);
+        if let Some(ns) = d.admit_ns {
+            agg.admit_ns.saturating_record(ns);
         }
         if let (Terminal::Succeeded, Some(est)) = (d.state, d.estimated) {
             let lang = match (d.new.text, &class.corpus) {

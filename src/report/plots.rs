@@ -112,6 +112,8 @@ fn pool_events(sc: &Scenario, div: f64) -> Vec<(f64, String)> {
                 PoolEvent::Enable(k) => format!("enable {}", super::redact(k)),
                 PoolEvent::Disable(k) => format!("disable {}", super::redact(k)),
                 PoolEvent::Revoke(k) => format!("revoked {}", super::redact(k)),
+                PoolEvent::AddProject(p) => format!("+ project {}", p.id),
+                PoolEvent::SetLimits { project, model, .. } => format!("limits {project} {model}"),
             };
             (e.at_ms as f64 / div, what)
         })

@@ -337,8 +337,8 @@ impl Summary {
         let servable = agg.servable.unwrap_or(c.total);
         let end = Timestamp(sc.start.0 + sc.duration_ms);
         let cfg = engine.config();
-        let models = engine.models();
-        let projects = engine.projects();
+        let pool = engine.pool();
+        let (models, projects) = (pool.models(), pool.projects());
         let per_key = engine_keys(engine, agg);
         let per_project = agg
             .per_project
@@ -473,10 +473,10 @@ impl Summary {
 }
 
 fn engine_keys(engine: &Engine, agg: &Aggregate) -> Vec<KeyRow> {
-    let models = engine.models();
-    let projects = engine.projects();
+    let pool = engine.pool();
+    let (models, projects) = (pool.models(), pool.projects());
     let mut rows = Vec::new();
-    for (k, key) in engine.keys().iter().enumerate() {
+    for (k, key) in pool.keys().iter().enumerate() {
         for (m, model) in models.iter().enumerate() {
             let counts = super::counts_at(&agg.per_key, k, m);
             let denied = super::counts_at(&agg.per_project, key.project, m).denied;

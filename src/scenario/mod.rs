@@ -7,6 +7,7 @@
 //! - [`units`]: durations, rates, comparisons.
 //! - [`diag`]: diagnostics and their rendering with line, column and caret.
 
+pub mod build;
 pub mod diag;
 pub mod model;
 pub mod units;

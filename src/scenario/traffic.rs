@@ -430,14 +430,16 @@ pub(super) fn events(ctx: &mut Ctx, root: &Table<'_, '_>, projects: &[ProjectDef
     for (e, span) in &parsed {
         match &e.event {
             PoolEvent::Add(k) if keys.contains(&k.id) => {
-                ctx.error(span.clone(), format!("key '{}' is already in the pool", k.id))
+                ctx.error(span.clone(), format!("key '{}' is already in the pool", crate::engine::redact(&k.id)))
             }
             PoolEvent::Add(k) => keys.push(k.id.clone()),
-            PoolEvent::Remove(k) | PoolEvent::Enable(k) | PoolEvent::Disable(k) | PoolEvent::Revoke(k) => {
-                if !keys.contains(k) {
-                    ctx.error(span.clone(), format!("unknown key '{k}' (not in the pool at that time)"));
-                }
+            PoolEvent::Remove(k) | PoolEvent::Enable(k) | PoolEvent::Disable(k) | PoolEvent::Revoke(k)
+                if !keys.contains(k) =>
+            {
+                let k = crate::engine::redact(k);
+                ctx.error(span.clone(), format!("unknown key '{k}' (not in the pool at that time)"));
             }
+            _ => {}
         }
     }
     parsed.into_iter().map(|(e, _)| e).collect()

@@ -6,7 +6,7 @@ use std::thread::{Scope, ScopedJoinHandle};
 
 use super::pipe::{pipe, BatchSender};
 use super::SimError;
-use crate::engine::{DenyReason, Priority};
+use crate::engine::{Priority, Reason as GaveUp};
 use crate::report::{redact, Aggregate, RequestLog, RequestRecord, Terminal};
 use crate::scenario::Scenario;
 
@@ -19,10 +19,8 @@ pub(crate) enum Reason {
     RateLimited,
     /// Failed with this error.
     Failed(&'static str),
-    /// Denied by the engine.
-    Denied(DenyReason),
-    /// Larger than any bucket could ever take.
-    TooLarge,
+    /// Never sent: the engine's reason.
+    GaveUp(GaveUp),
 }
 
 impl Reason {
@@ -31,8 +29,7 @@ impl Reason {
             Reason::None => String::new(),
             Reason::RateLimited => "rate-limited".into(),
             Reason::Failed(why) => why.into(),
-            Reason::Denied(d) => d.name(),
-            Reason::TooLarge => "too-large".into(),
+            Reason::GaveUp(r) => r.name(),
         }
     }
 }

@@ -21,7 +21,7 @@ pub mod run;
 pub mod score;
 mod traffic;
 
-pub use run::{judge_config, servable, simulate, Outputs, RunResult, SimError};
+pub use run::{servable, simulate, Outputs, RunResult, SimError};
 pub(crate) use traffic::{NewRequest, Traffic};
 
 /// Seeds of the independent random streams, derived from the scenario's seed.

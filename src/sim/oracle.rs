@@ -2,21 +2,23 @@
 //!
 //! An ideal dispatcher that knows the provider's true state and every request's true token
 //! count, tries each serving project in turn (first fit, rotating) and may wait as long as the
-//! engine may. It sees the same arrivals and pool events as the run, in the same order, and
+//! engine may. Waiting requests queue per model in arrival order (their deadlines' order) and
+//! are served from the head when the provider next has room, one wake-up per model, so an
+//! overloaded run costs what an uncongested one does. It sees the same arrivals and pool events as the run, in the same order, and
 //! decides with its own judge, so it runs on a thread of its own: the traffic source hands it
 //! arrivals in batches, and the run collects the count at the end. Deterministic all the
 //! same — its input order is fixed.
 
 use std::cmp::Reverse;
-use std::collections::BinaryHeap;
+use std::collections::{BinaryHeap, VecDeque};
 use std::thread::{Scope, ScopedJoinHandle};
 
 use mock_server::{Judge, Verdict};
 
 use super::pipe::{pipe, BatchReceiver, BatchSender};
-use super::run::{build_engine, build_judge};
 use super::SimError;
 use crate::engine::{Engine, KeySpec, PoolEvent};
+use crate::scenario::build;
 use crate::scenario::Scenario;
 
 /// One request as the oracle sees it.
@@ -50,8 +52,10 @@ struct Oracle {
     judge: Judge,
     pool: Engine,
     next_event: usize,
-    retries: BinaryHeap<Reverse<(u64, u64, Offer)>>,
-    seq: u64,
+    /// Per model: offers waiting in arrival order, and when the head is tried next.
+    waiting: Vec<(VecDeque<Offer>, Option<u64>)>,
+    /// Wake-ups of the models' queues (stale ones are skipped).
+    timers: BinaryHeap<Reverse<(u64, u32)>>,
     turn: usize,
     servable: u64,
 }
@@ -76,11 +80,11 @@ impl Ord for Offer {
 impl Oracle {
     fn new(sc: &Scenario) -> Result<Self, SimError> {
         Ok(Self {
-            judge: build_judge(sc),
-            pool: build_engine(sc)?,
+            judge: build::judge(sc),
+            pool: build::sim_engine(sc)?,
             next_event: 0,
-            retries: BinaryHeap::new(),
-            seq: 0,
+            waiting: sc.models.iter().map(|_| (VecDeque::new(), None)).collect(),
+            timers: BinaryHeap::new(),
             turn: 0,
             servable: 0,
         })
@@ -100,7 +104,7 @@ impl Oracle {
     fn advance_to(&mut self, sc: &Scenario, t: u64) -> Result<(), SimError> {
         loop {
             let pool_at = sc.events.get(self.next_event).map(|e| sc.start.0 + e.at_ms);
-            let retry_at = self.retries.peek().map(|r| r.0 .0);
+            let retry_at = self.timers.peek().map(|r| r.0 .0);
             match (pool_at, retry_at) {
                 (Some(p), r) if p <= t && r.is_none_or(|r| p <= r) => {
                     let event = sc.events[self.next_event].event.clone();
@@ -116,32 +120,81 @@ impl Oracle {
                     self.pool.apply(event)?;
                 }
                 (_, Some(r)) if r <= t => {
-                    let Reverse((now, _, o)) = self.retries.pop().expect("peeked");
-                    self.try_offer(o, now);
+                    let Reverse((now, model)) = self.timers.pop().expect("peeked");
+                    if self.waiting[model as usize].1 == Some(now) {
+                        self.serve(model as usize, now);
+                    }
                 }
                 _ => return Ok(()),
             }
         }
     }
 
+    /// A new offer: behind the model's waiters, or tried at once.
     fn try_offer(&mut self, o: Offer, now: u64) {
         let model = o.model as usize;
-        let n = self.pool.serving_projects(model).len();
+        let (queue, wake) = &mut self.waiting[model];
+        if !queue.is_empty() {
+            if wake.is_some_and(|w| w <= o.deadline) {
+                queue.push_back(o);
+            }
+            return;
+        }
+        if let Err(Some(wait)) = self.attempt(&o, now) {
+            if now.saturating_add(wait) <= o.deadline {
+                self.waiting[model].0.push_back(o);
+                self.wake(model, now + wait);
+            }
+        }
+    }
+
+    /// Serves the model's waiters from the head at `now`, until the provider has no room.
+    fn serve(&mut self, model: usize, now: u64) {
+        self.waiting[model].1 = None;
+        while let Some(o) = self.waiting[model].0.front().copied() {
+            match self.attempt(&o, now) {
+                Ok(()) | Err(None) => {
+                    self.waiting[model].0.pop_front();
+                }
+                Err(Some(wait)) => {
+                    let next = now + wait;
+                    let queue = &mut self.waiting[model].0;
+                    // Whoever must be served before the next chance cannot be.
+                    while queue.front().is_some_and(|o| o.deadline < next) {
+                        queue.pop_front();
+                    }
+                    if !queue.is_empty() {
+                        self.wake(model, next);
+                    }
+                    return;
+                }
+            }
+        }
+    }
+
+    fn wake(&mut self, model: usize, at: u64) {
+        self.waiting[model].1 = Some(at);
+        self.timers.push(Reverse((at, model as u32)));
+    }
+
+    /// Tries `o` on each serving project in turn; `Err` with how long until one has room
+    /// (`None`: no project serves the model).
+    fn attempt(&mut self, o: &Offer, now: u64) -> Result<(), Option<u64>> {
+        let model = o.model as usize;
+        let pool = self.pool.pool();
+        let n = pool.serving_projects(model).len();
         let mut wait = u64::MAX;
         for j in 0..n {
-            let p = self.pool.serving_projects(model).nth((self.turn + j) % n).expect("j < n");
+            let p = pool.serving_projects(model).nth((self.turn + j) % n).expect("j < n");
             match self.judge.submit(p, model, o.tokens, now) {
                 Verdict::Accepted => {
                     self.turn = self.turn.wrapping_add(1);
                     self.servable += 1;
-                    return;
+                    return Ok(());
                 }
                 Verdict::Exhausted { retry_after_ms, .. } => wait = wait.min(retry_after_ms.max(1)),
             }
         }
-        if n > 0 && now.saturating_add(wait) <= o.deadline {
-            self.retries.push(Reverse((now + wait, self.seq, o)));
-            self.seq += 1;
-        }
+        Err((n > 0).then_some(wait))
     }
 }

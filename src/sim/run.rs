@@ -3,23 +3,24 @@
 use std::io::Write;
 
 use mock_server::body::quota_exceeded;
-use mock_server::{Fault, Judge, JudgeConfig, KeyState as JudgeKey, ModelQuota, ProjectQuota, Verdict};
+use mock_server::{Fault, Judge, KeyState as JudgeKey, Verdict};
 
 use super::ledger::{Done, Entry, Ledger, Reason, MAX_SHADOWS, NO_SHADOW};
 use super::pipe::BatchReceiver;
 use super::queue::EventQueue;
 use super::score::Scorer;
 use super::traffic::{NewRequest, Traffic};
-use crate::engine::estimate::{Cached, Calibrated, PerModel, Tiktoken};
+use crate::engine::fair::{FairQueue, Served};
 use crate::engine::warn::Warner;
 use crate::engine::Estimator;
 use crate::engine::{
-    parse_quota_error, AdmitError, Chars4, Decision, DenyReason, Engine, KeySpec, MemoryStore, ModelSpec, Outcome,
-    PoolError, PoolEvent, PoolSpec, ProjectSpec, Prompt, QuotaExhausted, Request, Ticket, Timestamp,
+    parse_quota_error, step, AdmitError, ConfigError, Decision, DenyReason, Engine, KeySpec, Outcome, PoolEvent,
+    Prompt, QueuePolicy, QuotaExhausted, Request, Step, Ticket, Timestamp,
 };
 use crate::report::trace::{Cell, Notice, Room, Trace};
 use crate::report::{stopwatch, Aggregate, Terminal};
-use crate::scenario::{EstimatorKind, OnExhausted, Scenario};
+use crate::scenario::build;
+use crate::scenario::{OnExhausted, Scenario};
 
 /// Where a run streams its CSV files (either may be absent).
 #[derive(Default)]
@@ -40,9 +41,9 @@ pub struct Outputs<'w> {
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum SimError {
-    /// The scenario's pool does not hold together (validation should have caught it).
-    #[error("pool: {0}")]
-    Pool(#[from] PoolError),
+    /// The scenario's engine does not hold together (validation should have caught it).
+    #[error("the engine: {0}")]
+    Config(#[from] ConfigError),
     /// A helper thread of the run (traffic, ledger, oracle) failed.
     #[error("{0}")]
     Helper(String),
@@ -70,7 +71,8 @@ pub struct RunResult {
 
 #[derive(Clone, Copy, Debug)]
 enum Ev {
-    Attempt(u32),
+    /// The fair queue of a model is due.
+    Wake(u32),
     Complete(u32),
     Pool(u32),
     Tick,
@@ -121,6 +123,9 @@ struct Sim<'s, 'w, 'scope> {
     /// The next request of the traffic, not yet arrived.
     next_arrival: Option<NewRequest>,
     queue: EventQueue<Ev>,
+    /// Per model: the fair wait queue, and the instant its wake-up is scheduled for.
+    waiting: Vec<(FairQueue<u32>, Option<Timestamp>)>,
+    policy: QueuePolicy,
     reqs: Vec<Req>,
     free: Vec<u32>,
     next_id: u64,
@@ -147,53 +152,6 @@ struct Sim<'s, 'w, 'scope> {
     progress: Option<&'w dyn Fn(u64)>,
 }
 
-/// The engine a scenario describes, over an in-memory store.
-pub fn build_engine(sc: &Scenario) -> Result<Engine, PoolError> {
-    let spec = PoolSpec {
-        models: sc.models.iter().map(|m| ModelSpec { name: m.name.clone(), limits: m.limits }).collect(),
-        projects: sc.projects.iter().map(|p| ProjectSpec { id: p.id.clone(), limits: p.limits.clone() }).collect(),
-        keys: sc
-            .projects
-            .iter()
-            .flat_map(|p| p.keys.iter().map(|k| KeySpec { id: k.clone(), project: p.id.clone() }))
-            .collect(),
-    };
-    Engine::new(sc.engine.config.clone(), spec, MemoryStore::new(), estimator(sc))
-}
-
-/// The estimator a scenario chooses, per model where models override it.
-fn estimator(sc: &Scenario) -> Box<dyn Estimator> {
-    let def = &sc.engine;
-    if sc.models.iter().all(|m| m.estimator.is_none_or(|k| k == def.estimator)) {
-        return build_estimator(sc, def.estimator);
-    }
-    let per_model = sc.models.iter().map(|m| build_estimator(sc, m.estimator.unwrap_or(def.estimator))).collect();
-    Box::new(PerModel::new(per_model))
-}
-
-/// One estimator of `kind`, with the scenario's settings.
-fn build_estimator(sc: &Scenario, kind: EstimatorKind) -> Box<dyn Estimator> {
-    let def = &sc.engine;
-    let cache = def.estimate_cache;
-    match kind {
-        EstimatorKind::Chars4 => Box::new(Chars4),
-        EstimatorKind::Tiktoken if cache > 0 => Box::new(Cached::new(Tiktoken, cache)),
-        EstimatorKind::Tiktoken => Box::new(Tiktoken),
-        EstimatorKind::Tokenizer => {
-            let t =
-                def.tokenizer.as_ref().expect("validated: the tokenizer estimator has a tokenizer").tokenizer.clone();
-            if cache > 0 {
-                Box::new(Cached::new(t, cache))
-            } else {
-                Box::new(t)
-            }
-        }
-        EstimatorKind::Calibrated => {
-            Box::new(Calibrated::with_base(sc.models.len(), def.calibration_quantile, def.calibration_base))
-        }
-    }
-}
-
 /// What an ideal dispatcher could have served of the scenario's traffic (the oracle alone,
 /// without the engine): the denominator of utilisation for runs that are not simulated.
 pub fn servable(sc: &Scenario) -> Result<u64, SimError> {
@@ -207,40 +165,6 @@ pub fn servable(sc: &Scenario) -> Result<u64, SimError> {
     })
 }
 
-/// The judge a scenario describes, with its initial keys issued.
-pub fn build_judge(sc: &Scenario) -> Judge {
-    let mut judge = Judge::new(judge_config(sc));
-    for (i, p) in sc.projects.iter().enumerate() {
-        for k in &p.keys {
-            judge.issue_key(k, i);
-        }
-    }
-    judge
-}
-
-/// The judge's settings for a scenario (its keys are issued apart).
-pub fn judge_config(sc: &Scenario) -> JudgeConfig {
-    JudgeConfig {
-        enforcement: sc.provider.enforcement,
-        models: sc.models.iter().map(|m| m.name.clone()).collect(),
-        projects: sc
-            .projects
-            .iter()
-            .map(|p| ProjectQuota {
-                id: p.id.clone(),
-                tier: p.tier,
-                limits: p
-                    .limits
-                    .iter()
-                    .map(|l| ModelQuota { rpm: l.rpm, tpm: l.tpm, rpd: l.rpd, tpd: l.tpd })
-                    .collect(),
-            })
-            .collect(),
-        latency: sc.provider.latency,
-        faults: sc.provider.faults,
-    }
-}
-
 /// Runs `sc` to the end: every request that arrives before `duration` ends in exactly one
 /// terminal state, even if that takes longer than `duration`.
 ///
@@ -248,8 +172,8 @@ pub fn judge_config(sc: &Scenario) -> JudgeConfig {
 /// oracle work beside it on threads of their own, each fed in a fixed order, so the outcome
 /// is the same on any machine.
 pub fn simulate(sc: &Scenario, out: Outputs<'_>) -> Result<RunResult, SimError> {
-    let engine = build_engine(sc)?;
-    let judge = build_judge(sc);
+    let engine = build::sim_engine(sc)?;
+    let judge = build::judge(sc);
     let Outputs { timeline, requests, notifications, progress, trace } = out;
     let models: Vec<String> = sc.models.iter().map(|m| m.name.clone()).collect();
     let timeline = match timeline {
@@ -271,6 +195,11 @@ pub fn simulate(sc: &Scenario, out: Outputs<'_>) -> Result<RunResult, SimError> 
             traffic,
             next_arrival: None,
             queue: EventQueue::default(),
+            waiting: sc.models.iter().map(|_| (FairQueue::new(), None)).collect(),
+            policy: match sc.engine.on_exhausted {
+                OnExhausted::Queue => QueuePolicy::Wait { max_wait_ms: sc.engine.max_wait_ms },
+                OnExhausted::Reject => QueuePolicy::Reject,
+            },
             reqs: Vec::new(),
             free: Vec::new(),
             next_id: 0,
@@ -280,7 +209,7 @@ pub fn simulate(sc: &Scenario, out: Outputs<'_>) -> Result<RunResult, SimError> 
             timeline,
             events: 0,
             learns: false,
-            shadows: sc.engine.shadow_estimators.iter().map(|k| build_estimator(sc, *k)).collect(),
+            shadows: sc.engine.shadow_estimators.iter().map(|k| build::build_estimator(sc, *k)).collect(),
             warner: sc.warnings.as_ref().map(|w| Warner::new(w.config.clone())),
             scorer: Scorer::new(&models),
             trace: trace.then(|| {
@@ -364,7 +293,7 @@ impl Sim<'_, '_, '_> {
             };
             self.events += 1;
             match ev {
-                Ev::Attempt(r) => self.attempt(r, now)?,
+                Ev::Wake(m) => self.wake(m as usize, now),
                 Ev::Complete(r) => self.complete(r, now)?,
                 Ev::Pool(i) => self.pool_event(i as usize)?,
                 Ev::Tick => self.tick(now)?,
@@ -406,71 +335,113 @@ impl Sim<'_, '_, '_> {
         let r = self.new_req(n);
         self.reqs[r as usize].id = self.next_id;
         self.next_id += 1;
-        self.attempt(r, self.abs(n.at))
+        let now = self.abs(n.at);
+        let c = &self.sc.traffic[n.class as usize];
+        let (model, priority) = (c.model, c.priority);
+        let deadline = self.policy.deadline(Timestamp(now));
+        let retry = if self.waiting[model].0.must_queue(priority) {
+            None
+        } else {
+            let decision = self.admit(r, now);
+            let bucket = match &decision {
+                Ok(Decision::Denied(d)) => d.bucket,
+                _ => None,
+            };
+            match step(decision, deadline, Timestamp(now)) {
+                Step::Send(ticket) => {
+                    self.send(r, ticket, now);
+                    return Ok(());
+                }
+                Step::WaitUntil(at, why) => Some((at, why)),
+                Step::GiveUp(reason) => {
+                    self.lost_capacity(r, now);
+                    let project = bucket.map(|b| self.engine.bucket_owner(b).0);
+                    self.finish(r, now, Terminal::Denied, project, Reason::GaveUp(reason), 0, (NO_SHADOW, 0));
+                    return Ok(());
+                }
+            }
+        };
+        self.lost_capacity(r, now);
+        self.reqs[r as usize].delayed = true;
+        self.agg.delayed += 1;
+        match self.waiting[model].0.push(r, priority, deadline, retry) {
+            Ok(_) => self.schedule_wake(model),
+            Err((r, reason)) => {
+                self.finish(r, now, Terminal::Denied, None, Reason::GaveUp(reason), 0, (NO_SHADOW, 0));
+            }
+        }
+        Ok(())
     }
 
-    fn attempt(&mut self, r: u32, now: u64) -> Result<(), SimError> {
+    /// Asks the engine about request `r` at `now`, timing the call; a denial is scored.
+    fn admit(&mut self, r: u32, now: u64) -> Result<Decision, AdmitError> {
         let req = self.reqs[r as usize];
         let c = &self.sc.traffic[req.class as usize];
         let prompt = match (req.text, &c.corpus) {
             (Some(i), Some(corpus)) => Prompt::Text(&corpus.texts[i as usize].text),
             _ => Prompt::Chars(req.chars),
         };
-        let request = Request { model: c.model, prompt, priority: c.priority, max_output_tokens: c.max_output_tokens };
+        let request = Request::new(c.model, prompt).priority(c.priority).max_output_tokens(c.max_output_tokens);
         let started = stopwatch::start();
         let decision = self.engine.admit(&request, Timestamp(now));
         self.agg.admit_ns.saturating_record(stopwatch::elapsed_ns(started));
-        match decision {
-            Ok(Decision::Admitted(ticket)) => {
-                self.send(r, ticket, now);
-                Ok(())
-            }
-            Ok(Decision::Denied(d)) => {
-                if let DenyReason::Exhausted(dim) | DenyReason::CoolingDown(dim) = d.reason {
-                    self.exhausted(c.model, dim, now);
-                }
-                if !req.delayed && self.provider_would_accept(c.model, self.judged(r), now) {
-                    self.agg.lost_capacity += 1;
-                }
-                let project = d.bucket.map(|b| self.engine.bucket_owner(b).0);
-                let waited = now - req.arrival;
-                match d.retry_at {
-                    Some(at)
-                        if self.sc.engine.on_exhausted == OnExhausted::Queue
-                            && at.0 - req.arrival <= self.sc.engine.max_wait_ms =>
-                    {
-                        if !req.delayed {
-                            self.reqs[r as usize].delayed = true;
-                            self.agg.delayed += 1;
-                        }
-                        self.queue.push(at.0.max(now + 1), Ev::Attempt(r));
-                        Ok(())
-                    }
-                    _ => {
-                        self.finish(
-                            r,
-                            now,
-                            Terminal::Denied,
-                            project,
-                            Reason::Denied(d.reason),
-                            waited,
-                            (NO_SHADOW, 0),
-                        );
-                        Ok(())
-                    }
-                }
-            }
-            Err(AdmitError::TooLarge { .. }) | Err(_) => {
-                self.finish(r, now, Terminal::Denied, None, Reason::TooLarge, now - req.arrival, (NO_SHADOW, 0));
-                Ok(())
+        if let Ok(Decision::Denied(d)) = &decision {
+            if let DenyReason::Exhausted(dim) | DenyReason::CoolingDown(dim) = d.reason {
+                self.exhausted(c.model, dim, now);
             }
         }
+        decision
+    }
+
+    /// Counts `r` as lost capacity if the provider would have taken it now.
+    fn lost_capacity(&mut self, r: u32, now: u64) {
+        let model = self.sc.traffic[self.reqs[r as usize].class as usize].model;
+        if self.provider_would_accept(model, self.judged(r), now) {
+            self.agg.lost_capacity += 1;
+        }
+    }
+
+    /// Schedules the wake-up of `model`'s queue, unless it is scheduled for that instant.
+    fn schedule_wake(&mut self, model: usize) {
+        let (q, scheduled) = &mut self.waiting[model];
+        if let Some(at) = q.wake_at() {
+            if *scheduled != Some(at) {
+                *scheduled = Some(at);
+                self.queue.push(at.0, Ev::Wake(model as u32));
+            }
+        }
+    }
+
+    /// The queue of `model` is due (or capacity freed): serve its waiters in order.
+    fn wake(&mut self, model: usize, now: u64) {
+        if self.waiting[model].1 != Some(Timestamp(now)) {
+            return; // superseded by an earlier wake-up
+        }
+        self.waiting[model].1 = None;
+        self.dispatch(model, now);
+    }
+
+    fn dispatch(&mut self, model: usize, now: u64) {
+        let mut queue = std::mem::take(&mut self.waiting[model].0);
+        let mut served = Vec::new();
+        queue.dispatch(Timestamp(now), |&r, _| self.admit(r, now), |s| served.push(s));
+        self.waiting[model].0 = queue;
+        for s in served {
+            match s {
+                Served::Granted(r, ticket) => self.send(r, ticket, now),
+                Served::GaveUp(r, reason) => {
+                    let waited = now - self.reqs[r as usize].arrival;
+                    self.finish(r, now, Terminal::Denied, None, Reason::GaveUp(reason), waited, (NO_SHADOW, 0));
+                }
+            }
+        }
+        self.schedule_wake(model);
     }
 
     /// Whether any project that can serve `model` would accept `tokens` now.
     fn provider_would_accept(&mut self, model: usize, tokens: u64, now: u64) -> bool {
         let judge = &mut self.judge;
-        self.engine.serving_projects(model).any(|p| judge.peek(p, model, tokens, now) == Verdict::Accepted)
+        self.engine.pool().serving_projects(model).any(|p| judge.peek(p, model, tokens, now) == Verdict::Accepted)
     }
 
     /// The tokens of request `r` the provider counts against token limits.
@@ -556,12 +527,21 @@ impl Sim<'_, '_, '_> {
         };
         // Settlement is timed on one call in SETTLE_SAMPLE: reading the clock costs about as
         // much as settling, and the distribution needs no more.
-        if req.id % SETTLE_SAMPLE == 0 {
-            let started = stopwatch::start();
-            self.engine.settle(&ticket, outcome, Timestamp(now));
+        let started = (req.id % SETTLE_SAMPLE == 0).then(stopwatch::start);
+        // The in-memory store cannot fail.
+        self.engine.settle(&ticket, outcome, Timestamp(now)).expect("the in-memory store answers");
+        if let Some(started) = started {
             self.agg.settle_ns.saturating_record(stopwatch::elapsed_ns(started));
-        } else {
-            self.engine.settle(&ticket, outcome, Timestamp(now));
+        }
+        // Capacity freed before its time (a refund, a count below the reservation): the
+        // model's waiters need not wait for the queue's timer.
+        let freed = match outcome {
+            Outcome::RateLimited(_) => true,
+            Outcome::Success { input_tokens, .. } => input_tokens < ticket.estimated_input,
+            _ => false,
+        };
+        if freed && !self.waiting[ticket.model].0.is_empty() {
+            self.dispatch(ticket.model, now);
         }
         let project = Some(self.engine.bucket_owner(ticket.bucket).0);
         self.finish(r, now, state, project, reason, req.sent_at - req.arrival, (shadow, cold));
@@ -672,7 +652,7 @@ impl Sim<'_, '_, '_> {
     }
 
     fn sync_keys(&mut self) {
-        self.key_states = self.engine.keys().iter().map(|k| self.judge.key_state(&k.id)).collect();
+        self.key_states = self.engine.pool().keys().iter().map(|k| self.judge.key_state(&k.id)).collect();
     }
 
     /// Records this interval's usage and capacity in the trace.

@@ -122,19 +122,35 @@ impl Warner {
     /// Evaluates every bucket and pool of `engine` at `now`; returns the notifications due.
     pub fn evaluate<S: QuotaStore>(&mut self, engine: &Engine<S>, now: Timestamp) -> Vec<Notification> {
         let mut changes = Vec::new();
-        for (m, spec) in engine.models().iter().enumerate() {
+        let engine_pool = engine.pool();
+        let ep = &*engine_pool;
+        for (m, spec) in ep.models().iter().enumerate() {
             let model = spec.name.as_str();
-            let groups = engine.groups(m);
-            let usage: Vec<Usage> = groups.iter().map(|g| engine.usage(g.bucket, now)).collect();
+            let groups = ep.groups(m);
+            // A bucket the store cannot read is watched as full: that is what admission sees.
+            let full = |g: &crate::Group| {
+                let c = ep.ceilings(g.bucket);
+                Usage {
+                    minute_requests: c.get(crate::Dimension::Rpm),
+                    minute_tokens: c.get(crate::Dimension::Tpm),
+                    day_requests: c.get(crate::Dimension::Rpd),
+                    day_tokens: c.get(crate::Dimension::Tpd),
+                    minute_frees_at: None,
+                    day_ends: crate::next_pacific_midnight(now),
+                    cooling_until: None,
+                }
+            };
+            let usage: Vec<Usage> =
+                groups.iter().map(|g| engine.usage(g.bucket, now).unwrap_or_else(|_| full(g))).collect();
             if self.config.mode == WarnMode::Naive {
                 for (g, u) in groups.iter().zip(&usage) {
-                    let project = engine.projects()[g.project].id.as_str();
+                    let project = ep.projects()[g.project].id.as_str();
                     for k in &g.keys {
-                        let key = crate::redact(&engine.keys()[k.0 as usize].id);
+                        let key = crate::redact(&ep.keys()[k.0 as usize].id);
                         let labels = [("key", key.as_str()), ("project", project), ("model", model)];
-                        let id = KEY + u64::from(k.0) * engine.models().len() as u64 + m as u64;
+                        let id = KEY + u64::from(k.0) * ep.models().len() as u64 + m as u64;
                         let s = Subject { id, alertname: "KeyNearLimit", labels: &labels, name: &key };
-                        changes.extend(self.monitor.observe(&s, u, engine.ceilings(g.bucket), now));
+                        changes.extend(self.monitor.observe(&s, u, ep.ceilings(g.bucket), now));
                     }
                 }
                 continue;
@@ -149,7 +165,7 @@ impl Warner {
             let mut pool_ceilings = [0u64; 4];
             for (g, u) in groups.iter().zip(&usage) {
                 add_usage(&mut pool, u);
-                for (sum, x) in pool_ceilings.iter_mut().zip(engine.ceilings(g.bucket).0) {
+                for (sum, x) in pool_ceilings.iter_mut().zip(ep.ceilings(g.bucket).0) {
                     *sum = sum.saturating_add(x);
                 }
             }
@@ -169,10 +185,10 @@ impl Warner {
             };
             let per_key = engine.config().scope == crate::QuotaScope::Key;
             for (g, u) in groups.iter().zip(&usage) {
-                let project = engine.projects()[g.project].id.as_str();
+                let project = ep.projects()[g.project].id.as_str();
                 // With quota counted per key, each key is a bucket of its own: name it.
                 let key = match (per_key, g.keys.first()) {
-                    (true, Some(k)) => Some(crate::redact(&engine.keys()[k.0 as usize].id)),
+                    (true, Some(k)) => Some(crate::redact(&ep.keys()[k.0 as usize].id)),
                     _ => None,
                 };
                 let mut labels = vec![("project", project), ("model", model)];
@@ -181,7 +197,7 @@ impl Warner {
                 }
                 let s =
                     Subject { id: u64::from(g.bucket.0), alertname: "QuotaNearLimit", labels: &labels, name: project };
-                changes.extend(self.monitor.observe_gated(&s, u, engine.ceilings(g.bucket), now, &gate));
+                changes.extend(self.monitor.observe_gated(&s, u, ep.ceilings(g.bucket), now, &gate));
             }
         }
         changes.extend(self.monitor.forget_unseen(now));
