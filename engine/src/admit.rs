@@ -223,10 +223,8 @@ impl<S: QuotaStore> Engine<S> {
         // Like the random word: a plain load and store, a repeated turn only repeats a choice.
         let turn = self.turn.load(Ordering::Relaxed);
         self.turn.store(turn.wrapping_add(1), Ordering::Relaxed);
-        let headroom = |i: usize| {
-            let b = groups[i].bucket;
-            self.headroom(pool.limits_of(b), b, p, now)
-        };
+        let limits = &pool.group_limits[model];
+        let headroom = |i: usize| self.headroom(&limits[i], groups[i].bucket, p, now);
         let choice = Choice { n: groups.len(), headroom: &headroom, random: self.next_random(), turn };
         let proposed = match &self.custom {
             None => self.config.strategy.propose(&choice),
@@ -237,26 +235,22 @@ impl<S: QuotaStore> Engine<S> {
         let mut size_matters = false;
         for i in proposed.into_iter().flatten().chain(fallback) {
             let g = &groups[i];
-            let ceilings = &pool.limits_of(g.bucket).ceilings[p];
-            let attempt = match self.config.admission {
-                AdmissionMode::Atomic => self
-                    .store
-                    .reserve(g.bucket, tokens, ceilings, now)
-                    .map(|r| r.map(|g| (Some(g.reservation), g.usage))),
-                AdmissionMode::CheckThenAct => {
-                    self.store.check(g.bucket, tokens, ceilings, now).map(|r| r.map(|u| (None, u)))
-                }
+            let ceilings = &limits[i].ceilings[p];
+            // Matched in place rather than mapped: the answers are large, and copying them
+            // through combinators cost more than the rest of a strategy.
+            let (reservation, answer) = match self.config.admission {
+                AdmissionMode::Atomic => match self.store.reserve(g.bucket, tokens, ceilings, now) {
+                    Ok(Ok(grant)) => (Some(grant.reservation), Ok(grant.usage)),
+                    Ok(Err(s)) => (None, Err(s)),
+                    Err(_) => return Ok(self.store_unavailable(g.bucket)),
+                },
+                AdmissionMode::CheckThenAct => match self.store.check(g.bucket, tokens, ceilings, now) {
+                    Ok(answer) => (None, answer),
+                    Err(_) => return Ok(self.store_unavailable(g.bucket)),
+                },
             };
-            let attempt = match attempt {
-                Ok(a) => a,
-                Err(_) => {
-                    // Fail closed: nothing is sent on a count nobody could check.
-                    let reason = DenyReason::StoreUnavailable;
-                    return Ok(Decision::Denied(Denial { retry_at: None, reason, bucket: Some(g.bucket) }));
-                }
-            };
-            match attempt {
-                Ok((reservation, usage)) => {
+            match answer {
+                Ok(usage) => {
                     self.note(g.bucket, &usage, now);
                     let key = g.keys[self.key_turn(g.bucket) % g.keys.len()];
                     let ticket = Ticket { key, bucket: g.bucket, model, estimated_input, reserved_output, reservation };
@@ -279,6 +273,12 @@ impl<S: QuotaStore> Engine<S> {
             self.exhausted[model][p].store(at.0, Ordering::Relaxed);
         }
         Ok(Decision::Denied(Denial { retry_at: s.retry_at, reason, bucket: Some(bucket) }))
+    }
+
+    /// Fail closed: nothing is sent on a count nobody could check.
+    #[cold]
+    fn store_unavailable(&self, bucket: BucketId) -> Decision {
+        Decision::Denied(Denial { retry_at: None, reason: DenyReason::StoreUnavailable, bucket: Some(bucket) })
     }
 
     /// Teaches the estimator the actual input tokens of a prompt it estimated (from

@@ -139,7 +139,7 @@ impl<S: QuotaStore> Builder<S> {
             estimator: estimator.unwrap_or_else(|| Box::new(Chars4)),
             outputs,
             turn: AtomicUsize::new(0),
-            views: boxcar::Vec::new(),
+            views: crate::slots::Slots::new(),
             exhausted: (0..models).map(|_| Default::default()).collect(),
             exhausted_reason: (0..models).map(|_| Default::default()).collect(),
             exhausted_bucket: (0..models).map(|_| Default::default()).collect(),

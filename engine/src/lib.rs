@@ -54,6 +54,7 @@ mod admit;
 mod capacity;
 mod config;
 mod permit;
+mod slots;
 #[cfg(feature = "async")]
 mod wait;
 
@@ -148,8 +149,8 @@ impl Default for EngineConfig {
 }
 
 /// The engine's cached view of one bucket, for strategies. Every store call returns fresh
-/// counters, so the view follows this engine's own traffic without extra reads; with a
-/// shared store, other replicas' traffic shows when the view is refreshed after
+/// counters, so the view follows this engine's own traffic without extra reads; other
+/// replicas' traffic (with a shared store) shows when the view is refreshed after
 /// [`VIEW_TTL_MS`]. A stale view only misguides the choice, never admission, which the
 /// store decides.
 #[derive(Debug, Default)]
@@ -161,8 +162,8 @@ struct View {
     turn: AtomicUsize,
 }
 
-/// How long a bucket's cached view serves strategies before it is read again from a shared
-/// store (unless this engine's own calls refresh it sooner).
+/// How long a bucket's cached view serves strategies before it is read again from the store
+/// (unless this engine's own calls refresh it sooner).
 pub const VIEW_TTL_MS: u64 = 1_000;
 
 /// The engine over a store `S`. Share it by reference or in an `Arc`: every call takes
@@ -181,7 +182,7 @@ pub struct Engine<S: QuotaStore = MemoryStore> {
     turn: AtomicUsize,
     rng: AtomicU64,
     /// Per bucket id: the cached view.
-    views: boxcar::Vec<View>,
+    views: slots::Slots<View>,
     /// Per model and priority: until when a full scan found no bucket for any request size.
     exhausted: Vec<[AtomicU64; 2]>,
     /// Per model and priority: why (the [`DenyReason`] code of that scan).
@@ -254,8 +255,8 @@ impl<S: QuotaStore> Engine<S> {
 
     /// Makes sure every bucket of `pool` has a view.
     fn grow_views(&self, pool: &pool::Pool) {
-        while self.views.count() < pool.buckets.len() {
-            self.views.push(View::default());
+        if let Some(last) = pool.buckets.len().checked_sub(1) {
+            self.views.ensure(last);
         }
     }
 
@@ -269,10 +270,9 @@ impl<S: QuotaStore> Engine<S> {
         }
         // Counters that fall on their own (window entries leaving) only make the view
         // understate headroom, which misguides nobody; refreshing at every expiry cost more
-        // than the strategy. A private store's counters change only through this engine, so
-        // its view holds until they could fall (an entry leaves the window, a cool-down or
-        // the day ends); a shared store's for the TTL, for other replicas' traffic.
-        let until = if self.store.shared() { now.0 + VIEW_TTL_MS } else { u.steady_until().0.max(now.0 + VIEW_TTL_MS) };
+        // than the strategy. Other replicas' traffic, and counters that fell, show within the
+        // TTL.
+        let until = now.0 + VIEW_TTL_MS;
         v.until.store(until, Ordering::Relaxed);
     }
 

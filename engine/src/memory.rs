@@ -6,6 +6,7 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::{Mutex, MutexGuard};
 
 use super::limits::{Ceilings, Dimension};
+use super::slots::Slots;
 use super::store::{BucketId, BucketKey, Grant, QuotaStore, Reservation, Shortfall, StoreError, Usage};
 use super::time::{next_pacific_midnight, Timestamp, MINUTE_MS};
 
@@ -140,11 +141,11 @@ impl Bucket {
 
 /// Quota state of one process: a mutex per bucket, so admissions on different buckets never
 /// wait for each other and admissions on one bucket are atomic. Buckets live in an
-/// append-only vector, found by their dense handle without a lock; only naming a new bucket
+/// append-only table, found by their dense handle without a lock; only naming a new bucket
 /// takes one. It never fails.
 #[derive(Debug, Default)]
 pub struct MemoryStore {
-    buckets: boxcar::Vec<Mutex<Bucket>>,
+    buckets: Slots<Mutex<Bucket>>,
     names: Mutex<HashMap<BucketKey, BucketId>>,
 }
 
@@ -173,7 +174,8 @@ impl QuotaStore for MemoryStore {
         if let Some(id) = names.get(key) {
             return Ok(*id);
         }
-        let id = BucketId(self.buckets.push(Mutex::new(Bucket::default())) as u32);
+        let id = BucketId(names.len() as u32);
+        self.buckets.ensure(id.0 as usize);
         names.insert(key.clone(), id);
         Ok(id)
     }

@@ -209,11 +209,14 @@ pub struct Pool {
     projects: Vec<ProjectSpec>,
     keys: Vec<KeyState>,
     index: HashMap<String, KeyId>,
+    project_index: HashMap<String, usize>,
     scope: QuotaScope,
     safety: f64,
     reserve: f64,
     /// Per model: groups of usable keys by bucket, in project (or key) order.
     pub(crate) groups: Vec<Vec<Group>>,
+    /// Per model: the limits of each group's bucket, beside `groups` (read on every admission).
+    pub(crate) group_limits: Vec<Vec<BucketLimits>>,
     /// Per bucket id (as the store numbers them): limits, where the bucket is known.
     pub(crate) buckets: Vec<Option<BucketLimits>>,
     /// Per model: capacity totals.
@@ -235,10 +238,12 @@ impl Pool {
             projects: Vec::new(),
             keys: Vec::new(),
             index: HashMap::new(),
+            project_index: HashMap::new(),
             scope,
             safety,
             reserve,
             groups: Vec::new(),
+            group_limits: Vec::new(),
             buckets: Vec::new(),
             totals: Vec::new(),
             largest: Vec::new(),
@@ -310,7 +315,7 @@ impl Pool {
     }
 
     fn add_project(&mut self, p: ProjectSpec) -> Result<(), PoolError> {
-        if self.projects.iter().any(|x| x.id == p.id) {
+        if self.project_index.contains_key(&p.id) {
             return Err(PoolError::DuplicateProject(p.id));
         }
         if p.limits.len() != self.models.len() {
@@ -321,6 +326,7 @@ impl Pool {
                 check_limits(&p.id, &m.name, l)?;
             }
         }
+        self.project_index.insert(p.id.clone(), self.projects.len());
         self.projects.push(p);
         Ok(())
     }
@@ -329,11 +335,8 @@ impl Pool {
         if self.index.contains_key(&k.id) {
             return Err(PoolError::DuplicateKey(k.id));
         }
-        let project = self
-            .projects
-            .iter()
-            .position(|p| p.id == k.project)
-            .ok_or_else(|| PoolError::UnknownProject(k.project.clone()))?;
+        let project =
+            *self.project_index.get(&k.project).ok_or_else(|| PoolError::UnknownProject(k.project.clone()))?;
         self.index.insert(k.id.clone(), KeyId(self.keys.len() as u32));
         self.keys.push(KeyState { id: k.id, project, enabled: true, revoked: false, removed: false });
         Ok(())
@@ -360,7 +363,7 @@ impl Pool {
             PoolEvent::AddProject(p) => next.add_project(p)?,
             PoolEvent::SetLimits { project, model, limits } => {
                 let m = next.model(&model).ok_or(PoolError::UnknownModel(model))?;
-                let p = next.projects.iter().position(|x| x.id == project).ok_or(PoolError::UnknownProject(project))?;
+                let p = *next.project_index.get(&project).ok_or(PoolError::UnknownProject(project))?;
                 check_limits(&next.projects[p].id, &next.models[m].name, &limits)?;
                 next.projects[p].limits[m] = Some(limits);
             }
@@ -410,10 +413,14 @@ impl Pool {
                 self.totals[model].keys += 1;
             }
         }
+        self.group_limits = self
+            .groups
+            .iter()
+            .map(|gs| gs.iter().map(|g| self.buckets[g.bucket.0 as usize].expect("set above")).collect())
+            .collect();
         for model in 0..models {
-            for g in &self.groups[model] {
+            for (g, bl) in self.groups[model].iter().zip(&self.group_limits[model]) {
                 let limits = self.projects[g.project].limits[model].expect("grouped projects serve the model");
-                let bl = self.buckets[g.bucket.0 as usize].expect("set above");
                 let t = &mut self.totals[model];
                 t.buckets += 1;
                 let high = bl.ceilings[1];

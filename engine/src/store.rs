@@ -146,13 +146,6 @@ pub trait QuotaStore: Send + Sync {
     /// The same key always gives the same handle.
     fn bucket(&self, key: &BucketKey) -> Result<BucketId, StoreError>;
 
-    /// Whether other processes change this store's counters too. The engine then re-reads a
-    /// bucket's counters for its strategies after a while; a private store's counters change
-    /// only through this engine's own calls, which return them.
-    fn shared(&self) -> bool {
-        false
-    }
-
     /// Counts one request of `tokens` tokens in `bucket` if every dimension stays within
     /// `ceilings` and the bucket is not cooling down; otherwise counts nothing.
     /// Returns the bucket's counters after the call, as every mutating call does, so that the
