@@ -49,6 +49,40 @@ fn admission(c: &mut Criterion) {
     g.finish();
 }
 
+/// What `acquire` adds over `admit` when capacity is free: both on the system clock, at
+/// 1,000 keys, each request settled as never sent (so windows stay empty however long the
+/// bench runs). The acquire future is polled once with a no-op waker: with capacity free it
+/// completes at once, so no runtime is measured.
+fn acquire(c: &mut Criterion) {
+    use keysim::engine::{Clock, SystemClock};
+    use std::future::Future;
+    use std::task::{Context, Poll, Waker};
+    let mut g = c.benchmark_group("acquire");
+    let req = Request::new(0, Prompt::Chars(2_400));
+    let e = engine(1_000, StrategyKind::PowerOfTwo);
+    g.bench_function("admit+settle/1000", |b| {
+        b.iter(|| {
+            let now = SystemClock.now();
+            match e.admit(black_box(&req), now) {
+                Ok(Decision::Admitted(t)) => e.settle(&t, Outcome::NotSent, now).expect("settles"),
+                other => panic!("the bench pool never denies: {other:?}"),
+            }
+        })
+    });
+    let wait = std::time::Duration::from_secs(30);
+    g.bench_function("acquire+settle/1000", |b| {
+        let mut cx = Context::from_waker(Waker::noop());
+        b.iter(|| {
+            let mut f = std::pin::pin!(e.acquire(black_box(&req), wait));
+            match f.as_mut().poll(&mut cx) {
+                Poll::Ready(Ok(permit)) => permit.settle(Outcome::NotSent).expect("settles"),
+                other => panic!("capacity is free: {other:?}"),
+            }
+        })
+    });
+    g.finish();
+}
+
 fn simulator(c: &mut Criterion) {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("scenarios/throughput.toml");
     let sc = keysim::scenario::load(&path, &[]).expect("throughput scenario");
@@ -193,5 +227,5 @@ fn warn_evaluate(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, admission, estimation, warnings, warn_evaluate, simulator, report);
+criterion_group!(benches, admission, acquire, estimation, warnings, warn_evaluate, simulator, report);
 criterion_main!(benches);
