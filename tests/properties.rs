@@ -289,3 +289,151 @@ fn concurrent_threads_never_jointly_exceed_a_limit() {
     });
     assert_eq!(wins.into_inner(), 7);
 }
+
+/// One step of a service using `acquire`, in the order a proptest draws them.
+#[derive(Clone, Debug)]
+enum Op {
+    /// A caller starts waiting: priority high?, prompt tokens, max wait in seconds, and
+    /// whether it sends when granted (or, like a cancelled handler, drops its permit unsent).
+    Acquire(bool, u64, u64, bool),
+    /// A waiting caller gives up (its future is dropped).
+    Cancel(usize),
+    /// A caller holding a permit settles it with what the provider counted, or drops it if
+    /// it never sent.
+    Finish(usize),
+    /// Time passes.
+    Advance(u64),
+    /// A key is disabled, enabled, or one is added to a project.
+    Pool(u8, usize),
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        4 => (any::<bool>(), 1u64..400, 0u64..120, prop_oneof![4 => Just(true), 1 => Just(false)])
+            .prop_map(|(h, t, w, s)| Op::Acquire(h, t, w, s)),
+        1 => (0usize..64).prop_map(Op::Cancel),
+        3 => (0usize..64).prop_map(Op::Finish),
+        2 => (1u64..40_000).prop_map(Op::Advance),
+        1 => (0u8..3, 0usize..16).prop_map(|(k, w)| Op::Pool(k, w)),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
+
+    /// Random interleavings of acquire, cancel, drop, settle and pool events, driven by hand on
+    /// a manual clock: the independent judge never answers 429 to a request the engine let
+    /// through, and no counter ever goes below zero (the store's subtractions would panic) or
+    /// above its limit.
+    #[test]
+    fn acquire_cancel_drop_settle_and_pool_events_never_breach(
+        projects in prop::collection::vec((limits(), 1usize..3), 1..4),
+        ops in prop::collection::vec(op(), 1..150),
+    ) {
+        use std::future::Future;
+        use std::pin::Pin;
+        use std::sync::Arc;
+        use std::task::{Context, Poll, Waker};
+        use keysim::engine::{AcquireError, Clock, ManualClock, Outcome, Permit};
+        use mock_server::{Enforcement, FaultModel, Judge, JudgeConfig, LatencyModel, ModelQuota, ProjectQuota, Tier, Verdict};
+
+        let clock = Arc::new(ManualClock::new(START));
+        let spec = PoolSpec {
+            models: vec![ModelSpec { name: "m".into(), limits: projects[0].0 }],
+            projects: projects.iter().enumerate().map(|(i, (l, _))| ProjectSpec { id: format!("p{i}"), limits: vec![Some(*l)] }).collect(),
+            keys: projects.iter().enumerate().flat_map(|(i, (_, n))| (0..*n).map(move |k| KeySpec { id: format!("p{i}-k{k}"), project: format!("p{i}") })).collect(),
+        };
+        let mut keys: Vec<(String, usize)> = spec.keys.iter().map(|k| (k.id.clone(), k.project[1..].parse().unwrap())).collect();
+        let engine = Engine::builder(spec).clock(clock.clone()).build().unwrap();
+        let mut judge = Judge::new(JudgeConfig {
+            enforcement: Enforcement::Sliding,
+            models: vec!["m".into()],
+            projects: projects.iter().enumerate().map(|(i, (l, _))| ProjectQuota {
+                id: format!("p{i}"),
+                tier: Tier::Free,
+                limits: vec![ModelQuota { rpm: l.rpm, tpm: l.tpm, rpd: l.rpd, tpd: l.tpd }],
+            }).collect(),
+            latency: LatencyModel { median_ms: 100.0, p99_ms: 200.0 },
+            faults: FaultModel::default(),
+        });
+        let texts: Vec<String> = (1..400).map(|t| "x".repeat(4 * t)).collect();
+        type Waiting<'e> = Pin<Box<dyn Future<Output = Result<Permit<'e, MemoryStore>, AcquireError>> + 'e>>;
+        let mut waiting: Vec<(Waiting<'_>, u64, bool)> = Vec::new();
+        let mut held: Vec<(Permit<'_, MemoryStore>, u64, bool)> = Vec::new();
+        let mut cx = Context::from_waker(Waker::noop());
+        for op in ops {
+            match op {
+                Op::Acquire(high, tokens, wait_s, send) => {
+                    let req = Request::new(0, Prompt::Text(&texts[tokens as usize - 1]))
+                        .priority(if high { Priority::High } else { Priority::Normal });
+                    let e = &engine;
+                    waiting.push((Box::pin(async move { e.acquire(&req, std::time::Duration::from_secs(wait_s)).await }), tokens, send));
+                }
+                Op::Cancel(i) if !waiting.is_empty() => drop(waiting.remove(i % waiting.len())),
+                Op::Finish(i) if !held.is_empty() => {
+                    let (permit, tokens, sent) = held.remove(i % held.len());
+                    if sent {
+                        permit.settle(Outcome::Success { input_tokens: tokens, output_tokens: 5 }).unwrap();
+                    } else {
+                        drop(permit);
+                    }
+                }
+                Op::Advance(ms) => clock.advance(ms),
+                Op::Pool(kind, who) => {
+                    let (id, project) = keys[who % keys.len()].clone();
+                    let event = match kind {
+                        0 => PoolEvent::Disable(id),
+                        1 => PoolEvent::Enable(id),
+                        _ => {
+                            let id = format!("p{project}-added-{}", keys.len());
+                            keys.push((id.clone(), project));
+                            PoolEvent::Add(KeySpec { id, project: format!("p{project}") })
+                        }
+                    };
+                    engine.apply(event).unwrap();
+                }
+                _ => {}
+            }
+            // Every waiter is polled after every step, as a runtime would when woken.
+            // A granted caller sends at once; the judge decides with its own accounting.
+            let mut still = Vec::new();
+            for (mut f, tokens, send) in waiting.drain(..) {
+                match f.as_mut().poll(&mut cx) {
+                    Poll::Ready(Ok(p)) => {
+                        if send {
+                            let project = engine.bucket_owner(p.ticket().bucket).0;
+                            let key_ok = keys.iter().any(|(k, kp)| *kp == project && k == &p.key_id());
+                            prop_assert!(key_ok, "the permit names a key of its project");
+                            let verdict = judge.submit(project, 0, tokens, clock.now().0);
+                            prop_assert_eq!(verdict, Verdict::Accepted, "a breach at {:?}", clock.now());
+                        }
+                        held.push((p, tokens, send));
+                    }
+                    Poll::Ready(Err(_)) => {}
+                    Poll::Pending => still.push((f, tokens, send)),
+                }
+            }
+            waiting = still;
+            // Nothing the engine counts exceeds a limit.
+            let pool = engine.pool();
+            for g in pool.groups(0) {
+                let u = engine.usage(g.bucket, clock.now()).unwrap();
+                let l = &projects[g.project].0;
+                prop_assert!(u.minute_requests <= l.rpm && u.minute_tokens <= l.tpm && u.day_requests <= l.rpd, "{:?} over {:?}", u, l);
+            }
+        }
+        // Everything settled or dropped: what remains counted is what was sent.
+        drop(waiting);
+        for (permit, tokens, sent) in held {
+            if sent {
+                permit.settle(Outcome::Success { input_tokens: tokens, output_tokens: 5 }).unwrap();
+            }
+        }
+        let now = clock.now();
+        for g in engine.pool().groups(0) {
+            let u = engine.usage(g.bucket, now).unwrap();
+            let j = judge.usage(g.project, 0, now.0);
+            prop_assert_eq!(u.day_requests, j.day_requests, "the engine's count of project {} matches what was sent", g.project);
+        }
+    }
+}
