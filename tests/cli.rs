@@ -85,3 +85,33 @@ fn progress_is_drawn_on_terminals_only() {
     assert!(out.stderr.is_empty(), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(String::from_utf8_lossy(&out.stdout).contains("report:"));
 }
+
+/// `--set` reaches entries of arrays by name or index, and a repeated path takes its last
+/// value; a failed `[expect]` exits 1 with the report written.
+#[test]
+fn set_reaches_array_entries_and_failed_expectations_exit_1() {
+    let total = |sets: &[&str]| {
+        let dir = crate::common::temp_dir("set");
+        let mut c = keysim();
+        c.args(["run", "scenarios/quickstart.toml", "--json", "--no-plots", "--set", "scenario.duration=2m"]);
+        for s in sets {
+            c.args(["--set", s]);
+        }
+        let out = c.arg("--out").arg(&dir).output().unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("the summary");
+        assert!(dir.join("summary.json").exists(), "the report is written whatever the exit code");
+        (v["requests"]["total"].as_u64().unwrap(), out.status.code())
+    };
+    let (base, _) = total(&[]);
+    let (by_name, code) = total(&["traffic.chat.arrival.rate=5/s"]);
+    assert!(by_name > 5 * base, "{base} → {by_name}");
+    assert_eq!(code, Some(1), "five times the pool's rate fails the scenario's success-rate expectation");
+    assert_eq!(total(&["traffic.0.arrival.rate=5/s"]).0, by_name, "by index as by name");
+    assert_eq!(total(&["traffic.chat.arrival.rate=5/s", "traffic.chat.arrival.rate=30/min"]).0, base, "the last wins");
+    let out = keysim()
+        .args(["validate", "scenarios/quickstart.toml", "--set", "traffic.nope.arrival.rate=5/s"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no element named or numbered 'nope'"));
+}

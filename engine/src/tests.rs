@@ -196,3 +196,17 @@ fn the_cached_view_agrees_with_the_store() {
         }
     }
 }
+
+#[test]
+fn round_robin_serves_every_key_of_every_project() {
+    let config = EngineConfig { strategy: StrategyKind::RoundRobin, ..Default::default() };
+    let e = engine(config, spec(&[("p", &["p1", "p2"]), ("q", &["q1", "q2"])], 100));
+    let mut served = std::collections::HashMap::new();
+    for i in 0..40u64 {
+        let t = admitted(&e, Priority::Normal, T0.plus(i)).unwrap();
+        *served.entry(e.pool().keys()[t.key.0 as usize].id.clone()).or_insert(0) += 1;
+        e.settle(&t, Outcome::NotSent, T0.plus(i)).unwrap();
+    }
+    assert_eq!(served.len(), 4, "{served:?}");
+    assert!(served.values().all(|&n| n == 10), "{served:?}");
+}

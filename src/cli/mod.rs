@@ -13,12 +13,20 @@ use clap::{Parser, Subcommand};
 
 /// keysim — a quota-aware Gemini key pool engine, and the laboratory that proves it.
 #[derive(Debug, Parser)]
-#[command(name = "keysim", version, about, long_about = None)]
+#[command(name = "keysim", version, about, long_about = None, after_help = EXIT_CODES)]
 pub struct Cli {
     /// What to do.
     #[command(subcommand)]
     pub command: Command,
 }
+
+/// What every command's exit code means (shown by `keysim --help`).
+pub const EXIT_CODES: &str = "Exit codes, every command:
+  0  ok
+  1  expectations failed: run and load ([expect] of the scenario), gate (expectations or baseline),
+     compare and plan never (they report every variant or point)
+  2  bad input: usage, scenario, override, baseline or sweep errors
+  3  runtime failure: I/O, a port in use, a target that cannot be reached";
 
 /// Options every scenario-reading command shares.
 #[derive(Debug, clap::Args)]

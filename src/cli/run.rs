@@ -193,7 +193,8 @@ fn report(summary: &Summary, dir: &std::path::Path, opts: &RunOptions, footer: O
         }
         println!("report: {}", dir.display());
     }
-    Ok(0)
+    // The report is written either way; failed expectations are the exit code's to say.
+    Ok(if summary.passed() { 0 } else { 1 })
 }
 
 /// `keysim load`: the report of a real-time run, as `run` writes one.

@@ -14,6 +14,7 @@ pub mod units;
 
 mod fields;
 mod files;
+mod overrides;
 mod parse;
 mod traffic;
 mod warnings;

@@ -23,7 +23,7 @@ const DEFAULT_START: &str = "2026-11-25T00:00:00-08:00";
 /// folder relative paths (trace files) are resolved against; `overrides` are `path=value`
 /// settings (`engine.admission=check-then-act`) applied on top of the file.
 pub fn parse(text: &str, origin: &str, base: Option<&Path>, overrides: &[String]) -> Result<Scenario, Diagnostics> {
-    let source = with_overrides(text, overrides);
+    let source = super::overrides::source(text, overrides);
     let fail = |items| Diagnostics { origin: origin.to_owned(), source: source.clone(), items };
     let (root, errors) = DeTable::parse_recoverable(&source[..text.len()]);
     if !errors.is_empty() {
@@ -37,7 +37,12 @@ pub fn parse(text: &str, origin: &str, base: Option<&Path>, overrides: &[String]
     let mut ctx = Ctx::default();
     if !overrides.is_empty() {
         match DeTable::parse(&source[text.len()..]) {
-            Ok(t) => merge(&mut root, shift_table(t.into_inner(), text.len())),
+            Ok(t) => {
+                let shifted = super::overrides::shift_table(t.into_inner(), text.len());
+                for (span, message) in super::overrides::merge(&mut root, shifted) {
+                    ctx.error(span, message);
+                }
+            }
             Err(e) => ctx.error(text.len()..source.len(), format!("bad --set override: {}", e.message())),
         }
     }
@@ -47,59 +52,6 @@ pub fn parse(text: &str, origin: &str, base: Option<&Path>, overrides: &[String]
     match scenario {
         Some(s) if ctx.diags.is_empty() => Ok(s),
         _ => Err(fail(ctx.diags)),
-    }
-}
-
-/// Appends overrides to the source as TOML lines, so that a problem in an override shows at
-/// its own line like any other.
-fn with_overrides(text: &str, overrides: &[String]) -> String {
-    let mut source = text.to_owned();
-    if overrides.is_empty() {
-        return source;
-    }
-    source.push_str("\n# --set\n");
-    for o in overrides {
-        let (path, value) = o.split_once('=').unwrap_or((o, ""));
-        let value = value.trim();
-        let literal = if DeValue::parse(value).is_ok() { value.to_owned() } else { format!("{value:?}") };
-        source.push_str(&format!("{} = {literal}\n", path.trim()));
-    }
-    source
-}
-
-fn shift_value(v: Spanned<DeValue<'_>>, by: usize) -> Spanned<DeValue<'_>> {
-    let span = v.span();
-    let inner = match v.into_inner() {
-        DeValue::Table(t) => DeValue::Table(shift_table(t, by)),
-        other => other,
-    };
-    Spanned::new(span.start + by..span.end + by, inner)
-}
-
-fn shift_table(t: DeTable<'_>, by: usize) -> DeTable<'_> {
-    let mut out = DeTable::new();
-    for (k, v) in t {
-        let span = k.span();
-        out.insert(Spanned::new(span.start + by..span.end + by, k.into_inner()), shift_value(v, by));
-    }
-    out
-}
-
-fn merge<'i>(into: &mut DeTable<'i>, from: DeTable<'i>) {
-    for (k, v) in from {
-        let existing = into.iter_mut().find(|(ek, _)| ek.get_ref() == k.get_ref()).map(|(_, ev)| ev);
-        match (existing, v.into_inner()) {
-            (Some(ev), DeValue::Table(t)) if matches!(ev.get_ref(), DeValue::Table(_)) => {
-                if let DeValue::Table(et) = ev.get_mut() {
-                    merge(et, t);
-                }
-            }
-            (Some(ev), other) => *ev = Spanned::new(k.span(), other),
-            (None, other) => {
-                let span = k.span();
-                into.insert(k, Spanned::new(span, other));
-            }
-        }
     }
 }
 

@@ -120,6 +120,9 @@ fn class(
     if start_ms >= end_ms && t.has("end") {
         let span = t.raw("end").map(|v| v.span()).unwrap_or(t.span.clone());
         ctx.error(span, format!("`end` of {} must come after its `start`", t.name));
+    } else if start_ms >= duration {
+        let span = t.raw("start").map(|v| v.span()).unwrap_or(t.span.clone());
+        ctx.error(span, format!("{} starts at or after the end of the run: it would send nothing", t.name));
     }
     if ctx.diags.len() > before {
         return None;
@@ -243,9 +246,14 @@ fn arrival(ctx: &mut Ctx, a: &Table<'_, '_>, base: Option<&Path>) -> Option<Arri
         "ramp" => {
             a.allow(ctx, &["kind", "from", "to", "over"]);
             let from = a.required(a.rate(ctx, "from"), ctx, "from").map(|(r, _)| r);
-            let to = a.required(a.rate(ctx, "to"), ctx, "to").map(|(r, _)| r);
+            let to = a.required(a.rate(ctx, "to"), ctx, "to");
             let over = a.required(a.duration(ctx, "over"), ctx, "over").map(|(d, _)| d);
-            Some(Arrival::Ramp { from: from?, to: to?, over_ms: over?.max(1) })
+            let (from, (to, tspan)) = (from?, to?);
+            if from <= 0.0 && to <= 0.0 {
+                ctx.error(tspan, "a ramp from 0 to 0 sends nothing: give `from` or `to` a rate above 0");
+                return None;
+            }
+            Some(Arrival::Ramp { from, to, over_ms: over?.max(1) })
         }
         "diurnal" => {
             a.allow(ctx, &["kind", "min", "max", "peak"]);
@@ -264,6 +272,10 @@ fn arrival(ctx: &mut Ctx, a: &Table<'_, '_>, base: Option<&Path>) -> Option<Arri
             let (min, (max, mspan)) = (min?, max?);
             if max < min {
                 ctx.error(mspan, "diurnal `max` must be at least `min`");
+                return None;
+            }
+            if max <= 0.0 {
+                ctx.error(mspan, "a diurnal rate from 0 to 0 sends nothing: give `max` a rate above 0");
                 return None;
             }
             Some(Arrival::Diurnal { min, max, peak_ms: peak? })
