@@ -8,7 +8,7 @@ use std::path::Path;
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use keysim::engine::{
     Chars4, Decision, Engine, EngineConfig, Estimator, KeySpec, Limits, MemoryStore, ModelSpec, Outcome, PoolSpec,
-    Priority, ProjectSpec, Prompt, Request, StrategyKind, Timestamp,
+    Priority, ProjectSpec, Prompt, Request, Setting, StrategyKind, Timestamp,
 };
 use keysim::sim::{simulate, Outputs};
 

@@ -55,8 +55,8 @@ fn per_key_quota_belief_breaches_and_per_project_does_not() {
 #[test]
 fn every_strategy_holds_under_every_semantics() {
     for e in Enforcement::ALL {
-        for strategy in keysim::engine::StrategyKind::ALL {
-            let set = format!("engine.strategy={}", strategy.name());
+        for strategy in <keysim::engine::StrategyKind as keysim::engine::Setting>::ALL {
+            let set = format!("engine.strategy={}", keysim::engine::Setting::name(*strategy));
             let s = summary_under("quickstart", e, &[&set]);
             assert_eq!(s.requests.breaches, 0, "{strategy:?} under {e:?}");
             assert!(s.utilization > 0.95, "{strategy:?} under {e:?}: utilisation {}", s.utilization);

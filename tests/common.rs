@@ -24,7 +24,10 @@ pub(crate) fn run(sc: &Scenario) -> (Summary, String) {
     let mut timeline = Vec::new();
     let outputs = Outputs { timeline: Some(&mut timeline), ..Outputs::default() };
     let result = simulate(sc, outputs).expect("simulation runs");
-    (Summary::new(sc, "sim", &result.aggregate, &result.engine), String::from_utf8(timeline).expect("utf-8"))
+    (
+        Summary::new(sc, keysim::report::summary::RunMode::Sim, &result.aggregate, &result.engine),
+        String::from_utf8(timeline).expect("utf-8"),
+    )
 }
 
 /// A fresh, empty folder under the system's temporary folder.

@@ -56,7 +56,7 @@ fn setup() -> impl Strategy<Value = Setup> {
         prop::collection::vec((arrival(), tokens(), prop_oneof![Just(Priority::Normal), Just(Priority::High)]), 1..3),
         prop::collection::vec((0u64..600_000, 0u8..5, 0usize..16), 0..6),
         prop::sample::select(Enforcement::ALL.to_vec()),
-        prop::sample::select(StrategyKind::ALL.to_vec()),
+        prop::sample::select(<StrategyKind as keysim::engine::Setting>::ALL.to_vec()),
         prop_oneof![Just(0.0), 0.0f64..0.5],
         prop_oneof![Just(0u64), 1_000u64..90_000],
     )

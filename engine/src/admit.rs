@@ -21,15 +21,9 @@ pub enum Priority {
     High,
 }
 
-impl Priority {
-    /// The name used in scenario files and reports.
-    pub fn name(self) -> &'static str {
-        match self {
-            Self::Normal => "normal",
-            Self::High => "high",
-        }
-    }
+crate::setting!(Priority { Normal => "normal", High => "high" });
 
+impl Priority {
     fn index(self) -> usize {
         self as usize
     }

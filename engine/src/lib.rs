@@ -54,6 +54,7 @@ mod admit;
 mod capacity;
 mod config;
 mod permit;
+mod setting;
 mod slots;
 #[cfg(feature = "async")]
 mod wait;
@@ -77,6 +78,7 @@ pub use pool::{
 };
 pub use provider::{parse_quota_error, QuotaExhausted};
 pub use redact::redact;
+pub use setting::Setting;
 pub use store::{BucketId, BucketKey, Grant, QuotaStore, Reservation, Shortfall, StoreError, Usage};
 pub use strategy::{Strategy, StrategyKind};
 pub use time::{next_pacific_midnight, Timestamp, MINUTE_MS};
@@ -94,6 +96,8 @@ pub enum AdmissionMode {
     CheckThenAct,
 }
 
+setting!(AdmissionMode { Atomic => "atomic", CheckThenAct => "check-then-act" });
+
 /// Which tokens TPM and TPD count.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub enum TokenBasis {
@@ -103,6 +107,8 @@ pub enum TokenBasis {
     /// Input and output tokens (other providers).
     Total,
 }
+
+setting!(TokenBasis { Input => "input", Total => "total" });
 
 /// The engine's settings.
 #[derive(Clone, Debug, PartialEq)]

@@ -24,12 +24,17 @@ pub enum QueuePolicy {
 }
 
 impl QueuePolicy {
+    /// The longest wait, in milliseconds (zero when rejecting).
+    pub fn max_wait_ms(self) -> u64 {
+        match self {
+            Self::Reject => 0,
+            Self::Wait { max_wait_ms } => max_wait_ms,
+        }
+    }
+
     /// The latest instant a request that arrived at `arrival` may still be sent.
     pub fn deadline(self, arrival: Timestamp) -> Timestamp {
-        match self {
-            Self::Reject => arrival,
-            Self::Wait { max_wait_ms } => arrival.plus(max_wait_ms),
-        }
+        arrival.plus(self.max_wait_ms())
     }
 }
 

@@ -85,18 +85,7 @@ pub enum QuotaScope {
     Key,
 }
 
-impl QuotaScope {
-    /// Every scope.
-    pub const ALL: [QuotaScope; 2] = [Self::Project, Self::Key];
-
-    /// The name used in scenario files and reports.
-    pub fn name(self) -> &'static str {
-        match self {
-            Self::Project => "project",
-            Self::Key => "key",
-        }
-    }
-}
+crate::setting!(QuotaScope { Project => "project", Key => "key" });
 
 /// Dense index of a key in the pool.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]

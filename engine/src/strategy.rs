@@ -19,20 +19,14 @@ pub enum StrategyKind {
     Headroom,
 }
 
+crate::setting!(StrategyKind {
+    RoundRobin => "round-robin",
+    LeastUsed => "least-used",
+    PowerOfTwo => "p2c",
+    Headroom => "headroom",
+});
+
 impl StrategyKind {
-    /// Every strategy.
-    pub const ALL: [StrategyKind; 4] = [Self::RoundRobin, Self::LeastUsed, Self::PowerOfTwo, Self::Headroom];
-
-    /// The name used in scenario files and reports.
-    pub fn name(self) -> &'static str {
-        match self {
-            Self::RoundRobin => "round-robin",
-            Self::LeastUsed => "least-used",
-            Self::PowerOfTwo => "p2c",
-            Self::Headroom => "headroom",
-        }
-    }
-
     /// The built-in strategy of this kind, as a trait object.
     pub fn build(self) -> Box<dyn Strategy> {
         Box::new(Builtin(self))
@@ -124,7 +118,7 @@ struct Builtin(StrategyKind);
 
 impl Strategy for Builtin {
     fn name(&self) -> &'static str {
-        self.0.name()
+        crate::Setting::name(self.0)
     }
 
     fn propose(&self, c: &Choice<'_>) -> [Option<usize>; 2] {

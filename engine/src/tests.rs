@@ -148,7 +148,7 @@ fn a_request_larger_than_any_window_is_an_error() {
 
 #[test]
 fn every_strategy_spreads_over_projects() {
-    for strategy in StrategyKind::ALL {
+    for &strategy in StrategyKind::ALL {
         let config = EngineConfig { strategy, ..Default::default() };
         let e = engine(config, spec(&[("a", &["a1"]), ("b", &["b1"]), ("c", &["c1"])], 2));
         let n = (0..10).filter(|_| admitted(&e, Priority::Normal, T0).is_some()).count();

@@ -16,7 +16,7 @@ use super::{CliError, ScenarioArgs};
 use crate::report::chart::{colour, Bars, Figure, Line, Panel, XY};
 use crate::report::html;
 use crate::report::plots::{slug, time_axis, RunData};
-use crate::report::summary::Summary;
+use crate::report::summary::{RunMode, Summary};
 use crate::report::trace::Trace;
 use crate::report::Aggregate;
 use crate::scenario::Scenario;
@@ -164,7 +164,7 @@ pub(super) fn compare(o: CompareOptions) -> Result<i32, CliError> {
                     s.spawn(move || -> anyhow::Result<Ran> {
                         let r = simulate(&sc, Outputs { trace: true, ..Outputs::default() })
                             .with_context(|| format!("simulating variant {name}"))?;
-                        let summary = Summary::new(&sc, "sim", &r.aggregate, &r.engine);
+                        let summary = Summary::new(&sc, RunMode::Sim, &r.aggregate, &r.engine);
                         if let Some(b) = bar {
                             b.inc(1);
                         }

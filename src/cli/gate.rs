@@ -11,7 +11,7 @@ use anyhow::Context;
 use serde::{Deserialize, Serialize};
 
 use super::{CliError, ScenarioArgs};
-use crate::report::summary::Summary;
+use crate::report::summary::{RunMode, Summary};
 use crate::sim::{simulate, Outputs};
 
 pub(super) struct GateOptions {
@@ -143,7 +143,7 @@ pub(super) fn gate(opts: GateOptions) -> Result<i32, CliError> {
     for path in &opts.scenarios {
         let sc = super::run::load(&ScenarioArgs { scenario: path.clone(), overrides: opts.overrides.clone() })?;
         let result = simulate(&sc, Outputs::default()).with_context(|| format!("simulating {}", sc.name))?;
-        let summary = Summary::new(&sc, "sim", &result.aggregate, &result.engine);
+        let summary = Summary::new(&sc, RunMode::Sim, &result.aggregate, &result.engine);
         for e in &summary.expectations {
             checks.push(Check {
                 scenario: sc.name.clone(),

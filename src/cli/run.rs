@@ -10,7 +10,7 @@ use super::{CliError, ScenarioArgs};
 use crate::notify::webhook::{Target, Webhook, WebhookStats};
 use crate::notify::{Fanout, JsonLines, LogLine, Sink};
 use crate::report::plots::{self, RunData};
-use crate::report::summary::Summary;
+use crate::report::summary::{RunMode, Summary};
 use crate::report::table;
 use crate::scenario::{self, LoadError, Scenario};
 use crate::sim::{simulate, Outputs};
@@ -143,7 +143,7 @@ pub(super) fn run(args: &ScenarioArgs, opts: RunOptions) -> Result<i32, CliError
     drop(timeline);
     drop(requests);
     let webhook = sinks.finish()?;
-    let mut summary = Summary::new(&sc, "sim", &result.aggregate, &result.engine);
+    let mut summary = Summary::new(&sc, RunMode::Sim, &result.aggregate, &result.engine);
     summary.warnings.webhook = webhook;
     let data = RunData {
         scenario: &sc,
@@ -206,7 +206,7 @@ pub(super) fn load_run(args: &ScenarioArgs, how: crate::load::LoadOptions, opts:
         crate::load::LoadError::Bad(m) => CliError::BadInput(m),
         other => CliError::Runtime(anyhow::anyhow!("load run of {}: {other}", sc.name)),
     })?;
-    let mut summary = Summary::new(&sc, "load", &result.aggregate, &result.engine);
+    let mut summary = Summary::new(&sc, RunMode::Load, &result.aggregate, &result.engine);
     let f = &result.figures;
     summary.load = Some(f.clone());
     let e2e = f.end_to_end_us.as_ref().map(|h| (h, f.baseline_end_to_end_us.as_ref()));

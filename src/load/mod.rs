@@ -25,9 +25,9 @@ use serde::Serialize;
 use tokio::sync::mpsc;
 
 use crate::engine::clock::Timer;
-use crate::engine::{parse_quota_error, AcquireError, Engine, Outcome, Prompt, Request, Timestamp};
+use crate::engine::{parse_quota_error, AcquireError, Engine, Outcome, Prompt, QueuePolicy, Request, Timestamp};
 use crate::report::{stopwatch, Aggregate, RequestRecord, Terminal};
-use crate::scenario::{OnExhausted, Scenario};
+use crate::scenario::Scenario;
 use crate::sim::{NewRequest, Traffic};
 use mock_server::host::Clock;
 
@@ -287,12 +287,12 @@ impl Shared {
             delayed: false,
         };
         let now = self.now();
-        let max_wait_ms = match self.sc.engine.on_exhausted {
-            // A little after the slot frees: a request sent exactly at a window's edge can
-            // reach the provider before the entry it replaces has left there, if that one's
-            // trip took longer. The guard comes out of the wait.
-            OnExhausted::Queue => self.sc.engine.max_wait_ms.saturating_sub(now.since(arrival) + self.guard_ms()),
-            OnExhausted::Reject => 0,
+        // A little after the slot frees: a request sent exactly at a window's edge can reach
+        // the provider before the entry it replaces has left there, if that one's trip took
+        // longer. The guard comes out of the wait.
+        let max_wait_ms = match self.sc.engine.policy() {
+            QueuePolicy::Wait { max_wait_ms } => max_wait_ms.saturating_sub(now.since(arrival) + self.guard_ms()),
+            QueuePolicy::Reject => 0,
         };
         let mark = stopwatch::start();
         let acquired = engine.acquire(&request, Duration::from_millis(max_wait_ms)).await;

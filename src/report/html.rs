@@ -4,7 +4,7 @@
 use std::fmt::Write as _;
 
 use super::chart::Figure;
-use super::summary::Summary;
+use super::summary::{RunMode, Summary};
 
 /// Escapes text for HTML.
 pub fn esc(s: &str) -> String {
@@ -173,7 +173,7 @@ pub fn run_report(s: &Summary, description: Option<&str>, figures: &[(Figure, St
         b,
         "<p class=\"meta\">{} run · seed {} · from {} for {} · strategy {} · admission {} · quota scope {} · \
          reserve {} · safety {} · estimator {} · enforcement {}</p>",
-        if s.mode == "load" { "Real-time load" } else { "Simulated" },
+        if s.mode == RunMode::Load { "Real-time load" } else { "Simulated" },
         s.seed,
         esc(&s.start),
         duration(s.duration_s),

@@ -21,7 +21,7 @@ use std::io::Write;
 use hdrhistogram::Histogram;
 use serde::Serialize;
 
-use crate::engine::Priority;
+use crate::engine::{Priority, Setting};
 
 /// The one state every request ends in.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]

@@ -7,7 +7,7 @@ use hdrhistogram::Histogram;
 use serde::Serialize;
 
 use super::{redact, Aggregate, Counts};
-use crate::engine::{Dimension, Engine, Timestamp};
+use crate::engine::{Dimension, Engine, Setting, Timestamp};
 use crate::scenario::{Expectation, Metric, Scenario};
 
 /// Percentiles of real-clock engine time, in nanoseconds.
@@ -199,6 +199,29 @@ impl Warnings {
     }
 }
 
+/// How a run ran: simulated in virtual time, or real-time load over HTTP.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RunMode {
+    /// `keysim run`: the simulator.
+    Sim,
+    /// `keysim load`: real time against an HTTP target.
+    Load,
+}
+
+crate::engine::setting!(RunMode { Sim => "sim", Load => "load" });
+
+impl Serialize for RunMode {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.name())
+    }
+}
+
+impl std::fmt::Display for RunMode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
 /// One (key, model) row.
 #[derive(Clone, Debug, Serialize, PartialEq)]
 pub struct KeyRow {
@@ -289,7 +312,7 @@ pub struct Summary {
     /// Seed.
     pub seed: u64,
     /// `sim` or `load`.
-    pub mode: &'static str,
+    pub mode: RunMode,
     /// Start of the run (RFC 3339, UTC).
     pub start: String,
     /// Length of traffic, in seconds.
@@ -332,7 +355,7 @@ fn millis(h: &Histogram<u64>) -> Millis {
 
 impl Summary {
     /// Builds the summary of a finished run.
-    pub fn new(sc: &Scenario, mode: &'static str, agg: &Aggregate, engine: &Engine) -> Self {
+    pub fn new(sc: &Scenario, mode: RunMode, agg: &Aggregate, engine: &Engine) -> Self {
         let c = &agg.counts;
         let servable = agg.servable.unwrap_or(c.total);
         let end = Timestamp(sc.start.0 + sc.duration_ms);
@@ -370,14 +393,8 @@ impl Summary {
             duration_s: sc.duration_ms as f64 / 1000.0,
             engine: EngineInfo {
                 strategy: cfg.strategy.name(),
-                admission: match cfg.admission {
-                    crate::engine::AdmissionMode::Atomic => "atomic",
-                    crate::engine::AdmissionMode::CheckThenAct => "check-then-act",
-                },
-                quota_scope: match cfg.scope {
-                    crate::engine::QuotaScope::Project => "project",
-                    crate::engine::QuotaScope::Key => "key",
-                },
+                admission: cfg.admission.name(),
+                quota_scope: cfg.scope.name(),
                 reserve: cfg.reserve,
                 safety: cfg.safety,
                 estimator: engine.estimator().name().to_owned(),

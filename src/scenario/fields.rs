@@ -244,6 +244,12 @@ impl<'a, 'i> Table<'a, 'i> {
         }
     }
 
+    /// A setting that owns its names ([`Setting`](crate::engine::Setting)).
+    pub(super) fn setting<T: crate::engine::Setting>(&self, ctx: &mut Ctx, key: &str) -> Option<T> {
+        let options: Vec<(&str, T)> = T::ALL.iter().map(|v| (v.name(), *v)).collect();
+        self.choice(ctx, key, &options)
+    }
+
     pub(super) fn table(&self, ctx: &mut Ctx, key: &str) -> Option<Table<'a, 'i>> {
         let v = self.raw(key)?;
         match v.get_ref() {

@@ -128,20 +128,12 @@ pub enum EstimatorKind {
     Calibrated,
 }
 
-impl EstimatorKind {
-    /// Every estimator with its name in scenario files.
-    pub const NAMES: [(&'static str, EstimatorKind); 4] = [
-        ("chars4", Self::Chars4),
-        ("tiktoken", Self::Tiktoken),
-        ("tokenizer", Self::Tokenizer),
-        ("calibrated", Self::Calibrated),
-    ];
-
-    /// Its name in scenario files.
-    pub fn name(self) -> &'static str {
-        Self::NAMES.iter().find(|(_, k)| *k == self).map(|(n, _)| *n).expect("every estimator has a name")
-    }
-}
+crate::engine::setting!(EstimatorKind {
+    Chars4 => "chars4",
+    Tiktoken => "tiktoken",
+    Tokenizer => "tokenizer",
+    Calibrated => "calibrated",
+});
 
 /// A project with its keys.
 #[derive(Clone, Debug, PartialEq)]
@@ -165,6 +157,8 @@ pub enum OnExhausted {
     Reject,
 }
 
+crate::engine::setting!(OnExhausted { Queue => "queue", Reject => "reject" });
+
 /// The engine's settings in a scenario.
 #[derive(Clone, Debug, PartialEq)]
 pub struct EngineDef {
@@ -186,6 +180,16 @@ pub struct EngineDef {
     pub on_exhausted: OnExhausted,
     /// Longest wait in the queue, in milliseconds.
     pub max_wait_ms: u64,
+}
+
+impl EngineDef {
+    /// Whether and how long a denied request waits: `on_exhausted` with `max_wait`.
+    pub fn policy(&self) -> crate::engine::QueuePolicy {
+        match self.on_exhausted {
+            OnExhausted::Queue => crate::engine::QueuePolicy::Wait { max_wait_ms: self.max_wait_ms },
+            OnExhausted::Reject => crate::engine::QueuePolicy::Reject,
+        }
+    }
 }
 
 /// A distribution of token counts.

@@ -14,7 +14,7 @@ use super::model::*;
 use super::traffic::{events, expectations, traffic};
 use crate::engine::estimate::calibrated::Base;
 use crate::engine::estimate::OutputPolicy;
-use crate::engine::{AdmissionMode, EngineConfig, Limits, QuotaScope, StrategyKind, Timestamp, TokenBasis};
+use crate::engine::{EngineConfig, Limits, Setting, Timestamp};
 
 /// Where the scenario's week starts if it names no `start`: a Wednesday at 00:00 Pacific.
 const DEFAULT_START: &str = "2026-11-25T00:00:00-08:00";
@@ -285,7 +285,7 @@ fn models(ctx: &mut Ctx, root: &Table<'_, '_>) -> Vec<ModelDef> {
         t.allow(ctx, &keys);
         let mut limits = Limits::default();
         read_limits(ctx, &t, &mut limits, true);
-        let estimator = if t.has("estimator") { t.choice(ctx, "estimator", &EstimatorKind::NAMES) } else { None };
+        let estimator = if t.has("estimator") { t.setting::<EstimatorKind>(ctx, "estimator") } else { None };
         if let Some((name, span)) = t.required(t.string(ctx, "name"), ctx, "name") {
             if out.iter().any(|m| m.name == name) {
                 ctx.error(span, format!("model '{name}' is defined twice"));
@@ -424,26 +424,20 @@ fn engine(
         ],
     );
     let before = ctx.diags.len();
-    let strategies: Vec<(&str, StrategyKind)> = StrategyKind::ALL.iter().map(|s| (s.name(), *s)).collect();
     let c = &mut def.config;
     if t.has("strategy") {
-        c.strategy = t.choice(ctx, "strategy", &strategies).unwrap_or_default();
+        c.strategy = t.setting(ctx, "strategy").unwrap_or_default();
     }
     c.reserve = t.fraction(ctx, "reserve", 0.0, 0.9).unwrap_or(0.0);
     c.safety = t.fraction(ctx, "safety", 0.0, 0.9).unwrap_or(0.0);
     if t.has("admission") {
-        let modes = [("atomic", AdmissionMode::Atomic), ("check-then-act", AdmissionMode::CheckThenAct)];
-        c.admission = t.choice(ctx, "admission", &modes).unwrap_or_default();
+        c.admission = t.setting(ctx, "admission").unwrap_or_default();
     }
     if t.has("quota_scope") {
-        c.scope = t
-            .choice(ctx, "quota_scope", &[("project", QuotaScope::Project), ("key", QuotaScope::Key)])
-            .unwrap_or_default();
+        c.scope = t.setting(ctx, "quota_scope").unwrap_or_default();
     }
     if t.has("token_basis") {
-        c.basis = t
-            .choice(ctx, "token_basis", &[("input", TokenBasis::Input), ("total", TokenBasis::Total)])
-            .unwrap_or_default();
+        c.basis = t.setting(ctx, "token_basis").unwrap_or_default();
     }
     if let Some(r) = t.boolean(ctx, "reconcile") {
         c.reconcile = r;
@@ -464,7 +458,7 @@ fn engine(
         }
     }
     if t.has("estimator") {
-        def.estimator = t.choice(ctx, "estimator", &EstimatorKind::NAMES).unwrap_or(EstimatorKind::Chars4);
+        def.estimator = t.setting(ctx, "estimator").unwrap_or(EstimatorKind::Chars4);
     }
     if t.has("tokenizer") {
         let path = t.string(ctx, "tokenizer").map(|(p, _)| p);
@@ -477,30 +471,27 @@ fn engine(
         def.calibration_quantile = q;
     }
     if t.has("calibration_base") {
-        let bases = [("features", Base::Features), ("tiktoken", Base::Tiktoken)];
-        def.calibration_base = t.choice(ctx, "calibration_base", &bases).unwrap_or_default();
+        def.calibration_base = t.setting::<Base>(ctx, "calibration_base").unwrap_or_default();
     }
     if let Some((n, _)) = t.uint(ctx, "estimate_cache") {
         def.estimate_cache = n.min(1 << 20) as usize;
     }
     if let Some(names) = t.strings(ctx, "shadow_estimators") {
         for (name, span) in names {
-            match EstimatorKind::NAMES.iter().find(|(n, _)| *n == name) {
-                Some((_, k)) if !def.shadow_estimators.contains(k) => def.shadow_estimators.push(*k),
+            match EstimatorKind::from_name(&name) {
+                Some(k) if !def.shadow_estimators.contains(&k) => def.shadow_estimators.push(k),
                 Some(_) => ctx.error(span, format!("estimator '{name}' is listed twice in `shadow_estimators`")),
                 None => ctx.error_help(
                     span,
                     format!("unknown estimator '{name}' in `shadow_estimators`"),
-                    format!("expected one of {}", super::fields::quoted(&EstimatorKind::NAMES.map(|(n, _)| n))),
+                    format!("expected one of {}", super::fields::quoted(&EstimatorKind::names())),
                 ),
             }
         }
     }
     needs_tokenizer(ctx, &def, models, Some(t));
     if t.has("on_exhausted") {
-        def.on_exhausted = t
-            .choice(ctx, "on_exhausted", &[("queue", OnExhausted::Queue), ("reject", OnExhausted::Reject)])
-            .unwrap_or(OnExhausted::Queue);
+        def.on_exhausted = t.setting(ctx, "on_exhausted").unwrap_or(OnExhausted::Queue);
     }
     if let Some((w, _)) = t.duration(ctx, "max_wait") {
         def.max_wait_ms = w;

@@ -109,11 +109,7 @@ fn class(
         None if models.len() == 1 && !t.has("model") => Some(0),
         None => t.required(None, ctx, "model"),
     };
-    let priority = if t.has("priority") {
-        t.choice(ctx, "priority", &[("normal", Priority::Normal), ("high", Priority::High)])
-    } else {
-        Some(Priority::Normal)
-    };
+    let priority = if t.has("priority") { t.setting::<Priority>(ctx, "priority") } else { Some(Priority::Normal) };
     let max_output_tokens = t.uint(ctx, "max_output_tokens").map(|(v, _)| v);
     let start_ms = t.duration(ctx, "start").map_or(0, |(v, _)| v);
     let end_ms = t.duration(ctx, "end").map_or(duration, |(v, _)| v);

@@ -61,7 +61,7 @@ pub(crate) struct Done {
 }
 
 /// At most this many shadow estimators (one of each kind).
-pub(crate) const MAX_SHADOWS: usize = crate::scenario::EstimatorKind::NAMES.len();
+pub(crate) const MAX_SHADOWS: usize = <crate::scenario::EstimatorKind as crate::engine::Setting>::ALL.len();
 /// No shadow estimates.
 pub(crate) const NO_SHADOW: [u64; MAX_SHADOWS] = [u64::MAX; MAX_SHADOWS];
 

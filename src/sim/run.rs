@@ -20,7 +20,7 @@ use crate::engine::{
 use crate::report::trace::{Cell, Notice, Room, Trace};
 use crate::report::{stopwatch, Aggregate, Terminal};
 use crate::scenario::build;
-use crate::scenario::{OnExhausted, Scenario};
+use crate::scenario::Scenario;
 
 /// Where a run streams its CSV files (either may be absent).
 #[derive(Default)]
@@ -196,10 +196,7 @@ pub fn simulate(sc: &Scenario, out: Outputs<'_>) -> Result<RunResult, SimError> 
             next_arrival: None,
             queue: EventQueue::default(),
             waiting: sc.models.iter().map(|_| (FairQueue::new(), None)).collect(),
-            policy: match sc.engine.on_exhausted {
-                OnExhausted::Queue => QueuePolicy::Wait { max_wait_ms: sc.engine.max_wait_ms },
-                OnExhausted::Reject => QueuePolicy::Reject,
-            },
+            policy: sc.engine.policy(),
             reqs: Vec::new(),
             free: Vec::new(),
             next_id: 0,

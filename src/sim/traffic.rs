@@ -17,7 +17,7 @@ use super::arrivals::{Arrivals, TokenDraw};
 use super::oracle::Offer;
 use super::pipe::{pipe, BatchReceiver, BatchSender};
 use super::stream_seed;
-use crate::scenario::{OnExhausted, Scenario};
+use crate::scenario::Scenario;
 
 /// One request as the traffic makes it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -124,10 +124,7 @@ impl Traffic {
                 c
             })
             .collect();
-        let max_wait_ms = match sc.engine.on_exhausted {
-            OnExhausted::Queue => sc.engine.max_wait_ms,
-            OnExhausted::Reject => 0,
-        };
+        let max_wait_ms = sc.engine.policy().max_wait_ms();
         Self {
             classes,
             models: sc.traffic.iter().map(|t| t.model as u32).collect(),

@@ -48,6 +48,22 @@ pub enum Base {
     Tiktoken,
 }
 
+impl crate::Setting for Base {
+    const ALL: &'static [Self] = &[
+        Self::Features,
+        #[cfg(feature = "tiktoken")]
+        Self::Tiktoken,
+    ];
+
+    fn name(self) -> &'static str {
+        match self {
+            Self::Features => "features",
+            #[cfg(feature = "tiktoken")]
+            Self::Tiktoken => "tiktoken",
+        }
+    }
+}
+
 /// Tokens per character before anything is learned: on the high side of what common
 /// tokenizers produce for each script.
 fn prior(script: Option<Script>) -> f64 {
