@@ -7,6 +7,7 @@
 //! - [`sim`]: the deterministic discrete-event simulator that drives engine and judge in
 //!   virtual time.
 //! - [`load`]: the same traffic and engine in real time over real HTTP (`keysim load`).
+//! - [`plan`]: capacity planning — grids of pool sizes and rates, simulated on all cores.
 //! - [`notify`]: where warning notifications go — log lines, JSON lines, a webhook.
 //! - [`report`]: one aggregator fed by runs; summary, CSV writers and the terminal table.
 //! - [`cli`]: the `keysim` command line.
@@ -15,6 +16,7 @@ pub mod cli;
 pub use keysim_engine as engine;
 pub mod load;
 pub mod notify;
+pub mod plan;
 pub mod report;
 pub mod scenario;
 pub mod sim;
