@@ -4,7 +4,7 @@
 use std::io::Write;
 use std::thread::{Scope, ScopedJoinHandle};
 
-use super::pipe::{pipe, BatchSender};
+use super::pipe::{pipe, BatchSender, BATCH};
 use super::SimError;
 use crate::engine::{Priority, Reason as GaveUp};
 use crate::report::{redact, Aggregate, RequestLog, RequestRecord, Terminal};
@@ -87,7 +87,7 @@ impl<'scope> Ledger<'scope> {
         sc: &'scope Scenario,
         requests: Option<W>,
     ) -> Self {
-        let (tx, mut rx) = pipe::<Entry>(2048);
+        let (tx, mut rx) = pipe::<Entry>(BATCH);
         let thread = std::thread::Builder::new()
             .name("keysim-ledger".into())
             .spawn_scoped(scope, move || {

@@ -40,7 +40,7 @@ pub(crate) fn spawn<'scope>(
     scope: &'scope Scope<'scope, '_>,
     sc: &'scope Scenario,
 ) -> (BatchSender<Offer>, ScopedJoinHandle<'scope, Result<u64, SimError>>) {
-    let (tx, rx) = pipe::<Offer>(4096);
+    let (tx, rx) = pipe::<Offer>(super::pipe::BATCH);
     let thread = std::thread::Builder::new()
         .name("keysim-oracle".into())
         .spawn_scoped(scope, move || Oracle::new(sc)?.run(sc, rx))

@@ -8,6 +8,10 @@ use std::sync::mpsc::{channel, sync_channel, Receiver, Sender, SyncSender};
 /// Batches in flight at most.
 const DEPTH: usize = 4;
 
+/// Items per batch: enough that a channel operation is rare, few enough that the buffers
+/// (at most `DEPTH + 2` per pipe) stay small — their memory is the run's largest fixed cost.
+pub(crate) const BATCH: usize = 512;
+
 /// The sending end.
 pub(crate) struct BatchSender<T> {
     tx: SyncSender<Vec<T>>,

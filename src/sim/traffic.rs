@@ -141,7 +141,7 @@ impl Traffic {
         scope: &'scope Scope<'scope, '_>,
         mut oracle: BatchSender<Offer>,
     ) -> (BatchReceiver<NewRequest>, ScopedJoinHandle<'scope, ()>) {
-        let (mut tx, rx) = pipe(4096);
+        let (mut tx, rx) = pipe(super::pipe::BATCH);
         let (models, start, wait) = (self.models.clone(), self.start, self.max_wait_ms);
         let counts_output = self.counts_output;
         let handle = std::thread::Builder::new()
