@@ -14,6 +14,7 @@
 
 pub mod arrivals;
 mod ledger;
+mod observe;
 mod oracle;
 mod pipe;
 pub mod queue;

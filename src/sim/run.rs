@@ -6,6 +6,7 @@ use mock_server::body::quota_exceeded;
 use mock_server::{Fault, Judge, KeyState as JudgeKey, Verdict};
 
 use super::ledger::{Done, Entry, Ledger, Reason, MAX_SHADOWS, NO_SHADOW};
+use super::observe::{Interval, Observers, TIMELINE_HEADER, TRACE_BUDGET};
 use super::pipe::BatchReceiver;
 use super::queue::EventQueue;
 use super::score::Scorer;
@@ -17,7 +18,7 @@ use crate::engine::{
     parse_quota_error, step, AdmitError, ConfigError, Decision, DenyReason, Engine, KeySpec, Outcome, PoolEvent,
     Prompt, QueuePolicy, QuotaExhausted, Request, Step, Ticket, Timestamp,
 };
-use crate::report::trace::{Cell, Notice, Room, Trace};
+use crate::report::trace::Trace;
 use crate::report::{stopwatch, Aggregate, Terminal};
 use crate::scenario::build;
 use crate::scenario::Scenario;
@@ -105,51 +106,41 @@ struct Req {
     delayed: bool,
 }
 
-#[derive(Clone, Copy, Debug, Default)]
-struct Interval {
-    requests: u64,
-    tokens: u64,
-    breaches: u64,
-    rpm_peak: u64,
-    tpm_peak: u64,
-}
-
 struct Sim<'s, 'w, 'scope> {
     sc: &'s Scenario,
-    engine: Engine,
-    judge: Judge,
-    ledger: Ledger<'scope>,
+    /// What decides: the engine, the judge, the fair queues.
+    world: World,
+    /// Requests in flight, by slot.
+    slab: Slab,
+    /// What watches: counting, timelines, traces, warnings.
+    obs: Observers<'w, 'scope>,
     traffic: BatchReceiver<NewRequest>,
     /// The next request of the traffic, not yet arrived.
     next_arrival: Option<NewRequest>,
     queue: EventQueue<Ev>,
-    /// Per model: the fair wait queue, and the instant its wake-up is scheduled for.
-    waiting: Vec<(FairQueue<u32>, Option<Timestamp>)>,
-    policy: QueuePolicy,
-    reqs: Vec<Req>,
-    free: Vec<u32>,
-    next_id: u64,
-    /// Real-clock timings and queue counts; the ledger counts everything else.
-    agg: Aggregate,
-    intervals: Vec<Interval>,
+    events: u64,
+}
+
+/// What decides a request's fate: the engine, the provider's judge, the engine's fair queues.
+struct World {
+    engine: Engine,
+    judge: Judge,
     /// The judge's view of each engine key (by engine key index), kept in step with pool
     /// events so that sending needs no lookup by name.
     key_states: Vec<JudgeKey>,
-    timeline: Option<csv::Writer<&'w mut (dyn Write + Send)>>,
-    events: u64,
+    /// Per model: the fair wait queue, and the instant its wake-up is scheduled for.
+    waiting: Vec<(FairQueue<u32>, Option<Timestamp>)>,
+    policy: QueuePolicy,
     /// Whether the engine's estimator learns from settled requests.
     learns: bool,
-    /// Estimators measured beside the engine's (`shadow_estimators`).
-    shadows: Vec<Box<dyn Estimator>>,
-    /// Early warnings, when the scenario has them.
-    warner: Option<Warner>,
-    /// Exhaustion spells and how well warnings foretold them.
-    scorer: Scorer,
-    trace: Option<Trace>,
-    /// Offset of the previous timeline tick: where the current interval began.
-    interval_from: u64,
-    notifications: Option<&'w mut dyn crate::notify::Sink>,
-    progress: Option<&'w dyn Fn(u64)>,
+}
+
+/// Requests in flight, in reusable slots: memory follows what is in flight, not the run.
+#[derive(Default)]
+struct Slab {
+    reqs: Vec<Req>,
+    free: Vec<u32>,
+    next_id: u64,
 }
 
 /// What an ideal dispatcher could have served of the scenario's traffic (the oracle alone,
@@ -189,38 +180,41 @@ pub fn simulate(sc: &Scenario, out: Outputs<'_>) -> Result<RunResult, SimError> 
         let (traffic, producer) = Traffic::new(sc).spawn(scope, to_oracle);
         let mut sim = Sim {
             sc,
-            engine,
-            judge,
-            ledger: Ledger::spawn(scope, sc, requests),
+            world: World {
+                learns: engine.learns(),
+                engine,
+                judge,
+                key_states: Vec::new(),
+                waiting: sc.models.iter().map(|_| (FairQueue::new(), None)).collect(),
+                policy: sc.engine.policy(),
+            },
+            slab: Slab::default(),
+            obs: Observers {
+                ledger: Ledger::spawn(scope, sc, requests),
+                agg: Aggregate::default(),
+                intervals: vec![Interval::default(); sc.projects.len() * sc.models.len()],
+                timeline,
+                shadows: sc.engine.shadow_estimators.iter().map(|k| build::build_estimator(sc, *k)).collect(),
+                warner: sc.warnings.as_ref().map(|w| Warner::new(w.config.clone())),
+                scorer: Scorer::new(&models),
+                trace: trace.then(|| {
+                    let projects = sc.projects.iter().map(|p| p.id.clone()).collect();
+                    Trace::new(projects, models.clone(), TRACE_BUDGET, sc.timeline_ms)
+                }),
+                notifications,
+                progress,
+                interval_from: 0,
+            },
             traffic,
             next_arrival: None,
             queue: EventQueue::default(),
-            waiting: sc.models.iter().map(|_| (FairQueue::new(), None)).collect(),
-            policy: sc.engine.policy(),
-            reqs: Vec::new(),
-            free: Vec::new(),
-            next_id: 0,
-            agg: Aggregate::default(),
-            intervals: vec![Interval::default(); sc.projects.len() * sc.models.len()],
-            key_states: Vec::new(),
-            timeline,
             events: 0,
-            learns: false,
-            shadows: sc.engine.shadow_estimators.iter().map(|k| build::build_estimator(sc, *k)).collect(),
-            warner: sc.warnings.as_ref().map(|w| Warner::new(w.config.clone())),
-            scorer: Scorer::new(&models),
-            trace: trace.then(|| {
-                let projects = sc.projects.iter().map(|p| p.id.clone()).collect();
-                Trace::new(projects, models.clone(), TRACE_BUDGET, sc.timeline_ms)
-            }),
-            notifications,
-            progress,
-            interval_from: 0,
         };
-        sim.learns = sim.engine.learns();
         sim.sync_keys();
         let ran = sim.run();
-        let Sim { traffic, ledger, engine, agg: timing, mut timeline, events, warner, scorer, trace, .. } = sim;
+        let Sim { traffic, world, obs, events, .. } = sim;
+        let Observers { ledger, agg: timing, mut timeline, warner, scorer, trace, .. } = obs;
+        let engine = world.engine;
         // Close every channel before waiting, so that no helper waits on a run that ended.
         drop(traffic);
         let counted = ledger.finish();
@@ -242,27 +236,8 @@ pub fn simulate(sc: &Scenario, out: Outputs<'_>) -> Result<RunResult, SimError> 
     })
 }
 
-/// Cells of usage a run's trace keeps at most (about 16 bytes each).
-const TRACE_BUDGET: usize = 2_000_000;
-
 /// One settlement in this many is timed on the real clock.
 const SETTLE_SAMPLE: u64 = 8;
-
-const TIMELINE_HEADER: [&str; 13] = [
-    "t_s",
-    "time",
-    "project",
-    "model",
-    "requests",
-    "breaches",
-    "input_tokens",
-    "rpm_peak",
-    "rpm_limit",
-    "tpm_peak",
-    "tpm_limit",
-    "rpd_used",
-    "rpd_limit",
-];
 
 impl Sim<'_, '_, '_> {
     fn abs(&self, offset: u64) -> u64 {
@@ -275,7 +250,7 @@ impl Sim<'_, '_, '_> {
             self.queue.push(self.abs(e.at_ms), Ev::Pool(i as u32));
         }
         self.queue.push(self.abs(self.sc.timeline_ms.min(self.sc.duration_ms)), Ev::Tick);
-        if let Some(w) = &self.warner {
+        if let Some(w) = &self.obs.warner {
             self.queue.push(self.abs(w.config().evaluate_every_ms.min(self.sc.duration_ms)), Ev::Warn);
         }
         loop {
@@ -316,27 +291,27 @@ impl Sim<'_, '_, '_> {
             pending: Pending::Nothing,
             delayed: false,
         };
-        match self.free.pop() {
+        match self.slab.free.pop() {
             Some(i) => {
-                self.reqs[i as usize] = req;
+                self.slab.reqs[i as usize] = req;
                 i
             }
             None => {
-                self.reqs.push(req);
-                (self.reqs.len() - 1) as u32
+                self.slab.reqs.push(req);
+                (self.slab.reqs.len() - 1) as u32
             }
         }
     }
 
     fn arrive(&mut self, n: NewRequest) -> Result<(), SimError> {
         let r = self.new_req(n);
-        self.reqs[r as usize].id = self.next_id;
-        self.next_id += 1;
+        self.slab.reqs[r as usize].id = self.slab.next_id;
+        self.slab.next_id += 1;
         let now = self.abs(n.at);
         let c = &self.sc.traffic[n.class as usize];
         let (model, priority) = (c.model, c.priority);
-        let deadline = self.policy.deadline(Timestamp(now));
-        let retry = if self.waiting[model].0.must_queue(priority) {
+        let deadline = self.world.policy.deadline(Timestamp(now));
+        let retry = if self.world.waiting[model].0.must_queue(priority) {
             None
         } else {
             let decision = self.admit(r, now);
@@ -352,16 +327,16 @@ impl Sim<'_, '_, '_> {
                 Step::WaitUntil(at, why) => Some((at, why)),
                 Step::GiveUp(reason) => {
                     self.lost_capacity(r, now);
-                    let project = bucket.map(|b| self.engine.bucket_owner(b).0);
+                    let project = bucket.map(|b| self.world.engine.bucket_owner(b).0);
                     self.finish(r, now, Terminal::Denied, project, Reason::GaveUp(reason), 0, (NO_SHADOW, 0));
                     return Ok(());
                 }
             }
         };
         self.lost_capacity(r, now);
-        self.reqs[r as usize].delayed = true;
-        self.agg.delayed += 1;
-        match self.waiting[model].0.push(r, priority, deadline, retry) {
+        self.slab.reqs[r as usize].delayed = true;
+        self.obs.agg.delayed += 1;
+        match self.world.waiting[model].0.push(r, priority, deadline, retry) {
             Ok(_) => self.schedule_wake(model),
             Err((r, reason)) => {
                 self.finish(r, now, Terminal::Denied, None, Reason::GaveUp(reason), 0, (NO_SHADOW, 0));
@@ -372,7 +347,7 @@ impl Sim<'_, '_, '_> {
 
     /// Asks the engine about request `r` at `now`, timing the call; a denial is scored.
     fn admit(&mut self, r: u32, now: u64) -> Result<Decision, AdmitError> {
-        let req = self.reqs[r as usize];
+        let req = self.slab.reqs[r as usize];
         let c = &self.sc.traffic[req.class as usize];
         let prompt = match (req.text, &c.corpus) {
             (Some(i), Some(corpus)) => Prompt::Text(&corpus.texts[i as usize].text),
@@ -380,8 +355,8 @@ impl Sim<'_, '_, '_> {
         };
         let request = Request::new(c.model, prompt).priority(c.priority).max_output_tokens(c.max_output_tokens);
         let started = stopwatch::start();
-        let decision = self.engine.admit(&request, Timestamp(now));
-        self.agg.admit_ns.saturating_record(stopwatch::elapsed_ns(started));
+        let decision = self.world.engine.admit(&request, Timestamp(now));
+        self.obs.agg.admit_ns.saturating_record(stopwatch::elapsed_ns(started));
         if let Ok(Decision::Denied(d)) = &decision {
             if let DenyReason::Exhausted(dim) | DenyReason::CoolingDown(dim) = d.reason {
                 self.exhausted(c.model, dim, now);
@@ -392,15 +367,15 @@ impl Sim<'_, '_, '_> {
 
     /// Counts `r` as lost capacity if the provider would have taken it now.
     fn lost_capacity(&mut self, r: u32, now: u64) {
-        let model = self.sc.traffic[self.reqs[r as usize].class as usize].model;
+        let model = self.sc.traffic[self.slab.reqs[r as usize].class as usize].model;
         if self.provider_would_accept(model, self.judged(r), now) {
-            self.agg.lost_capacity += 1;
+            self.obs.agg.lost_capacity += 1;
         }
     }
 
     /// Schedules the wake-up of `model`'s queue, unless it is scheduled for that instant.
     fn schedule_wake(&mut self, model: usize) {
-        let (q, scheduled) = &mut self.waiting[model];
+        let (q, scheduled) = &mut self.world.waiting[model];
         if let Some(at) = q.wake_at() {
             if *scheduled != Some(at) {
                 *scheduled = Some(at);
@@ -411,23 +386,23 @@ impl Sim<'_, '_, '_> {
 
     /// The queue of `model` is due (or capacity freed): serve its waiters in order.
     fn wake(&mut self, model: usize, now: u64) {
-        if self.waiting[model].1 != Some(Timestamp(now)) {
+        if self.world.waiting[model].1 != Some(Timestamp(now)) {
             return; // superseded by an earlier wake-up
         }
-        self.waiting[model].1 = None;
+        self.world.waiting[model].1 = None;
         self.dispatch(model, now);
     }
 
     fn dispatch(&mut self, model: usize, now: u64) {
-        let mut queue = std::mem::take(&mut self.waiting[model].0);
+        let mut queue = std::mem::take(&mut self.world.waiting[model].0);
         let mut served = Vec::new();
         queue.dispatch(Timestamp(now), |&r, _| self.admit(r, now), |s| served.push(s));
-        self.waiting[model].0 = queue;
+        self.world.waiting[model].0 = queue;
         for s in served {
             match s {
                 Served::Granted(r, ticket) => self.send(r, ticket, now),
                 Served::GaveUp(r, reason) => {
-                    let waited = now - self.reqs[r as usize].arrival;
+                    let waited = now - self.slab.reqs[r as usize].arrival;
                     self.finish(r, now, Terminal::Denied, None, Reason::GaveUp(reason), waited, (NO_SHADOW, 0));
                 }
             }
@@ -437,33 +412,33 @@ impl Sim<'_, '_, '_> {
 
     /// Whether any project that can serve `model` would accept `tokens` now.
     fn provider_would_accept(&mut self, model: usize, tokens: u64, now: u64) -> bool {
-        let judge = &mut self.judge;
-        self.engine.pool().serving_projects(model).any(|p| judge.peek(p, model, tokens, now) == Verdict::Accepted)
+        let judge = &mut self.world.judge;
+        self.world.engine.pool().serving_projects(model).any(|p| judge.peek(p, model, tokens, now) == Verdict::Accepted)
     }
 
     /// The tokens of request `r` the provider counts against token limits.
     fn judged(&self, r: u32) -> u64 {
-        let req = &self.reqs[r as usize];
+        let req = &self.slab.reqs[r as usize];
         super::traffic::judged(req.input, req.output, self.sc.provider.counts_output)
     }
 
     fn send(&mut self, r: u32, ticket: Ticket, now: u64) {
-        let req = &mut self.reqs[r as usize];
+        let req = &mut self.slab.reqs[r as usize];
         req.ticket = Some(ticket);
         req.sent_at = now;
         let latency_ms = req.latency_ms;
         let latency = self.sc.provider.latency;
-        let (pending, delay) = match self.key_states[ticket.key.0 as usize] {
+        let (pending, delay) = match self.world.key_states[ticket.key.0 as usize] {
             JudgeKey::Invalid => (Pending::Failed("api-key-invalid"), latency.error_ms()),
             JudgeKey::Valid(project) => match req.fault {
                 Some(Fault::Internal) => (Pending::Failed("internal"), latency.error_ms()),
                 Some(Fault::Overloaded) => (Pending::Failed("overloaded"), latency.error_ms()),
                 None => {
                     let tokens = self.judged(r);
-                    match self.judge.submit(project, ticket.model, tokens, now) {
+                    match self.world.judge.submit(project, ticket.model, tokens, now) {
                         Verdict::Accepted => {
-                            let u = self.judge.counted(project, ticket.model);
-                            let iv = &mut self.intervals[project * self.sc.models.len() + ticket.model];
+                            let u = self.world.judge.counted(project, ticket.model);
+                            let iv = &mut self.obs.intervals[project * self.sc.models.len() + ticket.model];
                             iv.requests += 1;
                             iv.tokens += tokens;
                             iv.rpm_peak = iv.rpm_peak.max(u.minute_requests);
@@ -471,7 +446,7 @@ impl Sim<'_, '_, '_> {
                             (Pending::Success, latency_ms)
                         }
                         Verdict::Exhausted { violations, retry_after_ms } => {
-                            let tier = self.judge.config().projects[project].tier;
+                            let tier = self.world.judge.config().projects[project].tier;
                             let model = &self.sc.models[ticket.model].name;
                             let answer = quota_exceeded(&violations, tier, model, retry_after_ms);
                             // The engine reads the body as it would off the wire.
@@ -479,34 +454,34 @@ impl Sim<'_, '_, '_> {
                             if let Some(dim) = q.dimension {
                                 self.exhausted(ticket.model, dim, now);
                             }
-                            self.intervals[project * self.sc.models.len() + ticket.model].breaches += 1;
+                            self.obs.intervals[project * self.sc.models.len() + ticket.model].breaches += 1;
                             (Pending::RateLimited(q), latency.error_ms())
                         }
                     }
                 }
             },
         };
-        self.reqs[r as usize].pending = pending;
+        self.slab.reqs[r as usize].pending = pending;
         self.queue.push(now + delay, Ev::Complete(r));
     }
 
     fn complete(&mut self, r: u32, now: u64) -> Result<(), SimError> {
-        let req = self.reqs[r as usize];
+        let req = self.slab.reqs[r as usize];
         let ticket = req.ticket.expect("completed requests were sent");
         let (mut shadow, mut cold) = (NO_SHADOW, 0u8);
-        if matches!(req.pending, Pending::Success) && (self.learns || !self.shadows.is_empty()) {
+        if matches!(req.pending, Pending::Success) && (self.world.learns || !self.obs.shadows.is_empty()) {
             let c = &self.sc.traffic[req.class as usize];
             let prompt = match (req.text, &c.corpus) {
                 (Some(i), Some(corpus)) => Prompt::Text(&corpus.texts[i as usize].text),
                 _ => Prompt::Chars(req.chars),
             };
-            if self.learns {
-                cold |= u8::from(!self.engine.estimator().warmed_up(ticket.model, &prompt));
-                self.engine.learn(ticket.model, &prompt, req.input);
+            if self.world.learns {
+                cold |= u8::from(!self.world.engine.estimator().warmed_up(ticket.model, &prompt));
+                self.world.engine.learn(ticket.model, &prompt, req.input);
             }
             // Shadows estimate at settlement, then learn: each estimate comes before its
             // own request's count is known, as the engine's did at admission.
-            for (i, (s, out)) in self.shadows.iter().zip(&mut shadow).enumerate() {
+            for (i, (s, out)) in self.obs.shadows.iter().zip(&mut shadow).enumerate() {
                 cold |= u8::from(!s.warmed_up(ticket.model, &prompt)) << (i + 1);
                 *out = s.estimate(ticket.model, &prompt);
                 s.observe(ticket.model, &prompt, req.input);
@@ -526,9 +501,9 @@ impl Sim<'_, '_, '_> {
         // much as settling, and the distribution needs no more.
         let started = (req.id % SETTLE_SAMPLE == 0).then(stopwatch::start);
         // The in-memory store cannot fail.
-        self.engine.settle(&ticket, outcome, Timestamp(now)).expect("the in-memory store answers");
+        self.world.engine.settle(&ticket, outcome, Timestamp(now)).expect("the in-memory store answers");
         if let Some(started) = started {
-            self.agg.settle_ns.saturating_record(stopwatch::elapsed_ns(started));
+            self.obs.agg.settle_ns.saturating_record(stopwatch::elapsed_ns(started));
         }
         // Capacity freed before its time (a refund, a count below the reservation): the
         // model's waiters need not wait for the queue's timer.
@@ -537,10 +512,10 @@ impl Sim<'_, '_, '_> {
             Outcome::Success { input_tokens, .. } => input_tokens < ticket.estimated_input,
             _ => false,
         };
-        if freed && !self.waiting[ticket.model].0.is_empty() {
+        if freed && !self.world.waiting[ticket.model].0.is_empty() {
             self.dispatch(ticket.model, now);
         }
-        let project = Some(self.engine.bucket_owner(ticket.bucket).0);
+        let project = Some(self.world.engine.bucket_owner(ticket.bucket).0);
         self.finish(r, now, state, project, reason, req.sent_at - req.arrival, (shadow, cold));
         Ok(())
     }
@@ -557,14 +532,14 @@ impl Sim<'_, '_, '_> {
         waited: u64,
         (shadow, cold): ([u64; MAX_SHADOWS], u8),
     ) {
-        let req = &self.reqs[r as usize];
+        let req = &self.slab.reqs[r as usize];
         let c = &self.sc.traffic[req.class as usize];
         let sent = state != Terminal::Denied;
-        if let Some(t) = self.trace.as_mut() {
+        if let Some(t) = self.obs.trace.as_mut() {
             t.outcomes.record(now - self.sc.start.0, state);
         }
         let ticket = req.ticket.filter(|_| sent);
-        self.ledger.push(Entry::Done(Done {
+        self.obs.ledger.push(Entry::Done(Done {
             id: req.id,
             class: req.class,
             priority: c.priority,
@@ -584,7 +559,7 @@ impl Sim<'_, '_, '_> {
             shadow,
             cold,
         }));
-        self.free.push(r);
+        self.slab.free.push(r);
     }
 
     fn pool_event(&mut self, i: usize) -> Result<(), SimError> {
@@ -592,143 +567,40 @@ impl Sim<'_, '_, '_> {
         match &event {
             PoolEvent::Add(KeySpec { id, project }) => {
                 let p = self.sc.projects.iter().position(|x| &x.id == project).expect("validated project");
-                self.judge.issue_key(id, p);
-                self.ledger.push(Entry::KeyAdded(id.clone()));
+                self.world.judge.issue_key(id, p);
+                self.obs.ledger.push(Entry::KeyAdded(id.clone()));
             }
             PoolEvent::Revoke(id) => {
-                self.judge.delete_key(id);
+                self.world.judge.delete_key(id);
             }
             _ => {}
         }
-        self.engine.apply(event)?;
+        self.world.engine.apply(event)?;
         self.sync_keys();
         Ok(())
     }
 
-    /// Evaluates the warning rules and sends what is due.
+    fn sync_keys(&mut self) {
+        self.world.key_states =
+            self.world.engine.pool().keys().iter().map(|k| self.world.judge.key_state(&k.id)).collect();
+    }
+
+    /// Evaluates the warning rules and sends what is due; schedules the next evaluation.
     fn warn(&mut self, now: u64) -> Result<(), SimError> {
-        let Some(warner) = &mut self.warner else { return Ok(()) };
-        let notifications = warner.evaluate(&self.engine, Timestamp(now));
-        let model_of = |name: &str| self.sc.models.iter().position(|m| m.name == name);
-        for n in &notifications {
-            self.scorer.notified(n, Timestamp(now), model_of);
-            if let Some(t) = self.trace.as_mut() {
-                let mut about: Vec<(usize, usize)> = n
-                    .alerts
-                    .iter()
-                    .filter_map(|a| {
-                        let m = model_of(a.labels.get("model")?)?;
-                        let d = a.labels.get("dimension")?;
-                        Some((m, crate::engine::Dimension::ALL.iter().position(|x| x.name() == d)?))
-                    })
-                    .collect();
-                about.sort_unstable();
-                about.dedup();
-                t.notice(Notice { at_ms: now - self.sc.start.0, firing: n.firing, about });
-            }
-            if let Some(sink) = self.notifications.as_mut() {
-                sink.send(n, Timestamp(now))
-                    .map_err(|e| SimError::Write { what: "notifications", source: e.into() })?;
-            }
-        }
-        let offset = now - self.sc.start.0;
-        if offset < self.sc.duration_ms {
-            let next = (offset + warner.config().evaluate_every_ms).min(self.sc.duration_ms);
+        if let Some(next) = self.obs.warn(self.sc, &self.world.engine, now)? {
             self.queue.push(self.abs(next), Ev::Warn);
         }
         Ok(())
     }
 
-    /// The pool of `model` had nothing left on `dim`: scored, and traced when a spell begins.
+    /// The pool of `model` had nothing left on `dim`.
     fn exhausted(&mut self, model: usize, dim: crate::engine::Dimension, now: u64) {
-        if let Some(lead) = self.scorer.exhausted(model, dim, Timestamp(now)) {
-            if let Some(t) = self.trace.as_mut() {
-                t.spell(self.sc.start, Timestamp(now), model, dim.index(), lead);
-            }
-        }
+        self.obs.exhausted(self.sc, model, dim, now);
     }
 
-    fn sync_keys(&mut self) {
-        self.key_states = self.engine.pool().keys().iter().map(|k| self.judge.key_state(&k.id)).collect();
-    }
-
-    /// Records this interval's usage and capacity in the trace.
-    fn trace_tick(&mut self, now: u64) {
-        let models = self.sc.models.len();
-        let frac =
-            |used: u64, limit: u64| if limit == 0 || limit == u64::MAX { 0.0 } else { used as f32 / limit as f32 };
-        let mut cells = Vec::with_capacity(self.intervals.len());
-        for p in 0..self.sc.projects.len() {
-            for m in 0..models {
-                let iv = self.intervals[p * models + m];
-                let u = self.judge.usage(p, m, now);
-                let l = self.judge.limits(p, m);
-                cells.push(Cell {
-                    rpm: frac(iv.rpm_peak, l.rpm),
-                    tpm: frac(iv.tpm_peak, l.tpm),
-                    rpd: frac(u.day_requests, l.rpd),
-                    tpd: l.tpd.map_or(0.0, |t| frac(u.day_tokens, t)),
-                    requests: iv.requests as u32,
-                    breaches: iv.breaches as u32,
-                });
-            }
-        }
-        let rooms: Vec<Room> = (0..models)
-            .map(|m| {
-                let c = self.engine.capacity(m, Timestamp(now));
-                let mut remaining = [0.0f32; 4];
-                for (d, r) in remaining.iter_mut().enumerate() {
-                    *r = if c.usable[d] == 0 { 0.0 } else { c.remaining[d] as f32 / c.usable[d] as f32 };
-                }
-                Room { remaining, projects: c.projects as u32, keys: c.keys as u32 }
-            })
-            .collect();
-        if let Some(t) = self.trace.as_mut() {
-            // Each point is drawn from its interval's start.
-            t.tick(self.interval_from, &cells, &rooms);
-        }
-    }
-
+    /// Closes an interval of the timeline and the trace; schedules the next.
     fn tick(&mut self, now: u64) -> Result<(), SimError> {
-        let offset = now - self.sc.start.0;
-        if let Some(p) = self.progress {
-            p(offset);
-        }
-        if let Some(w) = self.timeline.as_mut() {
-            let models = self.sc.models.len();
-            let t_s = format!("{:.0}", offset as f64 / 1000.0);
-            let time = Timestamp(now).to_rfc3339();
-            for (p, project) in self.sc.projects.iter().enumerate() {
-                for (m, model) in self.sc.models.iter().enumerate() {
-                    let iv = self.intervals[p * models + m];
-                    let u = self.judge.usage(p, m, now);
-                    let l = self.judge.limits(p, m);
-                    let row = [
-                        t_s.clone(),
-                        time.clone(),
-                        project.id.clone(),
-                        model.name.clone(),
-                        iv.requests.to_string(),
-                        iv.breaches.to_string(),
-                        iv.tokens.to_string(),
-                        iv.rpm_peak.to_string(),
-                        l.rpm.to_string(),
-                        iv.tpm_peak.to_string(),
-                        l.tpm.to_string(),
-                        u.day_requests.to_string(),
-                        l.rpd.to_string(),
-                    ];
-                    w.write_record(&row).map_err(|source| SimError::Write { what: "timeline.csv", source })?;
-                }
-            }
-        }
-        if self.trace.is_some() {
-            self.trace_tick(now);
-        }
-        self.interval_from = offset;
-        self.intervals.iter_mut().for_each(|iv| *iv = Interval::default());
-        if offset < self.sc.duration_ms {
-            let next = (offset + self.sc.timeline_ms).min(self.sc.duration_ms);
+        if let Some(next) = self.obs.tick(self.sc, &self.world.engine, &mut self.world.judge, now)? {
             self.queue.push(self.abs(next), Ev::Tick);
         }
         Ok(())
