@@ -11,19 +11,26 @@ const CHUNKS: usize = 1 << 10;
 /// The table. Slots are created by [`Slots::ensure`] (callers serialise growth) and read
 /// by index from any thread.
 pub(crate) struct Slots<T> {
-    chunks: Box<[OnceLock<Box<[T]>>]>,
+    /// Fixed-size arrays, so that indexing needs no bounds checks beyond the chunk's presence.
+    chunks: Box<[OnceLock<Box<[T; CHUNK]>>; CHUNKS]>,
 }
 
 impl<T: Default> Slots<T> {
     pub(crate) fn new() -> Self {
-        Self { chunks: (0..CHUNKS).map(|_| OnceLock::new()).collect() }
+        let chunks: Vec<OnceLock<Box<[T; CHUNK]>>> = (0..CHUNKS).map(|_| OnceLock::new()).collect();
+        let chunks: Box<[_; CHUNKS]> =
+            chunks.into_boxed_slice().try_into().unwrap_or_else(|_| unreachable!("CHUNKS long"));
+        Self { chunks }
     }
 
     /// Makes sure slots `0..=index` exist.
     pub(crate) fn ensure(&self, index: usize) {
         assert!(index < CHUNK * CHUNKS, "more than {} slots", CHUNK * CHUNKS);
         for c in &self.chunks[..=index / CHUNK] {
-            c.get_or_init(|| (0..CHUNK).map(|_| T::default()).collect());
+            c.get_or_init(|| {
+                let chunk: Vec<T> = (0..CHUNK).map(|_| T::default()).collect();
+                chunk.into_boxed_slice().try_into().unwrap_or_else(|_| unreachable!("CHUNK long"))
+            });
         }
     }
 }
@@ -33,7 +40,10 @@ impl<T> std::ops::Index<usize> for Slots<T> {
 
     #[inline]
     fn index(&self, i: usize) -> &T {
-        &self.chunks[i / CHUNK].get().expect("slots are ensured before they are read")[i % CHUNK]
+        // Every index handed out is below `CHUNK * CHUNKS` (`ensure` asserts it), so the mask
+        // only spares the compiler a bounds check.
+        let chunk = &self.chunks[(i / CHUNK) % CHUNKS];
+        &chunk.get().expect("slots are ensured before they are read")[i % CHUNK]
     }
 }
 
