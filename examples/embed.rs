@@ -43,9 +43,11 @@ async fn main() -> Result<(), Box<dyn Error>> {
 
     for i in 0..requests {
         let prompt = format!("Request {i}: explain in one sentence why quotas are counted per project.");
-        let permit = engine.acquire(&Request::new(model, Prompt::Text(&prompt)), Duration::from_secs(30)).await?;
+        let mut permit = engine.acquire(&Request::new(model, Prompt::Text(&prompt)), Duration::from_secs(30)).await?;
         let key_id = permit.key_id();
         let secret = std::env::var(&key_id).unwrap_or_else(|_| key_id.clone());
+        // From here a dropped permit (this task cancelled mid-call) keeps the request counted.
+        permit.mark_sent();
         let sent = http
             .post(format!("{base}/v1beta/models/{MODEL}:generateContent"))
             .header("x-goog-api-key", secret)

@@ -204,6 +204,7 @@ impl<S: QuotaStore> Engine<S> {
                 return Err(AdmitError::TooLarge { tokens, dimension, ceiling });
             }
         }
+        let epoch = self.exhaustion_epoch.load(Ordering::SeqCst);
         let until = self.exhausted[model][p].load(Ordering::Relaxed);
         if now.0 < until {
             let reason = DenyReason::from_code(self.exhausted_reason[model][p].load(Ordering::Relaxed));
@@ -264,7 +265,12 @@ impl<S: QuotaStore> Engine<S> {
         if let (false, Some(at)) = (size_matters, s.retry_at) {
             self.exhausted_reason[model][p].store(reason.code(), Ordering::Relaxed);
             self.exhausted_bucket[model][p].store(u64::from(bucket.0), Ordering::Relaxed);
-            self.exhausted[model][p].store(at.0, Ordering::Relaxed);
+            self.exhausted[model][p].store(at.0, Ordering::SeqCst);
+            // Something was freed (or the pool changed) since this scan began: its finding
+            // may be stale, so it is not kept.
+            if self.exhaustion_epoch.load(Ordering::SeqCst) != epoch {
+                self.exhausted[model][p].store(0, Ordering::SeqCst);
+            }
         }
         Ok(Decision::Denied(Denial { retry_at: s.retry_at, reason, bucket: Some(bucket) }))
     }
@@ -286,16 +292,18 @@ impl<S: QuotaStore> Engine<S> {
         self.estimator.learns()
     }
 
-    /// Reconciles `ticket` with what really happened, at `now`. When the store cannot be
-    /// reached the error says so; the reservation then stays as counted (conservative).
-    pub fn settle(&self, ticket: &Ticket, outcome: Outcome, now: Timestamp) -> Result<(), StoreError> {
+    /// Reconciles `ticket` with what really happened, at `now`; says whether that freed
+    /// capacity (a refund, a count below the reservation), so that a caller with its own
+    /// waiters (a simulator) knows to serve them. When the store cannot be reached the error
+    /// says so; the reservation then stays as counted (conservative).
+    pub fn settle(&self, ticket: &Ticket, outcome: Outcome, now: Timestamp) -> Result<bool, StoreError> {
         let freed = self.settle_inner(ticket, outcome, now)?;
         if freed {
             self.forget_exhaustion(Some(ticket.model));
             #[cfg(feature = "async")]
             self.wake_queues(Some(ticket.model));
         }
-        Ok(())
+        Ok(freed)
     }
 
     /// Settles; whether capacity was freed (waiters may be served now).

@@ -59,13 +59,15 @@ impl Clock for SystemClock {
 #[derive(Debug, Default)]
 pub struct ManualClock {
     now: AtomicU64,
-    sleepers: Mutex<Vec<(u64, Waker)>>,
+    /// Sleepers by id: the instant each waits for and its waker.
+    sleepers: Mutex<Vec<(u64, u64, Waker)>>,
+    next_sleeper: AtomicU64,
 }
 
 impl ManualClock {
     /// A clock standing at `t`.
     pub fn new(t: Timestamp) -> Self {
-        Self { now: AtomicU64::new(t.0), sleepers: Mutex::new(Vec::new()) }
+        Self { now: AtomicU64::new(t.0), sleepers: Mutex::new(Vec::new()), next_sleeper: AtomicU64::new(0) }
     }
 
     /// Moves the clock to `t` (never backwards) and wakes whoever sleeps until then.
@@ -73,9 +75,9 @@ impl ManualClock {
         let now = self.now.fetch_max(t.0, Ordering::SeqCst).max(t.0);
         let due: Vec<Waker> = {
             let mut sleepers = self.sleepers.lock().unwrap_or_else(|p| p.into_inner());
-            let (due, rest): (Vec<_>, Vec<_>) = sleepers.drain(..).partition(|(at, _)| *at <= now);
+            let (due, rest): (Vec<_>, Vec<_>) = sleepers.drain(..).partition(|(_, at, _)| *at <= now);
             *sleepers = rest;
-            due.into_iter().map(|(_, w)| w).collect()
+            due.into_iter().map(|(_, _, w)| w).collect()
         };
         due.into_iter().for_each(Waker::wake);
     }
@@ -87,7 +89,7 @@ impl ManualClock {
 
     /// A future that completes once the clock reaches `t`.
     pub fn sleep_until(&self, t: Timestamp) -> ManualSleep<'_> {
-        ManualSleep { clock: self, at: t.0 }
+        ManualSleep { clock: self, at: t.0, id: self.next_sleeper.fetch_add(1, Ordering::Relaxed) }
     }
 
     /// How many sleepers wait for the clock.
@@ -111,6 +113,7 @@ impl Clock for ManualClock {
 pub struct ManualSleep<'a> {
     clock: &'a ManualClock,
     at: u64,
+    id: u64,
 }
 
 impl Future for ManualSleep<'_> {
@@ -125,8 +128,42 @@ impl Future for ManualSleep<'_> {
         if self.clock.now().0 >= self.at {
             return Poll::Ready(());
         }
-        sleepers.retain(|(_, w)| !w.will_wake(cx.waker()));
-        sleepers.push((self.at, cx.waker().clone()));
+        match sleepers.iter_mut().find(|(id, _, _)| *id == self.id) {
+            Some(s) => s.2 = cx.waker().clone(),
+            None => sleepers.push((self.id, self.at, cx.waker().clone())),
+        }
         Poll::Pending
+    }
+}
+
+impl Drop for ManualSleep<'_> {
+    fn drop(&mut self) {
+        // A sleep given up leaves no waker behind.
+        self.clock.sleepers.lock().unwrap_or_else(|p| p.into_inner()).retain(|(id, _, _)| *id != self.id);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::task::Waker;
+
+    #[test]
+    fn every_sleep_of_one_task_wakes_and_dropped_ones_leave_nothing() {
+        let clock = ManualClock::new(Timestamp(0));
+        let mut cx = Context::from_waker(Waker::noop());
+        let mut a = std::pin::pin!(clock.sleep_until(Timestamp(10)));
+        let mut b = std::pin::pin!(clock.sleep_until(Timestamp(20)));
+        assert!(a.as_mut().poll(&mut cx).is_pending() && b.as_mut().poll(&mut cx).is_pending());
+        assert_eq!(clock.sleepers(), 2, "the same task's two sleeps are both kept");
+        clock.advance(10);
+        assert!(a.as_mut().poll(&mut cx).is_ready() && b.as_mut().poll(&mut cx).is_pending());
+        {
+            let mut c = std::pin::pin!(clock.sleep_until(Timestamp(30)));
+            assert!(c.as_mut().poll(&mut cx).is_pending());
+        }
+        clock.advance(10);
+        assert!(b.as_mut().poll(&mut cx).is_ready());
+        assert_eq!(clock.sleepers(), 0, "a dropped sleep leaves no waker behind");
     }
 }

@@ -143,6 +143,7 @@ impl<S: QuotaStore> Builder<S> {
             exhausted: (0..models).map(|_| Default::default()).collect(),
             exhausted_reason: (0..models).map(|_| Default::default()).collect(),
             exhausted_bucket: (0..models).map(|_| Default::default()).collect(),
+            exhaustion_epoch: AtomicU64::new(0),
             #[cfg(feature = "async")]
             queues: (0..models).map(|_| Default::default()).collect(),
         };

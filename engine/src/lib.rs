@@ -195,6 +195,9 @@ pub struct Engine<S: QuotaStore = MemoryStore> {
     exhausted_reason: Vec<[AtomicU64; 2]>,
     /// Per model and priority: the bucket that frees first.
     exhausted_bucket: Vec<[AtomicU64; 2]>,
+    /// Bumped by every forgetting of exhaustion: an admission that scanned an older pool or
+    /// older counters does not cache its finding over a newer freeing.
+    exhaustion_epoch: AtomicU64,
     /// Per model: the fair wait queue of [`Engine::acquire`].
     #[cfg(feature = "async")]
     queues: Vec<wait::Queue>,
@@ -329,6 +332,7 @@ impl<S: QuotaStore> Engine<S> {
 
     /// Forgets cached exhaustion of `model` (or of every model): something was freed.
     fn forget_exhaustion(&self, model: Option<usize>) {
+        self.exhaustion_epoch.fetch_add(1, Ordering::SeqCst);
         for (m, slots) in self.exhausted.iter().enumerate() {
             if model.is_none_or(|x| x == m) {
                 for s in slots {

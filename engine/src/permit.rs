@@ -1,8 +1,11 @@
 //! Permits: admitted quota that cannot leak.
 //!
-//! A [`Permit`] holds what admission reserved. Settle it with what happened; drop it
-//! unsettled (a handler cancelled between admission and the answer, a client hang-up) and it
-//! settles as never sent, returning everything it held — like tokio's `SemaphorePermit`.
+//! A [`Permit`] holds what admission reserved. Settle it with what happened. Drop it
+//! unsettled before sending (a handler cancelled before its call went out) and it settles as
+//! never sent, returning everything it held — like tokio's `SemaphorePermit`. Once the
+//! caller has marked it sent ([`Permit::mark_sent`]), a drop (a client hang-up while the
+//! answer is on its way) settles it as failed instead: the provider may have counted the
+//! request, so the engine keeps counting it too.
 
 use std::fmt;
 
@@ -17,11 +20,23 @@ use crate::Engine;
 pub struct Permit<'e, S: QuotaStore> {
     engine: &'e Engine<S>,
     ticket: Option<Ticket>,
+    sent: bool,
+    queued: bool,
 }
 
 impl<'e, S: QuotaStore> Permit<'e, S> {
-    pub(crate) fn new(engine: &'e Engine<S>, ticket: Ticket) -> Self {
-        Self { engine, ticket: Some(ticket) }
+    pub(crate) fn new(engine: &'e Engine<S>, ticket: Ticket, queued: bool) -> Self {
+        Self { engine, ticket: Some(ticket), sent: false, queued }
+    }
+
+    /// Says the request is on its way: from now on a drop keeps it counted.
+    pub fn mark_sent(&mut self) {
+        self.sent = true;
+    }
+
+    /// Whether the request waited in the fair queue before it was admitted.
+    pub fn queued(&self) -> bool {
+        self.queued
     }
 
     /// What admission granted.
@@ -42,7 +57,7 @@ impl<'e, S: QuotaStore> Permit<'e, S> {
     /// Settles with what really happened, at the engine clock's `now`.
     pub fn settle(mut self, outcome: Outcome) -> Result<(), StoreError> {
         let ticket = self.ticket.take().expect("a permit holds its ticket until settled");
-        self.engine.settle(&ticket, outcome, self.engine.clock().now())
+        self.engine.settle(&ticket, outcome, self.engine.clock().now()).map(|_| ())
     }
 
     /// Gives up the drop guard: the caller now settles the ticket itself with
@@ -55,9 +70,10 @@ impl<'e, S: QuotaStore> Permit<'e, S> {
 impl<S: QuotaStore> Drop for Permit<'_, S> {
     fn drop(&mut self) {
         if let Some(ticket) = self.ticket.take() {
+            let outcome = if self.sent { Outcome::Failed } else { Outcome::NotSent };
             // Nothing to report to from a drop: a store that cannot be reached keeps the
             // reservation, which errs on the safe side and expires with its window.
-            let _ = self.engine.settle(&ticket, Outcome::NotSent, self.engine.clock().now());
+            let _ = self.engine.settle(&ticket, outcome, self.engine.clock().now());
         }
     }
 }
@@ -84,7 +100,7 @@ impl<S: QuotaStore> Engine<S> {
     /// Admits `req` now, on the engine's clock, without waiting: a permit, or why not.
     pub fn try_acquire(&self, req: &Request<'_>) -> Result<Permit<'_, S>, TryAcquireError> {
         match self.admit(req, self.clock().now()) {
-            Ok(Decision::Admitted(t)) => Ok(Permit::new(self, t)),
+            Ok(Decision::Admitted(t)) => Ok(Permit::new(self, t, false)),
             Ok(Decision::Denied(d)) => Err(TryAcquireError::Denied(d)),
             Err(e) => Err(TryAcquireError::Never(Reason::from(e))),
         }

@@ -40,9 +40,7 @@ impl<T> std::ops::Index<usize> for Slots<T> {
 
     #[inline]
     fn index(&self, i: usize) -> &T {
-        // Every index handed out is below `CHUNK * CHUNKS` (`ensure` asserts it), so the mask
-        // only spares the compiler a bounds check.
-        let chunk = &self.chunks[(i / CHUNK) % CHUNKS];
+        let chunk = &self.chunks[i / CHUNK];
         &chunk.get().expect("slots are ensured before they are read")[i % CHUNK]
     }
 }

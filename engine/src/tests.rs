@@ -210,3 +210,17 @@ fn round_robin_serves_every_key_of_every_project() {
     assert_eq!(served.len(), 4, "{served:?}");
     assert!(served.values().all(|&n| n == 10), "{served:?}");
 }
+
+#[test]
+fn a_permit_dropped_before_sending_returns_its_quota_and_after_sending_keeps_it() {
+    let e = engine(EngineConfig::default(), spec(&[("p", &["k"])], 10));
+    let clock_now = e.clock().now();
+    let unsent = e.try_acquire(&req(Priority::Normal)).unwrap();
+    let bucket = unsent.ticket().bucket;
+    drop(unsent);
+    assert_eq!(e.usage(bucket, clock_now).unwrap().day_requests, 0, "never sent: returned");
+    let mut sent = e.try_acquire(&req(Priority::Normal)).unwrap();
+    sent.mark_sent();
+    drop(sent);
+    assert_eq!(e.usage(bucket, clock_now).unwrap().day_requests, 1, "sent, then dropped: still counted");
+}

@@ -87,6 +87,10 @@ pub(crate) struct Queue {
     inner: Mutex<Inner>,
     /// Waiters in the queue, read without the lock by the fast path.
     waiting: AtomicUsize,
+    /// Bumped whenever capacity of the model is freed. A waiter that was denied just before
+    /// a settlement freed capacity, and joined the queue just after that settlement found the
+    /// queue empty, sees the bump and dispatches itself: no wake-up is lost.
+    freed: std::sync::atomic::AtomicU64,
 }
 
 fn id(slot: &Arc<Slot>) -> usize {
@@ -118,7 +122,7 @@ impl<S: QuotaStore> Engine<S> {
         let queue = self.queues.get(req.model).ok_or(AcquireError(Reason::UnknownModel))?;
         if queue.waiting.load(Ordering::Acquire) == 0 {
             match step(self.admit(req, now), deadline, now) {
-                Step::Send(t) => return Ok(Permit::new(self, t)),
+                Step::Send(t) => return Ok(Permit::new(self, t, false)),
                 Step::GiveUp(r) => return Err(AcquireError(r)),
                 Step::WaitUntil(..) => {}
             }
@@ -126,12 +130,13 @@ impl<S: QuotaStore> Engine<S> {
         let slot = Arc::new(Slot { req: Owned::of(req), state: Mutex::new(State::Waiting(None)) });
         let place = {
             let mut inner = lock(&queue.inner);
+            let freed = queue.freed.load(Ordering::SeqCst);
             let now = self.clock().now();
             let retry = if inner.fair.must_queue(req.priority) {
                 None
             } else {
                 match step(self.admit(req, now), deadline, now) {
-                    Step::Send(t) => return Ok(Permit::new(self, t)),
+                    Step::Send(t) => return Ok(Permit::new(self, t, false)),
                     Step::GiveUp(r) => return Err(AcquireError(r)),
                     Step::WaitUntil(at, why) => Some((at, why)),
                 }
@@ -139,9 +144,13 @@ impl<S: QuotaStore> Engine<S> {
             let before = inner.fair.wake_at();
             let place =
                 inner.fair.push(slot.clone(), req.priority, deadline, retry).map_err(|(_, r)| AcquireError(r))?;
-            queue.waiting.store(inner.fair.len(), Ordering::Release);
-            // The queue's timer now fires earlier: its holder must re-arm.
-            if inner.fair.wake_at() != before {
+            queue.waiting.store(inner.fair.len(), Ordering::SeqCst);
+            if queue.freed.load(Ordering::SeqCst) != freed {
+                // Freed while this request was being denied: the settlement may have seen an
+                // empty queue, so serve the queue now.
+                self.dispatch(queue, &mut inner);
+            } else if inner.fair.wake_at() != before {
+                // The queue's timer now fires earlier: its holder must re-arm.
                 if let Some((_, w)) = &inner.holder {
                     w.wake_by_ref();
                 }
@@ -154,9 +163,12 @@ impl<S: QuotaStore> Engine<S> {
     /// Something was freed in `model` (or anywhere): serve its waiters now.
     pub(crate) fn wake_queues(&self, model: Option<usize>) {
         for (m, q) in self.queues.iter().enumerate() {
-            if model.is_none_or(|x| x == m) && q.waiting.load(Ordering::Acquire) > 0 {
-                let mut inner = lock(&q.inner);
-                self.dispatch(q, &mut inner);
+            if model.is_none_or(|x| x == m) {
+                q.freed.fetch_add(1, Ordering::SeqCst);
+                if q.waiting.load(Ordering::SeqCst) > 0 {
+                    let mut inner = lock(&q.inner);
+                    self.dispatch(q, &mut inner);
+                }
             }
         }
     }
@@ -164,9 +176,16 @@ impl<S: QuotaStore> Engine<S> {
     /// Admits the queue's waiters in order at the clock's `now`, and wakes each one served.
     fn dispatch(&self, q: &Queue, inner: &mut Inner) {
         let now = self.clock().now();
+        let before = inner.fair.wake_at();
         let mut served = Vec::new();
         inner.fair.dispatch(now, |slot, _| self.admit(&slot.req.request(), now), |s| served.push(s));
-        q.waiting.store(inner.fair.len(), Ordering::Release);
+        q.waiting.store(inner.fair.len(), Ordering::SeqCst);
+        // The head's next chance moved earlier (capacity freed): the timer's holder re-arms.
+        if inner.fair.wake_at().is_some_and(|at| before.is_none_or(|b| at < b)) {
+            if let Some((_, w)) = &inner.holder {
+                w.wake_by_ref();
+            }
+        }
         for s in served {
             let (slot, state) = match s {
                 Served::Granted(slot, t) => (slot, State::Granted(t)),
@@ -208,7 +227,7 @@ impl<'e, S: QuotaStore> Waiter<'e, S> {
     fn outcome(&mut self) -> Option<Result<Permit<'e, S>, AcquireError>> {
         let mut state = lock(&self.slot.state);
         let out = match std::mem::replace(&mut *state, State::Done) {
-            State::Granted(t) => Ok(Permit::new(self.engine, t)),
+            State::Granted(t) => Ok(Permit::new(self.engine, t, true)),
             State::GaveUp(r) => Err(AcquireError(r)),
             waiting => {
                 *state = waiting;

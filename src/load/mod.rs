@@ -297,11 +297,11 @@ impl Shared {
         let mark = stopwatch::start();
         let acquired = engine.acquire(&request, Duration::from_millis(max_wait_ms)).await;
         let elapsed_ns = stopwatch::elapsed_ns(mark);
-        done.delayed = self.now() > now;
+        done.delayed = acquired.as_ref().is_ok_and(|p| p.queued()) || self.now() > now && acquired.is_err();
         if !done.delayed {
             done.admit_ns = Some(elapsed_ns);
         }
-        let permit = match acquired {
+        let mut permit = match acquired {
             Ok(p) => p,
             Err(AcquireError(reason)) => {
                 let now = self.now();
@@ -315,6 +315,7 @@ impl Shared {
             tokio::time::sleep(EDGE_GUARD).await;
         }
         let ticket = *permit.ticket();
+        permit.mark_sent();
         let sent_at = self.now();
         done.queue_wait_ms = sent_at.since(arrival);
         done.key = Some(ticket.key.0 as usize);

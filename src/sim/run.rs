@@ -267,7 +267,7 @@ impl Sim<'_, '_, '_> {
             match ev {
                 Ev::Wake(m) => self.wake(m as usize, now),
                 Ev::Complete(r) => self.complete(r, now)?,
-                Ev::Pool(i) => self.pool_event(i as usize)?,
+                Ev::Pool(i) => self.pool_event(i as usize, now)?,
                 Ev::Tick => self.tick(now)?,
                 Ev::Warn => self.warn(now)?,
             }
@@ -501,17 +501,12 @@ impl Sim<'_, '_, '_> {
         // much as settling, and the distribution needs no more.
         let started = (req.id % SETTLE_SAMPLE == 0).then(stopwatch::start);
         // The in-memory store cannot fail.
-        self.world.engine.settle(&ticket, outcome, Timestamp(now)).expect("the in-memory store answers");
+        let freed = self.world.engine.settle(&ticket, outcome, Timestamp(now)).expect("the in-memory store answers");
         if let Some(started) = started {
             self.obs.agg.settle_ns.saturating_record(stopwatch::elapsed_ns(started));
         }
         // Capacity freed before its time (a refund, a count below the reservation): the
         // model's waiters need not wait for the queue's timer.
-        let freed = match outcome {
-            Outcome::RateLimited(_) => true,
-            Outcome::Success { input_tokens, .. } => input_tokens < ticket.estimated_input,
-            _ => false,
-        };
         if freed && !self.world.waiting[ticket.model].0.is_empty() {
             self.dispatch(ticket.model, now);
         }
@@ -562,7 +557,7 @@ impl Sim<'_, '_, '_> {
         self.slab.free.push(r);
     }
 
-    fn pool_event(&mut self, i: usize) -> Result<(), SimError> {
+    fn pool_event(&mut self, i: usize, now: u64) -> Result<(), SimError> {
         let event = self.sc.events[i].event.clone();
         match &event {
             PoolEvent::Add(KeySpec { id, project }) => {
@@ -577,6 +572,12 @@ impl Sim<'_, '_, '_> {
         }
         self.world.engine.apply(event)?;
         self.sync_keys();
+        // The pool changed: waiters may be served by it now rather than at their timer.
+        for model in 0..self.world.waiting.len() {
+            if !self.world.waiting[model].0.is_empty() {
+                self.dispatch(model, now);
+            }
+        }
         Ok(())
     }
 
