@@ -21,7 +21,7 @@ pub trait Clock: Send + Sync {
 
     /// How a waiter sleeps until an instant of this clock.
     fn timer(&self) -> Timer<'_> {
-        Timer::Real { scale: 1.0 }
+        Timer::Real { scale: 1.0, lag: std::time::Duration::ZERO }
     }
 }
 
@@ -32,6 +32,11 @@ pub enum Timer<'a> {
     Real {
         /// Clock milliseconds per real millisecond.
         scale: f64,
+        /// Real time to sleep beyond the instant: when the provider counts a request a
+        /// little after the engine does (the request's trip), waking this much after a slot
+        /// frees keeps a waiter from reaching the provider before the request it replaces
+        /// has left the provider's window.
+        lag: std::time::Duration,
     },
     /// The clock moves only when told: its sleepers wake when it is advanced.
     Manual(&'a ManualClock),

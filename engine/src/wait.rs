@@ -261,9 +261,9 @@ impl<'e, S: QuotaStore> Waiter<'e, S> {
         }
         self.sleep = Some(match self.engine.clock().timer() {
             Timer::Manual(clock) => Sleep::Manual(clock.sleep_until(at), at),
-            Timer::Real { scale } => {
+            Timer::Real { scale, lag } => {
                 let ms = at.since(now) as f64 / scale.max(f64::MIN_POSITIVE);
-                Sleep::Real(Box::pin(tokio::time::sleep(Duration::from_secs_f64(ms.ceil() / 1000.0))), at)
+                Sleep::Real(Box::pin(tokio::time::sleep(Duration::from_secs_f64(ms.ceil() / 1000.0) + lag)), at)
             }
         });
     }

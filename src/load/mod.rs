@@ -40,7 +40,10 @@ impl crate::engine::Clock for Scaled {
     }
 
     fn timer(&self) -> Timer<'_> {
-        Timer::Real { scale: self.0.scale() }
+        // A queued request is admitted a little after its slot frees: one sent exactly at a
+        // window's edge can reach the provider before the request it replaces has left the
+        // provider's window, if that one's trip took longer.
+        Timer::Real { scale: self.0.scale(), lag: EDGE_GUARD }
     }
 }
 
@@ -287,9 +290,8 @@ impl Shared {
             delayed: false,
         };
         let now = self.now();
-        // A little after the slot frees: a request sent exactly at a window's edge can reach
-        // the provider before the entry it replaces has left there, if that one's trip took
-        // longer. The guard comes out of the wait.
+        // The guard a queued request waits beyond its slot (the clock's timer lag) comes out
+        // of its wait.
         let max_wait_ms = match self.sc.engine.policy() {
             QueuePolicy::Wait { max_wait_ms } => max_wait_ms.saturating_sub(now.since(arrival) + self.guard_ms()),
             QueuePolicy::Reject => 0,
@@ -311,9 +313,6 @@ impl Shared {
                 return done;
             }
         };
-        if done.delayed {
-            tokio::time::sleep(EDGE_GUARD).await;
-        }
         let ticket = *permit.ticket();
         permit.mark_sent();
         let sent_at = self.now();
