@@ -246,8 +246,9 @@ impl<S: QuotaStore> Engine<S> {
             };
             match answer {
                 Ok(usage) => {
-                    self.note(g.bucket, &usage, now);
-                    let key = g.keys[self.key_turn(g.bucket) % g.keys.len()];
+                    let view = &self.views[g.bucket.0 as usize];
+                    view.record(&usage, now);
+                    let key = g.keys[view.key_turn() % g.keys.len()];
                     let ticket = Ticket { key, bucket: g.bucket, model, estimated_input, reserved_output, reservation };
                     return Ok(Decision::Admitted(ticket));
                 }

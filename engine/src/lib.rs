@@ -168,6 +168,30 @@ struct View {
     turn: AtomicUsize,
 }
 
+impl View {
+    /// Records fresh counters.
+    fn record(&self, u: &Usage, now: Timestamp) {
+        let cooling = u.cooling_until.is_some();
+        let used = [if cooling { u64::MAX } else { u.minute_requests }, u.minute_tokens, u.day_requests, u.day_tokens];
+        for (slot, x) in self.used.iter().zip(used) {
+            slot.store(x, Ordering::Relaxed);
+        }
+        // Counters that fall on their own (window entries leaving) only make the view
+        // understate headroom, which misguides nobody; refreshing at every expiry cost more
+        // than the strategy. Other replicas' traffic, and counters that fell, show within the
+        // TTL.
+        let until = now.0 + VIEW_TTL_MS;
+        self.until.store(until, Ordering::Relaxed);
+    }
+
+    /// The next turn among the bucket's keys.
+    fn key_turn(&self) -> usize {
+        let turn = self.turn.load(Ordering::Relaxed);
+        self.turn.store(turn.wrapping_add(1), Ordering::Relaxed);
+        turn
+    }
+}
+
 /// How long a bucket's cached view serves strategies before it is read again from the store
 /// (unless this engine's own calls refresh it sooner).
 pub const VIEW_TTL_MS: u64 = 1_000;
@@ -271,18 +295,7 @@ impl<S: QuotaStore> Engine<S> {
 
     /// Records fresh counters of `bucket` in its view.
     fn note(&self, bucket: BucketId, u: &Usage, now: Timestamp) {
-        let v = &self.views[bucket.0 as usize];
-        let cooling = u.cooling_until.is_some();
-        let used = [if cooling { u64::MAX } else { u.minute_requests }, u.minute_tokens, u.day_requests, u.day_tokens];
-        for (slot, x) in v.used.iter().zip(used) {
-            slot.store(x, Ordering::Relaxed);
-        }
-        // Counters that fall on their own (window entries leaving) only make the view
-        // understate headroom, which misguides nobody; refreshing at every expiry cost more
-        // than the strategy. Other replicas' traffic, and counters that fell, show within the
-        // TTL.
-        let until = now.0 + VIEW_TTL_MS;
-        v.until.store(until, Ordering::Relaxed);
+        self.views[bucket.0 as usize].record(u, now);
     }
 
     /// Normalised headroom of `bucket` for priority index `p`, from the view while it holds:
@@ -310,14 +323,6 @@ impl<S: QuotaStore> Engine<S> {
         h
     }
 
-    /// The next turn among the keys of `bucket`.
-    fn key_turn(&self, bucket: BucketId) -> usize {
-        let t = &self.views[bucket.0 as usize].turn;
-        let turn = t.load(Ordering::Relaxed);
-        t.store(turn.wrapping_add(1), Ordering::Relaxed);
-        turn
-    }
-
     fn next_random(&self) -> u64 {
         // SplitMix64 over a counter: deterministic for a given call order. A relaxed load and
         // store, not an atomic add: threads racing here may draw the same word, which only
@@ -336,7 +341,11 @@ impl<S: QuotaStore> Engine<S> {
         for (m, slots) in self.exhausted.iter().enumerate() {
             if model.is_none_or(|x| x == m) {
                 for s in slots {
-                    s.store(0, Ordering::Relaxed);
+                    // Read first: most of the time nothing is cached, and a store would take
+                    // the line from every other core.
+                    if s.load(Ordering::Relaxed) != 0 {
+                        s.store(0, Ordering::Relaxed);
+                    }
                 }
             }
         }

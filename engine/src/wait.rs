@@ -87,10 +87,6 @@ pub(crate) struct Queue {
     inner: Mutex<Inner>,
     /// Waiters in the queue, read without the lock by the fast path.
     waiting: AtomicUsize,
-    /// Bumped whenever capacity of the model is freed. A waiter that was denied just before
-    /// a settlement freed capacity, and joined the queue just after that settlement found the
-    /// queue empty, sees the bump and dispatches itself: no wake-up is lost.
-    freed: std::sync::atomic::AtomicU64,
 }
 
 fn id(slot: &Arc<Slot>) -> usize {
@@ -130,7 +126,12 @@ impl<S: QuotaStore> Engine<S> {
         let slot = Arc::new(Slot { req: Owned::of(req), state: Mutex::new(State::Waiting(None)) });
         let place = {
             let mut inner = lock(&queue.inner);
-            let freed = queue.freed.load(Ordering::SeqCst);
+            // Bumped by every freeing (the engine's exhaustion epoch). A waiter denied just
+            // before a settlement freed capacity, which joins the queue just after that
+            // settlement found it empty, sees the bump and dispatches itself: no wake-up is
+            // lost (the settlement bumps, then reads `waiting`; the waiter stores `waiting`,
+            // then reads the epoch).
+            let freed = self.exhaustion_epoch.load(Ordering::SeqCst);
             let now = self.clock().now();
             let retry = if inner.fair.must_queue(req.priority) {
                 None
@@ -145,7 +146,7 @@ impl<S: QuotaStore> Engine<S> {
             let place =
                 inner.fair.push(slot.clone(), req.priority, deadline, retry).map_err(|(_, r)| AcquireError(r))?;
             queue.waiting.store(inner.fair.len(), Ordering::SeqCst);
-            if queue.freed.load(Ordering::SeqCst) != freed {
+            if self.exhaustion_epoch.load(Ordering::SeqCst) != freed {
                 // Freed while this request was being denied: the settlement may have seen an
                 // empty queue, so serve the queue now.
                 self.dispatch(queue, &mut inner);
@@ -163,12 +164,10 @@ impl<S: QuotaStore> Engine<S> {
     /// Something was freed in `model` (or anywhere): serve its waiters now.
     pub(crate) fn wake_queues(&self, model: Option<usize>) {
         for (m, q) in self.queues.iter().enumerate() {
-            if model.is_none_or(|x| x == m) {
-                q.freed.fetch_add(1, Ordering::SeqCst);
-                if q.waiting.load(Ordering::SeqCst) > 0 {
-                    let mut inner = lock(&q.inner);
-                    self.dispatch(q, &mut inner);
-                }
+            // `forget_exhaustion` bumped the epoch just before this.
+            if model.is_none_or(|x| x == m) && q.waiting.load(Ordering::SeqCst) > 0 {
+                let mut inner = lock(&q.inner);
+                self.dispatch(q, &mut inner);
             }
         }
     }
