@@ -341,7 +341,7 @@ impl<S: QuotaStore> Engine<S> {
                     now.plus(q.retry_after_ms.unwrap_or(MINUTE_MS))
                 };
                 if until > now {
-                    self.store.cool_down(b, dimension, until)?;
+                    self.store.cool_down(b, dimension, until, now)?;
                     self.views[b.0 as usize].until.store(0, Ordering::Relaxed);
                 }
                 Ok(r.is_some())

@@ -53,7 +53,10 @@ pub mod warn;
 mod admit;
 mod capacity;
 mod config;
+mod degraded;
 mod permit;
+#[cfg(feature = "redis")]
+pub mod redis_store;
 mod setting;
 mod slots;
 #[cfg(feature = "async")]
@@ -68,6 +71,7 @@ pub use admit::{AdmitError, Decision, Denial, DenyReason, Outcome, Priority, Req
 pub use capacity::Capacity;
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use config::{Builder, ConfigError};
+pub use degraded::Degraded;
 pub use estimate::{Chars4, Estimator, Prompt};
 pub use lifecycle::{step, QueuePolicy, Reason, Step};
 pub use limits::{Ceilings, Dimension, Limits};
@@ -78,6 +82,8 @@ pub use pool::{
 };
 pub use provider::{parse_quota_error, QuotaExhausted};
 pub use redact::redact;
+#[cfg(feature = "redis")]
+pub use redis_store::{RedisConfig, RedisStats, RedisStore, RedisTime};
 pub use setting::Setting;
 pub use store::{BucketId, BucketKey, Grant, QuotaStore, Reservation, Shortfall, StoreError, Usage};
 pub use strategy::{Strategy, StrategyKind};
@@ -352,5 +358,7 @@ impl<S: QuotaStore> Engine<S> {
     }
 }
 
+#[cfg(test)]
+mod conformance;
 #[cfg(test)]
 mod tests;

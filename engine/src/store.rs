@@ -182,8 +182,14 @@ pub trait QuotaStore: Send + Sync {
     /// Counts a request after the fact, without any check (the `check-then-act` reference mode).
     fn record(&self, bucket: BucketId, tokens: u64, now: Timestamp) -> Result<Usage, StoreError>;
 
-    /// Stops admissions on `dimension` of `bucket` until `until`.
-    fn cool_down(&self, bucket: BucketId, dimension: Dimension, until: Timestamp) -> Result<(), StoreError>;
+    /// Stops admissions on `dimension` of `bucket` until `until` (decided at `now`).
+    fn cool_down(
+        &self,
+        bucket: BucketId,
+        dimension: Dimension,
+        until: Timestamp,
+        now: Timestamp,
+    ) -> Result<(), StoreError>;
 
     /// The bucket's counters at `now`.
     fn usage(&self, bucket: BucketId, now: Timestamp) -> Result<Usage, StoreError>;

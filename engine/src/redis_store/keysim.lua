@@ -1,0 +1,265 @@
+-- keysim's quota store on Redis: every operation on one bucket is one call of this code,
+-- run atomically by the server. Loaded as the function library `keysim_v1` (FCALL), or sent
+-- with EVALSHA/EVAL where functions are not allowed; both share this text.
+--
+-- KEYS[1]: the bucket's minute window, a sorted set of "seq:tokens" scored by admission time (ms)
+-- KEYS[2]: the bucket's counters, a hash: v (layout), seq, mt (minute tokens), day (when the
+--          current Pacific day ends, ms), dr/dt (day requests/tokens), c1..c4 (cooling until,
+--          per dimension), now (latest server time seen)
+-- ARGV[1]: operation; ARGV[2]: now in ms, or "server" for the server's TIME; then its arguments.
+-- Both keys carry the hash tag {owner|model}, so a bucket lives in one Cluster slot.
+
+local LAYOUT = '1'
+local MINUTE = 60000
+local HOUR = 3600000
+local DAY = 86400000
+
+local function num(x)
+  return tonumber(x) or 0
+end
+
+local function str(x)
+  return string.format('%.0f', x)
+end
+
+-- Days since 1970-01-01 of a proleptic Gregorian date, and the year of such a day.
+local function days_from_civil(y, m, d)
+  if m <= 2 then y = y - 1 end
+  local era = math.floor(y / 400)
+  local yoe = y - era * 400
+  local doy = math.floor((153 * ((m + 9) % 12) + 2) / 5) + d - 1
+  local doe = yoe * 365 + math.floor(yoe / 4) - math.floor(yoe / 100) + doy
+  return era * 146097 + doe - 719468
+end
+
+local function year_of(days)
+  local z = days + 719468
+  local era = math.floor(z / 146097)
+  local doe = z - era * 146097
+  local yoe = math.floor((doe - math.floor(doe / 1460) + math.floor(doe / 36524) - math.floor(doe / 146096)) / 365)
+  local doy = doe - (365 * yoe + math.floor(yoe / 4) - math.floor(yoe / 100))
+  local mp = math.floor((5 * doy + 2) / 153)
+  local y = yoe + era * 400
+  if mp >= 10 then y = y + 1 end
+  return y
+end
+
+-- The n-th Sunday of month m of year y, as a day number.
+local function nth_sunday(y, m, n)
+  local first = days_from_civil(y, m, 1)
+  return first + (7 - (first + 4) % 7) % 7 + 7 * (n - 1)
+end
+
+-- Pacific time's offset from UTC at instant t (US rule: daylight time from the second Sunday
+-- of March, 2:00 PST, to the first Sunday of November, 2:00 PDT).
+local function pacific_offset(t)
+  local y = year_of(math.floor((t - 8 * HOUR) / DAY))
+  local starts = nth_sunday(y, 3, 2) * DAY + 10 * HOUR
+  local ends = nth_sunday(y, 11, 1) * DAY + 9 * HOUR
+  if t >= starts and t < ends then return -7 * HOUR end
+  return -8 * HOUR
+end
+
+-- The first midnight in Pacific time after t, when Gemini's daily quotas reset.
+local function next_pacific_midnight(t)
+  local midnight = (math.floor((t + pacific_offset(t)) / DAY) + 1) * DAY
+  return midnight - pacific_offset(midnight + 8 * HOUR)
+end
+
+local function tokens_of(member)
+  return tonumber(string.match(member, ':(%d+)$'))
+end
+
+-- The bucket's counters at `now`: entries that left the window are dropped, a new Pacific
+-- day starts with zero. Returns nil and a message if another layout wrote this bucket.
+local function open(w, m, now)
+  local f = redis.call('HMGET', m, 'v', 'mt', 'day', 'dr', 'dt', 'c1', 'c2', 'c3', 'c4', 'now')
+  if f[1] and f[1] ~= LAYOUT then
+    return nil, 'keysim: bucket ' .. m .. ' has layout v' .. f[1] .. ', this library knows v' .. LAYOUT
+  end
+  local s = {
+    mt = num(f[2]), day = num(f[3]), dr = num(f[4]), dt = num(f[5]),
+    c = { num(f[6]), num(f[7]), num(f[8]), num(f[9]) }, now = num(f[10]),
+  }
+  local cutoff = str(now - MINUTE)
+  local gone = redis.call('ZRANGEBYSCORE', w, '-inf', cutoff)
+  if #gone > 0 then
+    for _, member in ipairs(gone) do
+      s.mt = s.mt - tokens_of(member)
+    end
+    redis.call('ZREMRANGEBYSCORE', w, '-inf', cutoff)
+  end
+  if now >= s.day then
+    s.day = next_pacific_midnight(now)
+    s.dr = 0
+    s.dt = 0
+  end
+  return s
+end
+
+-- Writes the counters back; the keys live until nothing in them matters any more.
+local function save(w, m, s, now)
+  redis.call('HSET', m, 'v', LAYOUT, 'mt', str(s.mt), 'day', str(s.day), 'dr', str(s.dr), 'dt', str(s.dt),
+    'c1', str(s.c[1]), 'c2', str(s.c[2]), 'c3', str(s.c[3]), 'c4', str(s.c[4]), 'now', str(math.max(now, s.now)))
+  local keep = math.max(s.day, s.c[1], s.c[2], s.c[3], s.c[4], now + MINUTE)
+  local ttl = str(keep - now + MINUTE)
+  redis.call('PEXPIRE', m, ttl)
+  redis.call('PEXPIRE', w, ttl)
+end
+
+local function usage(w, s, now)
+  local n = redis.call('ZCARD', w)
+  local frees = 0
+  if n > 0 then
+    frees = tonumber(redis.call('ZRANGE', w, 0, 0, 'WITHSCORES')[2]) + MINUTE
+  end
+  local cooling = 0
+  for d = 1, 4 do
+    if s.c[d] > now and s.c[d] > cooling then cooling = s.c[d] end
+  end
+  return { n, s.mt, s.dr, s.dt, frees, s.day, cooling }
+end
+
+-- When enough of the window's tokens have left for `tokens` more to fit under `tpm`; -1: never.
+local function tokens_free_at(w, s, tokens, tpm)
+  if tokens > tpm then return -1 end
+  local excess = s.mt + tokens - tpm
+  local entries = redis.call('ZRANGE', w, 0, -1, 'WITHSCORES')
+  for i = 1, #entries, 2 do
+    local t = tokens_of(entries[i])
+    if t >= excess then return tonumber(entries[i + 1]) + MINUTE end
+    excess = excess - t
+  end
+  return -1
+end
+
+-- Why `tokens` more do not fit under ceilings c (-1 = unlimited): the dimension that frees
+-- last, whether it cools down, and when (-1 = never). nil if they fit.
+local function shortfall(w, s, tokens, c, now)
+  local worst = nil
+  local function consider(d, cooling, retry)
+    local later
+    if worst == nil then
+      later = true
+    elseif retry < 0 then
+      later = worst[3] >= 0
+    else
+      later = worst[3] >= 0 and retry > worst[3]
+    end
+    if later then worst = { d, cooling, retry } end
+  end
+  for d = 1, 4 do
+    if s.c[d] > now then consider(d, 1, s.c[d]) end
+  end
+  local rpm, tpm, rpd, tpd = c[1], c[2], c[3], c[4]
+  if rpm >= 0 then
+    local n = redis.call('ZCARD', w)
+    if n >= rpm then
+      local retry = -1
+      if rpm > 0 then
+        retry = tonumber(redis.call('ZRANGE', w, n - rpm, n - rpm, 'WITHSCORES')[2]) + MINUTE
+      end
+      consider(1, 0, retry)
+    end
+  end
+  if tpm >= 0 and s.mt + tokens > tpm then consider(2, 0, tokens_free_at(w, s, tokens, tpm)) end
+  if rpd >= 0 and s.dr >= rpd then
+    local retry = -1
+    if rpd > 0 then retry = s.day end
+    consider(3, 0, retry)
+  end
+  if tpd >= 0 and s.dt + tokens > tpd then
+    local retry = -1
+    if tokens <= tpd then retry = s.day end
+    consider(4, 0, retry)
+  end
+  return worst
+end
+
+-- Counts one request of `tokens` at `now` (or at the newest time seen, to keep the window
+-- ordered); returns its sequence number and time.
+local function push(w, m, s, tokens, now)
+  local at = now
+  local last = redis.call('ZRANGE', w, -1, -1, 'WITHSCORES')
+  if #last > 0 and tonumber(last[2]) > at then at = tonumber(last[2]) end
+  local seq = redis.call('HINCRBY', m, 'seq', 1)
+  redis.call('ZADD', w, str(at), str(seq) .. ':' .. str(tokens))
+  s.mt = s.mt + tokens
+  s.dr = s.dr + 1
+  s.dt = s.dt + tokens
+  return seq, at
+end
+
+local function append(out, xs)
+  for _, x in ipairs(xs) do out[#out + 1] = x end
+  return out
+end
+
+local function keysim(keys, args)
+  local w, m = keys[1], keys[2]
+  local op = args[1]
+  local now
+  if args[2] == 'server' then
+    local t = redis.call('TIME')
+    now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+    -- A server clock stepped backwards never moves a bucket's time back.
+    local seen = num(redis.call('HGET', m, 'now'))
+    if now < seen then now = seen end
+  else
+    now = tonumber(args[2])
+  end
+  local s, err = open(w, m, now)
+  if s == nil then return redis.error_reply(err) end
+  if op == 'reserve' or op == 'check' then
+    local tokens = tonumber(args[3])
+    local c = { tonumber(args[4]), tonumber(args[5]), tonumber(args[6]), tonumber(args[7]) }
+    local short = shortfall(w, s, tokens, c, now)
+    if short ~= nil then
+      save(w, m, s, now)
+      return append({ 0, short[1], short[2], short[3] }, usage(w, s, now))
+    end
+    if op == 'check' then
+      save(w, m, s, now)
+      return append({ 1, 0, now, s.day }, usage(w, s, now))
+    end
+    local seq, at = push(w, m, s, tokens, now)
+    save(w, m, s, now)
+    return append({ 1, seq, at, s.day }, usage(w, s, now))
+  elseif op == 'reconcile' or op == 'refund' then
+    local seq, reserved, day = args[3], tonumber(args[4]), tonumber(args[5])
+    local member = seq .. ':' .. str(reserved)
+    if op == 'reconcile' then
+      local actual = tonumber(args[6])
+      local score = redis.call('ZSCORE', w, member)
+      if score then
+        redis.call('ZREM', w, member)
+        redis.call('ZADD', w, score, seq .. ':' .. str(actual))
+        s.mt = s.mt - reserved + actual
+      end
+      if s.day == day then s.dt = math.max(s.dt + actual - reserved, 0) end
+    else
+      if redis.call('ZREM', w, member) == 1 then s.mt = s.mt - reserved end
+      if s.day == day then
+        s.dr = math.max(s.dr - 1, 0)
+        s.dt = math.max(s.dt - reserved, 0)
+      end
+    end
+    save(w, m, s, now)
+    return usage(w, s, now)
+  elseif op == 'record' then
+    push(w, m, s, tonumber(args[3]), now)
+    save(w, m, s, now)
+    return usage(w, s, now)
+  elseif op == 'cool' then
+    local d, cool_until = tonumber(args[3]), tonumber(args[4])
+    if cool_until > s.c[d] then s.c[d] = cool_until end
+    save(w, m, s, now)
+    return usage(w, s, now)
+  elseif op == 'usage' then
+    save(w, m, s, now)
+    return usage(w, s, now)
+  elseif op == 'midnight' then
+    return next_pacific_midnight(now)
+  end
+  return redis.error_reply('keysim: unknown operation ' .. tostring(op))
+end

@@ -1,0 +1,614 @@
+//! The quota store on Redis or Redis Cluster, shared by every replica of a service (feature
+//! `redis`).
+//!
+//! Every operation on a bucket is **one round trip**: a call of the function library
+//! `keysim_v1` (`FCALL`), or the same Lua text through `EVALSHA`/`EVAL` where functions are
+//! not allowed (managed proxies, Redis before 7). The script checks and counts every
+//! dimension of the bucket atomically, so replicas can never over-admit between them.
+//!
+//! - **Time** is the Redis server's (`TIME`), never a replica's, and a server clock that steps
+//!   back never moves a bucket's time back; the day is the **Pacific** calendar day, computed
+//!   by the script, so every replica agrees on midnight Pacific, daylight time included.
+//!   [`RedisTime::Caller`] uses the caller's time instead, for virtual time and tests.
+//! - **Keys** are `<prefix>:v1:{<owner>|<model>}:w` (the minute window) and `…:m` (counters);
+//!   the hash tag keeps a bucket in one Cluster slot, so there are no `CROSSSLOT` errors. Keys
+//!   expire once nothing in them matters (the day has ended, cool-downs are over), so memory
+//!   is bounded by the buckets in use.
+//! - **Versions**: the library, its function and the key prefix carry the layout version
+//!   (`v1`). A later layout gets new names, and a script that finds a bucket written by
+//!   another layout refuses with an error rather than misread it: a rolling deploy cannot
+//!   corrupt counters.
+//! - **Connections** are pooled (one per concurrent caller, idle ones kept); a failed one is
+//!   dropped, and reconnecting backs off exponentially with jitter (failing fast meanwhile).
+//!   Every call has a deadline: connect, write and read each time out after it.
+//! - **Fail closed**: every failure is a [`StoreError`], and the engine denies admission with
+//!   reason `store-unavailable`. Nothing falls back to per-process counting unless a
+//!   [`Degraded`](crate::Degraded) store is configured explicitly.
+//!
+//! Calls block the calling thread for one round trip (about 0.1 ms on a local network); in an
+//! async service that is the cost of an uncontended lock held across a system call.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
+use std::sync::{Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use redis::{ConnectionLike, RedisError};
+
+use super::limits::{Ceilings, Dimension};
+use super::slots::Slots;
+use super::store::{BucketId, BucketKey, Grant, QuotaStore, Reservation, Shortfall, StoreError, Usage};
+use super::time::Timestamp;
+
+/// The Lua text both the function library and `EVAL` run.
+const CORE: &str = include_str!("keysim.lua");
+/// The layout version in names: library, function and key prefix.
+const LAYOUT: &str = "v1";
+/// The function's name (also the library's).
+const FUNCTION: &str = "keysim_v1";
+
+/// Whose clock a [`RedisStore`] counts by.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum RedisTime {
+    /// The Redis server's `TIME` (default): every replica counts by one clock.
+    #[default]
+    Server,
+    /// The `now` each call passes (virtual time, tests). Replicas must then share a clock.
+    Caller,
+}
+
+/// How to reach Redis, and how long to wait for it.
+#[derive(Clone, Debug)]
+pub struct RedisConfig {
+    /// `redis://[user:password@]host:port[/db]` of a server, or several node addresses of a
+    /// Cluster (set [`RedisConfig::cluster`]).
+    pub urls: Vec<String>,
+    /// Whether `urls` are nodes of a Redis Cluster.
+    pub cluster: bool,
+    /// Connecting, writing a call and reading its answer each give up after this long.
+    pub deadline: Duration,
+    /// The first part of every key name.
+    pub prefix: String,
+    /// Whose clock counts.
+    pub time: RedisTime,
+    /// Idle connections kept for reuse.
+    pub max_idle: usize,
+}
+
+impl RedisConfig {
+    /// A standalone server at `url` with a 50 ms deadline, prefix `keysim`, the server's clock.
+    pub fn new(url: impl Into<String>) -> Self {
+        Self {
+            urls: vec![url.into()],
+            cluster: false,
+            deadline: Duration::from_millis(50),
+            prefix: "keysim".into(),
+            time: RedisTime::Server,
+            max_idle: 64,
+        }
+    }
+
+    /// A Redis Cluster reached through any of `nodes`.
+    pub fn cluster(nodes: impl IntoIterator<Item = impl Into<String>>) -> Self {
+        Self { urls: nodes.into_iter().map(Into::into).collect(), cluster: true, ..Self::new("") }
+    }
+
+    /// Reads `redis://…` (one server) or `redis+cluster://host:port,host:port` (Cluster
+    /// nodes), as `--store` takes them.
+    pub fn parse(spec: &str) -> Result<Self, StoreError> {
+        if let Some(rest) = spec.strip_prefix("redis+cluster://") {
+            let nodes: Vec<String> =
+                rest.split(',').filter(|s| !s.is_empty()).map(|n| format!("redis://{n}")).collect();
+            if nodes.is_empty() {
+                return Err(StoreError::Unavailable("no cluster node named".into()));
+            }
+            return Ok(Self::cluster(nodes));
+        }
+        if spec.starts_with("redis://") || spec.starts_with("rediss://") || spec.starts_with("unix://") {
+            return Ok(Self::new(spec));
+        }
+        Err(StoreError::Unavailable(format!(
+            "{}: expected redis://host:port or redis+cluster://host:port,host:port",
+            crate::redact(spec)
+        )))
+    }
+}
+
+/// What a [`RedisStore`] has done, for tests and metrics.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RedisStats {
+    /// Commands sent (each one round trip).
+    pub round_trips: u64,
+    /// Connections opened.
+    pub connects: u64,
+    /// Calls that failed (and made the engine fail closed).
+    pub errors: u64,
+}
+
+/// How the script is invoked on this deployment.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+enum Invoke {
+    /// Not known yet: try the function library first.
+    Unknown = 0,
+    /// `FCALL keysim_v1`.
+    Function = 1,
+    /// `EVALSHA`, falling back to `EVAL`: functions are refused here.
+    Eval = 2,
+}
+
+enum Conn {
+    Single(redis::Connection),
+    Cluster(Box<redis::cluster::ClusterConnection>),
+}
+
+impl Conn {
+    fn link(&mut self) -> &mut dyn ConnectionLike {
+        match self {
+            Self::Single(c) => c,
+            Self::Cluster(c) => c.as_mut(),
+        }
+    }
+}
+
+enum Target {
+    Single(redis::Client),
+    Cluster(redis::cluster::ClusterClient),
+}
+
+/// When the next connection attempt may be made after failures.
+struct Backoff {
+    next: Option<Instant>,
+    delay: Duration,
+}
+
+/// A bucket's two key names.
+struct Names {
+    window: String,
+    counters: String,
+}
+
+/// The quota store on Redis. See the [module](self) documentation.
+pub struct RedisStore {
+    config: RedisConfig,
+    target: Target,
+    idle: Mutex<Vec<Conn>>,
+    backoff: Mutex<Backoff>,
+    invoke: AtomicU8,
+    library: String,
+    script: redis::Script,
+    eval_code: String,
+    ids: Mutex<HashMap<BucketKey, BucketId>>,
+    names: Slots<OnceLock<Names>>,
+    round_trips: AtomicU64,
+    connects: AtomicU64,
+    errors: AtomicU64,
+}
+
+impl std::fmt::Debug for RedisStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisStore")
+            .field("urls", &self.config.urls.iter().map(|u| redact_url(u)).collect::<Vec<_>>())
+            .field("cluster", &self.config.cluster)
+            .field("deadline", &self.config.deadline)
+            .field("stats", &self.stats())
+            .finish()
+    }
+}
+
+/// A URL as it may be shown: without its password.
+fn redact_url(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(s), Some(at)) if at > s => format!("{}://***@{}", &url[..s], &url[at + 1..]),
+        _ => url.to_owned(),
+    }
+}
+
+impl RedisStore {
+    /// A store for `config`. Nothing is connected yet: the first call connects (and loads the
+    /// function library), so a store can be built while Redis is still starting.
+    pub fn new(config: RedisConfig) -> Result<Self, StoreError> {
+        let target = if config.cluster {
+            let client = redis::cluster::ClusterClient::builder(config.urls.clone())
+                .connection_timeout(config.deadline)
+                .response_timeout(config.deadline)
+                .retries(1)
+                .build()
+                .map_err(|e| unavailable(&e))?;
+            Target::Cluster(client)
+        } else {
+            let url = config.urls.first().ok_or_else(|| StoreError::Unavailable("no Redis URL".into()))?;
+            Target::Single(redis::Client::open(url.as_str()).map_err(|e| unavailable(&e))?)
+        };
+        let library = format!(
+            "#!lua name={FUNCTION}\n{CORE}\nredis.register_function('{FUNCTION}', function(keys, args) return keysim(keys, args) end)\n"
+        );
+        let eval_code = format!("{CORE}\nreturn keysim(KEYS, ARGV)\n");
+        let script = redis::Script::new(&eval_code);
+        Ok(Self {
+            config,
+            target,
+            idle: Mutex::new(Vec::new()),
+            backoff: Mutex::new(Backoff { next: None, delay: Duration::ZERO }),
+            invoke: AtomicU8::new(Invoke::Unknown as u8),
+            library,
+            script,
+            eval_code,
+            ids: Mutex::new(HashMap::new()),
+            names: Slots::new(),
+            round_trips: AtomicU64::new(0),
+            connects: AtomicU64::new(0),
+            errors: AtomicU64::new(0),
+        })
+    }
+
+    /// Counters of what this store has done.
+    pub fn stats(&self) -> RedisStats {
+        RedisStats {
+            round_trips: self.round_trips.load(Ordering::Relaxed),
+            connects: self.connects.load(Ordering::Relaxed),
+            errors: self.errors.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Whether calls go through the function library (`true`) or `EVALSHA`/`EVAL`; `None`
+    /// before the first call.
+    pub fn uses_functions(&self) -> Option<bool> {
+        match self.invoke() {
+            Invoke::Unknown => None,
+            Invoke::Function => Some(true),
+            Invoke::Eval => Some(false),
+        }
+    }
+
+    /// Makes every later call use `EVALSHA`/`EVAL`, as on a deployment that refuses functions.
+    pub fn force_eval(&self) {
+        self.invoke.store(Invoke::Eval as u8, Ordering::Relaxed);
+    }
+
+    /// The first midnight in Pacific time after `now`, as the script computes it (for tests
+    /// that compare it with the engine's own calendar).
+    pub fn pacific_midnight(&self, now: Timestamp) -> Result<Timestamp, StoreError> {
+        let base = format!("{}:{LAYOUT}:{{probe}}", self.config.prefix);
+        let names = Names { window: format!("{base}:w"), counters: format!("{base}:m") };
+        let v: i64 = self.call_names(&names, "midnight", now, &[])?;
+        Ok(Timestamp(v as u64))
+    }
+
+    fn invoke(&self) -> Invoke {
+        match self.invoke.load(Ordering::Relaxed) {
+            1 => Invoke::Function,
+            2 => Invoke::Eval,
+            _ => Invoke::Unknown,
+        }
+    }
+
+    fn time_arg(&self, now: Timestamp) -> String {
+        match self.config.time {
+            RedisTime::Server => "server".to_owned(),
+            RedisTime::Caller => now.0.to_string(),
+        }
+    }
+
+    /// A pooled connection, or a new one unless reconnecting is backing off.
+    fn take(&self) -> Result<Conn, StoreError> {
+        if let Some(c) = lock(&self.idle).pop() {
+            return Ok(c);
+        }
+        {
+            let b = lock(&self.backoff);
+            if let Some(next) = b.next {
+                let now = Instant::now();
+                if now < next {
+                    return Err(StoreError::Unavailable(format!(
+                        "reconnecting to Redis in {} ms",
+                        (next - now).as_millis()
+                    )));
+                }
+            }
+        }
+        let opened = match &self.target {
+            Target::Single(client) => client.get_connection_with_timeout(self.config.deadline).and_then(|c| {
+                c.set_read_timeout(Some(self.config.deadline))?;
+                c.set_write_timeout(Some(self.config.deadline))?;
+                Ok(Conn::Single(c))
+            }),
+            Target::Cluster(client) => client.get_connection().map(|c| Conn::Cluster(Box::new(c))),
+        };
+        let mut b = lock(&self.backoff);
+        match opened {
+            Ok(c) => {
+                self.connects.fetch_add(1, Ordering::Relaxed);
+                *b = Backoff { next: None, delay: Duration::ZERO };
+                Ok(c)
+            }
+            Err(e) => {
+                // Exponential from 25 ms to 2 s, with up to half again of jitter so that
+                // replicas do not reconnect in step.
+                let delay = (b.delay * 2).clamp(Duration::from_millis(25), Duration::from_secs(2));
+                let jitter = delay.mul_f64(jitter_fraction() * 0.5);
+                *b = Backoff { next: Some(Instant::now() + delay + jitter), delay };
+                Err(self.failure(&e))
+            }
+        }
+    }
+
+    fn give_back(&self, c: Conn) {
+        let mut idle = lock(&self.idle);
+        if idle.len() < self.config.max_idle {
+            idle.push(c);
+        }
+    }
+
+    /// Counts a failed call and says what it was.
+    fn failure(&self, e: &RedisError) -> StoreError {
+        self.errors.fetch_add(1, Ordering::Relaxed);
+        if e.is_timeout() {
+            StoreError::TimedOut(self.config.deadline)
+        } else if e.is_io_error() || e.is_connection_dropped() || e.is_connection_refusal() {
+            unavailable(e)
+        } else {
+            StoreError::Protocol(crate::redact(&e.to_string()))
+        }
+    }
+
+    /// One call of the script on `bucket`: operation `op` at `now` with `args`.
+    fn call(&self, bucket: BucketId, op: &str, now: Timestamp, args: &[u64]) -> Result<redis::Value, StoreError> {
+        let names = self.names[bucket.0 as usize].get().expect("buckets are named before use");
+        self.call_names(names, op, now, args)
+    }
+
+    fn call_names<T: redis::FromRedisValue>(
+        &self,
+        names: &Names,
+        op: &str,
+        now: Timestamp,
+        args: &[u64],
+    ) -> Result<T, StoreError> {
+        let mut conn = self.take()?;
+        let result = self.run(&mut conn, names, op, now, args);
+        match result {
+            Ok(v) => {
+                self.give_back(conn);
+                redis::from_redis_value(v).map_err(|e| {
+                    self.errors.fetch_add(1, Ordering::Relaxed);
+                    StoreError::Protocol(e.to_string())
+                })
+            }
+            // A connection that failed is not reused; one that got an error reply is.
+            Err(e) => {
+                if !(e.is_io_error() || e.is_timeout() || e.is_connection_dropped()) {
+                    self.give_back(conn);
+                }
+                Err(self.failure(&e))
+            }
+        }
+    }
+
+    /// Sends the call the way this deployment takes it, learning that way on first use.
+    fn run(
+        &self,
+        conn: &mut Conn,
+        names: &Names,
+        op: &str,
+        now: Timestamp,
+        args: &[u64],
+    ) -> Result<redis::Value, RedisError> {
+        let time = self.time_arg(now);
+        let fill = |cmd: &mut redis::Cmd| {
+            cmd.arg(2).arg(&names.window).arg(&names.counters).arg(op).arg(&time);
+            for a in args {
+                // Lua numbers are doubles: anything past 2^53 is "unlimited" to the script.
+                if *a >= 1 << 53 {
+                    cmd.arg(-1i64);
+                } else {
+                    cmd.arg(*a);
+                }
+            }
+        };
+        if self.invoke() != Invoke::Eval {
+            let mut fcall = redis::cmd("FCALL");
+            fcall.arg(FUNCTION);
+            fill(&mut fcall);
+            self.round_trips.fetch_add(1, Ordering::Relaxed);
+            match send(conn, &fcall) {
+                Err(e) if is_missing_function(&e) => {
+                    // First use, or a server that lost its functions: load, then call again.
+                    self.round_trips.fetch_add(1, Ordering::Relaxed);
+                    let loaded = send(conn, redis::cmd("FUNCTION").arg("LOAD").arg("REPLACE").arg(&self.library));
+                    match loaded {
+                        Ok(_) => {
+                            self.invoke.store(Invoke::Function as u8, Ordering::Relaxed);
+                            self.round_trips.fetch_add(1, Ordering::Relaxed);
+                            return send(conn, &fcall);
+                        }
+                        Err(e) if refuses_functions(&e) => self.invoke.store(Invoke::Eval as u8, Ordering::Relaxed),
+                        Err(e) => return Err(e),
+                    }
+                }
+                Err(e) if refuses_functions(&e) => self.invoke.store(Invoke::Eval as u8, Ordering::Relaxed),
+                other => {
+                    if other.is_ok() {
+                        self.invoke.store(Invoke::Function as u8, Ordering::Relaxed);
+                    }
+                    return other;
+                }
+            }
+        }
+        let mut evalsha = redis::cmd("EVALSHA");
+        evalsha.arg(self.script.get_hash());
+        fill(&mut evalsha);
+        self.round_trips.fetch_add(1, Ordering::Relaxed);
+        match send(conn, &evalsha) {
+            Err(e) if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) => {
+                let mut eval = redis::cmd("EVAL");
+                eval.arg(&self.eval_code);
+                fill(&mut eval);
+                self.round_trips.fetch_add(1, Ordering::Relaxed);
+                send(conn, &eval)
+            }
+            other => other,
+        }
+    }
+
+    /// Decodes the script's usage array (7 integers) starting at `at`.
+    fn usage_at(v: &[i64], at: usize) -> Result<Usage, StoreError> {
+        let f = v.get(at..at + 7).ok_or_else(|| StoreError::Protocol(format!("short answer: {v:?}")))?;
+        let opt = |x: i64| (x > 0).then_some(Timestamp(x as u64));
+        Ok(Usage {
+            minute_requests: f[0] as u64,
+            minute_tokens: f[1] as u64,
+            day_requests: f[2] as u64,
+            day_tokens: f[3] as u64,
+            minute_frees_at: opt(f[4]),
+            day_ends: Timestamp(f[5] as u64),
+            cooling_until: opt(f[6]),
+        })
+    }
+
+    fn ints(&self, v: redis::Value) -> Result<Vec<i64>, StoreError> {
+        redis::from_redis_value(v).map_err(|e| StoreError::Protocol(e.to_string()))
+    }
+
+    fn admission(
+        &self,
+        op: &str,
+        bucket: BucketId,
+        tokens: u64,
+        ceilings: &Ceilings,
+        now: Timestamp,
+    ) -> Result<Result<(Reservation, Usage), Shortfall>, StoreError> {
+        let c = ceilings.0;
+        let v = self.ints(self.call(bucket, op, now, &[tokens, c[0], c[1], c[2], c[3]])?)?;
+        let usage = Self::usage_at(&v, 4)?;
+        if v[0] == 1 {
+            let reservation =
+                Reservation { seq: v[1] as u64, at: Timestamp(v[2] as u64), day_ends: Timestamp(v[3] as u64), tokens };
+            return Ok(Ok((reservation, usage)));
+        }
+        let dimension = Dimension::ALL
+            .get((v[1] as usize).wrapping_sub(1))
+            .copied()
+            .ok_or_else(|| StoreError::Protocol(format!("unknown dimension {}", v[1])))?;
+        let retry_at = (v[3] >= 0).then_some(Timestamp(v[3] as u64));
+        Ok(Err(Shortfall { dimension, cooling: v[2] == 1, retry_at, usage }))
+    }
+}
+
+/// Sends one command; an error reply is an error, not a value.
+fn send(conn: &mut Conn, cmd: &redis::Cmd) -> Result<redis::Value, RedisError> {
+    conn.link().req_command(cmd)?.extract_error()
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn unavailable(e: &RedisError) -> StoreError {
+    StoreError::Unavailable(crate::redact(&e.to_string()))
+}
+
+fn is_missing_function(e: &RedisError) -> bool {
+    e.to_string().contains("Function not found")
+}
+
+/// A deployment that does not take functions: too old, or a proxy or ACL that refuses them.
+fn refuses_functions(e: &RedisError) -> bool {
+    let s = e.to_string();
+    s.contains("unknown command")
+        || s.contains("NOPERM")
+        || s.contains("not allowed")
+        || s.contains("unknown subcommand")
+}
+
+/// A fraction in [0, 1) from the clock's low bits: jitter needs no generator.
+fn jitter_fraction() -> f64 {
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.subsec_nanos());
+    f64::from(nanos % 1000) / 1000.0
+}
+
+/// A name part with the characters that structure key names escaped.
+fn escape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for ch in s.chars() {
+        match ch {
+            '%' => out.push_str("%25"),
+            '{' => out.push_str("%7B"),
+            '}' => out.push_str("%7D"),
+            '|' => out.push_str("%7C"),
+            ':' => out.push_str("%3A"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+impl QuotaStore for RedisStore {
+    fn bucket(&self, key: &BucketKey) -> Result<BucketId, StoreError> {
+        let mut ids = lock(&self.ids);
+        if let Some(id) = ids.get(key) {
+            return Ok(*id);
+        }
+        let id = BucketId(ids.len() as u32);
+        let base = format!("{}:{LAYOUT}:{{{}|{}}}", self.config.prefix, escape(&key.owner), escape(&key.model));
+        self.names.ensure(id.0 as usize);
+        let _ = self.names[id.0 as usize].set(Names { window: format!("{base}:w"), counters: format!("{base}:m") });
+        ids.insert(key.clone(), id);
+        Ok(id)
+    }
+
+    fn reserve(
+        &self,
+        bucket: BucketId,
+        tokens: u64,
+        ceilings: &Ceilings,
+        now: Timestamp,
+    ) -> Result<Result<Grant, Shortfall>, StoreError> {
+        Ok(self
+            .admission("reserve", bucket, tokens, ceilings, now)?
+            .map(|(reservation, usage)| Grant { reservation, usage }))
+    }
+
+    fn check(
+        &self,
+        bucket: BucketId,
+        tokens: u64,
+        ceilings: &Ceilings,
+        now: Timestamp,
+    ) -> Result<Result<Usage, Shortfall>, StoreError> {
+        Ok(self.admission("check", bucket, tokens, ceilings, now)?.map(|(_, usage)| usage))
+    }
+
+    fn reconcile(&self, bucket: BucketId, r: &Reservation, actual: u64, now: Timestamp) -> Result<Usage, StoreError> {
+        let v = self.ints(self.call(bucket, "reconcile", now, &[r.seq, r.tokens, r.day_ends.0, actual])?)?;
+        Self::usage_at(&v, 0)
+    }
+
+    fn refund(&self, bucket: BucketId, r: &Reservation, now: Timestamp) -> Result<Usage, StoreError> {
+        let v = self.ints(self.call(bucket, "refund", now, &[r.seq, r.tokens, r.day_ends.0])?)?;
+        Self::usage_at(&v, 0)
+    }
+
+    fn record(&self, bucket: BucketId, tokens: u64, now: Timestamp) -> Result<Usage, StoreError> {
+        let v = self.ints(self.call(bucket, "record", now, &[tokens])?)?;
+        Self::usage_at(&v, 0)
+    }
+
+    fn cool_down(
+        &self,
+        bucket: BucketId,
+        dimension: Dimension,
+        until: Timestamp,
+        now: Timestamp,
+    ) -> Result<(), StoreError> {
+        self.call(bucket, "cool", now, &[dimension.index() as u64 + 1, until.0]).map(drop)
+    }
+
+    fn usage(&self, bucket: BucketId, now: Timestamp) -> Result<Usage, StoreError> {
+        let v = self.ints(self.call(bucket, "usage", now, &[])?)?;
+        Self::usage_at(&v, 0)
+    }
+}
+
+#[cfg(test)]
+mod tests;
