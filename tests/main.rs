@@ -10,5 +10,6 @@ mod gate;
 mod mock;
 mod plan;
 mod properties;
+mod replicas;
 mod report;
 mod warnings;

@@ -138,6 +138,60 @@ impl Usage {
     }
 }
 
+/// A boxed store is a store, so that a service can choose one at run time
+/// (`Engine<Box<dyn QuotaStore>>`).
+impl<T: QuotaStore + ?Sized> QuotaStore for Box<T> {
+    fn bucket(&self, key: &BucketKey) -> Result<BucketId, StoreError> {
+        (**self).bucket(key)
+    }
+
+    fn reserve(
+        &self,
+        bucket: BucketId,
+        tokens: u64,
+        ceilings: &Ceilings,
+        now: Timestamp,
+    ) -> Result<Result<Grant, Shortfall>, StoreError> {
+        (**self).reserve(bucket, tokens, ceilings, now)
+    }
+
+    fn check(
+        &self,
+        bucket: BucketId,
+        tokens: u64,
+        ceilings: &Ceilings,
+        now: Timestamp,
+    ) -> Result<Result<Usage, Shortfall>, StoreError> {
+        (**self).check(bucket, tokens, ceilings, now)
+    }
+
+    fn reconcile(&self, bucket: BucketId, r: &Reservation, actual: u64, now: Timestamp) -> Result<Usage, StoreError> {
+        (**self).reconcile(bucket, r, actual, now)
+    }
+
+    fn refund(&self, bucket: BucketId, r: &Reservation, now: Timestamp) -> Result<Usage, StoreError> {
+        (**self).refund(bucket, r, now)
+    }
+
+    fn record(&self, bucket: BucketId, tokens: u64, now: Timestamp) -> Result<Usage, StoreError> {
+        (**self).record(bucket, tokens, now)
+    }
+
+    fn cool_down(
+        &self,
+        bucket: BucketId,
+        dimension: Dimension,
+        until: Timestamp,
+        now: Timestamp,
+    ) -> Result<(), StoreError> {
+        (**self).cool_down(bucket, dimension, until, now)
+    }
+
+    fn usage(&self, bucket: BucketId, now: Timestamp) -> Result<Usage, StoreError> {
+        (**self).usage(bucket, now)
+    }
+}
+
 /// Quota state shared by every admission. Implementations must make [`QuotaStore::reserve`]
 /// atomic across all dimensions of a bucket and across concurrent callers (and, for a
 /// shared store, across processes). Every call may fail with a [`StoreError`].

@@ -164,6 +164,17 @@ pub enum Command {
         /// Per-request timeout, in seconds.
         #[arg(long, default_value_t = 60.0)]
         timeout: f64,
+        /// Engine replicas in this process, each with its own store connection; requests go
+        /// to them in turn.
+        #[arg(long, default_value_t = 1)]
+        replicas: usize,
+        /// The quota store the replicas share: redis://host:port or
+        /// redis+cluster://host:port,host:port (default: one in-memory store per replica).
+        #[arg(long, value_name = "URL")]
+        store: Option<String>,
+        /// The first part of the store's key names.
+        #[arg(long, default_value = "keysim", value_name = "PREFIX")]
+        store_prefix: String,
         /// Output folder (default: reports/<scenario-name>-load/).
         #[arg(long, value_name = "DIR")]
         out: Option<PathBuf>,
@@ -236,6 +247,9 @@ pub fn execute(cli: Cli) -> Result<i32, CliError> {
             baseline,
             keys_from_env,
             timeout,
+            replicas,
+            store,
+            store_prefix,
             out,
             json,
             quiet,
@@ -253,6 +267,9 @@ pub fn execute(cli: Cli) -> Result<i32, CliError> {
                     return Err(CliError::BadInput("--timeout must be a number of seconds from 0.001 to 3600".into()));
                 },
                 progress: !quiet && !json,
+                replicas,
+                store,
+                store_prefix,
             },
             run::RunOptions { out, seed: None, json, requests_csv: false, quiet, no_plots },
         ),

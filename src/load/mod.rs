@@ -25,7 +25,10 @@ use serde::Serialize;
 use tokio::sync::mpsc;
 
 use crate::engine::clock::Timer;
-use crate::engine::{parse_quota_error, AcquireError, Engine, Outcome, Prompt, QueuePolicy, Request, Timestamp};
+use crate::engine::{
+    parse_quota_error, AcquireError, Engine, MemoryStore, Outcome, Prompt, QueuePolicy, QuotaStore, RedisConfig,
+    RedisStore, RedisTime, Request, StoreError, Timestamp,
+};
 use crate::report::{stopwatch, Aggregate, RequestRecord, Terminal};
 use crate::scenario::Scenario;
 use crate::sim::{NewRequest, Traffic};
@@ -70,7 +73,34 @@ pub struct LoadOptions {
     pub timeout: Duration,
     /// Draw a progress bar (on a terminal).
     pub progress: bool,
+    /// Engine replicas in this process, each with its own store connection; requests go to
+    /// them in turn, as a load balancer would send them.
+    pub replicas: usize,
+    /// The quota store the replicas share: `redis://…` or `redis+cluster://…`; `None` gives
+    /// each replica its own in-memory store (the unshared reference: limit × replicas).
+    pub store: Option<String>,
+    /// The first part of the store's key names (runs sharing a Redis keep apart by it).
+    pub store_prefix: String,
 }
+
+impl Default for LoadOptions {
+    fn default() -> Self {
+        Self {
+            target: String::new(),
+            time_scale: 1.0,
+            baseline: false,
+            keys_from_env: false,
+            timeout: Duration::from_secs(60),
+            progress: false,
+            replicas: 1,
+            store: None,
+            store_prefix: "keysim".into(),
+        }
+    }
+}
+
+/// The engine of a load run: its store is chosen at run time.
+pub type LoadEngine = Engine<Box<dyn QuotaStore>>;
 
 /// Percentiles of a latency, in milliseconds.
 #[derive(Clone, Debug, Default, Serialize, PartialEq)]
@@ -100,6 +130,12 @@ impl Latency {
 pub struct LoadFigures {
     /// The target, without path or query.
     pub target: String,
+    /// Engine replicas the requests were spread over.
+    pub replicas: usize,
+    /// The store they shared (`memory` = one each, not shared), without credentials.
+    pub store: String,
+    /// Settlements the store could not record (their reservations stay counted).
+    pub settle_errors: u64,
     /// How much faster than the scenario's clock it ran.
     pub time_scale: f64,
     /// Requests started.
@@ -132,8 +168,8 @@ pub struct LoadFigures {
 pub struct LoadResult {
     /// Counts and histograms, as a simulated run has them.
     pub aggregate: Aggregate,
-    /// The engine as it ended.
-    pub engine: Engine,
+    /// The first replica's engine as it ended.
+    pub engine: LoadEngine,
     /// Real-clock figures.
     pub figures: LoadFigures,
 }
@@ -166,6 +202,8 @@ struct Done {
     lag_us: u64,
     e2e_us: Option<u64>,
     transport_error: bool,
+    /// The store could not record its settlement.
+    settle_error: bool,
     /// Decision time of its admission, in nanoseconds, when it did not wait.
     admit_ns: Option<u64>,
     /// Whether it waited in the queue.
@@ -199,7 +237,8 @@ fn prompt_text(sc: &Scenario, r: &NewRequest) -> String {
 
 struct Shared {
     sc: Scenario,
-    engine: Option<Engine>,
+    /// The replicas (none for a baseline run).
+    engines: Vec<LoadEngine>,
     http: reqwest::Client,
     target: String,
     clock: Clock,
@@ -258,8 +297,9 @@ impl Shared {
     }
 
     /// The whole life of one request through the engine.
-    async fn through_engine(&self, r: NewRequest, intended: Instant) -> Done {
-        let engine = self.engine.as_ref().expect("an engine run");
+    async fn through_engine(&self, r: NewRequest, intended: Instant, seq: u64) -> Done {
+        // Spread over the replicas in arrival order, as a round-robin balancer does.
+        let engine = &self.engines[seq as usize % self.engines.len()];
         let started = Instant::now();
         let lag_us = started.saturating_duration_since(intended).as_micros() as u64;
         let class = &self.sc.traffic[r.class as usize];
@@ -286,6 +326,7 @@ impl Shared {
             lag_us,
             e2e_us: None,
             transport_error: false,
+            settle_error: false,
             admit_ns: None,
             delayed: false,
         };
@@ -363,8 +404,8 @@ impl Shared {
                 Outcome::Failed
             }
         };
-        // The in-memory store cannot fail.
-        permit.settle(outcome).expect("the in-memory store answers");
+        // A store that cannot record it keeps the reservation counted (conservative).
+        done.settle_error = permit.settle(outcome).is_err();
         done
     }
 
@@ -374,6 +415,19 @@ impl Shared {
         let (answer, answered) = self.send(&r, &self.keys[0], &text).await;
         matches!(answer, Ok((200, _))).then(|| answered.saturating_duration_since(intended).as_micros() as u64)
     }
+}
+
+/// One replica's store, as `opts` asks. On a scaled clock the store counts by the callers'
+/// (shared) clock; at real speed, by the Redis server's.
+fn store(opts: &LoadOptions) -> Result<Box<dyn QuotaStore>, LoadError> {
+    let Some(spec) = &opts.store else { return Ok(Box::new(MemoryStore::new())) };
+    let bad = |e: StoreError| LoadError::Bad(format!("--store: {e}"));
+    let mut config = RedisConfig::parse(spec).map_err(bad)?;
+    config.prefix = opts.store_prefix.clone();
+    if opts.time_scale != 1.0 {
+        config.time = RedisTime::Caller;
+    }
+    Ok(Box::new(RedisStore::new(config).map_err(bad)?))
 }
 
 fn micros() -> Histogram<u64> {
@@ -398,9 +452,18 @@ pub fn run_load(sc: &Scenario, opts: &LoadOptions) -> Result<LoadResult, LoadErr
             redact_target(&target)
         )));
     }
+    if !(1..=256).contains(&opts.replicas) {
+        return Err(LoadError::Bad("--replicas must be from 1 to 256".into()));
+    }
     let clock = Clock::new(opts.time_scale);
-    let engine = crate::scenario::build::engine(sc, Arc::new(Scaled(clock)))
-        .map_err(|e| LoadError::Bad(format!("the pool: {e}")))?;
+    let engines = (0..opts.replicas)
+        .map(|_| {
+            let store = store(opts)?;
+            crate::scenario::build::engine_on(sc, Arc::new(Scaled(clock)), store)
+                .map_err(|e| LoadError::Bad(format!("the pool: {e}")))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let engine = &engines[0];
     let mut keys = Vec::new();
     let mut missing = Vec::new();
     for k in engine.pool().keys() {
@@ -429,7 +492,7 @@ pub fn run_load(sc: &Scenario, opts: &LoadOptions) -> Result<LoadResult, LoadErr
         .map_err(|e| LoadError::Failed(format!("runtime: {e}")))?;
     let shared = Arc::new(Shared {
         sc: sc.clone(),
-        engine: Some(engine),
+        engines,
         http,
         target: target.clone(),
         clock,
@@ -440,7 +503,7 @@ pub fn run_load(sc: &Scenario, opts: &LoadOptions) -> Result<LoadResult, LoadErr
     let baseline = if opts.baseline {
         let base = Arc::new(Shared {
             sc: sc.clone(),
-            engine: None,
+            engines: Vec::new(),
             http: shared.http.clone(),
             target: shared.target.clone(),
             clock,
@@ -466,12 +529,14 @@ pub fn run_load(sc: &Scenario, opts: &LoadOptions) -> Result<LoadResult, LoadErr
             Err(_) => return Err(LoadError::Failed("requests still running".into())),
         }
     };
-    let engine = shared.engine.expect("the engine run's engine");
+    let engine = shared.engines.into_iter().next().expect("at least one replica");
     Ok(LoadResult {
         aggregate: agg,
         engine,
         figures: LoadFigures {
             target: redact_target(&target),
+            replicas: opts.replicas,
+            store: opts.store.as_deref().map_or_else(|| "memory".to_owned(), redact_target),
             time_scale: opts.time_scale,
             baseline_end_to_end: baseline,
             baseline_end_to_end_us,
@@ -503,6 +568,7 @@ async fn schedule(shared: Arc<Shared>, progress: bool, direct: bool) -> Result<(
         if let Some(b) = &bar {
             b.set_position(r.at / 1000);
         }
+        let seq = started;
         started += 1;
         let (s, tx) = (shared.clone(), tx.clone());
         tokio::spawn(async move {
@@ -510,7 +576,7 @@ async fn schedule(shared: Arc<Shared>, progress: bool, direct: bool) -> Result<(
                 let lag = Instant::now().saturating_duration_since(intended).as_micros() as u64;
                 Report::Direct(lag, s.direct(r, intended).await)
             } else {
-                Report::Engine(Box::new(s.through_engine(r, intended).await))
+                Report::Engine(Box::new(s.through_engine(r, intended, seq).await))
             };
             drop(s);
             let _ = tx.send(report);
@@ -556,6 +622,7 @@ async fn collect(shared: Arc<Shared>, mut rx: mpsc::UnboundedReceiver<Report>) -
         lag.saturating_record(d.lag_us.max(1));
         figures.late_sends += u64::from(d.lag_us > LATE_MS * 1000);
         figures.transport_errors += u64::from(d.transport_error);
+        figures.settle_errors += u64::from(d.settle_error);
         if let Some(e) = d.e2e_us {
             e2e.saturating_record(e.max(1));
             if !d.delayed() {

@@ -7,7 +7,7 @@ use hdrhistogram::Histogram;
 use serde::Serialize;
 
 use super::{redact, Aggregate, Counts};
-use crate::engine::{Dimension, Engine, Setting, Timestamp};
+use crate::engine::{Dimension, Engine, QuotaStore, Setting, Timestamp};
 use crate::scenario::{Expectation, Metric, Scenario};
 
 /// Percentiles of real-clock engine time, in nanoseconds.
@@ -355,7 +355,7 @@ fn millis(h: &Histogram<u64>) -> Millis {
 
 impl Summary {
     /// Builds the summary of a finished run.
-    pub fn new(sc: &Scenario, mode: RunMode, agg: &Aggregate, engine: &Engine) -> Self {
+    pub fn new<S: QuotaStore>(sc: &Scenario, mode: RunMode, agg: &Aggregate, engine: &Engine<S>) -> Self {
         let c = &agg.counts;
         let servable = agg.servable.unwrap_or(c.total);
         let end = Timestamp(sc.start.0 + sc.duration_ms);
@@ -489,7 +489,7 @@ impl Summary {
     }
 }
 
-fn engine_keys(engine: &Engine, agg: &Aggregate) -> Vec<KeyRow> {
+fn engine_keys<S: QuotaStore>(engine: &Engine<S>, agg: &Aggregate) -> Vec<KeyRow> {
     let pool = engine.pool();
     let (models, projects) = (pool.models(), pool.projects());
     let mut rows = Vec::new();

@@ -8,7 +8,8 @@ use mock_server::{Judge, JudgeConfig, ModelQuota, ProjectQuota};
 use super::{EstimatorKind, Scenario};
 use crate::engine::estimate::{Cached, Calibrated, PerModel, Tiktoken};
 use crate::engine::{
-    Chars4, Clock, ConfigError, Engine, Estimator, KeySpec, ManualClock, ModelSpec, PoolSpec, ProjectSpec,
+    Chars4, Clock, ConfigError, Engine, Estimator, KeySpec, ManualClock, MemoryStore, ModelSpec, PoolSpec, ProjectSpec,
+    QuotaStore,
 };
 
 /// The pool a scenario starts with.
@@ -30,7 +31,17 @@ pub fn pool_spec(sc: &Scenario) -> PoolSpec {
 
 /// The engine a scenario describes, over an in-memory store, on `clock`.
 pub fn engine(sc: &Scenario, clock: Arc<dyn Clock>) -> Result<Engine, ConfigError> {
-    Engine::builder(pool_spec(sc)).config(sc.engine.config.clone()).estimator(estimator(sc)).clock(clock).build()
+    engine_on(sc, clock, MemoryStore::new())
+}
+
+/// The engine a scenario describes, over `store`, on `clock`.
+pub fn engine_on<S: QuotaStore>(sc: &Scenario, clock: Arc<dyn Clock>, store: S) -> Result<Engine<S>, ConfigError> {
+    Engine::builder(pool_spec(sc))
+        .config(sc.engine.config.clone())
+        .estimator(estimator(sc))
+        .clock(clock)
+        .store(store)
+        .build()
 }
 
 /// The engine of a simulated run: virtual time on a manual clock at the scenario's start.
