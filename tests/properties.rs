@@ -104,6 +104,7 @@ fn scenario(s: &Setup) -> Scenario {
         events.push(TimedEvent { at_ms: at, event });
     }
     Scenario {
+        replicas: None,
         name: "prop".into(),
         description: None,
         compare: Vec::new(),

@@ -207,3 +207,63 @@ fn a_redis_outage_fails_closed_and_service_resumes() {
         assert_eq!(redis.hget(&counters, "dr"), sent, "{project}");
     }
 }
+
+/// The simulated replicas of `scenarios/replicas.toml`, with `sets` (and no store trouble
+/// unless asked): (breaches, lost capacity, store-unavailable denials, succeeded).
+fn simulated(sets: &[&str]) -> (u64, u64, u64, u64) {
+    let mut all = vec!["replicas.outages=[]", "replicas.slowdowns=[]"];
+    all.extend_from_slice(sets);
+    let (s, _) = crate::common::run(&crate::common::scenario("replicas", &all));
+    let r = s.replicas.as_ref().expect("the summary describes the replicas");
+    assert_eq!(r.count, 4);
+    (s.requests.breaches, s.requests.lost_capacity, r.store_unavailable, s.requests.succeeded)
+}
+
+/// Strict replicas share one store: no over-admission. Unshared ones each admit the whole
+/// limit. Cached ones over-admit more the longer they go between syncs; leased ones never
+/// over-admit but lose more capacity the longer they go between renewals.
+#[test]
+fn simulated_replicas_over_admit_or_lose_capacity_as_their_mode_says() {
+    let reject = "engine.on_exhausted=reject";
+    let (strict, _, unavailable, _) = simulated(&["replicas.mode=strict", reject]);
+    assert_eq!((strict, unavailable), (0, 0));
+    let (unshared, ..) = simulated(&["replicas.mode=unshared", reject]);
+    assert!(unshared > 250, "four replicas each using the whole limit: {unshared}");
+    let cached: Vec<u64> = ["100ms", "1s", "5s"]
+        .iter()
+        .map(|i| simulated(&["replicas.mode=cached", &format!("replicas.interval={i}"), reject]).0)
+        .collect();
+    assert!(cached[0] < cached[1] && cached[1] < cached[2], "cached over-admits more with longer syncs: {cached:?}");
+    assert!(cached[2] < unshared, "and never as much as unshared replicas");
+    let leased: Vec<(u64, u64)> = ["100ms", "1s", "5s"]
+        .iter()
+        .map(|i| {
+            let (b, lost, ..) = simulated(&["replicas.mode=leased", &format!("replicas.interval={i}"), reject]);
+            (b, lost)
+        })
+        .collect();
+    assert!(leased.iter().all(|(b, _)| *b == 0), "leases never over-admit: {leased:?}");
+    assert!(
+        leased[0].1 <= leased[1].1 && leased[1].1 <= leased[2].1 && leased[0].1 < leased[2].1,
+        "lost capacity grows with the interval: {leased:?}"
+    );
+    let (_, strict_lost, ..) = simulated(&["replicas.mode=strict", reject]);
+    assert!(strict_lost < leased[0].1, "capacity leased to one replica is lost to the others");
+}
+
+/// An outage and a slowdown past the deadline: strict replicas fail closed for their
+/// length (denied, store-unavailable), never breach, and serve again after.
+#[test]
+fn simulated_store_trouble_fails_strict_replicas_closed() {
+    let sc = crate::common::scenario("replicas", &[]);
+    let (s, _) = crate::common::run(&sc);
+    let r = s.replicas.as_ref().unwrap();
+    assert_eq!((r.outages, r.slowdowns), (1, 1));
+    assert_eq!(s.requests.breaches, 0);
+    // Two minutes down and one slow, at 44 requests a minute: about 130 requests.
+    assert!((100..=170).contains(&r.store_unavailable), "{}", r.store_unavailable);
+    assert_eq!(s.requests.denied_by_reason.get("store-unavailable").copied(), Some(r.store_unavailable));
+    let (_, _, none, succeeded) = simulated(&[]);
+    assert_eq!(none, 0);
+    assert!(s.requests.succeeded < succeeded, "the outage cost what it denied");
+}

@@ -304,6 +304,27 @@ pub struct EngineInfo {
     pub enforcement: &'static str,
 }
 
+/// `summary.replicas`: the replicas of a simulated run.
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct ReplicasInfo {
+    /// How many engines.
+    pub count: u32,
+    /// `strict`, `cached`, `leased` or `unshared`.
+    pub mode: &'static str,
+    /// Cached: sync interval; leased: renewal interval (ms).
+    pub interval_ms: u64,
+    /// Strict: median round trip to the store (ms).
+    pub latency_ms: u64,
+    /// A store call slower than this fails closed (ms).
+    pub deadline_ms: u64,
+    /// Spells the store was down, and slow.
+    pub outages: usize,
+    /// Spells the store was slow.
+    pub slowdowns: usize,
+    /// Requests denied because the store could not answer.
+    pub store_unavailable: u64,
+}
+
 /// `summary.json`.
 #[derive(Clone, Debug, Serialize, PartialEq)]
 pub struct Summary {
@@ -337,6 +358,9 @@ pub struct Summary {
     pub warnings: Warnings,
     /// Real-clock figures of a load run (`mode = "load"`); null for simulations.
     pub load: Option<crate::load::LoadFigures>,
+    /// Simulated engine replicas and how they shared quota (`[replicas]`); null for one engine.
+    /// Their over-admission shows as `requests.breaches`, their cost as `requests.lost_capacity`.
+    pub replicas: Option<ReplicasInfo>,
     /// Capacity at the end.
     pub capacity: Vec<CapacityRow>,
     /// Per (project, model).
@@ -434,6 +458,16 @@ impl Summary {
             },
             warnings: Warnings::new(sc, agg.warnings.as_ref()),
             load: None,
+            replicas: sc.replicas.as_ref().map(|r| ReplicasInfo {
+                count: r.count,
+                mode: r.mode.name(),
+                interval_ms: r.interval_ms,
+                latency_ms: r.latency_ms,
+                deadline_ms: r.deadline_ms,
+                outages: r.outages.len(),
+                slowdowns: r.slowdowns.len(),
+                store_unavailable: agg.deny_reasons.get("store-unavailable").copied().unwrap_or(0),
+            }),
             capacity,
             per_project,
             per_key,

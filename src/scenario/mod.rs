@@ -16,6 +16,7 @@ mod fields;
 mod files;
 mod overrides;
 mod parse;
+mod replicas;
 mod traffic;
 mod warnings;
 

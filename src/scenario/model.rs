@@ -44,6 +44,8 @@ pub struct Scenario {
     pub expect: Vec<Expectation>,
     /// Early warnings, if the scenario turns them on.
     pub warnings: Option<WarningsDef>,
+    /// Engine replicas sharing the pool, if more than one engine runs.
+    pub replicas: Option<ReplicasDef>,
 }
 
 /// The `[warnings]` table: the warner's settings and where notifications go.
@@ -407,4 +409,75 @@ pub struct Expectation {
     pub cmp: Cmp,
     /// Against what.
     pub limit: f64,
+}
+
+/// How simulated replicas share quota (`[replicas] mode`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum ReplicaMode {
+    /// One shared store, every admission a round trip to it (the Redis store).
+    #[default]
+    Strict,
+    /// Each replica counts locally and learns the others' counts every `interval`.
+    Cached,
+    /// Each replica admits from a lease of the free capacity, renewed every `interval` in
+    /// proportion to its recent demand.
+    Leased,
+    /// Each replica counts alone, never sharing: the per-process reference (limit × count).
+    Unshared,
+}
+
+crate::engine::setting!(ReplicaMode { Strict => "strict", Cached => "cached", Leased => "leased", Unshared => "unshared" });
+
+/// A spell of the shared store's trouble: down, or slow.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct StoreSpell {
+    /// When it starts, ms after the run's start.
+    pub at_ms: u64,
+    /// How long it lasts.
+    pub for_ms: u64,
+    /// Slowdowns: the round trip meanwhile.
+    pub latency_ms: u64,
+}
+
+impl StoreSpell {
+    /// Whether `t` (ms after the start) falls in the spell.
+    pub fn covers(&self, t: u64) -> bool {
+        t >= self.at_ms && t < self.at_ms.saturating_add(self.for_ms)
+    }
+}
+
+/// `[replicas]`: engine replicas in a simulated run.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ReplicasDef {
+    /// How many (requests go to them in turn).
+    pub count: u32,
+    /// How they share quota.
+    pub mode: ReplicaMode,
+    /// Strict: the median round trip to the store.
+    pub latency_ms: u64,
+    /// Strict: each round trip varies uniformly by up to this much either way.
+    pub jitter_ms: u64,
+    /// Cached: how often counts are synced; leased: how often leases are renewed.
+    pub interval_ms: u64,
+    /// A store call slower than this fails, and admission fails closed.
+    pub deadline_ms: u64,
+    /// Spells when the store is down.
+    pub outages: Vec<StoreSpell>,
+    /// Spells when the store is slow.
+    pub slowdowns: Vec<StoreSpell>,
+}
+
+impl Default for ReplicasDef {
+    fn default() -> Self {
+        Self {
+            count: 2,
+            mode: ReplicaMode::Strict,
+            latency_ms: 1,
+            jitter_ms: 0,
+            interval_ms: 1_000,
+            deadline_ms: 50,
+            outages: Vec::new(),
+            slowdowns: Vec::new(),
+        }
+    }
 }

@@ -57,7 +57,7 @@ pub fn parse(text: &str, origin: &str, base: Option<&Path>, overrides: &[String]
 
 const ROOT_KEYS: &[&str] = &[
     "scenario", "provider", "models", "projects", "engine", "traffic", "events", "expect", "warnings", "output",
-    "compare",
+    "compare", "replicas",
 ];
 
 fn build(ctx: &mut Ctx, root: &Table<'_, '_>, base: Option<&Path>) -> Option<Scenario> {
@@ -102,6 +102,10 @@ fn build(ctx: &mut Ctx, root: &Table<'_, '_>, base: Option<&Path>) -> Option<Sce
             .collect(),
         None => Vec::new(),
     };
+    let replicas = match root.table(ctx, "replicas") {
+        Some(t) => super::replicas::parse(ctx, &t, duration_ms.unwrap_or(u64::MAX)).map(Some),
+        None => Some(None),
+    };
     let description = head.as_ref().and_then(|t| t.string(ctx, "description")).map(|(d, _)| d);
     Some(Scenario {
         name: name?,
@@ -120,6 +124,7 @@ fn build(ctx: &mut Ctx, root: &Table<'_, '_>, base: Option<&Path>) -> Option<Sce
         events,
         expect,
         warnings: warnings?,
+        replicas: replicas?,
     })
 }
 

@@ -18,6 +18,7 @@ mod observe;
 mod oracle;
 mod pipe;
 pub mod queue;
+pub mod replicas;
 pub mod run;
 pub mod score;
 mod traffic;

@@ -10,7 +10,7 @@ use super::ledger::Ledger;
 use super::run::SimError;
 use super::score::Scorer;
 use crate::engine::warn::Warner;
-use crate::engine::{Engine, Estimator, Timestamp};
+use crate::engine::{Engine, Estimator, QuotaStore, Timestamp};
 use crate::report::trace::{Cell, Notice, Room, Trace};
 use crate::report::Aggregate;
 use crate::scenario::Scenario;
@@ -66,7 +66,12 @@ pub(super) struct Observers<'w, 'scope> {
 
 impl Observers<'_, '_> {
     /// Evaluates the warning rules and sends what is due.
-    pub(super) fn warn(&mut self, sc: &Scenario, engine: &Engine, now: u64) -> Result<Option<u64>, SimError> {
+    pub(super) fn warn(
+        &mut self,
+        sc: &Scenario,
+        engine: &Engine<impl QuotaStore>,
+        now: u64,
+    ) -> Result<Option<u64>, SimError> {
         let Some(warner) = &mut self.warner else { return Ok(None) };
         let notifications = warner.evaluate(engine, Timestamp(now));
         let model_of = |name: &str| sc.models.iter().position(|m| m.name == name);
@@ -105,7 +110,7 @@ impl Observers<'_, '_> {
     }
 
     /// Records this interval's usage and capacity in the trace.
-    fn trace_tick(&mut self, sc: &Scenario, engine: &Engine, judge: &mut Judge, now: u64) {
+    fn trace_tick(&mut self, sc: &Scenario, engine: &Engine<impl QuotaStore>, judge: &mut Judge, now: u64) {
         let models = sc.models.len();
         let frac =
             |used: u64, limit: u64| if limit == 0 || limit == u64::MAX { 0.0 } else { used as f32 / limit as f32 };
@@ -146,7 +151,7 @@ impl Observers<'_, '_> {
     pub(super) fn tick(
         &mut self,
         sc: &Scenario,
-        engine: &Engine,
+        engine: &Engine<impl QuotaStore>,
         judge: &mut Judge,
         now: u64,
     ) -> Result<Option<u64>, SimError> {

@@ -1,6 +1,9 @@
 //! One simulated run: the event loop and its handlers.
 
 use std::io::Write;
+use std::sync::Arc;
+
+use rand::{Rng, SeedableRng};
 
 use mock_server::body::quota_exceeded;
 use mock_server::{Fault, Judge, KeyState as JudgeKey, Verdict};
@@ -9,19 +12,23 @@ use super::ledger::{Done, Entry, Ledger, Reason, MAX_SHADOWS, NO_SHADOW};
 use super::observe::{Interval, Observers, TIMELINE_HEADER, TRACE_BUDGET};
 use super::pipe::BatchReceiver;
 use super::queue::EventQueue;
+use super::replicas::{Coordination, SimStore};
 use super::score::Scorer;
 use super::traffic::{NewRequest, Traffic};
 use crate::engine::fair::{FairQueue, Served};
 use crate::engine::warn::Warner;
 use crate::engine::Estimator;
 use crate::engine::{
-    parse_quota_error, step, AdmitError, ConfigError, Decision, DenyReason, Engine, KeySpec, Outcome, PoolEvent,
-    Prompt, QueuePolicy, QuotaExhausted, Request, Step, Ticket, Timestamp,
+    parse_quota_error, step, AdmitError, ConfigError, Decision, DenyReason, Engine, KeySpec, ManualClock, MemoryStore,
+    Outcome, PoolEvent, Prompt, QueuePolicy, QuotaExhausted, Request, Step, Ticket, Timestamp,
 };
 use crate::report::trace::Trace;
 use crate::report::{stopwatch, Aggregate, Terminal};
 use crate::scenario::build;
-use crate::scenario::Scenario;
+use crate::scenario::{ReplicaMode, ReplicasDef, Scenario};
+
+/// A simulated engine: over its own store, or one replica's view of a shared one.
+pub type SimEngine = Engine<SimStore>;
 
 /// Where a run streams its CSV files (either may be absent).
 #[derive(Default)]
@@ -62,8 +69,8 @@ pub enum SimError {
 pub struct RunResult {
     /// Every count and histogram.
     pub aggregate: Aggregate,
-    /// The engine as it ended (pool state, capacity).
-    pub engine: Engine,
+    /// The engine as it ended (pool state, capacity); with replicas, the first.
+    pub engine: SimEngine,
     /// Simulated events processed.
     pub events: u64,
     /// The run over time, when [`Outputs::trace`] asked for it.
@@ -78,6 +85,12 @@ enum Ev {
     Pool(u32),
     Tick,
     Warn,
+    /// A request's admission after its round trip to a shared store.
+    Admit(u32),
+    /// The shared store goes down (`true`) or comes back.
+    Store(bool),
+    /// Replicas sync their counts or renew their leases.
+    Sync,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -104,6 +117,10 @@ struct Req {
     sent_at: u64,
     pending: Pending,
     delayed: bool,
+    /// The replica it goes through.
+    replica: u32,
+    /// Its round trip to the store passed the deadline: admission fails closed.
+    timed_out: bool,
 }
 
 struct Sim<'s, 'w, 'scope> {
@@ -123,7 +140,10 @@ struct Sim<'s, 'w, 'scope> {
 
 /// What decides a request's fate: the engine, the provider's judge, the engine's fair queues.
 struct World {
-    engine: Engine,
+    /// One engine, or one per replica (requests go to them in turn).
+    engines: Vec<SimEngine>,
+    /// How the replicas share quota, if there are several.
+    replicas: Option<Replicas>,
     judge: Judge,
     /// The judge's view of each engine key (by engine key index), kept in step with pool
     /// events so that sending needs no lookup by name.
@@ -133,6 +153,25 @@ struct World {
     policy: QueuePolicy,
     /// Whether the engine's estimator learns from settled requests.
     learns: bool,
+}
+
+/// Replicas of the engine and what couples them.
+struct Replicas {
+    def: ReplicasDef,
+    with: Arc<Coordination>,
+    /// Cached, leased, unshared: each replica's own counts.
+    own: Vec<Arc<MemoryStore>>,
+    /// Outages under way (they may overlap).
+    outages: u32,
+    /// Round-trip jitter.
+    rng: rand_pcg::Pcg64,
+}
+
+impl World {
+    /// The first engine: the pool, capacity and warnings are read from it.
+    fn engine(&self) -> &SimEngine {
+        &self.engines[0]
+    }
 }
 
 /// Requests in flight, in reusable slots: memory follows what is in flight, not the run.
@@ -163,7 +202,7 @@ pub fn servable(sc: &Scenario) -> Result<u64, SimError> {
 /// oracle work beside it on threads of their own, each fed in a fixed order, so the outcome
 /// is the same on any machine.
 pub fn simulate(sc: &Scenario, out: Outputs<'_>) -> Result<RunResult, SimError> {
-    let engine = build::sim_engine(sc)?;
+    let (engines, replicas) = engines(sc)?;
     let judge = build::judge(sc);
     let Outputs { timeline, requests, notifications, progress, trace } = out;
     let models: Vec<String> = sc.models.iter().map(|m| m.name.clone()).collect();
@@ -181,8 +220,9 @@ pub fn simulate(sc: &Scenario, out: Outputs<'_>) -> Result<RunResult, SimError> 
         let mut sim = Sim {
             sc,
             world: World {
-                learns: engine.learns(),
-                engine,
+                learns: engines[0].learns(),
+                engines,
+                replicas,
                 judge,
                 key_states: Vec::new(),
                 waiting: sc.models.iter().map(|_| (FairQueue::new(), None)).collect(),
@@ -214,7 +254,7 @@ pub fn simulate(sc: &Scenario, out: Outputs<'_>) -> Result<RunResult, SimError> 
         let ran = sim.run();
         let Sim { traffic, world, obs, events, .. } = sim;
         let Observers { ledger, agg: timing, mut timeline, warner, scorer, trace, .. } = obs;
-        let engine = world.engine;
+        let engine = world.engines.into_iter().next().expect("at least one engine");
         // Close every channel before waiting, so that no helper waits on a run that ended.
         drop(traffic);
         let counted = ledger.finish();
@@ -236,6 +276,28 @@ pub fn simulate(sc: &Scenario, out: Outputs<'_>) -> Result<RunResult, SimError> 
     })
 }
 
+/// The engines of a run: one over its own store, or one per replica as `[replicas]` says.
+fn engines(sc: &Scenario) -> Result<(Vec<SimEngine>, Option<Replicas>), SimError> {
+    let clock = || -> Arc<dyn crate::engine::Clock> { Arc::new(ManualClock::new(sc.start)) };
+    let Some(def) = sc.replicas.clone() else {
+        return Ok((vec![build::engine_on(sc, clock(), SimStore::Alone(MemoryStore::new()))?], None));
+    };
+    let with = Coordination::new(&def, sc.start.0 + def.interval_ms);
+    let shared = Arc::new(MemoryStore::new());
+    let own: Vec<Arc<MemoryStore>> = (0..def.count).map(|_| Arc::new(MemoryStore::new())).collect();
+    let engines = (0..def.count as usize)
+        .map(|index| {
+            let store = match def.mode {
+                ReplicaMode::Strict => SimStore::Shared { store: Arc::clone(&shared), with: Arc::clone(&with) },
+                _ => SimStore::Replica { own: Arc::clone(&own[index]), with: Arc::clone(&with), index },
+            };
+            build::engine_on(sc, clock(), store)
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let rng = rand_pcg::Pcg64::seed_from_u64(sc.seed ^ 0x05EE_D0F5_704E);
+    Ok((engines, Some(Replicas { def, with, own, outages: 0, rng })))
+}
+
 /// One settlement in this many is timed on the real clock.
 const SETTLE_SAMPLE: u64 = 8;
 
@@ -252,6 +314,15 @@ impl Sim<'_, '_, '_> {
         self.queue.push(self.abs(self.sc.timeline_ms.min(self.sc.duration_ms)), Ev::Tick);
         if let Some(w) = &self.obs.warner {
             self.queue.push(self.abs(w.config().evaluate_every_ms.min(self.sc.duration_ms)), Ev::Warn);
+        }
+        if let Some(rep) = &self.world.replicas {
+            for o in &rep.def.outages {
+                self.queue.push(self.abs(o.at_ms), Ev::Store(true));
+                self.queue.push(self.abs(o.at_ms.saturating_add(o.for_ms)), Ev::Store(false));
+            }
+            if matches!(rep.def.mode, ReplicaMode::Cached | ReplicaMode::Leased) {
+                self.queue.push(self.abs(rep.def.interval_ms), Ev::Sync);
+            }
         }
         loop {
             // Arrivals come straight from the traffic; events due at the same instant go first.
@@ -270,6 +341,9 @@ impl Sim<'_, '_, '_> {
                 Ev::Pool(i) => self.pool_event(i as usize, now)?,
                 Ev::Tick => self.tick(now)?,
                 Ev::Warn => self.warn(now)?,
+                Ev::Admit(r) => self.reach_engine(r, now),
+                Ev::Store(down) => self.store_event(down, now),
+                Ev::Sync => self.sync(now),
             }
         }
     }
@@ -290,6 +364,8 @@ impl Sim<'_, '_, '_> {
             sent_at: 0,
             pending: Pending::Nothing,
             delayed: false,
+            replica: 0,
+            timed_out: false,
         };
         match self.slab.free.pop() {
             Some(i) => {
@@ -305,12 +381,40 @@ impl Sim<'_, '_, '_> {
 
     fn arrive(&mut self, n: NewRequest) -> Result<(), SimError> {
         let r = self.new_req(n);
-        self.slab.reqs[r as usize].id = self.slab.next_id;
+        let id = self.slab.next_id;
+        self.slab.reqs[r as usize].id = id;
         self.slab.next_id += 1;
         let now = self.abs(n.at);
-        let c = &self.sc.traffic[n.class as usize];
+        if let Some(rep) = &mut self.world.replicas {
+            let def = &rep.def;
+            self.slab.reqs[r as usize].replica = (id % u64::from(def.count)) as u32;
+            if def.mode == ReplicaMode::Strict {
+                // One round trip to the shared store before the engine can answer.
+                let offset = now - self.sc.start.0;
+                let rtt = match def.slowdowns.iter().find(|s| s.covers(offset)) {
+                    Some(slow) => slow.latency_ms,
+                    None if def.jitter_ms > 0 => {
+                        def.latency_ms - def.jitter_ms + rep.rng.random_range(0..=2 * def.jitter_ms)
+                    }
+                    None => def.latency_ms,
+                };
+                if rtt > 0 {
+                    self.slab.reqs[r as usize].timed_out = rtt > def.deadline_ms;
+                    self.queue.push(now + rtt.min(def.deadline_ms), Ev::Admit(r));
+                    return Ok(());
+                }
+            }
+        }
+        self.reach_engine(r, now);
+        Ok(())
+    }
+
+    /// Request `r` reaches its engine at `now`: sent, queued or denied.
+    fn reach_engine(&mut self, r: u32, now: u64) {
+        let req = self.slab.reqs[r as usize];
+        let c = &self.sc.traffic[req.class as usize];
         let (model, priority) = (c.model, c.priority);
-        let deadline = self.world.policy.deadline(Timestamp(now));
+        let deadline = self.world.policy.deadline(Timestamp(req.arrival));
         let retry = if self.world.waiting[model].0.must_queue(priority) {
             None
         } else {
@@ -322,14 +426,15 @@ impl Sim<'_, '_, '_> {
             match step(decision, deadline, Timestamp(now)) {
                 Step::Send(ticket) => {
                     self.send(r, ticket, now);
-                    return Ok(());
+                    return;
                 }
                 Step::WaitUntil(at, why) => Some((at, why)),
                 Step::GiveUp(reason) => {
                     self.lost_capacity(r, now);
-                    let project = bucket.map(|b| self.world.engine.bucket_owner(b).0);
-                    self.finish(r, now, Terminal::Denied, project, Reason::GaveUp(reason), 0, (NO_SHADOW, 0));
-                    return Ok(());
+                    let project = bucket.map(|b| self.world.engine().bucket_owner(b).0);
+                    let waited = now - req.arrival;
+                    self.finish(r, now, Terminal::Denied, project, Reason::GaveUp(reason), waited, (NO_SHADOW, 0));
+                    return;
                 }
             }
         };
@@ -339,10 +444,47 @@ impl Sim<'_, '_, '_> {
         match self.world.waiting[model].0.push(r, priority, deadline, retry) {
             Ok(_) => self.schedule_wake(model),
             Err((r, reason)) => {
-                self.finish(r, now, Terminal::Denied, None, Reason::GaveUp(reason), 0, (NO_SHADOW, 0));
+                self.finish(r, now, Terminal::Denied, None, Reason::GaveUp(reason), now - req.arrival, (NO_SHADOW, 0));
             }
         }
-        Ok(())
+    }
+
+    /// The shared store goes down or comes back.
+    fn store_event(&mut self, down: bool, now: u64) {
+        let Some(rep) = &mut self.world.replicas else { return };
+        rep.outages = if down { rep.outages + 1 } else { rep.outages.saturating_sub(1) };
+        rep.with.set_down(rep.outages > 0);
+        if !down {
+            self.serve_all(now);
+        }
+    }
+
+    /// Replicas sync their counts (cached) or renew their leases (leased); waiters may fit.
+    fn sync(&mut self, now: u64) {
+        let Some(rep) = &self.world.replicas else { return };
+        let pool = self.world.engine().pool();
+        let buckets: Vec<_> = (0..pool.models().len())
+            .flat_map(|m| pool.groups(m).iter().map(|g| (g.bucket, *pool.ceilings(g.bucket))))
+            .collect();
+        let next = now + rep.def.interval_ms;
+        rep.with.sync(&rep.own, &buckets, now, next);
+        let max_wait = match self.world.policy {
+            QueuePolicy::Wait { max_wait_ms } => max_wait_ms,
+            QueuePolicy::Reject => 0,
+        };
+        if next <= self.abs(self.sc.duration_ms) + max_wait {
+            self.queue.push(next, Ev::Sync);
+        }
+        self.serve_all(now);
+    }
+
+    /// Serves every model's waiters now.
+    fn serve_all(&mut self, now: u64) {
+        for model in 0..self.world.waiting.len() {
+            if !self.world.waiting[model].0.is_empty() {
+                self.dispatch(model, now);
+            }
+        }
     }
 
     /// Asks the engine about request `r` at `now`, timing the call; a denial is scored.
@@ -354,8 +496,16 @@ impl Sim<'_, '_, '_> {
             _ => Prompt::Chars(req.chars),
         };
         let request = Request::new(c.model, prompt).priority(c.priority).max_output_tokens(c.max_output_tokens);
+        // A round trip past the deadline: this call finds the store unreachable.
+        let timed_out = std::mem::take(&mut self.slab.reqs[r as usize].timed_out);
+        if let (true, Some(rep)) = (timed_out, &self.world.replicas) {
+            rep.with.set_down(true);
+        }
         let started = stopwatch::start();
-        let decision = self.world.engine.admit(&request, Timestamp(now));
+        let decision = self.world.engines[req.replica as usize].admit(&request, Timestamp(now));
+        if let (true, Some(rep)) = (timed_out, &self.world.replicas) {
+            rep.with.set_down(rep.outages > 0);
+        }
         self.obs.agg.admit_ns.saturating_record(stopwatch::elapsed_ns(started));
         if let Ok(Decision::Denied(d)) = &decision {
             if let DenyReason::Exhausted(dim) | DenyReason::CoolingDown(dim) = d.reason {
@@ -413,7 +563,10 @@ impl Sim<'_, '_, '_> {
     /// Whether any project that can serve `model` would accept `tokens` now.
     fn provider_would_accept(&mut self, model: usize, tokens: u64, now: u64) -> bool {
         let judge = &mut self.world.judge;
-        self.world.engine.pool().serving_projects(model).any(|p| judge.peek(p, model, tokens, now) == Verdict::Accepted)
+        self.world.engines[0]
+            .pool()
+            .serving_projects(model)
+            .any(|p| judge.peek(p, model, tokens, now) == Verdict::Accepted)
     }
 
     /// The tokens of request `r` the provider counts against token limits.
@@ -476,8 +629,9 @@ impl Sim<'_, '_, '_> {
                 _ => Prompt::Chars(req.chars),
             };
             if self.world.learns {
-                cold |= u8::from(!self.world.engine.estimator().warmed_up(ticket.model, &prompt));
-                self.world.engine.learn(ticket.model, &prompt, req.input);
+                let engine = &self.world.engines[req.replica as usize];
+                cold |= u8::from(!engine.estimator().warmed_up(ticket.model, &prompt));
+                engine.learn(ticket.model, &prompt, req.input);
             }
             // Shadows estimate at settlement, then learn: each estimate comes before its
             // own request's count is known, as the engine's did at admission.
@@ -500,8 +654,8 @@ impl Sim<'_, '_, '_> {
         // Settlement is timed on one call in SETTLE_SAMPLE: reading the clock costs about as
         // much as settling, and the distribution needs no more.
         let started = (req.id % SETTLE_SAMPLE == 0).then(stopwatch::start);
-        // The in-memory store cannot fail.
-        let freed = self.world.engine.settle(&ticket, outcome, Timestamp(now)).expect("the in-memory store answers");
+        // A shared store that is down keeps the reservation as counted (conservative).
+        let freed = self.world.engines[req.replica as usize].settle(&ticket, outcome, Timestamp(now)).unwrap_or(false);
         if let Some(started) = started {
             self.obs.agg.settle_ns.saturating_record(stopwatch::elapsed_ns(started));
         }
@@ -510,7 +664,7 @@ impl Sim<'_, '_, '_> {
         if freed && !self.world.waiting[ticket.model].0.is_empty() {
             self.dispatch(ticket.model, now);
         }
-        let project = Some(self.world.engine.bucket_owner(ticket.bucket).0);
+        let project = Some(self.world.engine().bucket_owner(ticket.bucket).0);
         self.finish(r, now, state, project, reason, req.sent_at - req.arrival, (shadow, cold));
         Ok(())
     }
@@ -570,25 +724,23 @@ impl Sim<'_, '_, '_> {
             }
             _ => {}
         }
-        self.world.engine.apply(event)?;
+        for engine in &self.world.engines {
+            engine.apply(event.clone())?;
+        }
         self.sync_keys();
         // The pool changed: waiters may be served by it now rather than at their timer.
-        for model in 0..self.world.waiting.len() {
-            if !self.world.waiting[model].0.is_empty() {
-                self.dispatch(model, now);
-            }
-        }
+        self.serve_all(now);
         Ok(())
     }
 
     fn sync_keys(&mut self) {
         self.world.key_states =
-            self.world.engine.pool().keys().iter().map(|k| self.world.judge.key_state(&k.id)).collect();
+            self.world.engine().pool().keys().iter().map(|k| self.world.judge.key_state(&k.id)).collect();
     }
 
     /// Evaluates the warning rules and sends what is due; schedules the next evaluation.
     fn warn(&mut self, now: u64) -> Result<(), SimError> {
-        if let Some(next) = self.obs.warn(self.sc, &self.world.engine, now)? {
+        if let Some(next) = self.obs.warn(self.sc, self.world.engine(), now)? {
             self.queue.push(self.abs(next), Ev::Warn);
         }
         Ok(())
@@ -601,7 +753,7 @@ impl Sim<'_, '_, '_> {
 
     /// Closes an interval of the timeline and the trace; schedules the next.
     fn tick(&mut self, now: u64) -> Result<(), SimError> {
-        if let Some(next) = self.obs.tick(self.sc, &self.world.engine, &mut self.world.judge, now)? {
+        if let Some(next) = self.obs.tick(self.sc, &self.world.engines[0], &mut self.world.judge, now)? {
             self.queue.push(self.abs(next), Ev::Tick);
         }
         Ok(())
