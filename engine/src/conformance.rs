@@ -76,6 +76,27 @@ pub(crate) fn the_window_slides_entry_by_entry<S: QuotaStore>(s: &S) {
     assert_eq!((u.minute_requests, u.minute_tokens, u.day_requests), (2, 20, 4));
 }
 
+/// Twenty entries a millisecond apart; twelve leave at once, then the rest.
+pub(crate) fn many_entries_leave_the_window_at_once<S: QuotaStore>(s: &S) {
+    let b = s.bucket(&key("p")).unwrap();
+    let c = ceilings(100, 1_000_000, 1000);
+    for i in 0..20 {
+        reserve(s, b, i + 1, &c, T0.plus(i)).unwrap();
+    }
+    let u = usage(s, b, T0.plus(MINUTE_MS + 11));
+    // Entries 0..=11 left (tokens 1..=12, 78 in all); 13..=20 remain.
+    assert_eq!((u.minute_requests, u.minute_tokens, u.minute_frees_at), (8, 210 - 78, Some(T0.plus(MINUTE_MS + 12))));
+    let u = usage(s, b, T0.plus(2 * MINUTE_MS));
+    assert_eq!((u.minute_requests, u.minute_tokens, u.minute_frees_at, u.day_requests), (0, 0, None, 20));
+    let head = reserve(s, b, 5, &c, T0.plus(2 * MINUTE_MS)).unwrap().reservation;
+    reserve(s, b, 6, &c, T0.plus(2 * MINUTE_MS + 7)).unwrap();
+    let u = usage(s, b, T0.plus(2 * MINUTE_MS + 7));
+    assert_eq!((u.minute_requests, u.minute_tokens, u.minute_frees_at), (2, 11, Some(T0.plus(3 * MINUTE_MS))));
+    // Taking back the oldest entry: the next one leaves first now.
+    let u = s.refund(b, &head, T0.plus(2 * MINUTE_MS + 8)).unwrap();
+    assert_eq!((u.minute_requests, u.minute_tokens, u.minute_frees_at), (1, 6, Some(T0.plus(3 * MINUTE_MS + 7))));
+}
+
 pub(crate) fn tokens_free_in_the_order_they_were_counted<S: QuotaStore>(s: &S) {
     let b = s.bucket(&key("p")).unwrap();
     let c = ceilings(100, 100, 1000);
@@ -235,7 +256,7 @@ pub(crate) fn concurrent_reservations_never_exceed_a_limit<S: QuotaStore + 'stat
 macro_rules! suite {
     ($make:expr) => {
         suite!(@ $make; reserve_is_all_or_nothing, a_request_is_admitted_exactly_at_retry_at,
-            the_window_slides_entry_by_entry, tokens_free_in_the_order_they_were_counted,
+            the_window_slides_entry_by_entry, many_entries_leave_the_window_at_once, tokens_free_in_the_order_they_were_counted,
             the_daily_token_limit_binds_until_midnight, reconcile_and_refund_adjust_every_counter,
             a_refund_after_midnight_leaves_the_new_day_alone, check_counts_nothing_and_record_checks_nothing,
             cooling_blocks_until_its_end, the_day_restarts_at_pacific_midnight,

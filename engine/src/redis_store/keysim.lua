@@ -5,7 +5,8 @@
 -- KEYS[1]: the bucket's minute window, a sorted set of "seq:tokens" scored by admission time (ms)
 -- KEYS[2]: the bucket's counters, a hash: v (layout), seq, mt (minute tokens), day (when the
 --          current Pacific day ends, ms), dr/dt (day requests/tokens), c1..c4 (cooling until,
---          per dimension), now (latest server time seen)
+--          per dimension), now (latest server time seen), last (newest entry's time),
+--          x (when the keys expire)
 -- ARGV[1]: operation; ARGV[2]: now in ms, or "server" for the server's TIME; then its arguments.
 -- Both keys carry the hash tag {owner|model}, so a bucket lives in one Cluster slot.
 
@@ -17,10 +18,8 @@ local DAY = 86400000
 local function num(x)
   return tonumber(x) or 0
 end
-
-local function str(x)
-  return string.format('%.0f', x)
-end
+-- Numbers go to redis.call as they are: Redis writes integers below 2^53 exactly, and
+-- formatting them here cost more than every command of a call together.
 
 -- Days since 1970-01-01 of a proleptic Gregorian date, and the year of such a day.
 local function days_from_civil(y, m, d)
@@ -70,54 +69,92 @@ local function tokens_of(member)
   return tonumber(string.match(member, ':(%d+)$'))
 end
 
--- The bucket's counters at `now`: entries that left the window are dropped, a new Pacific
--- day starts with zero. Returns nil and a message if another layout wrote this bucket.
+-- Each redis.call costs a few microseconds of the server's one thread, more than the work
+-- it does: a call reads the counters once (HMGET), the window's head once, writes the
+-- counters once (HSET, only if they changed), and touches expiries only when they move.
+
+-- The bucket's counters at `now` (nil: the server's clock, never earlier than the bucket has
+-- seen): entries that left the window are dropped, a new Pacific day starts with zero.
+-- Returns nil and a message if another layout wrote this bucket.
 local function open(w, m, now)
-  local f = redis.call('HMGET', m, 'v', 'mt', 'day', 'dr', 'dt', 'c1', 'c2', 'c3', 'c4', 'now')
+  local f = redis.call('HMGET', m, 'v', 'mt', 'day', 'dr', 'dt', 'c1', 'c2', 'c3', 'c4', 'now', 'x', 'seq', 'last', 'n')
   if f[1] and f[1] ~= LAYOUT then
     return nil, 'keysim: bucket ' .. m .. ' has layout v' .. f[1] .. ', this library knows v' .. LAYOUT
   end
   local s = {
     mt = num(f[2]), day = num(f[3]), dr = num(f[4]), dt = num(f[5]),
-    c = { num(f[6]), num(f[7]), num(f[8]), num(f[9]) }, now = num(f[10]),
+    c = { num(f[6]), num(f[7]), num(f[8]), num(f[9]) }, seen = num(f[10]), x = num(f[11]),
+    seq = num(f[12]), last = num(f[13]), n = num(f[14]), new = not f[1], dirty = not f[1],
   }
-  local cutoff = str(now - MINUTE)
-  local gone = redis.call('ZRANGEBYSCORE', w, '-inf', cutoff)
-  if #gone > 0 then
-    for _, member in ipairs(gone) do
-      s.mt = s.mt - tokens_of(member)
+  if now == nil then
+    local t = redis.call('TIME')
+    now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+    -- A server clock stepped backwards never moves a bucket's time back.
+    if now < s.seen then now = s.seen end
+  end
+  s.now = now
+  -- Kept with the next write; a read alone need not remember its time.
+  if now > s.seen then s.seen = now end
+  -- The oldest entries, enough to see what left the window and what is next to leave.
+  s.head = 0
+  if s.n > 0 then
+    local cutoff = now - MINUTE
+    local peek = 8
+    while true do
+      local first = redis.call('ZRANGE', w, 0, peek - 1, 'WITHSCORES')
+      local gone = 0
+      for i = 1, #first, 2 do
+        local at = tonumber(first[i + 1])
+        if at > cutoff then
+          s.head = at
+          break
+        end
+        s.mt = s.mt - tokens_of(first[i])
+        gone = gone + 1
+      end
+      if gone > 0 then
+        redis.call('ZREMRANGEBYRANK', w, 0, gone - 1)
+        s.n = s.n - gone
+        s.dirty = true
+      end
+      if s.head > 0 or gone < peek or s.n == 0 then break end
     end
-    redis.call('ZREMRANGEBYSCORE', w, '-inf', cutoff)
   end
   if now >= s.day then
     s.day = next_pacific_midnight(now)
     s.dr = 0
     s.dt = 0
+    s.dirty = true
   end
   return s
 end
 
--- Writes the counters back; the keys live until nothing in them matters any more.
+-- Writes the counters back, if they changed. The keys live until nothing in them matters
+-- any more (a minute past the day's end, a cool-down's end or the window's last entry);
+-- their expiry moves only when that moves later, or when the window was made anew.
 local function save(w, m, s, now)
-  redis.call('HSET', m, 'v', LAYOUT, 'mt', str(s.mt), 'day', str(s.day), 'dr', str(s.dr), 'dt', str(s.dt),
-    'c1', str(s.c[1]), 'c2', str(s.c[2]), 'c3', str(s.c[3]), 'c4', str(s.c[4]), 'now', str(math.max(now, s.now)))
-  local keep = math.max(s.day, s.c[1], s.c[2], s.c[3], s.c[4], now + MINUTE)
-  local ttl = str(keep - now + MINUTE)
-  redis.call('PEXPIRE', m, ttl)
-  redis.call('PEXPIRE', w, ttl)
+  if not s.dirty then return end
+  local keep = math.max(s.day, s.c[1], s.c[2], s.c[3], s.c[4], s.last + MINUTE) + MINUTE
+  local moved = keep > s.x
+  if moved then s.x = keep end
+  redis.call('HSET', m, 'v', LAYOUT, 'mt', s.mt, 'day', s.day, 'dr', s.dr, 'dt', s.dt, 'c1', s.c[1], 'c2', s.c[2],
+    'c3', s.c[3], 'c4', s.c[4], 'now', s.seen, 'x', s.x, 'seq', s.seq, 'last', s.last, 'n', s.n)
+  if moved or s.new then
+    redis.call('PEXPIRE', m, s.x - now)
+  end
+  if moved or s.remade then
+    redis.call('PEXPIRE', w, s.x - now)
+  end
 end
 
 local function usage(w, s, now)
-  local n = redis.call('ZCARD', w)
   local frees = 0
-  if n > 0 then
-    frees = tonumber(redis.call('ZRANGE', w, 0, 0, 'WITHSCORES')[2]) + MINUTE
-  end
+  if s.head > 0 then frees = s.head + MINUTE end
   local cooling = 0
   for d = 1, 4 do
     if s.c[d] > now and s.c[d] > cooling then cooling = s.c[d] end
   end
-  return { n, s.mt, s.dr, s.dt, frees, s.day, cooling }
+  return { s.n, s.mt, s.dr, s.dt, frees, s.day, cooling }
 end
 
 -- When enough of the window's tokens have left for `tokens` more to fit under `tpm`; -1: never.
@@ -153,7 +190,7 @@ local function shortfall(w, s, tokens, c, now)
   end
   local rpm, tpm, rpd, tpd = c[1], c[2], c[3], c[4]
   if rpm >= 0 then
-    local n = redis.call('ZCARD', w)
+    local n = s.n
     if n >= rpm then
       local retry = -1
       if rpm > 0 then
@@ -179,11 +216,16 @@ end
 -- Counts one request of `tokens` at `now` (or at the newest time seen, to keep the window
 -- ordered); returns its sequence number and time.
 local function push(w, m, s, tokens, now)
-  local at = now
-  local last = redis.call('ZRANGE', w, -1, -1, 'WITHSCORES')
-  if #last > 0 and tonumber(last[2]) > at then at = tonumber(last[2]) end
-  local seq = redis.call('HINCRBY', m, 'seq', 1)
-  redis.call('ZADD', w, str(at), str(seq) .. ':' .. str(tokens))
+  local at = math.max(now, s.last)
+  s.last = at
+  s.seq = s.seq + 1
+  local seq = s.seq
+  redis.call('ZADD', w, at, seq .. ':' .. tokens)
+  -- An empty window is no key: this one is new and needs its expiry.
+  s.remade = s.n == 0
+  if s.n == 0 then s.head = at end
+  s.n = s.n + 1
+  s.dirty = true
   s.mt = s.mt + tokens
   s.dr = s.dr + 1
   s.dt = s.dt + tokens
@@ -198,18 +240,9 @@ end
 local function keysim(keys, args)
   local w, m = keys[1], keys[2]
   local op = args[1]
-  local now
-  if args[2] == 'server' then
-    local t = redis.call('TIME')
-    now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-    -- A server clock stepped backwards never moves a bucket's time back.
-    local seen = num(redis.call('HGET', m, 'now'))
-    if now < seen then now = seen end
-  else
-    now = tonumber(args[2])
-  end
-  local s, err = open(w, m, now)
+  local s, err = open(w, m, args[2] ~= 'server' and tonumber(args[2]) or nil)
   if s == nil then return redis.error_reply(err) end
+  local now = s.now
   if op == 'reserve' or op == 'check' then
     local tokens = tonumber(args[3])
     local c = { tonumber(args[4]), tonumber(args[5]), tonumber(args[6]), tonumber(args[7]) }
@@ -227,18 +260,25 @@ local function keysim(keys, args)
     return append({ 1, seq, at, s.day }, usage(w, s, now))
   elseif op == 'reconcile' or op == 'refund' then
     local seq, reserved, day = args[3], tonumber(args[4]), tonumber(args[5])
-    local member = seq .. ':' .. str(reserved)
+    local member = seq .. ':' .. reserved
     if op == 'reconcile' then
       local actual = tonumber(args[6])
       local score = redis.call('ZSCORE', w, member)
       if score then
         redis.call('ZREM', w, member)
-        redis.call('ZADD', w, score, seq .. ':' .. str(actual))
+        redis.call('ZADD', w, score, seq .. ':' .. actual)
         s.mt = s.mt - reserved + actual
       end
       if s.day == day then s.dt = math.max(s.dt + actual - reserved, 0) end
+      s.dirty = true
     else
-      if redis.call('ZREM', w, member) == 1 then s.mt = s.mt - reserved end
+      if redis.call('ZREM', w, member) == 1 then
+        s.mt = s.mt - reserved
+        s.n = s.n - 1
+        local head = redis.call('ZRANGE', w, 0, 0, 'WITHSCORES')
+        s.head = tonumber(head[2]) or 0
+      end
+      s.dirty = true
       if s.day == day then
         s.dr = math.max(s.dr - 1, 0)
         s.dt = math.max(s.dt - reserved, 0)
@@ -253,6 +293,7 @@ local function keysim(keys, args)
   elseif op == 'cool' then
     local d, cool_until = tonumber(args[3]), tonumber(args[4])
     if cool_until > s.c[d] then s.c[d] = cool_until end
+    s.dirty = true
     save(w, m, s, now)
     return usage(w, s, now)
   elseif op == 'usage' then

@@ -146,6 +146,10 @@ fn keys_expire_when_nothing_in_them_matters() {
         let ttl: i64 = redis::cmd("PTTL").arg(key).query(&mut conn).unwrap();
         assert!((3_600_000..=3_600_000 + 60_000).contains(&ttl), "{key}: {ttl}");
     }
+    // A window emptied (and so deleted) and made again still expires.
+    store.reserve(b, 1, &c, T0.plus(2 * 60_000)).unwrap().unwrap();
+    let ttl: i64 = redis::cmd("PTTL").arg(&names.window).query(&mut conn).unwrap();
+    assert!(ttl > 0, "the remade window expires: {ttl}");
     // A cool-down past midnight keeps them until it ends.
     store.cool_down(b, Dimension::Rpd, T0.plus(5 * 3_600_000), T0).unwrap();
     let ttl: i64 = redis::cmd("PTTL").arg(&names.counters).query(&mut conn).unwrap();
