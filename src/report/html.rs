@@ -251,12 +251,27 @@ pub fn run_report(s: &Summary, description: Option<&str>, figures: &[(Figure, St
             vec!["started / late starts".into(), format!("{} / {}", l.started, l.late_sends)],
             vec!["start lag p50 / p99 / max".into(), lat(&l.start_lag)],
             vec!["transport errors".into(), l.transport_errors.to_string()],
+            vec!["engine replicas / quota store".into(), format!("{} / {}", l.replicas, esc(&l.store))],
+            vec!["settlements the store could not record".into(), l.settle_errors.to_string()],
             vec!["end to end, through the engine".into(), lat(&l.end_to_end)],
             vec!["end to end, admitted at once".into(), lat(&l.end_to_end_unqueued)],
         ];
         if let Some(base) = &l.baseline_end_to_end {
             rows.push(vec!["end to end, without the engine".into(), lat(base)]);
         }
+        b.push_str(&table(&["figure", "value"], &rows));
+    }
+
+    if let Some(rep) = &s.replicas {
+        b.push_str("<h2>Replicas</h2>");
+        let rows = vec![
+            vec!["replicas, sharing quota as".into(), format!("{} · {}", rep.count, rep.mode)],
+            vec!["sync / renewal interval".into(), format!("{} ms", rep.interval_ms)],
+            vec!["store round trip / deadline".into(), format!("{} ms / {} ms", rep.latency_ms, rep.deadline_ms)],
+            vec!["store outages / slowdowns".into(), format!("{} / {}", rep.outages, rep.slowdowns)],
+            vec!["denied: store unavailable".into(), rep.store_unavailable.to_string()],
+            vec!["over-admission (breaches) / lost capacity".into(), format!("{} / {}", r.breaches, r.lost_capacity)],
+        ];
         b.push_str(&table(&["figure", "value"], &rows));
     }
 

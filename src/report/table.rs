@@ -118,6 +118,20 @@ pub fn render(s: &Summary) -> String {
             );
         }
     }
+    if let Some(rep) = &s.replicas {
+        let _ = writeln!(
+            o,
+            "  replicas {} {} (interval {} ms, round trip {} ms, deadline {} ms) · {} outages, {} slowdowns · {} denied: store unavailable",
+            rep.count,
+            rep.mode,
+            rep.interval_ms,
+            rep.latency_ms,
+            rep.deadline_ms,
+            rep.outages,
+            rep.slowdowns,
+            rep.store_unavailable
+        );
+    }
     if let Some(l) = &s.load {
         let _ = writeln!(o);
         let _ = writeln!(
@@ -130,6 +144,11 @@ pub fn render(s: &Summary) -> String {
             crate::load::LATE_MS,
             l.start_lag.p99,
             l.transport_errors
+        );
+        let _ = writeln!(
+            o,
+            "  engines  {} replica(s) over store {} · {} settle errors",
+            l.replicas, l.store, l.settle_errors
         );
         let _ = writeln!(
             o,
