@@ -202,7 +202,7 @@ fn a_redis_outage_fails_closed_and_service_resumes() {
     // Nothing double-counted or lost: the store counted, per project, what was sent.
     for row in s["per_project"].as_array().unwrap() {
         let project = row["project"].as_str().unwrap();
-        let counters = format!("{p}:v1:{{{project}|gemini-2.5-flash}}:m");
+        let counters = format!("{p}:v2:{{{project}|gemini-2.5-flash}}:m");
         let sent = row["succeeded"].as_u64().unwrap() + row["breaches"].as_u64().unwrap();
         assert_eq!(redis.hget(&counters, "dr"), sent, "{project}");
     }

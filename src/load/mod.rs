@@ -57,8 +57,8 @@ pub const LATE_MS: u64 = 10;
 /// scheduling jitter between two requests' trips on loopback or a LAN.
 pub const EDGE_GUARD: Duration = Duration::from_millis(25);
 
-/// How to run.
-#[derive(Clone, Debug)]
+/// How to run. Its `Debug` shows the target and the store without credentials.
+#[derive(Clone)]
 pub struct LoadOptions {
     /// Base URL of a Gemini-compatible API (`http://127.0.0.1:8080`,
     /// `https://generativelanguage.googleapis.com`).
@@ -81,6 +81,21 @@ pub struct LoadOptions {
     pub store: Option<String>,
     /// The first part of the store's key names (runs sharing a Redis keep apart by it).
     pub store_prefix: String,
+}
+
+impl std::fmt::Debug for LoadOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LoadOptions")
+            .field("target", &redact_target(&self.target))
+            .field("time_scale", &self.time_scale)
+            .field("baseline", &self.baseline)
+            .field("keys_from_env", &self.keys_from_env)
+            .field("timeout", &self.timeout)
+            .field("replicas", &self.replicas)
+            .field("store", &self.store.as_deref().map(redact_target))
+            .field("store_prefix", &self.store_prefix)
+            .finish()
+    }
 }
 
 impl Default for LoadOptions {

@@ -8,9 +8,11 @@
 --          per dimension), now (latest server time seen), last (newest entry's time),
 --          x (when the keys expire)
 -- ARGV[1]: operation; ARGV[2]: now in ms, or "server" for the server's TIME; then its arguments.
+-- Keys expire (on the server's clock) once nothing in them matters; with the caller's clock,
+-- which may be virtual, they do not expire.
 -- Both keys carry the hash tag {owner|model}, so a bucket lives in one Cluster slot.
 
-local LAYOUT = '1'
+local LAYOUT = '2'
 local MINUTE = 60000
 local HOUR = 3600000
 local DAY = 86400000
@@ -19,7 +21,11 @@ local function num(x)
   return tonumber(x) or 0
 end
 -- Numbers go to redis.call as they are: Redis writes integers below 2^53 exactly, and
--- formatting them here cost more than every command of a call together.
+-- formatting them here cost more than every command of a call together. Members are made
+-- with %.0f: Lua's own number-to-string conversion turns 1e14 into "1e+14".
+local function member(seq, tokens)
+  return string.format('%.0f:%.0f', seq, tokens)
+end
 
 -- Days since 1970-01-01 of a proleptic Gregorian date, and the year of such a day.
 local function days_from_civil(y, m, d)
@@ -85,7 +91,14 @@ local function open(w, m, now)
     mt = num(f[2]), day = num(f[3]), dr = num(f[4]), dt = num(f[5]),
     c = { num(f[6]), num(f[7]), num(f[8]), num(f[9]) }, seen = num(f[10]), x = num(f[11]),
     seq = num(f[12]), last = num(f[13]), n = num(f[14]), new = not f[1], dirty = not f[1],
+    -- Expiries are set on the server's clock only: a caller's clock may be virtual.
+    expires = now == nil,
   }
+  if s.new then
+    -- Counters that expired (or were evicted) before their window: nothing in it is
+    -- accounted for any more, so it must not be counted against either.
+    redis.call('DEL', w)
+  end
   if now == nil then
     local t = redis.call('TIME')
     now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -139,6 +152,7 @@ local function save(w, m, s, now)
   if moved then s.x = keep end
   redis.call('HSET', m, 'v', LAYOUT, 'mt', s.mt, 'day', s.day, 'dr', s.dr, 'dt', s.dt, 'c1', s.c[1], 'c2', s.c[2],
     'c3', s.c[3], 'c4', s.c[4], 'now', s.seen, 'x', s.x, 'seq', s.seq, 'last', s.last, 'n', s.n)
+  if not s.expires then return end
   if moved or s.new then
     redis.call('PEXPIRE', m, s.x - now)
   end
@@ -220,7 +234,7 @@ local function push(w, m, s, tokens, now)
   s.last = at
   s.seq = s.seq + 1
   local seq = s.seq
-  redis.call('ZADD', w, at, seq .. ':' .. tokens)
+  redis.call('ZADD', w, at, member(seq, tokens))
   -- An empty window is no key: this one is new and needs its expiry.
   s.remade = s.n == 0
   if s.n == 0 then s.head = at end
@@ -260,19 +274,21 @@ local function keysim(keys, args)
     return append({ 1, seq, at, s.day }, usage(w, s, now))
   elseif op == 'reconcile' or op == 'refund' then
     local seq, reserved, day = args[3], tonumber(args[4]), tonumber(args[5])
-    local member = seq .. ':' .. reserved
+    local old = member(tonumber(seq), reserved)
     if op == 'reconcile' then
       local actual = tonumber(args[6])
-      local score = redis.call('ZSCORE', w, member)
-      if score then
-        redis.call('ZREM', w, member)
-        redis.call('ZADD', w, score, seq .. ':' .. actual)
+      local score = redis.call('ZSCORE', w, old)
+      if score and actual ~= reserved then
+        -- Added before the old one goes, so that the window is never empty (and deleted,
+        -- and made again without its expiry) in between.
+        redis.call('ZADD', w, score, member(tonumber(seq), actual))
+        redis.call('ZREM', w, old)
         s.mt = s.mt - reserved + actual
       end
       if s.day == day then s.dt = math.max(s.dt + actual - reserved, 0) end
       s.dirty = true
     else
-      if redis.call('ZREM', w, member) == 1 then
+      if redis.call('ZREM', w, old) == 1 then
         s.mt = s.mt - reserved
         s.n = s.n - 1
         local head = redis.call('ZRANGE', w, 0, 0, 'WITHSCORES')

@@ -2,7 +2,7 @@
 //! `redis`).
 //!
 //! Every operation on a bucket is **one round trip**: a call of the function library
-//! `keysim_v1` (`FCALL`), or the same Lua text through `EVALSHA`/`EVAL` where functions are
+//! `keysim_v2_<hash>` (`FCALL`), or the same Lua text through `EVALSHA`/`EVAL` where functions are
 //! not allowed (managed proxies, Redis before 7). The script checks and counts every
 //! dimension of the bucket atomically, so replicas can never over-admit between them.
 //!
@@ -10,17 +10,19 @@
 //!   back never moves a bucket's time back; the day is the **Pacific** calendar day, computed
 //!   by the script, so every replica agrees on midnight Pacific, daylight time included.
 //!   [`RedisTime::Caller`] uses the caller's time instead, for virtual time and tests.
-//! - **Keys** are `<prefix>:v1:{<owner>|<model>}:w` (the minute window) and `…:m` (counters);
+//! - **Keys** are `<prefix>:v2:{<owner>|<model>}:w` (the minute window) and `…:m` (counters);
 //!   the hash tag keeps a bucket in one Cluster slot, so there are no `CROSSSLOT` errors. Keys
 //!   expire once nothing in them matters (the day has ended, cool-downs are over), so memory
 //!   is bounded by the buckets in use.
 //! - **Versions**: the library, its function and the key prefix carry the layout version
-//!   (`v1`). A later layout gets new names, and a script that finds a bucket written by
+//!   (`v2`), and the function's name also a hash of its code, so two versions of the code
+//!   never share a loaded function. A later layout gets new names, and a script that finds a bucket written by
 //!   another layout refuses with an error rather than misread it: a rolling deploy cannot
 //!   corrupt counters.
 //! - **Connections** are pooled (one per concurrent caller, idle ones kept); a failed one is
 //!   dropped, and reconnecting backs off exponentially with jitter (failing fast meanwhile).
-//!   Every call has a deadline: connect, write and read each time out after it.
+//!   Every call has a deadline: connect, write and read each time out after it (a first call
+//!   that loads the library, or a Cluster redirect, makes a second round trip, bounded alike).
 //! - **Fail closed**: every failure is a [`StoreError`], and the engine denies admission with
 //!   reason `store-unavailable`. Nothing falls back to per-process counting unless a
 //!   [`Degraded`](crate::Degraded) store is configured explicitly.
@@ -42,10 +44,10 @@ use super::time::Timestamp;
 
 /// The Lua text both the function library and `EVAL` run.
 const CORE: &str = include_str!("keysim.lua");
-/// The layout version in names: library, function and key prefix.
-const LAYOUT: &str = "v1";
-/// The function's name (also the library's).
-const FUNCTION: &str = "keysim_v1";
+/// The layout version in key names (and the layout check in the script).
+const LAYOUT: &str = "v2";
+/// Tokens at or past this cannot be counted exactly by the script (Lua numbers are doubles).
+const EXACT: u64 = 1 << 53;
 
 /// Whose clock a [`RedisStore`] counts by.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -57,8 +59,8 @@ pub enum RedisTime {
     Caller,
 }
 
-/// How to reach Redis, and how long to wait for it.
-#[derive(Clone, Debug)]
+/// How to reach Redis, and how long to wait for it. Its `Debug` hides passwords.
+#[derive(Clone)]
 pub struct RedisConfig {
     /// `redis://[user:password@]host:port[/db]` of a server, or several node addresses of a
     /// Cluster (set [`RedisConfig::cluster`]).
@@ -73,6 +75,19 @@ pub struct RedisConfig {
     pub time: RedisTime,
     /// Idle connections kept for reuse.
     pub max_idle: usize,
+}
+
+impl std::fmt::Debug for RedisConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisConfig")
+            .field("urls", &self.urls.iter().map(|u| redact_url(u)).collect::<Vec<_>>())
+            .field("cluster", &self.cluster)
+            .field("deadline", &self.deadline)
+            .field("prefix", &self.prefix)
+            .field("time", &self.time)
+            .field("max_idle", &self.max_idle)
+            .finish()
+    }
 }
 
 impl RedisConfig {
@@ -93,12 +108,16 @@ impl RedisConfig {
         Self { urls: nodes.into_iter().map(Into::into).collect(), cluster: true, ..Self::new("") }
     }
 
-    /// Reads `redis://…` (one server) or `redis+cluster://host:port,host:port` (Cluster
-    /// nodes), as `--store` takes them.
+    /// Reads `redis://…` (one server) or `redis+cluster://[user:password@]host:port,host:port`
+    /// (Cluster nodes, the credentials for all), as `--store` takes them.
     pub fn parse(spec: &str) -> Result<Self, StoreError> {
         if let Some(rest) = spec.strip_prefix("redis+cluster://") {
+            let (creds, nodes) = match rest.rfind('@') {
+                Some(at) => (format!("{}@", &rest[..at]), &rest[at + 1..]),
+                None => (String::new(), rest),
+            };
             let nodes: Vec<String> =
-                rest.split(',').filter(|s| !s.is_empty()).map(|n| format!("redis://{n}")).collect();
+                nodes.split(',').filter(|s| !s.is_empty()).map(|n| format!("redis://{creds}{n}")).collect();
             if nodes.is_empty() {
                 return Err(StoreError::Unavailable("no cluster node named".into()));
             }
@@ -109,7 +128,7 @@ impl RedisConfig {
         }
         Err(StoreError::Unavailable(format!(
             "{}: expected redis://host:port or redis+cluster://host:port,host:port",
-            crate::redact(spec)
+            redact_url(spec)
         )))
     }
 }
@@ -131,7 +150,7 @@ pub struct RedisStats {
 enum Invoke {
     /// Not known yet: try the function library first.
     Unknown = 0,
-    /// `FCALL keysim_v1`.
+    /// `FCALL keysim_v2_<hash>`.
     Function = 1,
     /// `EVALSHA`, falling back to `EVAL`: functions are refused here.
     Eval = 2,
@@ -175,6 +194,9 @@ pub struct RedisStore {
     idle: Mutex<Vec<Conn>>,
     backoff: Mutex<Backoff>,
     invoke: AtomicU8,
+    /// `keysim_v2_<hash of the code>`: the library's and the function's name, so that every
+    /// version of the code is loaded and called under its own name.
+    function: String,
     library: String,
     script: redis::Script,
     eval_code: String,
@@ -212,7 +234,11 @@ impl RedisStore {
             let client = redis::cluster::ClusterClient::builder(config.urls.clone())
                 .connection_timeout(config.deadline)
                 .response_timeout(config.deadline)
+                // One retry, soon: enough to follow a slot that moved (MOVED refreshes the
+                // map) without sleeping past the deadline on a cluster that is down.
                 .retries(1)
+                .min_retry_wait(1)
+                .max_retry_wait(10)
                 .build()
                 .map_err(|e| unavailable(&e))?;
             Target::Cluster(client)
@@ -220,17 +246,19 @@ impl RedisStore {
             let url = config.urls.first().ok_or_else(|| StoreError::Unavailable("no Redis URL".into()))?;
             Target::Single(redis::Client::open(url.as_str()).map_err(|e| unavailable(&e))?)
         };
-        let library = format!(
-            "#!lua name={FUNCTION}\n{CORE}\nredis.register_function('{FUNCTION}', function(keys, args) return keysim(keys, args) end)\n"
-        );
         let eval_code = format!("{CORE}\nreturn keysim(KEYS, ARGV)\n");
         let script = redis::Script::new(&eval_code);
+        let function = format!("keysim_{LAYOUT}_{}", &script.get_hash()[..12]);
+        let library = format!(
+            "#!lua name={function}\n{CORE}\nredis.register_function('{function}', function(keys, args) return keysim(keys, args) end)\n"
+        );
         Ok(Self {
             config,
             target,
             idle: Mutex::new(Vec::new()),
             backoff: Mutex::new(Backoff { next: None, delay: Duration::ZERO }),
             invoke: AtomicU8::new(Invoke::Unknown as u8),
+            function,
             library,
             script,
             eval_code,
@@ -375,9 +403,12 @@ impl RedisStore {
                     StoreError::Protocol(e.to_string())
                 })
             }
-            // A connection that failed is not reused; one that got an error reply is.
+            // A connection that failed is not reused, nor are the idle ones (the server may
+            // have restarted: each would fail one call); one that got an error reply is.
             Err(e) => {
-                if !(e.is_io_error() || e.is_timeout() || e.is_connection_dropped()) {
+                if e.is_io_error() || e.is_timeout() || e.is_connection_dropped() {
+                    lock(&self.idle).clear();
+                } else {
                     self.give_back(conn);
                 }
                 Err(self.failure(&e))
@@ -398,8 +429,8 @@ impl RedisStore {
         let fill = |cmd: &mut redis::Cmd| {
             cmd.arg(2).arg(&names.window).arg(&names.counters).arg(op).arg(&time);
             for a in args {
-                // Lua numbers are doubles: anything past 2^53 is "unlimited" to the script.
-                if *a >= 1 << 53 {
+                // u64::MAX marks an unlimited ceiling.
+                if *a == u64::MAX {
                     cmd.arg(-1i64);
                 } else {
                     cmd.arg(*a);
@@ -408,7 +439,7 @@ impl RedisStore {
         };
         if self.invoke() != Invoke::Eval {
             let mut fcall = redis::cmd("FCALL");
-            fcall.arg(FUNCTION);
+            fcall.arg(&self.function);
             fill(&mut fcall);
             self.round_trips.fetch_add(1, Ordering::Relaxed);
             match send(conn, &fcall) {
@@ -478,8 +509,10 @@ impl RedisStore {
         ceilings: &Ceilings,
         now: Timestamp,
     ) -> Result<Result<(Reservation, Usage), Shortfall>, StoreError> {
-        let c = ceilings.0;
-        let v = self.ints(self.call(bucket, op, now, &[tokens, c[0], c[1], c[2], c[3]])?)?;
+        // Past 2^53 a ceiling is "unlimited" to the script (-1), and a count is held at the
+        // largest it can count exactly (conservative against any finite ceiling).
+        let c = ceilings.0.map(|x| if x >= EXACT { u64::MAX } else { x });
+        let v = self.ints(self.call(bucket, op, now, &[exact(tokens), c[0], c[1], c[2], c[3]])?)?;
         let usage = Self::usage_at(&v, 4)?;
         if v[0] == 1 {
             let reservation =
@@ -493,6 +526,11 @@ impl RedisStore {
         let retry_at = (v[3] >= 0).then_some(Timestamp(v[3] as u64));
         Ok(Err(Shortfall { dimension, cooling: v[2] == 1, retry_at, usage }))
     }
+}
+
+/// A count the script can hold exactly.
+fn exact(x: u64) -> u64 {
+    x.min(EXACT - 1)
 }
 
 /// Sends one command; an error reply is an error, not a value.
@@ -514,11 +552,10 @@ fn is_missing_function(e: &RedisError) -> bool {
 
 /// A deployment that does not take functions: too old, or a proxy or ACL that refuses them.
 fn refuses_functions(e: &RedisError) -> bool {
-    let s = e.to_string();
+    let s = e.to_string().to_ascii_lowercase();
     s.contains("unknown command")
-        || s.contains("NOPERM")
-        || s.contains("not allowed")
         || s.contains("unknown subcommand")
+        || (s.contains("noperm") && (s.contains("fcall") || s.contains("function")))
 }
 
 /// A fraction in [0, 1) from the clock's low bits: jitter needs no generator.
@@ -580,17 +617,18 @@ impl QuotaStore for RedisStore {
     }
 
     fn reconcile(&self, bucket: BucketId, r: &Reservation, actual: u64, now: Timestamp) -> Result<Usage, StoreError> {
-        let v = self.ints(self.call(bucket, "reconcile", now, &[r.seq, r.tokens, r.day_ends.0, actual])?)?;
+        let v =
+            self.ints(self.call(bucket, "reconcile", now, &[r.seq, exact(r.tokens), r.day_ends.0, exact(actual)])?)?;
         Self::usage_at(&v, 0)
     }
 
     fn refund(&self, bucket: BucketId, r: &Reservation, now: Timestamp) -> Result<Usage, StoreError> {
-        let v = self.ints(self.call(bucket, "refund", now, &[r.seq, r.tokens, r.day_ends.0])?)?;
+        let v = self.ints(self.call(bucket, "refund", now, &[r.seq, exact(r.tokens), r.day_ends.0])?)?;
         Self::usage_at(&v, 0)
     }
 
     fn record(&self, bucket: BucketId, tokens: u64, now: Timestamp) -> Result<Usage, StoreError> {
-        let v = self.ints(self.call(bucket, "record", now, &[tokens])?)?;
+        let v = self.ints(self.call(bucket, "record", now, &[exact(tokens)])?)?;
         Self::usage_at(&v, 0)
     }
 

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use super::*;
 use crate::conformance::redis::{address, prefix, server};
 use crate::{Chars4, Decision, Engine, EngineConfig, KeySpec, Limits, ModelSpec, Outcome, PoolSpec, ProjectSpec};
-use crate::{DenyReason, Prompt, Request};
+use crate::{DenyReason, Prompt, Request, MINUTE_MS};
 
 const T0: Timestamp = Timestamp(1_764_140_400_000);
 
@@ -124,36 +124,77 @@ fn a_bucket_written_by_another_layout_is_refused_not_misread() {
     let c = Ceilings([10, 1000, 1000, u64::MAX]);
     store.reserve(b, 1, &c, T0).unwrap().unwrap();
     let counters = store.names[b.0 as usize].get().unwrap().counters.clone();
-    let _: () = redis::cmd("HSET").arg(&counters).arg("v").arg("2").query(&mut raw(&url)).unwrap();
+    let _: () = redis::cmd("HSET").arg(&counters).arg("v").arg("1").query(&mut raw(&url)).unwrap();
     match store.reserve(b, 1, &c, T0) {
-        Err(StoreError::Protocol(m)) => assert!(m.contains("layout v2"), "{m}"),
+        Err(StoreError::Protocol(m)) => assert!(m.contains("layout v1"), "{m}"),
         other => panic!("expected a refusal, got {other:?}"),
     }
 }
 
+/// On the server's clock, keys live until a minute past the day's end (or a cool-down's end),
+/// and a window emptied and made again (or rewritten by a reconcile) keeps its expiry.
 #[test]
 fn keys_expire_when_nothing_in_them_matters() {
-    let Some(store) = server("expiry") else { return };
-    let url = address("KEYSIM_REDIS_URL").unwrap();
+    let Some(url) = address("KEYSIM_REDIS_URL") else { return };
+    let store = RedisStore::new(RedisConfig { prefix: prefix("expiry"), ..RedisConfig::new(url.clone()) }).unwrap();
     let b = store.bucket(&BucketKey { owner: "p".into(), model: "m".into() }).unwrap();
     let c = Ceilings([10, 1000, 1000, u64::MAX]);
-    store.reserve(b, 1, &c, T0).unwrap().unwrap();
+    let g = store.reserve(b, 5, &c, T0).unwrap().unwrap();
     let names = store.names[b.0 as usize].get().unwrap();
     let mut conn = raw(&url);
-    // T0 is one hour before Pacific midnight: the day's counters matter for an hour, plus a
-    // minute of margin.
+    let ttl = |conn: &mut redis::Connection, key: &str| -> i64 { redis::cmd("PTTL").arg(key).query(conn).unwrap() };
+    let to_midnight = (g.reservation.day_ends.0 - g.reservation.at.0) as i64;
     for key in [&names.window, &names.counters] {
-        let ttl: i64 = redis::cmd("PTTL").arg(key).query(&mut conn).unwrap();
-        assert!((3_600_000..=3_600_000 + 60_000).contains(&ttl), "{key}: {ttl}");
+        let t = ttl(&mut conn, key);
+        assert!((to_midnight + 55_000..=to_midnight + 60_000).contains(&t), "{key}: {t} ({to_midnight} to midnight)");
     }
+    // A reconcile of the only entry rewrites it without emptying the window.
+    store.reconcile(b, &g.reservation, 3, T0).unwrap();
+    assert!(ttl(&mut conn, &names.window) > 0, "the window still expires after a reconcile");
     // A window emptied (and so deleted) and made again still expires.
-    store.reserve(b, 1, &c, T0.plus(2 * 60_000)).unwrap().unwrap();
-    let ttl: i64 = redis::cmd("PTTL").arg(&names.window).query(&mut conn).unwrap();
-    assert!(ttl > 0, "the remade window expires: {ttl}");
+    let b2 = store.bucket(&BucketKey { owner: "q".into(), model: "m".into() }).unwrap();
+    let window2 = store.names[b2.0 as usize].get().unwrap().window.clone();
+    let h = store.reserve(b2, 1, &c, T0).unwrap().unwrap();
+    store.refund(b2, &h.reservation, T0).unwrap();
+    assert_eq!(ttl(&mut conn, &window2), -2, "an empty window is no key");
+    store.reserve(b2, 1, &c, T0).unwrap().unwrap();
+    assert!(ttl(&mut conn, &window2) > 0, "the remade window expires");
     // A cool-down past midnight keeps them until it ends.
-    store.cool_down(b, Dimension::Rpd, T0.plus(5 * 3_600_000), T0).unwrap();
-    let ttl: i64 = redis::cmd("PTTL").arg(&names.counters).query(&mut conn).unwrap();
-    assert!(ttl > 5 * 3_600_000 - 1_000, "{ttl}");
+    let wall = g.reservation.at;
+    store.cool_down(b, Dimension::Rpd, wall.plus(30 * 3_600_000), wall).unwrap();
+    assert!(ttl(&mut conn, &names.counters) > 30 * 3_600_000 - 10_000);
+}
+
+/// On a caller's clock (virtual time), nothing expires on the server's.
+#[test]
+fn keys_on_a_caller_clock_do_not_expire() {
+    let Some(store) = server("no_expiry") else { return };
+    let url = address("KEYSIM_REDIS_URL").unwrap();
+    let b = store.bucket(&BucketKey { owner: "p".into(), model: "m".into() }).unwrap();
+    store.reserve(b, 1, &Ceilings([10, 1000, 1000, u64::MAX]), T0).unwrap().unwrap();
+    let names = store.names[b.0 as usize].get().unwrap();
+    let t: i64 = redis::cmd("PTTL").arg(&names.counters).query(&mut raw(&url)).unwrap();
+    assert_eq!(t, -1);
+}
+
+/// Counters that expired before their window (evicted, say) start a clean window: the
+/// leftover entries count for nothing, not against the new counts.
+#[test]
+fn a_leftover_window_is_not_counted_against_fresh_counters() {
+    let Some(store) = server("leftover") else { return };
+    let url = address("KEYSIM_REDIS_URL").unwrap();
+    let b = store.bucket(&BucketKey { owner: "p".into(), model: "m".into() }).unwrap();
+    let c = Ceilings([3, 1000, 1000, u64::MAX]);
+    for i in 0..3 {
+        store.reserve(b, 10, &c, T0.plus(i)).unwrap().unwrap();
+    }
+    let names = store.names[b.0 as usize].get().unwrap();
+    let _: () = redis::cmd("DEL").arg(&names.counters).query(&mut raw(&url)).unwrap();
+    for i in 0..3 {
+        store.reserve(b, 10, &c, T0.plus(10 + i)).unwrap().unwrap();
+    }
+    let u = store.usage(b, T0.plus(MINUTE_MS + 5)).unwrap();
+    assert_eq!((u.minute_requests, u.minute_tokens), (3, 30));
 }
 
 #[test]
@@ -314,4 +355,31 @@ fn degraded_mode_over_admits_at_most_one_more_limit() {
     let minute = limit + after_degraded.iter().sum::<u64>();
     assert_eq!(minute, 2 * limit, "the stated bound, reached and not passed");
     assert!(degraded.iter().all(|e| e.store().fallbacks() > 0));
+}
+
+#[test]
+fn addresses_parse_and_never_show_their_password() {
+    let c = RedisConfig::parse("redis+cluster://:s3cret@a:7000,b:7001").unwrap();
+    assert!(c.cluster);
+    assert_eq!(c.urls, vec!["redis://:s3cret@a:7000", "redis://:s3cret@b:7001"], "the credentials go to every node");
+    assert!(!format!("{c:?}").contains("s3cret"));
+    match RedisConfig::parse("redis-cluster://:hunter2@cache-1:6379") {
+        Err(e) => assert!(!e.to_string().contains("hunter2"), "{e}"),
+        Ok(_) => panic!("an unknown scheme is refused"),
+    }
+}
+
+/// Counts too large for the script's doubles are held at the largest exact one, never
+/// lost: a bucket with no token ceilings still counts them.
+#[test]
+fn huge_counts_are_held_not_lost() {
+    let Some(store) = server("huge") else { return };
+    let b = store.bucket(&BucketKey { owner: "p".into(), model: "m".into() }).unwrap();
+    let unlimited = Ceilings([10, u64::MAX, 1000, u64::MAX]);
+    let g = store.reserve(b, 1 << 60, &unlimited, T0).unwrap().unwrap();
+    assert_eq!(g.usage.minute_tokens, EXACT - 1);
+    let u = store.reconcile(b, &g.reservation, 100_000_000_000_000, T0.plus(1)).unwrap();
+    assert_eq!(u.minute_tokens, 100_000_000_000_000, "1e14 tokens: counted, and the member still parses");
+    let u = store.usage(b, T0.plus(MINUTE_MS)).unwrap();
+    assert_eq!((u.minute_requests, u.minute_tokens), (0, 0), "and it leaves the window whole");
 }
