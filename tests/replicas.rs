@@ -199,12 +199,15 @@ fn a_redis_outage_fails_closed_and_service_resumes() {
     assert_eq!(n(&s, "failed"), 0);
     assert!(n(&s, "succeeded") >= 18, "served before and after the outage: {}", n(&s, "succeeded"));
     assert_eq!(n(&s, "total"), n(&s, "succeeded") + n(&s, "denied"));
-    // Nothing double-counted or lost: the store counted, per project, what was sent.
+    // Nothing double-counted or lost: the store counted, per project, what was sent. One
+    // more is possible: a reservation the server made and persisted whose answer the kill
+    // cut off stays counted (conservative: the engine cannot know it was made).
     for row in s["per_project"].as_array().unwrap() {
         let project = row["project"].as_str().unwrap();
         let counters = format!("{p}:v2:{{{project}|gemini-2.5-flash}}:m");
         let sent = row["succeeded"].as_u64().unwrap() + row["breaches"].as_u64().unwrap();
-        assert_eq!(redis.hget(&counters, "dr"), sent, "{project}");
+        let counted = redis.hget(&counters, "dr");
+        assert!((sent..=sent + 1).contains(&counted), "{project}: {counted} counted, {sent} sent");
     }
 }
 

@@ -351,9 +351,10 @@ impl RedisStore {
                 Ok(c)
             }
             Err(e) => {
-                // Exponential from 25 ms to 2 s, with up to half again of jitter so that
-                // replicas do not reconnect in step.
-                let delay = (b.delay * 2).clamp(Duration::from_millis(25), Duration::from_secs(2));
+                // Exponential from 25 ms to half a second (a refused connection costs nothing,
+                // and every moment of waiting fails admissions closed), with up to half again
+                // of jitter so that replicas do not reconnect in step.
+                let delay = (b.delay * 2).clamp(Duration::from_millis(25), Duration::from_millis(500));
                 let jitter = delay.mul_f64(jitter_fraction() * 0.5);
                 *b = Backoff { next: Some(Instant::now() + delay + jitter), delay };
                 Err(self.failure(&e))
