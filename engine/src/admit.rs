@@ -3,9 +3,11 @@
 use std::sync::atomic::Ordering;
 
 use super::estimate::Prompt;
+use super::health::{Gate, HealthEvent};
 use super::limits::Dimension;
-use super::pool::KeyId;
-use super::provider::QuotaExhausted;
+use super::pool::QuotaScope;
+use super::pool::{KeyId, PoolEvent};
+use super::provider::{Exhaustion, QuotaExhausted};
 use super::store::{BucketId, QuotaStore, Reservation, Shortfall, StoreError};
 use super::strategy::Choice;
 use super::time::{next_pacific_midnight, Timestamp, MINUTE_MS};
@@ -90,6 +92,8 @@ pub enum DenyReason {
     NoUsableKey,
     /// The quota store did not answer: admission fails closed.
     StoreUnavailable,
+    /// The provider is short of capacity for this model: it backs off pool-wide.
+    ProviderBackoff,
 }
 
 impl DenyReason {
@@ -99,6 +103,7 @@ impl DenyReason {
             Self::CoolingDown(d) => 4 + d.index() as u64,
             Self::NoUsableKey => 8,
             Self::StoreUnavailable => 9,
+            Self::ProviderBackoff => 10,
         }
     }
 
@@ -107,6 +112,7 @@ impl DenyReason {
             0..=3 => Self::Exhausted(Dimension::ALL[c as usize]),
             4..=7 => Self::CoolingDown(Dimension::ALL[c as usize - 4]),
             9 => Self::StoreUnavailable,
+            10 => Self::ProviderBackoff,
             _ => Self::NoUsableKey,
         }
     }
@@ -118,6 +124,7 @@ impl DenyReason {
             Self::CoolingDown(d) => format!("cooling:{d}"),
             Self::NoUsableKey => "no-usable-key".to_owned(),
             Self::StoreUnavailable => "store-unavailable".to_owned(),
+            Self::ProviderBackoff => "provider-backoff".to_owned(),
         }
     }
 }
@@ -175,6 +182,13 @@ pub enum Outcome {
     RateLimited(QuotaExhausted),
     /// Failed otherwise after sending; the provider may have counted it, so it stays counted.
     Failed,
+    /// The provider could not serve it for want of capacity (a 503, a timeout): the model
+    /// backs off pool-wide, no key is blamed; it stays counted, as [`Outcome::Failed`]. (A 429
+    /// with no details is [`Outcome::RateLimited`] of kind capacity, to the same effect.)
+    Unavailable,
+    /// The provider rejected the key (400 `API_KEY_INVALID`, 403 `PERMISSION_DENIED`): that
+    /// key is disabled until a probe; nothing was counted, so everything held returns.
+    KeyRejected,
     /// Never sent; everything it held is returned.
     NotSent,
 }
@@ -185,6 +199,48 @@ impl<S: QuotaStore> Engine<S> {
     /// The sans-IO core: the [`Ticket`] must be settled with [`Engine::settle`]. Services
     /// use [`Engine::try_acquire`] or [`Engine::acquire`], whose permits settle themselves.
     pub fn admit(&self, req: &Request<'_>, now: Timestamp) -> Result<Decision, AdmitError> {
+        self.revive_due(now);
+        let probe = match req.model < self.health_models() {
+            true => match self.health.gate(req.model, now) {
+                Gate::Open => false,
+                Gate::Probe => true,
+                Gate::Closed(at) => {
+                    let reason = DenyReason::ProviderBackoff;
+                    return Ok(Decision::Denied(Denial { retry_at: Some(at), reason, bucket: None }));
+                }
+            },
+            false => false,
+        };
+        let decision = self.admit_in(req, now);
+        if probe && !matches!(decision, Ok(Decision::Admitted(_))) {
+            self.health.release_probe(req.model);
+        }
+        decision
+    }
+
+    /// Keys whose probe is due serve again, for one request each.
+    #[inline]
+    fn revive_due(&self, now: Timestamp) {
+        let due = self.health.due_probes(now);
+        if due.is_empty() {
+            return;
+        }
+        let ids: Vec<String> = {
+            let pool = self.pool.load();
+            due.iter().filter_map(|k| pool.keys().get(k.0 as usize).map(|s| s.id.clone())).collect()
+        };
+        for id in ids {
+            // A key removed or revoked meanwhile stays out: nothing to probe.
+            let _ = self.apply(PoolEvent::Enable(id));
+        }
+    }
+
+    fn health_models(&self) -> usize {
+        self.exhausted.len()
+    }
+
+    /// Admission past the health gate.
+    fn admit_in(&self, req: &Request<'_>, now: Timestamp) -> Result<Decision, AdmitError> {
         let model = req.model;
         let pool = self.pool.load();
         let groups = pool.groups.get(model).ok_or(AdmitError::UnknownModel(model))?;
@@ -248,9 +304,25 @@ impl<S: QuotaStore> Engine<S> {
                 Ok(usage) => {
                     let view = &self.views[g.bucket.0 as usize];
                     view.record(&usage, now);
-                    let key = g.keys[view.key_turn() % g.keys.len()];
-                    let ticket = Ticket { key, bucket: g.bucket, model, estimated_input, reserved_output, reservation };
-                    return Ok(Decision::Admitted(ticket));
+                    // Keys in turn; a key being probed carries one request only.
+                    let (n, turn) = (g.keys.len(), view.key_turn());
+                    let id = |k: KeyId| pool.keys()[k.0 as usize].id.clone();
+                    let key = (0..n).map(|j| g.keys[(turn + j) % n]).find(|&k| self.health.take_key(k, || id(k), now));
+                    match key {
+                        Some(key) => {
+                            let ticket =
+                                Ticket { key, bucket: g.bucket, model, estimated_input, reserved_output, reservation };
+                            return Ok(Decision::Admitted(ticket));
+                        }
+                        // Every key of the project is out on its probe: try another project.
+                        None => {
+                            if let Some(r) = reservation {
+                                if self.store.refund(g.bucket, &r, now).is_err() {
+                                    return Ok(self.store_unavailable(g.bucket));
+                                }
+                            }
+                        }
+                    }
                 }
                 Err(s) => {
                     self.note(g.bucket, &s.usage, now);
@@ -261,7 +333,11 @@ impl<S: QuotaStore> Engine<S> {
                 }
             }
         }
-        let (s, bucket) = earliest.expect("at least one group was tried");
+        let Some((s, bucket)) = earliest else {
+            // Every project had room but each key was out on its probe.
+            let retry_at = Some(now.plus(self.health.config.backoff_ms));
+            return Ok(Decision::Denied(Denial { retry_at, reason: DenyReason::NoUsableKey, bucket: None }));
+        };
         let reason = if s.cooling { DenyReason::CoolingDown(s.dimension) } else { DenyReason::Exhausted(s.dimension) };
         if let (false, Some(at)) = (size_matters, s.retry_at) {
             self.exhausted_reason[model][p].store(reason.code(), Ordering::Relaxed);
@@ -298,6 +374,7 @@ impl<S: QuotaStore> Engine<S> {
     /// waiters (a simulator) knows to serve them. When the store cannot be reached the error
     /// says so; the reservation then stays as counted (conservative).
     pub fn settle(&self, ticket: &Ticket, outcome: Outcome, now: Timestamp) -> Result<bool, StoreError> {
+        self.note_health(ticket, outcome, now);
         let freed = self.settle_inner(ticket, outcome, now)?;
         if freed {
             self.forget_exhaustion(Some(ticket.model));
@@ -305,6 +382,80 @@ impl<S: QuotaStore> Engine<S> {
             self.wake_queues(Some(ticket.model));
         }
         Ok(freed)
+    }
+
+    /// What an answer says about the pool's health: the model's breaker, the key, the limits.
+    fn note_health(&self, ticket: &Ticket, outcome: Outcome, now: Timestamp) {
+        let model = ticket.model;
+        let capacity = match outcome {
+            Outcome::Unavailable => true,
+            Outcome::RateLimited(q) => q.kind == Exhaustion::Capacity,
+            _ => false,
+        };
+        if capacity {
+            let jitter = (self.next_random() >> 11) as f64 / (1u64 << 53) as f64;
+            self.health.unavailable(model, now, jitter);
+        } else {
+            match outcome {
+                Outcome::Success { .. } => self.health.served(model, now),
+                // Inconclusive: the next request probes the model instead.
+                Outcome::Failed | Outcome::NotSent => self.health.release_probe(model),
+                _ => {}
+            }
+        }
+        let key_id = || self.pool.load().keys().get(ticket.key.0 as usize).map(|k| k.id.clone()).unwrap_or_default();
+        match outcome {
+            Outcome::KeyRejected => {
+                if self.health.key_rejected(ticket.key, key_id(), now) {
+                    // Removed or revoked meanwhile: already out of the pool.
+                    let _ = self.apply(PoolEvent::Disable(key_id()));
+                }
+            }
+            Outcome::NotSent => {
+                self.health.key_answered(ticket.key, false, key_id, now);
+            }
+            _ => {
+                self.health.key_answered(ticket.key, true, key_id, now);
+            }
+        }
+        if let Outcome::RateLimited(q) = outcome {
+            self.learn_limit(ticket, &q, now);
+        }
+    }
+
+    /// A quota 429 that names a limit other than the pool's: the pool follows the provider.
+    fn learn_limit(&self, ticket: &Ticket, q: &QuotaExhausted, now: Timestamp) {
+        let (Exhaustion::Quota, Some(d), Some(to)) = (q.kind, q.dimension, q.limit) else { return };
+        if to == 0 || self.config.scope != QuotaScope::Project {
+            return;
+        }
+        let event = {
+            let pool = self.pool.load();
+            let (p, m) = pool.bucket_owner(ticket.bucket);
+            let (Some(project), Some(model)) = (pool.projects().get(p), pool.models().get(m)) else { return };
+            let Some(Some(limits)) = project.limits.get(m) else { return };
+            let from = limits.get(d);
+            if from == to {
+                return;
+            }
+            let mut limits = *limits;
+            match d {
+                Dimension::Rpm => limits.rpm = to,
+                Dimension::Tpm => limits.tpm = to,
+                Dimension::Rpd => limits.rpd = to,
+                Dimension::Tpd => limits.tpd = Some(to),
+            }
+            (
+                PoolEvent::SetLimits { project: project.id.clone(), model: model.name.clone(), limits },
+                project.id.clone(),
+                model.name.clone(),
+                from,
+            )
+        };
+        let (change, project, model, from) = event;
+        if self.apply(change).is_ok() {
+            self.health.limit_learned(HealthEvent::LimitLearned { at: now, project, model, dimension: d, from, to });
+        }
     }
 
     /// Settles; whether capacity was freed (waiters may be served now).
@@ -332,6 +483,20 @@ impl<S: QuotaStore> Engine<S> {
                     let usage = self.store.refund(b, &r, now)?;
                     self.note(b, &usage, now);
                 }
+                // The provider's capacity, not this bucket's quota: the model's breaker has it.
+                if q.kind == Exhaustion::Capacity {
+                    return Ok(r.is_some());
+                }
+                let q = match (q.kind, q.retry_after_ms) {
+                    // Which quota is not said: a short back-off of the bucket, jittered so that
+                    // replicas do not come back in step.
+                    (Exhaustion::Unspecified, None) => {
+                        let half = self.health.config.unspecified_ms / 2;
+                        let jitter = if half == 0 { 0 } else { self.next_random() % (2 * half + 1) };
+                        QuotaExhausted { retry_after_ms: Some(half + jitter), ..q }
+                    }
+                    _ => q,
+                };
                 let dimension = q.dimension.unwrap_or(Dimension::Rpm);
                 let until = if dimension.is_daily() {
                     // The day the request was counted in, which may have ended while the
@@ -346,18 +511,18 @@ impl<S: QuotaStore> Engine<S> {
                 }
                 Ok(r.is_some())
             }
-            (Outcome::Failed, Some(_)) => Ok(false),
-            (Outcome::Failed, None) => {
+            (Outcome::Failed | Outcome::Unavailable, Some(_)) => Ok(false),
+            (Outcome::Failed | Outcome::Unavailable, None) => {
                 let usage = self.store.record(b, ticket.estimated_input + ticket.reserved_output, now)?;
                 self.note(b, &usage, now);
                 Ok(false)
             }
-            (Outcome::NotSent, Some(r)) => {
+            (Outcome::NotSent | Outcome::KeyRejected, Some(r)) => {
                 let usage = self.store.refund(b, &r, now)?;
                 self.note(b, &usage, now);
                 Ok(true)
             }
-            (Outcome::NotSent, None) => Ok(false),
+            (Outcome::NotSent | Outcome::KeyRejected, None) => Ok(false),
         }
     }
 }

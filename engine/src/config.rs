@@ -128,6 +128,7 @@ impl<S: QuotaStore> Builder<S> {
         let pool = Pool::new(spec, config.scope, (config.safety, config.reserve), &mut |k| store.bucket(k))?;
         let models = pool.models().len();
         let outputs = OutputReserve::new(config.output_policy, config.output_reserve, models);
+        let health = crate::health::Health::new(config.health, models);
         let engine = Engine {
             custom: strategy,
             rng: AtomicU64::new(config.seed),
@@ -146,6 +147,7 @@ impl<S: QuotaStore> Builder<S> {
             exhaustion_epoch: AtomicU64::new(0),
             #[cfg(feature = "async")]
             queues: (0..models).map(|_| Default::default()).collect(),
+            health,
         };
         engine.grow_views(&engine.pool.load());
         Ok(engine)

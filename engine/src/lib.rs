@@ -54,6 +54,7 @@ mod admit;
 mod capacity;
 mod config;
 mod degraded;
+pub mod health;
 mod permit;
 #[cfg(feature = "redis")]
 pub mod redis_store;
@@ -80,7 +81,7 @@ pub use permit::{Permit, TryAcquireError};
 pub use pool::{
     Group, KeyId, KeySpec, KeyState, ModelSpec, Pool, PoolError, PoolEvent, PoolSpec, ProjectSpec, QuotaScope,
 };
-pub use provider::{parse_quota_error, QuotaExhausted};
+pub use provider::{parse_quota_error, Exhaustion, QuotaExhausted};
 pub use redact::redact;
 #[cfg(feature = "redis")]
 pub use redis_store::{RedisConfig, RedisStats, RedisStore, RedisTime};
@@ -141,6 +142,8 @@ pub struct EngineConfig {
     /// Whether settlement replaces reserved tokens by the actual count (`false` is the
     /// reference that keeps every estimate, to show what reconciliation returns).
     pub reconcile: bool,
+    /// How the engine backs off and probes when the provider misbehaves.
+    pub health: health::HealthConfig,
 }
 
 impl Default for EngineConfig {
@@ -156,6 +159,7 @@ impl Default for EngineConfig {
             output_policy: estimate::OutputPolicy::Fixed,
             seed: 0,
             reconcile: true,
+            health: health::HealthConfig::default(),
         }
     }
 }
@@ -231,12 +235,20 @@ pub struct Engine<S: QuotaStore = MemoryStore> {
     /// Per model: the fair wait queue of [`Engine::acquire`].
     #[cfg(feature = "async")]
     queues: Vec<wait::Queue>,
+    /// Breakers, disabled keys and their probes, learned limits.
+    health: health::Health,
 }
 
 impl<S: QuotaStore> Engine<S> {
     /// The engine's settings.
     pub fn config(&self) -> &EngineConfig {
         &self.config
+    }
+
+    /// What the engine has done about the pool's health: keys disabled, probed and revived,
+    /// limits learned, model back-offs, and the events.
+    pub fn health(&self) -> health::HealthReport {
+        self.health.report()
     }
 
     /// The store.

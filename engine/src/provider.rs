@@ -4,14 +4,41 @@ use serde_json::Value;
 
 use super::limits::Dimension;
 
+/// What kind of refusal a 429 is.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum Exhaustion {
+    /// A quota of the project ran out: the body names it (`QuotaFailure`, or the legacy
+    /// `ErrorInfo` with `quota_limit`).
+    Quota,
+    /// A quota, but the body does not say which ("You exceeded your current quota" with only a
+    /// `Help` link, or an unreadable body): a short back-off of that bucket.
+    #[default]
+    Unspecified,
+    /// Not a quota: "Resource has been exhausted" with no details at all, when the provider is
+    /// short of capacity. The model backs off pool-wide; no key or project is to blame.
+    Capacity,
+}
+
 /// What a 429 answer says about the exhausted quota.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct QuotaExhausted {
     /// The dimension its `quotaId` names (the longest-lasting one if it names several);
-    /// `None` for the legacy bare body.
+    /// `None` when the body names none.
     pub dimension: Option<Dimension>,
     /// `RetryInfo.retryDelay` in milliseconds, if given.
     pub retry_after_ms: Option<u64>,
+    /// The limit the provider enforced on that dimension (`quotaValue`, or the legacy
+    /// `quota_limit_value`), if given: the live signal of a limit that changed.
+    pub limit: Option<u64>,
+    /// What kind of refusal it is.
+    pub kind: Exhaustion,
+}
+
+impl QuotaExhausted {
+    /// A quota 429 naming `dimension`.
+    pub fn quota(dimension: Dimension, retry_after_ms: Option<u64>) -> Self {
+        Self { dimension: Some(dimension), retry_after_ms, limit: None, kind: Exhaustion::Quota }
+    }
 }
 
 /// The dimension a Gemini `quotaId` (or `quotaMetric`) refers to.
@@ -32,26 +59,54 @@ pub fn parse_proto_duration(s: &str) -> Option<u64> {
     (secs.is_finite() && secs >= 0.0).then(|| (secs * 1000.0).ceil() as u64)
 }
 
-/// Reads a 429 body. Unknown or malformed bodies give an empty answer rather than an error:
-/// the caller then cools down conservatively.
+/// A count written as a JSON string or number.
+fn count(v: Option<&Value>) -> Option<u64> {
+    match v? {
+        Value::String(s) => s.parse().ok(),
+        v => v.as_u64(),
+    }
+}
+
+/// Reads a 429 body, in any of the shapes Gemini has used: `QuotaFailure` (with `RetryInfo`
+/// and `Help`), only a `Help` link, the legacy `ErrorInfo` with `quota_limit`, and the bare
+/// "Resource has been exhausted" with no details (capacity, not quota). Unknown or malformed
+/// bodies are [`Exhaustion::Unspecified`] rather than an error: a short, conservative back-off.
 pub fn parse_quota_error(body: &str) -> QuotaExhausted {
     let Ok(v) = serde_json::from_str::<Value>(body) else {
         return QuotaExhausted::default();
     };
     let mut out = QuotaExhausted::default();
-    let details = v.pointer("/error/details").and_then(Value::as_array);
-    for d in details.into_iter().flatten() {
+    let Some(error) = v.get("error").filter(|e| e.is_object()) else {
+        return out;
+    };
+    let details = error.get("details").and_then(Value::as_array).filter(|d| !d.is_empty());
+    let Some(details) = details else {
+        out.kind = Exhaustion::Capacity;
+        return out;
+    };
+    // A daily exhaustion outlasts a minute one: keep the longest, with its limit.
+    let name = |out: &mut QuotaExhausted, dim: Dimension, limit: Option<u64>| {
+        out.kind = Exhaustion::Quota;
+        if out.dimension.is_none_or(|cur| dim.is_daily() && !cur.is_daily()) {
+            out.dimension = Some(dim);
+            out.limit = limit;
+        }
+    };
+    for d in details {
         let kind = d.get("@type").and_then(Value::as_str).unwrap_or("");
         if kind.ends_with("google.rpc.QuotaFailure") {
             let violations = d.get("violations").and_then(Value::as_array);
             for v in violations.into_iter().flatten() {
                 let id = v.get("quotaId").or_else(|| v.get("quotaMetric")).and_then(Value::as_str);
                 if let Some(dim) = id.and_then(dimension_of_quota_id) {
-                    // A daily exhaustion outlasts a minute one: keep the longest.
-                    if out.dimension.is_none_or(|cur| dim.is_daily() && !cur.is_daily()) {
-                        out.dimension = Some(dim);
-                    }
+                    name(&mut out, dim, count(v.get("quotaValue")));
                 }
+            }
+        } else if kind.ends_with("google.rpc.ErrorInfo") {
+            let meta = d.get("metadata");
+            let id = meta.and_then(|m| m.get("quota_limit").or_else(|| m.get("quota_metric"))).and_then(Value::as_str);
+            if let Some(dim) = id.and_then(dimension_of_quota_id) {
+                name(&mut out, dim, count(meta.and_then(|m| m.get("quota_limit_value"))));
             }
         } else if kind.ends_with("google.rpc.RetryInfo") {
             out.retry_after_ms = d.get("retryDelay").and_then(Value::as_str).and_then(parse_proto_duration);
@@ -72,7 +127,12 @@ mod tests {
  {"@type":"type.googleapis.com/google.rpc.RetryInfo","retryDelay":"46s"}]}}"#;
         assert_eq!(
             parse_quota_error(body),
-            QuotaExhausted { dimension: Some(Dimension::Rpm), retry_after_ms: Some(46_000) }
+            QuotaExhausted {
+                dimension: Some(Dimension::Rpm),
+                retry_after_ms: Some(46_000),
+                limit: Some(2),
+                kind: Exhaustion::Quota
+            }
         );
     }
 
@@ -102,9 +162,37 @@ mod tests {
     }
 
     #[test]
-    fn the_legacy_bare_body_and_garbage_say_nothing() {
+    fn the_bare_body_is_capacity_and_garbage_says_nothing() {
         let bare = r#"{"error":{"code":429,"message":"Resource has been exhausted (e.g. check quota).","status":"RESOURCE_EXHAUSTED"}}"#;
-        assert_eq!(parse_quota_error(bare), QuotaExhausted::default());
+        assert_eq!(parse_quota_error(bare), QuotaExhausted { kind: Exhaustion::Capacity, ..Default::default() });
         assert_eq!(parse_quota_error("not json"), QuotaExhausted::default());
+        assert_eq!(parse_quota_error("not json").kind, Exhaustion::Unspecified);
+    }
+
+    #[test]
+    fn a_help_link_alone_is_an_unspecified_quota() {
+        let body = r#"{"error":{"code":429,"message":"You exceeded your current quota, please check your plan and billing details.","status":"RESOURCE_EXHAUSTED","details":[
+ {"@type":"type.googleapis.com/google.rpc.Help","links":[{"description":"Learn more about Gemini API quotas","url":"https://ai.google.dev/gemini-api/docs/rate-limits"}]}]}}"#;
+        let q = parse_quota_error(body);
+        assert_eq!((q.kind, q.dimension, q.limit), (Exhaustion::Unspecified, None, None));
+    }
+
+    #[test]
+    fn reads_the_legacy_error_info_with_its_limit() {
+        let body = r#"{"error":{"code":429,"message":"Quota exceeded for quota metric 'Generate Content API requests per minute' and limit 'GenerateContent request limit per minute for a region' of service 'generativelanguage.googleapis.com' for consumer 'project_number:1234'.","status":"RESOURCE_EXHAUSTED","details":[
+ {"@type":"type.googleapis.com/google.rpc.ErrorInfo","reason":"RATE_LIMIT_EXCEEDED","domain":"googleapis.com","metadata":{"service":"generativelanguage.googleapis.com","consumer":"projects/1234","quota_limit_value":"60","quota_limit":"GenerateContentRequestsPerMinutePerProjectPerRegion","quota_metric":"generativelanguage.googleapis.com/generate_content_requests","quota_location":"us-central1"}}]}}"#;
+        let q = parse_quota_error(body);
+        assert_eq!((q.kind, q.dimension, q.limit), (Exhaustion::Quota, Some(Dimension::Rpm), Some(60)));
+    }
+
+    #[test]
+    fn a_daily_limit_cut_is_read_from_quota_value() {
+        let body = r#"{"error":{"code":429,"status":"RESOURCE_EXHAUSTED","details":[
+ {"@type":"type.googleapis.com/google.rpc.QuotaFailure","violations":[
+   {"quotaId":"GenerateRequestsPerMinutePerProjectPerModel-FreeTier","quotaValue":"10"},
+   {"quotaId":"GenerateRequestsPerDayPerProjectPerModel-FreeTier","quotaValue":"20"}]},
+ {"@type":"type.googleapis.com/google.rpc.RetryInfo","retryDelay":"562476.75s"}]}}"#;
+        let q = parse_quota_error(body);
+        assert_eq!((q.dimension, q.limit, q.retry_after_ms), (Some(Dimension::Rpd), Some(20), Some(562_476_750)));
     }
 }

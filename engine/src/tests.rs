@@ -80,7 +80,7 @@ fn the_reserve_is_for_high_priority_only() {
 fn a_rate_limit_cools_down_exactly_its_dimension_and_refunds() {
     let e = engine(EngineConfig::default(), spec(&[("p", &["k"])], 10));
     let t = admitted(&e, Priority::Normal, T0).unwrap();
-    let q = QuotaExhausted { dimension: Some(Dimension::Rpm), retry_after_ms: Some(5_000) };
+    let q = QuotaExhausted::quota(Dimension::Rpm, Some(5_000));
     e.settle(&t, Outcome::RateLimited(q), T0.plus(10)).unwrap();
     assert_eq!(e.usage(t.bucket, T0.plus(10)).unwrap().day_requests, 0);
     match e.admit(&req(Priority::Normal), T0.plus(20)).unwrap() {
@@ -94,7 +94,7 @@ fn a_rate_limit_cools_down_exactly_its_dimension_and_refunds() {
 fn a_daily_rate_limit_parks_the_project_until_pacific_midnight() {
     let e = engine(EngineConfig::default(), spec(&[("p", &["k"]), ("q", &["j"])], 10));
     let t = admitted(&e, Priority::Normal, T0).unwrap();
-    let q = QuotaExhausted { dimension: Some(Dimension::Rpd), retry_after_ms: Some(5_000) };
+    let q = QuotaExhausted::quota(Dimension::Rpd, Some(5_000));
     e.settle(&t, Outcome::RateLimited(q), T0).unwrap();
     let midnight = T0.plus(3_600_000);
     for i in 0..20 {
@@ -161,7 +161,7 @@ fn a_daily_rate_limit_answered_after_midnight_does_not_park_the_new_day() {
     let e = engine(EngineConfig::default(), spec(&[("p", &["k"])], 10));
     let before_midnight = T0.plus(3_600_000 - 50);
     let t = admitted(&e, Priority::Normal, before_midnight).unwrap();
-    let q = QuotaExhausted { dimension: Some(Dimension::Rpd), retry_after_ms: Some(1_000) };
+    let q = QuotaExhausted::quota(Dimension::Rpd, Some(1_000));
     e.settle(&t, Outcome::RateLimited(q), T0.plus(3_600_000 + 30)).unwrap();
     assert!(admitted(&e, Priority::Normal, T0.plus(3_600_000 + 40)).is_some());
 }
@@ -223,4 +223,120 @@ fn a_permit_dropped_before_sending_returns_its_quota_and_after_sending_keeps_it(
     sent.mark_sent();
     drop(sent);
     assert_eq!(e.usage(bucket, clock_now).unwrap().day_requests, 1, "sent, then dropped: still counted");
+}
+
+mod health {
+    use super::*;
+    use crate::provider::Exhaustion;
+
+    fn capacity() -> Outcome {
+        Outcome::RateLimited(QuotaExhausted { kind: Exhaustion::Capacity, ..Default::default() })
+    }
+
+    fn denied_reason(e: &Engine, now: Timestamp) -> Option<(DenyReason, Option<Timestamp>)> {
+        match e.admit(&req(Priority::Normal), now).unwrap() {
+            Decision::Denied(d) => Some((d.reason, d.retry_at)),
+            Decision::Admitted(t) => {
+                e.settle(&t, Outcome::NotSent, now).unwrap();
+                None
+            }
+        }
+    }
+
+    /// A storm of capacity 429s: no key is disabled, the model backs off (longer each time),
+    /// then one probe goes out and its success closes the breaker.
+    #[test]
+    fn capacity_refusals_back_off_the_model_and_blame_no_key() {
+        let e = engine(EngineConfig::default(), spec(&[("p", &["k1", "k2"]), ("q", &["k3"])], 100));
+        let t = admitted(&e, Priority::Normal, T0).unwrap();
+        e.settle(&t, capacity(), T0).unwrap();
+        let (reason, until) = denied_reason(&e, T0.plus(1)).expect("backing off");
+        assert_eq!(reason, DenyReason::ProviderBackoff);
+        let until = until.unwrap();
+        assert!((750..=1_250).contains(&(until.0 - T0.0)), "first back-off about 1 s: {}", until.0 - T0.0);
+        // The probe after the back-off: one request only, the others wait for its answer.
+        let probe = admitted(&e, Priority::Normal, until).expect("the probe");
+        assert_eq!(denied_reason(&e, until).map(|d| d.0), Some(DenyReason::ProviderBackoff));
+        // It fails too: the back-off doubles.
+        e.settle(&probe, Outcome::Unavailable, until).unwrap();
+        let (_, again) = denied_reason(&e, until.plus(1)).unwrap();
+        assert!((1_500..=2_500).contains(&(again.unwrap().0 - until.0)), "second back-off about 2 s");
+        let probe = admitted(&e, Priority::Normal, again.unwrap()).expect("the second probe");
+        e.settle(&probe, Outcome::Success { input_tokens: 100, output_tokens: 10 }, again.unwrap()).unwrap();
+        let later = again.unwrap().plus(1);
+        assert!((0..10).all(|_| admitted(&e, Priority::Normal, later).is_some()), "full service again");
+        let h = e.health();
+        assert_eq!((h.keys_disabled, h.model_backoffs), (0, 2));
+        assert_eq!(e.pool().keys().iter().filter(|k| k.usable()).count(), 3, "every key still serves");
+    }
+
+    /// A rejected key is disabled alone; after its cool-down one probe goes out; a failed
+    /// probe doubles the wait; a probe that passes revives it.
+    #[test]
+    fn a_rejected_key_is_disabled_alone_probed_once_and_revived() {
+        let config = EngineConfig { strategy: StrategyKind::RoundRobin, ..EngineConfig::default() };
+        let e = engine(config, spec(&[("p", &["k1", "k2"])], 1_000));
+        let bad = e.key("k1").unwrap();
+        let t = (0..4).find_map(|_| admitted(&e, Priority::Normal, T0).filter(|t| t.key == bad)).unwrap();
+        let before = e.usage(t.bucket, T0).unwrap().day_requests;
+        e.settle(&t, Outcome::KeyRejected, T0).unwrap();
+        assert_eq!(e.usage(t.bucket, T0).unwrap().day_requests, before - 1, "nothing was counted: refunded");
+        for i in 0..20 {
+            let t = admitted(&e, Priority::Normal, T0.plus(i)).expect("the project's other key serves");
+            assert_ne!(t.key, bad);
+        }
+        let probe_at = T0.plus(60_000);
+        let mut on_bad = Vec::new();
+        for i in 0..10 {
+            let t = admitted(&e, Priority::Normal, probe_at.plus(i)).unwrap();
+            if t.key == bad {
+                on_bad.push(t);
+            }
+        }
+        assert_eq!(on_bad.len(), 1, "exactly one probe while it is out");
+        e.settle(&on_bad[0], Outcome::KeyRejected, probe_at.plus(10)).unwrap();
+        let second = probe_at.plus(10 + 120_000);
+        // A failed probe: the wait doubles (two minutes), and meanwhile the key carries nothing.
+        let meanwhile = probe_at.plus(60_000);
+        assert!((0..20).all(|i| admitted(&e, Priority::Normal, meanwhile.plus(i)).is_some_and(|t| t.key != bad)));
+        let probe = (0..4)
+            .find_map(|i| admitted(&e, Priority::Normal, second.plus(i)).filter(|t| t.key == bad))
+            .expect("second probe");
+        e.settle(&probe, Outcome::Success { input_tokens: 100, output_tokens: 1 }, second.plus(5)).unwrap();
+        let served: usize = (0..10)
+            .filter(|i| admitted(&e, Priority::Normal, second.plus(10 + i)).is_some_and(|t| t.key == bad))
+            .count();
+        assert!(served >= 4, "revived, it serves its share again: {served}");
+        let h = e.health();
+        assert_eq!((h.keys_disabled, h.keys_probed, h.keys_revived), (2, 2, 1));
+    }
+
+    /// A 429 whose quotaValue is lower than the pool's limit: the pool learns it, and the
+    /// project is admitted within the new limit from then on.
+    #[test]
+    fn a_cut_limit_is_learned_from_the_429() {
+        let e = engine(EngineConfig::default(), spec(&[("p", &["k"])], 100));
+        let t = admitted(&e, Priority::Normal, T0).unwrap();
+        let q = QuotaExhausted { limit: Some(3), ..QuotaExhausted::quota(Dimension::Rpm, Some(60_000)) };
+        e.settle(&t, Outcome::RateLimited(q), T0).unwrap();
+        let h = e.health();
+        assert_eq!(h.limits_learned, 1);
+        assert_eq!(h.events.last().unwrap().to_string(), "m RPM 100 → 3 for p");
+        let after = T0.plus(60_000);
+        assert_eq!((0..10).filter(|_| admitted(&e, Priority::Normal, after).is_some()).count(), 3);
+    }
+
+    /// A quota 429 that names nothing: a short, jittered back-off of that bucket only.
+    #[test]
+    fn an_unspecified_quota_429_backs_off_its_bucket_briefly() {
+        let e = engine(EngineConfig::default(), spec(&[("p", &["k"])], 100));
+        let t = admitted(&e, Priority::Normal, T0).unwrap();
+        e.settle(&t, Outcome::RateLimited(QuotaExhausted::default()), T0).unwrap();
+        let (reason, at) = denied_reason(&e, T0.plus(1)).unwrap();
+        assert_eq!(reason, DenyReason::CoolingDown(Dimension::Rpm));
+        let wait = at.unwrap().0 - T0.0;
+        assert!((5_000..=15_000).contains(&wait), "{wait}");
+        assert_eq!(e.health().model_backoffs, 0);
+        assert!(admitted(&e, Priority::Normal, at.unwrap()).is_some());
+    }
 }

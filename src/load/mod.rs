@@ -273,8 +273,8 @@ impl Shared {
         (EDGE_GUARD.as_secs_f64() * 1000.0 * self.clock.scale()).ceil() as u64
     }
 
-    /// Sends `r` to `model` with key `key`; the answer's outcome.
-    async fn send(&self, r: &NewRequest, key: &str, prompt: &str) -> (Result<(u16, String), ()>, Instant) {
+    /// Sends `r` to `model` with key `key`: the answer, or whether the failure was a timeout.
+    async fn send(&self, r: &NewRequest, key: &str, prompt: &str) -> (Result<(u16, String), bool>, Instant) {
         let class = &self.sc.traffic[r.class as usize];
         let model = &self.sc.models[class.model].name;
         let mut body = serde_json::json!({"contents": [{"role": "user", "parts": [{"text": prompt}]}]});
@@ -303,10 +303,10 @@ impl Shared {
                 let status = resp.status().as_u16();
                 match resp.text().await {
                     Ok(text) => Ok((status, text)),
-                    Err(_) => Err(()),
+                    Err(e) => Err(e.is_timeout()),
                 }
             }
-            Err(_) => Err(()),
+            Err(e) => Err(e.is_timeout()),
         };
         (answer, Instant::now())
     }
@@ -403,20 +403,29 @@ impl Shared {
             }
             Ok((status, body)) => {
                 done.state = Terminal::Failed;
-                // The simulator's names for the provider's failures.
-                done.reason = match status {
-                    500 => "internal".into(),
-                    503 => "overloaded".into(),
-                    400 if body.contains("API_KEY_INVALID") => "api-key-invalid".into(),
-                    s => format!("http-{s}"),
+                // The simulator's names for the provider's failures, and what each tells the
+                // engine: a rejected key, the provider's capacity, or nothing in particular.
+                let (reason, outcome) = match status {
+                    500 => ("internal".into(), Outcome::Failed),
+                    503 => ("overloaded".into(), Outcome::Unavailable),
+                    400 if body.contains("API_KEY_INVALID") => ("api-key-invalid".into(), Outcome::KeyRejected),
+                    403 => ("permission-denied".into(), Outcome::KeyRejected),
+                    s => (format!("http-{s}"), Outcome::Failed),
                 };
-                Outcome::Failed
+                done.reason = reason;
+                outcome
             }
-            Err(()) => {
+            // A timeout is the provider's capacity (the model backs off); another transport
+            // failure says nothing about the provider.
+            Err(timed_out) => {
                 done.state = Terminal::Failed;
-                done.reason = "transport".into();
+                done.reason = if timed_out { "timeout".into() } else { "transport".into() };
                 done.transport_error = true;
-                Outcome::Failed
+                if timed_out {
+                    Outcome::Unavailable
+                } else {
+                    Outcome::Failed
+                }
             }
         };
         // A store that cannot record it keeps the reservation counted (conservative).

@@ -648,7 +648,16 @@ impl Sim<'_, '_, '_> {
                 Reason::None,
             ),
             Pending::RateLimited(q) => (Outcome::RateLimited(q), Terminal::Breach, Reason::RateLimited),
-            Pending::Failed(why) => (Outcome::Failed, Terminal::Failed, Reason::Failed(why)),
+            Pending::Failed(why) => {
+                // What the answer tells the engine: a rejected key, the provider's capacity,
+                // or nothing in particular.
+                let outcome = match why {
+                    "api-key-invalid" => Outcome::KeyRejected,
+                    "overloaded" => Outcome::Unavailable,
+                    _ => Outcome::Failed,
+                };
+                (outcome, Terminal::Failed, Reason::Failed(why))
+            }
             Pending::Nothing => unreachable!("a completion is scheduled only with its outcome"),
         };
         // Settlement is timed on one call in SETTLE_SAMPLE: reading the clock costs about as

@@ -1,0 +1,383 @@
+//! Keeping the pool healthy through the provider's misbehaviour: each answer is classified,
+//! and only what it says is acted on.
+//!
+//! - A **capacity** refusal (a 429 with no details, a 503, a timeout) is the provider's
+//!   trouble, not a key's: the model backs off pool-wide (jittered, exponential), a circuit
+//!   breaker that half-opens with one probe request; no key is disabled.
+//! - A **rejected key** (400 `API_KEY_INVALID`, 403 `PERMISSION_DENIED`) disables that key
+//!   only — its project's other keys keep serving — and it is probed again with one request
+//!   after a cool-down that doubles with each failed probe; a probe that is not rejected
+//!   revives it.
+//! - A quota 429 naming a different limit than the pool's teaches the pool the new limit.
+//!
+//! The admission hot path reads one atomic per model (and one per engine for due probes);
+//! everything else happens on the slow path, under a lock.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+
+use super::limits::Dimension;
+use super::pool::KeyId;
+use super::time::Timestamp;
+
+/// How quickly the engine backs off and probes. Times in milliseconds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct HealthConfig {
+    /// A model's first back-off after a capacity refusal; it doubles with each further one.
+    pub backoff_ms: u64,
+    /// The longest back-off.
+    pub backoff_max_ms: u64,
+    /// A bucket's back-off after a quota 429 that names no dimension (jittered ± half).
+    pub unspecified_ms: u64,
+    /// How long a key disabled by a rejection waits for its first probe; it doubles with each
+    /// failed probe.
+    pub probe_after_ms: u64,
+    /// The longest wait between probes.
+    pub probe_max_ms: u64,
+}
+
+impl Default for HealthConfig {
+    fn default() -> Self {
+        Self {
+            backoff_ms: 1_000,
+            backoff_max_ms: 60_000,
+            unspecified_ms: 10_000,
+            probe_after_ms: 60_000,
+            probe_max_ms: 3_600_000,
+        }
+    }
+}
+
+/// Something the engine did about the pool's health.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum HealthEvent {
+    /// A key was disabled because the provider rejected it.
+    KeyDisabled {
+        /// When.
+        at: Timestamp,
+        /// The key's id.
+        key: String,
+        /// Until its next probe.
+        probe_at: Timestamp,
+    },
+    /// A disabled key was let through for one probe request.
+    KeyProbed {
+        /// When.
+        at: Timestamp,
+        /// The key's id.
+        key: String,
+    },
+    /// A probed key answered without rejection and serves again.
+    KeyRevived {
+        /// When.
+        at: Timestamp,
+        /// The key's id.
+        key: String,
+    },
+    /// A model backs off pool-wide after a capacity refusal.
+    ModelBackoff {
+        /// When.
+        at: Timestamp,
+        /// The model's index.
+        model: usize,
+        /// Until when.
+        until: Timestamp,
+    },
+    /// A model serves again after its back-off (its probe succeeded).
+    ModelRecovered {
+        /// When.
+        at: Timestamp,
+        /// The model's index.
+        model: usize,
+    },
+    /// A quota 429 named a different limit than the pool's: the pool follows it.
+    LimitLearned {
+        /// When.
+        at: Timestamp,
+        /// The project's id.
+        project: String,
+        /// The model's name.
+        model: String,
+        /// The dimension.
+        dimension: Dimension,
+        /// The limit the pool had.
+        from: u64,
+        /// The limit the provider enforced.
+        to: u64,
+    },
+}
+
+impl std::fmt::Display for HealthEvent {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::KeyDisabled { key, .. } => write!(f, "key {} disabled: rejected by the provider", crate::redact(key)),
+            Self::KeyProbed { key, .. } => write!(f, "key {} probed", crate::redact(key)),
+            Self::KeyRevived { key, .. } => write!(f, "key {} revived", crate::redact(key)),
+            Self::ModelBackoff { model, until, at } => {
+                write!(f, "model #{model} backs off for {} ms (provider capacity)", until.0.saturating_sub(at.0))
+            }
+            Self::ModelRecovered { model, .. } => write!(f, "model #{model} serves again"),
+            Self::LimitLearned { project, model, dimension, from, to, .. } => {
+                write!(f, "{model} {} {from} → {to} for {project}", dimension.to_string().to_uppercase())
+            }
+        }
+    }
+}
+
+/// What the engine has done about the pool's health so far.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct HealthReport {
+    /// Keys disabled after a rejection (each time).
+    pub keys_disabled: u64,
+    /// Probe requests let through.
+    pub keys_probed: u64,
+    /// Keys revived by a probe.
+    pub keys_revived: u64,
+    /// Limits learned from 429s.
+    pub limits_learned: u64,
+    /// Back-offs of a model after capacity refusals.
+    pub model_backoffs: u64,
+    /// The events, oldest first (the last [`EVENTS_KEPT`]).
+    pub events: Vec<HealthEvent>,
+}
+
+/// Events kept for [`HealthReport::events`].
+pub const EVENTS_KEPT: usize = 1_000;
+
+/// A model's circuit breaker.
+#[derive(Clone, Copy, Debug, Default)]
+struct Breaker {
+    /// Capacity refusals since it last served.
+    failures: u32,
+    /// Until when it is open (0: closed).
+    open_until: u64,
+    /// Half-open: the one probe is out.
+    probe_out: bool,
+}
+
+/// A key disabled by a rejection.
+#[derive(Clone, Copy, Debug)]
+struct Sick {
+    /// Failed probes so far.
+    strikes: u32,
+    /// When the next probe is due (0: the key is enabled for its probe now).
+    probe_at: u64,
+    /// The probe request is out.
+    probe_out: bool,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    breakers: Vec<Breaker>,
+    sick: BTreeMap<KeyId, Sick>,
+    report: HealthReport,
+}
+
+/// The engine's health bookkeeping.
+#[derive(Debug)]
+pub(crate) struct Health {
+    pub(crate) config: HealthConfig,
+    /// Per model: 0 while its breaker is closed (the fast path), else non-zero.
+    gates: Vec<AtomicU64>,
+    /// The earliest due probe of a disabled key (`u64::MAX`: none), and whether any key is
+    /// being probed (checked when a key is chosen).
+    next_probe: AtomicU64,
+    probing: AtomicU64,
+    state: Mutex<State>,
+}
+
+/// What the gate says about an admission of a model.
+pub(crate) enum Gate {
+    /// Go ahead.
+    Open,
+    /// Go ahead: this request is the breaker's probe.
+    Probe,
+    /// Backing off until then.
+    Closed(Timestamp),
+}
+
+impl Health {
+    pub(crate) fn new(config: HealthConfig, models: usize) -> Self {
+        Self {
+            config,
+            gates: (0..models).map(|_| AtomicU64::new(0)).collect(),
+            next_probe: AtomicU64::new(u64::MAX),
+            probing: AtomicU64::new(0),
+            state: Mutex::new(State { breakers: vec![Breaker::default(); models], ..State::default() }),
+        }
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn log(state: &mut State, e: HealthEvent) {
+        if state.report.events.len() == EVENTS_KEPT {
+            state.report.events.remove(0);
+        }
+        state.report.events.push(e);
+    }
+
+    /// Whether `model` may be admitted at `now` (one relaxed load while all is well).
+    #[inline]
+    pub(crate) fn gate(&self, model: usize, now: Timestamp) -> Gate {
+        if self.gates[model].load(Ordering::Relaxed) == 0 {
+            return Gate::Open;
+        }
+        let mut s = self.state();
+        let b = &mut s.breakers[model];
+        if b.open_until == 0 {
+            return Gate::Open;
+        }
+        if now.0 < b.open_until {
+            return Gate::Closed(Timestamp(b.open_until));
+        }
+        if b.probe_out {
+            // Half-open with its probe out: the others wait for its answer, a back-off at most.
+            return Gate::Closed(now.plus(self.config.backoff_ms));
+        }
+        b.probe_out = true;
+        Gate::Probe
+    }
+
+    /// The probe of `model` was not sent after all (denied, or dropped unsent): the next
+    /// request probes instead.
+    pub(crate) fn release_probe(&self, model: usize) {
+        if self.gates[model].load(Ordering::Relaxed) != 0 {
+            self.state().breakers[model].probe_out = false;
+        }
+    }
+
+    /// The provider served `model`: its breaker closes.
+    #[inline]
+    pub(crate) fn served(&self, model: usize, now: Timestamp) {
+        if self.gates[model].load(Ordering::Relaxed) == 0 {
+            return;
+        }
+        let mut s = self.state();
+        if s.breakers[model].open_until != 0 {
+            s.breakers[model] = Breaker::default();
+            self.gates[model].store(0, Ordering::Relaxed);
+            Self::log(&mut s, HealthEvent::ModelRecovered { at: now, model });
+        }
+    }
+
+    /// The provider refused `model` for want of capacity: it backs off, longer each time,
+    /// with `jitter` in [0, 1) spreading replicas apart. Returns until when.
+    pub(crate) fn unavailable(&self, model: usize, now: Timestamp, jitter: f64) -> Timestamp {
+        let mut s = self.state();
+        let b = &mut s.breakers[model];
+        b.failures = b.failures.saturating_add(1);
+        let base = self.config.backoff_ms.saturating_mul(1 << (b.failures - 1).min(20)).min(self.config.backoff_max_ms);
+        // Between three quarters and five quarters of the step.
+        let wait = (base as f64 * (0.75 + 0.5 * jitter)) as u64;
+        let until = now.plus(wait.max(1)).max(Timestamp(b.open_until));
+        b.open_until = until.0;
+        b.probe_out = false;
+        self.gates[model].store(1, Ordering::Relaxed);
+        s.report.model_backoffs += 1;
+        Self::log(&mut s, HealthEvent::ModelBackoff { at: now, model, until });
+        until
+    }
+
+    /// Keys whose probe is due at `now`, now enabled for one request each: the caller
+    /// re-enables them in the pool.
+    #[inline]
+    pub(crate) fn due_probes(&self, now: Timestamp) -> Vec<KeyId> {
+        if now.0 < self.next_probe.load(Ordering::Relaxed) {
+            return Vec::new();
+        }
+        let mut s = self.state();
+        let due: Vec<KeyId> =
+            s.sick.iter().filter(|(_, k)| k.probe_at != 0 && k.probe_at <= now.0).map(|(id, _)| *id).collect();
+        for id in &due {
+            if let Some(k) = s.sick.get_mut(id) {
+                k.probe_at = 0;
+            }
+        }
+        self.probing.fetch_add(due.len() as u64, Ordering::Relaxed);
+        self.next_probe.store(Self::earliest(&s), Ordering::Relaxed);
+        due
+    }
+
+    fn earliest(s: &State) -> u64 {
+        s.sick.values().filter(|k| k.probe_at != 0).map(|k| k.probe_at).min().unwrap_or(u64::MAX)
+    }
+
+    /// Whether `key` may carry a request now, and whether that request is its probe. `false`:
+    /// its probe is already out, choose another key.
+    #[inline]
+    pub(crate) fn take_key(&self, key: KeyId, id: impl FnOnce() -> String, now: Timestamp) -> bool {
+        if self.probing.load(Ordering::Relaxed) == 0 {
+            return true;
+        }
+        let mut s = self.state();
+        let Some(k) = s.sick.get_mut(&key) else { return true };
+        if k.probe_out {
+            return false;
+        }
+        k.probe_out = true;
+        s.report.keys_probed += 1;
+        Self::log(&mut s, HealthEvent::KeyProbed { at: now, key: id() });
+        true
+    }
+
+    /// A request on `key` was answered without rejecting the key (or, `sent` false, never
+    /// went out): a probing key revives, or probes again.
+    #[inline]
+    pub(crate) fn key_answered(&self, key: KeyId, sent: bool, id: impl FnOnce() -> String, now: Timestamp) -> bool {
+        if self.probing.load(Ordering::Relaxed) == 0 {
+            return false;
+        }
+        let mut s = self.state();
+        let Some(k) = s.sick.get_mut(&key) else { return false };
+        if !k.probe_out {
+            return false;
+        }
+        if !sent {
+            k.probe_out = false;
+            return false;
+        }
+        s.sick.remove(&key);
+        self.probing.fetch_sub(1, Ordering::Relaxed);
+        s.report.keys_revived += 1;
+        Self::log(&mut s, HealthEvent::KeyRevived { at: now, key: id() });
+        true
+    }
+
+    /// The provider rejected `key`: it is disabled until its next probe. Returns whether the
+    /// caller must disable it in the pool (it was serving).
+    pub(crate) fn key_rejected(&self, key: KeyId, id: String, now: Timestamp) -> bool {
+        let mut s = self.state();
+        let strikes = match s.sick.get(&key) {
+            // A probe that failed: wait longer.
+            Some(k) if k.probe_out => k.strikes + 1,
+            // Already disabled (another request was out when it was): nothing new.
+            Some(k) if k.probe_at != 0 => return false,
+            Some(k) => k.strikes,
+            None => 0,
+        };
+        if s.sick.get(&key).is_some_and(|k| k.probe_at == 0) {
+            self.probing.fetch_sub(1, Ordering::Relaxed);
+        }
+        let wait = self.config.probe_after_ms.saturating_mul(1 << strikes.min(20)).min(self.config.probe_max_ms);
+        let probe_at = now.plus(wait);
+        s.sick.insert(key, Sick { strikes, probe_at: probe_at.0, probe_out: false });
+        s.report.keys_disabled += 1;
+        Self::log(&mut s, HealthEvent::KeyDisabled { at: now, key: id, probe_at });
+        self.next_probe.store(Self::earliest(&s), Ordering::Relaxed);
+        true
+    }
+
+    /// A limit the provider enforces, learned from a 429.
+    pub(crate) fn limit_learned(&self, e: HealthEvent) {
+        let mut s = self.state();
+        s.report.limits_learned += 1;
+        Self::log(&mut s, e);
+    }
+
+    pub(crate) fn report(&self) -> HealthReport {
+        self.state().report.clone()
+    }
+}
