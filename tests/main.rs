@@ -7,6 +7,7 @@ mod determinism;
 mod diagnostics;
 mod estimators;
 mod gate;
+mod health;
 mod mock;
 mod plan;
 mod properties;

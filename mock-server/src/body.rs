@@ -190,6 +190,76 @@ pub fn payload_too_large() -> ErrorAnswer {
     plain(413, "INVALID_ARGUMENT", "Request payload size exceeds the limit: 20971520 bytes.", None)
 }
 
+/// 429 `RESOURCE_EXHAUSTED` with no details at all: the provider is short of capacity, not
+/// the caller's quota (retrying elsewhere will not help; waiting will).
+pub fn capacity_exhausted() -> ErrorAnswer {
+    plain(429, "RESOURCE_EXHAUSTED", "Resource has been exhausted (e.g. check quota).", None)
+}
+
+/// 403 `PERMISSION_DENIED`: the key was suspended.
+pub fn suspended_key() -> ErrorAnswer {
+    plain(403, "PERMISSION_DENIED", "Permission denied: the API key has been suspended.", None)
+}
+
+/// The shapes a quota 429 has come in.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum QuotaBody {
+    /// `QuotaFailure` (with `quotaValue`), `Help` and `RetryInfo`: today's.
+    #[default]
+    QuotaFailure,
+    /// "You exceeded your current quota" with only a `Help` link.
+    HelpOnly,
+    /// The legacy `ErrorInfo` with `quota_limit`, `quota_limit_value` and `consumer`.
+    ErrorInfo,
+}
+
+impl QuotaBody {
+    /// Every shape, by scenario name.
+    pub const ALL: [(&'static str, Self); 3] =
+        [("quota-failure", Self::QuotaFailure), ("help-only", Self::HelpOnly), ("error-info", Self::ErrorInfo)];
+}
+
+/// A quota 429 in `shape`; `project_number` names the consumer of the legacy shape.
+pub fn quota_exceeded_as(
+    shape: QuotaBody,
+    violations: &[Violation],
+    tier: Tier,
+    model: &str,
+    retry_after_ms: u64,
+    project_number: u64,
+) -> ErrorAnswer {
+    match shape {
+        QuotaBody::QuotaFailure => quota_exceeded(violations, tier, model, retry_after_ms),
+        QuotaBody::HelpOnly => {
+            let msg = format!(
+                "You exceeded your current quota, please check your plan and billing details. \
+                 For more information on this error, head to: {RATE_LIMIT_DOCS}."
+            );
+            let details = json!([{"@type": "type.googleapis.com/google.rpc.Help", "links": [
+                {"description": "Learn more about Gemini API quotas", "url": RATE_LIMIT_DOCS}
+            ]}]);
+            plain(429, "RESOURCE_EXHAUSTED", &msg, Some(details))
+        }
+        QuotaBody::ErrorInfo => {
+            // The legacy shape names one limit: the longest-lasting one violated.
+            let v = violations.iter().max_by_key(|v| matches!(v.dimension, Dimension::Rpd | Dimension::Tpd)).copied();
+            let (id, metric, limit) =
+                v.map_or(("", "", 0), |v| (quota_id(v.dimension, tier), quota_metric(v.dimension, tier), v.limit));
+            let msg = format!(
+                "Quota exceeded for quota metric '{metric}' and limit '{id}' of service \
+                 'generativelanguage.googleapis.com' for consumer 'project_number:{project_number}'."
+            );
+            let details = json!([{
+                "@type": "type.googleapis.com/google.rpc.ErrorInfo", "reason": "RATE_LIMIT_EXCEEDED",
+                "domain": "googleapis.com",
+                "metadata": {"service": "generativelanguage.googleapis.com", "consumer": format!("projects/{project_number}"),
+                             "quota_limit": id, "quota_metric": metric, "quota_limit_value": limit.to_string()}
+            }]);
+            plain(429, "RESOURCE_EXHAUSTED", &msg, Some(details))
+        }
+    }
+}
+
 /// 500 `INTERNAL`.
 pub fn internal() -> ErrorAnswer {
     plain(

@@ -305,7 +305,8 @@ impl Fake {
         let state = self.lock().judge.key_state(key);
         match state {
             KeyState::Valid(project) => f(project),
-            _ => Answer::error(body::api_key_invalid(), fast),
+            KeyState::Suspended => Answer::error(body::suspended_key(), fast),
+            KeyState::Invalid => Answer::error(body::api_key_invalid(), fast),
         }
     }
 

@@ -167,6 +167,9 @@ pub struct Aggregate {
     pub per_project: Vec<Vec<Counts>>,
     /// Denials by reason.
     pub deny_reasons: BTreeMap<String, u64>,
+    /// Failures by cause (`capacity-429`, `overloaded`, `internal`, `api-key-invalid`,
+    /// `permission-denied`, `timeout`, `transport`, …): never breaches.
+    pub fail_reasons: BTreeMap<String, u64>,
     /// True input tokens of succeeded requests.
     pub input_actual: u64,
     /// Estimated input tokens of succeeded requests.
@@ -203,6 +206,7 @@ impl Default for Aggregate {
             per_key: Vec::new(),
             per_project: Vec::new(),
             deny_reasons: BTreeMap::new(),
+            fail_reasons: BTreeMap::new(),
             estimation: BTreeMap::new(),
             shadow_estimation: Vec::new(),
             warnings: None,
@@ -233,6 +237,9 @@ impl Aggregate {
         }
         if r.state == Terminal::Denied {
             *self.deny_reasons.entry(r.reason.to_owned()).or_default() += 1;
+        }
+        if r.state == Terminal::Failed {
+            *self.fail_reasons.entry(r.reason.to_owned()).or_default() += 1;
         }
         if r.state == Terminal::Succeeded {
             self.input_actual += r.input_tokens;

@@ -76,6 +76,26 @@ pub struct Requests {
     pub high_priority: Counts,
     /// Denials by reason.
     pub denied_by_reason: std::collections::BTreeMap<String, u64>,
+    /// Failures by cause: a capacity 429, a 5xx, a rejected key, a timeout are failures,
+    /// counted apart from breaches (quota 429s).
+    pub failed_by_reason: std::collections::BTreeMap<String, u64>,
+}
+
+/// `summary.health`: what the engine did about the provider's misbehaviour.
+#[derive(Clone, Debug, Default, Serialize, PartialEq)]
+pub struct HealthInfo {
+    /// Keys disabled after the provider rejected them (each time).
+    pub keys_disabled: u64,
+    /// Probe requests let through to disabled keys.
+    pub keys_probed: u64,
+    /// Keys a probe revived.
+    pub keys_revived: u64,
+    /// Limits learned from 429s ("gemini-2.5-flash RPD 250 → 20 for proj-3").
+    pub limits_learned: u64,
+    /// Back-offs of a model after capacity refusals.
+    pub model_backoffs: u64,
+    /// What happened, in words (the first 50).
+    pub events: Vec<String>,
 }
 
 /// Estimation accuracy for one language.
@@ -358,6 +378,8 @@ pub struct Summary {
     pub warnings: Warnings,
     /// Real-clock figures of a load run (`mode = "load"`); null for simulations.
     pub load: Option<crate::load::LoadFigures>,
+    /// What the engine did about the provider's misbehaviour.
+    pub health: HealthInfo,
     /// Simulated engine replicas and how they shared quota (`[replicas]`); null for one engine.
     /// Their over-admission shows as `requests.breaches`, their cost as `requests.lost_capacity`.
     pub replicas: Option<ReplicasInfo>,
@@ -435,6 +457,7 @@ impl Summary {
                 servable,
                 high_priority: agg.by_priority[1],
                 denied_by_reason: agg.deny_reasons.clone(),
+                failed_by_reason: agg.fail_reasons.clone(),
             },
             tokens: Tokens {
                 input_actual: agg.input_actual,
@@ -458,6 +481,34 @@ impl Summary {
             },
             warnings: Warnings::new(sc, agg.warnings.as_ref()),
             load: None,
+            health: {
+                let h = engine.health();
+                let model = |i: usize| models.get(i).map_or("?", |m| m.name.as_str());
+                let events = h
+                    .events
+                    .iter()
+                    .take(50)
+                    .map(|e| match e {
+                        crate::engine::health::HealthEvent::ModelBackoff { model: m, until, at } => format!(
+                            "{} backs off for {} ms (provider capacity)",
+                            model(*m),
+                            until.0.saturating_sub(at.0)
+                        ),
+                        crate::engine::health::HealthEvent::ModelRecovered { model: m, .. } => {
+                            format!("{} serves again", model(*m))
+                        }
+                        e => e.to_string(),
+                    })
+                    .collect();
+                HealthInfo {
+                    keys_disabled: h.keys_disabled,
+                    keys_probed: h.keys_probed,
+                    keys_revived: h.keys_revived,
+                    limits_learned: h.limits_learned,
+                    model_backoffs: h.model_backoffs,
+                    events,
+                }
+            },
             replicas: sc.replicas.as_ref().map(|r| ReplicasInfo {
                 count: r.count,
                 mode: r.mode.name(),

@@ -75,7 +75,7 @@ fn build(ctx: &mut Ctx, root: &Table<'_, '_>, base: Option<&Path>) -> Option<Sce
     let truth = provider.as_ref().and_then(|p| p.tokenizer.clone());
     let engine = engine(ctx, engine_table.as_ref(), seed.unwrap_or(0), base, truth.as_ref(), &models);
     let traffic = traffic(ctx, root, &models, duration_ms.unwrap_or(u64::MAX), base, truth.as_ref());
-    let events = events(ctx, root, &projects, duration_ms.unwrap_or(u64::MAX));
+    let (events, provider_events) = events(ctx, root, &projects, &models, duration_ms.unwrap_or(u64::MAX));
     let expect_table = root.table(ctx, "expect");
     let expect = expectations(ctx, expect_table.as_ref());
     let warnings_table = root.table(ctx, "warnings");
@@ -122,6 +122,7 @@ fn build(ctx: &mut Ctx, root: &Table<'_, '_>, base: Option<&Path>) -> Option<Sce
         engine: engine?,
         traffic,
         events,
+        provider_events,
         expect,
         warnings: warnings?,
         replicas: replicas?,
@@ -194,10 +195,28 @@ fn provider(ctx: &mut Ctx, t: Option<&Table<'_, '_>>, base: Option<&Path>) -> Op
         latency: LatencyModel { median_ms: 800.0, p99_ms: 6_000.0 },
         faults: FaultModel::default(),
         extra_faults: Default::default(),
+        storms: Vec::new(),
+        quota_body: Default::default(),
     };
     let Some(t) = t else { return Some(p) };
-    t.allow(ctx, &["enforcement", "tpm_counts", "latency", "faults", "tokenizer"]);
+    t.allow(ctx, &["enforcement", "tpm_counts", "latency", "faults", "tokenizer", "storms", "quota_body"]);
     let mut ok = true;
+    if t.has("quota_body") {
+        match t.choice(ctx, "quota_body", &mock_server::body::QuotaBody::ALL) {
+            Some(b) => p.quota_body = b,
+            None => ok = false,
+        }
+    }
+    for s in t.tables(ctx, "storms") {
+        s.allow(ctx, &["at", "duration", "rate"]);
+        let at = s.required(s.duration(ctx, "at"), ctx, "at");
+        let length = s.required(s.duration(ctx, "duration"), ctx, "duration");
+        let rate = s.required(s.fraction(ctx, "rate", 0.0, 1.0), ctx, "rate");
+        match (at, length, rate) {
+            (Some((at_ms, _)), Some((for_ms, _)), Some(rate)) => p.storms.push(Storm { at_ms, for_ms, rate }),
+            _ => ok = false,
+        }
+    }
     if t.has("tpm_counts") {
         match t.choice(ctx, "tpm_counts", &[("input", false), ("total", true)]) {
             Some(c) => p.counts_output = c,

@@ -388,25 +388,89 @@ fn parse_time(s: &str) -> Option<f64> {
     Some(t.and_utc().timestamp() as f64 + frac)
 }
 
-pub(super) fn events(ctx: &mut Ctx, root: &Table<'_, '_>, projects: &[ProjectDef], duration: u64) -> Vec<TimedEvent> {
+/// What `[[events]]` hold: the pool's events (the engine is told) and the provider's own
+/// (the engine learns of them from its answers).
+pub(super) fn events(
+    ctx: &mut Ctx,
+    root: &Table<'_, '_>,
+    projects: &[ProjectDef],
+    models: &[ModelDef],
+    duration: u64,
+) -> (Vec<TimedEvent>, Vec<ProviderEventAt>) {
+    const ACTIONS: [&str; 9] =
+        ["add", "remove", "enable", "disable", "revoke", "suspend", "invalidate", "revive", "limits"];
     let mut keys: Vec<String> = projects.iter().flat_map(|p| p.keys.iter().cloned()).collect();
     let mut parsed: Vec<(TimedEvent, Span)> = Vec::new();
+    let mut provider = Vec::new();
     for t in root.tables(ctx, "events") {
-        t.allow(ctx, &["at", "add", "remove", "enable", "disable", "revoke"]);
+        let mut allowed = vec!["at"];
+        allowed.extend(ACTIONS);
+        t.allow(ctx, &allowed);
         let at = t.required(t.duration(ctx, "at"), ctx, "at");
         if let Some((ms, span)) = &at {
             if *ms > duration {
                 ctx.error(span.clone(), format!("event at {ms} ms comes after the scenario ends"));
             }
         }
-        let actions: Vec<&str> =
-            ["add", "remove", "enable", "disable", "revoke"].into_iter().filter(|k| t.has(k)).collect();
+        let actions: Vec<&str> = ACTIONS.into_iter().filter(|k| t.has(k)).collect();
         if actions.len() != 1 {
-            ctx.error(
-                t.span.clone(),
-                format!("{} needs exactly one of `add`, `remove`, `enable`, `disable`, `revoke`", t.name),
-            );
+            let names: Vec<String> = ACTIONS.iter().map(|a| format!("`{a}`")).collect();
+            ctx.error(t.span.clone(), format!("{} needs exactly one of {}", t.name, names.join(", ")));
             continue;
+        }
+        // The provider's own doings: about keys it issued, or a project's limits.
+        match actions[0] {
+            "suspend" | "invalidate" | "revive" => {
+                if let (Some((at_ms, _)), Some((key, span))) = (&at, t.string(ctx, actions[0])) {
+                    if !keys.contains(&key) {
+                        let k = crate::engine::redact(&key);
+                        ctx.error(span, format!("unknown key '{k}' (not in the pool)"));
+                        continue;
+                    }
+                    let event = match actions[0] {
+                        "suspend" => ProviderEvent::Suspend(key),
+                        "invalidate" => ProviderEvent::Invalidate(key),
+                        _ => ProviderEvent::Revive(key),
+                    };
+                    provider.push(ProviderEventAt { at_ms: *at_ms, event });
+                }
+                continue;
+            }
+            "limits" => {
+                if let (Some((at_ms, _)), Some(l)) = (&at, t.table(ctx, "limits")) {
+                    l.allow(ctx, &["project", "model", "rpm", "tpm", "rpd", "tpd"]);
+                    let project = l.required(l.string(ctx, "project"), ctx, "project");
+                    let model = l.required(l.string(ctx, "model"), ctx, "model");
+                    let (Some((project, pspan)), Some((model, mspan))) = (project, model) else { continue };
+                    let Some(p) = projects.iter().position(|x| x.id == project) else {
+                        ctx.error(pspan, format!("unknown project '{project}' in {}", t.name));
+                        continue;
+                    };
+                    let Some(m) = models.iter().position(|x| x.name == model) else {
+                        ctx.error(mspan, format!("unknown model '{model}' in {}", t.name));
+                        continue;
+                    };
+                    let mut limits = projects[p].limits[m];
+                    for key in ["rpm", "tpm", "rpd", "tpd"] {
+                        if let Some((v, span)) = l.uint(ctx, key) {
+                            if v == 0 {
+                                ctx.error(span, format!("`{key}` must be at least 1"));
+                                continue;
+                            }
+                            match key {
+                                "rpm" => limits.rpm = v,
+                                "tpm" => limits.tpm = v,
+                                "rpd" => limits.rpd = v,
+                                _ => limits.tpd = Some(v),
+                            }
+                        }
+                    }
+                    let event = ProviderEvent::Limits { project: p, model: m, limits };
+                    provider.push(ProviderEventAt { at_ms: *at_ms, event });
+                }
+                continue;
+            }
+            _ => {}
         }
         let event = match actions[0] {
             "add" => t.table(ctx, "add").and_then(|a| {
@@ -450,7 +514,8 @@ pub(super) fn events(ctx: &mut Ctx, root: &Table<'_, '_>, projects: &[ProjectDef
             _ => {}
         }
     }
-    parsed.into_iter().map(|(e, _)| e).collect()
+    provider.sort_by_key(|e| e.at_ms);
+    (parsed.into_iter().map(|(e, _)| e).collect(), provider)
 }
 
 pub(super) fn expectations(ctx: &mut Ctx, t: Option<&Table<'_, '_>>) -> Vec<Expectation> {

@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use rand::{Rng, SeedableRng};
 
-use mock_server::body::quota_exceeded;
+use mock_server::body::{capacity_exhausted, quota_exceeded_as};
 use mock_server::{Fault, Judge, KeyState as JudgeKey, Verdict};
 
 use super::ledger::{Done, Entry, Ledger, Reason, MAX_SHADOWS, NO_SHADOW};
@@ -91,6 +91,8 @@ enum Ev {
     Store(bool),
     /// Replicas sync their counts or renew their leases.
     Sync,
+    /// The provider does something on its own.
+    Provider(u32),
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -311,6 +313,9 @@ impl Sim<'_, '_, '_> {
         for (i, e) in self.sc.events.iter().enumerate() {
             self.queue.push(self.abs(e.at_ms), Ev::Pool(i as u32));
         }
+        for (i, e) in self.sc.provider_events.iter().enumerate() {
+            self.queue.push(self.abs(e.at_ms), Ev::Provider(i as u32));
+        }
         self.queue.push(self.abs(self.sc.timeline_ms.min(self.sc.duration_ms)), Ev::Tick);
         if let Some(w) = &self.obs.warner {
             self.queue.push(self.abs(w.config().evaluate_every_ms.min(self.sc.duration_ms)), Ev::Warn);
@@ -344,6 +349,7 @@ impl Sim<'_, '_, '_> {
                 Ev::Admit(r) => self.reach_engine(r, now),
                 Ev::Store(down) => self.store_event(down, now),
                 Ev::Sync => self.sync(now),
+                Ev::Provider(i) => self.provider_event(i as usize),
             }
         }
     }
@@ -576,6 +582,7 @@ impl Sim<'_, '_, '_> {
     }
 
     fn send(&mut self, r: u32, ticket: Ticket, now: u64) {
+        let storm = self.in_storm(self.slab.reqs[r as usize].id, now);
         let req = &mut self.slab.reqs[r as usize];
         req.ticket = Some(ticket);
         req.sent_at = now;
@@ -583,9 +590,12 @@ impl Sim<'_, '_, '_> {
         let latency = self.sc.provider.latency;
         let (pending, delay) = match self.world.key_states[ticket.key.0 as usize] {
             JudgeKey::Invalid => (Pending::Failed("api-key-invalid"), latency.error_ms()),
+            JudgeKey::Suspended => (Pending::Failed("permission-denied"), latency.error_ms()),
             JudgeKey::Valid(project) => match req.fault {
                 Some(Fault::Internal) => (Pending::Failed("internal"), latency.error_ms()),
                 Some(Fault::Overloaded) => (Pending::Failed("overloaded"), latency.error_ms()),
+                // Short of capacity: refused before any quota is looked at.
+                None if storm => (Pending::Failed("capacity-429"), latency.error_ms()),
                 None => {
                     let tokens = self.judged(r);
                     match self.world.judge.submit(project, ticket.model, tokens, now) {
@@ -601,7 +611,9 @@ impl Sim<'_, '_, '_> {
                         Verdict::Exhausted { violations, retry_after_ms } => {
                             let tier = self.world.judge.config().projects[project].tier;
                             let model = &self.sc.models[ticket.model].name;
-                            let answer = quota_exceeded(&violations, tier, model, retry_after_ms);
+                            let shape = self.sc.provider.quota_body;
+                            let number = 1_000 + project as u64;
+                            let answer = quota_exceeded_as(shape, &violations, tier, model, retry_after_ms, number);
                             // The engine reads the body as it would off the wire.
                             let q = parse_quota_error(&answer.body.to_string());
                             if let Some(dim) = q.dimension {
@@ -652,8 +664,10 @@ impl Sim<'_, '_, '_> {
                 // What the answer tells the engine: a rejected key, the provider's capacity,
                 // or nothing in particular.
                 let outcome = match why {
-                    "api-key-invalid" => Outcome::KeyRejected,
+                    "api-key-invalid" | "permission-denied" => Outcome::KeyRejected,
                     "overloaded" => Outcome::Unavailable,
+                    // The engine reads the body as it would off the wire.
+                    "capacity-429" => Outcome::RateLimited(parse_quota_error(&capacity_exhausted().body.to_string())),
                     _ => Outcome::Failed,
                 };
                 (outcome, Terminal::Failed, Reason::Failed(why))
@@ -676,6 +690,38 @@ impl Sim<'_, '_, '_> {
         let project = Some(self.world.engine().bucket_owner(ticket.bucket).0);
         self.finish(r, now, state, project, reason, req.sent_at - req.arrival, (shadow, cold));
         Ok(())
+    }
+
+    /// Whether the provider is short of capacity for request `id` at `now`: inside a storm,
+    /// for the storm's share of requests (drawn from the request's id, the same every run).
+    fn in_storm(&self, id: u64, now: u64) -> bool {
+        let t = now - self.sc.start.0;
+        self.sc.provider.storms.iter().any(|s| {
+            if t < s.at_ms || t >= s.at_ms.saturating_add(s.for_ms) {
+                return false;
+            }
+            let mut z = (id ^ self.sc.seed.rotate_left(17)).wrapping_add(0x9E37_79B9_7F4A_7C15);
+            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+            (((z ^ (z >> 31)) >> 11) as f64 / (1u64 << 53) as f64) < s.rate
+        })
+    }
+
+    /// The provider does something on its own: the engine learns of it from its answers.
+    fn provider_event(&mut self, i: usize) {
+        use crate::scenario::ProviderEvent;
+        match &self.sc.provider_events[i].event {
+            ProviderEvent::Suspend(key) => self.world.judge.suspend_key(key),
+            ProviderEvent::Invalidate(key) => self.world.judge.delete_key(key),
+            ProviderEvent::Revive(key) => {
+                self.world.judge.revive_key(key);
+            }
+            ProviderEvent::Limits { project, model, limits } => {
+                let q = mock_server::ModelQuota { rpm: limits.rpm, tpm: limits.tpm, rpd: limits.rpd, tpd: limits.tpd };
+                self.world.judge.set_limits(*project, *model, q);
+            }
+        }
+        self.sync_keys();
     }
 
     /// Hands a finished request to the ledger and frees its slot.

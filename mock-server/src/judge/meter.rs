@@ -20,6 +20,20 @@ pub(super) enum MinuteMeter {
 }
 
 impl MinuteMeter {
+    /// New limits from now on; what was counted stays.
+    pub(super) fn set_limits(&mut self, new_rpm: u64, new_tpm: u64) {
+        match self {
+            Self::Sliding { rpm, tpm, .. } | Self::Fixed { rpm, tpm, .. } => {
+                (*rpm, *tpm) = (new_rpm, new_tpm);
+            }
+            Self::Bucket { rpm, tpm, requests, tokens, .. } => {
+                (*rpm, *tpm) = (new_rpm, new_tpm);
+                *requests = (*requests).min(scaled(new_rpm));
+                *tokens = (*tokens).min(scaled(new_tpm));
+            }
+        }
+    }
+
     pub(super) fn new(enforcement: Enforcement, rpm: u64, tpm: u64) -> Self {
         match enforcement {
             Enforcement::Sliding => Self::Sliding { rpm, tpm, log: VecDeque::new(), tokens: 0 },

@@ -131,6 +131,8 @@ pub enum KeyState {
     Valid(usize),
     /// A key the provider never issued or that was deleted: 400 `API_KEY_INVALID`.
     Invalid,
+    /// A key the provider suspended (blocked, no permission): 403 `PERMISSION_DENIED`.
+    Suspended,
 }
 
 /// The provider's current count in one (project, model).
@@ -157,6 +159,8 @@ pub struct Judge {
     config: JudgeConfig,
     cells: Vec<Cell>,
     keys: HashMap<String, KeyState>,
+    /// The project each key was issued for, kept while it is invalid or suspended.
+    owners: HashMap<String, usize>,
 }
 
 impl Judge {
@@ -172,7 +176,7 @@ impl Judge {
                 day: DayMeter::default(),
             })
             .collect();
-        Self { config, cells, keys: HashMap::new() }
+        Self { config, cells, keys: HashMap::new(), owners: HashMap::new() }
     }
 
     /// The configuration this judge enforces.
@@ -184,6 +188,32 @@ impl Judge {
     pub fn issue_key(&mut self, key: &str, project: usize) {
         assert!(project < self.config.projects.len(), "project index out of range");
         self.keys.insert(key.to_owned(), KeyState::Valid(project));
+        self.owners.insert(key.to_owned(), project);
+    }
+
+    /// Suspends `key`: later requests with it get 403 `PERMISSION_DENIED`.
+    pub fn suspend_key(&mut self, key: &str) {
+        self.keys.insert(key.to_owned(), KeyState::Suspended);
+    }
+
+    /// Makes a deleted or suspended `key` valid again for the project it was issued for;
+    /// `false` if it never was issued.
+    pub fn revive_key(&mut self, key: &str) -> bool {
+        match self.owners.get(key) {
+            Some(&project) => {
+                self.keys.insert(key.to_owned(), KeyState::Valid(project));
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Changes the limits of (`project`, `model`) from now on (the provider cut or raised
+    /// them); what was counted stays counted.
+    pub fn set_limits(&mut self, project: usize, model: usize, limits: ModelQuota) {
+        let cell = self.cell_mut(project, model);
+        cell.minute.set_limits(limits.rpm, limits.tpm);
+        cell.limits = limits;
     }
 
     /// Deletes `key`: later requests with it get 400 `API_KEY_INVALID`.

@@ -123,3 +123,32 @@ fn token_bucket_is_exact_at_large_limits() {
     assert_eq!(j.submit(0, 0, 1_000_000, T0 + 6_000), Verdict::Accepted);
     assert_eq!(j.usage(0, 0, T0 + 6_000).minute_tokens, 10_000_000);
 }
+
+#[test]
+fn keys_can_be_suspended_deleted_and_revived() {
+    let mut j = judge(Enforcement::Sliding, 10, 100_000, 1_000);
+    j.issue_key("k", 0);
+    j.suspend_key("k");
+    assert_eq!(j.key_state("k"), KeyState::Suspended);
+    assert!(j.revive_key("k"));
+    assert_eq!(j.key_state("k"), KeyState::Valid(0));
+    j.delete_key("k");
+    assert!(j.revive_key("k"));
+    assert_eq!(j.key_state("k"), KeyState::Valid(0));
+    assert!(!j.revive_key("never-issued"));
+}
+
+#[test]
+fn a_limit_cut_applies_from_then_on() {
+    let mut j = judge(Enforcement::Sliding, 10, 100_000, 1_000);
+    for t in 0..2 {
+        assert_eq!(j.submit(0, 0, 10, t), Verdict::Accepted);
+    }
+    let mut cut = j.limits(0, 0).clone();
+    cut.rpm = 2;
+    j.set_limits(0, 0, cut);
+    match j.submit(0, 0, 10, 5) {
+        Verdict::Exhausted { violations, .. } => assert_eq!(violations[0].limit, 2, "the 429 names the new limit"),
+        v => panic!("expected the cut to bind, got {v:?}"),
+    }
+}

@@ -1,0 +1,110 @@
+//! The provider's misbehaviour, simulated: capacity storms, rejected keys, cut limits and
+//! flaky 5xx. The engine disables no key for what is not a key's fault, disables a rejected
+//! key alone, learns a cut limit from the 429, and reports failures by cause.
+
+use keysim::engine::health::HealthEvent;
+use keysim::engine::Timestamp;
+use keysim::report::summary::{RunMode, Summary};
+use keysim::sim::{simulate, Outputs};
+
+const MINUTE: u64 = 60_000;
+
+fn run(name: &str) -> (Summary, Vec<HealthEvent>, Timestamp) {
+    let sc = crate::common::scenario(name, &[]);
+    let r = simulate(&sc, Outputs::default()).expect("runs");
+    let summary = Summary::new(&sc, RunMode::Sim, &r.aggregate, &r.engine);
+    (summary, r.engine.health().events, sc.start)
+}
+
+#[test]
+fn a_capacity_storm_disables_no_key_and_service_returns_within_a_back_off() {
+    let (s, events, start) = run("capacity-storm");
+    assert_eq!((s.requests.breaches, s.health.keys_disabled), (0, 0));
+    let failed: Vec<_> = s.requests.failed_by_reason.keys().collect();
+    assert_eq!(failed, vec!["capacity-429"], "every failure is the storm's");
+    assert!(s.health.model_backoffs > 0);
+    // The storm ends at 12 minutes; the model serves again within the longest back-off.
+    let storm_end = start.plus(12 * MINUTE);
+    let recovered = events
+        .iter()
+        .rev()
+        .find_map(|e| match e {
+            HealthEvent::ModelRecovered { at, .. } => Some(*at),
+            _ => None,
+        })
+        .expect("the model recovers");
+    assert!(recovered.0 <= storm_end.0 + MINUTE, "served again {} ms after the storm", recovered.0 - storm_end.0);
+    assert_eq!(s.requests.denied, 0, "queued through the back-offs, nothing lost");
+}
+
+#[test]
+fn a_rejected_key_is_disabled_alone_and_revived_by_its_probe() {
+    let (s, events, start) = run("key-revoked");
+    assert_eq!(s.requests.breaches, 0);
+    assert_eq!(s.health.keys_revived, 2, "both keys serve again");
+    for key in ["proj-1-key-a", "proj-2-key-b"] {
+        let disabled: Vec<Timestamp> = events
+            .iter()
+            .filter_map(|e| match e {
+                HealthEvent::KeyDisabled { at, key: k, .. } if k == key => Some(*at),
+                _ => None,
+            })
+            .collect();
+        let probes = events.iter().filter(|e| matches!(e, HealthEvent::KeyProbed { key: k, .. } if k == key)).count();
+        // One failure outside probes: the first rejection; every later one was a probe.
+        assert_eq!(disabled.len(), probes, "{key}: {} disabled, {probes} probed", disabled.len());
+        let revived = events
+            .iter()
+            .find_map(|e| match e {
+                HealthEvent::KeyRevived { at, key: k } if k == key => Some(*at),
+                _ => None,
+            })
+            .expect("revived");
+        // Restored at 20 minutes: revived by the first probe after that, within one cool-down.
+        let last_wait = events.iter().rev().find_map(|e| match e {
+            HealthEvent::KeyDisabled { key: k, probe_at, at } if k == key && at.0 < revived.0 => Some(*probe_at),
+            _ => None,
+        });
+        assert!(revived.0 >= start.plus(20 * MINUTE).0);
+        assert!(revived.0 <= last_wait.expect("a wait before").0 + MINUTE, "{key}: revived at its probe");
+    }
+    // The projects' other keys never stopped.
+    for key in ["proj-1-key-b", "proj-2-key-a"] {
+        let row = s.per_key.iter().find(|k| k.key == key);
+        assert!(row.is_some_and(|r| r.succeeded > 0 && r.failed == 0), "{key} kept serving");
+    }
+    assert_eq!(s.requests.failed_by_reason.values().sum::<u64>(), s.requests.failed);
+}
+
+#[test]
+fn a_cut_limit_is_learned_from_the_first_429() {
+    let (s, events, _) = run("limit-cut");
+    assert!(s.requests.breaches <= 1, "at most one breach per project and dimension: {}", s.requests.breaches);
+    assert_eq!(s.health.limits_learned, 1);
+    assert!(events.iter().any(|e| e.to_string() == "gemini-2.5-flash RPD 250 → 20 for proj-3"), "{events:?}");
+}
+
+#[test]
+fn flaky_5xx_disable_no_key_and_are_reported_by_cause() {
+    let (s, _, _) = run("flaky-5xx");
+    assert_eq!((s.requests.breaches, s.health.keys_disabled), (0, 0));
+    let f = &s.requests.failed_by_reason;
+    assert!(f.get("overloaded").copied().unwrap_or(0) > 0 && f.get("internal").copied().unwrap_or(0) > 0, "{f:?}");
+    assert_eq!(f.values().sum::<u64>(), s.requests.failed);
+}
+
+/// The three quota-429 shapes: the legacy `ErrorInfo` names the limit too; a body with only a
+/// `Help` link names none, so nothing is learned, but nothing is disabled either.
+#[test]
+fn every_quota_429_shape_is_read() {
+    let learned = |shape: &str| {
+        let sc = crate::common::scenario("limit-cut", &[&format!("provider.quota_body={shape}")]);
+        let r = simulate(&sc, Outputs::default()).expect("runs");
+        let h = r.engine.health();
+        (h.limits_learned, h.keys_disabled, r.aggregate.counts.breaches)
+    };
+    assert_eq!(learned("error-info").0, 1);
+    let (learned_help, disabled, breaches) = learned("help-only");
+    assert_eq!((learned_help, disabled), (0, 0));
+    assert!(breaches > 1, "without the limit the engine can only back off, and breaches again: {breaches}");
+}
