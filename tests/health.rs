@@ -108,3 +108,27 @@ fn every_quota_429_shape_is_read() {
     assert_eq!((learned_help, disabled), (0, 0));
     assert!(breaches > 1, "without the limit the engine can only back off, and breaches again: {breaches}");
 }
+
+/// The reference gateways on the same traffic reproduce their known failures: the one that
+/// blacklists keys after failures empties the pool in a capacity storm; the ones without
+/// accounting breach on a cut limit.
+#[test]
+fn the_reference_gateways_fail_as_they_do_in_the_wild() {
+    let run_as = |name: &str, admission: &str| {
+        let sc = crate::common::scenario(name, &[&format!("engine.admission={admission}")]);
+        let r = simulate(&sc, Outputs::default()).expect("runs");
+        let summary = Summary::new(&sc, RunMode::Sim, &r.aggregate, &r.engine);
+        let keys = summary.capacity[0].keys;
+        (summary.requests.breaches, keys, sc.projects.iter().map(|p| p.keys.len()).sum::<usize>())
+    };
+    let (_, left, all) = run_as("capacity-storm", "rotate-blacklist");
+    assert!(left * 5 <= all, "rotate-blacklist loses at least 80 % of the pool: {left} of {all} left");
+    let (breaches, left, all) = run_as("capacity-storm", "atomic");
+    assert_eq!((breaches, left), (0, all), "keysim keeps every key and breaches nothing");
+    for admission in ["none", "cooldown-retrydelay"] {
+        let (breaches, ..) = run_as("limit-cut", admission);
+        assert!(breaches > 10, "{admission}: {breaches} breaches on a cut limit");
+    }
+    assert!(run_as("limit-cut", "atomic").0 <= 1);
+    assert!(run_as("key-revoked", "none").0 > 0);
+}

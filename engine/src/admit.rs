@@ -4,14 +4,14 @@ use std::sync::atomic::Ordering;
 
 use super::estimate::Prompt;
 use super::health::{Gate, HealthEvent};
-use super::limits::Dimension;
+use super::limits::{Ceilings, Dimension};
 use super::pool::QuotaScope;
 use super::pool::{KeyId, PoolEvent};
 use super::provider::{Exhaustion, QuotaExhausted};
 use super::store::{BucketId, QuotaStore, Reservation, Shortfall, StoreError};
 use super::strategy::Choice;
 use super::time::{next_pacific_midnight, Timestamp, MINUTE_MS};
-use super::{AdmissionMode, Engine, TokenBasis};
+use super::{AdmissionMode, Engine, TokenBasis, BLACKLIST_AFTER};
 
 /// A request's priority. Only high priority may use the reserved fraction of each limit.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -299,6 +299,13 @@ impl<S: QuotaStore> Engine<S> {
                     Ok(answer) => (None, answer),
                     Err(_) => return Ok(self.store_unavailable(g.bucket)),
                 },
+                // The references count nothing; only a cool-down (cooldown-retrydelay) stops a key.
+                AdmissionMode::None | AdmissionMode::RotateBlacklist | AdmissionMode::CooldownRetryDelay => {
+                    match self.store.check(g.bucket, 0, &Ceilings([u64::MAX; 4]), now) {
+                        Ok(answer) => (None, answer),
+                        Err(_) => return Ok(self.store_unavailable(g.bucket)),
+                    }
+                }
             };
             match answer {
                 Ok(usage) => {
@@ -386,6 +393,18 @@ impl<S: QuotaStore> Engine<S> {
 
     /// What an answer says about the pool's health: the model's breaker, the key, the limits.
     fn note_health(&self, ticket: &Ticket, outcome: Outcome, now: Timestamp) {
+        if self.config.admission.is_reference() {
+            if self.config.admission == AdmissionMode::RotateBlacklist {
+                let failed = !matches!(outcome, Outcome::Success { .. } | Outcome::NotSent);
+                if self.health.strike(ticket.key, failed, BLACKLIST_AFTER) {
+                    let id = self.pool.load().keys().get(ticket.key.0 as usize).map(|k| k.id.clone());
+                    if let Some(id) = id {
+                        let _ = self.apply(PoolEvent::Revoke(id));
+                    }
+                }
+            }
+            return;
+        }
         let model = ticket.model;
         let capacity = match outcome {
             Outcome::Unavailable => true,
@@ -461,6 +480,18 @@ impl<S: QuotaStore> Engine<S> {
     /// Settles; whether capacity was freed (waiters may be served now).
     fn settle_inner(&self, ticket: &Ticket, outcome: Outcome, now: Timestamp) -> Result<bool, StoreError> {
         let b = ticket.bucket;
+        if self.config.admission.is_reference() {
+            // Nothing is counted; cooldown-retrydelay cools a key down on any 429.
+            if let (AdmissionMode::CooldownRetryDelay, Outcome::RateLimited(q)) = (self.config.admission, outcome) {
+                let until = match q.dimension {
+                    Some(d) if d.is_daily() => next_pacific_midnight(now),
+                    _ => now.plus(q.retry_after_ms.unwrap_or(MINUTE_MS)),
+                };
+                self.store.cool_down(b, q.dimension.unwrap_or(Dimension::Rpm), until, now)?;
+                self.views[b.0 as usize].until.store(0, Ordering::Relaxed);
+            }
+            return Ok(false);
+        }
         match (outcome, ticket.reservation) {
             (Outcome::Success { input_tokens, output_tokens }, r) => {
                 let counted = match self.config.basis {

@@ -171,6 +171,8 @@ struct Sick {
 struct State {
     breakers: Vec<Breaker>,
     sick: BTreeMap<KeyId, Sick>,
+    /// `rotate-blacklist`: consecutive failures per key.
+    strikes: BTreeMap<KeyId, u32>,
     report: HealthReport,
 }
 
@@ -368,6 +370,23 @@ impl Health {
         Self::log(&mut s, HealthEvent::KeyDisabled { at: now, key: id, probe_at });
         self.next_probe.store(Self::earliest(&s), Ordering::Relaxed);
         true
+    }
+
+    /// `rotate-blacklist`'s count of consecutive failures of `key`: whether it reached
+    /// `limit` just now (the key is to be blacklisted).
+    pub(crate) fn strike(&self, key: KeyId, failed: bool, limit: u32) -> bool {
+        let mut s = self.state();
+        if !failed {
+            s.strikes.remove(&key);
+            return false;
+        }
+        let n = s.strikes.entry(key).or_default();
+        *n += 1;
+        if *n == limit {
+            s.report.keys_disabled += 1;
+            return true;
+        }
+        false
     }
 
     /// A limit the provider enforces, learned from a 429.

@@ -101,9 +101,34 @@ pub enum AdmissionMode {
     /// The reference mistake many gateways make: check current usage, count the request only
     /// when it completes. Concurrent requests race past the limits.
     CheckThenAct,
+    /// Reference: no accounting at all; send everything, rotating keys.
+    None,
+    /// Reference (as many key-pool gateways do): rotate keys round-robin, no project
+    /// awareness; a key that fails three times in a row, for whatever reason, is blacklisted
+    /// for good.
+    RotateBlacklist,
+    /// Reference: rotate keys, no project awareness, no counting; a key that gets a 429 cools
+    /// down for its `retryDelay` (a minute if none), until midnight Pacific on a daily one.
+    CooldownRetryDelay,
 }
 
-setting!(AdmissionMode { Atomic => "atomic", CheckThenAct => "check-then-act" });
+setting!(AdmissionMode {
+    Atomic => "atomic",
+    CheckThenAct => "check-then-act",
+    None => "none",
+    RotateBlacklist => "rotate-blacklist",
+    CooldownRetryDelay => "cooldown-retrydelay",
+});
+
+impl AdmissionMode {
+    /// One of the reference gateways (no accounting, no project awareness, no key health).
+    pub fn is_reference(self) -> bool {
+        matches!(self, Self::None | Self::RotateBlacklist | Self::CooldownRetryDelay)
+    }
+}
+
+/// Consecutive failures after which `rotate-blacklist` blacklists a key.
+pub const BLACKLIST_AFTER: u32 = 3;
 
 /// Which tokens TPM and TPD count.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
