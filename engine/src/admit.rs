@@ -79,6 +79,10 @@ pub struct Ticket {
     pub reserved_output: u64,
     /// What the store holds for it; `None` in check-then-act mode, which holds nothing.
     pub reservation: Option<Reservation>,
+    /// The one request let through to test a model backing off for want of capacity.
+    pub model_probe: bool,
+    /// The one request let through to test a key disabled after a rejection.
+    pub key_probe: bool,
 }
 
 /// Why no key could take a request now.
@@ -199,7 +203,6 @@ impl<S: QuotaStore> Engine<S> {
     /// The sans-IO core: the [`Ticket`] must be settled with [`Engine::settle`]. Services
     /// use [`Engine::try_acquire`] or [`Engine::acquire`], whose permits settle themselves.
     pub fn admit(&self, req: &Request<'_>, now: Timestamp) -> Result<Decision, AdmitError> {
-        self.revive_due(now);
         let probe = match req.model < self.health_models() {
             true => match self.health.gate(req.model, now) {
                 Gate::Open => false,
@@ -211,28 +214,14 @@ impl<S: QuotaStore> Engine<S> {
             },
             false => false,
         };
-        let decision = self.admit_in(req, now);
-        if probe && !matches!(decision, Ok(Decision::Admitted(_))) {
-            self.health.release_probe(req.model);
+        let mut decision = self.admit_in(req, now);
+        if probe {
+            match &mut decision {
+                Ok(Decision::Admitted(t)) => t.model_probe = true,
+                _ => self.health.release_probe(req.model),
+            }
         }
         decision
-    }
-
-    /// Keys whose probe is due serve again, for one request each.
-    #[inline]
-    fn revive_due(&self, now: Timestamp) {
-        let due = self.health.due_probes(now);
-        if due.is_empty() {
-            return;
-        }
-        let ids: Vec<String> = {
-            let pool = self.pool.load();
-            due.iter().filter_map(|k| pool.keys().get(k.0 as usize).map(|s| s.id.clone())).collect()
-        };
-        for id in ids {
-            // A key removed or revoked meanwhile stays out: nothing to probe.
-            let _ = self.apply(PoolEvent::Enable(id));
-        }
     }
 
     fn health_models(&self) -> usize {
@@ -311,18 +300,31 @@ impl<S: QuotaStore> Engine<S> {
                 Ok(usage) => {
                     let view = &self.views[g.bucket.0 as usize];
                     view.record(&usage, now);
-                    // Keys in turn; a key being probed carries one request only.
+                    // Keys in turn, skipping keys disabled after a rejection (a due one carries
+                    // its one probe).
                     let (n, turn) = (g.keys.len(), view.key_turn());
                     let id = |k: KeyId| pool.keys()[k.0 as usize].id.clone();
-                    let key = (0..n).map(|j| g.keys[(turn + j) % n]).find(|&k| self.health.take_key(k, || id(k), now));
+                    let key = (0..n)
+                        .map(|j| g.keys[(turn + j) % n])
+                        .find_map(|k| self.health.take_key(k, || id(k), now).map(|probe| (k, probe)));
                     match key {
-                        Some(key) => {
-                            let ticket =
-                                Ticket { key, bucket: g.bucket, model, estimated_input, reserved_output, reservation };
+                        Some((key, key_probe)) => {
+                            let ticket = Ticket {
+                                key,
+                                bucket: g.bucket,
+                                model,
+                                estimated_input,
+                                reserved_output,
+                                reservation,
+                                model_probe: false,
+                                key_probe,
+                            };
                             return Ok(Decision::Admitted(ticket));
                         }
-                        // Every key of the project is out on its probe: try another project.
+                        // No key of the project may serve now: try another project, and cache
+                        // no exhaustion (this project had room).
                         None => {
+                            size_matters = true;
                             if let Some(r) = reservation {
                                 if self.store.refund(g.bucket, &r, now).is_err() {
                                     return Ok(self.store_unavailable(g.bucket));
@@ -381,8 +383,11 @@ impl<S: QuotaStore> Engine<S> {
     /// waiters (a simulator) knows to serve them. When the store cannot be reached the error
     /// says so; the reservation then stays as counted (conservative).
     pub fn settle(&self, ticket: &Ticket, outcome: Outcome, now: Timestamp) -> Result<bool, StoreError> {
+        let freed = self.settle_inner(ticket, outcome, now);
+        // After the bucket's own settlement (a cool-down is in place before any pool change
+        // serves waiters), and whatever the store said.
         self.note_health(ticket, outcome, now);
-        let freed = self.settle_inner(ticket, outcome, now)?;
+        let freed = freed?;
         if freed {
             self.forget_exhaustion(Some(ticket.model));
             #[cfg(feature = "async")]
@@ -416,26 +421,24 @@ impl<S: QuotaStore> Engine<S> {
             self.health.unavailable(model, now, jitter);
         } else {
             match outcome {
-                Outcome::Success { .. } => self.health.served(model, now),
-                // Inconclusive: the next request probes the model instead.
-                Outcome::Failed | Outcome::NotSent => self.health.release_probe(model),
+                // The model served (a quota 429 is a served answer too).
+                Outcome::Success { .. } | Outcome::RateLimited(_) => self.health.served(model, now),
+                // Inconclusive: if this was the model's probe, the next request probes instead.
+                _ if ticket.model_probe => self.health.release_probe(model),
                 _ => {}
             }
         }
         let key_id = || self.pool.load().keys().get(ticket.key.0 as usize).map(|k| k.id.clone()).unwrap_or_default();
         match outcome {
-            Outcome::KeyRejected => {
-                if self.health.key_rejected(ticket.key, key_id(), now) {
-                    // Removed or revoked meanwhile: already out of the pool.
-                    let _ = self.apply(PoolEvent::Disable(key_id()));
-                }
+            Outcome::KeyRejected => self.health.key_rejected(ticket.key, ticket.key_probe, key_id(), now),
+            _ if ticket.key_probe => {
+                // Answered by the provider without rejecting the key: it serves again. Dropped
+                // or failed without an answer: probe again.
+                let answered =
+                    matches!(outcome, Outcome::Success { .. } | Outcome::RateLimited(_) | Outcome::Unavailable);
+                self.health.probe_answered(ticket.key, answered, key_id, now);
             }
-            Outcome::NotSent => {
-                self.health.key_answered(ticket.key, false, key_id, now);
-            }
-            _ => {
-                self.health.key_answered(ticket.key, true, key_id, now);
-            }
+            _ => {}
         }
         if let Outcome::RateLimited(q) = outcome {
             self.learn_limit(ticket, &q, now);
@@ -454,7 +457,9 @@ impl<S: QuotaStore> Engine<S> {
             let (Some(project), Some(model)) = (pool.projects().get(p), pool.models().get(m)) else { return };
             let Some(Some(limits)) = project.limits.get(m) else { return };
             let from = limits.get(d);
-            if from == to {
+            // Only cuts are learned: a higher value (a stale answer, a limit the operator set
+            // lower on purpose) never raises the pool's.
+            if to >= from {
                 return;
             }
             let mut limits = *limits;

@@ -215,6 +215,8 @@ mod tests {
             estimated_input: 1,
             reserved_output: 0,
             reservation: None,
+            model_probe: false,
+            key_probe: false,
         }
     }
 

@@ -161,7 +161,7 @@ struct Breaker {
 struct Sick {
     /// Failed probes so far.
     strikes: u32,
-    /// When the next probe is due (0: the key is enabled for its probe now).
+    /// When the next probe is due.
     probe_at: u64,
     /// The probe request is out.
     probe_out: bool,
@@ -182,10 +182,8 @@ pub(crate) struct Health {
     pub(crate) config: HealthConfig,
     /// Per model: 0 while its breaker is closed (the fast path), else non-zero.
     gates: Vec<AtomicU64>,
-    /// The earliest due probe of a disabled key (`u64::MAX`: none), and whether any key is
-    /// being probed (checked when a key is chosen).
-    next_probe: AtomicU64,
-    probing: AtomicU64,
+    /// Keys disabled by a rejection (checked when a key is chosen).
+    sick: AtomicU64,
     state: Mutex<State>,
 }
 
@@ -204,8 +202,7 @@ impl Health {
         Self {
             config,
             gates: (0..models).map(|_| AtomicU64::new(0)).collect(),
-            next_probe: AtomicU64::new(u64::MAX),
-            probing: AtomicU64::new(0),
+            sick: AtomicU64::new(0),
             state: Mutex::new(State { breakers: vec![Breaker::default(); models], ..State::default() }),
         }
     }
@@ -283,93 +280,71 @@ impl Health {
         until
     }
 
-    /// Keys whose probe is due at `now`, now enabled for one request each: the caller
-    /// re-enables them in the pool.
+    /// Whether `key` may carry a request now: `None` if not (disabled and its probe not due,
+    /// or its probe already out: choose another key), `Some(true)` if this request is its
+    /// probe, `Some(false)` for an ordinary request. One relaxed load while no key is sick.
+    /// Disabled keys stay in the pool (health never changes the pool, so admission never
+    /// waits for a pool change): they are skipped here.
     #[inline]
-    pub(crate) fn due_probes(&self, now: Timestamp) -> Vec<KeyId> {
-        if now.0 < self.next_probe.load(Ordering::Relaxed) {
-            return Vec::new();
+    pub(crate) fn take_key(&self, key: KeyId, id: impl FnOnce() -> String, now: Timestamp) -> Option<bool> {
+        if self.sick.load(Ordering::Relaxed) == 0 {
+            return Some(false);
         }
         let mut s = self.state();
-        let due: Vec<KeyId> =
-            s.sick.iter().filter(|(_, k)| k.probe_at != 0 && k.probe_at <= now.0).map(|(id, _)| *id).collect();
-        for id in &due {
-            if let Some(k) = s.sick.get_mut(id) {
-                k.probe_at = 0;
-            }
-        }
-        self.probing.fetch_add(due.len() as u64, Ordering::Relaxed);
-        self.next_probe.store(Self::earliest(&s), Ordering::Relaxed);
-        due
-    }
-
-    fn earliest(s: &State) -> u64 {
-        s.sick.values().filter(|k| k.probe_at != 0).map(|k| k.probe_at).min().unwrap_or(u64::MAX)
-    }
-
-    /// Whether `key` may carry a request now, and whether that request is its probe. `false`:
-    /// its probe is already out, choose another key.
-    #[inline]
-    pub(crate) fn take_key(&self, key: KeyId, id: impl FnOnce() -> String, now: Timestamp) -> bool {
-        if self.probing.load(Ordering::Relaxed) == 0 {
-            return true;
-        }
-        let mut s = self.state();
-        let Some(k) = s.sick.get_mut(&key) else { return true };
-        if k.probe_out {
-            return false;
+        let Some(k) = s.sick.get_mut(&key) else { return Some(false) };
+        if k.probe_out || now.0 < k.probe_at {
+            return None;
         }
         k.probe_out = true;
         s.report.keys_probed += 1;
         Self::log(&mut s, HealthEvent::KeyProbed { at: now, key: id() });
-        true
+        Some(true)
     }
 
-    /// A request on `key` was answered without rejecting the key (or, `sent` false, never
-    /// went out): a probing key revives, or probes again.
-    #[inline]
-    pub(crate) fn key_answered(&self, key: KeyId, sent: bool, id: impl FnOnce() -> String, now: Timestamp) -> bool {
-        if self.probing.load(Ordering::Relaxed) == 0 {
-            return false;
-        }
+    /// The probe on `key` was answered without rejecting the key (or, `sent` false, never
+    /// went out): the key revives, or probes again.
+    pub(crate) fn probe_answered(&self, key: KeyId, sent: bool, id: impl FnOnce() -> String, now: Timestamp) {
         let mut s = self.state();
-        let Some(k) = s.sick.get_mut(&key) else { return false };
-        if !k.probe_out {
-            return false;
-        }
+        let Some(k) = s.sick.get_mut(&key) else { return };
         if !sent {
             k.probe_out = false;
-            return false;
+            return;
         }
         s.sick.remove(&key);
-        self.probing.fetch_sub(1, Ordering::Relaxed);
+        self.sick.fetch_sub(1, Ordering::Relaxed);
         s.report.keys_revived += 1;
         Self::log(&mut s, HealthEvent::KeyRevived { at: now, key: id() });
-        true
     }
 
-    /// The provider rejected `key`: it is disabled until its next probe. Returns whether the
-    /// caller must disable it in the pool (it was serving).
-    pub(crate) fn key_rejected(&self, key: KeyId, id: String, now: Timestamp) -> bool {
+    /// The provider rejected `key` (`probe`: on its probe): it carries nothing until its next
+    /// probe, which waits longer after each failed one.
+    pub(crate) fn key_rejected(&self, key: KeyId, probe: bool, id: String, now: Timestamp) {
         let mut s = self.state();
         let strikes = match s.sick.get(&key) {
             // A probe that failed: wait longer.
-            Some(k) if k.probe_out => k.strikes + 1,
-            // Already disabled (another request was out when it was): nothing new.
-            Some(k) if k.probe_at != 0 => return false,
-            Some(k) => k.strikes,
-            None => 0,
+            Some(k) if probe => k.strikes + 1,
+            // Already disabled (other requests were out when it was): nothing new.
+            Some(_) => return,
+            None => {
+                self.sick.fetch_add(1, Ordering::Relaxed);
+                0
+            }
         };
-        if s.sick.get(&key).is_some_and(|k| k.probe_at == 0) {
-            self.probing.fetch_sub(1, Ordering::Relaxed);
-        }
         let wait = self.config.probe_after_ms.saturating_mul(1 << strikes.min(20)).min(self.config.probe_max_ms);
         let probe_at = now.plus(wait);
         s.sick.insert(key, Sick { strikes, probe_at: probe_at.0, probe_out: false });
         s.report.keys_disabled += 1;
         Self::log(&mut s, HealthEvent::KeyDisabled { at: now, key: id, probe_at });
-        self.next_probe.store(Self::earliest(&s), Ordering::Relaxed);
-        true
+    }
+
+    /// `key` left the pool (removed, revoked): nothing to probe any more.
+    pub(crate) fn forget_key(&self, key: KeyId) {
+        if self.sick.load(Ordering::Relaxed) == 0 {
+            return;
+        }
+        if self.state().sick.remove(&key).is_some() {
+            self.sick.fetch_sub(1, Ordering::Relaxed);
+        }
     }
 
     /// `rotate-blacklist`'s count of consecutive failures of `key`: whether it reached

@@ -319,10 +319,20 @@ impl<S: QuotaStore> Engine<S> {
     /// Applies a pool event; capacity and candidates follow at once. Admissions under way
     /// finish on the pool they started with; none waits for the change.
     pub fn apply(&self, event: PoolEvent) -> Result<(), ConfigError> {
-        let _changing = self.changing.lock().unwrap_or_else(|p| p.into_inner());
+        let changing = self.changing.lock().unwrap_or_else(|p| p.into_inner());
+        let gone = match &event {
+            PoolEvent::Remove(id) | PoolEvent::Revoke(id) => self.pool.load().key(id),
+            _ => None,
+        };
         let next = self.pool.load().apply(event, &mut |k| self.store.bucket(k)).map_err(ConfigError::from)?;
         self.grow_views(&next);
         self.pool.store(Arc::new(next));
+        // Waiters are served without the change lock: serving admits, and nothing an
+        // admission does may wait for a pool change.
+        drop(changing);
+        if let Some(k) = gone {
+            self.health.forget_key(k);
+        }
         self.forget_exhaustion(None);
         #[cfg(feature = "async")]
         self.wake_queues(None);

@@ -340,3 +340,66 @@ mod health {
         assert!(admitted(&e, Priority::Normal, at.unwrap()).is_some());
     }
 }
+
+mod health_review {
+    use super::*;
+    use crate::provider::Exhaustion;
+
+    fn capacity() -> Outcome {
+        Outcome::RateLimited(QuotaExhausted { kind: Exhaustion::Capacity, ..Default::default() })
+    }
+
+    /// A probe answered with a quota 429 proves the model serves: the breaker closes rather
+    /// than wait forever for a success.
+    #[test]
+    fn a_probe_answered_with_a_quota_429_closes_the_breaker() {
+        let e = engine(EngineConfig::default(), spec(&[("p", &["k"]), ("q", &["j"])], 100));
+        let t = admitted(&e, Priority::Normal, T0).unwrap();
+        e.settle(&t, capacity(), T0).unwrap();
+        let later = T0.plus(5_000);
+        let probe = admitted(&e, Priority::Normal, later).expect("the probe");
+        assert!(probe.model_probe);
+        e.settle(&probe, Outcome::RateLimited(QuotaExhausted::quota(Dimension::Rpm, Some(1_000))), later).unwrap();
+        assert!(admitted(&e, Priority::Normal, later.plus(1)).is_some_and(|t| !t.model_probe), "closed");
+    }
+
+    /// Only the probe's own answer moves the breaker: an older request dropped unsent does
+    /// not let a second probe out.
+    #[test]
+    fn only_the_probe_answers_for_the_model() {
+        let e = engine(EngineConfig::default(), spec(&[("p", &["k"]), ("q", &["j"])], 100));
+        let old = admitted(&e, Priority::Normal, T0).unwrap();
+        let t = admitted(&e, Priority::Normal, T0).unwrap();
+        e.settle(&t, capacity(), T0).unwrap();
+        let later = T0.plus(5_000);
+        let _probe = admitted(&e, Priority::Normal, later).expect("the probe");
+        e.settle(&old, Outcome::NotSent, later).unwrap();
+        assert!(admitted(&e, Priority::Normal, later).is_none(), "still one probe out");
+    }
+
+    /// Health never changes the pool: an admission never waits for (or makes) a pool change,
+    /// so waiters served under a queue's lock cannot deadlock on one.
+    #[test]
+    fn key_health_leaves_the_pool_alone() {
+        let e = engine(EngineConfig::default(), spec(&[("p", &["k1", "k2"])], 1_000));
+        let before = e.pool();
+        let t = admitted(&e, Priority::Normal, T0).unwrap();
+        e.settle(&t, Outcome::KeyRejected, T0).unwrap();
+        for i in 0..5 {
+            let t = admitted(&e, Priority::Normal, T0.plus(60_000 + i)).unwrap();
+            e.settle(&t, Outcome::Success { input_tokens: 100, output_tokens: 1 }, T0.plus(60_000 + i)).unwrap();
+        }
+        assert!(Arc::ptr_eq(&before, &e.pool()), "no pool change from disabling, probing or reviving");
+        assert_eq!(e.health().keys_revived, 1);
+    }
+
+    /// A limit the provider names higher than the pool's is not learned.
+    #[test]
+    fn only_cuts_are_learned() {
+        let e = engine(EngineConfig::default(), spec(&[("p", &["k"])], 100));
+        let t = admitted(&e, Priority::Normal, T0).unwrap();
+        let q = QuotaExhausted { limit: Some(500), ..QuotaExhausted::quota(Dimension::Rpm, Some(1_000)) };
+        e.settle(&t, Outcome::RateLimited(q), T0).unwrap();
+        assert_eq!(e.health().limits_learned, 0);
+    }
+}
