@@ -18,7 +18,11 @@ use crate::engine::{
     BucketId, BucketKey, Ceilings, Dimension, Grant, MemoryStore, QuotaStore, Reservation, Shortfall, StoreError,
     Timestamp, Usage,
 };
-use crate::scenario::{ReplicaMode, ReplicasDef};
+use rand::SeedableRng;
+
+use super::run::{SimEngine, SimError};
+use crate::engine::ManualClock;
+use crate::scenario::{build, ReplicaMode, ReplicasDef, Scenario};
 
 /// What the replicas share: whether the store answers, and the coordinator's last word.
 #[derive(Debug)]
@@ -310,6 +314,40 @@ impl QuotaStore for SimStore {
     fn usage(&self, bucket: BucketId, now: Timestamp) -> Result<Usage, StoreError> {
         self.store()?.usage(bucket, now)
     }
+}
+
+/// Replicas of the engine and what couples them.
+pub(super) struct Replicas {
+    pub(super) def: ReplicasDef,
+    pub(super) with: Arc<Coordination>,
+    /// Cached, leased, unshared: each replica's own counts.
+    pub(super) own: Vec<Arc<MemoryStore>>,
+    /// Outages under way (they may overlap).
+    pub(super) outages: u32,
+    /// Round-trip jitter.
+    pub(super) rng: rand_pcg::Pcg64,
+}
+
+/// The engines of a run: one over its own store, or one per replica as `[replicas]` says.
+pub(super) fn engines(sc: &Scenario) -> Result<(Vec<SimEngine>, Option<Replicas>), SimError> {
+    let clock = || -> Arc<dyn crate::engine::Clock> { Arc::new(ManualClock::new(sc.start)) };
+    let Some(def) = sc.replicas.clone() else {
+        return Ok((vec![build::engine_on(sc, clock(), SimStore::Alone(MemoryStore::new()))?], None));
+    };
+    let with = Coordination::new(&def, sc.start.0 + def.interval_ms);
+    let shared = Arc::new(MemoryStore::new());
+    let own: Vec<Arc<MemoryStore>> = (0..def.count).map(|_| Arc::new(MemoryStore::new())).collect();
+    let engines = (0..def.count as usize)
+        .map(|index| {
+            let store = match def.mode {
+                ReplicaMode::Strict => SimStore::Shared { store: Arc::clone(&shared), with: Arc::clone(&with) },
+                _ => SimStore::Replica { own: Arc::clone(&own[index]), with: Arc::clone(&with), index },
+            };
+            build::engine_on(sc, clock(), store)
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let rng = rand_pcg::Pcg64::seed_from_u64(sc.seed ^ 0x05EE_D0F5_704E);
+    Ok((engines, Some(Replicas { def, with, own, outages: 0, rng })))
 }
 
 #[cfg(test)]

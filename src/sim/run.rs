@@ -1,9 +1,8 @@
 //! One simulated run: the event loop and its handlers.
 
 use std::io::Write;
-use std::sync::Arc;
 
-use rand::{Rng, SeedableRng};
+use rand::Rng;
 
 use mock_server::body::{capacity_exhausted, quota_exceeded_as};
 use mock_server::{Fault, Judge, KeyState as JudgeKey, Verdict};
@@ -12,20 +11,20 @@ use super::ledger::{Done, Entry, Ledger, Reason, MAX_SHADOWS, NO_SHADOW};
 use super::observe::{Interval, Observers, TIMELINE_HEADER, TRACE_BUDGET};
 use super::pipe::BatchReceiver;
 use super::queue::EventQueue;
-use super::replicas::{Coordination, SimStore};
+use super::replicas::{engines, Replicas, SimStore};
 use super::score::Scorer;
 use super::traffic::{NewRequest, Traffic};
 use crate::engine::fair::{FairQueue, Served};
 use crate::engine::warn::Warner;
 use crate::engine::Estimator;
 use crate::engine::{
-    parse_quota_error, step, AdmitError, ConfigError, Decision, DenyReason, Engine, KeySpec, ManualClock, MemoryStore,
-    Outcome, PoolEvent, Prompt, QueuePolicy, QuotaExhausted, Request, Step, Ticket, Timestamp,
+    parse_quota_error, step, AdmitError, ConfigError, Decision, DenyReason, Engine, KeySpec, Outcome, PoolEvent,
+    Prompt, QueuePolicy, QuotaExhausted, Request, Step, Ticket, Timestamp,
 };
 use crate::report::trace::Trace;
 use crate::report::{stopwatch, Aggregate, Terminal};
 use crate::scenario::build;
-use crate::scenario::{ReplicaMode, ReplicasDef, Scenario};
+use crate::scenario::{ReplicaMode, Scenario};
 
 /// A simulated engine: over its own store, or one replica's view of a shared one.
 pub type SimEngine = Engine<SimStore>;
@@ -157,18 +156,6 @@ struct World {
     learns: bool,
 }
 
-/// Replicas of the engine and what couples them.
-struct Replicas {
-    def: ReplicasDef,
-    with: Arc<Coordination>,
-    /// Cached, leased, unshared: each replica's own counts.
-    own: Vec<Arc<MemoryStore>>,
-    /// Outages under way (they may overlap).
-    outages: u32,
-    /// Round-trip jitter.
-    rng: rand_pcg::Pcg64,
-}
-
 impl World {
     /// The first engine: the pool, capacity and warnings are read from it.
     fn engine(&self) -> &SimEngine {
@@ -278,28 +265,6 @@ pub fn simulate(sc: &Scenario, out: Outputs<'_>) -> Result<RunResult, SimError> 
     })
 }
 
-/// The engines of a run: one over its own store, or one per replica as `[replicas]` says.
-fn engines(sc: &Scenario) -> Result<(Vec<SimEngine>, Option<Replicas>), SimError> {
-    let clock = || -> Arc<dyn crate::engine::Clock> { Arc::new(ManualClock::new(sc.start)) };
-    let Some(def) = sc.replicas.clone() else {
-        return Ok((vec![build::engine_on(sc, clock(), SimStore::Alone(MemoryStore::new()))?], None));
-    };
-    let with = Coordination::new(&def, sc.start.0 + def.interval_ms);
-    let shared = Arc::new(MemoryStore::new());
-    let own: Vec<Arc<MemoryStore>> = (0..def.count).map(|_| Arc::new(MemoryStore::new())).collect();
-    let engines = (0..def.count as usize)
-        .map(|index| {
-            let store = match def.mode {
-                ReplicaMode::Strict => SimStore::Shared { store: Arc::clone(&shared), with: Arc::clone(&with) },
-                _ => SimStore::Replica { own: Arc::clone(&own[index]), with: Arc::clone(&with), index },
-            };
-            build::engine_on(sc, clock(), store)
-        })
-        .collect::<Result<Vec<_>, _>>()?;
-    let rng = rand_pcg::Pcg64::seed_from_u64(sc.seed ^ 0x05EE_D0F5_704E);
-    Ok((engines, Some(Replicas { def, with, own, outages: 0, rng })))
-}
-
 /// One settlement in this many is timed on the real clock.
 const SETTLE_SAMPLE: u64 = 8;
 
@@ -349,7 +314,10 @@ impl Sim<'_, '_, '_> {
                 Ev::Admit(r) => self.reach_engine(r, now),
                 Ev::Store(down) => self.store_event(down, now),
                 Ev::Sync => self.sync(now),
-                Ev::Provider(i) => self.provider_event(i as usize),
+                Ev::Provider(i) => {
+                    super::provider::apply(&mut self.world.judge, &self.sc.provider_events[i as usize].event);
+                    self.sync_keys();
+                }
             }
         }
     }
@@ -582,7 +550,7 @@ impl Sim<'_, '_, '_> {
     }
 
     fn send(&mut self, r: u32, ticket: Ticket, now: u64) {
-        let storm = self.in_storm(self.slab.reqs[r as usize].id, now);
+        let storm = super::provider::in_storm(self.sc, self.slab.reqs[r as usize].id, now);
         let req = &mut self.slab.reqs[r as usize];
         req.ticket = Some(ticket);
         req.sent_at = now;
@@ -690,38 +658,6 @@ impl Sim<'_, '_, '_> {
         let project = Some(self.world.engine().bucket_owner(ticket.bucket).0);
         self.finish(r, now, state, project, reason, req.sent_at - req.arrival, (shadow, cold));
         Ok(())
-    }
-
-    /// Whether the provider is short of capacity for request `id` at `now`: inside a storm,
-    /// for the storm's share of requests (drawn from the request's id, the same every run).
-    fn in_storm(&self, id: u64, now: u64) -> bool {
-        let t = now - self.sc.start.0;
-        self.sc.provider.storms.iter().any(|s| {
-            if t < s.at_ms || t >= s.at_ms.saturating_add(s.for_ms) {
-                return false;
-            }
-            let mut z = (id ^ self.sc.seed.rotate_left(17)).wrapping_add(0x9E37_79B9_7F4A_7C15);
-            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-            (((z ^ (z >> 31)) >> 11) as f64 / (1u64 << 53) as f64) < s.rate
-        })
-    }
-
-    /// The provider does something on its own: the engine learns of it from its answers.
-    fn provider_event(&mut self, i: usize) {
-        use crate::scenario::ProviderEvent;
-        match &self.sc.provider_events[i].event {
-            ProviderEvent::Suspend(key) => self.world.judge.suspend_key(key),
-            ProviderEvent::Invalidate(key) => self.world.judge.delete_key(key),
-            ProviderEvent::Revive(key) => {
-                self.world.judge.revive_key(key);
-            }
-            ProviderEvent::Limits { project, model, limits } => {
-                let q = mock_server::ModelQuota { rpm: limits.rpm, tpm: limits.tpm, rpd: limits.rpd, tpd: limits.tpd };
-                self.world.judge.set_limits(*project, *model, q);
-            }
-        }
-        self.sync_keys();
     }
 
     /// Hands a finished request to the ledger and frees its slot.
