@@ -79,7 +79,12 @@ impl Coordination {
     /// down: nothing can be exchanged.
     pub(crate) fn sync(&self, own: &[Arc<MemoryStore>], pool: &[(BucketId, Ceilings)], now: u64, next: u64) {
         let buckets = pool.iter().map(|(b, _)| b.0 as usize + 1).max().unwrap_or(0);
-        let ceilings = |b: BucketId| pool.iter().find(|(x, _)| *x == b).map_or(Ceilings([u64::MAX; 4]), |(_, c)| *c);
+        // By bucket id, once: a sync reads every bucket of every replica.
+        let mut by_id: Vec<Option<Ceilings>> = vec![None; buckets];
+        for (b, c) in pool {
+            by_id[b.0 as usize] = Some(*c);
+        }
+        let ceilings = |b: BucketId| by_id[b.0 as usize].unwrap_or(Ceilings([u64::MAX; 4]));
         let mut s = self.state();
         s.next_at = next;
         if self.is_down() {
@@ -91,8 +96,7 @@ impl Coordination {
             .map(|store| {
                 (0..buckets)
                     .map(|b| {
-                        let in_pool = pool.iter().any(|(x, _)| x.0 as usize == b);
-                        let u = if in_pool {
+                        let u = if by_id[b].is_some() {
                             store.usage(BucketId(b as u32), t).unwrap_or_default()
                         } else {
                             Usage::default()
