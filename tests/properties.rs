@@ -105,7 +105,6 @@ fn scenario(s: &Setup) -> Scenario {
     }
     Scenario {
         replicas: None,
-        provider_events: Vec::new(),
         name: "prop".into(),
         description: None,
         compare: Vec::new(),
@@ -121,8 +120,7 @@ fn scenario(s: &Setup) -> Scenario {
             latency: LatencyModel { median_ms: 900.0, p99_ms: 5_000.0 },
             faults: FaultModel::default(),
             extra_faults: Default::default(),
-            storms: Vec::new(),
-            quota_body: Default::default(),
+            script: Default::default(),
         },
         models: vec![model],
         projects,

@@ -81,7 +81,7 @@ pub use permit::{Permit, TryAcquireError};
 pub use pool::{
     Group, KeyId, KeySpec, KeyState, ModelSpec, Pool, PoolError, PoolEvent, PoolSpec, ProjectSpec, QuotaScope,
 };
-pub use provider::{parse_quota_error, Exhaustion, QuotaExhausted};
+pub use provider::{parse_quota_error, Exhaustion, QuotaExhausted, UsageMetadata};
 pub use redact::redact;
 #[cfg(feature = "redis")]
 pub use redis_store::{RedisConfig, RedisStats, RedisStore, RedisTime};
@@ -169,6 +169,10 @@ pub struct EngineConfig {
     pub reconcile: bool,
     /// How the engine backs off and probes when the provider misbehaves.
     pub health: health::HealthConfig,
+    /// Whether cached input tokens (`cachedContentTokenCount`) count toward TPM. Google does
+    /// not document it; `true` (the default) is the safe assumption: at worst it leaves the
+    /// cached share of TPM unused.
+    pub cached_tokens_count: bool,
 }
 
 impl Default for EngineConfig {
@@ -185,6 +189,7 @@ impl Default for EngineConfig {
             seed: 0,
             reconcile: true,
             health: health::HealthConfig::default(),
+            cached_tokens_count: true,
         }
     }
 }
@@ -268,6 +273,15 @@ impl<S: QuotaStore> Engine<S> {
     /// The engine's settings.
     pub fn config(&self) -> &EngineConfig {
         &self.config
+    }
+
+    /// The outcome of a successful answer with `usage`, counted as this engine's settings say
+    /// (cached input tokens included or not).
+    pub fn success(&self, usage: &UsageMetadata) -> Outcome {
+        Outcome::Success {
+            input_tokens: usage.counted_input(self.config.cached_tokens_count),
+            output_tokens: usage.output(),
+        }
     }
 
     /// What the engine has done about the pool's health: keys disabled, probed and revived,

@@ -196,3 +196,47 @@ mod tests {
         assert_eq!((q.dimension, q.limit, q.retry_after_ms), (Some(Dimension::Rpd), Some(20), Some(562_476_750)));
     }
 }
+
+/// The counts of a successful answer's `usageMetadata`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct UsageMetadata {
+    /// `promptTokenCount` (cached tokens included).
+    pub prompt: u64,
+    /// `cachedContentTokenCount`: the part of the prompt served from a cache.
+    pub cached: u64,
+    /// `candidatesTokenCount`.
+    pub candidates: u64,
+    /// `thoughtsTokenCount`.
+    pub thoughts: u64,
+}
+
+impl UsageMetadata {
+    /// Reads the `usageMetadata` object of an answer (the whole answer or the object itself);
+    /// `None` when it has no `promptTokenCount`.
+    pub fn parse(answer: &Value) -> Option<Self> {
+        let u = answer.get("usageMetadata").unwrap_or(answer);
+        let n = |k: &str| u.get(k).and_then(Value::as_u64).unwrap_or(0);
+        u.get("promptTokenCount").and_then(Value::as_u64)?;
+        Some(Self {
+            prompt: n("promptTokenCount"),
+            cached: n("cachedContentTokenCount").min(n("promptTokenCount")),
+            candidates: n("candidatesTokenCount"),
+            thoughts: n("thoughtsTokenCount"),
+        })
+    }
+
+    /// The input tokens that count toward TPM: the prompt, less its cached part where
+    /// `cached_tokens_count` is false (Google does not document which holds).
+    pub fn counted_input(&self, cached_tokens_count: bool) -> u64 {
+        if cached_tokens_count {
+            self.prompt
+        } else {
+            self.prompt - self.cached
+        }
+    }
+
+    /// The output tokens: candidates and thoughts.
+    pub fn output(&self) -> u64 {
+        self.candidates + self.thoughts
+    }
+}

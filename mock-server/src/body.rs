@@ -21,6 +21,8 @@ pub struct ErrorAnswer {
 pub struct UsageMetadata {
     /// `promptTokenCount`: input tokens (including cached ones).
     pub prompt: u64,
+    /// `cachedContentTokenCount`: the part of the prompt served from a cache.
+    pub cached: u64,
     /// `candidatesTokenCount`: output tokens, thoughts excluded.
     pub candidates: u64,
     /// `thoughtsTokenCount`: thinking tokens.
@@ -37,11 +39,15 @@ impl UsageMetadata {
             }
         };
         put("promptTokenCount", self.prompt);
+        put("cachedContentTokenCount", self.cached);
         put("candidatesTokenCount", self.candidates);
         put("totalTokenCount", self.prompt + self.candidates + self.thoughts);
         put("thoughtsTokenCount", self.thoughts);
         if self.prompt > 0 {
             m.insert("promptTokensDetails".to_owned(), json!([{"modality": "TEXT", "tokenCount": self.prompt}]));
+        }
+        if self.cached > 0 {
+            m.insert("cacheTokensDetails".to_owned(), json!([{"modality": "TEXT", "tokenCount": self.cached}]));
         }
         Value::Object(m)
     }
@@ -271,6 +277,11 @@ pub fn internal() -> ErrorAnswer {
     )
 }
 
+/// 504 `DEADLINE_EXCEEDED`: no answer in time (sent after the client's wait, if it waited).
+pub fn deadline_exceeded() -> ErrorAnswer {
+    plain(504, "DEADLINE_EXCEEDED", "Deadline expired before operation could complete.", None)
+}
+
 /// 503 `UNAVAILABLE`: the model is overloaded.
 pub fn overloaded() -> ErrorAnswer {
     plain(503, "UNAVAILABLE", "The model is overloaded. Please try again later.", None)
@@ -297,7 +308,7 @@ mod tests {
 
     #[test]
     fn usage_omits_zero_fields() {
-        let u = UsageMetadata { prompt: 5, candidates: 44, thoughts: 0 };
+        let u = UsageMetadata { prompt: 5, cached: 0, candidates: 44, thoughts: 0 };
         let j = u.to_json();
         assert_eq!(j["totalTokenCount"], 49);
         assert!(j.get("thoughtsTokenCount").is_none());

@@ -22,6 +22,7 @@ use serde_json::{json, Value};
 
 use crate::body::{self, ErrorAnswer, UsageMetadata};
 use crate::judge::{Fault, FaultModel, Judge, JudgeConfig, KeyState, LatencySampler, Verdict};
+use crate::script::{Script, StormKind};
 
 /// The most output tokens an answer has (the `outputTokenLimit` models advertise); also the
 /// cap on an output count a request states.
@@ -70,6 +71,8 @@ pub struct FakeConfig {
     pub seed: u64,
     /// Whether token limits count output tokens too (Gemini: input only).
     pub counts_output: bool,
+    /// What the provider does on its own over time (times count from the first request).
+    pub script: Script,
 }
 
 /// One HTTP request, as the fake needs it.
@@ -171,6 +174,8 @@ struct State {
     rng: rand_pcg::Pcg64Mcg,
     /// The latest time the judge was asked at.
     last_now: u64,
+    /// The first of the script's events not yet applied.
+    next_event: usize,
 }
 
 /// The fake API.
@@ -187,8 +192,12 @@ pub struct Fake {
     counts_output: bool,
     count: TokenCounter,
     responses: AtomicU64,
-    /// The instant 503 bursts count from.
+    /// The instant 503 bursts and the script count from: the first request's.
     epoch_ms: AtomicU64,
+    script: Script,
+    /// Generating requests so far: each one's number draws its share of a storm.
+    generating: AtomicU64,
+    seed: u64,
 }
 
 /// Which surface a request came in on (errors of the OpenAI one are wrapped in an array).
@@ -210,7 +219,12 @@ impl Fake {
             LogNormal::new(config.output_median.ln(), sigma).expect("finite sigma")
         });
         Self {
-            state: Mutex::new(State { judge, rng: rand_pcg::Pcg64Mcg::seed_from_u64(config.seed), last_now: 0 }),
+            state: Mutex::new(State {
+                judge,
+                rng: rand_pcg::Pcg64Mcg::seed_from_u64(config.seed),
+                last_now: 0,
+                next_event: 0,
+            }),
             counts_output: config.counts_output,
             models: config.judge.models.clone(),
             latency: config.judge.latency.sampler(),
@@ -222,6 +236,9 @@ impl Fake {
             count: config.count,
             responses: AtomicU64::new(0),
             epoch_ms: AtomicU64::new(0),
+            script: config.script,
+            generating: AtomicU64::new(0),
+            seed: config.seed,
         }
     }
 
@@ -242,6 +259,7 @@ impl Fake {
     /// Answers `req` at `now` (milliseconds since the Unix epoch, on the fake's clock).
     pub fn handle(&self, req: &ApiRequest<'_>, now: u64) -> Answer {
         let _ = self.epoch_ms.compare_exchange(0, now.max(1), Ordering::Relaxed, Ordering::Relaxed);
+        self.follow_script(now);
         let path = req.path.trim_end_matches('/');
         let surface = if path.starts_with("/v1beta/openai/") { Surface::OpenAi } else { Surface::Gemini };
         let wrap = |a: Answer| match (surface, a.payload) {
@@ -333,12 +351,47 @@ impl Fake {
         self.models.iter().position(|m| m == model)
     }
 
+    /// Milliseconds since the first request: the script's time.
+    fn since_start(&self, now: u64) -> u64 {
+        now.saturating_sub(self.epoch_ms.load(Ordering::Relaxed))
+    }
+
+    /// Applies the script's events due by `now` (keys suspended or revived, limits changed).
+    fn follow_script(&self, now: u64) {
+        let events = &self.script.events;
+        if events.is_empty() {
+            return;
+        }
+        let t = self.since_start(now);
+        let mut state = self.lock();
+        while let Some(e) = events.get(state.next_event).filter(|e| e.at_ms <= t) {
+            e.event.apply(&mut state.judge);
+            state.next_event += 1;
+        }
+    }
+
+    /// The answer of a request inside one of the script's storms, if it is one of its share.
+    fn storm(&self, now: u64) -> Option<Answer> {
+        if self.script.storms.is_empty() {
+            return None;
+        }
+        let n = self.generating.fetch_add(1, Ordering::Relaxed);
+        let s = self.script.storm(n, self.seed, self.since_start(now))?;
+        let fast = self.error_ms;
+        Some(match s.kind {
+            StormKind::Capacity => Answer::error(body::capacity_exhausted(), fast),
+            StormKind::Overloaded => Answer::error(body::overloaded(), fast),
+            StormKind::Internal => Answer::error(body::internal(), fast),
+            StormKind::Timeout => Answer::error(body::deadline_exceeded(), s.timeout_ms),
+        })
+    }
+
     /// A failure only a real-time host has (503 burst, dropped connection), if any.
     fn fault(&self, state: &mut State, now: u64) -> Option<Answer> {
         let fast = self.error_ms;
         let e = &self.extra;
         if e.burst_every_ms > 0 {
-            let since = now.saturating_sub(self.epoch_ms.load(Ordering::Relaxed));
+            let since = self.since_start(now);
             if since % e.burst_every_ms >= e.burst_every_ms - e.burst_ms {
                 return Some(Answer::error(body::overloaded(), fast));
             }
@@ -378,7 +431,7 @@ impl Fake {
             Some("none") => None,
             _ => self.faults.draw(&mut state.rng),
         };
-        if let Some(a) = self.fault(&mut state, now) {
+        if let Some(a) = self.fault(&mut state, now).or_else(|| self.storm(now)) {
             return Err(a);
         }
         match drawn {
@@ -387,10 +440,12 @@ impl Fake {
             None => {}
         }
         let (output, finish) = self.output_tokens(&mut state, asked, cap);
-        let judged = if self.counts_output { input.saturating_add(output) } else { input };
+        let counted = self.script.cached.judged(input);
+        let judged = if self.counts_output { counted.saturating_add(output) } else { counted };
         if let Verdict::Exhausted { violations, retry_after_ms } = state.judge.submit(project, m, judged, now) {
             let tier = state.judge.config().projects[project].tier;
-            let body = body::quota_exceeded(&violations, tier, model, retry_after_ms);
+            let shape = self.script.quota_body;
+            let body = body::quota_exceeded_as(shape, &violations, tier, model, retry_after_ms, 1_000 + project as u64);
             return Err(Answer::error(body, self.error_ms));
         }
         let delay = self.delay(&mut state, req);
@@ -412,7 +467,8 @@ impl Fake {
         let n = self.responses.fetch_add(1, Ordering::Relaxed);
         let id = format!("keysim-{n:012x}");
         let text = answer_text(output);
-        let usage = UsageMetadata { prompt: input, candidates: output, thoughts: 0 };
+        let cached = self.script.cached.of(input);
+        let usage = UsageMetadata { prompt: input, cached, candidates: output, thoughts: 0 };
         let Some(sse) = stream else {
             let mut body = body::generate_content(&text, &usage, model, &id);
             body["candidates"][0]["finishReason"] = json!(finish);
@@ -430,7 +486,7 @@ impl Fake {
             sent = if i + 1 == parts { output } else { output * (i as u64 + 1) / parts as u64 };
             let mut c = json!({
                 "candidates": [{"content": {"parts": [{"text": piece}], "role": "model"}, "index": 0}],
-                "usageMetadata": UsageMetadata { prompt: input, candidates: sent, thoughts: 0 }.to_json(),
+                "usageMetadata": UsageMetadata { candidates: sent, ..usage }.to_json(),
                 "modelVersion": format!("models/{model}"),
                 "responseId": id,
             });
@@ -490,7 +546,11 @@ impl Fake {
         let created = now / 1000;
         let finish = if finish == "MAX_TOKENS" { "length" } else { "stop" };
         let text = answer_text(output);
-        let usage = json!({"prompt_tokens": input, "completion_tokens": output, "total_tokens": input + output});
+        let mut usage = json!({"prompt_tokens": input, "completion_tokens": output, "total_tokens": input + output});
+        let cached = self.script.cached.of(input);
+        if cached > 0 {
+            usage["prompt_tokens_details"] = json!({"cached_tokens": cached});
+        }
         if request["stream"].as_bool() == Some(true) {
             let chunk = |delta: Value, finish: Value, usage: Value| {
                 json!({"id": id, "object": "chat.completion.chunk", "created": created, "model": model,
@@ -631,160 +691,4 @@ fn answer_text(tokens: u64) -> String {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::judge::{Enforcement, LatencyModel, ModelQuota, ProjectQuota, Tier};
-
-    const NOW: u64 = 1_764_140_400_000;
-
-    fn fake(rpm: u64) -> Fake {
-        let judge = JudgeConfig {
-            enforcement: Enforcement::Sliding,
-            models: vec!["gemini-2.5-flash".into(), "gemini-2.5-pro".into()],
-            projects: vec![ProjectQuota {
-                id: "proj-a".into(),
-                tier: Tier::Free,
-                limits: vec![ModelQuota { rpm, tpm: 250_000, rpd: 250, tpd: None }; 2],
-            }],
-            latency: LatencyModel { median_ms: 100.0, p99_ms: 100.0 },
-            faults: FaultModel::default(),
-        };
-        Fake::new(FakeConfig {
-            judge,
-            keys: vec![("key-a".into(), 0)],
-            extra: ExtraFaults::default(),
-            output_median: 50.0,
-            output_p99: 50.0,
-            count: Box::new(chars_per_four),
-            seed: 1,
-            counts_output: false,
-        })
-    }
-
-    fn post(f: &Fake, path: &str, query: &str, headers: &[(&str, &str)], body: &str) -> Answer {
-        let headers: Vec<(String, String)> = headers.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
-        f.handle(&ApiRequest { method: "POST", path, query, headers: &headers, body: body.as_bytes() }, NOW)
-    }
-
-    const GEN: &str = "/v1beta/models/gemini-2.5-flash:generateContent";
-    const ASK: &str = r#"{"contents":[{"role":"user","parts":[{"text":"abcdefghijklmnop"}]}],"generationConfig":{"maxOutputTokens":30}}"#;
-
-    fn json(a: &Answer) -> Value {
-        serde_json::from_slice(&a.body_bytes()).unwrap()
-    }
-
-    #[test]
-    fn generates_with_usage_metadata_and_honours_max_output() {
-        let f = fake(10);
-        let a = post(&f, GEN, "", &[("x-goog-api-key", "key-a")], ASK);
-        assert_eq!(a.status, 200);
-        assert_eq!(a.delay_ms, 100);
-        let v = json(&a);
-        assert_eq!(v["usageMetadata"]["promptTokenCount"], 4, "16 characters");
-        assert_eq!(v["usageMetadata"]["candidatesTokenCount"], 30, "50 asked, capped at 30");
-        assert_eq!(v["candidates"][0]["finishReason"], "MAX_TOKENS");
-        assert_eq!(v["modelVersion"], "models/gemini-2.5-flash");
-        let a = post(&f, GEN, "key=key-a", &[("x-keysim-output-tokens", "7")], ASK);
-        assert_eq!(json(&a)["usageMetadata"]["candidatesTokenCount"], 7, "the key in the query, the size asked");
-    }
-
-    #[test]
-    fn keys_are_checked_as_gemini_checks_them() {
-        let f = fake(10);
-        let a = post(&f, GEN, "", &[], ASK);
-        assert_eq!((a.status, json(&a)["error"]["status"].as_str()), (403, Some("PERMISSION_DENIED")));
-        let a = post(&f, GEN, "", &[("x-goog-api-key", "nope")], ASK);
-        assert_eq!(json(&a)["error"]["details"][0]["reason"], "API_KEY_INVALID");
-        let a = post(&f, GEN, "", &[("x-goog-api-key", "key-a"), ("authorization", "Bearer key-a")], ASK);
-        assert_eq!(a.status, 400);
-        let a = post(&f, "/v1beta/models/gemini-9:generateContent", "", &[("x-goog-api-key", "key-a")], ASK);
-        assert_eq!(a.status, 404);
-    }
-
-    #[test]
-    fn the_third_request_against_rpm_two_gets_gemini_s_429() {
-        let f = fake(2);
-        for _ in 0..2 {
-            assert_eq!(post(&f, GEN, "", &[("x-goog-api-key", "key-a")], ASK).status, 200);
-        }
-        let a = post(&f, GEN, "", &[("x-goog-api-key", "key-a")], ASK);
-        assert_eq!(a.status, 429);
-        let e = &json(&a)["error"];
-        assert_eq!(e["status"], "RESOURCE_EXHAUSTED");
-        let retry =
-            e["details"].as_array().unwrap().iter().find(|d| d["@type"].as_str().unwrap().ends_with("RetryInfo"));
-        assert_eq!(retry.unwrap()["retryDelay"], "60s");
-        // The OpenAI surface wraps the same error in a one-element array.
-        let chat = r#"{"model":"gemini-2.5-flash","messages":[{"role":"user","content":"hi"}]}"#;
-        let a = post(&f, "/v1beta/openai/chat/completions", "", &[("authorization", "Bearer key-a")], chat);
-        assert_eq!(a.status, 429);
-        assert_eq!(json(&a)[0]["error"]["code"], 429);
-    }
-
-    #[test]
-    fn streams_as_events_or_as_an_array_with_cumulative_usage() {
-        let f = fake(10);
-        let path = "/v1beta/models/gemini-2.5-flash:streamGenerateContent";
-        let a = post(&f, path, "alt=sse", &[("x-goog-api-key", "key-a"), ("x-keysim-output-tokens", "9")], ASK);
-        assert_eq!(a.content_type(), "text/event-stream");
-        let text = String::from_utf8(a.body_bytes()).unwrap();
-        let events: Vec<Value> =
-            text.split("\r\n\r\n").filter(|e| !e.is_empty()).map(|e| serde_json::from_str(&e[6..]).unwrap()).collect();
-        assert_eq!(events.len(), 3);
-        let counts: Vec<u64> =
-            events.iter().map(|e| e["usageMetadata"]["candidatesTokenCount"].as_u64().unwrap()).collect();
-        assert_eq!(counts, [3, 6, 9]);
-        assert!(events[..2].iter().all(|e| e["candidates"][0].get("finishReason").is_none()));
-        assert_eq!(events[2]["candidates"][0]["finishReason"], "STOP");
-        let a = post(&f, path, "", &[("x-goog-api-key", "key-a"), ("x-keysim-output-tokens", "9")], ASK);
-        let arr: Vec<Value> = serde_json::from_slice(&a.body_bytes()).unwrap();
-        assert_eq!(arr.len(), 3);
-    }
-
-    #[test]
-    fn counts_tokens_for_free_and_lists_models_in_pages() {
-        let f = fake(10);
-        let path = "/v1beta/models/gemini-2.5-flash:countTokens";
-        let a = post(&f, path, "", &[("x-goog-api-key", "key-a")], r#"{"contents":[{"parts":[{"text":"abcdefgh"}]}]}"#);
-        assert_eq!(json(&a)["totalTokens"], 2);
-        let headers = vec![("x-goog-api-key".to_owned(), "key-a".to_owned())];
-        let list = |q: &str| {
-            json(&f.handle(
-                &ApiRequest { method: "GET", path: "/v1beta/models", query: q, headers: &headers, body: b"" },
-                NOW,
-            ))
-        };
-        let first = list("pageSize=1");
-        assert_eq!(first["models"][0]["name"], "models/gemini-2.5-flash");
-        assert_eq!(first["nextPageToken"], "1");
-        let second = list("pageSize=1&pageToken=1");
-        assert_eq!(second["models"][0]["name"], "models/gemini-2.5-pro");
-        assert!(second.get("nextPageToken").is_none());
-    }
-
-    #[test]
-    fn stated_counts_are_capped_and_query_values_decoded() {
-        let f = fake(10);
-        let a = post(&f, GEN, "key=key%2Da", &[("x-keysim-output-tokens", "18446744073709551615")], "{}");
-        assert_eq!(a.status, 200, "the key is percent-decoded");
-        assert_eq!(json(&a)["usageMetadata"]["candidatesTokenCount"], MAX_TOKENS);
-        let a = post(&f, GEN, "", &[("x-goog-api-key", "key-a"), ("x-keysim-input-tokens", "123")], "{}");
-        assert_eq!(json(&a)["usageMetadata"]["promptTokenCount"], 123, "a replayed request's true count");
-        let a = post(&f, GEN, "", &[("x-goog-api-key", "key-a"), ("x-keysim-fault", "overloaded")], "{}");
-        assert_eq!(a.status, 503);
-        let a = post(&f, GEN, "", &[("authorization", "bearer key-a")], "{}");
-        assert_eq!(a.status, 403, "Bearer tokens are for the OpenAI surface");
-    }
-
-    #[test]
-    fn count_tokens_is_refused_only_for_a_full_minute() {
-        let f = fake(1_000);
-        // Spend the day (250 requests) in one minute; counting tokens still works.
-        for _ in 0..250 {
-            assert_eq!(post(&f, GEN, "", &[("x-goog-api-key", "key-a")], "{}").status, 200);
-        }
-        assert_eq!(post(&f, GEN, "", &[("x-goog-api-key", "key-a")], "{}").status, 429);
-        let path = "/v1beta/models/gemini-2.5-flash:countTokens";
-        assert_eq!(post(&f, path, "", &[("x-goog-api-key", "key-a")], "{}").status, 200);
-    }
-}
+mod tests;

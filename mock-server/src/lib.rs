@@ -15,12 +15,15 @@
 //! - [`host`]: HTTP hosts of the fake — a sustained hyper host with flat memory, and a
 //!   wiremock `MockServer` for tests.
 //! - [`pacific`]: the calendar of the daily quota (midnight America/Los_Angeles).
+//! - [`script`]: what the provider does on its own over time (failure storms, keys suspended
+//!   and revived, limits cut), for the simulator and the hosts alike.
 
 pub mod body;
 pub mod fake;
 pub mod host;
 pub mod judge;
 pub mod pacific;
+pub mod script;
 
 pub use judge::{
     Dimension, Enforcement, Fault, FaultModel, Judge, JudgeConfig, KeyState, LatencyModel, LatencySampler, ModelQuota,

@@ -63,6 +63,7 @@ pub fn fake_for(sc: &Scenario, extra: ExtraFaults) -> Fake {
         count,
         seed: sc.seed,
         counts_output: sc.provider.counts_output,
+        script: sc.provider.script.clone(),
     })
 }
 

@@ -26,8 +26,8 @@ use tokio::sync::mpsc;
 
 use crate::engine::clock::Timer;
 use crate::engine::{
-    parse_quota_error, AcquireError, Engine, MemoryStore, Outcome, Prompt, QueuePolicy, QuotaStore, RedisConfig,
-    RedisStore, RedisTime, Request, StoreError, Timestamp,
+    parse_quota_error, AcquireError, Engine, Exhaustion, MemoryStore, Outcome, Prompt, QueuePolicy, QuotaStore,
+    RedisConfig, RedisStore, RedisTime, Request, StoreError, Timestamp, UsageMetadata,
 };
 use crate::report::{stopwatch, Aggregate, RequestRecord, Terminal};
 use crate::scenario::Scenario;
@@ -383,10 +383,9 @@ impl Shared {
         let outcome = match answer {
             Ok((200, body)) => {
                 let v: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
-                let u = &v["usageMetadata"];
-                let input = u["promptTokenCount"].as_u64().unwrap_or(r.input);
-                let output =
-                    u["candidatesTokenCount"].as_u64().unwrap_or(0) + u["thoughtsTokenCount"].as_u64().unwrap_or(0);
+                let usage =
+                    UsageMetadata::parse(&v).unwrap_or(UsageMetadata { prompt: r.input, ..UsageMetadata::default() });
+                let (input, output) = (usage.prompt, usage.output());
                 if engine.learns() {
                     engine.learn(class.model, &prompt, input);
                 }
@@ -394,12 +393,20 @@ impl Shared {
                 done.input = input;
                 done.output = output;
                 done.e2e_us = Some(answered.saturating_duration_since(intended).as_micros() as u64);
-                Outcome::Success { input_tokens: input, output_tokens: output }
+                engine.success(&usage)
             }
+            // A quota 429 is a breach; one without details is the provider short of capacity,
+            // a failure.
             Ok((429, body)) => {
-                done.state = Terminal::Breach;
-                done.reason = "rate-limited".into();
-                Outcome::RateLimited(parse_quota_error(&body))
+                let q = parse_quota_error(&body);
+                if q.kind == Exhaustion::Capacity {
+                    done.state = Terminal::Failed;
+                    done.reason = "capacity-429".into();
+                } else {
+                    done.state = Terminal::Breach;
+                    done.reason = "rate-limited".into();
+                }
+                Outcome::RateLimited(q)
             }
             Ok((status, body)) => {
                 done.state = Terminal::Failed;
@@ -408,6 +415,7 @@ impl Shared {
                 let (reason, outcome) = match status {
                     500 => ("internal".into(), Outcome::Failed),
                     503 => ("overloaded".into(), Outcome::Unavailable),
+                    504 => ("timeout".into(), Outcome::Unavailable),
                     400 if body.contains("API_KEY_INVALID") => ("api-key-invalid".into(), Outcome::KeyRejected),
                     403 => ("permission-denied".into(), Outcome::KeyRejected),
                     s => (format!("http-{s}"), Outcome::Failed),

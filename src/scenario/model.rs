@@ -2,6 +2,7 @@
 
 use std::sync::Arc;
 
+pub use mock_server::script::{ProviderEvent, ProviderEventAt, Storm, StormKind};
 use mock_server::{Enforcement, FaultModel, LatencyModel, Tier};
 
 use crate::engine::estimate::HfTokenizer;
@@ -40,8 +41,6 @@ pub struct Scenario {
     pub traffic: Vec<TrafficClass>,
     /// Pool events, by time.
     pub events: Vec<TimedEvent>,
-    /// What the provider does on its own, by time.
-    pub provider_events: Vec<ProviderEventAt>,
     /// Expectations the run is checked against.
     pub expect: Vec<Expectation>,
     /// Early warnings, if the scenario turns them on.
@@ -106,51 +105,10 @@ pub struct Provider {
     /// Failures only a real-time host produces (dropped connections, slow answers, 503
     /// bursts); the simulator does not model them.
     pub extra_faults: mock_server::fake::ExtraFaults,
-    /// Spells when the provider is short of capacity: that share of requests, pool-wide, get a
-    /// 429 with no details.
-    pub storms: Vec<Storm>,
-    /// The shape of quota 429 bodies.
-    pub quota_body: mock_server::body::QuotaBody,
-}
-
-/// A capacity storm: from `at_ms` for `for_ms`, a `rate` share of requests refused.
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub struct Storm {
-    /// Start, ms after the run's start.
-    pub at_ms: u64,
-    /// Length.
-    pub for_ms: u64,
-    /// Share of requests refused meanwhile.
-    pub rate: f64,
-}
-
-/// Something the provider does on its own, unknown to the engine until it answers.
-#[derive(Clone, Debug, PartialEq)]
-pub enum ProviderEvent {
-    /// A key is suspended: 403 `PERMISSION_DENIED`.
-    Suspend(String),
-    /// A key is deleted: 400 `API_KEY_INVALID` (the engine is not told, unlike `revoke`).
-    Invalidate(String),
-    /// A suspended or deleted key is valid again.
-    Revive(String),
-    /// A project's limits for a model change (index of the project and model).
-    Limits {
-        /// The project's index.
-        project: usize,
-        /// The model's index.
-        model: usize,
-        /// The new limits.
-        limits: Limits,
-    },
-}
-
-/// A provider event and its time.
-#[derive(Clone, Debug, PartialEq)]
-pub struct ProviderEventAt {
-    /// Milliseconds after the start.
-    pub at_ms: u64,
-    /// What happens.
-    pub event: ProviderEvent,
+    /// What the provider does on its own: spells of failures, key states and limits changed
+    /// over time (`[[events]]` `suspend`, `invalidate`, `revive`, `limits`), the shape of its
+    /// quota 429s, cached tokens.
+    pub script: mock_server::script::Script,
 }
 
 /// A model with default limits.

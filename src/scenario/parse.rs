@@ -76,6 +76,10 @@ fn build(ctx: &mut Ctx, root: &Table<'_, '_>, base: Option<&Path>) -> Option<Sce
     let engine = engine(ctx, engine_table.as_ref(), seed.unwrap_or(0), base, truth.as_ref(), &models);
     let traffic = traffic(ctx, root, &models, duration_ms.unwrap_or(u64::MAX), base, truth.as_ref());
     let (events, provider_events) = events(ctx, root, &projects, &models, duration_ms.unwrap_or(u64::MAX));
+    let provider = provider.map(|mut p| {
+        p.script.events = provider_events;
+        p
+    });
     let expect_table = root.table(ctx, "expect");
     let expect = expectations(ctx, expect_table.as_ref());
     let warnings_table = root.table(ctx, "warnings");
@@ -122,7 +126,6 @@ fn build(ctx: &mut Ctx, root: &Table<'_, '_>, base: Option<&Path>) -> Option<Sce
         engine: engine?,
         traffic,
         events,
-        provider_events,
         expect,
         warnings: warnings?,
         replicas: replicas?,
@@ -195,28 +198,58 @@ fn provider(ctx: &mut Ctx, t: Option<&Table<'_, '_>>, base: Option<&Path>) -> Op
         latency: LatencyModel { median_ms: 800.0, p99_ms: 6_000.0 },
         faults: FaultModel::default(),
         extra_faults: Default::default(),
-        storms: Vec::new(),
-        quota_body: Default::default(),
+        script: Default::default(),
     };
     let Some(t) = t else { return Some(p) };
-    t.allow(ctx, &["enforcement", "tpm_counts", "latency", "faults", "tokenizer", "storms", "quota_body"]);
+    t.allow(
+        ctx,
+        &[
+            "enforcement",
+            "tpm_counts",
+            "latency",
+            "faults",
+            "tokenizer",
+            "storms",
+            "quota_body",
+            "cached_share",
+            "cached_tokens_count",
+        ],
+    );
     let mut ok = true;
     if t.has("quota_body") {
         match t.choice(ctx, "quota_body", &mock_server::body::QuotaBody::ALL) {
-            Some(b) => p.quota_body = b,
+            Some(b) => p.script.quota_body = b,
             None => ok = false,
         }
     }
     for s in t.tables(ctx, "storms") {
-        s.allow(ctx, &["at", "duration", "rate"]);
+        s.allow(ctx, &["at", "duration", "rate", "kind", "timeout"]);
         let at = s.required(s.duration(ctx, "at"), ctx, "at");
         let length = s.required(s.duration(ctx, "duration"), ctx, "duration");
         let rate = s.required(s.fraction(ctx, "rate", 0.0, 1.0), ctx, "rate");
-        match (at, length, rate) {
-            (Some((at_ms, _)), Some((for_ms, _)), Some(rate)) => p.storms.push(Storm { at_ms, for_ms, rate }),
+        let kind = if s.has("kind") { s.choice(ctx, "kind", &StormKind::ALL) } else { Some(StormKind::Capacity) };
+        let timeout = match s.duration(ctx, "timeout") {
+            Some((0, span)) => {
+                ctx.error(span, "`timeout` must be longer than 0".to_owned());
+                None
+            }
+            Some((ms, _)) => Some(ms),
+            None => Some(30_000),
+        };
+        match (at, length, rate, kind, timeout) {
+            (Some((at_ms, _)), Some((for_ms, _)), Some(rate), Some(kind), Some(timeout_ms)) => {
+                p.script.storms.push(Storm { at_ms, for_ms, rate, kind, timeout_ms })
+            }
             _ => ok = false,
         }
     }
+    if t.has("cached_share") {
+        match t.fraction(ctx, "cached_share", 0.0, 1.0) {
+            Some(share) => p.script.cached.share = share,
+            None => ok = false,
+        }
+    }
+    p.script.cached.counted = t.boolean(ctx, "cached_tokens_count").unwrap_or(true);
     if t.has("tpm_counts") {
         match t.choice(ctx, "tpm_counts", &[("input", false), ("total", true)]) {
             Some(c) => p.counts_output = c,
@@ -445,6 +478,7 @@ fn engine(
             "estimate_cache",
             "shadow_estimators",
             "reconcile",
+            "cached_tokens_count",
         ],
     );
     let before = ctx.diags.len();
@@ -465,6 +499,9 @@ fn engine(
     }
     if let Some(r) = t.boolean(ctx, "reconcile") {
         c.reconcile = r;
+    }
+    if let Some(r) = t.boolean(ctx, "cached_tokens_count") {
+        c.cached_tokens_count = r;
     }
     if let Some((o, _)) = t.uint(ctx, "output_reserve") {
         c.output_reserve = o;

@@ -465,7 +465,9 @@ pub(super) fn events(
                             }
                         }
                     }
-                    let event = ProviderEvent::Limits { project: p, model: m, limits };
+                    let quota =
+                        mock_server::ModelQuota { rpm: limits.rpm, tpm: limits.tpm, rpd: limits.rpd, tpd: limits.tpd };
+                    let event = ProviderEvent::Limits { project: p, model: m, quota };
                     provider.push(ProviderEventAt { at_ms: *at_ms, event });
                 }
                 continue;

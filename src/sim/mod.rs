@@ -17,7 +17,6 @@ mod ledger;
 mod observe;
 mod oracle;
 mod pipe;
-mod provider;
 pub mod queue;
 pub mod replicas;
 pub mod run;

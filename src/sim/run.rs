@@ -5,6 +5,7 @@ use std::io::Write;
 use rand::Rng;
 
 use mock_server::body::{capacity_exhausted, quota_exceeded_as};
+use mock_server::script::StormKind;
 use mock_server::{Fault, Judge, KeyState as JudgeKey, Verdict};
 
 use super::ledger::{Done, Entry, Ledger, Reason, MAX_SHADOWS, NO_SHADOW};
@@ -19,7 +20,7 @@ use crate::engine::warn::Warner;
 use crate::engine::Estimator;
 use crate::engine::{
     parse_quota_error, step, AdmitError, ConfigError, Decision, DenyReason, Engine, KeySpec, Outcome, PoolEvent,
-    Prompt, QueuePolicy, QuotaExhausted, Request, Step, Ticket, Timestamp,
+    Prompt, QueuePolicy, QuotaExhausted, Request, Step, Ticket, Timestamp, UsageMetadata,
 };
 use crate::report::trace::Trace;
 use crate::report::{stopwatch, Aggregate, Terminal};
@@ -278,7 +279,7 @@ impl Sim<'_, '_, '_> {
         for (i, e) in self.sc.events.iter().enumerate() {
             self.queue.push(self.abs(e.at_ms), Ev::Pool(i as u32));
         }
-        for (i, e) in self.sc.provider_events.iter().enumerate() {
+        for (i, e) in self.sc.provider.script.events.iter().enumerate() {
             self.queue.push(self.abs(e.at_ms), Ev::Provider(i as u32));
         }
         self.queue.push(self.abs(self.sc.timeline_ms.min(self.sc.duration_ms)), Ev::Tick);
@@ -315,7 +316,7 @@ impl Sim<'_, '_, '_> {
                 Ev::Store(down) => self.store_event(down, now),
                 Ev::Sync => self.sync(now),
                 Ev::Provider(i) => {
-                    super::provider::apply(&mut self.world.judge, &self.sc.provider_events[i as usize].event);
+                    self.sc.provider.script.events[i as usize].event.apply(&mut self.world.judge);
                     self.sync_keys();
                 }
             }
@@ -546,11 +547,12 @@ impl Sim<'_, '_, '_> {
     /// The tokens of request `r` the provider counts against token limits.
     fn judged(&self, r: u32) -> u64 {
         let req = &self.slab.reqs[r as usize];
-        super::traffic::judged(req.input, req.output, self.sc.provider.counts_output)
+        super::traffic::Counting::of(self.sc).judged(req.input, req.output)
     }
 
     fn send(&mut self, r: u32, ticket: Ticket, now: u64) {
-        let storm = super::provider::in_storm(self.sc, self.slab.reqs[r as usize].id, now);
+        let id = self.slab.reqs[r as usize].id;
+        let storm = self.sc.provider.script.storm(id, self.sc.seed, now - self.sc.start.0).copied();
         let req = &mut self.slab.reqs[r as usize];
         req.ticket = Some(ticket);
         req.sent_at = now;
@@ -562,8 +564,13 @@ impl Sim<'_, '_, '_> {
             JudgeKey::Valid(project) => match req.fault {
                 Some(Fault::Internal) => (Pending::Failed("internal"), latency.error_ms()),
                 Some(Fault::Overloaded) => (Pending::Failed("overloaded"), latency.error_ms()),
-                // Short of capacity: refused before any quota is looked at.
-                None if storm => (Pending::Failed("capacity-429"), latency.error_ms()),
+                // A spell of failures: refused (or left unanswered) before any quota is
+                // looked at.
+                None if storm.is_some() => {
+                    let s = storm.expect("in a storm");
+                    let after = if s.kind == StormKind::Timeout { s.timeout_ms } else { latency.error_ms() };
+                    (Pending::Failed(s.kind.name()), after)
+                }
                 None => {
                     let tokens = self.judged(r);
                     match self.world.judge.submit(project, ticket.model, tokens, now) {
@@ -579,7 +586,7 @@ impl Sim<'_, '_, '_> {
                         Verdict::Exhausted { violations, retry_after_ms } => {
                             let tier = self.world.judge.config().projects[project].tier;
                             let model = &self.sc.models[ticket.model].name;
-                            let shape = self.sc.provider.quota_body;
+                            let shape = self.sc.provider.script.quota_body;
                             let number = 1_000 + project as u64;
                             let answer = quota_exceeded_as(shape, &violations, tier, model, retry_after_ms, number);
                             // The engine reads the body as it would off the wire.
@@ -622,18 +629,18 @@ impl Sim<'_, '_, '_> {
             }
         }
         let (outcome, state, reason) = match req.pending {
-            Pending::Success => (
-                Outcome::Success { input_tokens: req.input, output_tokens: req.output },
-                Terminal::Succeeded,
-                Reason::None,
-            ),
+            Pending::Success => {
+                let cached = self.sc.provider.script.cached.of(req.input);
+                let usage = UsageMetadata { prompt: req.input, cached, candidates: req.output, thoughts: 0 };
+                (self.world.engines[req.replica as usize].success(&usage), Terminal::Succeeded, Reason::None)
+            }
             Pending::RateLimited(q) => (Outcome::RateLimited(q), Terminal::Breach, Reason::RateLimited),
             Pending::Failed(why) => {
                 // What the answer tells the engine: a rejected key, the provider's capacity,
                 // or nothing in particular.
                 let outcome = match why {
                     "api-key-invalid" | "permission-denied" => Outcome::KeyRejected,
-                    "overloaded" => Outcome::Unavailable,
+                    "overloaded" | "timeout" => Outcome::Unavailable,
                     // The engine reads the body as it would off the wire.
                     "capacity-429" => Outcome::RateLimited(parse_quota_error(&capacity_exhausted().body.to_string())),
                     _ => Outcome::Failed,

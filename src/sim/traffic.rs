@@ -40,15 +40,31 @@ pub(crate) struct NewRequest {
 
 impl NewRequest {
     /// The tokens the provider counts against token limits.
-    pub(crate) fn judged(&self, counts_output: bool) -> u64 {
-        judged(self.input, self.output, counts_output)
+    pub(crate) fn judged(&self, counting: Counting) -> u64 {
+        counting.judged(self.input, self.output)
     }
 }
 
-/// The tokens a provider counts against token limits: the input, and the output if it
-/// counts output too.
-pub(crate) fn judged(input: u64, output: u64, counts_output: bool) -> u64 {
-    input + if counts_output { output } else { 0 }
+/// How the provider counts a request's tokens against token limits.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Counting {
+    /// Whether output tokens count too (Gemini: input only).
+    pub(crate) counts_output: bool,
+    /// Whether (and which share of) cached input tokens count.
+    pub(crate) cached: mock_server::script::CachedTokens,
+}
+
+impl Counting {
+    /// The provider's way, as the scenario sets it.
+    pub(crate) fn of(sc: &Scenario) -> Self {
+        Self { counts_output: sc.provider.counts_output, cached: sc.provider.script.cached }
+    }
+
+    /// The tokens counted of a request with these true counts: its input (less the cached
+    /// part where that does not count), and its output where that counts.
+    pub(crate) fn judged(self, input: u64, output: u64) -> u64 {
+        self.cached.judged(input) + if self.counts_output { output } else { 0 }
+    }
 }
 
 struct Class {
@@ -94,7 +110,7 @@ pub(crate) struct Traffic {
     /// How long a request may wait for quota (zero when the engine rejects at once).
     max_wait_ms: u64,
     /// Whether the provider counts output tokens against token limits.
-    counts_output: bool,
+    counting: Counting,
 }
 
 impl Traffic {
@@ -130,7 +146,7 @@ impl Traffic {
             models: sc.traffic.iter().map(|t| t.model as u32).collect(),
             start: sc.start.0,
             max_wait_ms,
-            counts_output: sc.provider.counts_output,
+            counting: Counting::of(sc),
         }
     }
 
@@ -143,18 +159,14 @@ impl Traffic {
     ) -> (BatchReceiver<NewRequest>, ScopedJoinHandle<'scope, ()>) {
         let (mut tx, rx) = pipe(super::pipe::BATCH);
         let (models, start, wait) = (self.models.clone(), self.start, self.max_wait_ms);
-        let counts_output = self.counts_output;
+        let counting = self.counting;
         let handle = std::thread::Builder::new()
             .name("keysim-traffic".into())
             .spawn_scoped(scope, move || {
                 for r in self {
                     let at = start + r.at;
-                    let offer = Offer {
-                        at,
-                        model: models[r.class as usize],
-                        tokens: r.judged(counts_output),
-                        deadline: at + wait,
-                    };
+                    let offer =
+                        Offer { at, model: models[r.class as usize], tokens: r.judged(counting), deadline: at + wait };
                     // The run stops reading only when it has failed; then so do we.
                     if !tx.push(r) || !oracle.push(offer) {
                         return;
