@@ -174,6 +174,28 @@ fn the_official_sdks_work_against_the_fake() {
     }
 }
 
+/// Each failure the provider gives raises the SDKs' usual exception, on both hosts and with
+/// quota 429s in each shape Gemini has used.
+#[test]
+fn the_official_sdks_raise_their_usual_errors_when_the_provider_misbehaves() {
+    if !sdks() {
+        return;
+    }
+    let runs = [("sustained", "quota-failure"), ("sustained", "help-only"), ("wiremock", "error-info")];
+    for (host, shape) in runs {
+        let set = format!("provider.quota_body={shape}");
+        let m = start_with(host, "tests/sdk/sdk-misbehaviour.toml", &["--set", &set]);
+        let out = std::process::Command::new("python3")
+            .arg(root().join("tests/sdk/check_misbehaviour.py"))
+            .args([&m.base, shape])
+            .output()
+            .expect("python3 runs");
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "{host}, {shape}:\n{text}\n{}", String::from_utf8_lossy(&out.stderr));
+        assert!(text.contains("all misbehaviour checks passed"), "{host}, {shape}: {text}");
+    }
+}
+
 #[test]
 fn the_sustained_host_streams_events_over_the_answer_s_latency() {
     let m = start("sustained", &[]);

@@ -10,7 +10,8 @@
 //! Fake-only extensions, so that a load run can replay a simulated scenario exactly: a
 //! request may state its true input count (`x-keysim-input-tokens`), its answer's length
 //! (`x-keysim-output-tokens`), how long the fake takes to give it (`x-keysim-latency-ms`, on
-//! the fake's clock) and whether it fails (`x-keysim-fault: internal | overloaded | none`).
+//! the fake's clock) and whether it fails (`x-keysim-fault: internal | overloaded | capacity |
+//! timeout | none`; a timeout answers 504 after the stated latency).
 //! Stated counts are capped at the limits the models advertise.
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -370,20 +371,25 @@ impl Fake {
         }
     }
 
-    /// The answer of a request inside one of the script's storms, if it is one of its share.
-    fn storm(&self, now: u64) -> Option<Answer> {
+    /// The storm a request falls in, if it is one of its share: its kind and, for a timeout,
+    /// how long the answer takes.
+    fn storm(&self, now: u64) -> Option<(StormKind, u64)> {
         if self.script.storms.is_empty() {
             return None;
         }
         let n = self.generating.fetch_add(1, Ordering::Relaxed);
-        let s = self.script.storm(n, self.seed, self.since_start(now))?;
+        self.script.storm(n, self.seed, self.since_start(now)).map(|s| (s.kind, s.timeout_ms))
+    }
+
+    /// The provider's answer when it fails as `kind` says (a timeout after `wait_ms`).
+    fn failure(&self, kind: StormKind, wait_ms: u64) -> Answer {
         let fast = self.error_ms;
-        Some(match s.kind {
+        match kind {
             StormKind::Capacity => Answer::error(body::capacity_exhausted(), fast),
             StormKind::Overloaded => Answer::error(body::overloaded(), fast),
             StormKind::Internal => Answer::error(body::internal(), fast),
-            StormKind::Timeout => Answer::error(body::deadline_exceeded(), s.timeout_ms),
-        })
+            StormKind::Timeout => Answer::error(body::deadline_exceeded(), wait_ms),
+        }
     }
 
     /// A failure only a real-time host has (503 burst, dropped connection), if any.
@@ -423,21 +429,23 @@ impl Fake {
         // Time reaches the judge in order, whatever order requests took the lock in.
         let now = now.max(state.last_now);
         state.last_now = now;
-        // A replayed request says which 500/503 it drew (`none` included); others draw here.
-        let fast = self.error_ms;
-        let drawn = match req.header("x-keysim-fault") {
-            Some("internal") => Some(Fault::Internal),
-            Some("overloaded") => Some(Fault::Overloaded),
-            Some("none") => None,
-            _ => self.faults.draw(&mut state.rng),
+        // A replayed request says which failure it drew (`none` included); others draw here.
+        let stated = req.header("x-keysim-fault").map(str::trim);
+        let drawn = match stated.and_then(|v| StormKind::ALL.iter().find(|(n, _)| *n == v)) {
+            Some((_, kind)) => Some(*kind),
+            None if stated == Some("none") => None,
+            None => self.faults.draw(&mut state.rng).map(|f| match f {
+                Fault::Internal => StormKind::Internal,
+                Fault::Overloaded => StormKind::Overloaded,
+            }),
         };
-        if let Some(a) = self.fault(&mut state, now).or_else(|| self.storm(now)) {
+        if let Some(a) = self.fault(&mut state, now) {
             return Err(a);
         }
-        match drawn {
-            Some(Fault::Internal) => return Err(Answer::error(body::internal(), fast)),
-            Some(Fault::Overloaded) => return Err(Answer::error(body::overloaded(), fast)),
-            None => {}
+        // A stated timeout takes the stated latency (30 s if none is stated).
+        let stated_wait = number("x-keysim-latency-ms").unwrap_or(30_000).min(3_600_000);
+        if let Some((kind, wait)) = drawn.map(|k| (k, stated_wait)).or_else(|| self.storm(now)) {
+            return Err(self.failure(kind, wait));
         }
         let (output, finish) = self.output_tokens(&mut state, asked, cap);
         let counted = self.script.cached.judged(input);
