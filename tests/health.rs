@@ -89,7 +89,9 @@ fn flaky_5xx_disable_no_key_and_are_reported_by_cause() {
     let (s, _, _) = run("flaky-5xx");
     assert_eq!((s.requests.breaches, s.health.keys_disabled), (0, 0));
     let f = &s.requests.failed_by_reason;
-    assert!(f.get("overloaded").copied().unwrap_or(0) > 0 && f.get("internal").copied().unwrap_or(0) > 0, "{f:?}");
+    for cause in ["overloaded", "internal", "timeout"] {
+        assert!(f.get(cause).copied().unwrap_or(0) > 0, "{cause}: {f:?}");
+    }
     assert_eq!(f.values().sum::<u64>(), s.requests.failed);
 }
 
@@ -131,4 +133,68 @@ fn the_reference_gateways_fail_as_they_do_in_the_wild() {
     }
     assert!(run_as("limit-cut", "atomic").0 <= 1);
     assert!(run_as("key-revoked", "none").0 > 0);
+}
+
+/// Notifications of a run, as (sent at, minutes after the start; firing; alertname; summaries).
+struct Collect(Vec<(u64, bool, String, Vec<String>)>, Timestamp);
+
+impl keysim::notify::Sink for Collect {
+    fn send(&mut self, n: &keysim::engine::warn::Notification, at: Timestamp) -> std::io::Result<()> {
+        let name = n.group_labels.get("alertname").cloned().unwrap_or_default();
+        let summaries = n.alerts.iter().filter_map(|a| a.annotations.get("summary").cloned()).collect();
+        self.0.push((at.since(self.1) / MINUTE, n.firing, name, summaries));
+        Ok(())
+    }
+}
+
+fn alerts(name: &str) -> Vec<(u64, bool, String, Vec<String>)> {
+    let sc = crate::common::scenario(name, &[]);
+    let mut sink = Collect(Vec::new(), sc.start);
+    simulate(&sc, Outputs { notifications: Some(&mut sink), ..Outputs::default() }).expect("runs");
+    sink.0
+}
+
+/// What goes wrong is alerted on through the warnings pipeline: a key the provider rejects,
+/// a pool that lost a share of its keys, a provider short of capacity, a limit cut; each
+/// resolves when it is over.
+#[test]
+fn health_alerts_go_through_the_warnings_pipeline() {
+    let sent = |list: &[(u64, bool, String, Vec<String>)], alert: &str, firing: bool| -> Vec<u64> {
+        list.iter().filter(|(_, f, a, _)| a == alert && *f == firing).map(|(m, ..)| *m).collect()
+    };
+    // Keys rejected at 5 and 8 minutes, restored at 20.
+    let k = alerts("key-revoked");
+    let fired = sent(&k, "KeyDisabled", true);
+    assert!(fired.first().is_some_and(|m| (5..7).contains(m)), "{k:?}");
+    assert!(sent(&k, "KeyDisabled", false).first().is_some_and(|m| *m >= 20), "resolved once revived: {k:?}");
+    let lost = sent(&k, "PoolLostKeys", true);
+    assert!(lost.first().is_some_and(|m| (8..10).contains(m)), "2 of 6 keys is a share worth an alert: {k:?}");
+    assert!(k.iter().any(|(_, _, a, s)| a == "KeyDisabled" && s.iter().any(|s| s.contains("proj-2-key-b"))));
+    // A capacity storm from 10 to 12 minutes; flaky answers at 7 % all along do not page.
+    let c = alerts("capacity-storm");
+    assert_eq!(sent(&c, "ProviderCapacity", true), vec![10], "{c:?}");
+    assert!(sent(&c, "ProviderCapacity", false).first().is_some_and(|m| (12..17).contains(m)), "{c:?}");
+    assert!(!c.iter().any(|(_, _, a, _)| a == "KeyDisabled"), "no key is blamed for a storm");
+    // A cut limit, said as the engine learned it.
+    let l = alerts("limit-cut");
+    let changed: Vec<_> = l.iter().filter(|(_, f, a, _)| a == "LimitChanged" && *f).collect();
+    assert_eq!(changed.len(), 1, "{l:?}");
+    assert_eq!(changed[0].3, vec!["limit changed: gemini-2.5-flash RPD 250 → 20 for proj-3".to_owned()]);
+}
+
+/// A real bursty trace on a tight pool: a dry spell that begins while an alert on its model
+/// and dimension is firing was warned (the operator knows); the summary counts those apart and
+/// reports precision and recall.
+#[test]
+fn exhaustion_under_a_firing_alert_counts_as_warned() {
+    let tight = r#"projects.0.limits={ "gemini-2.5-flash" = { rpm = 15, tpm = 1000000, rpd = 10000 } }"#;
+    let sc = crate::common::scenario("azure-trace", &["warnings.mode=\"pipeline\"", tight]);
+    let r = simulate(&sc, Outputs::default()).expect("runs");
+    let w = Summary::new(&sc, RunMode::Sim, &r.aggregate, &r.engine).warnings;
+    assert_eq!(w.warned + w.missed, w.exhaustions);
+    assert!(w.warned_while_firing >= 1 && w.warned_while_firing < w.warned, "{w:?}");
+    let recall = w.recall.expect("something ran out");
+    assert!((recall - w.warned as f64 / w.exhaustions as f64).abs() < 1e-6);
+    let precision = w.precision.expect("warnings were decided");
+    assert!((precision - w.true_positive as f64 / (w.true_positive + w.false_positive) as f64).abs() < 1e-6);
 }

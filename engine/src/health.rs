@@ -142,6 +142,17 @@ pub struct HealthReport {
     pub events: Vec<HealthEvent>,
 }
 
+/// The pool's health as it stands, for warnings.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct HealthNow {
+    /// Keys disabled after a rejection, with their failed probes so far.
+    pub disabled: Vec<(KeyId, u32)>,
+    /// Per model: capacity refusals (capacity 429s, 503s, timeouts) so far.
+    pub capacity_refusals: Vec<u64>,
+    /// Limits learned so far (see [`HealthReport::events`] for which).
+    pub limits_learned: u64,
+}
+
 /// Events kept for [`HealthReport::events`].
 pub const EVENTS_KEPT: usize = 1_000;
 
@@ -154,6 +165,8 @@ struct Breaker {
     open_until: u64,
     /// Half-open: the one probe is out.
     probe_out: bool,
+    /// Capacity refusals of the model, ever.
+    refusals: u64,
 }
 
 /// A key disabled by a rejection.
@@ -256,7 +269,7 @@ impl Health {
         }
         let mut s = self.state();
         if s.breakers[model].open_until != 0 {
-            s.breakers[model] = Breaker::default();
+            s.breakers[model] = Breaker { refusals: s.breakers[model].refusals, ..Breaker::default() };
             self.gates[model].store(0, Ordering::Relaxed);
             Self::log(&mut s, HealthEvent::ModelRecovered { at: now, model });
         }
@@ -268,6 +281,7 @@ impl Health {
         let mut s = self.state();
         let b = &mut s.breakers[model];
         b.failures = b.failures.saturating_add(1);
+        b.refusals += 1;
         let base = self.config.backoff_ms.saturating_mul(1 << (b.failures - 1).min(20)).min(self.config.backoff_max_ms);
         // Between three quarters and five quarters of the step.
         let wait = (base as f64 * (0.75 + 0.5 * jitter)) as u64;
@@ -373,5 +387,14 @@ impl Health {
 
     pub(crate) fn report(&self) -> HealthReport {
         self.state().report.clone()
+    }
+
+    pub(crate) fn now(&self) -> HealthNow {
+        let s = self.state();
+        HealthNow {
+            disabled: s.sick.iter().map(|(k, sick)| (*k, sick.strikes)).collect(),
+            capacity_refusals: s.breakers.iter().map(|b| b.refusals).collect(),
+            limits_learned: s.report.limits_learned,
+        }
     }
 }

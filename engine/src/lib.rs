@@ -290,6 +290,11 @@ impl<S: QuotaStore> Engine<S> {
         self.health.report()
     }
 
+    /// The pool's health as it stands: keys disabled, models backing off (cheap: no events).
+    pub fn health_now(&self) -> health::HealthNow {
+        self.health.now()
+    }
+
     /// The store.
     pub fn store(&self) -> &S {
         &self.store

@@ -141,8 +141,15 @@ pub fn story(s: &Summary) -> String {
         let _ = write!(
             out,
             "Warnings ({}): {} notifications, {} true and {} false positives; the pool ran dry {} times, {} of \
-             them warned in advance and {} missed. ",
-            w.mode, w.notifications, w.true_positive, w.false_positive, w.exhaustions, w.warned, w.missed
+             them warned ({} under an alert already firing) and {} missed. ",
+            w.mode,
+            w.notifications,
+            w.true_positive,
+            w.false_positive,
+            w.exhaustions,
+            w.warned,
+            w.warned_while_firing,
+            w.missed
         );
     }
     let failed = s.expectations.iter().filter(|e| !e.ok).count();
@@ -286,6 +293,15 @@ pub fn run_report(s: &Summary, description: Option<&str>, figures: &[(Figure, St
                 format!("{} / {} / {}", w.true_positive, w.false_positive, w.undecided),
             ],
             vec!["exhaustions: warned / missed".into(), format!("{}: {} / {}", w.exhaustions, w.warned, w.missed)],
+            vec!["warned under an alert already firing".into(), w.warned_while_firing.to_string()],
+            vec![
+                "precision / recall".into(),
+                format!(
+                    "{} / {}",
+                    w.precision.map_or("–".into(), |x| format!("{:.0} %", x * 100.0)),
+                    w.recall.map_or("–".into(), |x| format!("{:.0} %", x * 100.0))
+                ),
+            ],
             vec![
                 "lead time min / p50 / max".into(),
                 format!("{:.0} / {:.0} / {:.0} s", w.lead_time_s.min, w.lead_time_s.p50, w.lead_time_s.max),

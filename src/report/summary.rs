@@ -170,8 +170,14 @@ pub struct Warnings {
     pub exhaustions: u64,
     /// Exhaustion events with a warning before them.
     pub warned: u64,
+    /// Of the warned events, those that began while an alert on them was already firing.
+    pub warned_while_firing: u64,
     /// Exhaustion events without a warning.
     pub missed: u64,
+    /// True positives ÷ decided firing notifications (`null` when none was decided).
+    pub precision: Option<f64>,
+    /// Warned ÷ exhaustion events (`null` when nothing ran out).
+    pub recall: Option<f64>,
     /// Notifications per exhaustion event (all notifications when nothing ran out).
     pub notifications_per_exhaustion: f64,
     /// Lead time of warned events, in seconds.
@@ -189,6 +195,11 @@ pub struct LeadTime {
     pub p50: f64,
     /// Longest.
     pub max: f64,
+}
+
+/// `a ÷ b`, rounded, if `b` is not 0.
+fn ratio(a: u64, b: u64) -> Option<f64> {
+    (b > 0).then(|| round6(a as f64 / b as f64))
 }
 
 impl Warnings {
@@ -211,7 +222,10 @@ impl Warnings {
             undecided: s.undecided,
             exhaustions: s.exhaustions,
             warned: s.warned,
+            warned_while_firing: s.warned_while_firing,
             missed: s.missed,
+            precision: ratio(s.true_positive, s.true_positive + s.false_positive),
+            recall: ratio(s.warned, s.exhaustions),
             notifications_per_exhaustion: round6(s.notifications as f64 / s.exhaustions.max(1) as f64),
             lead_time_s: lead,
             webhook: None,
@@ -553,6 +567,8 @@ impl Summary {
             Metric::OverheadP99 => self.overhead_ns.p99 as f64,
             Metric::Notifications => self.warnings.notifications as f64,
             Metric::WarningsMissed => self.warnings.missed as f64,
+            Metric::WarningsPrecision => self.warnings.precision.unwrap_or(1.0),
+            Metric::WarningsRecall => self.warnings.recall.unwrap_or(1.0),
             Metric::WarningsFalsePositive => self.warnings.false_positive as f64,
             Metric::WarningLeadTimeMin => self.warnings.lead_time_s.min,
         }

@@ -110,6 +110,14 @@ pub fn render(s: &Summary) -> String {
             "  true positive {} · false positive {} · undecided {} · lead time min / p50 / max {:.0} s / {:.0} s / {:.0} s",
             w.true_positive, w.false_positive, w.undecided, w.lead_time_s.min, w.lead_time_s.p50, w.lead_time_s.max
         );
+        let pct = |x: Option<f64>| x.map_or("–".to_owned(), |x| format!("{:.0} %", x * 100.0));
+        let _ = writeln!(
+            o,
+            "  precision {} · recall {} ({} of the warned began under an alert already firing)",
+            pct(w.precision),
+            pct(w.recall),
+            w.warned_while_firing
+        );
         if let Some(h) = &w.webhook {
             let _ = writeln!(
                 o,

@@ -378,11 +378,15 @@ pub enum Metric {
     WarningsFalsePositive,
     /// Shortest lead time of a warned exhaustion, in seconds.
     WarningLeadTimeMin,
+    /// True positives ÷ decided warnings (1 when none was decided).
+    WarningsPrecision,
+    /// Warned ÷ exhaustion events (1 when nothing ran out).
+    WarningsRecall,
 }
 
 impl Metric {
     /// Every metric with its name in `[expect]`.
-    pub const NAMES: [(&'static str, Metric); 14] = [
+    pub const NAMES: [(&'static str, Metric); 16] = [
         ("breaches", Metric::Breaches),
         ("succeeded", Metric::Succeeded),
         ("denied", Metric::Denied),
@@ -397,6 +401,8 @@ impl Metric {
         ("warnings_missed", Metric::WarningsMissed),
         ("warnings_false_positive", Metric::WarningsFalsePositive),
         ("warning_lead_time_min_s", Metric::WarningLeadTimeMin),
+        ("warnings_precision", Metric::WarningsPrecision),
+        ("warnings_recall", Metric::WarningsRecall),
     ];
 
     /// Its name in `[expect]`.

@@ -18,6 +18,11 @@ const KEYS: &[&str] = &[
     "repeat_interval",
     "send_resolved",
     "inhibit",
+    "health_alerts",
+    "lost_keys_share",
+    "storm_refusals",
+    "storm_window",
+    "limit_changed_for",
     "log",
     "webhook",
 ];
@@ -61,8 +66,32 @@ pub(super) fn parse(ctx: &mut Ctx, t: &Table<'_, '_>) -> Option<Option<WarningsD
         }
         c.evaluate_every_ms = ms;
     }
+    if let Some(b) = t.boolean(ctx, "health_alerts") {
+        c.health.enabled = b;
+    }
+    if let Some(x) = t.fraction(ctx, "lost_keys_share", 0.01, 1.0) {
+        c.health.lost_keys_share = x;
+    }
+    if let Some((n, span)) = t.uint(ctx, "storm_refusals") {
+        if n == 0 {
+            ctx.error(span, "`storm_refusals` must be at least 1");
+        }
+        c.health.storm_refusals = n;
+    }
+    if let Some((ms, span)) = t.duration(ctx, "storm_window") {
+        if ms < 1_000 {
+            ctx.error(span, "`storm_window` must be at least a second");
+        }
+        c.health.storm_window_ms = ms;
+    }
+    if let Some((ms, span)) = t.duration(ctx, "limit_changed_for") {
+        if ms == 0 {
+            ctx.error(span, "`limit_changed_for` must be longer than 0");
+        }
+        c.health.limit_changed_for_ms = ms;
+    }
     if let Some(labels) = t.strings(ctx, "group_by") {
-        let known = ["alertname", "model", "dimension", "project", "key"];
+        let known = ["alertname", "model", "dimension", "project", "key", "limit", "severity"];
         for (l, span) in &labels {
             if !known.contains(&l.as_str()) {
                 ctx.error_help(

@@ -13,7 +13,11 @@
 //!   *undecided* if the run ends first.
 //! - An exhaustion event is *warned* if a firing notification for its (model, dimension) was
 //!   sent before it, outside any earlier spell, and within its horizon; lead time = event −
-//!   the first such notification. It is *missed* otherwise.
+//!   the first such notification. It is warned too, without a lead time, if it starts while
+//!   an alert on its (model, dimension) is firing (the operator already knows: a pool alert
+//!   that keeps firing through several dry spells warned of each). It is *missed* otherwise.
+//! - Precision = true positives ÷ decided firing notifications; recall = warned ÷ exhaustion
+//!   events.
 //!
 //! Memory is bounded: a notification waits only for its horizon, and the rest is per
 //! (model, dimension).
@@ -48,6 +52,8 @@ pub struct WarningScore {
     pub undecided: u64,
     /// Exhaustion events warned in advance.
     pub warned: u64,
+    /// Of the warned events, those that started while an alert on them was already firing.
+    pub warned_while_firing: u64,
     /// Exhaustion events without a warning.
     pub missed: u64,
     /// Lead times of warned events, in milliseconds.
@@ -66,6 +72,8 @@ struct Slot {
     /// Firing notifications for this slot awaiting a verdict, in the order sent: (note id,
     /// sent, horizon end). Horizons of one dimension grow with the sending time.
     pending: VecDeque<(u64, Timestamp, Timestamp)>,
+    /// Alerts on this slot firing now (by their labels), with when each started.
+    firing: BTreeMap<String, Timestamp>,
 }
 
 /// A firing notification's verdict so far.
@@ -109,6 +117,7 @@ impl Scorer {
                 false_positive: 0,
                 undecided: 0,
                 warned: 0,
+                warned_while_firing: 0,
                 missed: 0,
                 lead_ms: Histogram::new_with_bounds(1, 400 * 86_400_000, 3).expect("valid bounds"),
                 lead_min_ms: 0,
@@ -158,6 +167,23 @@ impl Scorer {
     /// A notification went out at `now`; `model_of` maps a model name to its index.
     pub(crate) fn notified(&mut self, n: &Notification, now: Timestamp, model_of: impl Fn(&str) -> Option<usize>) {
         self.score.notifications += 1;
+        // Which alerts are firing: every notification lists its group's alerts as they stand.
+        for a in &n.alerts {
+            let m = a.labels.get("model").and_then(|m| model_of(m));
+            let d = a.labels.get("dimension").and_then(|d| Dimension::ALL.into_iter().find(|x| x.name() == d));
+            if let (Some(m), Some(d)) = (m, d) {
+                let firing = &mut self.slots[m * DIMS + d.index()].firing;
+                let id: String = a.labels.iter().map(|(k, v)| format!("{k}={v},")).collect();
+                match a.ends_at {
+                    None => {
+                        firing.entry(id).or_insert(a.starts_at);
+                    }
+                    Some(_) => {
+                        firing.remove(&id);
+                    }
+                }
+            }
+        }
         if !n.firing {
             self.score.resolved += 1;
             return;
@@ -214,7 +240,15 @@ impl Scorer {
                 self.score.lead_min_ms = if first { lead } else { self.score.lead_min_ms.min(lead) };
                 self.score.lead_max_ms = self.score.lead_max_ms.max(lead);
             }
-            None => self.score.missed += 1,
+            // An alert already firing on it: the operator knows, though not in advance.
+            None => match self.slots[s].firing.values().min() {
+                Some(&since) => {
+                    self.score.warned += 1;
+                    self.score.warned_while_firing += 1;
+                    return Some(Some(now.since(since).max(1)));
+                }
+                None => self.score.missed += 1,
+            },
         }
         for (id, _, _) in pending {
             self.close(id, true);
@@ -299,6 +333,8 @@ mod tests {
         rpd.labels.insert("dimension".into(), "rpd".into());
         both.alerts.push(rpd);
         s.notified(&both, T0, model);
+        // The RPM alert resolves ten minutes later.
+        s.notified(&note("m", "rpm", false), T0.plus(600_000), model);
         // RPM runs dry three hours later: the RPD alert's day-long horizon does not cover it.
         s.exhausted(0, Dimension::Rpm, T0.plus(3 * 3_600_000));
         // A new RPM warning, then a dry spell 50 s later: warned, with a 50 s lead.
@@ -310,6 +346,22 @@ mod tests {
         assert_eq!((f.exhaustions, f.warned, f.missed), (2, 1, 1));
         assert_eq!((f.lead_min_ms, f.lead_max_ms), (50_000, 50_000));
         assert_eq!((f.true_positive, f.false_positive, f.undecided), (2, 0, 1), "the RPD alert waits for midnight");
+    }
+
+    #[test]
+    fn dry_spells_under_an_alert_still_firing_are_warned() {
+        let mut s = scorer();
+        s.notified(&note("m", "rpm", true), T0, model);
+        // The alert keeps firing for 50 minutes while RPM runs dry again and again.
+        for i in 0..10u64 {
+            s.exhausted(0, Dimension::Rpm, T0.plus(60_000 + i * 300_000));
+        }
+        s.notified(&note("m", "rpm", false), T0.plus(3_000_000), model);
+        // Once it has resolved, a dry spell with no warning is missed again.
+        s.exhausted(0, Dimension::Rpm, T0.plus(3_600_000));
+        let f = s.finish(T0.plus(4_000_000));
+        assert_eq!((f.exhaustions, f.warned, f.warned_while_firing, f.missed), (11, 10, 9, 1));
+        assert_eq!((f.lead_min_ms, f.lead_max_ms), (60_000, 60_000), "only the first had a lead in advance");
     }
 
     #[test]

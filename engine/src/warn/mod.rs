@@ -11,6 +11,8 @@
 //!   alerts fired and resolved.
 //! - [`pipeline`]: grouping, group wait and interval, repeat throttling, inhibition and
 //!   resolved notices, with Alertmanager's semantics.
+//! - [`health`]: alerts about the pool's health (keys disabled, a pool that lost keys, a
+//!   provider short of capacity, a limit changed) through the same pipeline.
 //! - [`payload`]: the Alertmanager version-4 webhook body of a notification.
 //! - [`warner`]: evaluates the rules over an engine's buckets and pools at an interval, in
 //!   `pipeline` mode or the `naive` reference.
@@ -18,6 +20,7 @@
 //! Pure like the rest of the engine: every call takes `now`.
 
 pub mod forecast;
+pub mod health;
 pub mod monitor;
 pub mod payload;
 pub mod pipeline;
@@ -25,6 +28,7 @@ pub mod rule;
 pub mod warner;
 
 pub use forecast::Trend;
+pub use health::HealthAlertConfig;
 pub use monitor::{Change, Monitor, Subject};
 pub use pipeline::{Inhibit, Notification, Pipeline, Route};
 pub use rule::{AlertState, Observation, Rule, Series, Transition};

@@ -6,7 +6,8 @@
 //! - `pipeline` (the product): a series per project bucket (`QuotaNearLimit`) and per model
 //!   pool (`PoolNearLimit`); `for`, hysteresis and the reset-aware forecast; grouping, group
 //!   wait and interval, repeat throttling; a firing pool alert mutes the project alerts of the
-//!   same model and dimension; resolved notices.
+//!   same model and dimension; resolved notices; alerts about the pool's health (see
+//!   [`super::health`]).
 //! - `naive` (the reference): a threshold per key (`KeyNearLimit`), no forecast, no `for`,
 //!   no hysteresis, no grouping — one notification per crossing, up or down.
 //!
@@ -14,6 +15,7 @@
 //! dimension), or per (key, dimension) in naive mode; series of buckets or keys that left
 //! the pool are forgotten, and groups are dropped once resolved.
 
+use super::health::{HealthAlertConfig, HealthAlerts};
 use super::monitor::{Monitor, Subject};
 use super::pipeline::{AlertOut, Inhibit, Labels, Notification, Pipeline, Route};
 use super::rule::{Rule, Transition};
@@ -54,6 +56,8 @@ pub struct WarnConfig {
     pub route: Route,
     /// Whether a firing pool alert mutes the project alerts of its model and dimension.
     pub inhibit: bool,
+    /// Alerts about the pool's health (pipeline mode only).
+    pub health: HealthAlertConfig,
 }
 
 impl Default for WarnConfig {
@@ -65,6 +69,7 @@ impl Default for WarnConfig {
             evaluate_every_ms: 10_000,
             route: Route::default(),
             inhibit: true,
+            health: HealthAlertConfig::default(),
         }
     }
 }
@@ -83,6 +88,7 @@ pub struct Warner {
     config: WarnConfig,
     monitor: Monitor,
     pipeline: Pipeline,
+    health: HealthAlerts,
 }
 
 impl Warner {
@@ -105,6 +111,7 @@ impl Warner {
         Self {
             monitor: Monitor::new(rule, config.trend_window_ms),
             pipeline: Pipeline::new(config.route.clone(), inhibits),
+            health: HealthAlerts::default(),
             config,
         }
     }
@@ -225,6 +232,7 @@ impl Warner {
                         Transition::Resolved => self.pipeline.resolve(&c.labels, now),
                     }
                 }
+                self.health.evaluate(engine, &self.config.health, now, &mut self.pipeline);
                 self.pipeline.flush(now)
             }
         }
