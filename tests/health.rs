@@ -198,3 +198,26 @@ fn exhaustion_under_a_firing_alert_counts_as_warned() {
     let precision = w.precision.expect("warnings were decided");
     assert!((precision - w.true_positive as f64 / (w.true_positive + w.false_positive) as f64).abs() < 1e-6);
 }
+
+/// The capacity plot shows what the provider did (ruled) and what the engine did about it
+/// (marked), and its keys line drops while keys are disabled.
+#[test]
+fn the_capacity_plot_shows_key_health() {
+    let out = crate::common::temp_dir("health-plot");
+    let o = crate::common::keysim()
+        .args(["run", "scenarios/key-revoked.toml", "--quiet", "--out"])
+        .arg(&out)
+        .output()
+        .expect("keysim runs");
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let svg = std::fs::read_to_string(out.join("plots/capacity.svg")).expect("the capacity plot");
+    for text in ["key disabled (provider rejected it)", "key revived (probe passed)", "provider suspends proj-2-key-b"]
+    {
+        assert!(svg.contains(text), "{text}");
+    }
+    let sc = crate::common::scenario("key-revoked", &[]);
+    let r = simulate(&sc, Outputs { trace: true, ..Outputs::default() }).expect("runs");
+    let t = r.trace.expect("a trace");
+    let keys: Vec<u32> = (0..t.points()).map(|i| t.room(i, 0).keys).collect();
+    assert_eq!((keys.iter().min(), keys.last()), (Some(&4), Some(&6)), "two keys out, then back: {keys:?}");
+}

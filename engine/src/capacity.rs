@@ -10,9 +10,10 @@ use super::Engine;
 pub struct Capacity {
     /// Index of the model.
     pub model: usize,
-    /// Distinct quota buckets (projects) with at least one usable key.
+    /// Distinct quota buckets (projects) with at least one usable key (keys disabled by their
+    /// health are not usable).
     pub projects: usize,
-    /// Usable keys.
+    /// Usable keys (enabled, and not disabled by the provider's rejection).
     pub keys: usize,
     /// Sum of the provider's limits over those projects, per [`Dimension`] (`tpd`: limited ones).
     pub limits: [u64; 4],
@@ -42,7 +43,18 @@ impl<S: QuotaStore> Engine<S> {
         let totals = pool.totals[model];
         let mut remaining = [0u64; 4];
         let mut minute_frees_at: Option<Timestamp> = None;
+        let disabled = self.health.disabled_keys();
+        let (mut projects, mut keys) = (totals.buckets, totals.keys);
         for g in &pool.groups[model] {
+            // Keys the provider rejected serve nothing until a probe revives them.
+            if let Some(d) = &disabled {
+                let sick = g.keys.iter().filter(|k| d.contains(k)).count();
+                keys -= sick;
+                if sick == g.keys.len() {
+                    projects -= 1;
+                    continue;
+                }
+            }
             // What the store cannot tell is not counted as free.
             let Ok(u) = self.store.usage(g.bucket, now) else { continue };
             let high = &pool.limits_of(g.bucket).ceilings[1];
@@ -59,8 +71,8 @@ impl<S: QuotaStore> Engine<S> {
         }
         Capacity {
             model,
-            projects: totals.buckets,
-            keys: totals.keys,
+            projects,
+            keys,
             limits: totals.limits,
             usable: totals.usable,
             remaining,

@@ -389,6 +389,14 @@ impl Health {
         self.state().report.clone()
     }
 
+    /// The keys disabled now, if any (one relaxed load while none is).
+    pub(crate) fn disabled_keys(&self) -> Option<Vec<KeyId>> {
+        if self.sick.load(Ordering::Relaxed) == 0 {
+            return None;
+        }
+        Some(self.state().sick.keys().copied().collect())
+    }
+
     pub(crate) fn now(&self) -> HealthNow {
         let s = self.state();
         HealthNow {

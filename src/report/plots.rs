@@ -17,7 +17,7 @@ use std::path::Path;
 use anyhow::Context;
 
 use super::chart::{self, colour, Figure, Line, Marks, Panel, Shape, BAD, GOOD, MUTED, XY};
-use super::trace::Trace;
+use super::trace::{HealthMark, Trace};
 use super::Aggregate;
 use crate::engine::{PoolEvent, Timestamp};
 use crate::scenario::Scenario;
@@ -118,6 +118,34 @@ fn pool_events(sc: &Scenario, div: f64) -> Vec<(f64, String)> {
             (e.at_ms as f64 / div, what)
         })
         .collect()
+}
+
+/// What the provider did on its own (the scenario's script): spells of failures and key or
+/// limit changes, as rules.
+fn provider_events(sc: &Scenario, div: f64) -> Vec<(f64, String)> {
+    use crate::scenario::ProviderEvent as E;
+    let script = &sc.provider.script;
+    let mut out: Vec<(f64, String)> = script
+        .events
+        .iter()
+        .map(|e| {
+            let what = match &e.event {
+                E::Suspend(k) => format!("provider suspends {}", super::redact(k)),
+                E::Invalidate(k) => format!("provider deletes {}", super::redact(k)),
+                E::Revive(k) => format!("provider restores {}", super::redact(k)),
+                E::Limits { project, model, .. } => {
+                    format!("provider limits {} {}", sc.projects[*project].id, sc.models[*model].name)
+                }
+            };
+            (e.at_ms as f64 / div, what)
+        })
+        .collect();
+    for s in &script.storms {
+        let pct = (s.rate * 100.0).round();
+        out.push((s.at_ms as f64 / div, format!("{} storm ({pct} %)", s.kind.name())));
+        out.push((s.at_ms.saturating_add(s.for_ms) as f64 / div, "storm ends".into()));
+    }
+    out
 }
 
 /// Every figure of the run.
@@ -490,6 +518,7 @@ fn capacity(sc: &Scenario, t: &Trace) -> Figure {
     let x = |i: usize| t.t_ms[i] as f64 / div;
     let end = sc.duration_ms as f64 / div;
     let mut rules = pool_events(sc, div);
+    rules.extend(provider_events(sc, div));
     rules.extend(day_resets(sc, div));
     let mut left = Vec::new();
     let mut counts = Vec::new();
@@ -529,13 +558,42 @@ fn capacity(sc: &Scenario, t: &Trace) -> Figure {
             rules.clone(),
         )
     };
-    let usable = over_time("Usable projects and keys".into(), x_label, end, "count".into(), counts, rules);
+    // Key-health events on the first model's lines: keys on its keys line, the model's
+    // back-offs and learned limits on its projects line.
+    let on_line = |at_ms: u64, keys: bool| {
+        let i = t.t_ms.iter().rposition(|&s| s <= at_ms).unwrap_or(0);
+        let r = t.room(i.min(t.points().saturating_sub(1)), 0);
+        (at_ms as f64 / div, f64::from(if keys { r.keys } else { r.projects }))
+    };
+    let marked = |mark: HealthMark, keys: bool| -> Vec<(f64, f64)> {
+        t.health.iter().filter(|(_, m)| *m == mark).map(|&(at, _)| on_line(at, keys)).collect()
+    };
+    let marks: Vec<Marks> = if t.points() == 0 {
+        Vec::new()
+    } else {
+        [
+            ("key disabled (provider rejected it)", BAD, Shape::Cross, marked(HealthMark::KeyDisabled, true)),
+            ("key revived (probe passed)", GOOD, Shape::Ring, marked(HealthMark::KeyRevived, true)),
+            ("model backs off (provider capacity)", MUTED, Shape::Triangle, marked(HealthMark::ModelBackoff, false)),
+            ("limit learned from a 429", colour(3), Shape::Dot, marked(HealthMark::LimitLearned, false)),
+        ]
+        .into_iter()
+        .filter(|(_, _, _, p)| !p.is_empty())
+        .map(|(label, colour, shape, points)| Marks { label: label.into(), colour, shape, points })
+        .collect()
+    };
+    let usable = XY {
+        marks,
+        ..over_time("Usable projects and keys, and key health".into(), x_label, end, "count".into(), counts, rules)
+    };
     Figure {
         name: "capacity".into(),
         title: "Capacity over time".into(),
         caption: "The engine's own view of each model's pool: what was left of the usable capacity (limits less \
                   reserve and safety margin) on each dimension, and how many projects and keys could serve. \
-                  Pool events (keys added, removed, revoked) and daily resets are ruled."
+                  Pool events (keys added, removed, revoked), what the provider did on its own (storms, keys \
+                  suspended or deleted, limits changed) and daily resets are ruled; key-health events (keys \
+                  disabled and revived, back-offs, limits learned) are marked."
             .into(),
         width: WIDTH,
         panel_height: PANEL,

@@ -74,6 +74,39 @@ pub struct Spell {
     pub warned_ms: Option<u64>,
 }
 
+/// A key-health event as the capacity plot marks it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HealthMark {
+    /// A key disabled after the provider rejected it.
+    KeyDisabled,
+    /// A disabled key revived by its probe.
+    KeyRevived,
+    /// A model backing off pool-wide for want of provider capacity.
+    ModelBackoff,
+    /// A limit learned from a 429.
+    LimitLearned,
+}
+
+impl Trace {
+    /// Records the engine's health events (those of the run, from `start`).
+    pub fn health_events(&mut self, events: &[crate::engine::health::HealthEvent], start: Timestamp) {
+        use crate::engine::health::HealthEvent as E;
+        self.health = events
+            .iter()
+            .filter_map(|e| {
+                let (at, mark) = match e {
+                    E::KeyDisabled { at, .. } => (at, HealthMark::KeyDisabled),
+                    E::KeyRevived { at, .. } => (at, HealthMark::KeyRevived),
+                    E::ModelBackoff { at, .. } => (at, HealthMark::ModelBackoff),
+                    E::LimitLearned { at, .. } => (at, HealthMark::LimitLearned),
+                    E::KeyProbed { .. } | E::ModelRecovered { .. } => return None,
+                };
+                Some((at.since(start), mark))
+            })
+            .collect();
+    }
+}
+
 /// A notification as the plots show it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Notice {
@@ -144,6 +177,8 @@ pub struct Trace {
     pub spells: Vec<Spell>,
     /// Notifications, by time.
     pub notices: Vec<Notice>,
+    /// What the engine did about the pool's health, by time (ms from the run's start).
+    pub health: Vec<(u64, HealthMark)>,
     /// Requests by terminal state over time.
     pub outcomes: Outcomes,
 }
@@ -165,6 +200,7 @@ impl Trace {
             room: Vec::new(),
             spells: Vec::new(),
             notices: Vec::new(),
+            health: Vec::new(),
             outcomes: Outcomes::new(interval_ms),
         }
     }

@@ -262,6 +262,10 @@ pub fn simulate(sc: &Scenario, out: Outputs<'_>) -> Result<RunResult, SimError> 
         aggregate.lost_capacity = timing.lost_capacity;
         let score = scorer.finish(Timestamp(sc.start.0 + sc.duration_ms));
         aggregate.warnings = warner.map(|_| score);
+        let trace = trace.map(|mut t| {
+            t.health_events(&engine.health().events, sc.start);
+            t
+        });
         Ok(RunResult { aggregate, engine, events, trace })
     })
 }
