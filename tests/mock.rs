@@ -174,6 +174,59 @@ fn the_official_sdks_work_against_the_fake() {
     }
 }
 
+/// The fake follows the scenario's script over real HTTP: a capacity storm and keys deleted,
+/// suspended and restored, in a load run at 60x. The engine disables no key for the storm,
+/// disables each rejected key alone and revives it, and counts failures by cause.
+#[test]
+fn the_fake_misbehaves_on_schedule_and_the_engine_copes_over_http() {
+    // Restored at 80 s: the keys' first probes, a minute after their first rejection, pass.
+    let runs: [(&str, &[&str]); 2] = [
+        (
+            "capacity-storm",
+            &[r#"scenario.duration="3m""#, r#"provider.storms=[{ at = "1m", duration = "1m", rate = 0.9 }]"#],
+        ),
+        (
+            "key-revoked",
+            &[
+                r#"scenario.duration="3m""#,
+                r#"events=[{ at = "30s", invalidate = "proj-1-key-a" }, { at = "30s", suspend = "proj-2-key-b" },
+                 { at = "80s", revive = "proj-1-key-a" }, { at = "80s", revive = "proj-2-key-b" }]"#,
+            ],
+        ),
+    ];
+    for (name, sets) in runs {
+        let path = format!("scenarios/{name}.toml");
+        let mut args = vec!["--time-scale", "60"];
+        for s in sets {
+            args.extend(["--set", s]);
+        }
+        let m = start_with("sustained", &path, &args);
+        let out = keysim()
+            .args(["load", &path, "--target", &m.base, "--json"])
+            .args(&args)
+            .output()
+            .expect("keysim load runs");
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout)
+            .unwrap_or_else(|e| panic!("{name}: summary JSON ({e}): {}", String::from_utf8_lossy(&out.stderr)));
+        let r = &v["requests"];
+        let n = |k: &str| r[k].as_u64().unwrap();
+        assert_eq!(n("breaches"), 0, "{name}: {r}");
+        assert_eq!(n("total"), n("succeeded") + n("denied") + n("failed"), "{name}: every request accounted for");
+        let failed = r["failed_by_reason"].as_object().unwrap();
+        let h = &v["health"];
+        if name == "capacity-storm" {
+            assert!(failed.get("capacity-429").is_some_and(|c| c.as_u64() > Some(0)), "{name}: {r}");
+            assert_eq!(failed.len(), 1, "{name}: only the storm fails requests: {r}");
+            assert_eq!(h["keys_disabled"], 0, "{name}: no key is blamed for a storm");
+            assert!(h["model_backoffs"].as_u64() > Some(0));
+        } else {
+            assert!(failed.contains_key("api-key-invalid") && failed.contains_key("permission-denied"), "{r}");
+            assert_eq!(h["keys_revived"], 2, "{name}: both keys serve again: {h}");
+            assert_eq!(h["keys_disabled"], 2, "{name}: each disabled once, by its first rejection: {h}");
+        }
+    }
+}
+
 /// Each failure the provider gives raises the SDKs' usual exception, on both hosts and with
 /// quota 429s in each shape Gemini has used.
 #[test]
