@@ -221,3 +221,24 @@ fn the_capacity_plot_shows_key_health() {
     let keys: Vec<u32> = (0..t.points()).map(|i| t.room(i, 0).keys).collect();
     assert_eq!((keys.iter().min(), keys.last()), (Some(&4), Some(&6)), "two keys out, then back: {keys:?}");
 }
+
+/// `keysim compare` shows the lost pool and the failures by cause beside keysim's engine.
+#[test]
+fn the_comparison_shows_the_lost_pool_and_failures_by_cause() {
+    let out = crate::common::temp_dir("health-compare");
+    let o = crate::common::keysim()
+        .args(["compare", "scenarios/capacity-storm.toml", "--out"])
+        .arg(&out)
+        .output()
+        .expect("keysim compare runs");
+    let table = String::from_utf8_lossy(&o.stdout);
+    assert!(table.contains("usable keys at the end") && table.contains("failed by cause"), "{table}");
+    let rows: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("compare.json")).expect("compare.json")).unwrap();
+    let row = |v: &str| rows.as_array().unwrap().iter().find(|r| r["variant"] == v).expect("a row").clone();
+    let (keysim, blacklist) = (row("keysim"), row("rotate-blacklist"));
+    assert_eq!((keysim["keys_usable_at_end"].as_u64(), keysim["keys_in_pool"].as_u64()), (Some(8), Some(8)));
+    assert_eq!((keysim["breaches"].as_u64(), keysim["keys_disabled"].as_u64()), (Some(0), Some(0)));
+    assert!(blacklist["keys_usable_at_end"].as_u64().unwrap() * 5 <= 8, "{blacklist}");
+    assert!(keysim["failed_by_cause"].as_str().unwrap().starts_with("capacity-429 "), "{keysim}");
+}

@@ -96,6 +96,8 @@ struct Row<'a> {
     breaches: u64,
     denied: u64,
     failed: u64,
+    /// Failures by cause ("capacity-429 48; internal 3").
+    failed_by_cause: String,
     success_rate: f64,
     utilization: f64,
     queue_wait_p99_ms: u64,
@@ -106,6 +108,11 @@ struct Row<'a> {
     overhead_p99_ns: u64,
     expectations_failed: usize,
     warning_notifications: u64,
+    /// Keys disabled or blacklisted after errors (each time).
+    keys_disabled: u64,
+    /// Keys that could serve at the end, of the pool's keys.
+    keys_usable_at_end: usize,
+    keys_in_pool: usize,
 }
 
 fn row(r: &Ran) -> Row<'_> {
@@ -118,6 +125,11 @@ fn row(r: &Ran) -> Row<'_> {
         breaches: s.requests.breaches,
         denied: s.requests.denied,
         failed: s.requests.failed,
+        failed_by_cause: if s.requests.failed_by_reason.is_empty() {
+            "–".into()
+        } else {
+            s.requests.failed_by_reason.iter().map(|(k, v)| format!("{k} {v}")).collect::<Vec<_>>().join("; ")
+        },
         success_rate: s.success_rate,
         utilization: s.utilization,
         queue_wait_p99_ms: s.queue_wait_ms.p99,
@@ -125,6 +137,9 @@ fn row(r: &Ran) -> Row<'_> {
         overhead_p99_ns: s.overhead_ns.p99,
         expectations_failed: s.expectations.iter().filter(|e| !e.ok).count(),
         warning_notifications: s.warnings.notifications,
+        keys_disabled: s.health.keys_disabled,
+        keys_usable_at_end: s.capacity.iter().map(|c| c.keys).max().unwrap_or(0),
+        keys_in_pool: s.per_key.len(),
     }
 }
 
@@ -237,10 +252,13 @@ fn metrics(rows: &[Row<'_>]) -> Vec<(&'static str, Vec<String>)> {
         ("breaches (429)", col(&|r| r.breaches.to_string())),
         ("denied", col(&|r| r.denied.to_string())),
         ("failed", col(&|r| r.failed.to_string())),
+        ("failed by cause", col(&|r| r.failed_by_cause.clone())),
         ("success rate", col(&|r| format!("{:.2}%", 100.0 * r.success_rate))),
         ("utilisation", col(&|r| format!("{:.2}%", 100.0 * r.utilization))),
         ("queue wait p99", col(&|r| format!("{} ms", r.queue_wait_p99_ms))),
         ("engine decision p50 / p99", col(&|r| format!("{} / {} ns", r.overhead_p50_ns, r.overhead_p99_ns))),
+        ("keys disabled after errors", col(&|r| r.keys_disabled.to_string())),
+        ("usable keys at the end", col(&|r| format!("{} of {}", r.keys_usable_at_end, r.keys_in_pool))),
         ("warning notifications", col(&|r| r.warning_notifications.to_string())),
         ("expectations failed", col(&|r| r.expectations_failed.to_string())),
     ]
