@@ -45,13 +45,21 @@ impl<S: QuotaStore> Engine<S> {
         let mut minute_frees_at: Option<Timestamp> = None;
         let disabled = self.health.disabled_keys();
         let (mut projects, mut keys) = (totals.buckets, totals.keys);
-        for g in &pool.groups[model] {
-            // Keys the provider rejected serve nothing until a probe revives them.
+        let (mut limits, mut usable) = (totals.limits, totals.usable);
+        for (g, bl) in pool.groups[model].iter().zip(&pool.group_limits[model]) {
+            // Keys the provider rejected serve nothing until a probe revives them; a project
+            // left with none is no capacity at all.
             if let Some(d) = &disabled {
-                let sick = g.keys.iter().filter(|k| d.contains(k)).count();
+                let sick = g.keys.iter().filter(|k| d.binary_search(k).is_ok()).count();
                 keys -= sick;
                 if sick == g.keys.len() {
                     projects -= 1;
+                    let own = pool.projects()[g.project].limits[model].expect("grouped projects serve the model");
+                    for d in Dimension::ALL {
+                        let (l, u) = (own.get(d), bl.ceilings[1].get(d));
+                        limits[d.index()] -= if l == u64::MAX { 0 } else { l.min(limits[d.index()]) };
+                        usable[d.index()] -= if u == u64::MAX { 0 } else { u.min(usable[d.index()]) };
+                    }
                     continue;
                 }
             }
@@ -73,8 +81,8 @@ impl<S: QuotaStore> Engine<S> {
             model,
             projects,
             keys,
-            limits: totals.limits,
-            usable: totals.usable,
+            limits,
+            usable,
             remaining,
             minute_frees_at,
             day_resets_at: next_pacific_midnight(now),

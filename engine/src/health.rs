@@ -149,6 +149,8 @@ pub struct HealthNow {
     pub disabled: Vec<(KeyId, u32)>,
     /// Per model: capacity refusals (capacity 429s, 503s, timeouts) so far.
     pub capacity_refusals: Vec<u64>,
+    /// Per model: answers so far, served or refused for want of capacity.
+    pub answers: Vec<u64>,
     /// Limits learned so far (see [`HealthReport::events`] for which).
     pub limits_learned: u64,
 }
@@ -197,6 +199,8 @@ pub(crate) struct Health {
     gates: Vec<AtomicU64>,
     /// Keys disabled by a rejection (checked when a key is chosen).
     sick: AtomicU64,
+    /// Per model: answers served or refused for want of capacity (for the share refused).
+    answers: Vec<AtomicU64>,
     state: Mutex<State>,
 }
 
@@ -215,6 +219,7 @@ impl Health {
         Self {
             config,
             gates: (0..models).map(|_| AtomicU64::new(0)).collect(),
+            answers: (0..models).map(|_| AtomicU64::new(0)).collect(),
             sick: AtomicU64::new(0),
             state: Mutex::new(State { breakers: vec![Breaker::default(); models], ..State::default() }),
         }
@@ -264,6 +269,7 @@ impl Health {
     /// The provider served `model`: its breaker closes.
     #[inline]
     pub(crate) fn served(&self, model: usize, now: Timestamp) {
+        self.answers[model].fetch_add(1, Ordering::Relaxed);
         if self.gates[model].load(Ordering::Relaxed) == 0 {
             return;
         }
@@ -278,6 +284,7 @@ impl Health {
     /// The provider refused `model` for want of capacity: it backs off, longer each time,
     /// with `jitter` in [0, 1) spreading replicas apart. Returns until when.
     pub(crate) fn unavailable(&self, model: usize, now: Timestamp, jitter: f64) -> Timestamp {
+        self.answers[model].fetch_add(1, Ordering::Relaxed);
         let mut s = self.state();
         let b = &mut s.breakers[model];
         b.failures = b.failures.saturating_add(1);
@@ -402,6 +409,7 @@ impl Health {
         HealthNow {
             disabled: s.sick.iter().map(|(k, sick)| (*k, sick.strikes)).collect(),
             capacity_refusals: s.breakers.iter().map(|b| b.refusals).collect(),
+            answers: self.answers.iter().map(|a| a.load(Ordering::Relaxed)).collect(),
             limits_learned: s.report.limits_learned,
         }
     }

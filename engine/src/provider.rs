@@ -231,7 +231,7 @@ impl UsageMetadata {
         if cached_tokens_count {
             self.prompt
         } else {
-            self.prompt - self.cached
+            self.prompt.saturating_sub(self.cached)
         }
     }
 

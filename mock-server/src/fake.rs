@@ -11,10 +11,12 @@
 //! request may state its true input count (`x-keysim-input-tokens`), its answer's length
 //! (`x-keysim-output-tokens`), how long the fake takes to give it (`x-keysim-latency-ms`, on
 //! the fake's clock) and whether it fails (`x-keysim-fault: internal | overloaded | capacity |
-//! timeout | none`; a timeout answers 504 after the stated latency).
+//! timeout | none`; a timeout answers 504 after the stated latency), and the time of the
+//! provider's script (`x-keysim-script-ms`, ms since the run's start; without it, the script
+//! counts from the first request the fake answers).
 //! Stated counts are capped at the limits the models advertise.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Mutex;
 
 use rand::{Rng, SeedableRng};
@@ -198,6 +200,8 @@ pub struct Fake {
     script: Script,
     /// Generating requests so far: each one's number draws its share of a storm.
     generating: AtomicU64,
+    /// Script events applied so far (read without the lock).
+    events_done: AtomicUsize,
     seed: u64,
 }
 
@@ -239,6 +243,7 @@ impl Fake {
             epoch_ms: AtomicU64::new(0),
             script: config.script,
             generating: AtomicU64::new(0),
+            events_done: AtomicUsize::new(0),
             seed: config.seed,
         }
     }
@@ -260,7 +265,7 @@ impl Fake {
     /// Answers `req` at `now` (milliseconds since the Unix epoch, on the fake's clock).
     pub fn handle(&self, req: &ApiRequest<'_>, now: u64) -> Answer {
         let _ = self.epoch_ms.compare_exchange(0, now.max(1), Ordering::Relaxed, Ordering::Relaxed);
-        self.follow_script(now);
+        self.follow_script(self.script_time(req, now));
         let path = req.path.trim_end_matches('/');
         let surface = if path.starts_with("/v1beta/openai/") { Surface::OpenAi } else { Surface::Gemini };
         let wrap = |a: Answer| match (surface, a.payload) {
@@ -352,33 +357,41 @@ impl Fake {
         self.models.iter().position(|m| m == model)
     }
 
-    /// Milliseconds since the first request: the script's time.
+    /// Milliseconds since the first request.
     fn since_start(&self, now: u64) -> u64 {
         now.saturating_sub(self.epoch_ms.load(Ordering::Relaxed))
     }
 
-    /// Applies the script's events due by `now` (keys suspended or revived, limits changed).
-    fn follow_script(&self, now: u64) {
+    /// The script's time for `req`: the run's own clock where the caller states it
+    /// (`x-keysim-script-ms`, as `keysim load` does), else milliseconds since the first request.
+    fn script_time(&self, req: &ApiRequest<'_>, now: u64) -> u64 {
+        req.header("x-keysim-script-ms")
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .unwrap_or_else(|| self.since_start(now))
+    }
+
+    /// Applies the script's events due by `t` (keys suspended or revived, limits changed).
+    fn follow_script(&self, t: u64) {
         let events = &self.script.events;
-        if events.is_empty() {
+        if self.events_done.load(Ordering::Relaxed) >= events.len() {
             return;
         }
-        let t = self.since_start(now);
         let mut state = self.lock();
         while let Some(e) = events.get(state.next_event).filter(|e| e.at_ms <= t) {
             e.event.apply(&mut state.judge);
             state.next_event += 1;
         }
+        self.events_done.store(state.next_event, Ordering::Relaxed);
     }
 
-    /// The storm a request falls in, if it is one of its share: its kind and, for a timeout,
-    /// how long the answer takes.
-    fn storm(&self, now: u64) -> Option<(StormKind, u64)> {
+    /// The storm a request falls in at script time `t`, if it is one of its share: its kind
+    /// and, for a timeout, how long the answer takes.
+    fn storm(&self, t: u64) -> Option<(StormKind, u64)> {
         if self.script.storms.is_empty() {
             return None;
         }
         let n = self.generating.fetch_add(1, Ordering::Relaxed);
-        self.script.storm(n, self.seed, self.since_start(now)).map(|s| (s.kind, s.timeout_ms))
+        self.script.storm(n, self.seed, t).map(|s| (s.kind, s.timeout_ms))
     }
 
     /// The provider's answer when it fails as `kind` says (a timeout after `wait_ms`).
@@ -444,7 +457,8 @@ impl Fake {
         }
         // A stated timeout takes the stated latency (30 s if none is stated).
         let stated_wait = number("x-keysim-latency-ms").unwrap_or(30_000).min(3_600_000);
-        if let Some((kind, wait)) = drawn.map(|k| (k, stated_wait)).or_else(|| self.storm(now)) {
+        let t = self.script_time(req, now);
+        if let Some((kind, wait)) = drawn.map(|k| (k, stated_wait)).or_else(|| self.storm(t)) {
             return Err(self.failure(kind, wait));
         }
         let (output, finish) = self.output_tokens(&mut state, asked, cap);

@@ -120,7 +120,7 @@ pub struct ProviderEventAt {
 }
 
 /// Cached input tokens (`usageMetadata.cachedContentTokenCount`).
-#[derive(Clone, Copy, Debug, Default, PartialEq)]
+#[derive(Clone, Copy, Debug, PartialEq)]
 pub struct CachedTokens {
     /// Share of each prompt's tokens served from the cache.
     pub share: f64,
@@ -129,10 +129,17 @@ pub struct CachedTokens {
     pub counted: bool,
 }
 
+impl Default for CachedTokens {
+    /// Nothing cached; were anything, it would count (the safe assumption).
+    fn default() -> Self {
+        Self { share: 0.0, counted: true }
+    }
+}
+
 impl CachedTokens {
     /// The cached part of a prompt of `input` tokens.
     pub fn of(&self, input: u64) -> u64 {
-        (input as f64 * self.share).floor() as u64
+        ((input as f64 * self.share).floor() as u64).min(input)
     }
 
     /// The tokens of a prompt of `input` tokens that count toward TPM.

@@ -139,7 +139,7 @@ fn row(r: &Ran) -> Row<'_> {
         warning_notifications: s.warnings.notifications,
         keys_disabled: s.health.keys_disabled,
         keys_usable_at_end: s.capacity.iter().map(|c| c.keys).max().unwrap_or(0),
-        keys_in_pool: s.per_key.len(),
+        keys_in_pool: s.per_key.iter().map(|k| &k.key).collect::<std::collections::BTreeSet<_>>().len(),
     }
 }
 

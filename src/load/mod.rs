@@ -295,6 +295,8 @@ impl Shared {
             .header("x-keysim-latency-ms", r.latency_ms)
             .header("x-keysim-input-tokens", r.input)
             .header("x-keysim-fault", fault)
+            // The scenario's time, so that the fake's script runs on the run's clock.
+            .header("x-keysim-script-ms", self.now().since(Timestamp(self.origin_ms)))
             .json(&body)
             .send()
             .await;

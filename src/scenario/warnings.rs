@@ -21,6 +21,7 @@ const KEYS: &[&str] = &[
     "health_alerts",
     "lost_keys_share",
     "storm_refusals",
+    "storm_share",
     "storm_window",
     "limit_changed_for",
     "log",
@@ -77,6 +78,9 @@ pub(super) fn parse(ctx: &mut Ctx, t: &Table<'_, '_>) -> Option<Option<WarningsD
             ctx.error(span, "`storm_refusals` must be at least 1");
         }
         c.health.storm_refusals = n;
+    }
+    if let Some(x) = t.fraction(ctx, "storm_share", 0.0, 1.0) {
+        c.health.storm_share = x;
     }
     if let Some((ms, span)) = t.duration(ctx, "storm_window") {
         if ms < 1_000 {

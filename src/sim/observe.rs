@@ -102,7 +102,8 @@ impl Observers<'_, '_> {
 
     /// The pool of `model` had nothing left on `dim`: scored, and traced when a spell begins.
     pub(super) fn exhausted(&mut self, sc: &Scenario, model: usize, dim: crate::engine::Dimension, now: u64) {
-        if let Some(lead) = self.scorer.exhausted(model, dim, Timestamp(now)) {
+        let firing = self.warner.as_ref().and_then(|w| w.firing_since(&sc.models[model].name, dim.name()));
+        if let Some(lead) = self.scorer.exhausted(model, dim, Timestamp(now), firing) {
             if let Some(t) = self.trace.as_mut() {
                 t.spell(sc.start, Timestamp(now), model, dim.index(), lead);
             }

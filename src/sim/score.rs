@@ -72,8 +72,6 @@ struct Slot {
     /// Firing notifications for this slot awaiting a verdict, in the order sent: (note id,
     /// sent, horizon end). Horizons of one dimension grow with the sending time.
     pending: VecDeque<(u64, Timestamp, Timestamp)>,
-    /// Alerts on this slot firing now (by their labels), with when each started.
-    firing: BTreeMap<String, Timestamp>,
 }
 
 /// A firing notification's verdict so far.
@@ -167,23 +165,6 @@ impl Scorer {
     /// A notification went out at `now`; `model_of` maps a model name to its index.
     pub(crate) fn notified(&mut self, n: &Notification, now: Timestamp, model_of: impl Fn(&str) -> Option<usize>) {
         self.score.notifications += 1;
-        // Which alerts are firing: every notification lists its group's alerts as they stand.
-        for a in &n.alerts {
-            let m = a.labels.get("model").and_then(|m| model_of(m));
-            let d = a.labels.get("dimension").and_then(|d| Dimension::ALL.into_iter().find(|x| x.name() == d));
-            if let (Some(m), Some(d)) = (m, d) {
-                let firing = &mut self.slots[m * DIMS + d.index()].firing;
-                let id: String = a.labels.iter().map(|(k, v)| format!("{k}={v},")).collect();
-                match a.ends_at {
-                    None => {
-                        firing.entry(id).or_insert(a.starts_at);
-                    }
-                    Some(_) => {
-                        firing.remove(&id);
-                    }
-                }
-            }
-        }
         if !n.firing {
             self.score.resolved += 1;
             return;
@@ -216,9 +197,16 @@ impl Scorer {
         }
     }
 
-    /// The pool of `model` had nothing left on `d` at `now`. When that begins a spell, says
-    /// so with the lead of the warning that foretold it, if any.
-    pub(crate) fn exhausted(&mut self, model: usize, d: Dimension, now: Timestamp) -> Option<Option<u64>> {
+    /// The pool of `model` had nothing left on `d` at `now`, while an alert notified on it has
+    /// been firing since `firing_since`, if one is. When that begins a spell, says so with the
+    /// lead of the warning that foretold it, if any.
+    pub(crate) fn exhausted(
+        &mut self,
+        model: usize,
+        d: Dimension,
+        now: Timestamp,
+        firing_since: Option<Timestamp>,
+    ) -> Option<Option<u64>> {
         let s = model * DIMS + d.index();
         self.expire(s, now);
         let continues = Self::in_spell(&self.slots[s], d, now);
@@ -241,8 +229,8 @@ impl Scorer {
                 self.score.lead_max_ms = self.score.lead_max_ms.max(lead);
             }
             // An alert already firing on it: the operator knows, though not in advance.
-            None => match self.slots[s].firing.values().min() {
-                Some(&since) => {
+            None => match firing_since {
+                Some(since) => {
                     self.score.warned += 1;
                     self.score.warned_while_firing += 1;
                     return Some(Some(now.since(since).max(1)));
@@ -302,7 +290,7 @@ mod tests {
         s.notified(&note("m", "rpd", true), T0, model);
         // Denials every few seconds for ten minutes: one event.
         for i in 0..200 {
-            s.exhausted(0, Dimension::Rpd, T0.plus(3_000_000 + i * 3_000));
+            s.exhausted(0, Dimension::Rpd, T0.plus(3_000_000 + i * 3_000), None);
         }
         let f = s.finish(T0.plus(4_000_000));
         assert_eq!((f.notifications, f.true_positive, f.false_positive), (1, 1, 0));
@@ -316,9 +304,9 @@ mod tests {
         s.notified(&note("m", "rpm", true), T0, model);
         s.notified(&note("m", "rpm", false), T0.plus(60_000), model);
         // RPM runs out five minutes later: past the two-minute horizon.
-        s.exhausted(0, Dimension::Rpm, T0.plus(300_000));
+        s.exhausted(0, Dimension::Rpm, T0.plus(300_000), None);
         // A second spell after a gap of more than a minute is a second event.
-        s.exhausted(0, Dimension::Rpm, T0.plus(400_000));
+        s.exhausted(0, Dimension::Rpm, T0.plus(400_000), None);
         let f = s.finish(T0.plus(500_000));
         assert_eq!((f.notifications, f.resolved), (2, 1));
         assert_eq!((f.true_positive, f.false_positive, f.undecided), (0, 1, 0));
@@ -336,10 +324,10 @@ mod tests {
         // The RPM alert resolves ten minutes later.
         s.notified(&note("m", "rpm", false), T0.plus(600_000), model);
         // RPM runs dry three hours later: the RPD alert's day-long horizon does not cover it.
-        s.exhausted(0, Dimension::Rpm, T0.plus(3 * 3_600_000));
+        s.exhausted(0, Dimension::Rpm, T0.plus(3 * 3_600_000), None);
         // A new RPM warning, then a dry spell 50 s later: warned, with a 50 s lead.
         s.notified(&note("m", "rpm", true), T0.plus(4 * 3_600_000), model);
-        s.exhausted(0, Dimension::Rpm, T0.plus(4 * 3_600_000 + 50_000));
+        s.exhausted(0, Dimension::Rpm, T0.plus(4 * 3_600_000 + 50_000), None);
         // A warning sent during that spell is right but late: no lead for anything.
         s.notified(&note("m", "rpm", true), T0.plus(4 * 3_600_000 + 60_000), model);
         let f = s.finish(T0.plus(5 * 3_600_000));
@@ -352,13 +340,14 @@ mod tests {
     fn dry_spells_under_an_alert_still_firing_are_warned() {
         let mut s = scorer();
         s.notified(&note("m", "rpm", true), T0, model);
-        // The alert keeps firing for 50 minutes while RPM runs dry again and again.
+        // The alert keeps firing for 50 minutes while RPM runs dry again and again (the warner
+        // says it is firing since T0).
         for i in 0..10u64 {
-            s.exhausted(0, Dimension::Rpm, T0.plus(60_000 + i * 300_000));
+            s.exhausted(0, Dimension::Rpm, T0.plus(60_000 + i * 300_000), Some(T0));
         }
         s.notified(&note("m", "rpm", false), T0.plus(3_000_000), model);
         // Once it has resolved, a dry spell with no warning is missed again.
-        s.exhausted(0, Dimension::Rpm, T0.plus(3_600_000));
+        s.exhausted(0, Dimension::Rpm, T0.plus(3_600_000), None);
         let f = s.finish(T0.plus(4_000_000));
         assert_eq!((f.exhaustions, f.warned, f.warned_while_firing, f.missed), (11, 10, 9, 1));
         assert_eq!((f.lead_min_ms, f.lead_max_ms), (60_000, 60_000), "only the first had a lead in advance");

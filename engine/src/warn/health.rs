@@ -5,10 +5,12 @@
 //!   probe revives it.
 //! - `PoolLostKeys`: at least [`HealthAlertConfig::lost_keys_share`] of the pool's usable keys
 //!   are disabled so. Resolves when the share falls below it.
-//! - `ProviderCapacity` (per model): the provider refused the model for want of capacity
-//!   (capacity 429s, 503s, timeouts) at least [`HealthAlertConfig::storm_refusals`] times
-//!   within [`HealthAlertConfig::storm_window_ms`]: a storm, not a lone refusal (the engine
-//!   backs off pool-wide meanwhile). Resolves after a window without a refusal.
+//! - `ProviderCapacity` (per model): within [`HealthAlertConfig::storm_window_ms`], the
+//!   provider refused the model for want of capacity (capacity 429s, 503s, timeouts) at least
+//!   [`HealthAlertConfig::storm_refusals`] times and at least
+//!   [`HealthAlertConfig::storm_share`] of its answers: a storm, not background flakiness
+//!   (the engine backs off pool-wide meanwhile). Resolves once a window's refusals fall below
+//!   half that share (or to none).
 //! - `LimitChanged` (per project, model and limit): a 429 named a limit other than the pool's
 //!   ("gemini-2.5-flash RPD 250 → 20 for proj-3"); the pool follows it. An event, not a
 //!   state: it fires once and resolves after [`HealthAlertConfig::limit_changed_for_ms`].
@@ -31,6 +33,8 @@ pub struct HealthAlertConfig {
     pub lost_keys_share: f64,
     /// Capacity refusals within `storm_window_ms` at which `ProviderCapacity` fires.
     pub storm_refusals: u64,
+    /// Share of a window's answers refused at which `ProviderCapacity` fires.
+    pub storm_share: f64,
     /// See `storm_refusals`.
     pub storm_window_ms: u64,
     /// How long a `LimitChanged` alert stays firing.
@@ -43,6 +47,7 @@ impl Default for HealthAlertConfig {
             enabled: true,
             lost_keys_share: 0.25,
             storm_refusals: 3,
+            storm_share: 0.2,
             storm_window_ms: 60_000,
             limit_changed_for_ms: 3_600_000,
         }
@@ -58,8 +63,9 @@ pub(crate) struct HealthAlerts {
     changed: BTreeMap<Labels, (Labels, Timestamp)>,
     /// Limits learned that were already alerted on.
     learned_seen: u64,
-    /// Per model, capacity refusals so far at each evaluation within the storm window.
-    refusals: Vec<VecDeque<(Timestamp, u64)>>,
+    /// Per model, (capacity refusals, answers) so far at each evaluation within the storm
+    /// window.
+    refusals: Vec<VecDeque<(Timestamp, u64, u64)>>,
 }
 
 fn labels(pairs: &[(&str, &str)]) -> Labels {
@@ -102,18 +108,21 @@ impl HealthAlerts {
             );
         }
         self.refusals.resize_with(health.capacity_refusals.len(), VecDeque::new);
-        for (m, (&total, seen)) in health.capacity_refusals.iter().zip(&mut self.refusals).enumerate() {
-            // The count a window ago: the oldest evaluation still inside it.
+        let counts = health.capacity_refusals.iter().zip(&health.answers);
+        for (m, ((&refused, &answered), seen)) in counts.zip(&mut self.refusals).enumerate() {
+            // The counts a window ago: the oldest evaluation still inside it.
             while seen.len() > 1 && now.since(seen[1].0) >= config.storm_window_ms {
                 seen.pop_front();
             }
-            let before = seen.front().map_or(0, |&(_, n)| n);
-            seen.push_back((now, total));
-            let storming = total - before >= config.storm_refusals;
+            let (_, r0, a0) = seen.front().copied().unwrap_or((now, 0, 0));
+            seen.push_back((now, refused, answered));
+            let (r, a) = (refused - r0, answered - a0);
+            let share = r as f64 / a.max(1) as f64;
             let model = pool.models()[m].name.as_str();
             let l = labels(&[("alertname", "ProviderCapacity"), ("model", model), ("severity", "warning")]);
-            // Firing until a window passes without a refusal.
-            if storming || (self.firing.contains_key(&l) && total > before) {
+            let storming = r >= config.storm_refusals && share >= config.storm_share;
+            let lasting = self.firing.contains_key(&l) && r > 0 && share >= config.storm_share / 2.0;
+            if storming || lasting {
                 let summary = format!(
                     "the provider refuses {model} for want of capacity: the engine backs off pool-wide, no key is \
                      blamed"
@@ -126,6 +135,7 @@ impl HealthAlerts {
             self.learned_seen = health.limits_learned;
             let events = engine.health().events;
             let learned = events.iter().rev().filter(|e| matches!(e, HealthEvent::LimitLearned { .. })).take(new);
+            let mut fresh: Vec<Labels> = Vec::new();
             for e in learned {
                 let HealthEvent::LimitLearned { project, model, dimension, .. } = e else { continue };
                 let limit = dimension.name();
@@ -137,7 +147,11 @@ impl HealthAlerts {
                     ("severity", "warning"),
                 ]);
                 let a = labels(&[("summary", &format!("limit changed: {e}"))]);
-                self.changed.insert(l, (a, now.plus(config.limit_changed_for_ms)));
+                // Newest first: a limit learned twice since the last evaluation says its latest.
+                if !fresh.contains(&l) {
+                    fresh.push(l.clone());
+                    self.changed.insert(l, (a, now.plus(config.limit_changed_for_ms)));
+                }
             }
         }
         self.changed.retain(|_, (_, until)| *until > now);

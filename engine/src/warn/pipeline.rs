@@ -131,6 +131,11 @@ impl Pipeline {
         }
     }
 
+    /// Whether the alert with `labels` is firing now (notified or not, muted or not).
+    pub fn is_firing(&self, labels: &Labels) -> bool {
+        self.groups.get(&self.group_of(labels)).and_then(|g| g.alerts.get(labels)).is_some_and(|a| a.ends_at.is_none())
+    }
+
     /// An alert resolved at `now`.
     pub fn resolve(&mut self, labels: &Labels, now: Timestamp) {
         let key = self.group_of(labels);
@@ -259,6 +264,7 @@ mod tests {
         assert_eq!(p.flush(T0.plus(30_000)).len(), 1);
         p.resolve(&near("a"), T0.plus(60_000));
         assert!(p.flush(T0.plus(400_000)).is_empty(), "b still fires, a resolved: nothing new");
+        assert!(!p.is_firing(&near("a")) && p.is_firing(&near("b")), "what fires is known without a notice");
         p.fire(near("c"), Labels::new(), T0.plus(400_000));
         let sent = p.flush(T0.plus(700_000));
         assert_eq!(sent.len(), 1);

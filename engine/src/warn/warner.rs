@@ -89,6 +89,8 @@ pub struct Warner {
     monitor: Monitor,
     pipeline: Pipeline,
     health: HealthAlerts,
+    /// Alerts notified as firing that still fire, with when each started.
+    notified: std::collections::BTreeMap<Labels, Timestamp>,
 }
 
 impl Warner {
@@ -112,6 +114,7 @@ impl Warner {
             monitor: Monitor::new(rule, config.trend_window_ms),
             pipeline: Pipeline::new(config.route.clone(), inhibits),
             health: HealthAlerts::default(),
+            notified: Default::default(),
             config,
         }
     }
@@ -126,8 +129,37 @@ impl Warner {
         self.monitor.len()
     }
 
+    /// Since when an alert naming `model` and `dimension` has been firing, if one that was
+    /// notified is firing now (the earliest start): the operator knows that pool is short.
+    pub fn firing_since(&self, model: &str, dimension: &str) -> Option<Timestamp> {
+        let about = |l: &Labels| {
+            l.get("model").is_some_and(|m| m == model) && l.get("dimension").is_some_and(|d| d == dimension)
+        };
+        self.notified.iter().filter(|(l, _)| about(l)).map(|(_, t)| *t).min()
+    }
+
     /// Evaluates every bucket and pool of `engine` at `now`; returns the notifications due.
     pub fn evaluate<S: QuotaStore>(&mut self, engine: &Engine<S>, now: Timestamp) -> Vec<Notification> {
+        let out = self.evaluate_rules(engine, now);
+        for a in out.iter().flat_map(|n| &n.alerts) {
+            match a.ends_at {
+                None => {
+                    self.notified.entry(a.labels.clone()).or_insert(a.starts_at);
+                }
+                Some(_) => {
+                    self.notified.remove(&a.labels);
+                }
+            }
+        }
+        // Resolved while muted, or resolved without a notice (`send_resolved = false`): gone.
+        if self.config.mode == WarnMode::Pipeline {
+            let pipeline = &self.pipeline;
+            self.notified.retain(|l, _| pipeline.is_firing(l));
+        }
+        out
+    }
+
+    fn evaluate_rules<S: QuotaStore>(&mut self, engine: &Engine<S>, now: Timestamp) -> Vec<Notification> {
         let mut changes = Vec::new();
         let engine_pool = engine.pool();
         let ep = &*engine_pool;
