@@ -8,6 +8,7 @@ mod diagnostics;
 mod estimators;
 mod gate;
 mod health;
+mod invalid;
 mod mock;
 mod plan;
 mod properties;

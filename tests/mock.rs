@@ -45,7 +45,7 @@ pub(crate) fn start_with(host: &str, scenario: &str, extra: &[&str]) -> Mock {
 }
 
 /// One raw HTTP/1.1 exchange; `None` if the connection closed without an answer.
-fn raw(base: &str, request: &str) -> Option<(u16, String)> {
+pub(crate) fn raw(base: &str, request: &str) -> Option<(u16, String)> {
     let mut s = TcpStream::connect(base.trim_start_matches("http://")).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     s.write_all(request.as_bytes()).unwrap();

@@ -26,6 +26,7 @@ use serde_json::{json, Value};
 use crate::body::{self, ErrorAnswer, UsageMetadata};
 use crate::judge::{Fault, FaultModel, Judge, JudgeConfig, KeyState, LatencySampler, Verdict};
 use crate::script::{Script, StormKind};
+use crate::validate::{self, Kind};
 
 /// The most output tokens an answer has (the `outputTokenLimit` models advertise); also the
 /// cap on an output count a request states.
@@ -270,7 +271,7 @@ impl Fake {
         let surface = if path.starts_with("/v1beta/openai/") { Surface::OpenAi } else { Surface::Gemini };
         let wrap = |a: Answer| match (surface, a.payload) {
             (Surface::OpenAi, Payload::Json(v)) if a.status >= 400 => {
-                Answer { payload: Payload::Json(json!([v])), ..a }
+                Answer { payload: Payload::Json(openai_error(v, a.status)), ..a }
             }
             (_, payload) => Answer { payload, ..a },
         };
@@ -436,7 +437,13 @@ impl Fake {
         now: u64,
     ) -> Result<(u64, u64, &'static str, u64), Answer> {
         let number = |name: &str| req.header(name).and_then(|v| v.trim().parse::<u64>().ok());
-        let input = number("x-keysim-input-tokens").unwrap_or_else(|| (self.count)(prompt)).min(MAX_INPUT_TOKENS);
+        let input = number("x-keysim-input-tokens").unwrap_or_else(|| (self.count)(prompt));
+        if input > MAX_INPUT_TOKENS {
+            let msg = format!(
+                "The input token count ({input}) exceeds the maximum number of tokens allowed ({MAX_INPUT_TOKENS})."
+            );
+            return Err(Answer::error(validate::invalid("contents", &msg), 0));
+        }
         let asked = number("x-keysim-output-tokens");
         let mut state = self.lock();
         // Time reaches the judge in order, whatever order requests took the lock in.
@@ -477,8 +484,9 @@ impl Fake {
     /// `generateContent` (`stream = None`) or `streamGenerateContent` (`Some(sse)`).
     fn generate(&self, req: &ApiRequest<'_>, model: &str, project: usize, now: u64, stream: Option<bool>) -> Answer {
         let Some(m) = self.model_index(model) else { return Answer::error(body::model_not_found(model), 0) };
-        let Ok(request) = serde_json::from_slice::<Value>(req.body) else {
-            return bad_request("Invalid JSON payload.");
+        let request = match validate::request(req.body, Kind::Generate) {
+            Ok(v) => v,
+            Err(e) => return Answer::error(e, 0),
         };
         let cap = gemini_max_output(&request);
         let (input, output, finish, delay) =
@@ -524,8 +532,9 @@ impl Fake {
 
     fn count_tokens(&self, req: &ApiRequest<'_>, model: &str, project: usize, now: u64) -> Answer {
         let Some(m) = self.model_index(model) else { return Answer::error(body::model_not_found(model), 0) };
-        let Ok(request) = serde_json::from_slice::<Value>(req.body) else {
-            return bad_request("Invalid JSON payload.");
+        let request = match validate::request(req.body, Kind::Count) {
+            Ok(v) => v,
+            Err(e) => return Answer::error(e, 0),
         };
         let inner = request.get("generateContentRequest").unwrap_or(&request);
         let total = (self.count)(&gemini_prompt(inner));
@@ -552,8 +561,9 @@ impl Fake {
     }
 
     fn chat_completions(&self, req: &ApiRequest<'_>, project: usize, now: u64) -> Answer {
-        let Ok(request) = serde_json::from_slice::<Value>(req.body) else {
-            return bad_request("Invalid JSON payload.");
+        let request = match validate::chat(req.body) {
+            Ok(v) => v,
+            Err(e) => return Answer::error(e, 0),
         };
         let model = request["model"].as_str().unwrap_or_default().trim_start_matches("models/").to_owned();
         let Some(m) = self.model_index(&model) else { return Answer::error(body::model_not_found(&model), 0) };
@@ -662,8 +672,22 @@ fn not_found() -> Answer {
     Answer::json(404, json!({"error": {"code": 404, "message": "Method not found.", "status": "NOT_FOUND"}}), 0)
 }
 
-fn bad_request(message: &str) -> Answer {
-    Answer::json(400, json!({"error": {"code": 400, "message": message, "status": "INVALID_ARGUMENT"}}), 0)
+/// An error body in the shape the OpenAI SDKs read (`error.message`, `error.type`,
+/// `error.param`, `error.code`), keeping Gemini's `status` and `details` beside them.
+fn openai_error(mut v: Value, status: u16) -> Value {
+    let kind = match status {
+        400 => "invalid_request_error",
+        401 => "authentication_error",
+        403 => "permission_denied_error",
+        404 => "not_found_error",
+        429 => "rate_limit_error",
+        _ => "api_error",
+    };
+    if let Some(e) = v.get_mut("error").and_then(Value::as_object_mut) {
+        e.entry("type").or_insert(json!(kind));
+        e.entry("param").or_insert(Value::Null);
+    }
+    v
 }
 
 /// All text of a Gemini request: system instruction and contents (camelCase or snake_case).

@@ -15,6 +15,7 @@
 //! - [`host`]: HTTP hosts of the fake — a sustained hyper host with flat memory, and a
 //!   wiremock `MockServer` for tests.
 //! - [`pacific`]: the calendar of the daily quota (midnight America/Los_Angeles).
+//! - [`validate`]: requests read and checked as Gemini does, with its 400s.
 //! - [`script`]: what the provider does on its own over time (failure storms, keys suspended
 //!   and revived, limits cut), for the simulator and the hosts alike.
 
@@ -24,6 +25,7 @@ pub mod host;
 pub mod judge;
 pub mod pacific;
 pub mod script;
+pub mod validate;
 
 pub use judge::{
     Dimension, Enforcement, Fault, FaultModel, Judge, JudgeConfig, KeyState, LatencyModel, LatencySampler, ModelQuota,

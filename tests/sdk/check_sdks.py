@@ -76,5 +76,10 @@ try:
     check(False, "openai: the third request of the minute raises")
 except openai.RateLimitError as e:
     check(e.status_code == 429, "openai: RateLimitError 429")
+    check("exceeded your current quota" in str(e), f"openai: RateLimitError carries the message ({e})")
+    body = e.body.get("error", e.body) if isinstance(e.body, dict) else {}
+    kinds = [d.get("@type", "") for d in body.get("details", [])]
+    check(any(k.endswith("QuotaFailure") for k in kinds), f"openai: RateLimitError carries the quota details ({kinds})")
+    check(getattr(e, "type", None) == "rate_limit_error", f"openai: error type ({getattr(e, 'type', None)})")
 
 print("all SDK checks passed")

@@ -43,6 +43,8 @@ fn post_at(f: &Fake, now: u64, path: &str, query: &str, headers: &[(&str, &str)]
 }
 
 const GEN: &str = "/v1beta/models/gemini-2.5-flash:generateContent";
+/// A prompt with no generation settings.
+const PLAIN: &str = r#"{"contents":[{"parts":[{"text":"abcd"}]}]}"#;
 const ASK: &str =
     r#"{"contents":[{"role":"user","parts":[{"text":"abcdefghijklmnop"}]}],"generationConfig":{"maxOutputTokens":30}}"#;
 
@@ -90,11 +92,14 @@ fn the_third_request_against_rpm_two_gets_gemini_s_429() {
     assert_eq!(e["status"], "RESOURCE_EXHAUSTED");
     let retry = e["details"].as_array().unwrap().iter().find(|d| d["@type"].as_str().unwrap().ends_with("RetryInfo"));
     assert_eq!(retry.unwrap()["retryDelay"], "60s");
-    // The OpenAI surface wraps the same error in a one-element array.
+    // The OpenAI surface gives the same error in the shape the OpenAI SDKs read.
     let chat = r#"{"model":"gemini-2.5-flash","messages":[{"role":"user","content":"hi"}]}"#;
     let a = post(&f, "/v1beta/openai/chat/completions", "", &[("authorization", "Bearer key-a")], chat);
     assert_eq!(a.status, 429);
-    assert_eq!(json(&a)[0]["error"]["code"], 429);
+    let e = &json(&a)["error"];
+    assert_eq!((e["code"].as_u64(), e["type"].as_str()), (Some(429), Some("rate_limit_error")));
+    assert!(e["message"].as_str().unwrap().contains("You exceeded your current quota"), "{e}");
+    assert!(e["details"].as_array().is_some_and(|d| !d.is_empty()), "the quota details are kept");
 }
 
 #[test]
@@ -142,14 +147,19 @@ fn counts_tokens_for_free_and_lists_models_in_pages() {
 #[test]
 fn stated_counts_are_capped_and_query_values_decoded() {
     let f = fake(10);
-    let a = post(&f, GEN, "key=key%2Da", &[("x-keysim-output-tokens", "18446744073709551615")], "{}");
+    let a = post(&f, GEN, "key=key%2Da", &[("x-keysim-output-tokens", "18446744073709551615")], PLAIN);
     assert_eq!(a.status, 200, "the key is percent-decoded");
     assert_eq!(json(&a)["usageMetadata"]["candidatesTokenCount"], MAX_TOKENS);
-    let a = post(&f, GEN, "", &[("x-goog-api-key", "key-a"), ("x-keysim-input-tokens", "123")], "{}");
+    let a = post(&f, GEN, "", &[("x-goog-api-key", "key-a"), ("x-keysim-input-tokens", "123")], ASK);
     assert_eq!(json(&a)["usageMetadata"]["promptTokenCount"], 123, "a replayed request's true count");
-    let a = post(&f, GEN, "", &[("x-goog-api-key", "key-a"), ("x-keysim-fault", "overloaded")], "{}");
+    let a = post(&f, GEN, "", &[("x-goog-api-key", "key-a"), ("x-keysim-fault", "overloaded")], ASK);
     assert_eq!(a.status, 503);
-    let a = post(&f, GEN, "", &[("authorization", "bearer key-a")], "{}");
+    // A prompt over the model's input limit is refused, as Gemini refuses it.
+    let a = post(&f, GEN, "", &[("x-goog-api-key", "key-a"), ("x-keysim-input-tokens", "2600000")], ASK);
+    assert_eq!(a.status, 400);
+    let m = json(&a)["error"]["message"].as_str().unwrap().to_owned();
+    assert_eq!(m, "The input token count (2600000) exceeds the maximum number of tokens allowed (1048576).");
+    let a = post(&f, GEN, "", &[("authorization", "bearer key-a")], ASK);
     assert_eq!(a.status, 403, "Bearer tokens are for the OpenAI surface");
 }
 
@@ -158,11 +168,13 @@ fn count_tokens_is_refused_only_for_a_full_minute() {
     let f = fake(1_000);
     // Spend the day (250 requests) in one minute; counting tokens still works.
     for _ in 0..250 {
-        assert_eq!(post(&f, GEN, "", &[("x-goog-api-key", "key-a")], "{}").status, 200);
+        assert_eq!(post(&f, GEN, "", &[("x-goog-api-key", "key-a")], ASK).status, 200);
     }
-    assert_eq!(post(&f, GEN, "", &[("x-goog-api-key", "key-a")], "{}").status, 429);
+    assert_eq!(post(&f, GEN, "", &[("x-goog-api-key", "key-a")], ASK).status, 429);
     let path = "/v1beta/models/gemini-2.5-flash:countTokens";
-    assert_eq!(post(&f, path, "", &[("x-goog-api-key", "key-a")], "{}").status, 200);
+    assert_eq!(post(&f, path, "", &[("x-goog-api-key", "key-a")], PLAIN).status, 200);
+    let a = post(&f, path, "", &[("x-goog-api-key", "key-a")], ASK);
+    assert_eq!(a.status, 400, "countTokens takes generation settings only inside generateContentRequest");
 }
 
 /// Status and error status of `a`.

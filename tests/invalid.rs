@@ -1,0 +1,158 @@
+//! The fake refuses what Gemini refuses: a table of invalid requests, each sent over real
+//! HTTP to both hosts, each answered with Gemini's status and error status, none with 200.
+
+use serde_json::Value;
+
+use crate::mock::{raw, start_with};
+
+const KEY: &str = "fake-gemini-key";
+const GEN: &str = "/v1beta/models/gemini-2.5-flash:generateContent";
+const STREAM: &str = "/v1beta/models/gemini-2.5-flash:streamGenerateContent?alt=sse";
+const COUNT: &str = "/v1beta/models/gemini-2.5-flash:countTokens";
+const CHAT: &str = "/v1beta/openai/chat/completions";
+
+/// `{"contents": [...]}` with one user text part, and `extra` fields beside it.
+fn with(extra: &str) -> String {
+    let sep = if extra.is_empty() { "" } else { "," };
+    format!(r#"{{"contents":[{{"role":"user","parts":[{{"text":"hi"}}]}}]{sep}{extra}}}"#)
+}
+
+fn config(cfg: &str) -> String {
+    with(&format!(r#""generationConfig":{{{cfg}}}"#))
+}
+
+fn chat(fields: &str) -> String {
+    format!(r#"{{"model":"gemini-2.5-flash",{fields}}}"#)
+}
+
+/// (what, path, body, status, error status)
+fn cases() -> Vec<(&'static str, &'static str, String, u16, &'static str)> {
+    let bad = |what, path, body: String| (what, path, body, 400, "INVALID_ARGUMENT");
+    let huge = format!(r#"{{"contents":[{{"parts":[{{"text":"{}"}}]}}]}}"#, "a".repeat(10 * 1024 * 1024));
+    vec![
+        bad("empty object", GEN, "{}".into()),
+        bad("contents a number", GEN, r#"{"contents":42}"#.into()),
+        bad("an array", GEN, "[1,2,3]".into()),
+        bad("not JSON", GEN, "not json".into()),
+        bad("truncated JSON", GEN, r#"{"contents":[{"parts":"#.into()),
+        bad("a string", GEN, r#""hello""#.into()),
+        bad("role system in contents", GEN, r#"{"contents":[{"role":"system","parts":[{"text":"x"}]}]}"#.into()),
+        bad("role wizard", GEN, r#"{"contents":[{"role":"wizard","parts":[{"text":"x"}]}]}"#.into()),
+        bad("no contents", GEN, r#"{"contents":[]}"#.into()),
+        bad("no parts", GEN, r#"{"contents":[{"role":"user","parts":[]}]}"#.into()),
+        bad("an empty part", GEN, r#"{"contents":[{"parts":[{}]}]}"#.into()),
+        bad("text a number", GEN, r#"{"contents":[{"parts":[{"text":5}]}]}"#.into()),
+        bad(
+            "two kinds of data in a part",
+            GEN,
+            r#"{"contents":[{"parts":[{"text":"a","inlineData":{"mimeType":"image/png","data":"AAAA"}}]}]}"#.into(),
+        ),
+        bad(
+            "inline data not base64",
+            GEN,
+            r#"{"contents":[{"parts":[{"inlineData":{"mimeType":"image/png","data":"!!!"}}]}]}"#.into(),
+        ),
+        bad(
+            "inline data without a MIME type",
+            GEN,
+            r#"{"contents":[{"parts":[{"inlineData":{"data":"AAAA"}}]}]}"#.into(),
+        ),
+        bad("parts a string", GEN, r#"{"contents":[{"parts":"hello"}]}"#.into()),
+        bad("an unknown field", GEN, with(r#""foo":1"#)),
+        bad("a misspelt setting", GEN, config(r#""temprature":1"#)),
+        bad("maxOutputTokens -5", GEN, config(r#""maxOutputTokens":-5"#)),
+        bad("maxOutputTokens a word", GEN, config(r#""maxOutputTokens":"abc""#)),
+        bad("temperature 99", GEN, config(r#""temperature":99"#)),
+        bad("temperature a word", GEN, config(r#""temperature":"hot""#)),
+        bad("topP 1.5", GEN, config(r#""topP":1.5"#)),
+        bad("topK 0", GEN, config(r#""topK":0"#)),
+        bad("candidateCount 0", GEN, config(r#""candidateCount":0"#)),
+        bad("candidateCount 9", GEN, config(r#""candidateCount":9"#)),
+        bad("six stop sequences", GEN, config(r#""stopSequences":["a","b","c","d","e","f"]"#)),
+        bad("responseMimeType text/html", GEN, config(r#""responseMimeType":"text/html""#)),
+        bad("a schema without JSON", GEN, config(r#""responseSchema":{"type":"OBJECT"}"#)),
+        bad("responseModalities SMELL", GEN, config(r#""responseModalities":["SMELL"]"#)),
+        bad("thinkingBudget 100000", GEN, config(r#""thinkingConfig":{"thinkingBudget":100000}"#)),
+        bad("generationConfig a string", GEN, with(r#""generationConfig":"abc""#)),
+        bad(
+            "an unknown safety category",
+            GEN,
+            with(r#""safetySettings":[{"category":"HARM_CATEGORY_FOO","threshold":"BLOCK_NONE"}]"#),
+        ),
+        bad(
+            "an unknown threshold",
+            GEN,
+            with(r#""safetySettings":[{"category":"HARM_CATEGORY_HARASSMENT","threshold":"BLOCK_SOME"}]"#),
+        ),
+        bad(
+            "a category set twice",
+            GEN,
+            with(
+                r#""safetySettings":[{"category":"HARM_CATEGORY_HARASSMENT","threshold":"BLOCK_NONE"},
+                {"category":"HARM_CATEGORY_HARASSMENT","threshold":"OFF"}]"#,
+            ),
+        ),
+        bad(
+            "a function name starting with a digit",
+            GEN,
+            with(r#""tools":[{"functionDeclarations":[{"name":"1bad"}]}]"#),
+        ),
+        bad("mode ANY without functions", GEN, with(r#""toolConfig":{"functionCallingConfig":{"mode":"ANY"}}"#)),
+        bad("mode SOMETIMES", GEN, with(r#""toolConfig":{"functionCallingConfig":{"mode":"SOMETIMES"}}"#)),
+        bad("a system instruction without parts", GEN, with(r#""systemInstruction":{"parts":[]}"#)),
+        bad("a 10 MB prompt (2.6 M tokens)", GEN, huge),
+        bad("streaming: empty object", STREAM, "{}".into()),
+        bad("streaming: temperature 99", STREAM, config(r#""temperature":99"#)),
+        bad("countTokens: empty object", COUNT, "{}".into()),
+        bad("countTokens: contents a number", COUNT, r#"{"contents":42}"#.into()),
+        bad(
+            "countTokens: contents and generateContentRequest",
+            COUNT,
+            format!(r#"{{"contents":[{{"parts":[{{"text":"a"}}]}}],"generateContentRequest":{}}}"#, with("")),
+        ),
+        bad("countTokens: top-level generationConfig", COUNT, config(r#""temperature":1"#)),
+        bad("OpenAI: no messages", CHAT, chat(r#""messages":[]"#)),
+        bad("OpenAI: messages missing", CHAT, r#"{"model":"gemini-2.5-flash"}"#.into()),
+        bad("OpenAI: model missing", CHAT, r#"{"messages":[{"role":"user","content":"hi"}]}"#.into()),
+        bad("OpenAI: role wizard", CHAT, chat(r#""messages":[{"role":"wizard","content":"hi"}]"#)),
+        bad("OpenAI: content a number", CHAT, chat(r#""messages":[{"role":"user","content":42}]"#)),
+        bad("OpenAI: temperature 5", CHAT, chat(r#""messages":[{"role":"user","content":"hi"}],"temperature":5"#)),
+        bad("OpenAI: n 0", CHAT, chat(r#""messages":[{"role":"user","content":"hi"}],"n":0"#)),
+        bad("OpenAI: max_tokens -1", CHAT, chat(r#""messages":[{"role":"user","content":"hi"}],"max_tokens":-1"#)),
+        bad("OpenAI: an array", CHAT, "[1]".into()),
+        bad("OpenAI: not JSON", CHAT, "{".into()),
+        ("an unknown model", "/v1beta/models/gemini-9:generateContent", with(""), 404, "NOT_FOUND"),
+    ]
+}
+
+#[test]
+fn forty_and_more_invalid_requests_get_gemini_s_errors_on_both_hosts() {
+    let cases = cases();
+    assert!(cases.len() >= 40, "{} cases", cases.len());
+    for host in ["sustained", "wiremock"] {
+        // RPM high enough that no case meets a quota first.
+        let m = start_with(host, "tests/sdk/sdk-pool.toml", &["--set", "models.0.rpm=10000"]);
+        for (what, path, body, status, error) in &cases {
+            let auth = if path.starts_with("/v1beta/openai/") {
+                format!("authorization: Bearer {KEY}")
+            } else {
+                format!("x-goog-api-key: {KEY}")
+            };
+            let request = format!(
+                "POST {path} HTTP/1.1\r\nHost: fake\r\n{auth}\r\ncontent-type: application/json\r\n\
+                 content-length: {}\r\nconnection: close\r\n\r\n{body}",
+                body.len()
+            );
+            let (got, text) = raw(&m.base, &request).unwrap_or_else(|| panic!("{host}, {what}: no answer"));
+            assert_ne!(got, 200, "{host}, {what}: accepted");
+            assert_eq!(got, *status, "{host}, {what}: {text}");
+            let v: Value = serde_json::from_str(&text).unwrap_or_else(|e| panic!("{host}, {what}: {e}: {text}"));
+            let e = &v["error"];
+            assert_eq!(e["status"], *error, "{host}, {what}: {text}");
+            assert!(e["message"].as_str().is_some_and(|m| !m.is_empty()), "{host}, {what}: a message");
+            if path.starts_with("/v1beta/openai/") {
+                assert!(e.get("type").is_some() && e.get("param").is_some(), "{host}, {what}: OpenAI's shape");
+            }
+        }
+    }
+}
