@@ -156,3 +156,100 @@ fn forty_and_more_invalid_requests_get_gemini_s_errors_on_both_hosts() {
         }
     }
 }
+
+/// A key fed through every argument and scenario field: no error message shows 26 characters
+/// of it, and each is a clear error (exit code 2).
+#[test]
+fn no_error_message_shows_a_key() {
+    use crate::common::{keysim, temp_dir};
+    // Built at run time, so that no literal in the repository looks like a real key.
+    let key = format!("AIza{}", "Sy9-Qz_4Lm".repeat(3) + "Kp2Vw");
+    let secret = &key[4..30];
+    let dir = temp_dir("redaction");
+    let base = std::fs::read_to_string(crate::common::root().join("scenarios/quickstart.toml")).unwrap();
+    let scenarios = [
+        ("duplicate key", base.replacen("keys = [", &format!("keys = [\"{key}\", \"{key}\", "), 1)),
+        ("unknown key in an event", format!("{base}\n[[events]]\nat = \"1m\"\ndisable = \"{key}\"\n")),
+        ("suspend of an unknown key", format!("{base}\n[[events]]\nat = \"1m\"\nsuspend = \"{key}\"\n")),
+        (
+            "added to no project",
+            format!("{base}\n[[events]]\nat = \"1m\"\nadd = {{ key = \"{key}\", project = \"nope\" }}\n"),
+        ),
+        ("a key as the seed", base.replacen("seed = ", &format!("seed = \"{key}\"\n# "), 1)),
+        (
+            "a key as a strategy",
+            format!("{base}\n").replacen("[engine]", &format!("[engine]\nstrategy = \"{key}\""), 1),
+        ),
+        ("a key as a tokenizer", base.replacen("[provider]", &format!("[provider]\ntokenizer = \"{key}\""), 1)),
+        (
+            "a key as a storm's kind",
+            base.replacen(
+                "[provider]",
+                &format!("[provider]\nstorms = [{{ at = \"1m\", duration = \"1m\", rate = 0.5, kind = \"{key}\" }}]"),
+                1,
+            ),
+        ),
+        ("a key in a bad webhook", format!("{base}\n[warnings]\nwebhook = \"ftp://{key}\"\n")),
+        (
+            "a key as a model with RPM 0",
+            base.replacen(
+                "[[models]]",
+                &format!("[[models]]\nname = \"{key}\"\nrpm = 0\ntpm = 1\nrpd = 1\n\n[[models]]"),
+                1,
+            ),
+        ),
+    ];
+    let mut runs: Vec<(String, Vec<String>)> = Vec::new();
+    for (what, text) in &scenarios {
+        let path = dir.join(format!("{}.toml", what.replace(' ', "-")));
+        std::fs::write(&path, text).unwrap();
+        runs.push((what.to_string(), vec!["validate".into(), path.display().to_string()]));
+    }
+    let q = "scenarios/quickstart.toml".to_string();
+    let args: Vec<(&str, Vec<String>)> = vec![
+        ("a key as the scenario", vec!["run".into(), key.clone()]),
+        ("a key as a --set", vec!["validate".into(), q.clone(), "--set".into(), key.clone()]),
+        (
+            "a key as a --set value",
+            vec!["validate".into(), q.clone(), "--set".into(), format!("engine.strategy=\"{key}\"")],
+        ),
+        ("a key as --target", vec!["load".into(), q.clone(), "--target".into(), key.clone()]),
+        ("a key in --target's URL", vec!["load".into(), q.clone(), "--target".into(), format!("ftp://h/{key}")]),
+        (
+            "a key as --store",
+            vec![
+                "load".into(),
+                q.clone(),
+                "--target".into(),
+                "http://127.0.0.1:9".into(),
+                "--store".into(),
+                key.clone(),
+            ],
+        ),
+        (
+            "a key as --time-scale",
+            vec![
+                "load".into(),
+                q.clone(),
+                "--target".into(),
+                "http://127.0.0.1:9".into(),
+                "--time-scale".into(),
+                key.clone(),
+            ],
+        ),
+        ("a key as mock's scenario", vec!["mock".into(), "--scenario".into(), key.clone()]),
+        ("a key as mock's --bind", vec!["mock".into(), "--bind".into(), key.clone(), "--port".into(), "0".into()]),
+        ("a key as a gate baseline", vec!["gate".into(), q.clone(), "--baseline".into(), key.clone()]),
+        ("a key to compare", vec!["compare".into(), key.clone()]),
+        ("a key to plan", vec!["plan".into(), key.clone()]),
+    ];
+    runs.extend(args.into_iter().map(|(w, a)| (w.to_string(), a)));
+    for (what, args) in runs {
+        let o = keysim().args(&args).output().expect("keysim runs");
+        let (out, err) = (String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
+        assert!(!o.status.success(), "{what}: accepted\n{err}");
+        assert_eq!(o.status.code(), Some(2), "{what}: exit code\n{err}");
+        assert!(!err.contains(secret) && !out.contains(secret), "{what}: the key is shown\n{err}{out}");
+        assert!(err.contains("error"), "{what}: a clear error\n{err}");
+    }
+}

@@ -16,9 +16,47 @@ pub fn redact(id: &str) -> String {
     format!("{head}…{tail}")
 }
 
+/// `text` with every key-shaped word redacted (a run of letters, digits, `-` and `_` that
+/// [`redact`] would shorten, or an OpenAI-style `sk-` key): for error messages, which may quote
+/// anything a user typed, files and command lines included.
+pub fn redact_text(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut word = String::new();
+    let flush = |word: &mut String, out: &mut String| {
+        if word.starts_with("sk-") && word.len() >= 20 {
+            out.push_str("sk-…");
+            out.extend(word.chars().rev().take(4).collect::<Vec<_>>().into_iter().rev());
+        } else {
+            out.push_str(&redact(word));
+        }
+        word.clear();
+    };
+    for c in text.chars() {
+        if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+            word.push(c);
+        } else {
+            flush(&mut word, &mut out);
+            out.push(c);
+        }
+    }
+    flush(&mut word, &mut out);
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn key_shaped_words_are_redacted_in_text() {
+        let key = format!("AIza{}", "Qx7-_".repeat(7));
+        let text = format!("error: key '{key}' is listed twice\n  keys = [\"{key}\", \"proj-1-key-a\"]");
+        let out = redact_text(&text);
+        assert!(!out.contains(&key[4..30]), "{out}");
+        assert!(out.contains("AIza…") && out.contains("proj-1-key-a") && out.contains("listed twice"), "{out}");
+        let sk = format!("sk-proj-{}", "a1".repeat(12));
+        assert_eq!(redact_text(&format!("--target {sk}")), "--target sk-…a1a1");
+    }
 
     #[test]
     fn secrets_are_redacted_labels_are_not() {
