@@ -229,6 +229,30 @@ fn the_fake_misbehaves_on_schedule_and_the_engine_copes_over_http() {
     }
 }
 
+/// Slow answers happen in load runs too: the latency a replayed request states is its
+/// median draw, and `slow_rate` applies on top of it.
+#[test]
+fn slow_answers_show_in_a_load_run_s_p99() {
+    let p99 = |slow: f64| {
+        let faults = format!("provider.faults={{ slow_rate = {slow}, slow_factor = 20 }}");
+        let args = ["--set", "provider.storms=[]", "--set", r#"scenario.duration="2m""#, "--set", &faults];
+        let m =
+            start_with("sustained", "scenarios/capacity-storm.toml", &[&args[..], &["--time-scale", "30"]].concat());
+        let out = keysim()
+            .args(["load", "scenarios/capacity-storm.toml", "--target", &m.base, "--time-scale", "30", "--json"])
+            .args(args)
+            .output()
+            .expect("keysim load runs");
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout)
+            .unwrap_or_else(|e| panic!("summary JSON ({e}): {}", String::from_utf8_lossy(&out.stderr)));
+        v["latency_ms"]["p99"].as_u64().expect("a p99")
+    };
+    let (plain, slow) = (p99(0.0), p99(0.3));
+    // A p99 of 4 s, and slow answers twenty times longer than their draw.
+    assert!(plain <= 8_000, "without slow answers: p99 {plain} ms");
+    assert!(slow >= 4 * plain, "with 30 % slow answers: p99 {slow} ms against {plain} ms");
+}
+
 /// Each failure the provider gives raises the SDKs' usual exception, on both hosts and with
 /// quota 429s in each shape Gemini has used.
 #[test]

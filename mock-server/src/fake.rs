@@ -10,7 +10,7 @@
 //! Fake-only extensions, so that a load run can replay a simulated scenario exactly: a
 //! request may state its true input count (`x-keysim-input-tokens`), its answer's length
 //! (`x-keysim-output-tokens`), how long the fake takes to give it (`x-keysim-latency-ms`, on
-//! the fake's clock) and whether it fails (`x-keysim-fault: internal | overloaded | capacity |
+//! the fake's clock; slow answers still apply on top) and whether it fails (`x-keysim-fault: internal | overloaded | capacity |
 //! timeout | none`; a timeout answers 504 after the stated latency), and the time of the
 //! provider's script (`x-keysim-script-ms`, ms since the run's start; without it, the script
 //! counts from the first request the fake answers).
@@ -617,11 +617,11 @@ impl Fake {
         }
     }
 
+    /// How long a successful answer takes: the stated latency (a replayed request's draw) or
+    /// one drawn here, and slow answers on top of either.
     fn delay(&self, state: &mut State, req: &ApiRequest<'_>) -> u64 {
-        if let Some(ms) = req.header("x-keysim-latency-ms").and_then(|v| v.trim().parse::<u64>().ok()) {
-            return ms.min(3_600_000);
-        }
-        let base = self.latency.sample(&mut state.rng);
+        let stated = req.header("x-keysim-latency-ms").and_then(|v| v.trim().parse::<u64>().ok());
+        let base = stated.map_or_else(|| self.latency.sample(&mut state.rng), |ms| ms.min(3_600_000));
         let e = &self.extra;
         if e.slow_rate > 0.0 && state.rng.random::<f64>() < e.slow_rate {
             (base as f64 * e.slow_factor.max(1.0)) as u64
