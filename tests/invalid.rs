@@ -122,6 +122,14 @@ fn cases() -> Vec<(&'static str, &'static str, String, u16, &'static str)> {
         bad("OpenAI: an array", CHAT, "[1]".into()),
         bad("OpenAI: not JSON", CHAT, "{".into()),
         ("an unknown model", "/v1beta/models/gemini-9:generateContent", with(""), 404, "NOT_FOUND"),
+        // Both hosts agree on the body limit (20 MB).
+        (
+            "a 21 MB body",
+            GEN,
+            format!(r#"{{"contents":[{{"parts":[{{"text":"{}"}}]}}]}}"#, "b".repeat(21 << 20)),
+            413,
+            "INVALID_ARGUMENT",
+        ),
     ]
 }
 
@@ -252,4 +260,58 @@ fn no_error_message_shows_a_key() {
         assert!(!err.contains(secret) && !out.contains(secret), "{what}: the key is shown\n{err}{out}");
         assert!(err.contains("error"), "{what}: a clear error\n{err}");
     }
+}
+
+/// 500 connections that send half a request and wait are closed after the header timeout,
+/// while a normal client is served meanwhile; a body shorter than its `Content-Length` gets
+/// 408 after the body timeout, and one said to be over the limit 413 at once.
+#[test]
+fn half_open_connections_are_closed_and_bodies_time_out() {
+    use std::io::{Read, Write};
+    use std::net::TcpStream;
+    use std::time::{Duration, Instant};
+    let m = start_with("sustained", "tests/sdk/sdk-pool.toml", &["--header-timeout", "1", "--body-timeout", "1"]);
+    let addr = m.base.trim_start_matches("http://").to_owned();
+    let mut idle: Vec<TcpStream> = (0..500)
+        .map(|_| {
+            let mut s = TcpStream::connect(&addr).expect("connects");
+            s.write_all(b"POST /v1beta/models/gemini-2.5-flash:generateContent HTTP/1.1\r\nHost: fake\r\n").unwrap();
+            s
+        })
+        .collect();
+    // A normal client meanwhile: every answer comes, quickly.
+    let list = format!("GET /v1beta/models?key={KEY} HTTP/1.1\r\nHost: fake\r\nconnection: close\r\n\r\n");
+    let mut took: Vec<Duration> = (0..100)
+        .map(|_| {
+            let t = Instant::now();
+            let (status, _) = raw(&m.base, &list).expect("an answer");
+            assert_eq!(status, 200);
+            t.elapsed()
+        })
+        .collect();
+    took.sort();
+    println!("normal client beside 500 half-open connections: p50 {:?}, p99 {:?}", took[50], took[98]);
+    // Each half-open connection is closed by the host (perhaps after a 408), not left open.
+    let started = Instant::now();
+    for s in &mut idle {
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let mut buf = Vec::new();
+        let read = s.read_to_end(&mut buf);
+        assert!(read.is_ok(), "closed by the host, not left waiting: {read:?}");
+    }
+    println!("500 half-open connections closed {:?} after the normal client finished", started.elapsed());
+    // A body shorter than it says: 408 after the body timeout.
+    let short = format!(
+        "POST /v1beta/models/gemini-2.5-flash:generateContent HTTP/1.1\r\nHost: fake\r\nx-goog-api-key: {KEY}\r\n\
+         content-length: 100\r\n\r\n{{\"contents\":"
+    );
+    let (status, text) = raw(&m.base, &short).expect("an answer");
+    assert_eq!(status, 408, "{text}");
+    // A body said to be over 20 MB: 413 without reading it.
+    let huge = format!(
+        "POST /v1beta/models/gemini-2.5-flash:generateContent HTTP/1.1\r\nHost: fake\r\nx-goog-api-key: {KEY}\r\n\
+         content-length: 30000000\r\n\r\n{{"
+    );
+    let (status, text) = raw(&m.base, &huge).expect("an answer");
+    assert_eq!(status, 413, "{text}");
 }

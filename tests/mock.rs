@@ -48,9 +48,16 @@ pub(crate) fn start_with(host: &str, scenario: &str, extra: &[&str]) -> Mock {
 pub(crate) fn raw(base: &str, request: &str) -> Option<(u16, String)> {
     let mut s = TcpStream::connect(base.trim_start_matches("http://")).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    s.write_all(request.as_bytes()).unwrap();
-    let mut out = String::new();
-    let _ = s.read_to_string(&mut out);
+    // A host may answer (413) and close before it has read all of a large request: read
+    // while writing, so that the answer is in before the close.
+    let mut reader = s.try_clone().unwrap();
+    let read = std::thread::spawn(move || {
+        let mut bytes = Vec::new();
+        let _ = reader.read_to_end(&mut bytes);
+        bytes
+    });
+    let _ = s.write_all(request.as_bytes());
+    let out = String::from_utf8_lossy(&read.join().unwrap()).into_owned();
     let status = out.split_whitespace().nth(1)?.parse().ok()?;
     let body = out.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
     Some((status, body))

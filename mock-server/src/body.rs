@@ -191,6 +191,16 @@ pub fn model_not_found(model: &str) -> ErrorAnswer {
     plain(404, "NOT_FOUND", &msg, None)
 }
 
+/// 408: the request's body did not arrive in time.
+pub fn request_timeout() -> ErrorAnswer {
+    plain(408, "DEADLINE_EXCEEDED", "The request body was not received in time.", None)
+}
+
+/// 400: the request's body could not be read (the connection failed while sending it).
+pub fn unreadable_body() -> ErrorAnswer {
+    plain(400, "INVALID_ARGUMENT", "The request body could not be read.", None)
+}
+
 /// 413: the request body is larger than the API accepts.
 pub fn payload_too_large() -> ErrorAnswer {
     plain(413, "INVALID_ARGUMENT", "Request payload size exceeds the limit: 20971520 bytes.", None)

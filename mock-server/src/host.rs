@@ -22,13 +22,30 @@ use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::sync::mpsc;
 
 use crate::fake::{Answer, ApiRequest, Fake};
 
-/// The largest request body the sustained host reads (Gemini's own limit is 20 MB).
+/// The largest request body either host accepts (Gemini's own limit is 20 MB).
 pub const MAX_BODY: usize = 20 * 1024 * 1024;
+
+/// How long the sustained host waits for what clients send.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Timeouts {
+    /// For a request's headers, from the connection's first byte or its previous answer: a
+    /// connection that sends nothing, or half a request, is closed after it.
+    pub header: Duration,
+    /// For a request's body once its headers are in (a `Content-Length` larger than the body
+    /// sent waits this long): 408 after it.
+    pub body: Duration,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Self { header: Duration::from_secs(10), body: Duration::from_secs(30) }
+    }
+}
 
 /// The fake's clock: Unix milliseconds, optionally running `scale` times faster than real
 /// time from the moment it was made.
@@ -142,11 +159,44 @@ async fn answer(a: Answer, clock: Clock) -> Result<hyper::Response<Body>, std::i
     Ok(response(&a, Channel(rx).boxed()))
 }
 
-/// Serves `fake` on `listener` until `shutdown` completes.
+/// Serves `fake` on `listener` until `shutdown` completes, with the default [`Timeouts`].
 pub async fn serve(
     fake: Arc<Fake>,
     listener: tokio::net::TcpListener,
     clock: Clock,
+    shutdown: impl Future<Output = ()>,
+) -> std::io::Result<()> {
+    serve_with(fake, listener, clock, Timeouts::default(), shutdown).await
+}
+
+/// Reads a request's body within `limits`: the bytes, or the answer that refuses it (413 for
+/// a body over [`MAX_BODY`], said or found; 408 for one that does not arrive in time; 400 for
+/// one that cannot be read).
+async fn read_body(
+    headers: &hyper::HeaderMap,
+    body: hyper::body::Incoming,
+    timeouts: Timeouts,
+) -> Result<Bytes, crate::body::ErrorAnswer> {
+    let said = headers.get(hyper::header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.trim().parse::<u64>().ok());
+    if said.is_some_and(|n| n > MAX_BODY as u64) {
+        return Err(crate::body::payload_too_large());
+    }
+    match tokio::time::timeout(timeouts.body, Limited::new(body, MAX_BODY).collect()).await {
+        Err(_) => Err(crate::body::request_timeout()),
+        Ok(Ok(b)) => Ok(b.to_bytes()),
+        Ok(Err(e)) if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() => {
+            Err(crate::body::payload_too_large())
+        }
+        Ok(Err(_)) => Err(crate::body::unreadable_body()),
+    }
+}
+
+/// Serves `fake` on `listener` until `shutdown` completes.
+pub async fn serve_with(
+    fake: Arc<Fake>,
+    listener: tokio::net::TcpListener,
+    clock: Clock,
+    timeouts: Timeouts,
     shutdown: impl Future<Output = ()>,
 ) -> std::io::Result<()> {
     tokio::pin!(shutdown);
@@ -170,16 +220,26 @@ pub async fn serve(
                 let fake = fake.clone();
                 async move {
                     let (parts, body) = req.into_parts();
-                    let Ok(body) = Limited::new(body, MAX_BODY).collect().await.map(|b| b.to_bytes()) else {
-                        let a = Answer::error(crate::body::payload_too_large(), 0);
-                        return answer(a, clock).await;
+                    let body = match read_body(&parts.headers, body, timeouts).await {
+                        Ok(b) => b,
+                        Err(e) => {
+                            let mut r = answer(Answer::error(e, 0), clock).await?;
+                            // What is left of the body is not read: the connection closes.
+                            r.headers_mut().insert(hyper::header::CONNECTION, "close".parse().expect("valid"));
+                            return Ok(r);
+                        }
                     };
                     let headers = pairs(&parts.headers);
                     let (path, query) = (parts.uri.path(), parts.uri.query().unwrap_or_default());
                     answer(ask(&fake, &clock, parts.method.as_str(), path, query, &headers, &body), clock).await
                 }
             });
-            let _ = http1::Builder::new().keep_alive(true).serve_connection(TokioIo::new(stream), service).await;
+            let _ = http1::Builder::new()
+                .keep_alive(true)
+                .timer(TokioTimer::new())
+                .header_read_timeout(timeouts.header)
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
         });
     }
 }
@@ -193,6 +253,10 @@ pub struct Responder {
 impl wiremock::Respond for Responder {
     fn respond(&self, req: &wiremock::Request) -> wiremock::ResponseTemplate {
         let headers = pairs(&req.headers);
+        if req.body.len() > MAX_BODY {
+            let a = crate::body::payload_too_large();
+            return wiremock::ResponseTemplate::new(a.status).set_body_json(a.body);
+        }
         let (path, query) = (req.url.path(), req.url.query().unwrap_or_default());
         let mut answer = ask(&self.fake, &self.clock, req.method.as_str(), path, query, &headers, &req.body);
         if answer.drop {

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use mock_server::fake::{chars_per_four, ExtraFaults, Fake, FakeConfig, TokenCounter};
-use mock_server::host::{serve, start_wiremock, Clock};
+use mock_server::host::{serve_with, start_wiremock, Clock, Timeouts};
 
 use super::CliError;
 use crate::report::redact;
@@ -41,6 +41,8 @@ pub(super) struct MockOptions {
     pub(super) overrides: Vec<String>,
     pub(super) host: Host,
     pub(super) time_scale: f64,
+    pub(super) header_timeout: f64,
+    pub(super) body_timeout: f64,
 }
 
 /// The fake for `sc`: its pool, quotas, latency and faults; true counts from the
@@ -78,6 +80,17 @@ pub(super) fn mock(opts: MockOptions) -> Result<i32, CliError> {
     if !(opts.time_scale.is_finite() && (0.01..=10_000.0).contains(&opts.time_scale)) {
         return Err(CliError::BadInput("--time-scale must be a number from 0.01 to 10000".into()));
     }
+    let seconds = |what: &str, s: f64| {
+        if s.is_finite() && (0.01..=3_600.0).contains(&s) {
+            Ok(std::time::Duration::from_secs_f64(s))
+        } else {
+            Err(CliError::BadInput(format!("{what} must be a number of seconds from 0.01 to 3600")))
+        }
+    };
+    let timeouts = Timeouts {
+        header: seconds("--header-timeout", opts.header_timeout)?,
+        body: seconds("--body-timeout", opts.body_timeout)?,
+    };
     let fake = Arc::new(fake_for(&sc, sc.provider.extra_faults));
     let clock = Clock::new(opts.time_scale);
     let addr = format!("{}:{}", opts.bind, opts.port);
@@ -115,7 +128,7 @@ pub(super) fn mock(opts: MockOptions) -> Result<i32, CliError> {
                 listener.set_nonblocking(true).context("configuring the listener")?;
                 let listener = tokio::net::TcpListener::from_std(listener).context("configuring the listener")?;
                 banner(models);
-                serve(fake, listener, clock, ctrl_c).await.context("serving")?;
+                serve_with(fake, listener, clock, timeouts, ctrl_c).await.context("serving")?;
             }
             Host::Wiremock => {
                 let _server = start_wiremock(fake, clock, Some(listener)).await;

@@ -208,6 +208,13 @@ pub enum Command {
         /// Run the fake's clock this many times faster than real time.
         #[arg(long, default_value_t = 1.0)]
         time_scale: f64,
+        /// Seconds the sustained host waits for a request's headers (idle or half-sent
+        /// connections are closed after it).
+        #[arg(long, default_value_t = 10.0)]
+        header_timeout: f64,
+        /// Seconds the sustained host waits for a request's body once its headers are in (408).
+        #[arg(long, default_value_t = 30.0)]
+        body_timeout: f64,
     },
 }
 
@@ -293,8 +300,17 @@ pub fn execute(cli: Cli) -> Result<i32, CliError> {
                 quiet,
             })
         }
-        Command::Mock { port, bind, scenario, overrides, host, time_scale } => {
-            mock::mock(mock::MockOptions { port, bind, scenario, overrides, host, time_scale })
+        Command::Mock { port, bind, scenario, overrides, host, time_scale, header_timeout, body_timeout } => {
+            mock::mock(mock::MockOptions {
+                port,
+                bind,
+                scenario,
+                overrides,
+                host,
+                time_scale,
+                header_timeout,
+                body_timeout,
+            })
         }
     }
 }
