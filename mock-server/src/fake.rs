@@ -266,7 +266,9 @@ impl Fake {
     /// Answers `req` at `now` (milliseconds since the Unix epoch, on the fake's clock).
     pub fn handle(&self, req: &ApiRequest<'_>, now: u64) -> Answer {
         let _ = self.epoch_ms.compare_exchange(0, now.max(1), Ordering::Relaxed, Ordering::Relaxed);
-        self.follow_script(self.script_time(req, now));
+        if self.events_done.load(Ordering::Relaxed) < self.script.events.len() {
+            self.follow_script(self.script_time(req, now));
+        }
         let path = req.path.trim_end_matches('/');
         let surface = if path.starts_with("/v1beta/openai/") { Surface::OpenAi } else { Surface::Gemini };
         let wrap = |a: Answer| match (surface, a.payload) {
@@ -464,8 +466,8 @@ impl Fake {
         }
         // A stated timeout takes the stated latency (30 s if none is stated).
         let stated_wait = number("x-keysim-latency-ms").unwrap_or(30_000).min(3_600_000);
-        let t = self.script_time(req, now);
-        if let Some((kind, wait)) = drawn.map(|k| (k, stated_wait)).or_else(|| self.storm(t)) {
+        let storm = || self.storm(self.script_time(req, now));
+        if let Some((kind, wait)) = drawn.map(|k| (k, stated_wait)).or_else(storm) {
             return Err(self.failure(kind, wait));
         }
         let (output, finish) = self.output_tokens(&mut state, asked, cap);

@@ -255,21 +255,26 @@ pub enum Kind {
     BatchEmbed,
 }
 
-/// `snake_case` as the JSON mapping's camelCase.
-fn camel(snake: &str) -> String {
-    let mut out = String::with_capacity(snake.len());
+/// Whether `key` names the field `snake`: as it is, or in the JSON mapping's camelCase
+/// (compared without building the camelCase name).
+fn names(snake: &str, key: &str) -> bool {
+    if key == snake {
+        return true;
+    }
+    let mut k = key.bytes();
     let mut up = false;
-    for c in snake.chars() {
-        if c == '_' {
+    for c in snake.bytes() {
+        if c == b'_' {
             up = true;
-        } else if up {
-            out.extend(c.to_uppercase());
-            up = false;
-        } else {
-            out.push(c);
+            continue;
+        }
+        let want = if up { c.to_ascii_uppercase() } else { c };
+        up = false;
+        if k.next() != Some(want) {
+            return false;
         }
     }
-    out
+    k.next().is_none()
 }
 
 /// A 400 `INVALID_ARGUMENT` whose message is `message`, naming `field` in a `BadRequest`.
@@ -286,11 +291,22 @@ pub fn invalid(field: &str, message: &str) -> ErrorAnswer {
     }
 }
 
-fn join(path: &str, name: &str) -> String {
-    if path.is_empty() {
-        name.to_owned()
-    } else {
-        format!("{path}.{name}")
+/// A field's path, built into text only when an error names it.
+#[derive(Clone, Copy)]
+enum Path<'a> {
+    Root,
+    Field(&'a Path<'a>, &'a str),
+    Index(&'a Path<'a>, usize),
+}
+
+impl std::fmt::Display for Path<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Root => Ok(()),
+            Self::Field(Self::Root, name) => write!(f, "{name}"),
+            Self::Field(parent, name) => write!(f, "{parent}.{name}"),
+            Self::Index(parent, i) => write!(f, "{parent}[{i}]"),
+        }
     }
 }
 
@@ -305,25 +321,25 @@ fn shown(v: &Value) -> String {
 }
 
 /// Reads `v` as message `m` at `path`: the first structural error, if any.
-fn structure(v: &Value, m: &Message, path: &str) -> Result<(), ErrorAnswer> {
+fn structure(v: &Value, m: &Message, path: &Path<'_>) -> Result<(), ErrorAnswer> {
     let Value::Object(map) = v else {
         let msg = format!("Invalid value at '{path}' ({PKG}{}), {}", m.name, shown(v));
-        return Err(invalid(path, &msg));
+        return Err(invalid(&path.to_string(), &msg));
     };
     for (key, value) in map {
-        let Some(field) = m.fields.iter().find(|f| f.0 == key || camel(f.0) == *key) else {
-            let at = if path.is_empty() { String::new() } else { format!(" at '{path}'") };
+        let Some(field) = m.fields.iter().find(|f| names(f.0, key)) else {
+            let at = if matches!(path, Path::Root) { String::new() } else { format!(" at '{path}'") };
             let msg = format!("Invalid JSON payload received. Unknown name \"{key}\"{at}: Cannot find field.");
-            return Err(invalid(&join(path, key), &msg));
+            return Err(invalid(&Path::Field(path, key).to_string(), &msg));
         };
-        let here = join(path, field.0);
+        let here = Path::Field(path, field.0);
         if value.is_null() {
             continue;
         }
         match (field.2, value) {
             (true, Value::Array(items)) => {
                 for (i, item) in items.iter().enumerate() {
-                    typed(item, field.1, &format!("{here}[{i}]"))?;
+                    typed(item, field.1, &Path::Index(&here, i))?;
                 }
             }
             (true, other) => {
@@ -352,11 +368,11 @@ fn type_name(t: Ty) -> String {
     }
 }
 
-fn type_error(path: &str, t: Ty, v: &Value) -> ErrorAnswer {
-    invalid(path, &format!("Invalid value at '{path}' ({}), {}", type_name(t), shown(v)))
+fn type_error(path: &Path<'_>, t: Ty, v: &Value) -> ErrorAnswer {
+    invalid(&path.to_string(), &format!("Invalid value at '{path}' ({}), {}", type_name(t), shown(v)))
 }
 
-fn typed(v: &Value, t: Ty, path: &str) -> Result<(), ErrorAnswer> {
+fn typed(v: &Value, t: Ty, path: &Path<'_>) -> Result<(), ErrorAnswer> {
     let ok = match t {
         Ty::Str => v.is_string(),
         // Integers may come as JSON numbers or as strings of digits.
@@ -373,7 +389,7 @@ fn typed(v: &Value, t: Ty, path: &str) -> Result<(), ErrorAnswer> {
     }
     if let (Ty::Bytes, Some(s)) = (t, v.as_str()) {
         let msg = format!("Invalid value at '{path}' (TYPE_BYTES), Base64 decoding failed for {}", shown(&json!(s)));
-        return Err(invalid(path, &msg));
+        return Err(invalid(&path.to_string(), &msg));
     }
     Err(type_error(path, t, v))
 }
@@ -385,51 +401,61 @@ fn is_base64(s: &str) -> bool {
 
 /// A field of `v` by its snake_case name, in either spelling.
 pub fn get<'a>(v: &'a Value, snake: &str) -> Option<&'a Value> {
-    v.get(snake).or_else(|| v.get(camel(snake))).filter(|x| !x.is_null())
+    let map = v.as_object()?;
+    map.get(snake).or_else(|| map.iter().find(|(k, _)| names(snake, k)).map(|(_, x)| x)).filter(|x| !x.is_null())
 }
 
 /// Problems found by the field checks, as (field path, description).
 type Problems = Vec<(String, String)>;
 
-fn check_contents(contents: &Value, path: &str, out: &mut Problems) {
-    let items: Vec<&Value> = match contents {
-        Value::Array(a) => a.iter().collect(),
-        other => vec![other],
+fn check_contents(contents: &Value, path: &Path<'_>, out: &mut Problems) {
+    let items: &[Value] = match contents {
+        Value::Array(a) => a,
+        other => std::slice::from_ref(other),
     };
     if items.is_empty() {
-        out.push((path.into(), "contents is not specified".into()));
+        out.push((path.to_string(), "contents is not specified".into()));
     }
     for (i, c) in items.iter().enumerate() {
-        let here = format!("{path}[{i}]");
+        let here = Path::Index(path, i);
         if let Some(role) = get(c, "role").and_then(Value::as_str) {
             if !["user", "model", "function", "tool", ""].contains(&role) {
-                out.push((format!("{here}.role"), "Please use a valid role: user, model.".into()));
+                out.push((Path::Field(&here, "role").to_string(), "Please use a valid role: user, model.".into()));
             }
         }
-        check_parts(get(c, "parts"), &format!("{here}.parts"), out);
+        check_parts(get(c, "parts"), &Path::Field(&here, "parts"), out);
     }
 }
 
-fn check_parts(parts: Option<&Value>, path: &str, out: &mut Problems) {
-    let parts: Vec<&Value> = match parts {
-        Some(Value::Array(a)) => a.iter().collect(),
-        Some(other) => vec![other],
-        None => Vec::new(),
+fn check_parts(parts: Option<&Value>, path: &Path<'_>, out: &mut Problems) {
+    let parts: &[Value] = match parts {
+        Some(Value::Array(a)) => a,
+        Some(other) => std::slice::from_ref(other),
+        None => &[],
     };
     if parts.is_empty() {
-        out.push((path.into(), "contents.parts must not be empty.".into()));
+        out.push((path.to_string(), "contents.parts must not be empty.".into()));
     }
     for (j, p) in parts.iter().enumerate() {
-        let set = PART_DATA.iter().filter(|k| get(p, k).is_some()).count();
-        let here = format!("{path}[{j}]");
-        if set == 0 {
-            out.push((format!("{here}.data"), "required oneof field 'data' must have one initialized field".into()));
-        } else if set > 1 {
-            out.push((format!("{here}.data"), "oneof field 'data' is already set. Cannot set more than one".into()));
+        let Some(map) = p.as_object() else { continue };
+        // One pass over the part's fields: how many carry data.
+        let set = map.iter().filter(|(k, v)| !v.is_null() && PART_DATA.iter().any(|d| names(d, k))).count();
+        if set != 1 {
+            let here = Path::Index(path, j);
+            let what = if set == 0 {
+                "required oneof field 'data' must have one initialized field"
+            } else {
+                "oneof field 'data' is already set. Cannot set more than one"
+            };
+            out.push((Path::Field(&here, "data").to_string(), what.into()));
         }
         if let Some(b) = get(p, "inline_data") {
             if get(b, "mime_type").and_then(Value::as_str).is_none_or(str::is_empty) {
-                out.push((format!("{here}.inline_data.mime_type"), "mime_type must be specified.".into()));
+                let here = Path::Index(path, j);
+                out.push((
+                    Path::Field(&here, "inline_data.mime_type").to_string(),
+                    "mime_type must be specified.".into(),
+                ));
             }
         }
     }
@@ -561,7 +587,7 @@ pub fn request(body: &[u8], kind: Kind) -> Result<Value, ErrorAnswer> {
         Kind::Embed => (&EMBED, "EmbedContentRequest"),
         Kind::BatchEmbed => (&BATCH_EMBED, "BatchEmbedContentsRequest"),
     };
-    structure(&v, message, "")?;
+    structure(&v, message, &Path::Root)?;
     let mut problems = Problems::new();
     match kind {
         Kind::Generate => generate(&v, &mut problems),
@@ -573,7 +599,7 @@ pub fn request(body: &[u8], kind: Kind) -> Result<Value, ErrorAnswer> {
                 }
             }
             None => match get(&v, "contents") {
-                Some(c) => check_contents(c, "contents", &mut problems),
+                Some(c) => check_contents(c, &Path::Field(&Path::Root, "contents"), &mut problems),
                 None => problems.push(("contents".into(), "contents is not specified".into())),
             },
         },
@@ -597,11 +623,11 @@ pub fn request(body: &[u8], kind: Kind) -> Result<Value, ErrorAnswer> {
 
 fn generate(v: &Value, problems: &mut Problems) {
     match get(v, "contents") {
-        Some(c) => check_contents(c, "contents", problems),
+        Some(c) => check_contents(c, &Path::Field(&Path::Root, "contents"), problems),
         None => problems.push(("contents".into(), "contents is not specified".into())),
     }
     if let Some(s) = get(v, "system_instruction") {
-        check_parts(get(s, "parts"), "system_instruction.parts", problems);
+        check_parts(get(s, "parts"), &Path::Field(&Path::Root, "system_instruction.parts"), problems);
     }
     if let Some(cfg) = get(v, "generation_config") {
         check_generation(cfg, problems);
@@ -612,7 +638,10 @@ fn generate(v: &Value, problems: &mut Problems) {
 
 fn embed(v: &Value, prefix: &str, problems: &mut Problems) {
     match get(v, "content") {
-        Some(c) => check_parts(get(c, "parts"), &format!("{prefix}content.parts"), problems),
+        Some(c) => {
+            let path = format!("{prefix}content.parts");
+            check_parts(get(c, "parts"), &Path::Field(&Path::Root, &path), problems)
+        }
         None => problems.push((format!("{prefix}content"), "content is not specified".into())),
     }
     if let Some(d) = number(get(v, "output_dimensionality")) {
