@@ -10,6 +10,9 @@ const GEN: &str = "/v1beta/models/gemini-2.5-flash:generateContent";
 const STREAM: &str = "/v1beta/models/gemini-2.5-flash:streamGenerateContent?alt=sse";
 const COUNT: &str = "/v1beta/models/gemini-2.5-flash:countTokens";
 const CHAT: &str = "/v1beta/openai/chat/completions";
+const EMBED: &str = "/v1beta/models/gemini-embedding-001:embedContent";
+const BATCH: &str = "/v1beta/models/gemini-embedding-001:batchEmbedContents";
+const EMBEDDINGS: &str = "/v1beta/openai/embeddings";
 
 /// `{"contents": [...]}` with one user text part, and `extra` fields beside it.
 fn with(extra: &str) -> String {
@@ -121,6 +124,34 @@ fn cases() -> Vec<(&'static str, &'static str, String, u16, &'static str)> {
         bad("OpenAI: max_tokens -1", CHAT, chat(r#""messages":[{"role":"user","content":"hi"}],"max_tokens":-1"#)),
         bad("OpenAI: an array", CHAT, "[1]".into()),
         bad("OpenAI: not JSON", CHAT, "{".into()),
+        bad("embedContent: no content", EMBED, "{}".into()),
+        bad(
+            "embedContent: 5000 dimensions",
+            EMBED,
+            r#"{"content":{"parts":[{"text":"a"}]},"outputDimensionality":5000}"#.into(),
+        ),
+        bad(
+            "embedContent: an unknown task",
+            EMBED,
+            r#"{"content":{"parts":[{"text":"a"}]},"taskType":"DREAMING"}"#.into(),
+        ),
+        bad("batchEmbedContents: no requests", BATCH, r#"{"requests":[]}"#.into()),
+        bad("OpenAI embeddings: empty input", EMBEDDINGS, r#"{"model":"gemini-embedding-001","input":""}"#.into()),
+        bad("OpenAI embeddings: no model", EMBEDDINGS, r#"{"input":"a"}"#.into()),
+        (
+            "embedContent on a generating model",
+            "/v1beta/models/gemini-2.5-flash:embedContent",
+            r#"{"content":{"parts":[{"text":"a"}]}}"#.into(),
+            404,
+            "NOT_FOUND",
+        ),
+        (
+            "generateContent on an embedding model",
+            "/v1beta/models/gemini-embedding-001:generateContent",
+            with(""),
+            404,
+            "NOT_FOUND",
+        ),
         ("an unknown model", "/v1beta/models/gemini-9:generateContent", with(""), 404, "NOT_FOUND"),
         // Both hosts agree on the body limit (20 MB).
         (

@@ -291,6 +291,21 @@ impl Fake {
                     .collect();
                 Answer::json(200, json!({"object": "list", "data": data}), 0)
             }),
+            ("GET", p) if p.starts_with("/v1beta/openai/models/") => {
+                let name = decode(&p["/v1beta/openai/models/".len()..]);
+                let name = name.trim_start_matches("models/").to_owned();
+                self.with_key(req, surface, |_| match self.model_index(&name) {
+                    Some(_) => Answer::json(
+                        200,
+                        json!({"id": format!("models/{name}"), "object": "model", "owned_by": "google"}),
+                        0,
+                    ),
+                    None => Answer::error(body::model_not_found(&name), 0),
+                })
+            }
+            ("POST", "/v1beta/openai/embeddings") => {
+                self.with_key(req, surface, |project| self.openai_embeddings(req, project, now))
+            }
             ("POST", "/v1beta/openai/chat/completions") => {
                 self.with_key(req, surface, |project| self.chat_completions(req, project, now))
             }
@@ -306,6 +321,12 @@ impl Fake {
                     }
                     Some((model, "countTokens")) => {
                         self.with_key(req, surface, |project| self.count_tokens(req, model, project, now))
+                    }
+                    Some((model, "embedContent")) => {
+                        self.with_key(req, surface, |project| self.embed_content(req, model, project, now, false))
+                    }
+                    Some((model, "batchEmbedContents")) => {
+                        self.with_key(req, surface, |project| self.embed_content(req, model, project, now, true))
                     }
                     _ => not_found(),
                 }
@@ -486,6 +507,9 @@ impl Fake {
     /// `generateContent` (`stream = None`) or `streamGenerateContent` (`Some(sse)`).
     fn generate(&self, req: &ApiRequest<'_>, model: &str, project: usize, now: u64, stream: Option<bool>) -> Answer {
         let Some(m) = self.model_index(model) else { return Answer::error(body::model_not_found(model), 0) };
+        if embed::embeds(model) {
+            return Answer::error(body::model_not_found(model), 0);
+        }
         let request = match validate::request(req.body, Kind::Generate) {
             Ok(v) => v,
             Err(e) => return Answer::error(e, 0),
@@ -666,7 +690,11 @@ fn model_json(m: &str) -> Value {
         "description": "A model served by keysim's fake Gemini API.",
         "inputTokenLimit": MAX_INPUT_TOKENS,
         "outputTokenLimit": MAX_TOKENS,
-        "supportedGenerationMethods": ["generateContent", "countTokens"],
+        "supportedGenerationMethods": if embed::embeds(m) {
+            json!(["embedContent", "batchEmbedContents", "countTokens"])
+        } else {
+            json!(["generateContent", "countTokens"])
+        },
     })
 }
 
@@ -737,6 +765,8 @@ fn openai_prompt(req: &Value) -> String {
 fn answer_text(tokens: u64) -> String {
     "tok ".repeat(tokens as usize).trim_end().to_owned()
 }
+
+mod embed;
 
 #[cfg(test)]
 mod tests;

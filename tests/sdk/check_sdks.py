@@ -48,6 +48,15 @@ check(len(chunks) >= 2, f"generate_content_stream: several chunks (got {len(chun
 check(chunks[-1].usage_metadata.candidates_token_count > 0, "generate_content_stream: final usage")
 check("".join(c.text or "" for c in chunks).startswith("tok"), "generate_content_stream: text")
 
+# Embeddings: a model of their own, with limits of their own.
+EMBED = "gemini-embedding-001"
+e = client.models.embed_content(model=EMBED, contents=["first text", "second text"])
+check(len(e.embeddings) == 2 and len(e.embeddings[0].values) == 3072, "embed_content: two vectors of 3072")
+e = client.models.embed_content(
+    model=EMBED, contents="one text", config=types.EmbedContentConfig(output_dimensionality=256)
+)
+check(len(e.embeddings[0].values) == 256, "embed_content: output_dimensionality")
+
 # RPM 2: both generate calls above used it up; the third call in the minute is refused.
 try:
     client.models.generate_content(model=MODEL, contents="one too many")
@@ -68,6 +77,11 @@ c = oai.chat.completions.create(model=MODEL, messages=[{"role": "user", "content
 check(c.usage.prompt_tokens == 2 and c.usage.completion_tokens == 12, f"openai: usage {c.usage}")
 check(c.choices[0].message.content.startswith("tok"), "openai: message content")
 check(c.choices[0].finish_reason == "length", "openai: finish_reason length")
+m = oai.models.retrieve(MODEL)
+check(m.id == f"models/{MODEL}", f"openai: models.retrieve ({m.id})")
+emb = oai.embeddings.create(model="gemini-embedding-001", input=["abcdefgh", "abcd"], dimensions=64)
+check(len(emb.data) == 2 and len(emb.data[1].embedding) == 64, "openai: embeddings")
+check(emb.usage.prompt_tokens == 3, f"openai: embeddings usage ({emb.usage})")
 stream = oai.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "hi"}], stream=True)
 text = "".join((ch.choices[0].delta.content or "") for ch in stream if ch.choices)
 check(text.startswith("tok"), "openai: streamed content")

@@ -285,3 +285,17 @@ fn cached_tokens_are_reported_and_counted_as_set() {
     let a = post(&f, "/v1beta/openai/chat/completions", "", &[("authorization", "Bearer key-a")], chat);
     assert_eq!(json(&a)["usage"]["prompt_tokens_details"]["cached_tokens"], 2);
 }
+
+#[test]
+fn the_openai_surface_names_one_model() {
+    let f = fake(10);
+    let get = |path: &str| {
+        let headers = vec![("authorization".to_owned(), "Bearer key-a".to_owned())];
+        f.handle(&ApiRequest { method: "GET", path, query: "", headers: &headers, body: b"" }, NOW)
+    };
+    let a = get("/v1beta/openai/models/gemini-2.5-flash");
+    assert_eq!((a.status, json(&a)["id"].as_str()), (200, Some("models/gemini-2.5-flash")));
+    assert_eq!(get("/v1beta/openai/models/models%2Fgemini-2.5-pro").status, 200);
+    let a = get("/v1beta/openai/models/gpt-9");
+    assert_eq!((a.status, json(&a)["error"]["type"].as_str()), (404, Some("not_found_error")));
+}
