@@ -26,6 +26,7 @@ use serde_json::{json, Value};
 use crate::body::{self, ErrorAnswer, UsageMetadata};
 use crate::judge::{Fault, FaultModel, Judge, JudgeConfig, KeyState, LatencySampler, Verdict};
 use crate::script::{Script, StormKind};
+use crate::shape;
 use crate::validate::{self, Kind};
 
 /// The most output tokens an answer has (the `outputTokenLimit` models advertise); also the
@@ -455,12 +456,12 @@ impl Fake {
         model: &str,
         project: usize,
         m: usize,
-        prompt: &str,
+        (prompt, media): (&str, u64),
         cap: Option<u64>,
         now: u64,
     ) -> Result<(u64, u64, &'static str, u64), Answer> {
         let number = |name: &str| req.header(name).and_then(|v| v.trim().parse::<u64>().ok());
-        let input = number("x-keysim-input-tokens").unwrap_or_else(|| (self.count)(prompt));
+        let input = number("x-keysim-input-tokens").unwrap_or_else(|| (self.count)(prompt) + media);
         if input > MAX_INPUT_TOKENS {
             let msg = format!(
                 "The input token count ({input}) exceeds the maximum number of tokens allowed ({MAX_INPUT_TOKENS})."
@@ -515,19 +516,23 @@ impl Fake {
             Err(e) => return Answer::error(e, 0),
         };
         let cap = gemini_max_output(&request);
+        let media = shape::media_tokens(validate::get(&request, "contents"));
         let (input, output, finish, delay) =
-            match self.admit(req, model, project, m, &gemini_prompt(&request), cap, now) {
+            match self.admit(req, model, project, m, (&gemini_prompt(&request), media), cap, now) {
                 Ok(x) => x,
                 Err(a) => return a,
             };
         let n = self.responses.fetch_add(1, Ordering::Relaxed);
         let id = format!("keysim-{n:012x}");
-        let text = answer_text(output);
+        // JSON where the request asks for it (from its schema), cut at its stop sequences.
+        let (cfg, seed) = (validate::get(&request, "generation_config"), self.seed ^ n);
+        let text = shape::stop_at(shape::json_answer(cfg, seed).unwrap_or_else(|| answer_text(output)), cfg);
         let cached = self.script.cached.of(input);
-        let usage = UsageMetadata { prompt: input, cached, candidates: output, thoughts: 0 };
+        let candidates = output * shape::candidate_count(cfg);
+        let usage = UsageMetadata { prompt: input, cached, candidates, thoughts: 0 };
         let Some(sse) = stream else {
             let mut body = body::generate_content(&text, &usage, model, &id);
-            body["candidates"][0]["finishReason"] = json!(finish);
+            shape::finish(&mut body, &request, finish, seed);
             return Answer::json(200, body, delay);
         };
         // Up to three chunks; each carries cumulative usage, the last the finish reason.
@@ -563,7 +568,13 @@ impl Fake {
             Err(e) => return Answer::error(e, 0),
         };
         let inner = request.get("generateContentRequest").unwrap_or(&request);
-        let total = (self.count)(&gemini_prompt(inner));
+        let media = shape::media_tokens(validate::get(inner, "contents"));
+        let text = (self.count)(&gemini_prompt(inner));
+        let total = text + media;
+        let mut details = vec![json!({"modality": "TEXT", "tokenCount": text})];
+        if media > 0 {
+            details.push(json!({"modality": "IMAGE", "tokenCount": media}));
+        }
         // Free: nothing is counted, but a project whose minute is full is refused.
         let mut state = self.lock();
         let minute_full = match state.judge.peek(project, m, 0, now) {
@@ -579,11 +590,7 @@ impl Fake {
             return Answer::error(body::quota_exceeded(&violations, tier, model, retry_after_ms), self.error_ms);
         }
         drop(state);
-        Answer::json(
-            200,
-            json!({"totalTokens": total, "promptTokensDetails": [{"modality": "TEXT", "tokenCount": total}]}),
-            0,
-        )
+        Answer::json(200, json!({"totalTokens": total, "promptTokensDetails": details}), 0)
     }
 
     fn chat_completions(&self, req: &ApiRequest<'_>, project: usize, now: u64) -> Answer {
@@ -595,7 +602,7 @@ impl Fake {
         let Some(m) = self.model_index(&model) else { return Answer::error(body::model_not_found(&model), 0) };
         let cap = request["max_completion_tokens"].as_u64().or_else(|| request["max_tokens"].as_u64());
         let (input, output, finish, delay) =
-            match self.admit(req, &model, project, m, &openai_prompt(&request), cap, now) {
+            match self.admit(req, &model, project, m, (&openai_prompt(&request), 0), cap, now) {
                 Ok(x) => x,
                 Err(a) => return a,
             };

@@ -15,6 +15,8 @@
 //! - [`host`]: HTTP hosts of the fake — a sustained hyper host with flat memory, and a
 //!   wiremock `MockServer` for tests.
 //! - [`pacific`]: the calendar of the daily quota (midnight America/Los_Angeles).
+//! - [`shape`]: answers shaped by the request (JSON from its schema, function calls,
+//!   candidates, stop sequences) and the tokens of images, audio and video.
 //! - [`validate`]: requests read and checked as Gemini does, with its 400s.
 //! - [`script`]: what the provider does on its own over time (failure storms, keys suspended
 //!   and revived, limits cut), for the simulator and the hosts alike.
@@ -25,6 +27,7 @@ pub mod host;
 pub mod judge;
 pub mod pacific;
 pub mod script;
+pub mod shape;
 pub mod validate;
 
 pub use judge::{

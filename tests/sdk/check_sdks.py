@@ -48,6 +48,49 @@ check(len(chunks) >= 2, f"generate_content_stream: several chunks (got {len(chun
 check(chunks[-1].usage_metadata.candidates_token_count > 0, "generate_content_stream: final usage")
 check("".join(c.text or "" for c in chunks).startswith("tok"), "generate_content_stream: text")
 
+# JSON mode: the answer matches the schema, and the SDK parses it into the type.
+import pydantic
+
+
+class Recipe(pydantic.BaseModel):
+    name: str
+    minutes: int
+    ingredients: list[str]
+
+
+PRO = "gemini-2.5-pro"
+r = client.models.generate_content(
+    model=PRO,
+    contents="A recipe, please",
+    config=types.GenerateContentConfig(response_mime_type="application/json", response_schema=Recipe),
+)
+check(isinstance(r.parsed, Recipe), f"response_schema: .parsed is a Recipe ({r.parsed!r})")
+
+# Function calling with mode ANY: the answer is a call the SDK exposes.
+weather = types.FunctionDeclaration(
+    name="get_weather",
+    description="The weather in a city",
+    parameters=types.Schema(type="OBJECT", properties={"city": types.Schema(type="STRING")}, required=["city"]),
+)
+r = client.models.generate_content(
+    model=PRO,
+    contents="Weather in Paris?",
+    config=types.GenerateContentConfig(
+        tools=[types.Tool(function_declarations=[weather])],
+        tool_config=types.ToolConfig(function_calling_config=types.FunctionCallingConfig(mode="ANY")),
+    ),
+)
+calls = r.function_calls or []
+check(len(calls) == 1 and calls[0].name == "get_weather" and "city" in calls[0].args, f"function call ({calls})")
+
+# Several candidates, and an image's tokens.
+r = client.models.generate_content(model=PRO, contents="hi", config=types.GenerateContentConfig(candidate_count=2))
+check(len(r.candidates) == 2, f"candidate_count 2 ({len(r.candidates)})")
+png = bytes.fromhex("89504e470d0a1a0a0000000d49484452000000010000000108060000001f15c4890000000d49444154789c6300010000050001"
+                    "0d0a2db40000000049454e44ae426082")
+n = client.models.count_tokens(model=PRO, contents=[types.Part.from_bytes(data=png, mime_type="image/png")])
+check(n.total_tokens == 258, f"count_tokens of an image: 258 (got {n.total_tokens})")
+
 # Embeddings: a model of their own, with limits of their own.
 EMBED = "gemini-embedding-001"
 e = client.models.embed_content(model=EMBED, contents=["first text", "second text"])
