@@ -72,7 +72,7 @@ fn setup() -> impl Strategy<Value = Setup> {
 }
 
 fn scenario(s: &Setup) -> Scenario {
-    let model = ModelDef { name: "m".into(), limits: s.projects[0].0, estimator: None };
+    let model = ModelDef { name: "m".into(), limits: s.projects[0].0, estimator: None, thinking_tokens: 0 };
     let projects: Vec<ProjectDef> = s
         .projects
         .iter()

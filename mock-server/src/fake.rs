@@ -78,6 +78,9 @@ pub struct FakeConfig {
     pub counts_output: bool,
     /// What the provider does on its own over time (times count from the first request).
     pub script: Script,
+    /// Per model (in the judge's order): thinking tokens an answer reports, unless the
+    /// request's `thinkingBudget` is lower.
+    pub thinking: Vec<u64>,
 }
 
 /// One HTTP request, as the fake needs it.
@@ -200,6 +203,7 @@ pub struct Fake {
     /// The instant 503 bursts and the script count from: the first request's.
     epoch_ms: AtomicU64,
     script: Script,
+    thinking: Vec<u64>,
     /// Generating requests so far: each one's number draws its share of a storm.
     generating: AtomicU64,
     /// Script events applied so far (read without the lock).
@@ -244,6 +248,7 @@ impl Fake {
             responses: AtomicU64::new(0),
             epoch_ms: AtomicU64::new(0),
             script: config.script,
+            thinking: config.thinking,
             generating: AtomicU64::new(0),
             events_done: AtomicUsize::new(0),
             seed: config.seed,
@@ -529,7 +534,11 @@ impl Fake {
         let text = shape::stop_at(shape::json_answer(cfg, seed).unwrap_or_else(|| answer_text(output)), cfg);
         let cached = self.script.cached.of(input);
         let candidates = output * shape::candidate_count(cfg);
-        let usage = UsageMetadata { prompt: input, cached, candidates, thoughts: 0 };
+        let budget =
+            cfg.and_then(|c| validate::get(c, "thinking_config")).and_then(|t| validate::get(t, "thinking_budget"));
+        let budget = budget.and_then(Value::as_i64).filter(|b| *b >= 0).map_or(u64::MAX, |b| b as u64);
+        let thoughts = self.thinking.get(m).copied().unwrap_or(0).min(budget);
+        let usage = UsageMetadata { prompt: input, cached, candidates, thoughts };
         let Some(sse) = stream else {
             let mut body = body::generate_content(&text, &usage, model, &id);
             shape::finish(&mut body, &request, finish, seed);
@@ -629,9 +638,10 @@ impl Fake {
             ];
             return Answer { status: 200, payload: Payload::Events(events), delay_ms: delay, drop: false };
         }
+        let (message, finish) = shape::openai_message(&request, text, finish, self.seed ^ n);
         let body = json!({
             "id": id, "object": "chat.completion", "created": created, "model": model,
-            "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": finish}],
+            "choices": [{"index": 0, "message": message, "finish_reason": finish}],
             "usage": usage,
         });
         Answer::json(200, body, delay)

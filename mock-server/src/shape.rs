@@ -173,6 +173,29 @@ pub fn finish(body: &mut Value, request: &Value, finish: &str, seed: u64) {
     body["candidates"] = Value::Array(all);
 }
 
+/// The assistant message of an OpenAI-compatible chat answer of `text`: JSON from
+/// `response_format` (`json_schema` or `json_object`), or a tool call when tools are given and
+/// `tool_choice` requires one (`"required"` or a named function). With the finish reason.
+pub fn openai_message(request: &Value, text: String, finish: &'static str, seed: u64) -> (Value, &'static str) {
+    let tools: Vec<&Value> = request["tools"].as_array().into_iter().flatten().collect();
+    let named = request["tool_choice"]["function"]["name"].as_str();
+    let required = request["tool_choice"].as_str() == Some("required") || named.is_some();
+    let chosen = tools.iter().map(|t| &t["function"]).find(|f| named.is_none_or(|n| f["name"].as_str() == Some(n)));
+    if let (true, Some(f)) = (required, chosen) {
+        let args = f.get("parameters").map_or(json!({}), |p| value_of(p, &mut Draw(seed), 0));
+        let call = json!({"id": format!("call_{seed:016x}"), "type": "function",
+                          "function": {"name": f["name"], "arguments": args.to_string()}});
+        return (json!({"role": "assistant", "content": null, "tool_calls": [call]}), "tool_calls");
+    }
+    let format = &request["response_format"];
+    let content = match format["type"].as_str() {
+        Some("json_schema") => value_of(&format["json_schema"]["schema"], &mut Draw(seed), 0).to_string(),
+        Some("json_object") => json!({"answer": WORDS[Draw(seed).below(12) as usize]}).to_string(),
+        _ => text,
+    };
+    (json!({"role": "assistant", "content": content}), finish)
+}
+
 /// Tokens of a request's parts that are not text: images and PDF pages at 258, audio and video
 /// by their stated seconds (`videoMetadata` end − start, else one second), function calls and
 /// responses as their JSON text (four characters a token).

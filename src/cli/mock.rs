@@ -66,6 +66,7 @@ pub fn fake_for(sc: &Scenario, extra: ExtraFaults) -> Fake {
         seed: sc.seed,
         counts_output: sc.provider.counts_output,
         script: sc.provider.script.clone(),
+        thinking: sc.models.iter().map(|m| m.thinking_tokens).collect(),
     })
 }
 

@@ -120,6 +120,9 @@ pub struct ModelDef {
     pub limits: Limits,
     /// The estimator for this model, if it differs from the engine's.
     pub estimator: Option<EstimatorKind>,
+    /// Thinking tokens the fake's answers report (`thoughtsTokenCount`), unless a request's
+    /// `thinkingBudget` is lower (0 turns thinking off).
+    pub thinking_tokens: u64,
 }
 
 /// The token estimators a scenario can choose.

@@ -337,17 +337,18 @@ fn models(ctx: &mut Ctx, root: &Table<'_, '_>) -> Vec<ModelDef> {
     }
     let mut out: Vec<ModelDef> = Vec::new();
     for t in tables {
-        let mut keys = vec!["name", "estimator"];
+        let mut keys = vec!["name", "estimator", "thinking_tokens"];
         keys.extend(LIMIT_KEYS);
         t.allow(ctx, &keys);
         let mut limits = Limits::default();
         read_limits(ctx, &t, &mut limits, true);
         let estimator = if t.has("estimator") { t.setting::<EstimatorKind>(ctx, "estimator") } else { None };
+        let thinking_tokens = t.uint(ctx, "thinking_tokens").map_or(0, |(n, _)| n);
         if let Some((name, span)) = t.required(t.string(ctx, "name"), ctx, "name") {
             if out.iter().any(|m| m.name == name) {
                 ctx.error(span, format!("model '{name}' is defined twice"));
             }
-            out.push(ModelDef { name, limits, estimator });
+            out.push(ModelDef { name, limits, estimator, thinking_tokens });
         }
     }
     out

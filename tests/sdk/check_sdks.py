@@ -122,6 +122,17 @@ check(c.choices[0].message.content.startswith("tok"), "openai: message content")
 check(c.choices[0].finish_reason == "length", "openai: finish_reason length")
 m = oai.models.retrieve(MODEL)
 check(m.id == f"models/{MODEL}", f"openai: models.retrieve ({m.id})")
+tool = {"type": "function", "function": {"name": "get_weather", "parameters": {
+    "type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}}
+c = oai.chat.completions.create(model=PRO, messages=[{"role": "user", "content": "Paris?"}], tools=[tool],
+                                tool_choice="required")
+tc = c.choices[0].message.tool_calls or []
+check(len(tc) == 1 and tc[0].function.name == "get_weather", f"openai: tool_calls ({tc})")
+check("city" in __import__("json").loads(tc[0].function.arguments), "openai: tool call arguments are JSON")
+fmt = {"type": "json_schema", "json_schema": {"name": "r", "schema": {
+    "type": "object", "properties": {"n": {"type": "integer"}}, "required": ["n"]}}}
+c = oai.chat.completions.create(model=PRO, messages=[{"role": "user", "content": "n?"}], response_format=fmt)
+check(isinstance(__import__("json").loads(c.choices[0].message.content)["n"], int), "openai: response_format json_schema")
 emb = oai.embeddings.create(model="gemini-embedding-001", input=["abcdefgh", "abcd"], dimensions=64)
 check(len(emb.data) == 2 and len(emb.data[1].embedding) == 64, "openai: embeddings")
 check(emb.usage.prompt_tokens == 3, f"openai: embeddings usage ({emb.usage})")

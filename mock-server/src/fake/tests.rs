@@ -25,6 +25,7 @@ fn scripted(rpm: u64, script: Script) -> Fake {
         keys: vec![("key-a".into(), 0)],
         extra: ExtraFaults::default(),
         script,
+        thinking: vec![0, 40],
         output_median: 50.0,
         output_p99: 50.0,
         count: Box::new(chars_per_four),
@@ -298,4 +299,36 @@ fn the_openai_surface_names_one_model() {
     assert_eq!(get("/v1beta/openai/models/models%2Fgemini-2.5-pro").status, 200);
     let a = get("/v1beta/openai/models/gpt-9");
     assert_eq!((a.status, json(&a)["error"]["type"].as_str()), (404, Some("not_found_error")));
+}
+
+#[test]
+fn models_that_think_report_their_thoughts_within_the_budget() {
+    let f = fake(100);
+    let key = [("x-goog-api-key", "key-a")];
+    let pro = "/v1beta/models/gemini-2.5-pro:generateContent";
+    let thoughts =
+        |path: &str, body: &str| json(&post(&f, path, "", &key, body))["usageMetadata"]["thoughtsTokenCount"].as_u64();
+    assert_eq!(thoughts(pro, PLAIN), Some(40), "the model's thinking");
+    assert_eq!(thoughts(GEN, PLAIN), None, "a model that does not think reports none");
+    let budget = |b: i64| {
+        format!(
+            r#"{{"contents":[{{"parts":[{{"text":"a"}}]}}],"generationConfig":{{"thinkingConfig":{{"thinkingBudget":{b}}}}}}}"#
+        )
+    };
+    assert_eq!(thoughts(pro, &budget(10)), Some(10));
+    assert_eq!(thoughts(pro, &budget(0)), None, "budget 0 turns thinking off");
+    assert_eq!(thoughts(pro, &budget(-1)), Some(40), "-1: dynamic");
+    // Several candidates, a JSON answer from the schema, a stop sequence.
+    let two = r#"{"contents":[{"parts":[{"text":"a"}]}],"generationConfig":{"candidateCount":2,"stopSequences":["tok tok"]}}"#;
+    let v = json(&post(&f, GEN, "", &key, two));
+    assert_eq!(v["candidates"].as_array().unwrap().len(), 2);
+    assert_eq!(v["candidates"][1]["index"], 1);
+    assert!(!v["candidates"][0]["content"]["parts"][0]["text"].as_str().unwrap().contains("tok tok"));
+    let schema = r#"{"contents":[{"parts":[{"text":"a"}]}],"generationConfig":{"responseMimeType":"application/json",
+        "responseSchema":{"type":"OBJECT","properties":{"n":{"type":"INTEGER"}}}}}"#;
+    let text = json(&post(&f, GEN, "", &key, schema))["candidates"][0]["content"]["parts"][0]["text"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(serde_json::from_str::<Value>(&text).unwrap()["n"].is_i64(), "{text}");
 }
