@@ -136,6 +136,11 @@ fn cases() -> Vec<(&'static str, &'static str, String, u16, &'static str)> {
             r#"{"content":{"parts":[{"text":"a"}]},"taskType":"DREAMING"}"#.into(),
         ),
         bad("batchEmbedContents: no requests", BATCH, r#"{"requests":[]}"#.into()),
+        bad(
+            "embedContent: a text over 2,048 tokens",
+            EMBED,
+            format!(r#"{{"content":{{"parts":[{{"text":"{}"}}]}}}}"#, "word ".repeat(2_000)),
+        ),
         bad("OpenAI embeddings: empty input", EMBEDDINGS, r#"{"model":"gemini-embedding-001","input":""}"#.into()),
         bad("OpenAI embeddings: no model", EMBEDDINGS, r#"{"input":"a"}"#.into()),
         (

@@ -104,12 +104,12 @@ fn the_sustained_host_drops_connections_when_told_to() {
 /// Whether the Python SDKs are importable; in CI they must be.
 fn sdks() -> bool {
     let ok = std::process::Command::new("python3")
-        .args(["-c", "import google.genai, openai"])
+        .args(["-c", "import google.genai, openai, litellm"])
         .status()
         .is_ok_and(|s| s.success());
     if !ok {
         assert!(std::env::var_os("CI").is_none(), "CI must install tests/sdk/requirements.txt");
-        eprintln!("skipped: the Python SDKs are not installed (pip install -r tests/sdk/requirements.txt)");
+        eprintln!("skipped: the Python SDKs (google-genai, openai, litellm) are not installed (pip install -r tests/sdk/requirements.txt)");
     }
     ok
 }
@@ -258,6 +258,24 @@ fn slow_answers_show_in_a_load_run_s_p99() {
     // A p99 of 4 s, and slow answers twenty times longer than their draw.
     assert!(plain <= 8_000, "without slow answers: p99 {plain} ms");
     assert!(slow >= 4 * plain, "with 30 % slow answers: p99 {slow} ms against {plain} ms");
+}
+
+/// LiteLLM's Gemini provider (pointed at the fake with `api_base`) completes, streams and
+/// raises `RateLimitError` when the minute is used up.
+#[test]
+fn litellm_works_against_the_fake() {
+    if !sdks() {
+        return;
+    }
+    let m = start("sustained", &[]);
+    let out = std::process::Command::new("python3")
+        .arg(root().join("tests/sdk/check_litellm.py"))
+        .args([&m.base, "fake-gemini-key"])
+        .output()
+        .expect("python3 runs");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(text.contains("all LiteLLM checks passed"), "{text}");
 }
 
 /// Each failure the provider gives raises the SDKs' usual exception, on both hosts and with

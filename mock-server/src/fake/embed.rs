@@ -15,6 +15,9 @@ use crate::validate::{self, get, Kind};
 /// Values of a vector when the request does not say.
 const DEFAULT_DIMENSIONS: usize = 3072;
 
+/// The input limit of an embedding model, in tokens per text.
+const EMBED_INPUT_TOKENS: u64 = 2_048;
+
 /// Whether `model` embeds.
 pub(super) fn embeds(model: &str) -> bool {
     model.contains("embedding")
@@ -67,6 +70,12 @@ impl Fake {
     fn admit_embeddings(&self, model: &str, project: usize, texts: &[String], now: u64) -> Result<Vec<u64>, Answer> {
         let Some(m) = self.model_index(model) else { return Err(Answer::error(not_for_embedding(model), 0)) };
         let counts: Vec<u64> = texts.iter().map(|t| (self.count)(t)).collect();
+        if let Some(over) = counts.iter().find(|&&n| n > EMBED_INPUT_TOKENS) {
+            let msg = format!(
+                "The input token count ({over}) exceeds the maximum number of tokens allowed ({EMBED_INPUT_TOKENS})."
+            );
+            return Err(Answer::error(validate::invalid("content", &msg), 0));
+        }
         let mut state = self.lock();
         let now = now.max(state.last_now);
         state.last_now = now;
