@@ -4,6 +4,11 @@ use clap::Parser;
 use keysim::cli::{execute, Cli};
 
 fn main() {
+    // A panic's message may quote a key too.
+    std::panic::set_hook(Box::new(|info| {
+        let text = info.to_string();
+        eprintln!("{}", keysim::engine::redact_text(&text));
+    }));
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         // Help and version go to stdout as clap prints them; usage errors quote what was

@@ -26,6 +26,10 @@ pub fn redact_text(text: &str) -> String {
         if word.starts_with("sk-") && word.len() >= 20 {
             out.push_str("sk-…");
             out.extend(word.chars().rev().take(4).collect::<Vec<_>>().into_iter().rev());
+        } else if let Some(i) = word.find("AIza").filter(|&i| i > 0) {
+            // A key glued to something else (`x-AIza…`, `%22AIza…`, an escaped `\nAIza…`).
+            out.push_str(&word[..i]);
+            out.push_str(&redact(&word[i..]));
         } else {
             out.push_str(&redact(word));
         }
@@ -54,6 +58,10 @@ mod tests {
         let out = redact_text(&text);
         assert!(!out.contains(&key[4..30]), "{out}");
         assert!(out.contains("AIza…") && out.contains("proj-1-key-a") && out.contains("listed twice"), "{out}");
+        for glued in [format!("x-{key}"), format!("%22{key}"), format!("nope_{key}")] {
+            let out = redact_text(&glued);
+            assert!(!out.contains(&key[4..30]), "{out}");
+        }
         let sk = format!("sk-proj-{}", "a1".repeat(12));
         assert_eq!(redact_text(&format!("--target {sk}")), "--target sk-…a1a1");
     }

@@ -466,7 +466,7 @@ impl Fake {
         now: u64,
     ) -> Result<(u64, u64, &'static str, u64), Answer> {
         let number = |name: &str| req.header(name).and_then(|v| v.trim().parse::<u64>().ok());
-        let input = number("x-keysim-input-tokens").unwrap_or_else(|| (self.count)(prompt) + media);
+        let input = number("x-keysim-input-tokens").unwrap_or_else(|| (self.count)(prompt).saturating_add(media));
         if input > MAX_INPUT_TOKENS {
             let msg = format!(
                 "The input token count ({input}) exceeds the maximum number of tokens allowed ({MAX_INPUT_TOKENS})."
@@ -576,7 +576,7 @@ impl Fake {
             Ok(v) => v,
             Err(e) => return Answer::error(e, 0),
         };
-        let inner = request.get("generateContentRequest").unwrap_or(&request);
+        let inner = validate::get(&request, "generate_content_request").unwrap_or(&request);
         let media = shape::media_tokens(validate::get(inner, "contents"));
         let text = (self.count)(&gemini_prompt(inner));
         let total = text + media;

@@ -15,10 +15,19 @@ pub const AUDIO_TOKENS_PER_S: u64 = 32;
 /// Tokens per second of video.
 pub const VIDEO_TOKENS_PER_S: u64 = 263;
 
-/// A small deterministic stream (SplitMix64).
-struct Draw(u64);
+/// A small deterministic stream (SplitMix64), with a budget of values to generate: a schema
+/// cannot make an answer larger than that, however it nests or whatever sizes it asks for.
+struct Draw(u64, u32);
+
+/// Values one answer may hold, and the longest array generated.
+const VALUES: u32 = 4_096;
+const LONGEST: u64 = 64;
 
 impl Draw {
+    fn new(seed: u64) -> Self {
+        Self(seed, VALUES)
+    }
+
     fn next(&mut self) -> u64 {
         self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
         let mut z = self.0;
@@ -38,6 +47,10 @@ const WORDS: [&str; 12] =
 /// A value of `schema` (Gemini's `Schema`, or JSON Schema: `type` in either case,
 /// `properties`, `required`, `items`, `enum`, `anyOf`, `minItems`/`maxItems`, `minimum`/`maximum`).
 fn value_of(schema: &Value, d: &mut Draw, depth: u32) -> Value {
+    if d.1 == 0 {
+        return Value::Null;
+    }
+    d.1 -= 1;
     if let Some(e) = get(schema, "enum").and_then(Value::as_array).filter(|e| !e.is_empty()) {
         return e[d.below(e.len() as u64) as usize].clone();
     }
@@ -68,14 +81,16 @@ fn value_of(schema: &Value, d: &mut Draw, depth: u32) -> Value {
         "array" => {
             let lo = bound("min_items").unwrap_or(1.0).max(0.0) as u64;
             let hi = bound("max_items").map_or(lo.max(3), |h| h as u64).max(lo);
-            let n = lo + d.below(hi - lo + 1);
+            let n = (lo + d.below(hi - lo + 1)).min(LONGEST);
             let items = get(schema, "items").cloned().unwrap_or(json!({"type": "string"}));
             Value::Array((0..n).filter(|_| depth < 8).map(|_| value_of(&items, d, depth + 1)).collect())
         }
         "integer" => {
-            let lo = bound("minimum").unwrap_or(0.0) as i64;
-            let hi = bound("maximum").map_or(lo + 100, |h| h as i64).max(lo);
-            json!(lo + d.below((hi - lo) as u64 + 1) as i64)
+            // In i128, so that no bounds overflow; the value stays within [lo, hi] ⊂ i64.
+            let lo = i128::from(bound("minimum").unwrap_or(0.0) as i64);
+            let hi = bound("maximum").map_or(lo + 100, |h| i128::from(h as i64)).max(lo);
+            let span = (hi - lo + 1) as u128;
+            json!((lo + (u128::from(d.next()) % span) as i128) as i64)
         }
         "number" => {
             let lo = bound("minimum").unwrap_or(0.0);
@@ -93,7 +108,7 @@ pub fn json_answer(generation_config: Option<&Value>, seed: u64) -> Option<Strin
     let cfg = generation_config?;
     let mime = get(cfg, "response_mime_type").and_then(Value::as_str)?;
     let schema = get(cfg, "response_schema").or_else(|| get(cfg, "response_json_schema"));
-    let mut d = Draw(seed);
+    let mut d = Draw::new(seed);
     match (mime, schema) {
         ("application/json", Some(s)) => Some(value_of(s, &mut d, 0).to_string()),
         ("application/json", None) => Some(json!({"answer": WORDS[d.below(12) as usize]}).to_string()),
@@ -127,7 +142,7 @@ pub fn function_call(request: &Value, seed: u64) -> Option<Value> {
     })?;
     let name = get(f, "name").and_then(Value::as_str)?;
     let params = get(f, "parameters").or_else(|| get(f, "parameters_json_schema"));
-    let args = params.map_or(json!({}), |p| value_of(p, &mut Draw(seed), 0));
+    let args = params.map_or(json!({}), |p| value_of(p, &mut Draw::new(seed), 0));
     Some(json!({"name": name, "args": args}))
 }
 
@@ -182,15 +197,15 @@ pub fn openai_message(request: &Value, text: String, finish: &'static str, seed:
     let required = request["tool_choice"].as_str() == Some("required") || named.is_some();
     let chosen = tools.iter().map(|t| &t["function"]).find(|f| named.is_none_or(|n| f["name"].as_str() == Some(n)));
     if let (true, Some(f)) = (required, chosen) {
-        let args = f.get("parameters").map_or(json!({}), |p| value_of(p, &mut Draw(seed), 0));
+        let args = f.get("parameters").map_or(json!({}), |p| value_of(p, &mut Draw::new(seed), 0));
         let call = json!({"id": format!("call_{seed:016x}"), "type": "function",
                           "function": {"name": f["name"], "arguments": args.to_string()}});
         return (json!({"role": "assistant", "content": null, "tool_calls": [call]}), "tool_calls");
     }
     let format = &request["response_format"];
     let content = match format["type"].as_str() {
-        Some("json_schema") => value_of(&format["json_schema"]["schema"], &mut Draw(seed), 0).to_string(),
-        Some("json_object") => json!({"answer": WORDS[Draw(seed).below(12) as usize]}).to_string(),
+        Some("json_schema") => value_of(&format["json_schema"]["schema"], &mut Draw::new(seed), 0).to_string(),
+        Some("json_object") => json!({"answer": WORDS[Draw::new(seed).below(12) as usize]}).to_string(),
         _ => text,
     };
     (json!({"role": "assistant", "content": content}), finish)
@@ -214,18 +229,19 @@ pub fn media_tokens(contents: Option<&Value>) -> u64 {
                 let seconds = get(p, "video_metadata").map_or(1, |v| {
                     let at =
                         |k| get(v, k).and_then(Value::as_str).and_then(|s| s.trim_end_matches('s').parse::<f64>().ok());
-                    (at("end_offset").unwrap_or(1.0) - at("start_offset").unwrap_or(0.0)).max(1.0).ceil() as u64
+                    (at("end_offset").unwrap_or(1.0) - at("start_offset").unwrap_or(0.0)).clamp(1.0, 86_400.0).ceil()
+                        as u64
                 });
-                total += match mime.split('/').next() {
+                total = total.saturating_add(match mime.split('/').next() {
                     Some("image") => IMAGE_TOKENS,
                     Some("audio") => AUDIO_TOKENS_PER_S * seconds,
                     Some("video") => VIDEO_TOKENS_PER_S * seconds,
                     _ => IMAGE_TOKENS,
-                };
+                });
             }
             for k in ["function_call", "function_response"] {
                 if let Some(v) = get(p, k) {
-                    total += (v.to_string().len() as u64).div_ceil(4);
+                    total = total.saturating_add((v.to_string().len() as u64).div_ceil(4));
                 }
             }
         }
@@ -258,6 +274,20 @@ mod tests {
         let call = function_call(&req, 1).unwrap();
         assert_eq!(call["name"], "get_weather");
         assert!(call["args"]["city"].is_string());
+    }
+
+    #[test]
+    fn hostile_schemas_stay_small_and_in_bounds() {
+        let huge = json!({"type": "ARRAY", "minItems": 1_000_000_000u64,
+            "items": {"type": "ARRAY", "minItems": 1_000, "items": {"type": "INTEGER",
+                "minimum": i64::MIN, "maximum": i64::MAX}}});
+        let cfg = json!({"responseMimeType": "application/json", "responseSchema": huge});
+        let v: Value = serde_json::from_str(&json_answer(Some(&cfg), 3).unwrap()).unwrap();
+        let count = v.as_array().unwrap().iter().map(|a| a.as_array().map_or(0, Vec::len)).sum::<usize>();
+        assert!(v.as_array().unwrap().len() <= 64 && count <= 4_096, "{count}");
+        let edge = json!({"responseMimeType": "application/json", "responseSchema":
+            {"type": "INTEGER", "minimum": i64::MAX, "maximum": i64::MAX}});
+        assert_eq!(json_answer(Some(&edge), 1).unwrap(), i64::MAX.to_string());
     }
 
     #[test]

@@ -376,8 +376,14 @@ fn typed(v: &Value, t: Ty, path: &Path<'_>) -> Result<(), ErrorAnswer> {
     let ok = match t {
         Ty::Str => v.is_string(),
         // Integers may come as JSON numbers or as strings of digits.
-        Ty::Int => v.as_i64().is_some() || v.as_str().is_some_and(|s| s.trim().parse::<i64>().is_ok()),
-        Ty::Float => v.is_number(),
+        // Integers as JSON numbers (`100.0` and `1e2` too), or as strings of digits.
+        Ty::Int => {
+            v.as_i64().is_some()
+                || v.as_f64().is_some_and(|x| x.fract() == 0.0 && x.abs() < 9.2e18)
+                || v.as_str().is_some_and(|s| s.trim().parse::<i64>().is_ok())
+        }
+        // Floats as JSON numbers or quoted ("0.7", "NaN", "Infinity").
+        Ty::Float => v.is_number() || v.as_str().is_some_and(|s| s.trim().parse::<f64>().is_ok()),
         Ty::Bool => v.is_boolean(),
         Ty::Bytes => v.as_str().is_some_and(is_base64),
         Ty::Enum(_, values) => v.as_str().is_some_and(|s| values.contains(&s)) || v.as_u64().is_some(),
@@ -523,7 +529,7 @@ fn check_tools(req: &Value, out: &mut Problems) {
             let name = get(f, "name").and_then(Value::as_str).unwrap_or("");
             let valid = name.len() <= 64
                 && name.chars().next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
-                && name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'));
+                && name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-' | ':'));
             if !valid {
                 out.push((
                     format!("tools[{i}].function_declarations[{j}].name"),
@@ -726,6 +732,14 @@ pub fn embeddings(body: &[u8]) -> Result<Value, ErrorAnswer> {
     if !ok {
         return Err(openai_invalid(Some("input"), "input must be a non-empty string or array of non-empty strings."));
     }
+    if v["input"].as_array().is_some_and(|a| a.len() > 2_048) {
+        return Err(openai_invalid(Some("input"), "input must have at most 2048 items."));
+    }
+    if let Some(d) = v.get("dimensions").filter(|d| !d.is_null()) {
+        if !d.as_u64().is_some_and(|d| (1..=3072).contains(&d)) {
+            return Err(openai_invalid(Some("dimensions"), "dimensions must be an integer from 1 to 3072."));
+        }
+    }
     Ok(v)
 }
 
@@ -765,6 +779,15 @@ mod tests {
         ] {
             assert!(request(body.as_bytes(), Kind::Generate).is_ok(), "{body}");
         }
+    }
+
+    #[test]
+    fn proto_json_number_forms_are_accepted() {
+        let body = r#"{"contents":[{"parts":[{"text":"x"}]}],"generationConfig":{"maxOutputTokens":100.0,
+            "topK":"40","temperature":"0.7"},"tools":[{"functionDeclarations":[{"name":"server:tool"}]}]}"#;
+        assert!(request(body.as_bytes(), Kind::Generate).is_ok());
+        assert!(request(br#"{"contents":[{"parts":[{"text":"x"}]}],"generationConfig":{"topK":1.5}}"#, Kind::Generate)
+            .is_err());
     }
 
     #[test]

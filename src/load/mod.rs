@@ -517,6 +517,9 @@ pub fn run_load(sc: &Scenario, opts: &LoadOptions) -> Result<LoadResult, LoadErr
     let http = reqwest::Client::builder()
         .timeout(opts.timeout)
         .pool_max_idle_per_host(1024)
+        // Idle connections go before a server's idle timeout (the fake's is 10 s) can close
+        // one under a request about to use it.
+        .pool_idle_timeout(Duration::from_secs(5))
         .tcp_nodelay(true)
         .build()
         .map_err(|e| LoadError::Failed(format!("HTTP client: {e}")))?;

@@ -52,6 +52,25 @@ fn vector(text: &str, n: usize) -> Vec<f32> {
     values
 }
 
+/// `values` as little-endian bytes in standard base64.
+fn base64_f32(values: &[f32]) -> String {
+    const ABC: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
+    for chunk in bytes.chunks(3) {
+        let b = [chunk[0], *chunk.get(1).unwrap_or(&0), *chunk.get(2).unwrap_or(&0)];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(ABC[(n >> (18 - 6 * i) & 63) as usize] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
 /// The text of a `Content`.
 fn text_of(content: Option<&Value>) -> String {
     let mut out = String::new();
@@ -123,7 +142,9 @@ impl Fake {
             return a;
         }
         let embedding = |r: &Value, text: &str| {
-            let n = get(r, "output_dimensionality").and_then(Value::as_u64).map_or(DEFAULT_DIMENSIONS, |n| n as usize);
+            let n = get(r, "output_dimensionality")
+                .and_then(|v| v.as_u64().or_else(|| v.as_str()?.trim().parse().ok()))
+                .map_or(DEFAULT_DIMENSIONS, |n| (n as usize).min(DEFAULT_DIMENSIONS));
             json!({"values": vector(text, n)})
         };
         let delay = self.error_ms * 2;
@@ -154,11 +175,17 @@ impl Fake {
             Ok(c) => c,
             Err(a) => return a,
         };
-        let n = request["dimensions"].as_u64().map_or(DEFAULT_DIMENSIONS, |n| n as usize);
+        let n = request["dimensions"].as_u64().map_or(DEFAULT_DIMENSIONS, |n| (n as usize).min(DEFAULT_DIMENSIONS));
+        // The OpenAI SDKs ask for base64 (little-endian f32s) unless told otherwise.
+        let base64 = request["encoding_format"].as_str() == Some("base64");
         let data: Vec<Value> = texts
             .iter()
             .enumerate()
-            .map(|(i, t)| json!({"object": "embedding", "index": i, "embedding": vector(t, n)}))
+            .map(|(i, t)| {
+                let v = vector(t, n);
+                let embedding = if base64 { json!(base64_f32(&v)) } else { json!(v) };
+                json!({"object": "embedding", "index": i, "embedding": embedding})
+            })
             .collect();
         let tokens: u64 = counts.iter().sum();
         let body = json!({"object": "list", "data": data, "model": model,
@@ -178,5 +205,11 @@ mod tests {
         assert!((a.iter().map(|v| v * v).sum::<f32>() - 1.0).abs() < 1e-4);
         assert_eq!(a, vector("hello", 768));
         assert_ne!(a, vector("hello!", 768));
+    }
+
+    #[test]
+    fn base64_vectors_are_little_endian_f32s() {
+        assert_eq!(base64_f32(&[1.0]), "AACAPw==");
+        assert_eq!(base64_f32(&[1.0, -2.0]), "AACAPwAAAMA=");
     }
 }
