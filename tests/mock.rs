@@ -101,6 +101,18 @@ fn the_sustained_host_drops_connections_when_told_to() {
     assert_eq!(raw(&w.base, &generate("fake-gemini-key")).unwrap().0, 503, "wiremock cannot drop: 503 instead");
 }
 
+/// Runs `tests/sdk/<script>` with `args`: it must succeed and say `passed`.
+fn python_check(script: &str, args: &[&str], passed: &str, what: &str) {
+    let out = std::process::Command::new("python3")
+        .arg(root().join("tests/sdk").join(script))
+        .args(args)
+        .output()
+        .expect("python3 runs");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{what}:\n{text}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(text.contains(passed), "{what}: {text}");
+}
+
 /// Whether the Python SDKs are importable; in CI they must be.
 fn sdks() -> bool {
     let ok = std::process::Command::new("python3")
@@ -170,14 +182,7 @@ fn the_official_sdks_work_against_the_fake() {
     }
     for host in ["sustained", "wiremock"] {
         let m = start(host, &[]);
-        let out = std::process::Command::new("python3")
-            .arg(root().join("tests/sdk/check_sdks.py"))
-            .args([&m.base, "fake-gemini-key", "fake-openai-key"])
-            .output()
-            .expect("python3 runs");
-        let text = String::from_utf8_lossy(&out.stdout);
-        assert!(out.status.success(), "{host}:\n{text}\n{}", String::from_utf8_lossy(&out.stderr));
-        assert!(text.contains("all SDK checks passed"), "{host}: {text}");
+        python_check("check_sdks.py", &[&m.base, "fake-gemini-key", "fake-openai-key"], "all SDK checks passed", host);
     }
 }
 
@@ -268,14 +273,7 @@ fn litellm_works_against_the_fake() {
         return;
     }
     let m = start("sustained", &[]);
-    let out = std::process::Command::new("python3")
-        .arg(root().join("tests/sdk/check_litellm.py"))
-        .args([&m.base, "fake-gemini-key"])
-        .output()
-        .expect("python3 runs");
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{text}\n{}", String::from_utf8_lossy(&out.stderr));
-    assert!(text.contains("all LiteLLM checks passed"), "{text}");
+    python_check("check_litellm.py", &[&m.base, "fake-gemini-key"], "all LiteLLM checks passed", "litellm");
 }
 
 /// Each failure the provider gives raises the SDKs' usual exception, on both hosts and with
@@ -289,14 +287,8 @@ fn the_official_sdks_raise_their_usual_errors_when_the_provider_misbehaves() {
     for (host, shape) in runs {
         let set = format!("provider.quota_body={shape}");
         let m = start_with(host, "tests/sdk/sdk-misbehaviour.toml", &["--set", &set]);
-        let out = std::process::Command::new("python3")
-            .arg(root().join("tests/sdk/check_misbehaviour.py"))
-            .args([&m.base, shape])
-            .output()
-            .expect("python3 runs");
-        let text = String::from_utf8_lossy(&out.stdout);
-        assert!(out.status.success(), "{host}, {shape}:\n{text}\n{}", String::from_utf8_lossy(&out.stderr));
-        assert!(text.contains("all misbehaviour checks passed"), "{host}, {shape}: {text}");
+        let what = format!("{host}, {shape}");
+        python_check("check_misbehaviour.py", &[&m.base, shape], "all misbehaviour checks passed", &what);
     }
 }
 
