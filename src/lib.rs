@@ -8,6 +8,7 @@
 //!   virtual time.
 //! - [`load`]: the same traffic and engine in real time over real HTTP (`keysim load`).
 //! - [`plan`]: capacity planning — grids of pool sizes and rates, simulated on all cores.
+//! - [`proxy`]: `keysim proxy` — the engine in front of Gemini for real clients.
 //! - [`notify`]: where warning notifications go — log lines, JSON lines, a webhook.
 //! - [`report`]: one aggregator fed by runs; summary, CSV writers and the terminal table.
 //! - [`cli`]: the `keysim` command line.
@@ -17,6 +18,7 @@ pub use keysim_engine as engine;
 pub mod load;
 pub mod notify;
 pub mod plan;
+pub mod proxy;
 pub mod report;
 pub mod scenario;
 pub mod sim;

@@ -5,6 +5,7 @@ mod compare;
 mod gate;
 pub mod mock;
 mod plan;
+pub mod proxy;
 mod run;
 
 use std::path::PathBuf;
@@ -188,6 +189,23 @@ pub enum Command {
         #[arg(long)]
         no_plots: bool,
     },
+    /// Serve the engine in front of Gemini for real clients (the Gemini and OpenAI-compatible
+    /// surfaces), until SIGINT or SIGTERM; SIGHUP reloads the pool.
+    Proxy {
+        /// The proxy config: a pool (`[[models]]`, `[[projects]]`, `[engine]`, `[warnings]`)
+        /// and `[proxy]`. Keys come from the environment or a keys file, never the command line.
+        #[arg(long)]
+        config: PathBuf,
+        /// Address to listen on (overrides `[proxy] listen`).
+        #[arg(long, value_name = "ADDR")]
+        listen: Option<String>,
+        /// Base URL of the API (overrides `[proxy] upstream`).
+        #[arg(long, value_name = "URL")]
+        upstream: Option<String>,
+        /// The shared quota store, redis://host:port (overrides `[proxy] store`).
+        #[arg(long, value_name = "URL")]
+        store: Option<String>,
+    },
     /// Serve the fake Gemini API (quotas, latency and faults of a scenario) until Ctrl-C.
     Mock {
         /// Port to listen on (0: any free port).
@@ -299,6 +317,9 @@ pub fn execute(cli: Cli) -> Result<i32, CliError> {
                 json,
                 quiet,
             })
+        }
+        Command::Proxy { config, listen, upstream, store } => {
+            proxy::proxy(proxy::ProxyOptions { config, listen, upstream, store })
         }
         Command::Mock { port, bind, scenario, overrides, host, time_scale, header_timeout, body_timeout } => {
             mock::mock(mock::MockOptions {

@@ -16,6 +16,7 @@ mod fields;
 mod files;
 mod overrides;
 mod parse;
+mod proxy;
 mod replicas;
 mod traffic;
 mod warnings;
@@ -24,7 +25,8 @@ use std::path::Path;
 
 pub use diag::{Diagnostic, Diagnostics};
 pub use model::*;
-pub use parse::parse;
+pub use parse::{parse, parse_proxy};
+pub use proxy::{KeySource, ProxyDef};
 
 /// Why a scenario could not be loaded.
 #[derive(Debug, thiserror::Error)]

@@ -11,6 +11,7 @@ use toml::Spanned;
 use super::diag::Diagnostics;
 use super::fields::{Ctx, Table};
 use super::model::*;
+use super::proxy::ProxyDef;
 use super::traffic::{events, expectations, traffic};
 use crate::engine::estimate::calibrated::Base;
 use crate::engine::estimate::OutputPolicy;
@@ -19,10 +20,38 @@ use crate::engine::{EngineConfig, Limits, Setting, Timestamp};
 /// Where the scenario's week starts if it names no `start`: a Wednesday at 00:00 Pacific.
 const DEFAULT_START: &str = "2026-11-25T00:00:00-08:00";
 
+/// A proxy config's nominal duration (it has none; the engine does not read it).
+const DAY_MS: u64 = 86_400_000;
+
 /// Parses and validates scenario `text`. `origin` names it in diagnostics; `base` is the
 /// folder relative paths (trace files) are resolved against; `overrides` are `path=value`
 /// settings (`engine.admission=check-then-act`) applied on top of the file.
 pub fn parse(text: &str, origin: &str, base: Option<&Path>, overrides: &[String]) -> Result<Scenario, Diagnostics> {
+    parse_as(text, origin, base, overrides, Purpose::Scenario).map(|(s, _)| s)
+}
+
+/// Parses a proxy config: the pool sections of a scenario (`[[models]]`, `[[projects]]`,
+/// `[engine]`, `[warnings]`) and `[proxy]`. `[scenario]` is optional; traffic, provider,
+/// events and expectations have no place in it.
+pub fn parse_proxy(text: &str, origin: &str, base: Option<&Path>) -> Result<(Scenario, ProxyDef), Diagnostics> {
+    let (sc, proxy) = parse_as(text, origin, base, &[], Purpose::Proxy)?;
+    Ok((sc, proxy.unwrap_or_default()))
+}
+
+/// What a file is read as.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Purpose {
+    Scenario,
+    Proxy,
+}
+
+fn parse_as(
+    text: &str,
+    origin: &str,
+    base: Option<&Path>,
+    overrides: &[String],
+    purpose: Purpose,
+) -> Result<(Scenario, Option<ProxyDef>), Diagnostics> {
     let source = super::overrides::source(text, overrides);
     let fail = |items| Diagnostics { origin: origin.to_owned(), source: source.clone(), items };
     let (root, errors) = DeTable::parse_recoverable(&source[..text.len()]);
@@ -47,10 +76,16 @@ pub fn parse(text: &str, origin: &str, base: Option<&Path>, overrides: &[String]
         }
     }
     let root = Spanned::new(0..source.len(), root);
-    let scenario = build(&mut ctx, &Table::new(&root, "the scenario file"), base);
+    let what = if purpose == Purpose::Proxy { "the proxy config" } else { "the scenario file" };
+    let table = Table::new(&root, what);
+    let scenario = build(&mut ctx, &table, base, purpose);
+    let proxy = match (purpose, table.table(&mut ctx, "proxy")) {
+        (Purpose::Proxy, Some(t)) => super::proxy::parse(&mut ctx, &t),
+        _ => None,
+    };
     ctx.diags.sort_by_key(|d| d.span.as_ref().map_or(usize::MAX, |s| s.start));
     match scenario {
-        Some(s) if ctx.diags.is_empty() => Ok(s),
+        Some(s) if ctx.diags.is_empty() => Ok((s, proxy)),
         _ => Err(fail(ctx.diags)),
     }
 }
@@ -60,11 +95,37 @@ const ROOT_KEYS: &[&str] = &[
     "compare", "replicas",
 ];
 
-fn build(ctx: &mut Ctx, root: &Table<'_, '_>, base: Option<&Path>) -> Option<Scenario> {
-    root.allow(ctx, ROOT_KEYS);
-    let head = root.required(root.table(ctx, "scenario"), ctx, "scenario");
+/// The sections of a proxy config.
+const PROXY_KEYS: &[&str] = &["scenario", "models", "projects", "engine", "warnings", "proxy"];
+
+fn build(ctx: &mut Ctx, root: &Table<'_, '_>, base: Option<&Path>, purpose: Purpose) -> Option<Scenario> {
+    let proxy = purpose == Purpose::Proxy;
+    root.allow(ctx, if proxy { PROXY_KEYS } else { ROOT_KEYS });
+    let head = match proxy {
+        true => root.table(ctx, "scenario"),
+        false => root.required(root.table(ctx, "scenario"), ctx, "scenario"),
+    };
     let (name, seed, duration_ms, start, timeline_ms) = match &head {
-        Some(t) => header(ctx, t),
+        Some(t) if !proxy => header(ctx, t),
+        Some(t) => {
+            t.allow(ctx, &["name", "description", "seed"]);
+            let name = t.string(ctx, "name").map_or_else(|| "proxy".to_owned(), |(n, _)| n);
+            let seed = if t.has("seed") { t.uint(ctx, "seed").map(|(s, _)| s) } else { Some(0) };
+            (
+                Some(name),
+                seed,
+                Some(DAY_MS),
+                Some(parse_start(DEFAULT_START).expect("default start parses")),
+                Some(60_000),
+            )
+        }
+        None if proxy => (
+            Some("proxy".into()),
+            Some(0),
+            Some(DAY_MS),
+            Some(parse_start(DEFAULT_START).expect("default start parses")),
+            Some(60_000),
+        ),
         None => (None, Some(0), None, Some(parse_start(DEFAULT_START).expect("default start parses")), Some(60_000)),
     };
     let provider_table = root.table(ctx, "provider");
@@ -74,7 +135,10 @@ fn build(ctx: &mut Ctx, root: &Table<'_, '_>, base: Option<&Path>) -> Option<Sce
     let engine_table = root.table(ctx, "engine");
     let truth = provider.as_ref().and_then(|p| p.tokenizer.clone());
     let engine = engine(ctx, engine_table.as_ref(), seed.unwrap_or(0), base, truth.as_ref(), &models);
-    let traffic = traffic(ctx, root, &models, duration_ms.unwrap_or(u64::MAX), base, truth.as_ref());
+    let traffic = match proxy {
+        true => Vec::new(),
+        false => traffic(ctx, root, &models, duration_ms.unwrap_or(u64::MAX), base, truth.as_ref()),
+    };
     let (events, provider_events) = events(ctx, root, &projects, &models, duration_ms.unwrap_or(u64::MAX));
     let provider = provider.map(|mut p| {
         p.script.events = provider_events;

@@ -1,0 +1,137 @@
+//! `keysim proxy`: serve the engine in front of Gemini until SIGINT or SIGTERM; SIGHUP
+//! reloads the config.
+
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use anyhow::Context;
+
+use super::CliError;
+use crate::proxy::{ProxyError, State};
+
+/// What `keysim proxy` was asked.
+pub(super) struct ProxyOptions {
+    pub(super) config: PathBuf,
+    pub(super) listen: Option<String>,
+    pub(super) upstream: Option<String>,
+    pub(super) store: Option<String>,
+}
+
+fn bad(e: ProxyError) -> CliError {
+    match e {
+        ProxyError::Config(m) => CliError::BadInput(m),
+        ProxyError::Start(m) => CliError::Runtime(anyhow::anyhow!(m)),
+    }
+}
+
+/// Whether a config with these tokens may listen on `addr`: without a client or an admin
+/// token only on a loopback address.
+pub fn check_exposure(addr: &SocketAddr, client_tokens: usize, admin_token: bool) -> Result<(), String> {
+    if addr.ip().is_loopback() {
+        return Ok(());
+    }
+    let missing = match (client_tokens > 0, admin_token) {
+        (true, true) => return Ok(()),
+        (false, false) => "client tokens and an admin token",
+        (false, true) => "client tokens",
+        (true, false) => "an admin token",
+    };
+    Err(format!("refusing to listen on {addr} without {missing}: set them in [proxy], or listen on a loopback address"))
+}
+
+pub(super) fn proxy(opts: ProxyOptions) -> Result<i32, CliError> {
+    let mut loaded = crate::proxy::config::load(&opts.config).map_err(bad)?;
+    if let Some(l) = opts.listen {
+        loaded.proxy.listen = l;
+    }
+    if let Some(u) = opts.upstream {
+        if !(u.starts_with("http://") || u.starts_with("https://")) {
+            return Err(CliError::BadInput("--upstream must be an http:// or https:// URL".into()));
+        }
+        loaded.proxy.upstream = u.trim_end_matches('/').to_owned();
+    }
+    if opts.store.is_some() {
+        loaded.proxy.store = opts.store;
+    }
+    let addr: SocketAddr = loaded
+        .proxy
+        .listen
+        .parse()
+        .map_err(|_| CliError::BadInput(format!("listen address '{}' is not IP:PORT", loaded.proxy.listen)))?;
+    check_exposure(&addr, loaded.client_tokens.len(), loaded.admin_token.is_some()).map_err(CliError::BadInput)?;
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the runtime")?;
+    let listener =
+        std::net::TcpListener::bind(addr).map_err(|e| CliError::BadInput(format!("cannot listen on {addr}: {e}")))?;
+    listener.set_nonblocking(true).context("configuring the listener")?;
+    let local = listener.local_addr().context("reading the bound address")?;
+    let banner = banner(&loaded, local);
+    let state = State::new(loaded, Some(opts.config.clone())).map_err(bad)?;
+    rt.block_on(async move {
+        let listener = tokio::net::TcpListener::from_std(listener).context("configuring the listener")?;
+        tokio::spawn(reload_on_hangup(state.clone()));
+        {
+            // Written with errors ignored: whoever reads this may stop reading.
+            let mut out = std::io::stdout().lock();
+            let _ = out.write_all(banner.as_bytes());
+            let _ = out.flush();
+        }
+        crate::proxy::serve(state, listener, stop_signal()).await.context("serving")?;
+        Ok::<_, anyhow::Error>(())
+    })?;
+    Ok(0)
+}
+
+fn banner(l: &crate::proxy::Loaded, local: SocketAddr) -> String {
+    let keys: usize = l.scenario.projects.iter().map(|p| p.keys.len()).sum();
+    let models: Vec<&str> = l.scenario.models.iter().map(|m| m.name.as_str()).collect();
+    let mut s = format!("keysim proxy listening on http://{local}\n");
+    s += &format!(
+        "  upstream {} · store {}\n",
+        crate::load::redact_target(&l.proxy.upstream),
+        l.proxy.store.as_deref().map_or_else(|| "memory".to_owned(), crate::load::redact_target)
+    );
+    s += &format!("  pool: {} projects, {keys} keys · models {}\n", l.scenario.projects.len(), models.join(", "));
+    s += &format!(
+        "  clients: {} · admin API: {}\n",
+        if l.client_tokens.is_empty() {
+            "open (loopback only)".to_owned()
+        } else {
+            format!("{} tokens", l.client_tokens.len())
+        },
+        if l.admin_token.is_some() { "token" } else { "open (loopback only)" }
+    );
+    s += "  /metrics /healthz /readyz · SIGHUP or POST /admin/reload reloads the pool · Ctrl-C stops it\n";
+    s
+}
+
+/// Completes on SIGINT or SIGTERM.
+async fn stop_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        if let Ok(mut term) = signal(SignalKind::terminate()) {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+            return;
+        }
+    }
+    let _ = tokio::signal::ctrl_c().await;
+}
+
+/// Reloads the config on every SIGHUP.
+async fn reload_on_hangup(state: std::sync::Arc<State>) {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let Ok(mut hup) = signal(SignalKind::hangup()) else { return };
+        while hup.recv().await.is_some() {
+            let s = state.clone();
+            let _ = tokio::task::spawn_blocking(move || s.reload()).await;
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = state;
+}

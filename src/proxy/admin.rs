@@ -1,0 +1,197 @@
+//! Probes (`/healthz`, `/readyz`), the Prometheus scrape (`/metrics`) and the admin API
+//! (`/admin/pool`, `/admin/capacity`, `/admin/keys`, `POST /admin/reload`). Admin answers
+//! show key ids redacted, and need the admin token.
+
+use std::sync::atomic::Ordering;
+
+use bytes::Bytes;
+use hyper::body::Incoming;
+use hyper::header::HeaderValue;
+use serde_json::{json, Value};
+
+use super::forward::{error, token_matches, Surface};
+use super::{Body, State};
+use crate::engine::{redact, Dimension};
+
+fn answer(status: u16, content_type: &'static str, body: impl Into<Bytes>) -> hyper::Response<Body> {
+    use http_body_util::BodyExt;
+    let body = http_body_util::Full::new(body.into()).map_err(|never| match never {}).boxed();
+    let mut resp = hyper::Response::new(body);
+    *resp.status_mut() = hyper::StatusCode::from_u16(status).unwrap_or(hyper::StatusCode::INTERNAL_SERVER_ERROR);
+    resp.headers_mut().insert("content-type", HeaderValue::from_static(content_type));
+    resp
+}
+
+fn json_answer(status: u16, v: &Value) -> hyper::Response<Body> {
+    answer(status, "application/json", serde_json::to_vec_pretty(v).unwrap_or_default())
+}
+
+/// `/healthz` (the process serves), `/readyz` (it should get traffic: not draining, the store
+/// answers, some key is usable) and `/metrics`.
+pub fn probe(state: &State, path: &str) -> hyper::Response<Body> {
+    match path {
+        "/healthz" => json_answer(200, &json!({"status": "ok"})),
+        "/readyz" => {
+            let (ready, why) = readiness(state);
+            json_answer(if ready { 200 } else { 503 }, &json!({"ready": ready, "reason": why}))
+        }
+        _ => {
+            let text = state.metrics.scrape(&state.engine, state.engine.clock().now());
+            answer(200, "application/openmetrics-text; version=1.0.0; charset=utf-8", text)
+        }
+    }
+}
+
+fn readiness(state: &State) -> (bool, &'static str) {
+    if state.draining.load(Ordering::SeqCst) {
+        return (false, "shutting down");
+    }
+    let pool = state.engine.pool();
+    let now = state.engine.clock().now();
+    if let Some(g) = (0..pool.models().len()).flat_map(|m| pool.groups(m).first()).next() {
+        if state.engine.usage(g.bucket, now).is_err() {
+            return (false, "the quota store does not answer");
+        }
+    }
+    if !pool.keys().iter().any(|k| k.usable()) {
+        return (false, "no usable key");
+    }
+    (true, "ready")
+}
+
+/// The admin API.
+pub async fn admin(state: &State, req: hyper::Request<Incoming>) -> hyper::Response<Body> {
+    let loaded = state.loaded.load_full();
+    if let Some(token) = &loaded.admin_token {
+        let presented = req
+            .headers()
+            .get(hyper::header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .map(str::trim);
+        if !token_matches(std::slice::from_ref(token), presented) {
+            return error(
+                Surface::Gemini,
+                401,
+                "UNAUTHENTICATED",
+                "the admin API needs the admin token (Authorization: Bearer)",
+            );
+        }
+    }
+    match (req.method().as_str(), req.uri().path()) {
+        ("GET", "/admin/pool") => json_answer(200, &pool(state)),
+        ("GET", "/admin/capacity") => json_answer(200, &capacity(state)),
+        ("GET", "/admin/keys") => json_answer(200, &keys(state)),
+        ("POST", "/admin/reload") => {
+            // Reading a file and applying events: off the reactor.
+            match tokio::task::block_in_place(|| state.reload()) {
+                Ok(c) => json_answer(200, &json!({"reloaded": true, "changes": c})),
+                Err(e) => {
+                    json_answer(400, &json!({"reloaded": false, "error": crate::engine::redact_text(&e.to_string())}))
+                }
+            }
+        }
+        _ => error(
+            Surface::Gemini,
+            404,
+            "NOT_FOUND",
+            "admin endpoints: GET /admin/pool, /admin/capacity, /admin/keys; POST /admin/reload",
+        ),
+    }
+}
+
+fn pool(state: &State) -> Value {
+    let pool = state.engine.pool();
+    let models: Vec<Value> =
+        pool.models().iter().map(|m| json!({"name": m.name, "limits": limits(&m.limits)})).collect();
+    let projects: Vec<Value> = pool
+        .projects()
+        .iter()
+        .enumerate()
+        .map(|(i, p)| {
+            let per_model: serde_json::Map<String, Value> = pool
+                .models()
+                .iter()
+                .zip(&p.limits)
+                .map(|(m, l)| (m.name.clone(), l.as_ref().map_or(Value::Null, limits)))
+                .collect();
+            let keys: Vec<String> =
+                pool.keys().iter().filter(|k| k.project == i && !k.removed).map(|k| redact(&k.id)).collect();
+            json!({"id": p.id, "limits": per_model, "keys": keys})
+        })
+        .collect();
+    let loaded = state.loaded.load();
+    json!({
+        "models": models,
+        "projects": projects,
+        "upstream": crate::load::redact_target(&loaded.proxy.upstream),
+        "store": loaded.proxy.store.as_deref().map_or_else(|| "memory".to_owned(), crate::load::redact_target),
+    })
+}
+
+fn limits(l: &crate::engine::Limits) -> Value {
+    let mut o = serde_json::Map::new();
+    for d in Dimension::ALL {
+        let v = l.get(d);
+        if v != u64::MAX {
+            o.insert(d.name().to_owned(), json!(v));
+        }
+    }
+    Value::Object(o)
+}
+
+fn capacity(state: &State) -> Value {
+    let pool = state.engine.pool();
+    let now = state.engine.clock().now();
+    let models: Vec<Value> = pool
+        .models()
+        .iter()
+        .enumerate()
+        .map(|(m, model)| {
+            let c = state.engine.capacity(m, now);
+            let per = |a: &[u64; 4]| {
+                let o: serde_json::Map<String, Value> =
+                    Dimension::ALL.iter().map(|d| (d.name().to_owned(), json!(a[d.index()]))).collect();
+                Value::Object(o)
+            };
+            json!({
+                "model": model.name,
+                "projects": c.projects,
+                "usable_keys": c.keys,
+                "limits": per(&c.limits),
+                "usable": per(&c.usable),
+                "remaining": per(&c.remaining),
+                "minute_frees_at": c.minute_frees_at.map(|t| t.to_rfc3339()),
+                "day_resets_at": c.day_resets_at.to_rfc3339(),
+            })
+        })
+        .collect();
+    json!({ "models": models })
+}
+
+fn keys(state: &State) -> Value {
+    let pool = state.engine.pool();
+    let health = state.engine.health_now();
+    let keys: Vec<Value> = pool
+        .keys()
+        .iter()
+        .enumerate()
+        .map(|(i, k)| {
+            let probes = health.disabled.iter().find(|(id, _)| id.0 as usize == i).map(|(_, n)| *n);
+            let state = match (k.removed, k.revoked, k.enabled, probes) {
+                (true, ..) => "removed",
+                (_, true, ..) => "revoked",
+                (_, _, false, _) => "disabled",
+                (.., Some(_)) => "rejected-by-provider",
+                _ => "serving",
+            };
+            json!({
+                "key": redact(&k.id),
+                "project": pool.projects()[k.project].id,
+                "state": state,
+                "failed_probes": probes,
+            })
+        })
+        .collect();
+    json!({ "keys": keys })
+}

@@ -1,0 +1,253 @@
+//! The proxy's config: a pool (the scenario sections) and `[proxy]`; the keys' values from
+//! the environment or a file, the tokens; and what a reload changes in the pool.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::path::Path;
+
+use crate::engine::{redact, KeySpec, PoolEvent, ProjectSpec, QuotaStore, RedisConfig, RedisStore};
+use crate::scenario::{KeySource, ProxyDef, Scenario};
+
+/// Why the proxy cannot start or reload.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ProxyError {
+    /// The config (file, keys, tokens) is wrong: exit code 2.
+    #[error("{0}")]
+    Config(String),
+    /// Something else stopped it (the address, the store).
+    #[error("{0}")]
+    Start(String),
+}
+
+/// A config read and resolved: what the handlers read.
+pub struct Loaded {
+    /// The pool and its engine and warnings settings.
+    pub scenario: Scenario,
+    /// `[proxy]`.
+    pub proxy: ProxyDef,
+    /// Key values by key id.
+    pub keys: HashMap<String, String>,
+    /// Client tokens.
+    pub client_tokens: Vec<String>,
+    /// The admin token.
+    pub admin_token: Option<String>,
+}
+
+impl fmt::Debug for Loaded {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Loaded")
+            .field("pool", &self.scenario.name)
+            .field("keys", &self.keys.len())
+            .field("client_tokens", &self.client_tokens.len())
+            .field("admin_token", &self.admin_token.is_some())
+            .finish()
+    }
+}
+
+/// Reads and resolves the config at `path`.
+pub fn load(path: &Path) -> Result<Loaded, ProxyError> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| ProxyError::Config(format!("cannot read proxy config {}: {e}", path.display())))?;
+    let (scenario, proxy) = crate::scenario::parse_proxy(&text, &path.display().to_string(), path.parent())
+        .map_err(|d| ProxyError::Config(d.to_string()))?;
+    resolve(scenario, proxy, path.parent().unwrap_or(Path::new(".")))
+}
+
+/// The variable a key's value may also be read from: its id in capitals, `_` for the rest.
+pub fn env_name(id: &str) -> String {
+    id.chars().map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_uppercase() } else { '_' }).collect()
+}
+
+/// Resolves the keys' values and the tokens of a parsed config.
+pub fn resolve(scenario: Scenario, proxy: ProxyDef, base: &Path) -> Result<Loaded, ProxyError> {
+    let ids: Vec<&String> = scenario.projects.iter().flat_map(|p| p.keys.iter()).collect();
+    let mut keys = HashMap::new();
+    match &proxy.keys {
+        KeySource::Ids => keys.extend(ids.iter().map(|k| ((*k).clone(), (*k).clone()))),
+        KeySource::Env => {
+            let mut missing = Vec::new();
+            for id in ids {
+                let value = std::env::var(id).ok().filter(|v| !v.is_empty());
+                match value.or_else(|| std::env::var(env_name(id)).ok().filter(|v| !v.is_empty())) {
+                    Some(v) => drop(keys.insert(id.clone(), v)),
+                    None => missing.push(env_name(id)),
+                }
+            }
+            if !missing.is_empty() {
+                return Err(ProxyError::Config(format!(
+                    "no value in the environment for the keys {} (set each, or name a `keys_file` in [proxy])",
+                    missing.join(", ")
+                )));
+            }
+        }
+        KeySource::File(f) => {
+            let path = base.join(f);
+            let text = std::fs::read_to_string(&path)
+                .map_err(|e| ProxyError::Config(format!("cannot read keys file {}: {e}", path.display())))?;
+            let table: toml::Table = toml::from_str(&text).map_err(|e| {
+                // The parser quotes the offending line, which may hold a key: only its place.
+                let at = e.span().map_or(String::new(), |s| format!(" at byte {}", s.start));
+                ProxyError::Config(format!("keys file {}: not a TOML table of \"id\" = \"key\"{at}", path.display()))
+            })?;
+            for id in ids {
+                match table.get(id.as_str()).and_then(|v| v.as_str()) {
+                    Some(v) if !v.is_empty() => drop(keys.insert(id.clone(), v.to_owned())),
+                    _ => {
+                        return Err(ProxyError::Config(format!("keys file {}: no value for key {id}", path.display())))
+                    }
+                }
+            }
+        }
+    }
+    let mut client_tokens = proxy.client_tokens.clone();
+    if let Some(var) = &proxy.client_tokens_env {
+        let v = std::env::var(var).map_err(|_| ProxyError::Config(format!("client_tokens_env: {var} is not set")))?;
+        client_tokens.extend(v.split(',').map(str::trim).filter(|t| !t.is_empty()).map(str::to_owned));
+    }
+    if client_tokens.iter().any(|t| t.len() < 16) {
+        return Err(ProxyError::Config("every client token must be at least 16 characters".into()));
+    }
+    let admin_token = match (&proxy.admin_token, &proxy.admin_token_env) {
+        (_, Some(var)) => {
+            Some(std::env::var(var).map_err(|_| ProxyError::Config(format!("admin_token_env: {var} is not set")))?)
+        }
+        (t, None) => t.clone(),
+    };
+    if admin_token.as_ref().is_some_and(|t| t.len() < 16) {
+        return Err(ProxyError::Config("the admin token must be at least 16 characters".into()));
+    }
+    Ok(Loaded { scenario, proxy, keys, client_tokens, admin_token })
+}
+
+/// The store `proxy` names: Redis, or memory.
+pub fn store(proxy: &ProxyDef) -> Result<Box<dyn QuotaStore>, ProxyError> {
+    let Some(spec) = &proxy.store else { return Ok(Box::new(crate::engine::MemoryStore::new())) };
+    let bad = |e: crate::engine::StoreError| ProxyError::Config(format!("store: {e}"));
+    let mut config = RedisConfig::parse(spec).map_err(bad)?;
+    config.prefix = proxy.store_prefix.clone();
+    Ok(Box::new(RedisStore::new(config).map_err(|e| ProxyError::Start(format!("store: {e}")))?))
+}
+
+/// What a reload changed.
+#[derive(Debug, Default, serde::Serialize)]
+pub struct Changes {
+    /// Keys added (redacted ids).
+    pub keys_added: Vec<String>,
+    /// Keys removed (redacted ids).
+    pub keys_removed: Vec<String>,
+    /// Projects added.
+    pub projects_added: Vec<String>,
+    /// Limits changed, as `project/model`.
+    pub limits_changed: Vec<String>,
+    /// Settings that differ but need a restart to apply.
+    pub needs_restart: Vec<String>,
+}
+
+impl fmt::Display for Changes {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{} keys added, {} removed, {} projects added, {} limits changed",
+            self.keys_added.len(),
+            self.keys_removed.len(),
+            self.projects_added.len(),
+            self.limits_changed.len()
+        )?;
+        if !self.needs_restart.is_empty() {
+            write!(f, "; needing a restart (not applied): {}", self.needs_restart.join(", "))?;
+        }
+        Ok(())
+    }
+}
+
+/// Applies `next` to the running proxy: new key values and tokens first, then the pool's
+/// changes as engine events (admissions under way finish on the pool they started with).
+pub fn apply(state: &super::State, next: Loaded) -> Result<Changes, ProxyError> {
+    let engine = &state.engine;
+    let pool = engine.pool();
+    let now_models: Vec<&str> = pool.models().iter().map(|m| m.name.as_str()).collect();
+    let next_models: Vec<&str> = next.scenario.models.iter().map(|m| m.name.as_str()).collect();
+    if now_models != next_models {
+        return Err(ProxyError::Config("the models cannot change while the proxy runs; restart it".into()));
+    }
+    let spec = crate::scenario::build::pool_spec(&next.scenario);
+    let current = state.loaded.load();
+    let mut changes = Changes::default();
+    let mut events = Vec::new();
+    for p in &spec.projects {
+        match pool.projects().iter().find(|q| q.id == p.id) {
+            None => {
+                changes.projects_added.push(p.id.clone());
+                events.push(PoolEvent::AddProject(ProjectSpec { id: p.id.clone(), limits: p.limits.clone() }));
+            }
+            Some(q) => {
+                for (m, (a, b)) in q.limits.iter().zip(&p.limits).enumerate() {
+                    if let (Some(limits), true) = (b, a != b) {
+                        changes.limits_changed.push(format!("{}/{}", p.id, now_models[m]));
+                        let (project, model) = (p.id.clone(), now_models[m].to_owned());
+                        events.push(PoolEvent::SetLimits { project, model, limits: *limits });
+                    }
+                }
+            }
+        }
+    }
+    for k in &spec.keys {
+        match pool.keys().iter().find(|s| s.id == k.id) {
+            Some(s) if !s.removed && pool.projects()[s.project].id != k.project => {
+                return Err(ProxyError::Config(format!(
+                    "key {} cannot move to another project while the proxy runs; give it a new id",
+                    redact(&k.id)
+                )));
+            }
+            Some(s) if !s.removed => {}
+            Some(_) => {
+                return Err(ProxyError::Config(format!(
+                    "key {} was removed; a removed key cannot return under the same id",
+                    redact(&k.id)
+                )));
+            }
+            None => {
+                changes.keys_added.push(redact(&k.id));
+                events.push(PoolEvent::Add(KeySpec { id: k.id.clone(), project: k.project.clone() }));
+            }
+        }
+    }
+    for s in pool.keys().iter().filter(|s| !s.removed) {
+        if !spec.keys.iter().any(|k| k.id == s.id) {
+            changes.keys_removed.push(redact(&s.id));
+            events.push(PoolEvent::Remove(s.id.clone()));
+        }
+    }
+    if next.scenario.engine != current.scenario.engine {
+        changes.needs_restart.push("[engine]".into());
+    }
+    if next.scenario.warnings != current.scenario.warnings {
+        changes.needs_restart.push("[warnings]".into());
+    }
+    let (a, b) = (&current.proxy, &next.proxy);
+    if a.listen != b.listen || a.upstream != b.upstream || a.store != b.store || a.timeout_ms != b.timeout_ms {
+        changes.needs_restart.push("[proxy] listen, upstream, store or timeouts".into());
+    }
+    // Values of removed keys stay known: requests sent with them are still being answered.
+    let mut keys = current.keys.clone();
+    keys.extend(next.keys);
+    let upstream = current.proxy.upstream.clone();
+    let mut proxy = next.proxy;
+    proxy.upstream = upstream;
+    // Settings that need a restart keep their running values.
+    let mut scenario = next.scenario;
+    scenario.engine = current.scenario.engine.clone();
+    scenario.warnings = current.scenario.warnings.clone();
+    state.loaded.store(std::sync::Arc::new(Loaded {
+        scenario,
+        proxy,
+        keys,
+        client_tokens: next.client_tokens,
+        admin_token: next.admin_token,
+    }));
+    for e in events {
+        engine.apply(e).map_err(|e| ProxyError::Config(format!("applying the new pool: {e}")))?;
+    }
+    Ok(changes)
+}

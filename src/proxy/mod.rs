@@ -1,0 +1,211 @@
+//! `keysim proxy`: the engine in front of Gemini for real clients.
+//!
+//! Clients call it as they would call Gemini (its REST surface or the OpenAI-compatible one),
+//! with the proxy's own token instead of a key. Every request is admitted by the engine
+//! (atomic reservation on its project, the fair queue up to `max_wait`), sent upstream with
+//! the key the engine chose, streamed back as it arrives, and settled from the answer's usage.
+//!
+//! - [`config`]: the config file, the keys' values, tokens, and a reload's pool changes.
+//! - [`forward`]: one client request: admission, upstream, relay, settlement, retries.
+//! - [`admin`]: `/healthz`, `/readyz`, `/metrics` and the admin API.
+//! - [`metrics`]: the Prometheus metrics.
+//! - [`tap`]: usage read off a stream as it passes.
+//!
+//! [`serve`] takes a listener and a shutdown future: tests bind `127.0.0.1:0`.
+
+pub mod admin;
+pub mod config;
+pub mod forward;
+pub mod metrics;
+pub mod tap;
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use bytes::Bytes;
+use http_body_util::combinators::BoxBody;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::sync::watch;
+
+use crate::engine::warn::Warner;
+use crate::engine::{Engine, QuotaStore, SystemClock};
+use crate::notify::{LogLine, Sink};
+pub use config::{Loaded, ProxyError};
+use metrics::Metrics;
+
+/// The proxy's engine: its store is chosen at start (memory or Redis).
+pub type ProxyEngine = Engine<Box<dyn QuotaStore>>;
+
+/// A response body: whole or streamed.
+pub type Body = BoxBody<Bytes, std::io::Error>;
+
+/// Everything the proxy's handlers share.
+pub struct State {
+    /// The engine.
+    pub engine: ProxyEngine,
+    /// The config in force (tokens, key values, settings); swapped whole on reload.
+    pub loaded: ArcSwap<Loaded>,
+    /// Where the config was read from (reloads read it again).
+    pub path: Option<PathBuf>,
+    /// The upstream client.
+    pub http: reqwest::Client,
+    /// The metrics.
+    pub metrics: Metrics,
+    /// Shutting down: `/readyz` says so.
+    pub draining: AtomicBool,
+    /// Requests in flight.
+    pub inflight: AtomicUsize,
+    /// Next key for requests that need no admission (model lists, countTokens).
+    pub next_key: AtomicUsize,
+    /// Serialises reloads.
+    pub reloading: Mutex<()>,
+}
+
+impl State {
+    /// The state for `loaded`, read from `path` (for reloads).
+    pub fn new(loaded: Loaded, path: Option<PathBuf>) -> Result<Arc<Self>, ProxyError> {
+        let store = config::store(&loaded.proxy)?;
+        let engine = crate::scenario::build::engine_on(&loaded.scenario, Arc::new(SystemClock), store)
+            .map_err(|e| ProxyError::Config(format!("the pool: {e}")))?;
+        let http = reqwest::Client::builder()
+            .connect_timeout(Duration::from_millis(loaded.proxy.connect_timeout_ms))
+            .timeout(Duration::from_millis(loaded.proxy.timeout_ms))
+            .pool_max_idle_per_host(1024)
+            .pool_idle_timeout(Duration::from_secs(5))
+            .tcp_nodelay(true)
+            .build()
+            .map_err(|e| ProxyError::Start(format!("HTTP client: {e}")))?;
+        Ok(Arc::new(Self {
+            engine,
+            loaded: ArcSwap::from_pointee(loaded),
+            path,
+            http,
+            metrics: Metrics::new(),
+            draining: AtomicBool::new(false),
+            inflight: AtomicUsize::new(0),
+            next_key: AtomicUsize::new(0),
+            reloading: Mutex::new(()),
+        }))
+    }
+
+    /// Reads the config file again and applies what changed in the pool.
+    pub fn reload(&self) -> Result<config::Changes, ProxyError> {
+        let _one = self.reloading.lock().unwrap_or_else(|p| p.into_inner());
+        let path = self.path.as_ref().ok_or_else(|| ProxyError::Config("no config file to reload".into()))?;
+        let result = config::load(path).and_then(|next| config::apply(self, next));
+        let label = if result.is_ok() { "ok" } else { "error" };
+        self.metrics.reloads.get_or_create(&metrics::ResultLabel { result: label.into() }).inc();
+        match &result {
+            Ok(c) => tracing::info!(target: "keysim::proxy", changes = %c, "config reloaded"),
+            Err(e) => {
+                tracing::warn!(target: "keysim::proxy", error = %e, "config reload failed; the pool is unchanged")
+            }
+        }
+        result
+    }
+}
+
+/// Serves `state` on `listener` until `shutdown` completes; then stops accepting, lets the
+/// requests in flight finish (at most the config's `drain`), and returns.
+pub async fn serve(
+    state: Arc<State>,
+    listener: tokio::net::TcpListener,
+    shutdown: impl Future<Output = ()>,
+) -> std::io::Result<()> {
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let warnings = tokio::spawn(warn_loop(state.clone(), stop_rx.clone()));
+    let connections = Arc::new(AtomicUsize::new(0));
+    let mut shutdown = std::pin::pin!(shutdown);
+    loop {
+        let accepted = tokio::select! {
+            a = listener.accept() => a,
+            () = &mut shutdown => break,
+        };
+        let (stream, _) = match accepted {
+            Ok(s) => s,
+            // Out of descriptors and the like: wait a little rather than spin.
+            Err(_) => {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let state = state.clone();
+        let mut stop = stop_rx.clone();
+        let open = connections.clone();
+        open.fetch_add(1, Ordering::SeqCst);
+        tokio::spawn(async move {
+            let service = service_fn(move |req| {
+                let state = state.clone();
+                async move { Ok::<_, Infallible>(forward::handle(state, req).await) }
+            });
+            let conn = http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(Duration::from_secs(30))
+                .serve_connection(TokioIo::new(stream), service);
+            let mut conn = std::pin::pin!(conn);
+            tokio::select! {
+                _ = conn.as_mut() => {}
+                _ = stop.changed() => {
+                    conn.as_mut().graceful_shutdown();
+                    let _ = conn.await;
+                }
+            }
+            open.fetch_sub(1, Ordering::SeqCst);
+        });
+    }
+    drop(listener);
+    state.draining.store(true, Ordering::SeqCst);
+    let _ = stop_tx.send(true);
+    let drain = Duration::from_millis(state.loaded.load().proxy.drain_ms);
+    let until = tokio::time::Instant::now() + drain;
+    while connections.load(Ordering::SeqCst) > 0 && tokio::time::Instant::now() < until {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let left = connections.load(Ordering::SeqCst);
+    if left > 0 {
+        tracing::warn!(target: "keysim::proxy", connections = left, "drain time over; closing what is left");
+    }
+    warnings.abort();
+    Ok(())
+}
+
+/// Evaluates the warning rules on the engine every `evaluate_every` and sends what is due: a
+/// log line, the webhook, and the firing-alerts gauge.
+async fn warn_loop(state: Arc<State>, mut stop: watch::Receiver<bool>) {
+    let Some(def) = state.loaded.load().scenario.warnings.clone() else { return };
+    let mut warner = Warner::new(def.config.clone());
+    let mut log = def.log.then_some(LogLine);
+    let mut webhook = def.webhook.as_ref().and_then(|w| {
+        let target = crate::notify::webhook::Target::parse(&w.url).ok()?;
+        let timeout = Duration::from_millis(w.timeout_ms);
+        Some(crate::notify::webhook::Webhook::start(target, timeout, w.retries, w.receiver.clone()))
+    });
+    let every = Duration::from_millis(def.config.evaluate_every_ms.max(100));
+    loop {
+        tokio::select! {
+            () = tokio::time::sleep(every) => {}
+            _ = stop.changed() => break,
+        }
+        let now = state.engine.clock().now();
+        for n in warner.evaluate(&state.engine, now) {
+            state.metrics.notified(&n);
+            if let Some(l) = log.as_mut() {
+                let _ = l.send(&n, now);
+            }
+            if let Some(w) = webhook.as_mut() {
+                let _ = w.send(&n, now);
+            }
+        }
+    }
+    if let Some(w) = webhook {
+        let _ = tokio::task::spawn_blocking(move || w.finish(Duration::from_secs(2))).await;
+    }
+}

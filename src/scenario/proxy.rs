@@ -1,0 +1,155 @@
+//! The `[proxy]` table of a proxy config: where `keysim proxy` listens, what it forwards to,
+//! who may use it and where the real keys come from.
+
+use super::fields::{Ctx, Table};
+
+const KEYS: &[&str] = &[
+    "listen",
+    "upstream",
+    "client_tokens",
+    "client_tokens_env",
+    "admin_token",
+    "admin_token_env",
+    "keys",
+    "keys_file",
+    "timeout",
+    "connect_timeout",
+    "retries",
+    "drain",
+    "store",
+    "store_prefix",
+];
+
+/// Where the real value of each key comes from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum KeySource {
+    /// An environment variable named by the key's id (`proj-1-key-a`), or by its shell-safe
+    /// form (`PROJ_1_KEY_A`).
+    Env,
+    /// A TOML file of `"key id" = "value"` lines, relative to the config's folder.
+    File(std::path::PathBuf),
+    /// The id is the key (only for a fake upstream, whose keys are their ids).
+    Ids,
+}
+
+/// The `[proxy]` table, validated.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ProxyDef {
+    /// Address to listen on (`127.0.0.1:8090`).
+    pub listen: String,
+    /// Base URL of the Gemini API (or a compatible one) requests go to.
+    pub upstream: String,
+    /// Tokens clients may present (inline, and from `client_tokens_env`, comma-separated).
+    pub client_tokens: Vec<String>,
+    /// The environment variable holding more client tokens, if any.
+    pub client_tokens_env: Option<String>,
+    /// The admin API's token (inline).
+    pub admin_token: Option<String>,
+    /// The environment variable holding the admin token, if any.
+    pub admin_token_env: Option<String>,
+    /// Where key values come from.
+    pub keys: KeySource,
+    /// Upstream answer timeout (whole answer, streams included), ms.
+    pub timeout_ms: u64,
+    /// Upstream connect timeout, ms.
+    pub connect_timeout_ms: u64,
+    /// Further attempts on another project after a quota 429.
+    pub retries: u32,
+    /// How long shutdown waits for requests in flight, ms.
+    pub drain_ms: u64,
+    /// The shared quota store (`redis://…`), if not in memory.
+    pub store: Option<String>,
+    /// The first part of the store's key names.
+    pub store_prefix: String,
+}
+
+impl Default for ProxyDef {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:8090".into(),
+            upstream: "https://generativelanguage.googleapis.com".into(),
+            client_tokens: Vec::new(),
+            client_tokens_env: None,
+            admin_token: None,
+            admin_token_env: None,
+            keys: KeySource::Env,
+            timeout_ms: 300_000,
+            connect_timeout_ms: 10_000,
+            retries: 2,
+            drain_ms: 30_000,
+            store: None,
+            store_prefix: "keysim".into(),
+        }
+    }
+}
+
+/// Reads `[proxy]`; `None` on errors (reported in `ctx`).
+pub(super) fn parse(ctx: &mut Ctx, t: &Table<'_, '_>) -> Option<ProxyDef> {
+    t.allow(ctx, KEYS);
+    let before = ctx.diags.len();
+    let mut p = ProxyDef::default();
+    if let Some((s, _)) = t.string(ctx, "listen") {
+        p.listen = s;
+    }
+    if let Some((s, span)) = t.string(ctx, "upstream") {
+        if !(s.starts_with("http://") || s.starts_with("https://")) {
+            ctx.error(span, "`upstream` in [proxy] must be an http:// or https:// URL");
+        }
+        p.upstream = s.trim_end_matches('/').to_owned();
+    }
+    if let Some(tokens) = t.strings(ctx, "client_tokens") {
+        for (tok, span) in tokens {
+            if tok.len() < 16 {
+                ctx.error(span, "a client token must be at least 16 characters");
+            }
+            p.client_tokens.push(tok);
+        }
+    }
+    p.client_tokens_env = t.string(ctx, "client_tokens_env").map(|(s, _)| s);
+    p.admin_token = t.string(ctx, "admin_token").map(|(s, span)| {
+        if s.len() < 16 {
+            ctx.error(span, "`admin_token` must be at least 16 characters");
+        }
+        s
+    });
+    p.admin_token_env = t.string(ctx, "admin_token_env").map(|(s, _)| s);
+    let source = if t.has("keys") {
+        t.choice(ctx, "keys", &[("env", 0u8), ("file", 1), ("ids", 2)])
+    } else if t.has("keys_file") {
+        Some(1)
+    } else {
+        Some(0)
+    };
+    let file = t.string(ctx, "keys_file");
+    p.keys = match (source, file) {
+        (Some(1), Some((f, _))) => KeySource::File(f.into()),
+        (Some(1), None) => {
+            ctx.error(t.span.clone(), "`keys = \"file\"` in [proxy] needs `keys_file`");
+            KeySource::Env
+        }
+        (Some(2), _) => KeySource::Ids,
+        _ => KeySource::Env,
+    };
+    for (key, slot) in [("timeout", &mut p.timeout_ms), ("connect_timeout", &mut p.connect_timeout_ms)] {
+        if let Some((ms, span)) = t.duration(ctx, key) {
+            if ms == 0 {
+                ctx.error(span, format!("`{key}` in [proxy] must be longer than zero"));
+            }
+            *slot = ms;
+        }
+    }
+    if let Some((ms, _)) = t.duration(ctx, "drain") {
+        p.drain_ms = ms;
+    }
+    if let Some((n, span)) = t.uint(ctx, "retries") {
+        if n > 16 {
+            ctx.error(span, "`retries` in [proxy] must be at most 16");
+        }
+        p.retries = n.min(16) as u32;
+    }
+    p.store = t.string(ctx, "store").map(|(s, _)| s);
+    if let Some((s, _)) = t.string(ctx, "store_prefix") {
+        p.store_prefix = s;
+    }
+    (ctx.diags.len() == before).then_some(p)
+}
