@@ -12,6 +12,7 @@ mod invalid;
 mod mock;
 mod plan;
 mod properties;
+mod proxy;
 mod replicas;
 mod report;
 mod warnings;

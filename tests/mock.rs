@@ -102,7 +102,7 @@ fn the_sustained_host_drops_connections_when_told_to() {
 }
 
 /// Runs `tests/sdk/<script>` with `args`: it must succeed and say `passed`.
-fn python_check(script: &str, args: &[&str], passed: &str, what: &str) {
+pub(crate) fn python_check(script: &str, args: &[&str], passed: &str, what: &str) {
     let out = std::process::Command::new("python3")
         .arg(root().join("tests/sdk").join(script))
         .args(args)
@@ -114,7 +114,7 @@ fn python_check(script: &str, args: &[&str], passed: &str, what: &str) {
 }
 
 /// Whether the Python SDKs are importable; in CI they must be.
-fn sdks() -> bool {
+pub(crate) fn sdks() -> bool {
     let ok = std::process::Command::new("python3")
         .args(["-c", "import google.genai, openai, litellm"])
         .status()

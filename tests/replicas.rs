@@ -17,7 +17,7 @@ const BURST: &str = "tests/replicas/burst.toml";
 const STEADY: &str = "tests/replicas/steady.toml";
 
 /// The address in `var`, or why the test skips; under CI a missing one fails.
-fn address(var: &str) -> Option<String> {
+pub(crate) fn address(var: &str) -> Option<String> {
     match std::env::var(var) {
         Ok(v) if !v.is_empty() => Some(v),
         _ if std::env::var_os("CI").is_some() => panic!("{var} is not set: CI must start Redis (.ci/run)"),
@@ -29,7 +29,7 @@ fn address(var: &str) -> Option<String> {
 }
 
 /// A key prefix of this test's own.
-fn prefix(test: &str) -> String {
+pub(crate) fn prefix(test: &str) -> String {
     let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos();
     format!("keysim-it:{test}:{}:{nanos}", std::process::id())
 }

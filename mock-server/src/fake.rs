@@ -209,6 +209,8 @@ pub struct Fake {
     /// Script events applied so far (read without the lock).
     events_done: AtomicUsize,
     seed: u64,
+    /// Quota 429s answered so far (breaches, seen from the provider's side).
+    quota_refusals: AtomicU64,
 }
 
 /// Which surface a request came in on (errors of the OpenAI one are wrapped in an array).
@@ -252,6 +254,7 @@ impl Fake {
             generating: AtomicU64::new(0),
             events_done: AtomicUsize::new(0),
             seed: config.seed,
+            quota_refusals: AtomicU64::new(0),
         }
     }
 
@@ -284,6 +287,7 @@ impl Fake {
             (_, payload) => Answer { payload, ..a },
         };
         let answer = match (req.method, path) {
+            ("GET", "/keysim/usage") => self.usage_report(now),
             ("GET", "/v1beta/models") => self.with_key(req, surface, |_| self.list_models(req)),
             ("GET", p) if p.starts_with("/v1beta/models/") => {
                 let name = &p["/v1beta/models/".len()..];
@@ -501,6 +505,7 @@ impl Fake {
         let counted = self.script.cached.judged(input);
         let judged = if self.counts_output { counted.saturating_add(output) } else { counted };
         if let Verdict::Exhausted { violations, retry_after_ms } = state.judge.submit(project, m, judged, now) {
+            self.quota_refusals.fetch_add(1, Ordering::Relaxed);
             let tier = state.judge.config().projects[project].tier;
             let shape = self.script.quota_body;
             let body = body::quota_exceeded_as(shape, &violations, tier, model, retry_after_ms, 1_000 + project as u64);
@@ -784,6 +789,7 @@ fn answer_text(tokens: u64) -> String {
 }
 
 mod embed;
+mod stats;
 
 #[cfg(test)]
 mod tests;

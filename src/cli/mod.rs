@@ -176,6 +176,13 @@ pub enum Command {
         /// The first part of the store's key names.
         #[arg(long, default_value = "keysim", value_name = "PREFIX")]
         store_prefix: String,
+        /// The target runs its own engine (`keysim proxy`): send every request straight to
+        /// it, none through an engine in the runner.
+        #[arg(long)]
+        no_engine: bool,
+        /// With --no-engine: the environment variable holding the token to present.
+        #[arg(long, value_name = "VAR", requires = "no_engine")]
+        token_env: Option<String>,
         /// Output folder (default: reports/<scenario-name>-load/).
         #[arg(long, value_name = "DIR")]
         out: Option<PathBuf>,
@@ -205,6 +212,14 @@ pub enum Command {
         /// The shared quota store, redis://host:port (overrides `[proxy] store`).
         #[arg(long, value_name = "URL")]
         store: Option<String>,
+        /// Lab runs only: run the engine's clock this many times faster, in step with
+        /// `keysim mock --time-scale` and `keysim load --time-scale`.
+        #[arg(long, default_value_t = 1.0, hide = true)]
+        time_scale: f64,
+        /// Lab runs only: the Unix time (ms) the scaled clock counts from, so that replicas
+        /// started apart read the same clock.
+        #[arg(long, hide = true, value_name = "MS")]
+        time_origin: Option<u64>,
     },
     /// Serve the fake Gemini API (quotas, latency and faults of a scenario) until Ctrl-C.
     Mock {
@@ -275,6 +290,8 @@ pub fn execute(cli: Cli) -> Result<i32, CliError> {
             replicas,
             store,
             store_prefix,
+            no_engine,
+            token_env,
             out,
             json,
             quiet,
@@ -295,6 +312,14 @@ pub fn execute(cli: Cli) -> Result<i32, CliError> {
                 replicas,
                 store,
                 store_prefix,
+                no_engine,
+                token: match token_env {
+                    Some(var) => Some(
+                        std::env::var(&var)
+                            .map_err(|_| CliError::BadInput(format!("--token-env: {var} is not set")))?,
+                    ),
+                    None => None,
+                },
             },
             run::RunOptions { out, seed: None, json, requests_csv: false, quiet, no_plots },
         ),
@@ -318,8 +343,8 @@ pub fn execute(cli: Cli) -> Result<i32, CliError> {
                 quiet,
             })
         }
-        Command::Proxy { config, listen, upstream, store } => {
-            proxy::proxy(proxy::ProxyOptions { config, listen, upstream, store })
+        Command::Proxy { config, listen, upstream, store, time_scale, time_origin } => {
+            proxy::proxy(proxy::ProxyOptions { config, listen, upstream, store, time_scale, time_origin })
         }
         Command::Mock { port, bind, scenario, overrides, host, time_scale, header_timeout, body_timeout } => {
             mock::mock(mock::MockOptions {

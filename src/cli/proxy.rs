@@ -16,6 +16,8 @@ pub(super) struct ProxyOptions {
     pub(super) listen: Option<String>,
     pub(super) upstream: Option<String>,
     pub(super) store: Option<String>,
+    pub(super) time_scale: f64,
+    pub(super) time_origin: Option<u64>,
 }
 
 fn bad(e: ProxyError) -> CliError {
@@ -60,13 +62,31 @@ pub(super) fn proxy(opts: ProxyOptions) -> Result<i32, CliError> {
         .parse()
         .map_err(|_| CliError::BadInput(format!("listen address '{}' is not IP:PORT", loaded.proxy.listen)))?;
     check_exposure(&addr, loaded.client_tokens.len(), loaded.admin_token.is_some()).map_err(CliError::BadInput)?;
+    // Log lines on stderr: startup, reloads, warnings, upstream trouble. No key is ever in one.
+    let _ = tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_max_level(tracing::Level::INFO)
+        .with_target(true)
+        .try_init();
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the runtime")?;
     let listener =
         std::net::TcpListener::bind(addr).map_err(|e| CliError::BadInput(format!("cannot listen on {addr}: {e}")))?;
     listener.set_nonblocking(true).context("configuring the listener")?;
     let local = listener.local_addr().context("reading the bound address")?;
     let banner = banner(&loaded, local);
-    let state = State::new(loaded, Some(opts.config.clone())).map_err(bad)?;
+    if !(opts.time_scale.is_finite() && (0.01..=10_000.0).contains(&opts.time_scale)) {
+        return Err(CliError::BadInput("--time-scale must be a number from 0.01 to 10000".into()));
+    }
+    let clock = match opts.time_origin {
+        // Replicas given one origin read one scaled clock, whenever each started.
+        Some(origin) => {
+            let wall = mock_server::host::Clock::new(1.0).now_ms();
+            let now = origin as f64 + wall.saturating_sub(origin) as f64 * opts.time_scale;
+            mock_server::host::Clock::starting_at(now as u64, opts.time_scale)
+        }
+        None => mock_server::host::Clock::new(opts.time_scale),
+    };
+    let state = State::new(loaded, Some(opts.config.clone()), clock).map_err(bad)?;
     rt.block_on(async move {
         let listener = tokio::net::TcpListener::from_std(listener).context("configuring the listener")?;
         tokio::spawn(reload_on_hangup(state.clone()));

@@ -26,16 +26,19 @@ use tokio::sync::mpsc;
 
 use crate::engine::clock::Timer;
 use crate::engine::{
-    parse_quota_error, AcquireError, Engine, Exhaustion, MemoryStore, Outcome, Prompt, QueuePolicy, QuotaStore,
-    RedisConfig, RedisStore, RedisTime, Request, StoreError, Timestamp, UsageMetadata,
+    AcquireError, Engine, MemoryStore, Prompt, QueuePolicy, QuotaStore, RedisConfig, RedisStore, RedisTime, Request,
+    StoreError, Timestamp,
 };
 use crate::report::{stopwatch, Aggregate, RequestRecord, Terminal};
 use crate::scenario::Scenario;
 use crate::sim::{NewRequest, Traffic};
 use mock_server::host::Clock;
 
+mod target;
+use target::Answer;
+
 /// The run's scaled clock, as the engine's clock: waiters sleep on real timers, scaled.
-struct Scaled(Clock);
+pub struct Scaled(pub Clock);
 
 impl crate::engine::Clock for Scaled {
     fn now(&self) -> Timestamp {
@@ -81,6 +84,11 @@ pub struct LoadOptions {
     pub store: Option<String>,
     /// The first part of the store's key names (runs sharing a Redis keep apart by it).
     pub store_prefix: String,
+    /// The target runs its own engine (`keysim proxy`): send every request straight to it,
+    /// none through an engine here.
+    pub no_engine: bool,
+    /// The token to present to such a target (`x-goog-api-key`).
+    pub token: Option<String>,
 }
 
 impl std::fmt::Debug for LoadOptions {
@@ -94,6 +102,8 @@ impl std::fmt::Debug for LoadOptions {
             .field("replicas", &self.replicas)
             .field("store", &self.store.as_deref().map(redact_target))
             .field("store_prefix", &self.store_prefix)
+            .field("no_engine", &self.no_engine)
+            .field("token", &self.token.as_ref().map(|_| "…"))
             .finish()
     }
 }
@@ -110,6 +120,8 @@ impl Default for LoadOptions {
             replicas: 1,
             store: None,
             store_prefix: "keysim".into(),
+            no_engine: false,
+            token: None,
         }
     }
 }
@@ -226,6 +238,29 @@ struct Done {
 }
 
 impl Done {
+    /// A request that has not ended yet, started `lag_us` behind its time.
+    fn new(new: NewRequest, lag_us: u64) -> Self {
+        Self {
+            new,
+            state: Terminal::Denied,
+            key: None,
+            project: None,
+            estimated: None,
+            input: new.input,
+            output: 0,
+            queue_wait_ms: 0,
+            latency_ms: None,
+            end_ms: 0,
+            reason: String::new(),
+            lag_us,
+            e2e_us: None,
+            transport_error: false,
+            settle_error: false,
+            admit_ns: None,
+            delayed: false,
+        }
+    }
+
     /// Whether it waited in the queue (was denied at least once before its end).
     fn delayed(&self) -> bool {
         self.delayed
@@ -261,6 +296,10 @@ struct Shared {
     keys: Vec<String>,
     /// The clock's reading when the schedule started.
     origin_ms: u64,
+    /// Send straight to a target that runs its own engine, with this token.
+    token: Option<String>,
+    /// Whether to (no engine here).
+    no_engine: bool,
 }
 
 impl Shared {
@@ -274,7 +313,7 @@ impl Shared {
     }
 
     /// Sends `r` to `model` with key `key`: the answer, or whether the failure was a timeout.
-    async fn send(&self, r: &NewRequest, key: &str, prompt: &str) -> (Result<(u16, String), bool>, Instant) {
+    async fn send(&self, r: &NewRequest, key: &str, prompt: &str) -> (Result<Answer, bool>, Instant) {
         let class = &self.sc.traffic[r.class as usize];
         let model = &self.sc.models[class.model].name;
         let mut body = serde_json::json!({"contents": [{"role": "user", "parts": [{"text": prompt}]}]});
@@ -303,8 +342,10 @@ impl Shared {
         let answer = match sent {
             Ok(resp) => {
                 let status = resp.status().as_u16();
+                let header = |name: &str| resp.headers().get(name).and_then(|v| v.to_str().ok()).map(str::to_owned);
+                let (denied, project) = (header("x-keysim-denied"), header("x-keysim-project"));
                 match resp.text().await {
-                    Ok(text) => Ok((status, text)),
+                    Ok(body) => Ok(Answer { status, body, denied, project }),
                     Err(e) => Err(e.is_timeout()),
                 }
             }
@@ -328,25 +369,7 @@ impl Shared {
             Request::new(class.model, prompt).priority(class.priority).max_output_tokens(class.max_output_tokens);
         // The request arrived when it was meant to, however late its task started.
         let arrival = Timestamp(self.origin_ms + r.at);
-        let mut done = Done {
-            new: r,
-            state: Terminal::Denied,
-            key: None,
-            project: None,
-            estimated: None,
-            input: r.input,
-            output: 0,
-            queue_wait_ms: 0,
-            latency_ms: None,
-            end_ms: 0,
-            reason: String::new(),
-            lag_us,
-            e2e_us: None,
-            transport_error: false,
-            settle_error: false,
-            admit_ns: None,
-            delayed: false,
-        };
+        let mut done = Done::new(r, lag_us);
         let now = self.now();
         // The guard a queued request waits beyond its slot (the clock's timer lag) comes out
         // of its wait.
@@ -382,62 +405,7 @@ impl Shared {
         let now = self.now();
         done.latency_ms = Some(now.since(sent_at));
         done.end_ms = now.since(Timestamp(self.origin_ms));
-        let outcome = match answer {
-            Ok((200, body)) => {
-                let v: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
-                let usage =
-                    UsageMetadata::parse(&v).unwrap_or(UsageMetadata { prompt: r.input, ..UsageMetadata::default() });
-                let (input, output) = (usage.prompt, usage.output());
-                if engine.learns() {
-                    engine.learn(class.model, &prompt, input);
-                }
-                done.state = Terminal::Succeeded;
-                done.input = input;
-                done.output = output;
-                done.e2e_us = Some(answered.saturating_duration_since(intended).as_micros() as u64);
-                engine.success(&usage)
-            }
-            // A quota 429 is a breach; one without details is the provider short of capacity,
-            // a failure.
-            Ok((429, body)) => {
-                let q = parse_quota_error(&body);
-                if q.kind == Exhaustion::Capacity {
-                    done.state = Terminal::Failed;
-                    done.reason = "capacity-429".into();
-                } else {
-                    done.state = Terminal::Breach;
-                    done.reason = "rate-limited".into();
-                }
-                Outcome::RateLimited(q)
-            }
-            Ok((status, body)) => {
-                done.state = Terminal::Failed;
-                // The simulator's names for the provider's failures, and what each tells the
-                // engine: a rejected key, the provider's capacity, or nothing in particular.
-                let (reason, outcome) = match status {
-                    500 => ("internal".into(), Outcome::Failed),
-                    503 => ("overloaded".into(), Outcome::Unavailable),
-                    504 => ("timeout".into(), Outcome::Unavailable),
-                    400 if body.contains("API_KEY_INVALID") => ("api-key-invalid".into(), Outcome::KeyRejected),
-                    403 => ("permission-denied".into(), Outcome::KeyRejected),
-                    s => (format!("http-{s}"), Outcome::Failed),
-                };
-                done.reason = reason;
-                outcome
-            }
-            // A timeout is the provider's capacity (the model backs off); another transport
-            // failure says nothing about the provider.
-            Err(timed_out) => {
-                done.state = Terminal::Failed;
-                done.reason = if timed_out { "timeout".into() } else { "transport".into() };
-                done.transport_error = true;
-                if timed_out {
-                    Outcome::Unavailable
-                } else {
-                    Outcome::Failed
-                }
-            }
-        };
+        let outcome = self.judge(answer, answered, intended, &mut done, Some((engine, class.model, &prompt)));
         // A store that cannot record it keeps the reservation counted (conservative).
         done.settle_error = permit.settle(outcome).is_err();
         done
@@ -447,7 +415,8 @@ impl Shared {
     async fn direct(&self, r: NewRequest, intended: Instant) -> Option<u64> {
         let text = prompt_text(&self.sc, &r);
         let (answer, answered) = self.send(&r, &self.keys[0], &text).await;
-        matches!(answer, Ok((200, _))).then(|| answered.saturating_duration_since(intended).as_micros() as u64)
+        matches!(answer, Ok(Answer { status: 200, .. }))
+            .then(|| answered.saturating_duration_since(intended).as_micros() as u64)
     }
 }
 
@@ -501,7 +470,7 @@ pub fn run_load(sc: &Scenario, opts: &LoadOptions) -> Result<LoadResult, LoadErr
     let mut keys = Vec::new();
     let mut missing = Vec::new();
     for k in engine.pool().keys() {
-        if opts.keys_from_env {
+        if opts.keys_from_env && !opts.no_engine {
             match std::env::var(&k.id) {
                 Ok(v) if !v.is_empty() => keys.push(v),
                 _ => missing.push(k.id.clone()),
@@ -535,6 +504,8 @@ pub fn run_load(sc: &Scenario, opts: &LoadOptions) -> Result<LoadResult, LoadErr
         clock,
         keys,
         origin_ms: clock.now_ms(),
+        token: opts.token.clone(),
+        no_engine: opts.no_engine,
     });
     let (mut agg, figures) = rt.block_on(schedule(shared.clone(), opts.progress, false))?;
     let baseline = if opts.baseline {
@@ -546,6 +517,8 @@ pub fn run_load(sc: &Scenario, opts: &LoadOptions) -> Result<LoadResult, LoadErr
             clock,
             keys: shared.keys.clone(),
             origin_ms: clock.now_ms(),
+            token: shared.token.clone(),
+            no_engine: false,
         });
         let b = rt.block_on(schedule(base, opts.progress, true))?.1;
         Some((b.end_to_end, b.end_to_end_us))
@@ -612,6 +585,8 @@ async fn schedule(shared: Arc<Shared>, progress: bool, direct: bool) -> Result<(
             let report = if direct {
                 let lag = Instant::now().saturating_duration_since(intended).as_micros() as u64;
                 Report::Direct(lag, s.direct(r, intended).await)
+            } else if s.no_engine {
+                Report::Engine(Box::new(s.through_target(r, intended).await))
             } else {
                 Report::Engine(Box::new(s.through_engine(r, intended, seq).await))
             };

@@ -121,11 +121,15 @@ pub fn resolve(scenario: Scenario, proxy: ProxyDef, base: &Path) -> Result<Loade
 }
 
 /// The store `proxy` names: Redis, or memory.
-pub fn store(proxy: &ProxyDef) -> Result<Box<dyn QuotaStore>, ProxyError> {
+/// `scaled`: the engine's clock is not real time, so Redis counts by the callers' clock.
+pub fn store(proxy: &ProxyDef, scaled: bool) -> Result<Box<dyn QuotaStore>, ProxyError> {
     let Some(spec) = &proxy.store else { return Ok(Box::new(crate::engine::MemoryStore::new())) };
     let bad = |e: crate::engine::StoreError| ProxyError::Config(format!("store: {e}"));
     let mut config = RedisConfig::parse(spec).map_err(bad)?;
     config.prefix = proxy.store_prefix.clone();
+    if scaled {
+        config.time = crate::engine::RedisTime::Caller;
+    }
     Ok(Box::new(RedisStore::new(config).map_err(|e| ProxyError::Start(format!("store: {e}")))?))
 }
 

@@ -643,6 +643,7 @@ fn count(state: &State, surface: Surface, outcome: &str) {
 }
 
 fn fail(state: &State, model: &str, cause: &str) {
+    tracing::warn!(target: "keysim::proxy", model, cause, "upstream failure");
     state.metrics.failures.get_or_create(&ReasonLabels { model: model.to_owned(), reason: cause.to_owned() }).inc();
 }
 

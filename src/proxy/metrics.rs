@@ -133,15 +133,65 @@ pub struct Metrics {
     firing: Mutex<BTreeMap<Vec<(String, String)>, String>>,
 }
 
-impl Default for Metrics {
-    fn default() -> Self {
-        Self::new()
-    }
-}
+/// Alerts the warnings pipeline can fire.
+const ALERTS: &[&str] = &[
+    "PoolNearLimit",
+    "QuotaNearLimit",
+    "KeyNearLimit",
+    "KeyDisabled",
+    "PoolLostKeys",
+    "ProviderCapacity",
+    "LimitChanged",
+];
+
+/// Failure causes, each exported from the start.
+const CAUSES: &[&str] = &[
+    "internal",
+    "overloaded",
+    "timeout",
+    "capacity-429",
+    "api-key-invalid",
+    "permission-denied",
+    "transport",
+    "broken-stream",
+];
 
 impl Metrics {
-    /// A registry with every metric, prefixed `keysim_`.
-    pub fn new() -> Self {
+    /// A registry with every metric, prefixed `keysim_`, and a zero series for every model's
+    /// usual labels, so that dashboards show 0 rather than no data.
+    pub fn new(models: &[String]) -> Self {
+        let m = Self::empty();
+        for surface in ["gemini", "openai"] {
+            for outcome in ["succeeded", "denied", "rate_limited", "failed", "unauthenticated", "rejected"] {
+                let _ = m.requests.get_or_create(&RequestLabels { surface: surface.into(), outcome: outcome.into() });
+            }
+        }
+        for model in models {
+            let l = ModelLabel { model: model.clone() };
+            let _ = m.admissions.get_or_create(&l);
+            let _ = m.breaches.get_or_create(&l);
+            let _ = m.retries.get_or_create(&l);
+            let _ = m.queue_depth.get_or_create(&l);
+            let _ = m.queue_wait.get_or_create(&l);
+            let _ = m.upstream_latency.get_or_create(&l);
+            let reasons = Dimension::ALL.iter().map(|d| format!("exhausted:{}", d.name()));
+            for reason in reasons.chain(["store-unavailable".to_owned()]) {
+                let _ = m.denials.get_or_create(&ReasonLabels { model: model.clone(), reason });
+            }
+            for cause in CAUSES {
+                let _ = m.failures.get_or_create(&ReasonLabels { model: model.clone(), reason: (*cause).to_owned() });
+            }
+        }
+        for result in ["ok", "error"] {
+            let _ = m.reloads.get_or_create(&ResultLabel { result: result.into() });
+        }
+        for result in ["usage", "estimate"] {
+            let _ = m.streams.get_or_create(&ResultLabel { result: result.into() });
+        }
+        m
+    }
+
+    fn empty() -> Self {
         let mut registry = Registry::with_prefix("keysim");
         let m = Self {
             requests: Family::default(),
@@ -269,6 +319,9 @@ impl Metrics {
         }
         self.keys_disabled.set(engine.health_now().disabled.len() as i64);
         self.warnings_firing.clear();
+        for name in ALERTS {
+            let _ = self.warnings_firing.get_or_create(&AlertLabel { alertname: (*name).to_owned() });
+        }
         let firing = self.firing.lock().unwrap_or_else(|p| p.into_inner());
         for name in firing.values() {
             self.warnings_firing.get_or_create(&AlertLabel { alertname: name.clone() }).inc();

@@ -35,7 +35,7 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::sync::watch;
 
 use crate::engine::warn::Warner;
-use crate::engine::{Engine, QuotaStore, SystemClock};
+use crate::engine::{Engine, QuotaStore};
 use crate::notify::{LogLine, Sink};
 pub use config::{Loaded, ProxyError};
 use metrics::Metrics;
@@ -48,6 +48,8 @@ pub type Body = BoxBody<Bytes, std::io::Error>;
 
 /// Everything the proxy's handlers share.
 pub struct State {
+    /// How much faster than real time the engine's clock runs (1 but in lab runs).
+    pub time_scale: f64,
     /// The engine.
     pub engine: ProxyEngine,
     /// The config in force (tokens, key values, settings); swapped whole on reload.
@@ -70,9 +72,19 @@ pub struct State {
 
 impl State {
     /// The state for `loaded`, read from `path` (for reloads).
-    pub fn new(loaded: Loaded, path: Option<PathBuf>) -> Result<Arc<Self>, ProxyError> {
-        let store = config::store(&loaded.proxy)?;
-        let engine = crate::scenario::build::engine_on(&loaded.scenario, Arc::new(SystemClock), store)
+    ///
+    /// `clock` is real time in production; lab runs may run it faster, in step with a fake on
+    /// the same scale.
+    pub fn new(
+        loaded: Loaded,
+        path: Option<PathBuf>,
+        clock: mock_server::host::Clock,
+    ) -> Result<Arc<Self>, ProxyError> {
+        let time_scale = clock.scale();
+        let store = config::store(&loaded.proxy, time_scale != 1.0)?;
+        // Queued requests are let go a little after their slot frees (see `load::EDGE_GUARD`).
+        let clock = crate::load::Scaled(clock);
+        let engine = crate::scenario::build::engine_on(&loaded.scenario, Arc::new(clock), store)
             .map_err(|e| ProxyError::Config(format!("the pool: {e}")))?;
         let http = reqwest::Client::builder()
             .connect_timeout(Duration::from_millis(loaded.proxy.connect_timeout_ms))
@@ -82,12 +94,14 @@ impl State {
             .tcp_nodelay(true)
             .build()
             .map_err(|e| ProxyError::Start(format!("HTTP client: {e}")))?;
+        let models: Vec<String> = loaded.scenario.models.iter().map(|m| m.name.clone()).collect();
         Ok(Arc::new(Self {
+            metrics: Metrics::new(&models),
+            time_scale,
             engine,
             loaded: ArcSwap::from_pointee(loaded),
             path,
             http,
-            metrics: Metrics::new(),
             draining: AtomicBool::new(false),
             inflight: AtomicUsize::new(0),
             next_key: AtomicUsize::new(0),

@@ -1,0 +1,435 @@
+//! `keysim proxy` in front of `keysim mock`, over real HTTP: both surfaces, usage against the
+//! fake's own count, tokens, disconnects, reloads during a load run, two replicas on one
+//! Redis, the Grafana dashboard's metrics, graceful shutdown, and no key anywhere.
+
+use std::io::{BufRead, BufReader, Read};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use crate::common::{keysim, root, temp_dir};
+use crate::mock::start_with;
+
+const FAKE: &str = "tests/proxy/fake.toml";
+const CONFIG: &str = "tests/proxy/proxy.toml";
+const TOKEN: &str = "test-client-token-0001";
+const ADMIN: &str = "test-admin-token-0001";
+/// The keys of tests/proxy/fake.toml, by the variables the proxy reads them from.
+const KEYS: [(&str, &str); 4] = [
+    ("P1_A", "kspx1aQx7mV2tR9wY4bN6cD8fG0hJ3pL5sU7"),
+    ("P1_B", "kspx1bHn3kW8eT5rZ1aM9vC4xQ6jP2gS7yL0"),
+    ("P2_A", "kspx2aBd6fG1hK8mN3pQ5rS7tU9vW2xY4zA0"),
+    ("P3_A", "kspx3aTz0yX9wV8uS7rQ6pN5mL4kJ3hG2fD1"),
+];
+
+/// A running `keysim proxy`, stopped when dropped; what it logs is kept.
+pub(crate) struct Proxy {
+    child: Child,
+    pub(crate) base: String,
+    log: Arc<Mutex<String>>,
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Proxy {
+    fn log(&self) -> String {
+        self.log.lock().unwrap().clone()
+    }
+
+    fn signal(&self, sig: &str) {
+        let ok = std::process::Command::new("kill").args([sig, &self.child.id().to_string()]).status().unwrap();
+        assert!(ok.success(), "kill {sig}");
+    }
+}
+
+/// `keysim proxy --config config` in front of `upstream`, with the keys in its environment.
+fn start_proxy(config: &Path, upstream: &str, extra: &[&str]) -> Proxy {
+    let mut child = keysim()
+        .args(["proxy", "--config"])
+        .arg(config)
+        .args(["--upstream", upstream, "--listen", "127.0.0.1:0"])
+        .args(extra)
+        .envs(KEYS)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("keysim proxy starts");
+    let log = Arc::new(Mutex::new(String::new()));
+    let mut out = BufReader::new(child.stdout.take().unwrap());
+    let mut first = String::new();
+    out.read_line(&mut first).unwrap();
+    log.lock().unwrap().push_str(&first);
+    for mut stream in [Box::new(out) as Box<dyn Read + Send>, Box::new(child.stderr.take().unwrap())] {
+        let log = log.clone();
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            while let Ok(n) = stream.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                log.lock().unwrap().push_str(&String::from_utf8_lossy(&buf[..n]));
+            }
+        });
+    }
+    let base = first.split_whitespace().find(|w| w.starts_with("http://")).unwrap_or_else(|| {
+        let _ = child.kill();
+        panic!("the proxy says where it listens: {first}")
+    });
+    Proxy { base: base.to_owned(), child, log }
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap()
+}
+
+fn client() -> reqwest::Client {
+    reqwest::Client::builder().timeout(Duration::from_secs(30)).build().unwrap()
+}
+
+/// Everything a client saw of one exchange: status, headers and body, as text.
+async fn exchange(req: reqwest::RequestBuilder) -> (u16, String) {
+    let resp = req.send().await.expect("an answer");
+    let status = resp.status().as_u16();
+    let headers: String = resp.headers().iter().map(|(k, v)| format!("{k}: {}\n", v.to_str().unwrap_or(""))).collect();
+    let body = resp.text().await.unwrap_or_default();
+    (status, format!("{headers}\n{body}"))
+}
+
+fn post(c: &reqwest::Client, base: &str, path: &str, token: Option<&str>, body: &str) -> reqwest::RequestBuilder {
+    let r = c.post(format!("{base}{path}")).header("content-type", "application/json").body(body.to_owned());
+    match token {
+        Some(t) => r.header("x-goog-api-key", t),
+        None => r,
+    }
+}
+
+/// The value of the sample `name` whose labels include every one of `labels`.
+fn metric(scrape: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    scrape
+        .lines()
+        .filter(|l| l.starts_with(name) && l[name.len()..].starts_with(['{', ' ']))
+        .find(|l| labels.iter().all(|(k, v)| l.contains(&format!("{k}=\"{v}\""))))
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+}
+
+/// The sum of every sample `name` with `labels`.
+fn metric_sum(scrape: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
+    scrape
+        .lines()
+        .filter(|l| l.starts_with(name) && l[name.len()..].starts_with(['{', ' ']))
+        .filter(|l| labels.iter().all(|(k, v)| l.contains(&format!("{k}=\"{v}\""))))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+async fn scrape(c: &reqwest::Client, base: &str) -> String {
+    c.get(format!("{base}/metrics")).send().await.unwrap().text().await.unwrap()
+}
+
+async fn fake_usage(c: &reqwest::Client, fake: &str) -> Value {
+    c.get(format!("{fake}/keysim/usage")).send().await.unwrap().json().await.unwrap()
+}
+
+/// The proxy's minute usage of every project and model equals the fake's: requests always,
+/// tokens for generation models (Gemini's `embedContent` answers state no usage, so the proxy
+/// settles them at their estimate).
+async fn usage_matches(c: &reqwest::Client, proxy: &str, fake: &str) {
+    let (mut scraped, mut counted) = (String::new(), Value::Null);
+    for _ in 0..50 {
+        // Streams settle when they end, a moment after the client has read them.
+        scraped = scrape(c, proxy).await;
+        counted = fake_usage(c, fake).await;
+        let agree = counted["projects"].as_array().unwrap().iter().all(|p| {
+            p["models"].as_object().unwrap().iter().all(|(model, u)| {
+                let ours = |d: &str| {
+                    metric(
+                        &scraped,
+                        "keysim_usage",
+                        &[("project", p["id"].as_str().unwrap()), ("model", model), ("dimension", d)],
+                    )
+                    .unwrap_or(0.0) as u64
+                };
+                let tokens = model.contains("embedding") || ours("tpm") == u["minute_tokens"].as_u64().unwrap();
+                ours("rpm") == u["minute_requests"].as_u64().unwrap() && tokens
+            })
+        });
+        if agree {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let ours: Vec<&str> = scraped.lines().filter(|l| l.starts_with("keysim_usage{")).collect();
+    panic!("the proxy's usage differs from the fake's count:\nproxy:\n{}\nfake: {counted}", ours.join("\n"));
+}
+
+fn no_key_in(what: &str, text: &str) {
+    for (_, key) in KEYS {
+        // The whole key, or any long part of it that a redacted form would not show.
+        assert!(!text.contains(&key[4..20]) && !text.contains(&key[12..]), "a key appears in {what}:\n{text}");
+    }
+}
+
+#[test]
+fn the_proxy_serves_both_surfaces_and_counts_what_the_fake_counts() {
+    let fake = start_with("sustained", FAKE, &[]);
+    let proxy = start_proxy(&root().join(CONFIG), &fake.base, &[]);
+    let (c, base) = (client(), proxy.base.clone());
+    let mut seen = String::new();
+    runtime().block_on(async {
+        let gen = r#"{"contents":[{"parts":[{"text":"Hello there, proxy"}]}],"generationConfig":{"maxOutputTokens":30}}"#;
+        let chat = r#"{"model":"gemini-2.5-flash","messages":[{"role":"user","content":"hi"}],"max_tokens":12}"#;
+        let chat_stream = r#"{"model":"gemini-2.5-flash","messages":[{"role":"user","content":"hi"}],"stream":true,"stream_options":{"include_usage":true}}"#;
+        let calls: Vec<(&str, &str)> = vec![
+            ("/v1beta/models/gemini-2.5-flash:generateContent", gen),
+            ("/v1beta/models/gemini-2.5-flash:streamGenerateContent?alt=sse", gen),
+            ("/v1beta/models/gemini-2.5-flash:streamGenerateContent", gen),
+            ("/v1beta/models/gemini-2.5-flash:countTokens", r#"{"contents":[{"parts":[{"text":"abcdefgh"}]}]}"#),
+            ("/v1beta/models/gemini-embedding-001:embedContent", r#"{"content":{"parts":[{"text":"embed me"}]}}"#),
+            ("/v1beta/openai/chat/completions", chat),
+            ("/v1beta/openai/chat/completions", chat_stream),
+            ("/v1beta/openai/embeddings", r#"{"model":"gemini-embedding-001","input":"abcdefgh"}"#),
+        ];
+        for (path, body) in calls {
+            let (status, text) = exchange(post(&c, &base, path, Some(TOKEN), body)).await;
+            assert_eq!(status, 200, "{path}: {text}");
+            seen += &text;
+        }
+        let sse = exchange(post(&c, &base, "/v1beta/models/gemini-2.5-flash:streamGenerateContent?alt=sse", Some(TOKEN), gen)).await.1;
+        assert!(sse.matches("data: ").count() >= 2 && sse.contains("text/event-stream"), "{sse}");
+        for path in ["/v1beta/models", "/v1beta/openai/models"] {
+            let (status, text) = exchange(c.get(format!("{base}{path}")).bearer_auth(TOKEN)).await;
+            assert_eq!(status, 200, "{path}: {text}");
+            assert!(text.contains("gemini-2.5-flash"), "{text}");
+            seen += &text;
+        }
+        usage_matches(&c, &base, &fake.base).await;
+
+        // Who may use it.
+        let p = "/v1beta/models/gemini-2.5-flash:generateContent";
+        for token in [None, Some("wrong-token-wrong-token"), Some(KEYS[0].1)] {
+            let (status, text) = exchange(post(&c, &base, p, token, gen)).await;
+            assert_eq!(status, 401, "{token:?}: {text}");
+            seen += &text;
+        }
+        let (status, _) = exchange(c.get(format!("{base}/v1beta/openai/models")).bearer_auth("nope-nope-nope-nope")).await;
+        assert_eq!(status, 401, "a wrong bearer token");
+        for admin in ["/admin/pool", "/admin/keys", "/admin/capacity"] {
+            assert_eq!(exchange(c.get(format!("{base}{admin}"))).await.0, 401, "{admin} without the admin token");
+            assert_eq!(exchange(c.get(format!("{base}{admin}")).bearer_auth(TOKEN)).await.0, 401, "{admin}: a client token is not the admin's");
+            let (status, text) = exchange(c.get(format!("{base}{admin}")).bearer_auth(ADMIN)).await;
+            assert_eq!(status, 200, "{admin}: {text}");
+            seen += &text;
+        }
+        assert_eq!(exchange(c.post(format!("{base}/admin/reload"))).await.0, 401);
+        let keys = exchange(c.get(format!("{base}/admin/keys")).bearer_auth(ADMIN)).await.1;
+        assert!(keys.contains("\"p1-a\"") && keys.contains("\"serving\""), "{keys}");
+        let health = exchange(c.get(format!("{base}/readyz"))).await;
+        assert_eq!(health.0, 200, "{}", health.1);
+
+        // Every metric the dashboard queries is exported.
+        let scraped = scrape(&c, &base).await;
+        dashboard_metrics_are_exported(&scraped);
+        assert_eq!(metric_sum(&scraped, "keysim_breaches_total", &[]), 0.0, "{scraped}");
+        assert!(metric_sum(&scraped, "keysim_proxy_requests_total", &[("outcome", "unauthenticated")]) >= 4.0);
+        seen += &scraped;
+    });
+    no_key_in("the answers, the admin API or the metrics", &seen);
+    no_key_in("the proxy's log", &proxy.log());
+}
+
+/// Every metric queried by deploy/grafana-dashboard.json is declared by the scrape, and the
+/// dashboard is a Grafana dashboard (panels with queries against a Prometheus data source).
+fn dashboard_metrics_are_exported(scrape: &str) {
+    let text = std::fs::read_to_string(root().join("deploy/grafana-dashboard.json")).unwrap();
+    let d: Value = serde_json::from_str(&text).expect("the dashboard is JSON");
+    assert!(
+        d["title"].is_string() && d["uid"].is_string() && d["schemaVersion"].as_u64().unwrap() >= 36,
+        "dashboard header"
+    );
+    let panels = d["panels"].as_array().expect("panels");
+    assert!(panels.len() >= 8, "a panel for each part of the proxy");
+    let mut names = std::collections::BTreeSet::new();
+    for p in panels {
+        assert!(p["type"].is_string() && p["gridPos"]["w"].is_u64() && p["title"].is_string(), "{p}");
+        for t in p["targets"].as_array().into_iter().flatten() {
+            let expr = t["expr"].as_str().expect("a PromQL query");
+            for word in expr.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')) {
+                if word.starts_with("keysim_") {
+                    names.insert(word.to_owned());
+                }
+            }
+        }
+    }
+    assert!(names.len() >= 12, "{names:?}");
+    let declared = |family: &str, kind: &str| scrape.contains(&format!("# TYPE {family} {kind}\n"));
+    for name in &names {
+        let ok = declared(name, "gauge")
+            || name.strip_suffix("_total").is_some_and(|f| declared(f, "counter"))
+            || ["_bucket", "_sum", "_count"]
+                .iter()
+                .any(|s| name.strip_suffix(s).is_some_and(|f| declared(f, "histogram")));
+        assert!(ok, "the dashboard queries {name}, which /metrics does not export");
+    }
+}
+
+#[test]
+fn sdks_and_litellm_work_through_the_proxy() {
+    if !crate::mock::sdks() {
+        return;
+    }
+    let fake = start_with("sustained", FAKE, &[]);
+    let proxy = start_proxy(&root().join(CONFIG), &fake.base, &[]);
+    crate::mock::python_check(
+        "check_proxy.py",
+        &[&proxy.base, TOKEN],
+        "all proxy checks passed",
+        "SDKs through the proxy",
+    );
+    runtime().block_on(usage_matches(&client(), &proxy.base, &fake.base));
+    no_key_in("the proxy's log", &proxy.log());
+}
+
+/// A copy of the test config with `edit` applied, in a folder of its own.
+fn config_with(edit: impl Fn(String) -> String) -> PathBuf {
+    let path = temp_dir("proxy-config").join("proxy.toml");
+    std::fs::write(&path, edit(std::fs::read_to_string(root().join(CONFIG)).unwrap())).unwrap();
+    path
+}
+
+#[test]
+fn a_client_gone_mid_stream_or_mid_queue_leaks_no_quota() {
+    let fake = start_with("sustained", FAKE, &[]);
+    // Two requests a minute per project, so that the fifth waits (for up to 90 s).
+    let config =
+        config_with(|t| t.replacen("rpm = 30", "rpm = 2", 1).replace("max_wait = \"10s\"", "max_wait = \"90s\""));
+    let proxy = start_proxy(&config, &fake.base, &[]);
+    let (c, base) = (client(), proxy.base.clone());
+    runtime().block_on(async {
+        let gen = r#"{"contents":[{"parts":[{"text":"a long story, please"}]}]}"#;
+        let path = "/v1beta/models/gemini-2.5-flash:streamGenerateContent?alt=sse";
+        // The fake spreads 400 tokens over 3 s: the client reads one piece and hangs up.
+        let resp = post(&c, &base, path, Some(TOKEN), gen)
+            .header("x-keysim-latency-ms", "3000")
+            .header("x-keysim-output-tokens", "400")
+            .send()
+            .await
+            .unwrap();
+        let mut resp = resp;
+        let first = resp.chunk().await.unwrap().expect("a first piece");
+        assert!(String::from_utf8_lossy(&first).contains("usageMetadata"));
+        drop(resp);
+        for _ in 0..3 {
+            let (status, text) =
+                exchange(post(&c, &base, "/v1beta/models/gemini-2.5-flash:generateContent", Some(TOKEN), gen)).await;
+            assert_eq!(status, 200, "{text}");
+        }
+        // The pool is full for the minute: this one waits in the queue, then its client leaves.
+        let waiting =
+            tokio::spawn(post(&c, &base, "/v1beta/models/gemini-2.5-flash:generateContent", Some(TOKEN), gen).send());
+        let depth = |s: &str| metric(s, "keysim_queue_depth", &[("model", "gemini-2.5-flash")]).unwrap_or(0.0);
+        let mut queued = false;
+        for _ in 0..50 {
+            if depth(&scrape(&c, &base).await) == 1.0 {
+                queued = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert!(queued, "the fifth request waits in the queue");
+        waiting.abort();
+        let mut left = false;
+        for _ in 0..100 {
+            if depth(&scrape(&c, &base).await) == 0.0 {
+                left = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert!(left, "a client gone from the queue leaves it");
+        usage_matches(&c, &base, &fake.base).await;
+        let scraped = scrape(&c, &base).await;
+        assert_eq!(
+            metric(&scraped, "keysim_streams_settled_total", &[("result", "usage")]),
+            Some(1.0),
+            "the broken stream settled from the usage it had stated"
+        );
+        let u = fake_usage(&c, &fake.base).await;
+        let sent: u64 = u["projects"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p["models"]["gemini-2.5-flash"]["minute_requests"].as_u64().unwrap())
+            .sum();
+        assert_eq!(sent, 4, "the request whose client left the queue was never sent: {u}");
+    });
+}
+
+#[test]
+fn refuses_to_listen_beyond_loopback_without_tokens() {
+    let config = config_with(|t| {
+        t.lines()
+            .filter(|l| !l.starts_with("client_tokens") && !l.starts_with("admin_token"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    });
+    let out =
+        keysim().args(["proxy", "--config"]).arg(&config).args(["--listen", "0.0.0.0:0"]).envs(KEYS).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("refusing to listen on 0.0.0.0:0 without client tokens and an admin token"), "{err}");
+    // Keys missing from the environment: named, never shown.
+    let out = keysim().args(["proxy", "--config", CONFIG]).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("P1_A, P1_B, P2_A"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // A bad [proxy] table: file, line and column.
+    let config = config_with(|t| t.replace("retries = 2", "retries = \"two\""));
+    let out = keysim().args(["proxy", "--config"]).arg(&config).envs(KEYS).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("proxy.toml:") && err.contains("`retries` in [proxy] must be an integer"), "{err}");
+}
+
+#[test]
+fn sigterm_lets_the_streams_in_flight_finish() {
+    let fake = start_with("sustained", FAKE, &[]);
+    let mut proxy = start_proxy(&root().join(CONFIG), &fake.base, &[]);
+    let (c, base) = (client(), proxy.base.clone());
+    runtime().block_on(async {
+        let gen = r#"{"contents":[{"parts":[{"text":"a story"}]}]}"#;
+        let mut resp =
+            post(&c, &base, "/v1beta/models/gemini-2.5-flash:streamGenerateContent?alt=sse", Some(TOKEN), gen)
+                .header("x-keysim-latency-ms", "1500")
+                .header("x-keysim-output-tokens", "200")
+                .send()
+                .await
+                .unwrap();
+        let mut body = resp.chunk().await.unwrap().unwrap().to_vec();
+        proxy.signal("-TERM");
+        while let Some(piece) = resp.chunk().await.expect("the stream is not cut") {
+            body.extend_from_slice(&piece);
+        }
+        let text = String::from_utf8_lossy(&body);
+        assert!(text.contains("\"candidatesTokenCount\":200"), "the whole stream arrived: {text}");
+    });
+    let started = Instant::now();
+    let status = loop {
+        if let Some(s) = proxy.child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(started.elapsed() < Duration::from_secs(10), "the proxy exits once drained");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(status.success(), "{status}");
+}
