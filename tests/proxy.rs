@@ -433,3 +433,144 @@ fn sigterm_lets_the_streams_in_flight_finish() {
     };
     assert!(status.success(), "{status}");
 }
+
+#[test]
+fn sighup_with_a_changed_pool_during_a_load_run_fails_no_request() {
+    let fake = start_with("sustained", FAKE, &["--time-scale", "10"]);
+    let config = config_with(|t| t);
+    let proxy = start_proxy(&config, &fake.base, &["--time-scale", "10"]);
+    let dir = temp_dir("proxy-load");
+    // Two minutes of traffic at 40 a minute, sent through the proxy at 10x (12 s).
+    let load = keysim()
+        .args(["load", FAKE, "--target", &proxy.base, "--no-engine", "--token-env", "KEYSIM_TEST_TOKEN"])
+        .args(["--time-scale", "10", "--json", "--no-plots", "--out"])
+        .arg(&dir)
+        .env("KEYSIM_TEST_TOKEN", TOKEN)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_secs(4));
+    // A key removed, a project added.
+    let text = std::fs::read_to_string(&config).unwrap();
+    let changed = text
+        .replace("keys = [\"p1-a\", \"p1-b\"]", "keys = [\"p1-a\"]")
+        .replace("[engine]", "[[projects]]\nid = \"proj-3\"\nkeys = [\"p3-a\"]\n\n[engine]");
+    assert_ne!(text, changed);
+    std::fs::write(&config, changed).unwrap();
+    proxy.signal("-HUP");
+    let c = client();
+    runtime().block_on(async {
+        let mut reloaded = false;
+        for _ in 0..100 {
+            let s = scrape(&c, &proxy.base).await;
+            if metric(&s, "keysim_config_reloads_total", &[("result", "ok")]) == Some(1.0) {
+                reloaded = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert!(reloaded, "SIGHUP reloads the config: {}", proxy.log());
+        let pool = exchange(c.get(format!("{}/admin/pool", proxy.base)).bearer_auth(ADMIN)).await.1;
+        assert!(pool.contains("proj-3") && !pool.contains("p1-b"), "{pool}");
+    });
+    let out = load.wait_with_output().unwrap();
+    let s: Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("summary ({e}): {}", String::from_utf8_lossy(&out.stderr)));
+    let n = |k: &str| s["requests"][k].as_u64().unwrap();
+    assert_eq!(n("total"), 80, "{s}");
+    assert_eq!(n("total"), n("succeeded") + n("denied") + n("failed") + n("breaches"), "every request accounted for");
+    assert_eq!((n("failed"), n("breaches")), (0, 0), "no request failed for the reload: {s}");
+    runtime().block_on(async {
+        let scraped = scrape(&c, &proxy.base).await;
+        let proj3 = metric(
+            &scraped,
+            "keysim_usage",
+            &[("project", "proj-3"), ("model", "gemini-2.5-flash"), ("dimension", "rpd")],
+        )
+        .unwrap_or(0.0);
+        assert!(proj3 > 0.0, "the new project serves: {scraped}");
+        let u = fake_usage(&c, &fake.base).await;
+        assert_eq!(u["quota_refusals"], 0, "{u}");
+    });
+    assert!(proxy.log().contains("config reloaded"), "{}", proxy.log());
+    no_key_in("the proxy's log", &proxy.log());
+}
+
+/// Two replicas at 20x, 64 clients offering twice the pool's RPM for a minute (120 requests
+/// against 2 projects x 30): what each answered, and how many quota 429s the fake gave.
+fn offer_twice_the_pool(store: Option<&str>) -> (Vec<(u16, String)>, u64, f64) {
+    const SCALE: &str = "20";
+    let fake = start_with("sustained", FAKE, &["--time-scale", SCALE]);
+    let prefix = crate::replicas::prefix("proxy");
+    let config = config_with(|t| t.replace("[proxy]\n", &format!("[proxy]\nstore_prefix = \"{prefix}\"\n")));
+    let origin = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis().to_string();
+    let mut extra = vec!["--time-scale", SCALE, "--time-origin", &origin];
+    if let Some(url) = store {
+        extra.extend(["--store", url]);
+    }
+    let replicas = [start_proxy(&config, &fake.base, &extra), start_proxy(&config, &fake.base, &extra)];
+    let bases: Vec<String> = replicas.iter().map(|p| p.base.clone()).collect();
+    let c = client();
+    runtime().block_on(async {
+        let start = tokio::time::Instant::now();
+        let mut clients = Vec::new();
+        for client_no in 0..64usize {
+            let (c, bases) = (c.clone(), bases.clone());
+            clients.push(tokio::spawn(async move {
+                let mut answers = Vec::new();
+                // Request i goes at i x 25 ms (0.5 s of the pool's time), to replica i mod 2.
+                for i in (client_no..120).step_by(64) {
+                    tokio::time::sleep_until(start + Duration::from_millis(25 * i as u64)).await;
+                    let body = r#"{"contents":[{"parts":[{"text":"twice the pool"}]}]}"#;
+                    let path = "/v1beta/models/gemini-2.5-flash:generateContent";
+                    let (status, text) = exchange(post(&c, &bases[i % 2], path, Some(TOKEN), body)).await;
+                    answers.push((status, text));
+                }
+                answers
+            }));
+        }
+        let mut answers = Vec::new();
+        for h in clients {
+            answers.extend(h.await.unwrap());
+        }
+        let refused = fake_usage(&c, &fake.base).await["quota_refusals"].as_u64().unwrap();
+        let mut breaches = 0.0;
+        for b in &bases {
+            breaches += metric_sum(&scrape(&c, b).await, "keysim_breaches_total", &[]);
+        }
+        (answers, refused, breaches)
+    })
+}
+
+#[test]
+fn two_replicas_on_one_redis_never_breach_at_twice_the_pool_s_rpm() {
+    let Some(url) = crate::replicas::address("KEYSIM_REDIS_URL") else { return };
+    let (answers, refused, breaches) = offer_twice_the_pool(Some(&url));
+    assert_eq!(answers.len(), 120, "every request answered");
+    let ok = answers.iter().filter(|(s, _)| *s == 200).count();
+    let denied: Vec<&String> = answers.iter().filter(|(s, _)| *s == 429).map(|(_, t)| t).collect();
+    assert_eq!(ok + denied.len(), 120, "each answered 200 or 429: {answers:?}");
+    for t in &denied {
+        assert!(t.contains("x-keysim-denied") && t.contains("\"retryDelay\"") && t.contains("retry-after"), "{t}");
+    }
+    eprintln!(
+        "two replicas on Redis: {ok} succeeded, {} denied with retryDelay, {refused} refused by the fake",
+        denied.len()
+    );
+    assert_eq!((refused, breaches), (0, 0.0), "no breach at the fake ({ok} succeeded)");
+    // The pool's 60 a minute, shared. (A busy machine stretches the minute of sends a little,
+    // and slots freed by then serve too.)
+    assert!(ok >= 55 && denied.len() >= 30, "{ok} succeeded, {} denied", denied.len());
+    // The reference: each replica counting alone admits the pool twice over, and the fake
+    // refuses what the projects cannot take.
+    let (answers, refused, breaches) = offer_twice_the_pool(None);
+    let ok = answers.iter().filter(|(s, _)| *s == 200).count();
+    eprintln!(
+        "two replicas, each in memory: {ok} succeeded, {refused} refused by the fake, {breaches} quota 429s upstream"
+    );
+    assert!(
+        refused > 0 && breaches > 0.0,
+        "unshared replicas over-admit: {ok} succeeded, {refused} refused by the fake"
+    );
+}

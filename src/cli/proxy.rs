@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use anyhow::Context;
 
 use super::CliError;
-use crate::proxy::{ProxyError, State};
+use crate::proxy::{Overrides, ProxyError, State};
 
 /// What `keysim proxy` was asked.
 pub(super) struct ProxyOptions {
@@ -44,18 +44,11 @@ pub fn check_exposure(addr: &SocketAddr, client_tokens: usize, admin_token: bool
 
 pub(super) fn proxy(opts: ProxyOptions) -> Result<i32, CliError> {
     let mut loaded = crate::proxy::config::load(&opts.config).map_err(bad)?;
-    if let Some(l) = opts.listen {
-        loaded.proxy.listen = l;
+    if opts.upstream.as_ref().is_some_and(|u| !(u.starts_with("http://") || u.starts_with("https://"))) {
+        return Err(CliError::BadInput("--upstream must be an http:// or https:// URL".into()));
     }
-    if let Some(u) = opts.upstream {
-        if !(u.starts_with("http://") || u.starts_with("https://")) {
-            return Err(CliError::BadInput("--upstream must be an http:// or https:// URL".into()));
-        }
-        loaded.proxy.upstream = u.trim_end_matches('/').to_owned();
-    }
-    if opts.store.is_some() {
-        loaded.proxy.store = opts.store;
-    }
+    let overrides = Overrides { listen: opts.listen, upstream: opts.upstream, store: opts.store };
+    overrides.apply(&mut loaded);
     let addr: SocketAddr = loaded
         .proxy
         .listen
@@ -86,7 +79,7 @@ pub(super) fn proxy(opts: ProxyOptions) -> Result<i32, CliError> {
         }
         None => mock_server::host::Clock::new(opts.time_scale),
     };
-    let state = State::new(loaded, Some(opts.config.clone()), clock).map_err(bad)?;
+    let state = State::new(loaded, Some(opts.config.clone()), overrides, clock).map_err(bad)?;
     rt.block_on(async move {
         let listener = tokio::net::TcpListener::from_std(listener).context("configuring the listener")?;
         tokio::spawn(reload_on_hangup(state.clone()));

@@ -68,6 +68,35 @@ pub struct State {
     pub next_key: AtomicUsize,
     /// Serialises reloads.
     pub reloading: Mutex<()>,
+    /// Settings given on the command line, which every reload keeps.
+    pub overrides: Overrides,
+}
+
+/// `[proxy]` settings given on the command line: they win over the file, at start and on
+/// every reload.
+#[derive(Clone, Debug, Default)]
+pub struct Overrides {
+    /// `--listen`.
+    pub listen: Option<String>,
+    /// `--upstream`.
+    pub upstream: Option<String>,
+    /// `--store`.
+    pub store: Option<String>,
+}
+
+impl Overrides {
+    /// `loaded` with these settings applied.
+    pub fn apply(&self, loaded: &mut Loaded) {
+        if let Some(l) = &self.listen {
+            loaded.proxy.listen = l.clone();
+        }
+        if let Some(u) = &self.upstream {
+            loaded.proxy.upstream = u.trim_end_matches('/').to_owned();
+        }
+        if self.store.is_some() {
+            loaded.proxy.store = self.store.clone();
+        }
+    }
 }
 
 impl State {
@@ -76,10 +105,12 @@ impl State {
     /// `clock` is real time in production; lab runs may run it faster, in step with a fake on
     /// the same scale.
     pub fn new(
-        loaded: Loaded,
+        mut loaded: Loaded,
         path: Option<PathBuf>,
+        overrides: Overrides,
         clock: mock_server::host::Clock,
     ) -> Result<Arc<Self>, ProxyError> {
+        overrides.apply(&mut loaded);
         let time_scale = clock.scale();
         let store = config::store(&loaded.proxy, time_scale != 1.0)?;
         // Queued requests are let go a little after their slot frees (see `load::EDGE_GUARD`).
@@ -106,6 +137,7 @@ impl State {
             inflight: AtomicUsize::new(0),
             next_key: AtomicUsize::new(0),
             reloading: Mutex::new(()),
+            overrides,
         }))
     }
 
@@ -113,7 +145,10 @@ impl State {
     pub fn reload(&self) -> Result<config::Changes, ProxyError> {
         let _one = self.reloading.lock().unwrap_or_else(|p| p.into_inner());
         let path = self.path.as_ref().ok_or_else(|| ProxyError::Config("no config file to reload".into()))?;
-        let result = config::load(path).and_then(|next| config::apply(self, next));
+        let result = config::load(path).and_then(|mut next| {
+            self.overrides.apply(&mut next);
+            config::apply(self, next)
+        });
         let label = if result.is_ok() { "ok" } else { "error" };
         self.metrics.reloads.get_or_create(&metrics::ResultLabel { result: label.into() }).inc();
         match &result {
