@@ -3,6 +3,11 @@
 use clap::Parser;
 use keysim::cli::{execute, Cli};
 
+// Allocation-heavy paths (the proxy's requests, the report's tables) run faster on it than
+// on glibc's allocator.
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() {
     // A panic's message may quote a key too.
     std::panic::set_hook(Box::new(|info| {

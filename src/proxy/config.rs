@@ -255,3 +255,57 @@ pub fn apply(state: &super::State, next: Loaded) -> Result<Changes, ProxyError> 
     }
     Ok(changes)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const POOL: &str =
+        "[[models]]\nname = \"m\"\nrpm = 10\ntpm = 1000\nrpd = 100\n\n[[projects]]\nid = \"p\"\nkeys = [\"k-1\"]\n";
+
+    fn parse(text: &str) -> Result<(Scenario, ProxyDef), String> {
+        crate::scenario::parse_proxy(text, "proxy.toml", None).map_err(|d| d.to_string())
+    }
+
+    #[test]
+    fn a_proxy_config_is_a_pool_and_a_proxy_table() {
+        let (sc, p) =
+            parse(&format!("{POOL}\n[proxy]\nupstream = \"http://127.0.0.1:1/\"\nretries = 3\nkeys = \"ids\"\n"))
+                .unwrap();
+        assert_eq!((sc.name.as_str(), sc.projects.len(), sc.traffic.len()), ("proxy", 1, 0));
+        assert_eq!((p.upstream.as_str(), p.retries, &p.keys), ("http://127.0.0.1:1", 3, &KeySource::Ids));
+        let (_, p) = parse(POOL).unwrap();
+        assert_eq!(p, ProxyDef::default());
+    }
+
+    #[test]
+    fn mistakes_are_named_with_their_place() {
+        let err = parse(&format!("{POOL}\n[proxy]\nretries = \"two\"\nupstrem = \"x\"\n")).unwrap_err();
+        assert!(err.contains("proxy.toml:12:11") && err.contains("`retries` in [proxy] must be an integer"), "{err}");
+        assert!(err.contains("unknown field `upstrem`") && err.contains("did you mean `upstream`?"), "{err}");
+        let err = parse(&format!("{POOL}\n[[traffic]]\nname = \"x\"\n")).unwrap_err();
+        assert!(err.contains("unknown field `traffic` in the proxy config"), "{err}");
+        let err = parse(&format!("{POOL}\n[proxy]\nclient_tokens = [\"short\"]\nkeys = \"file\"\n")).unwrap_err();
+        assert!(err.contains("at least 16 characters") && err.contains("needs `keys_file`"), "{err}");
+    }
+
+    #[test]
+    fn key_values_come_from_a_file_and_are_never_quoted() {
+        let dir = std::env::temp_dir().join(format!("keysim-proxy-keys-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let (sc, mut p) = parse(POOL).unwrap();
+        p.keys = KeySource::File("keys.toml".into());
+        let key = format!("AIza{}", "SyFileKey".to_owned() + &"Z".repeat(26));
+        std::fs::write(dir.join("keys.toml"), format!("\"k-1\" = \"{key}\"\n")).unwrap();
+        let loaded = resolve(sc.clone(), p.clone(), &dir).unwrap();
+        assert_eq!(loaded.keys["k-1"], key);
+        assert!(!format!("{loaded:?}").contains("AIza"));
+        std::fs::write(dir.join("keys.toml"), format!("\"k-1\" = {key}\n")).unwrap();
+        let err = resolve(sc.clone(), p.clone(), &dir).unwrap_err().to_string();
+        assert!(err.contains("not a TOML table") && !err.contains("FileKey"), "{err}");
+        std::fs::write(dir.join("keys.toml"), "\"k-2\" = \"x\"\n").unwrap();
+        let err = resolve(sc, p, &dir).unwrap_err().to_string();
+        assert!(err.contains("no value for key k-1"), "{err}");
+        assert_eq!(env_name("proj-1-key.a"), "PROJ_1_KEY_A");
+    }
+}

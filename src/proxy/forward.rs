@@ -15,7 +15,7 @@ use subtle::ConstantTimeEq;
 use tokio::sync::mpsc;
 
 use super::metrics::{ModelLabel, ReasonLabels, RequestLabels, ResultLabel};
-use super::tap::{usage_of, UsageTap};
+use super::tap::{usage_in, UsageTap};
 use super::{Body, State};
 use crate::engine::{
     parse_quota_error, AcquireError, DenyReason, Exhaustion, Outcome, Priority, Prompt, QueuePolicy, Reason, Request,
@@ -511,7 +511,7 @@ async fn relay(
                 return error(Surface::Gemini, 502, "UNAVAILABLE", "the upstream answer broke off");
             }
         };
-        let usage = serde_json::from_slice::<Value>(&body).ok().as_ref().and_then(usage_of);
+        let usage = usage_in(&body);
         match usage {
             Some(u) => {
                 if state.engine.learns() {
@@ -665,4 +665,95 @@ fn error_with(surface: Surface, status: u16, code: &str, message: &str, details:
     *resp.status_mut() = hyper::StatusCode::from_u16(status).unwrap_or(hyper::StatusCode::INTERNAL_SERVER_ERROR);
     resp.headers_mut().insert("content-type", HeaderValue::from_static("application/json; charset=UTF-8"));
     resp
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn op(method: &str, path: &str, body: &str) -> Option<Op> {
+        let v: Option<Value> = serde_json::from_str(body).ok();
+        classify(&method.parse().unwrap(), path, v.as_ref())
+    }
+
+    fn admitted(model: &str, stream: bool) -> Option<Op> {
+        Some(Op::Admitted { model: model.into(), stream })
+    }
+
+    #[test]
+    fn routes_every_surface_and_refuses_the_rest() {
+        let m = "gemini-2.5-flash";
+        assert_eq!(op("POST", "/v1beta/models/gemini-2.5-flash:generateContent", "{}"), admitted(m, false));
+        assert_eq!(op("POST", "/v1beta/models/gemini-2.5-flash:streamGenerateContent", "{}"), admitted(m, true));
+        assert_eq!(op("POST", "/v1/models/gemini-2.5-flash:streamGenerateContent", "{}"), admitted(m, true));
+        assert_eq!(op("POST", "/v1beta/models/e:batchEmbedContents", "{}"), admitted("e", false));
+        assert_eq!(op("POST", "/v1beta/models/gemini-2.5-flash:countTokens", "{}"), Some(Op::Free));
+        assert_eq!(op("GET", "/v1beta/models", ""), Some(Op::Free));
+        assert_eq!(op("GET", "/v1beta/models/gemini-2.5-flash", ""), Some(Op::Free));
+        let chat = r#"{"model":"models/gemini-2.5-flash","stream":true}"#;
+        assert_eq!(op("POST", "/v1beta/openai/chat/completions", chat), admitted(m, true));
+        assert_eq!(op("POST", "/v1beta/openai/embeddings", r#"{"model":"e"}"#), admitted("e", false));
+        assert_eq!(op("GET", "/v1beta/openai/models", ""), Some(Op::Free));
+        for (method, path) in [
+            ("POST", "/v1beta/models/gemini-2.5-flash:deleteEverything"),
+            ("POST", "/v1beta/files"),
+            ("DELETE", "/v1beta/openai/chat/completions"),
+            ("POST", "/v1beta/cachedContents"),
+            ("GET", "/v1beta/modelsx"),
+        ] {
+            assert_eq!(op(method, path, "{}"), None, "{method} {path}");
+        }
+    }
+
+    #[test]
+    fn the_estimate_reads_prompt_text_only() {
+        let body = json!({
+            "contents": [{"role": "user", "parts": [{"text": "hello"}, {"inlineData": {"data": "QUFB"}}]}],
+            "systemInstruction": {"parts": [{"text": "be brief"}]},
+            "generationConfig": {"maxOutputTokens": 42, "stopSequences": ["zzz"]},
+        });
+        let mut text = String::new();
+        prompt_text(&body, &mut text);
+        assert_eq!(text, "hello\nbe brief\n");
+        assert_eq!(max_output(&body), Some(42));
+        let chat = json!({"messages": [{"role": "user", "content": "hi"}, {"role": "user", "content": [{"type": "text", "text": "there"}]}], "max_completion_tokens": 7});
+        let mut text = String::new();
+        prompt_text(&chat, &mut text);
+        assert_eq!(text, "hi\nthere\n");
+        assert_eq!(max_output(&chat), Some(7));
+        let mut text = String::new();
+        prompt_text(&json!({"input": ["a", "b"]}), &mut text);
+        assert_eq!(text, "a\nb\n");
+    }
+
+    #[test]
+    fn tokens_match_exactly() {
+        let tokens = vec!["token-one-0000000".to_owned(), "token-two-0000000".to_owned()];
+        assert!(token_matches(&tokens, Some("token-two-0000000")));
+        for wrong in [None, Some(""), Some("token-two-000000"), Some("token-two-00000000"), Some("TOKEN-ONE-0000000")] {
+            assert!(!token_matches(&tokens, wrong), "{wrong:?}");
+        }
+        assert!(!token_matches(&[], Some("anything")));
+    }
+
+    #[test]
+    fn upstream_failures_tell_the_engine_what_happened() {
+        let quota = r#"{"error":{"code":429,"status":"RESOURCE_EXHAUSTED","details":[{"@type":"type.googleapis.com/google.rpc.QuotaFailure","violations":[{"quotaId":"GenerateRequestsPerMinutePerProjectPerModel-FreeTier","quotaValue":"10"}]}]}}"#;
+        let (o, retry, cause) = judge_failure(429, quota);
+        assert!(matches!(o, Outcome::RateLimited(q) if q.kind != Exhaustion::Capacity) && retry && cause.is_none());
+        let (o, retry, cause) = judge_failure(429, r#"{"error":{"code":429,"status":"RESOURCE_EXHAUSTED"}}"#);
+        assert!(matches!(o, Outcome::RateLimited(_)) && !retry && cause == Some("capacity-429"));
+        assert_eq!(judge_failure(400, "API_KEY_INVALID"), (Outcome::KeyRejected, true, Some("api-key-invalid")));
+        assert_eq!(judge_failure(403, ""), (Outcome::KeyRejected, true, Some("permission-denied")));
+        assert_eq!(judge_failure(503, ""), (Outcome::Unavailable, false, Some("overloaded")));
+        assert_eq!(judge_failure(400, "INVALID_ARGUMENT"), (Outcome::NotSent, false, None));
+    }
+
+    #[test]
+    fn keys_in_upstream_bodies_are_hidden() {
+        let key = &format!("AIza{}", "SyKeysimProxyUnitTestKey".to_owned() + &"Z".repeat(11));
+        let out = hide(format!("{{\"error\":\"key {key} is bad\"}}").as_bytes(), key);
+        let out = String::from_utf8_lossy(&out);
+        assert!(!out.contains(&key[4..]) && out.contains("AIza…"), "{out}");
+    }
 }

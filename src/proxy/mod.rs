@@ -123,6 +123,8 @@ impl State {
             .pool_max_idle_per_host(1024)
             .pool_idle_timeout(Duration::from_secs(5))
             .tcp_nodelay(true)
+            // A redirect is the client's to follow (or not), as Gemini's own answer.
+            .redirect(reqwest::redirect::Policy::none())
             .build()
             .map_err(|e| ProxyError::Start(format!("HTTP client: {e}")))?;
         let models: Vec<String> = loaded.scenario.models.iter().map(|m| m.name.clone()).collect();

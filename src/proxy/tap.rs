@@ -81,6 +81,27 @@ impl UsageTap {
     }
 }
 
+/// The usage a whole answer states, read from its last `usageMetadata` (or OpenAI `usage`)
+/// object alone, without parsing the rest of the answer.
+pub fn usage_in(body: &[u8]) -> Option<UsageMetadata> {
+    for name in [&b"\"usageMetadata\""[..], &b"\"usage\""[..]] {
+        let Some(at) = body.windows(name.len()).rposition(|w| w == name) else { continue };
+        let rest = &body[at + name.len()..];
+        let colon = rest.iter().position(|&b| b == b':')?;
+        let mut values = serde_json::Deserializer::from_slice(&rest[colon + 1..]).into_iter::<Value>();
+        let Some(Ok(u)) = values.next() else { continue };
+        let wrapped = if name.len() == 15 {
+            serde_json::json!({ "usageMetadata": u })
+        } else {
+            serde_json::json!({ "usage": u })
+        };
+        if let Some(usage) = usage_of(&wrapped) {
+            return Some(usage);
+        }
+    }
+    None
+}
+
 /// The usage an answer (or one streamed chunk) states: Gemini's `usageMetadata` or OpenAI's
 /// `usage` (`prompt_tokens`, `completion_tokens`, `prompt_tokens_details.cached_tokens`).
 pub fn usage_of(v: &Value) -> Option<UsageMetadata> {
@@ -122,6 +143,16 @@ mod tests {
         let openai = "data: {\"choices\":[{\"delta\":{\"content\":\"hi\"}}],\"usage\":null}\n\ndata: {\"choices\":[],\"usage\":{\"prompt_tokens\":11,\"completion_tokens\":4,\"prompt_tokens_details\":{\"cached_tokens\":2}}}\n\ndata: [DONE]\n\n";
         let u = tapped(&[openai]).expect("usage");
         assert_eq!((u.prompt, u.cached, u.candidates), (11, 2, 4));
+    }
+
+    #[test]
+    fn reads_a_whole_answer_s_usage_without_parsing_the_rest() {
+        let gemini = br#"{"candidates":[{"content":{"parts":[{"text":""usage": 1"}]}}],"usageMetadata":{"promptTokenCount":9,"candidatesTokenCount":4,"cachedContentTokenCount":2}}"#;
+        let u = usage_in(gemini).expect("usage");
+        assert_eq!((u.prompt, u.candidates, u.cached), (9, 4, 2));
+        let openai = br#"{"choices":[],"usage":{"prompt_tokens":3,"completion_tokens":5}}"#;
+        assert_eq!(usage_in(openai).map(|u| (u.prompt, u.candidates)), Some((3, 5)));
+        assert_eq!(usage_in(br#"{"embedding":{"values":[0.1]}}"#), None);
     }
 
     #[test]
