@@ -574,3 +574,77 @@ fn two_replicas_on_one_redis_never_breach_at_twice_the_pool_s_rpm() {
         "unshared replicas over-admit: {ok} succeeded, {refused} refused by the fake"
     );
 }
+
+#[test]
+fn warnings_run_live_to_the_log_the_webhook_and_the_metrics() {
+    // An Alertmanager-style receiver: every POST body it gets.
+    let hook = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}/hook", hook.local_addr().unwrap());
+    let posts = Arc::new(Mutex::new(Vec::<String>::new()));
+    let got = posts.clone();
+    std::thread::spawn(move || {
+        for stream in hook.incoming().flatten() {
+            let mut stream = stream;
+            stream.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+            let mut buf = Vec::new();
+            let mut piece = [0u8; 8192];
+            // Headers, then as much body as Content-Length says.
+            while let Ok(n) = stream.read(&mut piece) {
+                if n == 0 {
+                    break;
+                }
+                buf.extend_from_slice(&piece[..n]);
+                let text = String::from_utf8_lossy(&buf).into_owned();
+                if let Some((head, body)) = text.split_once("\r\n\r\n") {
+                    let len = head.lines().find_map(|l| {
+                        l.to_ascii_lowercase()
+                            .strip_prefix("content-length:")
+                            .map(|v| v.trim().parse::<usize>().unwrap_or(0))
+                    });
+                    if body.len() >= len.unwrap_or(0) {
+                        break;
+                    }
+                }
+            }
+            got.lock().unwrap().push(String::from_utf8_lossy(&buf).into_owned());
+            let _ = std::io::Write::write_all(
+                &mut stream,
+                b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close\r\n\r\n",
+            );
+        }
+    });
+    let fake = start_with("sustained", FAKE, &["--time-scale", "20"]);
+    // Two requests a minute per project; warn at half, evaluate every second, no wait.
+    let config = config_with(|t| {
+        t.replacen("rpm = 30", "rpm = 2", 1).replace(
+            "[warnings]\nlog = true\n",
+            &format!("[warnings]\nlog = true\nwarn_at = 0.5\nforecast = false\nevaluate_every = \"1s\"\ngroup_wait = \"0s\"\nwebhook = \"{url}\"\n"),
+        )
+    });
+    let proxy = start_proxy(&config, &fake.base, &["--time-scale", "20"]);
+    let (c, base) = (client(), proxy.base.clone());
+    runtime().block_on(async {
+        let gen = r#"{"contents":[{"parts":[{"text":"fill the pool"}]}]}"#;
+        for _ in 0..4 {
+            let (status, text) =
+                exchange(post(&c, &base, "/v1beta/models/gemini-2.5-flash:generateContent", Some(TOKEN), gen)).await;
+            assert_eq!(status, 200, "{text}");
+        }
+        let mut firing = 0.0;
+        for _ in 0..100 {
+            firing = metric_sum(&scrape(&c, &base).await, "keysim_warnings_firing", &[]);
+            if firing > 0.0 && !posts.lock().unwrap().is_empty() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(30)).await;
+        }
+        assert!(firing > 0.0, "a warning fires: {}", proxy.log());
+    });
+    let posts = posts.lock().unwrap().join("\n");
+    assert!(
+        posts.contains("\"status\":\"firing\"") && posts.contains("NearLimit"),
+        "the webhook got the alert: {posts}"
+    );
+    assert!(proxy.log().contains("keysim::warnings"), "{}", proxy.log());
+    no_key_in("the webhook's payloads", &posts);
+}
