@@ -93,6 +93,11 @@ impl<W> FairQueue<W> {
         self.wake_at
     }
 
+    /// Why the head was last denied: the reason of a waiter that leaves at its deadline.
+    pub fn last_reason(&self) -> Reason {
+        self.last
+    }
+
     /// Whether a new request of `priority` must queue behind waiters rather than try
     /// admission itself: someone of its priority or higher already waits.
     pub fn must_queue(&self, priority: Priority) -> bool {

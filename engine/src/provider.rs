@@ -67,6 +67,45 @@ fn count(v: Option<&Value>) -> Option<u64> {
     }
 }
 
+/// Whether an error answer says the provider rejected the key itself (deleted, invalid,
+/// leaked, suspended, its API blocked), as opposed to the request: a 400 whose `ErrorInfo`
+/// reason is `API_KEY_INVALID`, or a 403 with a key-level `ErrorInfo` reason or, without
+/// details, a message about the key. Read from the parsed error, never from the text at large:
+/// Gemini quotes a request's unknown field names in its 400 messages, so a client could
+/// otherwise name a field `API_KEY_INVALID` and have keys disabled.
+pub fn key_rejected(status: u16, body: &str) -> bool {
+    const KEY_REASONS: &[&str] = &[
+        "API_KEY_INVALID",
+        "API_KEY_SERVICE_BLOCKED",
+        "API_KEY_HTTP_REFERRER_BLOCKED",
+        "API_KEY_IP_ADDRESS_BLOCKED",
+        "API_KEY_ANDROID_APP_BLOCKED",
+        "API_KEY_IOS_APP_BLOCKED",
+        "SERVICE_DISABLED",
+        "CONSUMER_SUSPENDED",
+        "CONSUMER_INVALID",
+    ];
+    let Ok(v) = serde_json::from_str::<Value>(body) else { return false };
+    let error = &v["error"];
+    let reasons: Vec<&str> = error["details"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|d| d["@type"].as_str().is_some_and(|t| t.ends_with("google.rpc.ErrorInfo")))
+        .filter_map(|d| d["reason"].as_str())
+        .collect();
+    match status {
+        400 => reasons.contains(&"API_KEY_INVALID"),
+        403 if !reasons.is_empty() => reasons.iter().any(|r| KEY_REASONS.contains(r)),
+        // Gemini's leaked, suspended and missing-key answers carry no details; resource
+        // refusals ("You do not have permission to access the File …") name no key.
+        403 => error["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("API key") || m.contains("unregistered callers") || m.contains("suspended")),
+        _ => false,
+    }
+}
+
 /// Reads a 429 body, in any of the shapes Gemini has used: `QuotaFailure` (with `RetryInfo`
 /// and `Help`), only a `Help` link, the legacy `ErrorInfo` with `quota_limit`, and the bare
 /// "Resource has been exhausted" with no details (capacity, not quota). Unknown or malformed
@@ -118,6 +157,21 @@ pub fn parse_quota_error(body: &str) -> QuotaExhausted {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_rejected_key_is_told_from_a_refused_request() {
+        let invalid = r#"{"error":{"code":400,"message":"API key not valid. Please pass a valid API key.","status":"INVALID_ARGUMENT","details":[{"@type":"type.googleapis.com/google.rpc.ErrorInfo","reason":"API_KEY_INVALID","domain":"googleapis.com"}]}}"#;
+        assert!(key_rejected(400, invalid));
+        let spoof = r#"{"error":{"code":400,"message":"Invalid JSON payload received. Unknown name \"API_KEY_INVALID\": Cannot find field.","status":"INVALID_ARGUMENT","details":[{"@type":"type.googleapis.com/google.rpc.BadRequest"}]}}"#;
+        assert!(!key_rejected(400, spoof));
+        let leaked = r#"{"error":{"code":403,"message":"Your API key was reported as leaked. Please use another API key.","status":"PERMISSION_DENIED"}}"#;
+        assert!(key_rejected(403, leaked));
+        let file = r#"{"error":{"code":403,"message":"You do not have permission to access the File abc or it may not exist.","status":"PERMISSION_DENIED"}}"#;
+        assert!(!key_rejected(403, file));
+        let blocked = r#"{"error":{"code":403,"message":"x","status":"PERMISSION_DENIED","details":[{"@type":"type.googleapis.com/google.rpc.ErrorInfo","reason":"API_KEY_SERVICE_BLOCKED"}]}}"#;
+        assert!(key_rejected(403, blocked));
+        assert!(!key_rejected(403, "not json") && !key_rejected(500, invalid));
+    }
 
     #[test]
     fn reads_the_documented_body() {

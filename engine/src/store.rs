@@ -5,6 +5,7 @@
 //! a shared store (Redis) serves several replicas with the same contract, each call being one
 //! round trip.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use super::limits::{Ceilings, Dimension};
@@ -138,9 +139,12 @@ impl Usage {
     }
 }
 
-/// A boxed store is a store, so that a service can choose one at run time
-/// (`Engine<Box<dyn QuotaStore>>`).
-impl<T: QuotaStore + ?Sized> QuotaStore for Box<T> {
+/// A store behind a pointer is a store: boxed, so that a service can choose one at run time
+/// (`Engine<Box<dyn QuotaStore>>`); shared, so that engines in one process can share one
+/// (`Engine<Arc<MemoryStore>>`).
+macro_rules! forward_store {
+    ($($ptr:ident),*) => {$(
+        impl<T: QuotaStore + ?Sized> QuotaStore for $ptr<T> {
     fn bucket(&self, key: &BucketKey) -> Result<BucketId, StoreError> {
         (**self).bucket(key)
     }
@@ -191,6 +195,10 @@ impl<T: QuotaStore + ?Sized> QuotaStore for Box<T> {
         (**self).usage(bucket, now)
     }
 }
+    )*};
+}
+
+forward_store!(Box, Arc);
 
 /// Quota state shared by every admission. Implementations must make [`QuotaStore::reserve`]
 /// atomic across all dimensions of a bucket and across concurrent callers (and, for a

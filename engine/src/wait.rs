@@ -158,7 +158,7 @@ impl<S: QuotaStore> Engine<S> {
             }
             place
         };
-        Waiter { engine: self, queue, slot, place, sleep: None, done: false }.await
+        Waiter { engine: self, queue, slot, place, deadline, sleep: None, done: false }.await
     }
 
     /// Something was freed in `model` (or anywhere): serve its waiters now.
@@ -217,6 +217,9 @@ struct Waiter<'e, S: QuotaStore> {
     queue: &'e Queue,
     slot: Arc<Slot>,
     place: Place,
+    /// When it gives up: every waiter keeps a timer for it, so that none outlives it even
+    /// if no dispatch or holder comes by.
+    deadline: Timestamp,
     sleep: Option<Sleep<'e>>,
     done: bool,
 }
@@ -285,6 +288,15 @@ impl<'e, S: QuotaStore> Future for Waiter<'e, S> {
                         this.engine.dispatch(this.queue, &mut inner);
                         Next::Again
                     }
+                    // Past its deadline and still queued: it leaves (a dispatch that served
+                    // it meanwhile left its outcome in the slot).
+                    _ if now > this.deadline => match inner.fair.cancel(this.place) {
+                        Some(_) => {
+                            this.queue.waiting.store(inner.fair.len(), Ordering::SeqCst);
+                            Next::Leave(inner.fair.last_reason())
+                        }
+                        None => Next::Again,
+                    },
                     wake_at => {
                         let me = id(&this.slot);
                         // Registered under the queue's lock: a dispatch that serves this
@@ -304,10 +316,18 @@ impl<'e, S: QuotaStore> Future for Waiter<'e, S> {
                     }
                 }
             };
+            // A holder sleeps until the queue's next chance or its own deadline, whichever
+            // comes first; any other waiter until its deadline (a dispatch wakes it sooner).
             let at = match next {
                 Next::Again => continue,
-                Next::Park => return Poll::Pending,
-                Next::Sleep(at) => at,
+                Next::Leave(reason) => {
+                    *lock(&this.slot.state) = State::Done;
+                    this.done = true;
+                    this.release_timer();
+                    return Poll::Ready(Err(AcquireError(reason)));
+                }
+                Next::Park => this.deadline.plus(1),
+                Next::Sleep(at) => at.min(this.deadline.plus(1)),
             };
             this.arm(at, now);
             let fired = match this.sleep.as_mut().expect("armed above") {
@@ -328,8 +348,10 @@ enum Next {
     Again,
     /// Sleep on the queue's timer until then.
     Sleep(Timestamp),
-    /// Wait to be woken by a dispatch or by the timer's holder.
+    /// Wait to be woken by a dispatch or by the timer's holder (or its own deadline).
     Park,
+    /// Give up: past its deadline.
+    Leave(Reason),
 }
 
 impl<S: QuotaStore> Drop for Waiter<'_, S> {
@@ -459,6 +481,99 @@ mod tests {
     impl BucketIdOf {
         fn first(e: &Engine) -> crate::BucketId {
             e.pool().groups(0)[0].bucket
+        }
+    }
+
+    /// The Redis server to share between replicas, if the environment names one.
+    fn redis_url() -> Option<String> {
+        std::env::var("KEYSIM_REDIS_URL").ok().filter(|_| cfg!(feature = "redis"))
+    }
+
+    /// A clock running `scale` times faster than real time, as lab runs do.
+    struct Fast {
+        origin: std::time::Instant,
+        scale: f64,
+    }
+
+    impl Clock for Fast {
+        fn now(&self) -> Timestamp {
+            T0.plus((self.origin.elapsed().as_secs_f64() * 1000.0 * self.scale) as u64)
+        }
+
+        fn timer(&self) -> Timer<'_> {
+            Timer::Real { scale: self.scale, lag: Duration::from_millis(5) }
+        }
+    }
+
+    /// Many tasks on a multi-threaded runtime, real timers, two replicas on one store (Redis
+    /// when `KEYSIM_REDIS_URL` names one), deadlines shorter than a window, settlements from
+    /// other tasks: every waiter ends by its deadline. Two proxy replicas on Redis under CPU
+    /// pressure once left waiters parked past their deadlines with no timer to end them; every
+    /// waiter now keeps a timer for its own deadline.
+    #[test]
+    fn no_waiter_outlives_its_deadline_on_a_busy_runtime() {
+        for round in 0..5 {
+            let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+            let limits = Limits { rpm: 30, tpm: 100_000_000, rpd: 1_000_000, tpd: None };
+            let spec = PoolSpec {
+                models: vec![ModelSpec { name: "m".into(), limits }],
+                projects: (0..2).map(|p| ProjectSpec { id: format!("p{p}"), limits: vec![Some(limits)] }).collect(),
+                keys: (0..2).map(|p| KeySpec { id: format!("k{p}"), project: format!("p{p}") }).collect(),
+            };
+            let clock = Arc::new(Fast { origin: std::time::Instant::now(), scale: 20.0 });
+            // Two replicas sharing one store, as two proxies on one Redis.
+            let store = Arc::new(crate::MemoryStore::new());
+            let prefix = format!("keysim-wait-test:{}:{round}:{:?}", std::process::id(), std::time::Instant::now());
+            let replica = |_| -> Arc<Engine<Box<dyn QuotaStore>>> {
+                let shared: Box<dyn QuotaStore> = match redis_url() {
+                    #[cfg(feature = "redis")]
+                    Some(url) => {
+                        let mut c = crate::RedisConfig::parse(&url).unwrap();
+                        c.prefix = prefix.clone();
+                        c.time = crate::RedisTime::Caller;
+                        Box::new(crate::RedisStore::new(c).unwrap())
+                    }
+                    _ => Box::new(store.clone()),
+                };
+                Arc::new(Engine::builder(spec.clone()).clock(clock.clone()).store(shared).build().unwrap())
+            };
+            let replicas: Vec<_> = (0..2).map(replica).collect();
+            let late = rt.block_on(async {
+                let start = tokio::time::Instant::now();
+                let mut tasks = Vec::new();
+                for i in 0..120u64 {
+                    let e = replicas[i as usize % 2].clone();
+                    tasks.push(tokio::spawn(async move {
+                        tokio::time::sleep_until(start + Duration::from_millis(25 * i)).await;
+                        let asked = tokio::time::Instant::now();
+                        let req = Request::new(0, Prompt::Chars(40));
+                        // 10 s of the clock: half a second.
+                        let got = e.acquire(&req, Duration::from_secs(10)).await;
+                        let waited = asked.elapsed();
+                        if let Ok(p) = got {
+                            tokio::time::sleep(Duration::from_millis(2)).await;
+                            p.settle(Outcome::Success { input_tokens: 10, output_tokens: 1 }).unwrap();
+                        }
+                        waited
+                    }));
+                }
+                let mut late = Vec::new();
+                for t in tasks {
+                    match tokio::time::timeout(Duration::from_secs(5), t).await {
+                        Ok(w) => {
+                            let w = w.unwrap();
+                            if w > Duration::from_millis(1_500) {
+                                late.push(w);
+                            }
+                        }
+                        Err(_) => late.push(Duration::MAX),
+                    }
+                }
+                late
+            });
+            let queued: Vec<usize> = replicas.iter().map(|e| e.queues[0].waiting.load(Ordering::Acquire)).collect();
+            assert!(late.is_empty(), "round {round}: waiters past their deadline: {late:?} (queues {queued:?})");
+            rt.shutdown_background();
         }
     }
 }

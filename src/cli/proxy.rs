@@ -27,21 +27,6 @@ fn bad(e: ProxyError) -> CliError {
     }
 }
 
-/// Whether a config with these tokens may listen on `addr`: without a client or an admin
-/// token only on a loopback address.
-pub fn check_exposure(addr: &SocketAddr, client_tokens: usize, admin_token: bool) -> Result<(), String> {
-    if addr.ip().is_loopback() {
-        return Ok(());
-    }
-    let missing = match (client_tokens > 0, admin_token) {
-        (true, true) => return Ok(()),
-        (false, false) => "client tokens and an admin token",
-        (false, true) => "client tokens",
-        (true, false) => "an admin token",
-    };
-    Err(format!("refusing to listen on {addr} without {missing}: set them in [proxy], or listen on a loopback address"))
-}
-
 pub(super) fn proxy(opts: ProxyOptions) -> Result<i32, CliError> {
     let mut loaded = crate::proxy::config::load(&opts.config).map_err(bad)?;
     if opts.upstream.as_ref().is_some_and(|u| !(u.starts_with("http://") || u.starts_with("https://"))) {
@@ -54,7 +39,8 @@ pub(super) fn proxy(opts: ProxyOptions) -> Result<i32, CliError> {
         .listen
         .parse()
         .map_err(|_| CliError::BadInput(format!("listen address '{}' is not IP:PORT", loaded.proxy.listen)))?;
-    check_exposure(&addr, loaded.client_tokens.len(), loaded.admin_token.is_some()).map_err(CliError::BadInput)?;
+    crate::proxy::config::check_exposure(&addr, loaded.client_tokens.len(), loaded.admin_token.is_some())
+        .map_err(CliError::BadInput)?;
     // Log lines on stderr: startup, reloads, warnings, upstream trouble. No key is ever in one.
     let _ = tracing_subscriber::fmt()
         .with_writer(std::io::stderr)

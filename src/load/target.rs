@@ -5,7 +5,7 @@
 use std::time::Instant;
 
 use super::{Done, Shared};
-use crate::engine::{parse_quota_error, Exhaustion, Outcome, Prompt, UsageMetadata};
+use crate::engine::{key_rejected, parse_quota_error, Exhaustion, Outcome, Prompt, UsageMetadata};
 use crate::report::Terminal;
 use crate::sim::NewRequest;
 
@@ -80,8 +80,8 @@ impl Shared {
                     500 => ("internal".into(), Outcome::Failed),
                     503 => ("overloaded".into(), Outcome::Unavailable),
                     504 => ("timeout".into(), Outcome::Unavailable),
-                    400 if a.body.contains("API_KEY_INVALID") => ("api-key-invalid".into(), Outcome::KeyRejected),
-                    403 => ("permission-denied".into(), Outcome::KeyRejected),
+                    400 if key_rejected(400, &a.body) => ("api-key-invalid".into(), Outcome::KeyRejected),
+                    403 if key_rejected(403, &a.body) => ("permission-denied".into(), Outcome::KeyRejected),
                     s => (format!("http-{s}"), Outcome::Failed),
                 };
                 done.reason = reason;

@@ -3,13 +3,15 @@
 //! show key ids redacted, and need the admin token.
 
 use std::sync::atomic::Ordering;
+use std::sync::Arc;
 
 use bytes::Bytes;
 use hyper::body::Incoming;
 use hyper::header::HeaderValue;
 use serde_json::{json, Value};
 
-use super::forward::{error, token_matches, Surface};
+use super::forward::token_matches;
+use super::reply::{error, Surface};
 use super::{Body, State};
 use crate::engine::{redact, Dimension};
 
@@ -26,20 +28,33 @@ fn json_answer(status: u16, v: &Value) -> hyper::Response<Body> {
     answer(status, "application/json", serde_json::to_vec_pretty(v).unwrap_or_default())
 }
 
+/// Runs `f` on the blocking pool: it reads files or the store (a network round trip per
+/// bucket with Redis).
+async fn off_reactor(
+    state: Arc<State>,
+    f: impl FnOnce(&State) -> hyper::Response<Body> + Send + 'static,
+) -> hyper::Response<Body> {
+    let work = tokio::task::spawn_blocking(move || f(&state));
+    work.await.unwrap_or_else(|_| error(Surface::Gemini, 500, "INTERNAL", "the admin task failed"))
+}
+
 /// `/healthz` (the process serves), `/readyz` (it should get traffic: not draining, the store
-/// answers, some key is usable) and `/metrics`.
-pub fn probe(state: &State, path: &str) -> hyper::Response<Body> {
-    match path {
-        "/healthz" => json_answer(200, &json!({"status": "ok"})),
-        "/readyz" => {
-            let (ready, why) = readiness(state);
+/// answers, some key is usable) and `/metrics`; the last two off the reactor.
+pub async fn probe(state: Arc<State>, path: &str) -> hyper::Response<Body> {
+    if path == "/healthz" {
+        return json_answer(200, &json!({"status": "ok"}));
+    }
+    let readyz = path == "/readyz";
+    off_reactor(state, move |s| {
+        if readyz {
+            let (ready, why) = readiness(s);
             json_answer(if ready { 200 } else { 503 }, &json!({"ready": ready, "reason": why}))
-        }
-        _ => {
-            let text = state.metrics.scrape(&state.engine, state.engine.clock().now());
+        } else {
+            let text = s.metrics.scrape(&s.engine, s.engine.clock().now());
             answer(200, "application/openmetrics-text; version=1.0.0; charset=utf-8", text)
         }
-    }
+    })
+    .await
 }
 
 fn readiness(state: &State) -> (bool, &'static str) {
@@ -60,7 +75,7 @@ fn readiness(state: &State) -> (bool, &'static str) {
 }
 
 /// The admin API.
-pub async fn admin(state: &State, req: hyper::Request<Incoming>) -> hyper::Response<Body> {
+pub async fn admin(state: Arc<State>, req: hyper::Request<Incoming>) -> hyper::Response<Body> {
     let loaded = state.loaded.load_full();
     if let Some(token) = &loaded.admin_token {
         let presented = req
@@ -79,17 +94,17 @@ pub async fn admin(state: &State, req: hyper::Request<Incoming>) -> hyper::Respo
         }
     }
     match (req.method().as_str(), req.uri().path()) {
-        ("GET", "/admin/pool") => json_answer(200, &pool(state)),
-        ("GET", "/admin/capacity") => json_answer(200, &capacity(state)),
-        ("GET", "/admin/keys") => json_answer(200, &keys(state)),
+        ("GET", "/admin/pool") => json_answer(200, &pool(&state)),
+        ("GET", "/admin/capacity") => off_reactor(state, |s| json_answer(200, &capacity(s))).await,
+        ("GET", "/admin/keys") => json_answer(200, &keys(&state)),
         ("POST", "/admin/reload") => {
-            // Reading a file and applying events: off the reactor.
-            match tokio::task::block_in_place(|| state.reload()) {
+            off_reactor(state, |s| match s.reload() {
                 Ok(c) => json_answer(200, &json!({"reloaded": true, "changes": c})),
                 Err(e) => {
                     json_answer(400, &json!({"reloaded": false, "error": crate::engine::redact_text(&e.to_string())}))
                 }
-            }
+            })
+            .await
         }
         _ => error(
             Surface::Gemini,

@@ -21,6 +21,7 @@ pub enum ProxyError {
 }
 
 /// A config read and resolved: what the handlers read.
+#[derive(Clone)]
 pub struct Loaded {
     /// The pool and its engine and warnings settings.
     pub scenario: Scenario,
@@ -118,6 +119,21 @@ pub fn resolve(scenario: Scenario, proxy: ProxyDef, base: &Path) -> Result<Loade
         return Err(ProxyError::Config("the admin token must be at least 16 characters".into()));
     }
     Ok(Loaded { scenario, proxy, keys, client_tokens, admin_token })
+}
+
+/// Whether a config with these tokens may listen on `addr`: without a client or an admin
+/// token only on a loopback address.
+pub fn check_exposure(addr: &std::net::SocketAddr, client_tokens: usize, admin_token: bool) -> Result<(), String> {
+    if addr.ip().is_loopback() {
+        return Ok(());
+    }
+    let missing = match (client_tokens > 0, admin_token) {
+        (true, true) => return Ok(()),
+        (false, false) => "client tokens and an admin token",
+        (false, true) => "client tokens",
+        (true, false) => "an admin token",
+    };
+    Err(format!("refusing to listen on {addr} without {missing}: set them in [proxy], or listen on a loopback address"))
 }
 
 /// The store `proxy` names: Redis, or memory.
@@ -233,26 +249,34 @@ pub fn apply(state: &super::State, next: Loaded) -> Result<Changes, ProxyError> 
     if a.listen != b.listen || a.upstream != b.upstream || a.store != b.store || a.timeout_ms != b.timeout_ms {
         changes.needs_restart.push("[proxy] listen, upstream, store or timeouts".into());
     }
-    // Values of removed keys stay known: requests sent with them are still being answered.
+    if let Some(addr) = state.bound.get() {
+        check_exposure(addr, next.client_tokens.len(), next.admin_token.is_some()).map_err(ProxyError::Config)?;
+    }
+    // Key values first, old and new (requests sent with a removed key are still being
+    // answered; a key added is admitted as soon as its event applies).
     let mut keys = current.keys.clone();
     keys.extend(next.keys);
-    let upstream = current.proxy.upstream.clone();
-    let mut proxy = next.proxy;
-    proxy.upstream = upstream;
-    // Settings that need a restart keep their running values.
+    let mut with_keys = Loaded { keys, ..Loaded::clone(&current) };
+    state.loaded.store(std::sync::Arc::new(with_keys.clone()));
+    let total = events.len();
+    for (done, e) in events.into_iter().enumerate() {
+        engine.apply(e).map_err(|e| {
+            ProxyError::Config(format!(
+                "applying the new pool: {e} ({done} of {total} changes applied; tokens and settings unchanged)"
+            ))
+        })?;
+    }
+    // Then tokens and settings; those that need a restart keep their running values.
     let mut scenario = next.scenario;
     scenario.engine = current.scenario.engine.clone();
     scenario.warnings = current.scenario.warnings.clone();
-    state.loaded.store(std::sync::Arc::new(Loaded {
-        scenario,
-        proxy,
-        keys,
-        client_tokens: next.client_tokens,
-        admin_token: next.admin_token,
-    }));
-    for e in events {
-        engine.apply(e).map_err(|e| ProxyError::Config(format!("applying the new pool: {e}")))?;
-    }
+    let mut proxy = next.proxy;
+    proxy.upstream = current.proxy.upstream.clone();
+    with_keys.scenario = scenario;
+    with_keys.proxy = proxy;
+    with_keys.client_tokens = next.client_tokens;
+    with_keys.admin_token = next.admin_token;
+    state.loaded.store(std::sync::Arc::new(with_keys));
     Ok(changes)
 }
 

@@ -7,41 +7,24 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
-use hyper::header::{HeaderMap, HeaderName, HeaderValue};
+use hyper::header::{HeaderMap, HeaderValue};
 use serde_json::{json, Value};
 use subtle::ConstantTimeEq;
-use tokio::sync::mpsc;
 
-use super::metrics::{ModelLabel, ReasonLabels, RequestLabels, ResultLabel};
-use super::tap::{usage_in, UsageTap};
+use super::metrics::{ModelLabel, ReasonLabels, RequestLabels};
+use super::relay::{relay, Answer, Held};
+pub use super::reply::{error, Surface};
+use super::reply::{error_with, hide, passes, passthrough};
 use super::{Body, State};
 use crate::engine::{
-    parse_quota_error, AcquireError, DenyReason, Exhaustion, Outcome, Priority, Prompt, QueuePolicy, Reason, Request,
-    Ticket, TryAcquireError,
+    key_rejected, parse_quota_error, AcquireError, DenyReason, Exhaustion, Outcome, Prompt, QueuePolicy, Reason,
+    Request, TryAcquireError,
 };
 
 /// The largest request body the proxy reads (Gemini's own limit).
 const MAX_BODY: usize = mock_server::host::MAX_BODY;
-
-/// Which API a request came in on: errors are written in its shape.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Surface {
-    /// Gemini's REST API.
-    Gemini,
-    /// The OpenAI-compatible one under `/v1beta/openai/`.
-    OpenAi,
-}
-
-impl Surface {
-    fn name(self) -> &'static str {
-        match self {
-            Self::Gemini => "gemini",
-            Self::OpenAi => "openai",
-        }
-    }
-}
 
 /// What a request asks for.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -56,8 +39,11 @@ enum Op {
 pub async fn handle(state: Arc<State>, req: hyper::Request<Incoming>) -> hyper::Response<Body> {
     let path = req.uri().path();
     match path {
-        "/healthz" | "/readyz" | "/metrics" => super::admin::probe(&state, path),
-        p if p.starts_with("/admin/") => super::admin::admin(&state, req).await,
+        "/healthz" | "/readyz" | "/metrics" => {
+            let path = path.to_owned();
+            super::admin::probe(state, &path).await
+        }
+        p if p.starts_with("/admin/") => super::admin::admin(state, req).await,
         p if p.starts_with("/v1beta/") || p.starts_with("/v1/") => {
             state.inflight.fetch_add(1, Ordering::SeqCst);
             state.metrics.inflight.inc();
@@ -110,6 +96,11 @@ async fn client(state: &Arc<State>, req: hyper::Request<Incoming>) -> hyper::Res
             "a valid proxy token is required (x-goog-api-key or Authorization: Bearer)",
         );
     }
+    if !plain_path(&path) {
+        count(state, surface, "rejected");
+        let msg = "the request path must not hold '.', '..', '//', '\\' or escaped separators";
+        return error(surface, 400, "INVALID_ARGUMENT", msg);
+    }
     let (parts, body) = req.into_parts();
     let body = match read_body(&parts.headers, body).await {
         Ok(b) => b,
@@ -124,11 +115,22 @@ async fn client(state: &Arc<State>, req: hyper::Request<Incoming>) -> hyper::Res
     match op {
         Op::Free => free(state, &call).await,
         Op::Admitted { model, stream } => match json {
-            // A body that is not JSON is the provider's to refuse; it counts nothing.
-            None => free(state, &call).await,
+            // Sent as it is, a body this proxy cannot read would go uncounted.
+            None => {
+                count(state, surface, "rejected");
+                error(surface, 400, "INVALID_ARGUMENT", "Invalid JSON payload received: the body is not a JSON object.")
+            }
             Some(v) => admitted(state, &call, &model, stream, &v).await,
         },
     }
+}
+
+/// Whether `path` is plain: no `.` or `..` segment, no empty segment, no backslash and no
+/// escaped separator or dot, so that the path sent upstream is the path that was routed.
+fn plain_path(path: &str) -> bool {
+    let lower = path.to_ascii_lowercase();
+    !(path.contains('\\') || lower.contains("%2e") || lower.contains("%2f") || lower.contains("%5c"))
+        && path.split('/').skip(1).all(|seg| !seg.is_empty() && seg != "." && seg != "..")
 }
 
 /// A request's parts, kept for every attempt.
@@ -143,7 +145,9 @@ fn classify(method: &hyper::Method, path: &str, body: Option<&Value>) -> Option<
     let bare = |m: &str| m.trim_start_matches("models/").to_owned();
     if let Some(rest) = path.strip_prefix("/v1beta/openai/") {
         return match (method.as_str(), rest.trim_end_matches('/')) {
-            ("GET", r) if r == "models" || r.starts_with("models/") => Some(Op::Free),
+            ("GET", r) if r == "models" || r.strip_prefix("models/").is_some_and(|id| !id.contains('/')) => {
+                Some(Op::Free)
+            }
             ("POST", "chat/completions") => {
                 let model = body.and_then(|v| v.get("model")?.as_str()).map(bare).unwrap_or_default();
                 let stream = body.and_then(|v| v.get("stream")?.as_bool()).unwrap_or(false);
@@ -159,9 +163,13 @@ fn classify(method: &hyper::Method, path: &str, body: Option<&Value>) -> Option<
     let rest = path.strip_prefix("/v1beta/").or_else(|| path.strip_prefix("/v1/"))?;
     let rest = rest.strip_prefix("models")?;
     if method == hyper::Method::GET {
-        return (rest.is_empty() || rest.starts_with('/')).then_some(Op::Free);
+        let one = rest.strip_prefix('/').is_some_and(|id| !id.contains(['/', ':']));
+        return (rest.is_empty() || one).then_some(Op::Free);
     }
     let (model, action) = rest.strip_prefix('/')?.rsplit_once(':')?;
+    if model.contains('/') {
+        return None;
+    }
     match action {
         "generateContent" | "embedContent" | "batchEmbedContents" => {
             Some(Op::Admitted { model: model.to_owned(), stream: false })
@@ -233,12 +241,7 @@ async fn admitted(state: &Arc<State>, call: &Call, model: &str, stream: bool, v:
     };
     let mut text = String::new();
     prompt_text(v, &mut text);
-    let high = call.parts.headers.get("x-keysim-priority").is_some_and(|p| p.as_bytes() == b"high");
-    let request = Request::new(m, Prompt::Text(&text)).max_output_tokens(max_output(v)).priority(if high {
-        Priority::High
-    } else {
-        Priority::Normal
-    });
+    let request = Request::new(m, Prompt::Text(&text)).max_output_tokens(max_output(v));
     let loaded = state.loaded.load_full();
     let max_wait = match loaded.scenario.engine.policy() {
         QueuePolicy::Wait { max_wait_ms } => Duration::from_millis(max_wait_ms),
@@ -264,6 +267,8 @@ async fn admitted(state: &Arc<State>, call: &Call, model: &str, stream: bool, v:
             state.metrics.decision.observe(started.elapsed().as_secs_f64());
         }
         state.metrics.admissions.get_or_create(&labels).inc();
+        // A reload while it waited may have added the key it got: the config of now.
+        let loaded = state.loaded.load_full();
         let key_id = permit.key_id();
         let project = state.engine.pool().projects()[state.engine.bucket_owner(permit.ticket().bucket).0].id.clone();
         let Some(secret) = loaded.keys.get(&key_id).cloned() else {
@@ -293,7 +298,8 @@ async fn admitted(state: &Arc<State>, call: &Call, model: &str, stream: bool, v:
         let status = resp.status().as_u16();
         if status == 200 {
             count(state, surface, "succeeded");
-            return relay(state, held, resp, &project, stream, m, &text).await;
+            let answer = Answer { surface, project: &project, stream, model: m, prompt: &text };
+            return relay(state, held, resp, answer).await;
         }
         let headers = resp.headers().clone();
         let body = resp.bytes().await.unwrap_or_default();
@@ -337,8 +343,8 @@ fn judge_failure(status: u16, body: &str) -> (Outcome, bool, Option<&'static str
             let capacity = q.kind == Exhaustion::Capacity;
             (Outcome::RateLimited(q), !capacity, capacity.then_some("capacity-429"))
         }
-        400 if body.contains("API_KEY_INVALID") => (Outcome::KeyRejected, true, Some("api-key-invalid")),
-        403 => (Outcome::KeyRejected, true, Some("permission-denied")),
+        400 if key_rejected(400, body) => (Outcome::KeyRejected, true, Some("api-key-invalid")),
+        403 if key_rejected(403, body) => (Outcome::KeyRejected, true, Some("permission-denied")),
         500 => (Outcome::Failed, false, Some("internal")),
         503 => (Outcome::Unavailable, false, Some("overloaded")),
         504 => (Outcome::Unavailable, false, Some("timeout")),
@@ -346,56 +352,6 @@ fn judge_failure(status: u16, body: &str) -> (Outcome, bool, Option<&'static str
         s if (400..500).contains(&s) => (Outcome::NotSent, false, None),
         _ => (Outcome::Failed, false, Some("http-5xx")),
     }
-}
-
-/// A ticket sent upstream: settled with what happened, or, if dropped unsettled (a client
-/// gone, a task cancelled), as failed, which keeps its estimate counted.
-struct Held {
-    state: Arc<State>,
-    ticket: Option<Ticket>,
-}
-
-impl Held {
-    fn settle(mut self, outcome: Outcome) {
-        if let Some(t) = self.ticket.take() {
-            settle(&self.state, &t, outcome);
-        }
-    }
-}
-
-impl Drop for Held {
-    fn drop(&mut self) {
-        if let Some(t) = self.ticket.take() {
-            settle(&self.state, &t, Outcome::Failed);
-        }
-    }
-}
-
-fn settle(state: &State, t: &Ticket, outcome: Outcome) {
-    if state.engine.settle(t, outcome, state.engine.clock().now()).is_err() {
-        state.metrics.store_errors.inc();
-    }
-}
-
-/// Headers not passed on: hop-by-hop ones, lengths (recomputed), credentials, compression
-/// (usage is read off the answer, which must arrive as it is).
-fn passes(name: &HeaderName) -> bool {
-    !matches!(
-        name.as_str(),
-        "host"
-            | "content-length"
-            | "connection"
-            | "keep-alive"
-            | "transfer-encoding"
-            | "te"
-            | "trailer"
-            | "upgrade"
-            | "proxy-authorization"
-            | "proxy-connection"
-            | "x-goog-api-key"
-            | "authorization"
-            | "accept-encoding"
-    )
 }
 
 /// Sends the call upstream with `key`.
@@ -461,129 +417,6 @@ async fn free(state: &Arc<State>, call: &Call) -> hyper::Response<Body> {
     }
 }
 
-/// An upstream body with the key it was sent with, should it appear, shown redacted.
-fn hide(body: &[u8], key: &str) -> Bytes {
-    let text = String::from_utf8_lossy(body);
-    if key.len() >= 4 && text.contains(key) {
-        Bytes::from(text.replace(key, &crate::engine::redact(key)))
-    } else {
-        Bytes::copy_from_slice(body)
-    }
-}
-
-/// The upstream answer `status`, `headers`, `body`, passed on.
-fn passthrough(status: u16, headers: &HeaderMap, body: Bytes) -> hyper::Response<Body> {
-    let mut resp = hyper::Response::new(full(body));
-    *resp.status_mut() = hyper::StatusCode::from_u16(status).unwrap_or(hyper::StatusCode::BAD_GATEWAY);
-    for (k, v) in headers {
-        if passes(k) {
-            resp.headers_mut().append(k.clone(), v.clone());
-        }
-    }
-    resp
-}
-
-fn full(b: Bytes) -> Body {
-    Full::new(b).map_err(|never| match never {}).boxed()
-}
-
-/// A successful answer: a whole one settled from its usage, a stream relayed piece by piece
-/// while its usage is read, and settled when it ends (at its estimate if it broke before
-/// stating any usage).
-async fn relay(
-    state: &Arc<State>,
-    held: Held,
-    mut resp: reqwest::Response,
-    project: &str,
-    stream: bool,
-    model: usize,
-    prompt: &str,
-) -> hyper::Response<Body> {
-    let status = resp.status().as_u16();
-    let headers = resp.headers().clone();
-    let mut out = hyper::Response::new(full(Bytes::new()));
-    if !stream {
-        let body = match resp.bytes().await {
-            Ok(b) => b,
-            Err(_) => {
-                drop(held);
-                fail(state, &state.engine.pool().models()[model].name, "broken-answer");
-                return error(Surface::Gemini, 502, "UNAVAILABLE", "the upstream answer broke off");
-            }
-        };
-        let usage = usage_in(&body);
-        match usage {
-            Some(u) => {
-                if state.engine.learns() {
-                    state.engine.learn(model, &Prompt::Text(prompt), u.prompt);
-                }
-                held.settle(state.engine.success(&u));
-            }
-            None => held.settle(Outcome::Failed),
-        }
-        out = passthrough(status, &headers, body);
-    } else {
-        let (tx, rx) = mpsc::channel::<Result<Bytes, std::io::Error>>(32);
-        let st = state.clone();
-        let model_name = state.engine.pool().models()[model].name.clone();
-        tokio::spawn(async move {
-            let mut tap = UsageTap::default();
-            let mut broken = false;
-            loop {
-                match resp.chunk().await {
-                    Ok(Some(b)) => {
-                        tap.feed(&b);
-                        if tx.send(Ok(b)).await.is_err() {
-                            break;
-                        }
-                    }
-                    Ok(None) => break,
-                    Err(_) => {
-                        broken = true;
-                        let _ = tx.send(Err(std::io::Error::other("the upstream stream broke off"))).await;
-                        break;
-                    }
-                }
-            }
-            if broken {
-                fail(&st, &model_name, "broken-stream");
-            }
-            let how = if tap.usage.is_some() { "usage" } else { "estimate" };
-            st.metrics.streams.get_or_create(&ResultLabel { result: how.into() }).inc();
-            match tap.usage {
-                Some(u) => held.settle(st.engine.success(&u)),
-                None => held.settle(Outcome::Failed),
-            }
-        });
-        *out.body_mut() = Channel(rx).boxed();
-        for (k, v) in &headers {
-            if passes(k) {
-                out.headers_mut().append(k.clone(), v.clone());
-            }
-        }
-    }
-    if let Ok(v) = HeaderValue::from_str(project) {
-        out.headers_mut().insert("x-keysim-project", v);
-    }
-    out
-}
-
-/// A body fed piece by piece from a channel; an error aborts the connection, so a client
-/// sees a broken stream as broken.
-struct Channel(mpsc::Receiver<Result<Bytes, std::io::Error>>);
-
-impl hyper::body::Body for Channel {
-    type Data = Bytes;
-    type Error = std::io::Error;
-
-    fn poll_frame(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, std::io::Error>>> {
-        self.0.poll_recv(cx).map(|x| x.map(|r| r.map(hyper::body::Frame::data)))
-    }
-}
-
 /// The engine did not admit the request: Gemini's own 429 with a `retryDelay` from the
 /// engine's `retry_at` (and `Retry-After` on the OpenAI surface), 503 when the store cannot
 /// answer, 400 for a request no project could ever take.
@@ -642,29 +475,9 @@ fn count(state: &State, surface: Surface, outcome: &str) {
     state.metrics.requests.get_or_create(&labels).inc();
 }
 
-fn fail(state: &State, model: &str, cause: &str) {
+pub(super) fn fail(state: &State, model: &str, cause: &str) {
     tracing::warn!(target: "keysim::proxy", model, cause, "upstream failure");
     state.metrics.failures.get_or_create(&ReasonLabels { model: model.to_owned(), reason: cause.to_owned() }).inc();
-}
-
-/// An error answer in the surface's shape.
-pub fn error(surface: Surface, status: u16, code: &str, message: &str) -> hyper::Response<Body> {
-    error_with(surface, status, code, message, Value::Null)
-}
-
-fn error_with(surface: Surface, status: u16, code: &str, message: &str, details: Value) -> hyper::Response<Body> {
-    let mut e = json!({"code": status, "message": message, "status": code});
-    if !details.is_null() {
-        e["details"] = details;
-    }
-    if surface == Surface::OpenAi {
-        e["type"] = json!(code.to_ascii_lowercase());
-        e["param"] = Value::Null;
-    }
-    let mut resp = hyper::Response::new(full(Bytes::from(json!({ "error": e }).to_string())));
-    *resp.status_mut() = hyper::StatusCode::from_u16(status).unwrap_or(hyper::StatusCode::INTERNAL_SERVER_ERROR);
-    resp.headers_mut().insert("content-type", HeaderValue::from_static("application/json; charset=UTF-8"));
-    resp
 }
 
 #[cfg(test)]
@@ -706,6 +519,38 @@ mod tests {
     }
 
     #[test]
+    fn only_plain_paths_are_routed() {
+        for ok in ["/v1beta/models", "/v1beta/models/gemini-2.5-flash:generateContent", "/v1beta/openai/models"] {
+            assert!(plain_path(ok), "{ok}");
+        }
+        for bad in [
+            "/v1beta/models/../files",
+            "/v1beta/models/%2e%2e/files",
+            "/v1beta/models/%2E%2E/cachedContents",
+            "/v1beta/models/x%2Ffiles",
+            "/v1beta//models",
+            "/v1beta/./models",
+            "/v1beta/models\\..\\files",
+        ] {
+            assert!(!plain_path(bad), "{bad}");
+        }
+        assert_eq!(op("GET", "/v1beta/models/a/b", ""), None, "one model id, no deeper");
+        assert_eq!(op("GET", "/v1beta/openai/models/a/b", ""), None);
+        assert_eq!(op("POST", "/v1beta/models/a/b:generateContent", "{}"), None);
+    }
+
+    #[test]
+    fn exposure_needs_both_tokens_beyond_loopback() {
+        use super::super::config::check_exposure;
+        let local: std::net::SocketAddr = "127.0.0.1:8090".parse().unwrap();
+        let open: std::net::SocketAddr = "0.0.0.0:8090".parse().unwrap();
+        assert!(check_exposure(&local, 0, false).is_ok());
+        assert!(check_exposure(&open, 1, true).is_ok());
+        assert!(check_exposure(&open, 1, false).unwrap_err().contains("an admin token"));
+        assert!(check_exposure(&open, 0, true).unwrap_err().contains("client tokens"));
+    }
+
+    #[test]
     fn the_estimate_reads_prompt_text_only() {
         let body = json!({
             "contents": [{"role": "user", "parts": [{"text": "hello"}, {"inlineData": {"data": "QUFB"}}]}],
@@ -743,8 +588,15 @@ mod tests {
         assert!(matches!(o, Outcome::RateLimited(q) if q.kind != Exhaustion::Capacity) && retry && cause.is_none());
         let (o, retry, cause) = judge_failure(429, r#"{"error":{"code":429,"status":"RESOURCE_EXHAUSTED"}}"#);
         assert!(matches!(o, Outcome::RateLimited(_)) && !retry && cause == Some("capacity-429"));
-        assert_eq!(judge_failure(400, "API_KEY_INVALID"), (Outcome::KeyRejected, true, Some("api-key-invalid")));
-        assert_eq!(judge_failure(403, ""), (Outcome::KeyRejected, true, Some("permission-denied")));
+        let invalid = r#"{"error":{"code":400,"status":"INVALID_ARGUMENT","details":[{"@type":"type.googleapis.com/google.rpc.ErrorInfo","reason":"API_KEY_INVALID"}]}}"#;
+        assert_eq!(judge_failure(400, invalid), (Outcome::KeyRejected, true, Some("api-key-invalid")));
+        let spoof =
+            r#"{"error":{"code":400,"message":"Unknown name \"API_KEY_INVALID\"","status":"INVALID_ARGUMENT"}}"#;
+        assert_eq!(judge_failure(400, spoof), (Outcome::NotSent, false, None), "a client cannot get a key disabled");
+        let leaked =
+            r#"{"error":{"code":403,"message":"Your API key was reported as leaked.","status":"PERMISSION_DENIED"}}"#;
+        assert_eq!(judge_failure(403, leaked), (Outcome::KeyRejected, true, Some("permission-denied")));
+        assert_eq!(judge_failure(403, "{}"), (Outcome::NotSent, false, None));
         assert_eq!(judge_failure(503, ""), (Outcome::Unavailable, false, Some("overloaded")));
         assert_eq!(judge_failure(400, "INVALID_ARGUMENT"), (Outcome::NotSent, false, None));
     }

@@ -7,6 +7,8 @@
 //!
 //! - [`config`]: the config file, the keys' values, tokens, and a reload's pool changes.
 //! - [`forward`]: one client request: admission, upstream, relay, settlement, retries.
+//! - [`relay`]: a successful answer relayed (streams piece by piece) and settled.
+//! - [`reply`]: answers passed on, and the proxy's own errors in each surface's shape.
 //! - [`admin`]: `/healthz`, `/readyz`, `/metrics` and the admin API.
 //! - [`metrics`]: the Prometheus metrics.
 //! - [`tap`]: usage read off a stream as it passes.
@@ -17,6 +19,8 @@ pub mod admin;
 pub mod config;
 pub mod forward;
 pub mod metrics;
+pub mod relay;
+pub mod reply;
 pub mod tap;
 
 use std::convert::Infallible;
@@ -70,6 +74,8 @@ pub struct State {
     pub reloading: Mutex<()>,
     /// Settings given on the command line, which every reload keeps.
     pub overrides: Overrides,
+    /// The address it serves on, once serving (a reload may not leave it open).
+    pub bound: std::sync::OnceLock<std::net::SocketAddr>,
 }
 
 /// `[proxy]` settings given on the command line: they win over the file, at start and on
@@ -140,6 +146,7 @@ impl State {
             next_key: AtomicUsize::new(0),
             reloading: Mutex::new(()),
             overrides,
+            bound: std::sync::OnceLock::new(),
         }))
     }
 
@@ -170,6 +177,9 @@ pub async fn serve(
     listener: tokio::net::TcpListener,
     shutdown: impl Future<Output = ()>,
 ) -> std::io::Result<()> {
+    if let Ok(addr) = listener.local_addr() {
+        let _ = state.bound.set(addr);
+    }
     let (stop_tx, stop_rx) = watch::channel(false);
     let warnings = tokio::spawn(warn_loop(state.clone(), stop_rx.clone()));
     let connections = Arc::new(AtomicUsize::new(0));
@@ -177,7 +187,13 @@ pub async fn serve(
     loop {
         let accepted = tokio::select! {
             a = listener.accept() => a,
-            () = &mut shutdown => break,
+            () = &mut shutdown => {
+                // Not ready from now on; load balancers see it while it still serves.
+                state.draining.store(true, Ordering::SeqCst);
+                let delay = Duration::from_millis(state.loaded.load().proxy.shutdown_delay_ms);
+                tokio::time::sleep(delay).await;
+                break;
+            }
         };
         let (stream, _) = match accepted {
             Ok(s) => s,

@@ -12,7 +12,7 @@ use serde_json::Value;
 
 /// The largest object the tap keeps: a chunk bigger than this is skipped (its usage lost, the
 /// request settled at its estimate if no other chunk states one).
-const MAX_OBJECT: usize = 4 * 1024 * 1024;
+const MAX_OBJECT: usize = 1024 * 1024;
 
 /// Usage seen so far in a stream.
 #[derive(Debug, Default)]

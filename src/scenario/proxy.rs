@@ -16,6 +16,7 @@ const KEYS: &[&str] = &[
     "connect_timeout",
     "retries",
     "drain",
+    "shutdown_delay",
     "store",
     "store_prefix",
 ];
@@ -57,6 +58,8 @@ pub struct ProxyDef {
     pub retries: u32,
     /// How long shutdown waits for requests in flight, ms.
     pub drain_ms: u64,
+    /// How long it keeps accepting after a stop signal, reporting not ready, ms.
+    pub shutdown_delay_ms: u64,
     /// The shared quota store (`redis://…`), if not in memory.
     pub store: Option<String>,
     /// The first part of the store's key names.
@@ -77,6 +80,7 @@ impl Default for ProxyDef {
             connect_timeout_ms: 10_000,
             retries: 2,
             drain_ms: 30_000,
+            shutdown_delay_ms: 0,
             store: None,
             store_prefix: "keysim".into(),
         }
@@ -140,6 +144,9 @@ pub(super) fn parse(ctx: &mut Ctx, t: &Table<'_, '_>) -> Option<ProxyDef> {
     }
     if let Some((ms, _)) = t.duration(ctx, "drain") {
         p.drain_ms = ms;
+    }
+    if let Some((ms, _)) = t.duration(ctx, "shutdown_delay") {
+        p.shutdown_delay_ms = ms;
     }
     if let Some((n, span)) = t.uint(ctx, "retries") {
         if n > 16 {
