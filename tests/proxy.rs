@@ -422,7 +422,9 @@ fn refuses_to_listen_beyond_loopback_without_tokens() {
 #[test]
 fn sigterm_lets_the_streams_in_flight_finish() {
     let fake = start_with("sustained", FAKE, &[]);
-    let mut proxy = start_proxy(&root().join(CONFIG), &fake.base, &[]);
+    // A second of grace after the signal: not ready, still serving.
+    let config = config_with(|t| t.replace("drain = \"10s\"", "drain = \"10s\"\nshutdown_delay = \"1s\""));
+    let mut proxy = start_proxy(&config, &fake.base, &[]);
     let (c, base) = (client(), proxy.base.clone());
     runtime().block_on(async {
         let gen = r#"{"contents":[{"parts":[{"text":"a story"}]}]}"#;
@@ -435,6 +437,18 @@ fn sigterm_lets_the_streams_in_flight_finish() {
                 .unwrap();
         let mut body = resp.chunk().await.unwrap().unwrap().to_vec();
         proxy.signal("-TERM");
+        let mut unready = false;
+        for _ in 0..50 {
+            if exchange(c.get(format!("{base}/readyz"))).await.0 == 503 {
+                unready = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert!(unready, "/readyz fails once told to stop");
+        let (status, text) =
+            exchange(post(&c, &base, "/v1beta/models/gemini-2.5-flash:generateContent", Some(TOKEN), gen)).await;
+        assert_eq!(status, 200, "still serving during shutdown_delay: {text}");
         while let Some(piece) = resp.chunk().await.expect("the stream is not cut") {
             body.extend_from_slice(&piece);
         }

@@ -165,6 +165,11 @@ impl<W> FairQueue<W> {
         'lanes: for (l, priority) in [(0, Priority::High), (1, Priority::Normal)] {
             while let Some(head) = self.lanes[l].first_entry() {
                 let deadline = Timestamp(head.get().deadline);
+                // Its caller stopped waiting at its deadline: nothing is sent after it.
+                if deadline < now {
+                    out(Served::GaveUp(head.remove().waiter, self.last));
+                    continue;
+                }
                 let decision = admit(&head.get().waiter, priority);
                 match decision {
                     Ok(Decision::Admitted(t)) => out(Served::Granted(head.remove().waiter, t)),

@@ -85,6 +85,14 @@ pub fn key_rejected(status: u16, body: &str) -> bool {
         "CONSUMER_SUSPENDED",
         "CONSUMER_INVALID",
     ];
+    const KEY_MESSAGES: &[&str] = &[
+        "Your API key was reported as leaked",
+        "Method doesn't allow unregistered callers",
+        "Permission denied: Consumer",
+        "Permission denied: the API key",
+        "API key expired",
+        "API key not valid",
+    ];
     let Ok(v) = serde_json::from_str::<Value>(body) else { return false };
     let error = &v["error"];
     let reasons: Vec<&str> = error["details"]
@@ -97,11 +105,10 @@ pub fn key_rejected(status: u16, body: &str) -> bool {
     match status {
         400 => reasons.contains(&"API_KEY_INVALID"),
         403 if !reasons.is_empty() => reasons.iter().any(|r| KEY_REASONS.contains(r)),
-        // Gemini's leaked, suspended and missing-key answers carry no details; resource
-        // refusals ("You do not have permission to access the File …") name no key.
-        403 => error["message"]
-            .as_str()
-            .is_some_and(|m| m.contains("API key") || m.contains("unregistered callers") || m.contains("suspended")),
+        // Gemini's leaked, suspended and missing-key answers carry no details; they are
+        // told by how their messages begin, never by a word anywhere in them (a resource
+        // refusal quotes the resource's name: "… access the File suspended …").
+        403 => error["message"].as_str().is_some_and(|m| KEY_MESSAGES.iter().any(|p| m.starts_with(p))),
         _ => false,
     }
 }
@@ -166,8 +173,14 @@ mod tests {
         assert!(!key_rejected(400, spoof));
         let leaked = r#"{"error":{"code":403,"message":"Your API key was reported as leaked. Please use another API key.","status":"PERMISSION_DENIED"}}"#;
         assert!(key_rejected(403, leaked));
-        let file = r#"{"error":{"code":403,"message":"You do not have permission to access the File abc or it may not exist.","status":"PERMISSION_DENIED"}}"#;
-        assert!(!key_rejected(403, file));
+        for name in ["abc", "suspended", "api-key"] {
+            let file = format!(
+                r#"{{"error":{{"code":403,"message":"You do not have permission to access the File {name} or it may not exist.","status":"PERMISSION_DENIED"}}}}"#
+            );
+            assert!(!key_rejected(403, &file), "{name}");
+        }
+        let suspended = r#"{"error":{"code":403,"message":"Permission denied: the API key has been suspended.","status":"PERMISSION_DENIED"}}"#;
+        assert!(key_rejected(403, suspended));
         let blocked = r#"{"error":{"code":403,"message":"x","status":"PERMISSION_DENIED","details":[{"@type":"type.googleapis.com/google.rpc.ErrorInfo","reason":"API_KEY_SERVICE_BLOCKED"}]}}"#;
         assert!(key_rejected(403, blocked));
         assert!(!key_rejected(403, "not json") && !key_rejected(500, invalid));

@@ -523,6 +523,7 @@ mod tests {
             let clock = Arc::new(Fast { origin: std::time::Instant::now(), scale: 20.0 });
             // Two replicas sharing one store, as two proxies on one Redis.
             let store = Arc::new(crate::MemoryStore::new());
+            #[cfg_attr(not(feature = "redis"), allow(unused_variables))]
             let prefix = format!("keysim-wait-test:{}:{round}:{:?}", std::process::id(), std::time::Instant::now());
             let replica = |_| -> Arc<Engine<Box<dyn QuotaStore>>> {
                 let shared: Box<dyn QuotaStore> = match redis_url() {

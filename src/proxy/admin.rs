@@ -34,7 +34,12 @@ async fn off_reactor(
     state: Arc<State>,
     f: impl FnOnce(&State) -> hyper::Response<Body> + Send + 'static,
 ) -> hyper::Response<Body> {
-    let work = tokio::task::spawn_blocking(move || f(&state));
+    // At most two at once, however many ask: no pile of blocking threads.
+    let Ok(_turn) = state.probes.acquire().await else {
+        return error(Surface::Gemini, 503, "UNAVAILABLE", "shutting down");
+    };
+    let s = state.clone();
+    let work = tokio::task::spawn_blocking(move || f(&s));
     work.await.unwrap_or_else(|_| error(Surface::Gemini, 500, "INTERNAL", "the admin task failed"))
 }
 

@@ -252,12 +252,14 @@ pub fn apply(state: &super::State, next: Loaded) -> Result<Changes, ProxyError> 
     if let Some(addr) = state.bound.get() {
         check_exposure(addr, next.client_tokens.len(), next.admin_token.is_some()).map_err(ProxyError::Config)?;
     }
-    // Key values first, old and new (requests sent with a removed key are still being
-    // answered; a key added is admitted as soon as its event applies).
+    // The values of added keys first (a key added is admitted as soon as its event
+    // applies); values of removed keys stay (requests sent with them are still being
+    // answered); new values for kept keys only once everything applied.
     let mut keys = current.keys.clone();
-    keys.extend(next.keys);
-    let mut with_keys = Loaded { keys, ..Loaded::clone(&current) };
-    state.loaded.store(std::sync::Arc::new(with_keys.clone()));
+    for (id, value) in &next.keys {
+        keys.entry(id.clone()).or_insert_with(|| value.clone());
+    }
+    state.loaded.store(std::sync::Arc::new(Loaded { keys: keys.clone(), ..Loaded::clone(&current) }));
     let total = events.len();
     for (done, e) in events.into_iter().enumerate() {
         engine.apply(e).map_err(|e| {
@@ -272,11 +274,14 @@ pub fn apply(state: &super::State, next: Loaded) -> Result<Changes, ProxyError> 
     scenario.warnings = current.scenario.warnings.clone();
     let mut proxy = next.proxy;
     proxy.upstream = current.proxy.upstream.clone();
-    with_keys.scenario = scenario;
-    with_keys.proxy = proxy;
-    with_keys.client_tokens = next.client_tokens;
-    with_keys.admin_token = next.admin_token;
-    state.loaded.store(std::sync::Arc::new(with_keys));
+    keys.extend(next.keys);
+    state.loaded.store(std::sync::Arc::new(Loaded {
+        scenario,
+        proxy,
+        keys,
+        client_tokens: next.client_tokens,
+        admin_token: next.admin_token,
+    }));
     Ok(changes)
 }
 

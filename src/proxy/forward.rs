@@ -145,9 +145,7 @@ fn classify(method: &hyper::Method, path: &str, body: Option<&Value>) -> Option<
     let bare = |m: &str| m.trim_start_matches("models/").to_owned();
     if let Some(rest) = path.strip_prefix("/v1beta/openai/") {
         return match (method.as_str(), rest.trim_end_matches('/')) {
-            ("GET", r) if r == "models" || r.strip_prefix("models/").is_some_and(|id| !id.contains('/')) => {
-                Some(Op::Free)
-            }
+            ("GET", r) if r == "models" || r.strip_prefix("models/").is_some_and(model_id) => Some(Op::Free),
             ("POST", "chat/completions") => {
                 let model = body.and_then(|v| v.get("model")?.as_str()).map(bare).unwrap_or_default();
                 let stream = body.and_then(|v| v.get("stream")?.as_bool()).unwrap_or(false);
@@ -163,11 +161,13 @@ fn classify(method: &hyper::Method, path: &str, body: Option<&Value>) -> Option<
     let rest = path.strip_prefix("/v1beta/").or_else(|| path.strip_prefix("/v1/"))?;
     let rest = rest.strip_prefix("models")?;
     if method == hyper::Method::GET {
-        let one = rest.strip_prefix('/').is_some_and(|id| !id.contains(['/', ':']));
-        return (rest.is_empty() || one).then_some(Op::Free);
+        return (rest.is_empty() || rest.strip_prefix('/').is_some_and(model_id)).then_some(Op::Free);
+    }
+    if method != hyper::Method::POST {
+        return None;
     }
     let (model, action) = rest.strip_prefix('/')?.rsplit_once(':')?;
-    if model.contains('/') {
+    if !model_id(model) {
         return None;
     }
     match action {
@@ -179,6 +179,11 @@ fn classify(method: &hyper::Method, path: &str, body: Option<&Value>) -> Option<
         "countTokens" => Some(Op::Free),
         _ => None,
     }
+}
+
+/// Whether `id` can be a model's id: letters, digits, `.`, `-` and `_` only.
+fn model_id(id: &str) -> bool {
+    !id.is_empty() && id.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
 }
 
 /// Reads the body within Gemini's size limit.
@@ -279,7 +284,7 @@ async fn admitted(state: &Arc<State>, call: &Call, model: &str, stream: bool, v:
         permit.mark_sent();
         let held = Held { state: state.clone(), ticket: Some(permit.into_ticket()) };
         let sent = Instant::now();
-        let answer = send(state, call, &secret).await;
+        let answer = send(state, call, &secret, true).await;
         state.metrics.upstream_latency.get_or_create(&labels).observe(sent.elapsed().as_secs_f64());
         let resp = match answer {
             Ok(r) => r,
@@ -354,13 +359,23 @@ fn judge_failure(status: u16, body: &str) -> (Outcome, bool, Option<&'static str
     }
 }
 
+/// The query sent upstream: never the client's `key`; a request that uses quota keeps only
+/// `alt` (`fields=` could strip the usage it is settled from); lists keep their paging.
+fn upstream_query(q: &str, admitted: bool) -> String {
+    let kept: Vec<&str> = q
+        .split('&')
+        .filter(|kv| match admitted {
+            true => kv.starts_with("alt=") || kv.starts_with("$alt="),
+            false => !kv.starts_with("key=") && !kv.is_empty(),
+        })
+        .collect();
+    kept.join("&")
+}
+
 /// Sends the call upstream with `key`.
-async fn send(state: &State, call: &Call, key: &str) -> Result<reqwest::Response, reqwest::Error> {
+async fn send(state: &State, call: &Call, key: &str, admitted: bool) -> Result<reqwest::Response, reqwest::Error> {
     let upstream = &state.loaded.load().proxy.upstream;
-    let query = call.parts.uri.query().map(|q| {
-        let kept: Vec<&str> = q.split('&').filter(|kv| !kv.starts_with("key=") && !kv.is_empty()).collect();
-        kept.join("&")
-    });
+    let query = call.parts.uri.query().map(|q| upstream_query(q, admitted));
     let url = match query.filter(|q| !q.is_empty()) {
         Some(q) => format!("{upstream}{}?{q}", call.parts.uri.path()),
         None => format!("{upstream}{}", call.parts.uri.path()),
@@ -401,7 +416,7 @@ async fn free(state: &Arc<State>, call: &Call) -> hyper::Response<Body> {
     let Some(secret) = loaded.keys.get(id) else {
         return error(call.surface, 500, "INTERNAL", "the proxy has no value for the key it chose");
     };
-    match send(state, call, secret).await {
+    match send(state, call, secret, false).await {
         Ok(resp) => {
             let status = resp.status().as_u16();
             let headers = resp.headers().clone();
@@ -537,6 +552,21 @@ mod tests {
         assert_eq!(op("GET", "/v1beta/models/a/b", ""), None, "one model id, no deeper");
         assert_eq!(op("GET", "/v1beta/openai/models/a/b", ""), None);
         assert_eq!(op("POST", "/v1beta/models/a/b:generateContent", "{}"), None);
+        assert_eq!(op("GET", "/v1beta/models/x%3AgenerateContent", ""), None, "ids are plain");
+        assert_eq!(op("PUT", "/v1beta/models/gemini-2.5-flash:generateContent", "{}"), None, "actions are POST");
+        assert_eq!(op("DELETE", "/v1beta/models/gemini-2.5-flash", ""), None);
+    }
+
+    #[test]
+    fn nothing_that_could_hide_usage_or_redirect_a_request_goes_upstream() {
+        assert_eq!(upstream_query("alt=sse&key=tok&fields=candidates&$fields=x", true), "alt=sse");
+        assert_eq!(upstream_query("pageSize=5&key=tok&pageToken=a", false), "pageSize=5&pageToken=a");
+        for name in
+            ["x-goog-fieldmask", "x-http-method-override", "x-goog-user-project", "authorization", "x-goog-api-key"]
+        {
+            assert!(!passes(&hyper::header::HeaderName::from_static(name)), "{name}");
+        }
+        assert!(passes(&hyper::header::HeaderName::from_static("x-goog-api-client")));
     }
 
     #[test]

@@ -76,6 +76,8 @@ pub struct State {
     pub overrides: Overrides,
     /// The address it serves on, once serving (a reload may not leave it open).
     pub bound: std::sync::OnceLock<std::net::SocketAddr>,
+    /// Scrapes, readiness checks and admin reads at once (each may read every bucket).
+    pub probes: tokio::sync::Semaphore,
 }
 
 /// `[proxy]` settings given on the command line: they win over the file, at start and on
@@ -147,6 +149,7 @@ impl State {
             reloading: Mutex::new(()),
             overrides,
             bound: std::sync::OnceLock::new(),
+            probes: tokio::sync::Semaphore::new(2),
         }))
     }
 
@@ -184,16 +187,20 @@ pub async fn serve(
     let warnings = tokio::spawn(warn_loop(state.clone(), stop_rx.clone()));
     let connections = Arc::new(AtomicUsize::new(0));
     let mut shutdown = std::pin::pin!(shutdown);
+    // Set once told to stop: it keeps accepting until then, reporting not ready, so that load
+    // balancers take it out before it closes.
+    let mut closing: Option<tokio::time::Instant> = None;
     loop {
+        let until = closing.unwrap_or_else(|| tokio::time::Instant::now() + Duration::from_secs(86_400));
         let accepted = tokio::select! {
             a = listener.accept() => a,
-            () = &mut shutdown => {
-                // Not ready from now on; load balancers see it while it still serves.
+            () = &mut shutdown, if closing.is_none() => {
                 state.draining.store(true, Ordering::SeqCst);
                 let delay = Duration::from_millis(state.loaded.load().proxy.shutdown_delay_ms);
-                tokio::time::sleep(delay).await;
-                break;
+                closing = Some(tokio::time::Instant::now() + delay);
+                continue;
             }
+            () = tokio::time::sleep_until(until), if closing.is_some() => break,
         };
         let (stream, _) = match accepted {
             Ok(s) => s,
@@ -229,7 +236,6 @@ pub async fn serve(
         });
     }
     drop(listener);
-    state.draining.store(true, Ordering::SeqCst);
     let _ = stop_tx.send(true);
     let drain = Duration::from_millis(state.loaded.load().proxy.drain_ms);
     let until = tokio::time::Instant::now() + drain;

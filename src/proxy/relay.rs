@@ -1,6 +1,7 @@
 //! A successful upstream answer on its way to the client: a whole one settled from its
 //! usage, a stream relayed piece by piece while the tap reads its usage, settled when it ends.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -132,6 +133,8 @@ enum End {
 /// Relays `resp` from a task of its own, reading its usage as it passes; settles when it ends.
 fn stream(state: Arc<State>, held: Held, mut resp: reqwest::Response, model: usize) -> Body {
     let (tx, rx) = mpsc::channel::<Result<Bytes, std::io::Error>>(32);
+    let cut = Arc::new(AtomicBool::new(false));
+    let body = Channel { rx, cut: cut.clone() };
     tokio::spawn(async move {
         let mut tap = UsageTap::default();
         let end = loop {
@@ -151,6 +154,11 @@ fn stream(state: Arc<State>, held: Held, mut resp: reqwest::Response, model: usi
                 }
             }
         };
+        if end != End::Whole {
+            // The client must not take what it got for the whole answer.
+            cut.store(true, Ordering::SeqCst);
+        }
+        drop(tx);
         if end == End::Broken {
             super::forward::fail(&state, &state.engine.pool().models()[model].name, "broken-stream");
         }
@@ -162,12 +170,16 @@ fn stream(state: Arc<State>, held: Held, mut resp: reqwest::Response, model: usi
             (None, _) => held.settle(Outcome::Failed),
         }
     });
-    Channel(rx).boxed()
+    body.boxed()
 }
 
-/// A body fed piece by piece from a channel; an error aborts the connection, so a client
-/// sees a broken stream as broken.
-struct Channel(mpsc::Receiver<Result<Bytes, std::io::Error>>);
+/// A body fed piece by piece from a channel. An error, or the relay cutting the stream
+/// short, aborts the connection, so a client sees a broken stream as broken rather than as
+/// a whole one.
+struct Channel {
+    rx: mpsc::Receiver<Result<Bytes, std::io::Error>>,
+    cut: Arc<AtomicBool>,
+}
 
 impl hyper::body::Body for Channel {
     type Data = Bytes;
@@ -177,6 +189,10 @@ impl hyper::body::Body for Channel {
         mut self: std::pin::Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, std::io::Error>>> {
-        self.0.poll_recv(cx).map(|x| x.map(|r| r.map(hyper::body::Frame::data)))
+        self.rx.poll_recv(cx).map(|x| match x {
+            Some(r) => Some(r.map(hyper::body::Frame::data)),
+            None if self.cut.load(Ordering::SeqCst) => Some(Err(std::io::Error::other("the stream was cut short"))),
+            None => None,
+        })
     }
 }

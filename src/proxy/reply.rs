@@ -47,6 +47,11 @@ pub(super) fn passes(name: &HeaderName) -> bool {
             | "accept-encoding"
             // Google's offer of QUIC on its own host, not the proxy's.
             | "alt-svc"
+            // A field mask could strip the usage a request is settled from; an override
+            // could change the method; a user project could bill another project.
+            | "x-goog-fieldmask"
+            | "x-http-method-override"
+            | "x-goog-user-project"
     )
 }
 
