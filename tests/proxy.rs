@@ -247,6 +247,8 @@ fn the_proxy_serves_both_surfaces_and_counts_what_the_fake_counts() {
             seen += &text;
         }
         assert_eq!(exchange(c.post(format!("{base}/admin/reload"))).await.0, 401);
+        let (status, text) = exchange(c.post(format!("{base}/admin/reload")).bearer_auth(ADMIN)).await;
+        assert!(status == 200 && text.contains("\"reloaded\": true") && text.contains("\"keys_added\": []"), "{text}");
         let keys = exchange(c.get(format!("{base}/admin/keys")).bearer_auth(ADMIN)).await.1;
         assert!(keys.contains("\"p1-a\"") && keys.contains("\"serving\""), "{keys}");
         let health = exchange(c.get(format!("{base}/readyz"))).await;

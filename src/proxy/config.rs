@@ -308,6 +308,14 @@ mod tests {
     }
 
     #[test]
+    fn the_example_config_loads_as_it_ships() {
+        let loaded = load(Path::new("deploy/proxy.toml")).expect("deploy/proxy.toml loads");
+        assert_eq!((loaded.scenario.projects.len(), loaded.keys.len()), (4, 8));
+        assert_eq!(loaded.proxy.upstream, "http://127.0.0.1:8080", "in front of `keysim mock`");
+        assert!(!loaded.client_tokens.is_empty() && loaded.admin_token.is_some());
+    }
+
+    #[test]
     fn mistakes_are_named_with_their_place() {
         let err = parse(&format!("{POOL}\n[proxy]\nretries = \"two\"\nupstrem = \"x\"\n")).unwrap_err();
         assert!(err.contains("proxy.toml:12:11") && err.contains("`retries` in [proxy] must be an integer"), "{err}");
