@@ -138,6 +138,17 @@ async fn scrape(c: &reqwest::Client, base: &str) -> String {
     c.get(format!("{base}/metrics")).send().await.unwrap().text().await.unwrap()
 }
 
+/// Scrapes `base` every 20 ms, at most `tries` times, until `done` holds for a scrape.
+async fn scrapes_until(c: &reqwest::Client, base: &str, tries: usize, done: impl Fn(&str) -> bool) -> bool {
+    for _ in 0..tries {
+        if done(&scrape(c, base).await) {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    false
+}
+
 async fn fake_usage(c: &reqwest::Client, fake: &str) -> Value {
     c.get(format!("{fake}/keysim/usage")).send().await.unwrap().json().await.unwrap()
 }
@@ -355,24 +366,10 @@ fn a_client_gone_mid_stream_or_mid_queue_leaks_no_quota() {
         let waiting =
             tokio::spawn(post(&c, &base, "/v1beta/models/gemini-2.5-flash:generateContent", Some(TOKEN), gen).send());
         let depth = |s: &str| metric(s, "keysim_queue_depth", &[("model", "gemini-2.5-flash")]).unwrap_or(0.0);
-        let mut queued = false;
-        for _ in 0..50 {
-            if depth(&scrape(&c, &base).await) == 1.0 {
-                queued = true;
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        let queued = scrapes_until(&c, &base, 50, |s| depth(s) == 1.0).await;
         assert!(queued, "the fifth request waits in the queue");
         waiting.abort();
-        let mut left = false;
-        for _ in 0..100 {
-            if depth(&scrape(&c, &base).await) == 0.0 {
-                left = true;
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        let left = scrapes_until(&c, &base, 100, |s| depth(s) == 0.0).await;
         assert!(left, "a client gone from the queue leaves it");
         usage_matches(&c, &base, &fake.base).await;
         let scraped = scrape(&c, &base).await;
@@ -495,15 +492,10 @@ fn sighup_with_a_changed_pool_during_a_load_run_fails_no_request() {
     proxy.signal("-HUP");
     let c = client();
     runtime().block_on(async {
-        let mut reloaded = false;
-        for _ in 0..100 {
-            let s = scrape(&c, &proxy.base).await;
-            if metric(&s, "keysim_config_reloads_total", &[("result", "ok")]) == Some(1.0) {
-                reloaded = true;
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        let reloaded = scrapes_until(&c, &proxy.base, 100, |s| {
+            metric(s, "keysim_config_reloads_total", &[("result", "ok")]) == Some(1.0)
+        })
+        .await;
         assert!(reloaded, "SIGHUP reloads the config: {}", proxy.log());
         let pool = exchange(c.get(format!("{}/admin/pool", proxy.base)).bearer_auth(ADMIN)).await.1;
         assert!(pool.contains("proj-3") && !pool.contains("p1-b"), "{pool}");

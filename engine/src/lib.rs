@@ -81,7 +81,7 @@ pub use permit::{Permit, TryAcquireError};
 pub use pool::{
     Group, KeyId, KeySpec, KeyState, ModelSpec, Pool, PoolError, PoolEvent, PoolSpec, ProjectSpec, QuotaScope,
 };
-pub use provider::{key_rejected, parse_quota_error, Exhaustion, QuotaExhausted, UsageMetadata};
+pub use provider::{failure, key_rejected, parse_quota_error, Exhaustion, QuotaExhausted, UsageMetadata};
 pub use redact::{redact, redact_text};
 #[cfg(feature = "redis")]
 pub use redis_store::{RedisConfig, RedisStats, RedisStore, RedisTime};

@@ -67,6 +67,22 @@ fn count(v: Option<&Value>) -> Option<u64> {
     }
 }
 
+/// What a failed answer (not a 429) tells the engine, with the failure's name as reports
+/// give it: a rejected key (`api-key-invalid`, `permission-denied`), the provider short of
+/// capacity (`overloaded` 503, `timeout` 504), or nothing in particular (`internal` 500).
+/// `None` for any other status: the caller decides (a refused request counts nothing).
+pub fn failure(status: u16, body: &str) -> Option<(&'static str, crate::Outcome)> {
+    use crate::Outcome;
+    match status {
+        500 => Some(("internal", Outcome::Failed)),
+        503 => Some(("overloaded", Outcome::Unavailable)),
+        504 => Some(("timeout", Outcome::Unavailable)),
+        400 if key_rejected(400, body) => Some(("api-key-invalid", Outcome::KeyRejected)),
+        403 if key_rejected(403, body) => Some(("permission-denied", Outcome::KeyRejected)),
+        _ => None,
+    }
+}
+
 /// Whether an error answer says the provider rejected the key itself (deleted, invalid,
 /// leaked, suspended, its API blocked), as opposed to the request: a 400 whose `ErrorInfo`
 /// reason is `API_KEY_INVALID`, or a 403 with a key-level `ErrorInfo` reason or, without

@@ -425,12 +425,18 @@ impl Shared {
 fn store(opts: &LoadOptions) -> Result<Box<dyn QuotaStore>, LoadError> {
     let Some(spec) = &opts.store else { return Ok(Box::new(MemoryStore::new())) };
     let bad = |e: StoreError| LoadError::Bad(format!("--store: {e}"));
-    let mut config = RedisConfig::parse(spec).map_err(bad)?;
-    config.prefix = opts.store_prefix.clone();
-    if opts.time_scale != 1.0 {
+    let config = RedisConfig::parse(spec).map_err(bad)?;
+    redis_store(config, &opts.store_prefix, opts.time_scale != 1.0).map_err(bad)
+}
+
+/// A Redis store shared by engines whose keys start with `prefix`. On a scaled clock
+/// (`scaled`) it counts by the callers' (shared) clock; at real speed, by the server's.
+pub fn redis_store(mut config: RedisConfig, prefix: &str, scaled: bool) -> Result<Box<dyn QuotaStore>, StoreError> {
+    config.prefix = prefix.to_owned();
+    if scaled {
         config.time = RedisTime::Caller;
     }
-    Ok(Box::new(RedisStore::new(config).map_err(bad)?))
+    Ok(Box::new(RedisStore::new(config)?))
 }
 
 fn micros() -> Histogram<u64> {

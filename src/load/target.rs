@@ -5,7 +5,7 @@
 use std::time::Instant;
 
 use super::{Done, Shared};
-use crate::engine::{key_rejected, parse_quota_error, Exhaustion, Outcome, Prompt, UsageMetadata};
+use crate::engine::{failure, parse_quota_error, Exhaustion, Outcome, Prompt, UsageMetadata};
 use crate::report::Terminal;
 use crate::sim::NewRequest;
 
@@ -76,13 +76,9 @@ impl Shared {
                 done.state = Terminal::Failed;
                 // The simulator's names for the provider's failures, and what each tells the
                 // engine: a rejected key, the provider's capacity, or nothing in particular.
-                let (reason, outcome) = match a.status {
-                    500 => ("internal".into(), Outcome::Failed),
-                    503 => ("overloaded".into(), Outcome::Unavailable),
-                    504 => ("timeout".into(), Outcome::Unavailable),
-                    400 if key_rejected(400, &a.body) => ("api-key-invalid".into(), Outcome::KeyRejected),
-                    403 if key_rejected(403, &a.body) => ("permission-denied".into(), Outcome::KeyRejected),
-                    s => (format!("http-{s}"), Outcome::Failed),
+                let (reason, outcome) = match failure(a.status, &a.body) {
+                    Some((cause, outcome)) => (cause.to_owned(), outcome),
+                    None => (format!("http-{}", a.status), Outcome::Failed),
                 };
                 done.reason = reason;
                 outcome

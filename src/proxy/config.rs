@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::fmt;
 use std::path::Path;
 
-use crate::engine::{redact, KeySpec, PoolEvent, ProjectSpec, QuotaStore, RedisConfig, RedisStore};
+use crate::engine::{redact, KeySpec, PoolEvent, ProjectSpec, QuotaStore, RedisConfig};
 use crate::scenario::{KeySource, ProxyDef, Scenario};
 
 /// Why the proxy cannot start or reload.
@@ -141,12 +141,8 @@ pub fn check_exposure(addr: &std::net::SocketAddr, client_tokens: usize, admin_t
 pub fn store(proxy: &ProxyDef, scaled: bool) -> Result<Box<dyn QuotaStore>, ProxyError> {
     let Some(spec) = &proxy.store else { return Ok(Box::new(crate::engine::MemoryStore::new())) };
     let bad = |e: crate::engine::StoreError| ProxyError::Config(format!("store: {e}"));
-    let mut config = RedisConfig::parse(spec).map_err(bad)?;
-    config.prefix = proxy.store_prefix.clone();
-    if scaled {
-        config.time = crate::engine::RedisTime::Caller;
-    }
-    Ok(Box::new(RedisStore::new(config).map_err(|e| ProxyError::Start(format!("store: {e}")))?))
+    let config = RedisConfig::parse(spec).map_err(bad)?;
+    crate::load::redis_store(config, &proxy.store_prefix, scaled).map_err(|e| ProxyError::Start(format!("store: {e}")))
 }
 
 /// What a reload changed.

@@ -19,8 +19,8 @@ pub use super::reply::{error, Surface};
 use super::reply::{error_with, hide, passes, passthrough};
 use super::{Body, State};
 use crate::engine::{
-    key_rejected, parse_quota_error, AcquireError, DenyReason, Exhaustion, Outcome, Prompt, QueuePolicy, Reason,
-    Request, TryAcquireError,
+    failure, parse_quota_error, AcquireError, DenyReason, Exhaustion, Outcome, Prompt, QueuePolicy, Reason, Request,
+    TryAcquireError,
 };
 
 /// The largest request body the proxy reads (Gemini's own limit).
@@ -348,14 +348,13 @@ fn judge_failure(status: u16, body: &str) -> (Outcome, bool, Option<&'static str
             let capacity = q.kind == Exhaustion::Capacity;
             (Outcome::RateLimited(q), !capacity, capacity.then_some("capacity-429"))
         }
-        400 if key_rejected(400, body) => (Outcome::KeyRejected, true, Some("api-key-invalid")),
-        403 if key_rejected(403, body) => (Outcome::KeyRejected, true, Some("permission-denied")),
-        500 => (Outcome::Failed, false, Some("internal")),
-        503 => (Outcome::Unavailable, false, Some("overloaded")),
-        504 => (Outcome::Unavailable, false, Some("timeout")),
-        // The request itself was refused (400, 404 …): the provider counts nothing.
-        s if (400..500).contains(&s) => (Outcome::NotSent, false, None),
-        _ => (Outcome::Failed, false, Some("http-5xx")),
+        s => match failure(s, body) {
+            // Another key may do better than a rejected one.
+            Some((cause, outcome)) => (outcome, outcome == Outcome::KeyRejected, Some(cause)),
+            // The request itself was refused (400, 404 …): the provider counts nothing.
+            None if (400..500).contains(&s) => (Outcome::NotSent, false, None),
+            None => (Outcome::Failed, false, Some("http-5xx")),
+        },
     }
 }
 

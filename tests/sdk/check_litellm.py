@@ -14,16 +14,11 @@ import sys
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 
 import litellm  # noqa: E402
+from checks import check  # noqa: E402
 
 base, key = sys.argv[1], sys.argv[2]
 ARGS = {"model": "gemini/gemini-2.5-flash", "api_key": key, "api_base": f"{base}/v1beta", "num_retries": 0}
 
-
-def check(cond, what):
-    if not cond:
-        print(f"FAIL: {what}", file=sys.stderr)
-        sys.exit(1)
-    print(f"ok: {what}")
 
 
 r = litellm.completion(messages=[{"role": "user", "content": "abcdefgh"}], max_tokens=12, **ARGS)

@@ -13,6 +13,7 @@ import sys
 from google import genai
 from google.genai import errors, types
 import openai
+import checks  # noqa: E402
 
 base, shape = sys.argv[1], sys.argv[2]
 MODEL = "gemini-2.5-flash"
@@ -20,10 +21,7 @@ PROMPT = "abcdefghijklmnop"  # 4 tokens, 2 of them cached
 
 
 def check(cond, what):
-    if not cond:
-        print(f"FAIL [{shape}]: {what}", file=sys.stderr)
-        sys.exit(1)
-    print(f"ok [{shape}]: {what}")
+    checks.check(cond, what, tag=shape)
 
 
 CLIENTS = []  # a client closes its connections once dropped: keep them all

@@ -16,16 +16,11 @@ from google import genai  # noqa: E402
 from google.genai import errors, types  # noqa: E402
 import litellm  # noqa: E402
 import openai  # noqa: E402
+from checks import check  # noqa: E402
 
 base, token = sys.argv[1], sys.argv[2]
 MODEL, EMBED = "gemini-2.5-flash", "gemini-embedding-001"
 
-
-def check(cond, what):
-    if not cond:
-        print(f"FAIL: {what}", file=sys.stderr)
-        sys.exit(1)
-    print(f"ok: {what}")
 
 
 client = genai.Client(api_key=token, http_options=types.HttpOptions(base_url=base, api_version="v1beta"))

@@ -12,15 +12,11 @@ from google import genai
 from google.genai import errors, types
 import openai
 
+from checks import check
+
 base, key = sys.argv[1], sys.argv[2]
 MODEL = "gemini-2.5-flash"
 
-
-def check(cond, what):
-    if not cond:
-        print(f"FAIL: {what}", file=sys.stderr)
-        sys.exit(1)
-    print(f"ok: {what}")
 
 
 client = genai.Client(api_key=key, http_options=types.HttpOptions(base_url=base, api_version="v1beta"))
