@@ -294,6 +294,12 @@ impl Pool {
         &self.limits_of(bucket).ceilings[1]
     }
 
+    /// What ordinary (normal-priority) traffic may use of `bucket`: the ceilings less the
+    /// reserve kept for high priority.
+    pub fn normal_ceilings(&self, bucket: BucketId) -> &Ceilings {
+        &self.limits_of(bucket).ceilings[0]
+    }
+
     /// The (project, model) a bucket belongs to.
     pub fn bucket_owner(&self, bucket: BucketId) -> (usize, usize) {
         self.limits_of(bucket).owner

@@ -168,22 +168,48 @@ pub struct Warnings {
     pub undecided: u64,
     /// Exhaustion events: spells in which a model's pool had nothing left on a dimension.
     pub exhaustions: u64,
-    /// Exhaustion events with a warning before them.
+    /// Spells warned: in advance, or while an alert notified before them was firing.
     pub warned: u64,
-    /// Of the warned events, those that began while an alert on them was already firing.
+    /// Spells foretold in advance by a notification, within its stated horizon.
+    pub warned_in_advance: u64,
+    /// Spells that began while an alert on them, notified before, was still firing.
     pub warned_while_firing: u64,
-    /// Exhaustion events without a warning.
+    /// Spells without a warning.
     pub missed: u64,
+    /// Of the missed spells, those that began during the run's first burst (which the run's
+    /// own history cannot foresee).
+    pub missed_first_burst: u64,
     /// True positives ÷ decided firing notifications (`null` when none was decided).
     pub precision: Option<f64>,
     /// Warned ÷ exhaustion events (`null` when nothing ran out).
     pub recall: Option<f64>,
     /// Notifications per exhaustion event (all notifications when nothing ran out).
     pub notifications_per_exhaustion: f64,
-    /// Lead time of warned events, in seconds.
+    /// Notifications per hour of the run.
+    pub notifications_per_hour: f64,
+    /// Lead time of the spells warned in advance, in seconds.
     pub lead_time_s: LeadTime,
+    /// Every spell (up to 10,000): when it began, on what, and how it was foretold.
+    pub spells: Vec<SpellRow>,
     /// What the webhook did, if one is configured (real-clock figures).
     pub webhook: Option<crate::notify::webhook::WebhookStats>,
+}
+
+/// One spell in which a model's pool had nothing left on one dimension.
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct SpellRow {
+    /// When it began (seconds from the run's start).
+    pub t_s: f64,
+    /// The model.
+    pub model: String,
+    /// The dimension that ran out.
+    pub dimension: &'static str,
+    /// `advance`, `while-firing` or `missed`.
+    pub foretold: &'static str,
+    /// Lead time of an advance warning, in seconds.
+    pub lead_s: Option<f64>,
+    /// Whether it began during the run's first burst.
+    pub first_burst: bool,
 }
 
 /// Lead time of warned exhaustion events, in seconds.
@@ -222,12 +248,27 @@ impl Warnings {
             undecided: s.undecided,
             exhaustions: s.exhaustions,
             warned: s.warned,
+            warned_in_advance: s.warned_in_advance,
             warned_while_firing: s.warned_while_firing,
             missed: s.missed,
+            missed_first_burst: s.missed_first_burst,
             precision: ratio(s.true_positive, s.true_positive + s.false_positive),
             recall: ratio(s.warned, s.exhaustions),
             notifications_per_exhaustion: round6(s.notifications as f64 / s.exhaustions.max(1) as f64),
+            notifications_per_hour: round6(s.notifications as f64 * 3_600_000.0 / sc.duration_ms.max(1) as f64),
             lead_time_s: lead,
+            spells: s
+                .spells
+                .iter()
+                .map(|x| SpellRow {
+                    t_s: secs(x.at.since(sc.start)),
+                    model: sc.models[x.model].name.clone(),
+                    dimension: x.dimension.name(),
+                    foretold: x.foretold.name(),
+                    lead_s: x.lead_ms.map(secs),
+                    first_burst: x.first_burst,
+                })
+                .collect(),
             webhook: None,
         }
     }
@@ -571,6 +612,9 @@ impl Summary {
             Metric::WarningsRecall => self.warnings.recall.unwrap_or(1.0),
             Metric::WarningsFalsePositive => self.warnings.false_positive as f64,
             Metric::WarningLeadTimeMin => self.warnings.lead_time_s.min,
+            Metric::WarningLeadTimeP50 => self.warnings.lead_time_s.p50,
+            Metric::NotificationsPerHour => self.warnings.notifications_per_hour,
+            Metric::NotificationsPerSpell => self.warnings.notifications_per_exhaustion,
         }
     }
 

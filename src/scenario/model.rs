@@ -385,11 +385,17 @@ pub enum Metric {
     WarningsPrecision,
     /// Warned ÷ exhaustion events (1 when nothing ran out).
     WarningsRecall,
+    /// Median lead time of the spells warned in advance, in seconds (0 when none was).
+    WarningLeadTimeP50,
+    /// Warning notifications per hour of the run.
+    NotificationsPerHour,
+    /// Warning notifications per spell (all of them when nothing ran out).
+    NotificationsPerSpell,
 }
 
 impl Metric {
     /// Every metric with its name in `[expect]`.
-    pub const NAMES: [(&'static str, Metric); 16] = [
+    pub const NAMES: [(&'static str, Metric); 19] = [
         ("breaches", Metric::Breaches),
         ("succeeded", Metric::Succeeded),
         ("denied", Metric::Denied),
@@ -406,6 +412,9 @@ impl Metric {
         ("warning_lead_time_min_s", Metric::WarningLeadTimeMin),
         ("warnings_precision", Metric::WarningsPrecision),
         ("warnings_recall", Metric::WarningsRecall),
+        ("warning_lead_time_p50_s", Metric::WarningLeadTimeP50),
+        ("notifications_per_hour", Metric::NotificationsPerHour),
+        ("notifications_per_spell", Metric::NotificationsPerSpell),
     ];
 
     /// Its name in `[expect]`.

@@ -26,6 +26,15 @@ const KEYS: &[&str] = &[
     "limit_changed_for",
     "log",
     "webhook",
+    "risk",
+    "horizon",
+    "lookback",
+    "risk_at",
+    "risk_clear_below",
+    "keep_firing_for",
+    "busy_at",
+    "remind_every",
+    "project_alerts",
 ];
 
 /// Reads `[warnings]`: `Some(None)` when `mode = "off"`, `None` on errors.
@@ -134,12 +143,60 @@ pub(super) fn parse(ctx: &mut Ctx, t: &Table<'_, '_>) -> Option<Option<WarningsD
     if let Some(b) = t.boolean(ctx, "inhibit") {
         c.inhibit = b;
     }
+    risk(ctx, t, &mut c);
+    if let Some(b) = t.boolean(ctx, "project_alerts") {
+        c.project_alerts = b;
+    }
     let log = t.boolean(ctx, "log").unwrap_or(true);
     let webhook = webhook(ctx, t);
     if ctx.diags.len() > before {
         return None;
     }
     Some(mode.map(|_| WarningsDef { config: c, log, webhook }))
+}
+
+/// The `PoolAtRisk` settings: `risk`, `horizon`, `lookback`, `risk_at`, `risk_clear_below`,
+/// `keep_firing_for`, `busy_at`, `remind_every`.
+fn risk(ctx: &mut Ctx, t: &Table<'_, '_>, c: &mut WarnConfig) {
+    let r = &mut c.risk;
+    if let Some(b) = t.boolean(ctx, "risk") {
+        r.enabled = b;
+    }
+    if let Some((ms, span)) = t.duration(ctx, "horizon") {
+        if !(60_000..=3_600_000).contains(&ms) {
+            ctx.error(
+                span,
+                "`horizon` must be between 1m and 1h (a minute window's risk is told at most an hour ahead)",
+            );
+        }
+        r.horizon_ms = ms;
+    }
+    if let Some((ms, span)) = t.duration(ctx, "lookback") {
+        if !(5 * 60_000..=24 * 3_600_000).contains(&ms) {
+            ctx.error(span, "`lookback` must be between 5m and 24h");
+        }
+        r.lookback_ms = ms;
+    }
+    if let Some(x) = t.fraction(ctx, "risk_at", 0.01, 1.0) {
+        r.fire_at = x;
+        r.clear_below = r.clear_below.min(x);
+    }
+    if let Some(x) = t.fraction(ctx, "risk_clear_below", 0.0, 1.0) {
+        if x > r.fire_at {
+            let span = t.raw("risk_clear_below").map_or(0..0, |v| v.span());
+            ctx.error(span, format!("`risk_clear_below` ({x}) must not be above `risk_at` ({})", r.fire_at));
+        }
+        r.clear_below = x;
+    }
+    if let Some((ms, _)) = t.duration(ctx, "keep_firing_for") {
+        r.keep_firing_ms = ms;
+    }
+    if let Some(x) = t.fraction(ctx, "busy_at", 0.0, 1.0) {
+        r.busy_at = x;
+    }
+    if let Some((ms, _)) = t.duration(ctx, "remind_every") {
+        r.remind_every_ms = ms;
+    }
 }
 
 /// `webhook = "http://…"` or `webhook = { url, timeout, retries, receiver }`.

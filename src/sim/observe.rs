@@ -70,9 +70,28 @@ impl Observers<'_, '_> {
         &mut self,
         sc: &Scenario,
         engine: &Engine<impl QuotaStore>,
+        judge: &mut Judge,
         now: u64,
     ) -> Result<Option<u64>, SimError> {
         let Some(warner) = &mut self.warner else { return Ok(None) };
+        // The pool's load as the provider counts it, for the scorer's first burst: its
+        // requests in the last minute against what its projects carry at their prompt size.
+        for m in 0..sc.models.len() {
+            let (mut requests, mut tokens) = (0u64, 0u64);
+            let mut limits = Vec::new();
+            for p in engine.pool().serving_projects(m) {
+                let u = judge.usage(p, m, now);
+                requests += u.minute_requests;
+                tokens += u.minute_tokens;
+                let l = judge.limits(p, m);
+                limits.push((l.rpm as f64, l.tpm as f64));
+            }
+            let per_request = tokens as f64 / requests.max(1) as f64;
+            let carries: f64 =
+                limits.iter().map(|(rpm, tpm)| if per_request > 0.0 { rpm.min(tpm / per_request) } else { *rpm }).sum();
+            let load = requests as f64 / carries.max(1.0);
+            self.scorer.load(m, load, Timestamp(now));
+        }
         let notifications = warner.evaluate(engine, Timestamp(now));
         let model_of = |name: &str| sc.models.iter().position(|m| m.name == name);
         for n in &notifications {

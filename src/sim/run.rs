@@ -742,7 +742,7 @@ impl Sim<'_, '_, '_> {
 
     /// Evaluates the warning rules and sends what is due; schedules the next evaluation.
     fn warn(&mut self, now: u64) -> Result<(), SimError> {
-        if let Some(next) = self.obs.warn(self.sc, self.world.engine(), now)? {
+        if let Some(next) = self.obs.warn(self.sc, &self.world.engines[0], &mut self.world.judge, now)? {
             self.queue.push(self.abs(next), Ev::Warn);
         }
         Ok(())

@@ -11,6 +11,8 @@
 //!   alerts fired and resolved.
 //! - [`pipeline`]: grouping, group wait and interval, repeat throttling, inhibition and
 //!   resolved notices, with Alertmanager's semantics.
+//! - [`risk`]: `PoolAtRisk`, the chance that a pool runs dry within a horizon, from the
+//!   recent distribution of its busiest minutes against its effective capacity.
 //! - [`health`]: alerts about the pool's health (keys disabled, a pool that lost keys, a
 //!   provider short of capacity, a limit changed) through the same pipeline.
 //! - [`payload`]: the Alertmanager version-4 webhook body of a notification.
@@ -24,6 +26,7 @@ pub mod health;
 pub mod monitor;
 pub mod payload;
 pub mod pipeline;
+pub mod risk;
 pub mod rule;
 pub mod warner;
 
@@ -31,5 +34,6 @@ pub use forecast::Trend;
 pub use health::HealthAlertConfig;
 pub use monitor::{Change, Monitor, Subject};
 pub use pipeline::{Inhibit, Notification, Pipeline, Route};
+pub use risk::RiskConfig;
 pub use rule::{AlertState, Observation, Rule, Series, Transition};
 pub use warner::{WarnConfig, WarnMode, Warner};

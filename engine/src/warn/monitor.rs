@@ -59,7 +59,8 @@ struct Watched {
     day_ends: Timestamp,
 }
 
-fn human(ms: u64) -> String {
+/// A duration in a few characters: `45s`, `7m`, `13h`.
+pub(crate) fn human(ms: u64) -> String {
     let m = ms / 60_000;
     if m >= 120 {
         format!("{}h", m / 60)
@@ -157,12 +158,11 @@ impl Monitor {
                 _ => now,
             };
             w.firing = (transition == Transition::Fired).then(|| (labels.clone(), now));
-            out.push(Change {
-                transition,
-                labels,
-                annotations: [("summary".to_owned(), summary)].into_iter().collect(),
-                since,
-            });
+            // What the alert foretells, and by when: a minute window before it recovers (the
+            // scorer's two minutes), a daily one before midnight Pacific.
+            let horizon = if d.is_daily() { resets_at.since(now) } else { 2 * MINUTE_MS };
+            let annotations = [("summary".to_owned(), summary), ("horizon".to_owned(), format!("{}s", horizon / 1000))];
+            out.push(Change { transition, labels, annotations: annotations.into_iter().collect(), since });
         }
         out
     }

@@ -84,6 +84,8 @@ struct Group {
     last_sent: Option<Timestamp>,
     /// The set of (labels, resolved) last notified, to tell a change from a repeat.
     last_state: Vec<(Labels, bool)>,
+    /// A firing alert asked to be told again (sent once `group_interval` has passed).
+    remind: bool,
 }
 
 /// The pipeline.
@@ -117,6 +119,7 @@ impl Pipeline {
             created: now,
             last_sent: None,
             last_state: Vec::new(),
+            remind: false,
         });
         let alert = group.alerts.entry(labels.clone()).or_insert(AlertOut {
             labels,
@@ -128,6 +131,20 @@ impl Pipeline {
             *alert = AlertOut { labels: alert.labels.clone(), annotations, starts_at: now, ends_at: None };
         } else {
             alert.annotations = annotations;
+        }
+    }
+
+    /// A firing alert says again what it foretells, with new `annotations`: its group is
+    /// notified again once `group_interval` has passed since its last notification, as a
+    /// repeat would be. An alert not firing fires.
+    pub fn remind(&mut self, labels: Labels, annotations: Labels, now: Timestamp) {
+        let firing = self.is_firing(&labels);
+        let key = self.group_of(&labels);
+        self.fire(labels, annotations, now);
+        if firing {
+            if let Some(g) = self.groups.get_mut(&key) {
+                g.remind = true;
+            }
         }
     }
 
@@ -184,7 +201,7 @@ impl Pipeline {
             let due = match group.last_sent {
                 // A new group: wait to collect; an alert that resolved meanwhile sends nothing.
                 None => now.since(group.created) >= self.route.group_wait_ms && firing,
-                Some(last) if changed => now.since(last) >= self.route.group_interval_ms,
+                Some(last) if changed || (group.remind && firing) => now.since(last) >= self.route.group_interval_ms,
                 Some(last) => firing && now.since(last) >= self.repeat_ms(),
             };
             let notify = due && (firing || self.route.send_resolved);
@@ -194,6 +211,7 @@ impl Pipeline {
                 out.push(Notification { group_labels: group.labels.clone(), firing, alerts: visible });
                 group.last_sent = Some(now);
                 group.last_state = state;
+                group.remind = false;
             }
             if done && group.alerts.values().all(|a| a.ends_at.is_some()) {
                 self.groups.remove(&key);

@@ -58,6 +58,8 @@ pub enum Transition {
     Fired,
     /// A firing series cleared.
     Resolved,
+    /// A firing series says again what it foretells (`PoolAtRisk` between bursts).
+    Reminded,
 }
 
 /// One series under one rule.

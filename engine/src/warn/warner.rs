@@ -3,10 +3,12 @@
 //! notification pipeline.
 //!
 //! Two modes:
-//! - `pipeline` (the product): a series per project bucket (`QuotaNearLimit`) and per model
-//!   pool (`PoolNearLimit`); `for`, hysteresis and the reset-aware forecast; grouping, group
-//!   wait and interval, repeat throttling; a firing pool alert mutes the project alerts of the
-//!   same model and dimension; resolved notices; alerts about the pool's health (see
+//! - `pipeline` (the product): per model pool, `PoolAtRisk` (the chance of running dry within
+//!   a horizon, from the recent busiest minutes; see [`super::risk`]) and `PoolNearLimit`
+//!   (level and reset-aware forecast, `for`, hysteresis), and per project bucket
+//!   `QuotaNearLimit` when `project_alerts` asks for it; grouping, group wait and interval,
+//!   repeat throttling; a firing pool alert mutes the project alerts of the same model and
+//!   dimension; resolved notices; alerts about the pool's health (see
 //!   [`super::health`]).
 //! - `naive` (the reference): a threshold per key (`KeyNearLimit`), no forecast, no `for`,
 //!   no hysteresis, no grouping — one notification per crossing, up or down.
@@ -18,6 +20,7 @@
 use super::health::{HealthAlertConfig, HealthAlerts};
 use super::monitor::{Monitor, Subject};
 use super::pipeline::{AlertOut, Inhibit, Labels, Notification, Pipeline, Route};
+use super::risk::{Risk, RiskConfig};
 use super::rule::{Rule, Transition};
 use crate::{Ceilings, Engine, QuotaStore, Timestamp, Usage};
 
@@ -58,6 +61,11 @@ pub struct WarnConfig {
     pub inhibit: bool,
     /// Alerts about the pool's health (pipeline mode only).
     pub health: HealthAlertConfig,
+    /// `PoolAtRisk` (pipeline mode only).
+    pub risk: RiskConfig,
+    /// Whether each project bucket is watched too (`QuotaNearLimit`; pipeline mode only).
+    /// They tell that one project runs out, not the pool.
+    pub project_alerts: bool,
 }
 
 impl Default for WarnConfig {
@@ -70,6 +78,8 @@ impl Default for WarnConfig {
             route: Route::default(),
             inhibit: true,
             health: HealthAlertConfig::default(),
+            risk: RiskConfig::default(),
+            project_alerts: false,
         }
     }
 }
@@ -89,6 +99,7 @@ pub struct Warner {
     monitor: Monitor,
     pipeline: Pipeline,
     health: HealthAlerts,
+    risk: Risk,
     /// Alerts notified as firing that still fire, with when each started.
     notified: std::collections::BTreeMap<Labels, Timestamp>,
 }
@@ -102,11 +113,12 @@ impl Warner {
         };
         let inhibits = if config.inhibit && config.mode == WarnMode::Pipeline {
             let one = |k: &str, v: &str| -> Labels { [(k.to_owned(), v.to_owned())].into_iter().collect() };
-            vec![Inhibit {
-                source: one("alertname", "PoolNearLimit"),
-                target: one("alertname", "QuotaNearLimit"),
+            let mutes = |source: &str, target: &str| Inhibit {
+                source: one("alertname", source),
+                target: one("alertname", target),
                 equal: vec!["model".into(), "dimension".into()],
-            }]
+            };
+            vec![mutes("PoolNearLimit", "QuotaNearLimit"), mutes("PoolAtRisk", "QuotaNearLimit")]
         } else {
             Vec::new()
         };
@@ -114,6 +126,7 @@ impl Warner {
             monitor: Monitor::new(rule, config.trend_window_ms),
             pipeline: Pipeline::new(config.route.clone(), inhibits),
             health: HealthAlerts::default(),
+            risk: Risk::default(),
             notified: Default::default(),
             config,
         }
@@ -213,6 +226,14 @@ impl Warner {
             let pool_id = POOL + m as u64;
             let s = Subject { id: pool_id, alertname: "PoolNearLimit", labels: &labels, name: &name };
             changes.extend(self.monitor.observe(&s, &pool, &Ceilings(pool_ceilings), now));
+            let parts: Vec<(&crate::Group, &str, &Ceilings)> = groups
+                .iter()
+                .map(|g| (g, ep.projects()[g.project].id.as_str(), ep.normal_ceilings(g.bucket)))
+                .collect();
+            changes.extend(self.risk.evaluate(&self.config.risk, m, model, &parts, &usage, now));
+            if !self.config.project_alerts {
+                continue;
+            }
             let monitor = &self.monitor;
             let pool_runs_out: Vec<Option<Timestamp>> = crate::Dimension::ALL
                 .iter()
@@ -240,6 +261,9 @@ impl Warner {
             }
         }
         changes.extend(self.monitor.forget_unseen(now));
+        let buckets: Vec<u32> =
+            ep.models().iter().enumerate().flat_map(|(m, _)| ep.groups(m).iter().map(|g| g.bucket.0)).collect();
+        self.risk.retain_buckets(&buckets);
         match self.config.mode {
             WarnMode::Naive => changes
                 .into_iter()
@@ -262,6 +286,7 @@ impl Warner {
                     match c.transition {
                         Transition::Fired => self.pipeline.fire(c.labels, c.annotations, now),
                         Transition::Resolved => self.pipeline.resolve(&c.labels, now),
+                        Transition::Reminded => self.pipeline.remind(c.labels, c.annotations, now),
                     }
                 }
                 self.health.evaluate(engine, &self.config.health, now, &mut self.pipeline);
