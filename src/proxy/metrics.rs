@@ -135,6 +135,7 @@ pub struct Metrics {
 
 /// Alerts the warnings pipeline can fire.
 const ALERTS: &[&str] = &[
+    "PoolAtRisk",
     "PoolNearLimit",
     "QuotaNearLimit",
     "KeyNearLimit",
