@@ -185,3 +185,25 @@ fn a_forecast_without_history_is_bad_input() {
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(err.contains("at least two evaluations") && err.contains("warn-storm.toml"), "{err}");
 }
+
+/// Real, bursty demand (the Azure hour through a pool below its peaks): `PoolAtRisk` foretells
+/// the dry spells from the busiest minutes, once per busy period and between bursts; the level
+/// and trend rules alone stay silent.
+#[test]
+fn real_bursty_demand_is_warned_ahead_without_spam() {
+    for name in ["warn-real-trace", "warn-real-tpm400k", "warn-real-tpm250k"] {
+        let w = warnings(name, &[]);
+        assert!(w.exhaustions >= 4, "{name}: {w:?}");
+        assert!(w.recall.is_some_and(|r| r >= 0.9), "{name}: {w:?}");
+        assert!(w.precision.is_some_and(|p| p >= 0.9), "{name}: {w:?}");
+        assert!(w.lead_time_s.p50 >= 60.0, "{name}: {:?}", w.lead_time_s);
+        assert!(w.notifications <= w.exhaustions && w.notifications_per_hour <= 12.0, "{name}: {w:?}");
+        assert_eq!(w.missed, w.missed_first_burst, "{name}: only the first burst is missed: {w:?}");
+        assert_eq!(w.spells.len() as u64, w.exhaustions);
+        let advance = w.spells.iter().filter(|s| s.foretold == "advance").count() as u64;
+        assert_eq!(advance, w.warned_in_advance);
+        assert!(w.spells.iter().filter(|s| s.foretold == "advance").all(|s| s.lead_s.is_some()));
+    }
+    let w = warnings("warn-real-tpm400k", &["warnings.risk=false"]);
+    assert!(w.recall.is_some_and(|r| r < 0.5), "the old rules miss most of them: {w:?}");
+}

@@ -312,7 +312,7 @@ impl Risk {
         // Whether the pool really ran dry (against the capacity it had then) lately.
         let dry_recently =
             m.peaks.iter().chain(m.minute.iter()).any(|(t, x, _)| now.since(*t) < config.recent_ms && *x >= DRY);
-        let current = m.minute.map(|(t, x, p)| (t, x, p));
+        let current = m.minute;
         let loads: Vec<(Timestamp, f64, &Peak)> = m
             .peaks
             .iter()
