@@ -19,7 +19,9 @@
 //!
 //! Over the last `lookback` minutes of active peaks, the chance that one minute reaches the
 //! capacity is the larger of a normal tail fitted to the peaks and the share of minutes that
-//! already did; the chance within the horizon follows (`1 − (1 − p)^minutes`). The alert
+//! already did; the chance within the horizon follows (`1 − (1 − p)^minutes`). Demand that
+//! climbs cleanly (the day's ramp, no burst) is caught by its trend over the last ten
+//! minutes, projected ten minutes ahead where it explains most of their spread. The alert
 //! fires at [`RiskConfig::fire_at`] while the last minutes are busy (a second, short window
 //! in the manner of multi-window burn-rate alerts), and keeps firing until the chance stayed
 //! below [`RiskConfig::clear_below`] for [`RiskConfig::keep_firing_ms`]. It carries one series
@@ -59,7 +61,8 @@ pub struct RiskConfig {
     /// History needed before it judges at all.
     pub min_history_ms: u64,
     /// While firing, it says again what it foretells after a dry spell, once the pool has
-    /// been quiet for a minute and the chance is still at `fire_at`, at most this often
+    /// had room for a minute and the busiest minutes of the last ten give a chance of at
+    /// least `fire_at` within the next ten, at most this often
     /// (0: never), so the next burst is foretold in advance rather than under an alert
     /// grown old.
     pub remind_every_ms: u64,
@@ -195,12 +198,52 @@ fn minute_chance(loads: &[f64]) -> f64 {
     normal.max(reached)
 }
 
+/// The chance that a clean climb of the busiest minutes reaches 1 within `ahead` minutes, if
+/// the trend held: least squares over `(minute, load)` points, counted only where it explains
+/// most of their spread (R² at least [`RAMP_FIT`]) and climbs.
+fn trend_chance(points: &[(f64, f64)], ahead: f64) -> f64 {
+    if points.len() < 5 {
+        return 0.0;
+    }
+    let n = points.len() as f64;
+    let (mt, mx) = (points.iter().map(|p| p.0).sum::<f64>() / n, points.iter().map(|p| p.1).sum::<f64>() / n);
+    let stt: f64 = points.iter().map(|p| (p.0 - mt) * (p.0 - mt)).sum();
+    let stx: f64 = points.iter().map(|p| (p.0 - mt) * (p.1 - mx)).sum();
+    let sxx: f64 = points.iter().map(|p| (p.1 - mx) * (p.1 - mx)).sum();
+    if stt <= 0.0 || sxx <= 0.0 {
+        return 0.0;
+    }
+    let slope = stx / stt;
+    let explained = stx * stx / (stt * sxx);
+    if slope <= 0.0 || explained < RAMP_FIT {
+        return 0.0;
+    }
+    let residual = ((sxx - slope * stx).max(0.0) / (n - 2.0)).sqrt().max(0.02);
+    let last = points.iter().map(|p| p.0).fold(f64::MIN, f64::max);
+    let at = |t: f64| mx + slope * (t - mt);
+    let mut stays = 1.0;
+    let mut h = 1.0;
+    while h <= ahead {
+        stays *= 1.0 - upper_tail((1.0 - at(last + h)) / residual);
+        h += 1.0;
+    }
+    1.0 - stays
+}
+
+/// How far ahead a climb is projected, in minutes.
+const RAMP_MINUTES: f64 = 10.0;
+/// The share of the busiest minutes' spread a climb must explain to count.
+const RAMP_FIT: f64 = 0.6;
+
 /// A load at which a minute counts as having run dry (the engine stops a little short of
 /// the last request or token).
 const DRY: f64 = 0.98;
 /// Loads below this are quiet minutes, left out of the fit (gaps between bursts are not
 /// the demand's spread).
 const ACTIVE: f64 = 0.05;
+/// What a reminder looks at: the busiest minutes of this last stretch, and the chance of a
+/// dry spell within as long again.
+const REMIND_WINDOW_MS: u64 = 10 * MINUTE_MS;
 /// The share of its capacity a pool must keep for the projects leaving with their daily quota
 /// to count out of the capacity judged.
 const STAYS: f64 = 0.5;
@@ -332,7 +375,23 @@ impl Risk {
         let active: Vec<f64> = loads.iter().map(|l| l.1.min(2.0)).filter(|x| *x >= ACTIVE).collect();
         let per_minute = minute_chance(&active);
         let minutes = (config.horizon_ms as f64 / MINUTE_MS as f64).max(1.0);
-        let chance = 1.0 - (1.0 - per_minute).powf(minutes);
+        // Demand that climbs steadily (the day's ramp) runs the pool dry with no burst: its
+        // trend over the last minutes, where it is clean, is projected a little way ahead.
+        let climb: Vec<(f64, f64)> = loads
+            .iter()
+            .filter(|(t, _, _)| now.since(*t) < REMIND_WINDOW_MS)
+            .map(|(t, x, _)| (t.0 as f64 / MINUTE_MS as f64, x.min(2.0)))
+            .collect();
+        let chance = (1.0 - (1.0 - per_minute).powf(minutes)).max(trend_chance(&climb, minutes.min(RAMP_MINUTES)));
+        // The short view a reminder needs: the chance within the next minutes, from the last
+        // minutes alone (an old burst does not call for a new notice).
+        let recent: Vec<f64> = loads
+            .iter()
+            .filter(|(t, _, _)| now.since(*t) < REMIND_WINDOW_MS)
+            .map(|l| l.1.min(2.0))
+            .filter(|x| *x >= ACTIVE)
+            .collect();
+        let soon = 1.0 - (1.0 - minute_chance(&recent)).powf((REMIND_WINDOW_MS / MINUTE_MS) as f64);
         let busy = loads.iter().filter(|(t, _, _)| now.since(*t) < config.recent_ms).any(|l| l.1 >= config.busy_at);
         let judged = now.since(since) >= config.min_history_ms;
         let mut out = Vec::new();
@@ -389,7 +448,7 @@ impl Risk {
                     && now.since(f.told) >= config.remind_every_ms
                     && quiet
                     && dry_recently
-                    && chance >= config.fire_at
+                    && soon >= config.fire_at
                 {
                     f.told = now;
                     let (dims, since) = (f.dims.clone(), f.since);
@@ -530,6 +589,17 @@ mod tests {
         assert!((upper_tail(1.0) - 0.158_655).abs() < 1e-5);
         assert!((upper_tail(-2.0) - 0.977_25).abs() < 1e-5);
         assert!(upper_tail(8.0) < 1e-12);
+    }
+
+    #[test]
+    fn a_clean_climb_is_projected_and_a_swinging_one_is_not() {
+        let climb: Vec<(f64, f64)> = (0..8).map(|i| (i as f64, 0.45 + 0.06 * i as f64)).collect();
+        assert!(trend_chance(&climb, 10.0) > 0.9, "0.87 and climbing 6 % a minute");
+        let flat: Vec<(f64, f64)> = (0..8).map(|i| (i as f64, 0.9)).collect();
+        assert_eq!(trend_chance(&flat, 10.0), 0.0);
+        let swinging: Vec<(f64, f64)> =
+            [0.2, 0.9, 0.1, 0.8, 0.3, 0.95, 0.2, 0.85].iter().enumerate().map(|(i, x)| (i as f64, *x)).collect();
+        assert_eq!(trend_chance(&swinging, 10.0), 0.0, "bursts are not a trend");
     }
 
     #[test]
