@@ -8,6 +8,8 @@
 //!   virtual time.
 //! - [`load`]: the same traffic and engine in real time over real HTTP (`keysim load`).
 //! - [`plan`]: capacity planning — grids of pool sizes and rates, simulated on all cores.
+//! - [`tune`]: warnings tuned on a scenario's own traffic — `[warnings]` settings swept on all
+//!   cores against a goal.
 //! - [`proxy`]: `keysim proxy` — the engine in front of Gemini for real clients.
 //! - [`notify`]: where warning notifications go — log lines, JSON lines, a webhook.
 //! - [`report`]: one aggregator fed by runs; summary, CSV writers and the terminal table.
@@ -22,3 +24,4 @@ pub mod proxy;
 pub mod report;
 pub mod scenario;
 pub mod sim;
+pub mod tune;

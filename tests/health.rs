@@ -208,15 +208,21 @@ fn exhaustion_under_a_firing_alert_counts_as_warned() {
         let r = simulate(&sc, Outputs::default()).expect("runs");
         Summary::new(&sc, RunMode::Sim, &r.aggregate, &r.engine).warnings
     };
-    // The level alert alone (PoolAtRisk off), as a pool would be watched without a forecast.
-    let w = score(&["warnings.risk=false"]);
+    // The level alert alone (PoolAtRisk off, Alertmanager's group wait), as a pool would be
+    // watched without a forecast.
+    let w = score(&["warnings.risk=false", "warnings.group_wait=30s"]);
     assert!(w.exhaustions >= 5, "{w:?}");
     assert_eq!((w.warned, w.missed), (w.exhaustions, 0), "{w:?}");
     assert!(w.warned_while_firing >= w.exhaustions - 2, "all but the first spells began under the alert: {w:?}");
     assert_eq!((w.recall, w.precision), (Some(1.0), Some(1.0)));
     // The same traffic, but the alert clears at once (clear_below = warn_at) and says nothing
     // when it does: spells that begin after it cleared are missed, not warned.
-    let w = score(&["warnings.risk=false", "warnings.clear_below=0.8", "warnings.send_resolved=false"]);
+    let w = score(&[
+        "warnings.risk=false",
+        "warnings.group_wait=30s",
+        "warnings.clear_below=0.8",
+        "warnings.send_resolved=false",
+    ]);
     assert!(w.missed > 0 && w.warned_while_firing < w.exhaustions, "{w:?}");
 }
 

@@ -331,3 +331,78 @@ fn a_daily_token_limit_gets_its_own_panels() {
     let (_, h) = png_size(&std::fs::read(quick.join("plots/usage-gemini-2.5-flash.png")).unwrap());
     assert_eq!(h, 3 * 300);
 }
+
+/// `keysim tune-warnings` sweeps the `[warnings]` settings on a real-traffic scenario, picks
+/// the settings that meet the goal, and writes a page that renders in Chromium; the block it
+/// prints, pasted into the scenario, gives the figures it reported.
+#[test]
+fn tune_warnings_finds_settings_that_meet_the_goal_and_its_page_renders_in_chromium() {
+    let dir = temp_dir("tune");
+    let out = keysim()
+        .args(["tune-warnings", "scenarios/warn-real-tpm400k.toml", "--quiet", "--json", "--out"])
+        .arg(&dir)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let j: serde_json::Value = serde_json::from_slice(&out.stdout).expect("tune.json on stdout");
+    let points = j["points"].as_array().expect("points");
+    assert_eq!(points.len(), 3 * 3 * 4 * 2 * 3, "the default grid");
+    assert!(j["meeting"].as_u64().unwrap() > 0, "some setting meets the default goal");
+    assert!(points.iter().any(|p| !p["meets"].as_bool().unwrap()), "and some do not: the sweep discriminates");
+    let best = &j["best"];
+    assert_eq!(best["meets"], true);
+    assert!(
+        best["figures"]["recall"].as_f64().unwrap() >= 0.9 && best["figures"]["lead_p50_s"].as_f64().unwrap() >= 60.0
+    );
+    // The block, pasted in place of the scenario's [warnings], reproduces the figures.
+    let block = j["block"].as_str().expect("block");
+    let text = std::fs::read_to_string(root().join("scenarios/warn-real-tpm400k.toml")).unwrap();
+    let start = text.find("[warnings]").unwrap();
+    let end = start + text[start..].find("\n[[traffic]]").unwrap();
+    let pasted = format!("{}{}{}", &text[..start], block, &text[end..]);
+    let file = dir.join("pasted.toml");
+    std::fs::write(&file, pasted.replace("traces/", &format!("{}/scenarios/traces/", root().display()))).unwrap();
+    let run = dir.join("pasted");
+    let st = keysim().arg("run").arg(&file).args(["-q", "--no-plots", "--out"]).arg(&run).status().unwrap();
+    assert!(st.success(), "the pasted block meets the scenario's [expect]");
+    let s: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(run.join("summary.json")).unwrap()).unwrap();
+    assert_eq!(s["warnings"]["recall"], best["figures"]["recall"]);
+    assert_eq!(s["warnings"]["notifications"], best["figures"]["notifications"]);
+    // The files and the page.
+    let csv = std::fs::read_to_string(dir.join("tune.csv")).unwrap();
+    assert_eq!(csv.lines().count(), points.len() + 1);
+    for ext in ["svg", "png"] {
+        assert!(dir.join(format!("plots/tune-warnings.{ext}")).exists());
+    }
+    let (w, h) = png_size(&std::fs::read(dir.join("plots/tune-warnings.png")).unwrap());
+    assert!(w >= 640 && h >= 600, "{w}×{h}");
+    let page = dir.join("report.html");
+    let html = std::fs::read_to_string(&page).unwrap();
+    assert!(html.contains("<pre id=\"block\">[warnings]") && html.contains("<figure id=\"tune-warnings\">"));
+    assert!(!html.replace("xmlns=\"http://www.w3.org/2000/svg\"", "").contains("http"), "nothing fetched");
+    let Some(browser) = browser() else { return };
+    let (console, dom) = chromium(&page, &browser);
+    assert!(console.is_empty(), "console messages {console:?}");
+    assert_eq!(dom.matches("<svg").count(), 1, "the picture in the DOM");
+    assert!(dom.contains("id=\"block\"") && dom.contains("meets"));
+}
+
+#[test]
+fn tune_warnings_reports_bad_input_with_exit_2() {
+    for args in [
+        vec!["--goal", "recall >= 0.9, speed > 3"],
+        vec!["--sweep", "horizon=2h"],
+        vec!["--sweep", "nonsense"],
+        vec!["--sweep", "horizon=10m", "--sweep", "horizon=20m"],
+    ] {
+        let out = keysim()
+            .args(["tune-warnings", "scenarios/warn-real-trace.toml", "--quiet", "--out"])
+            .arg(temp_dir("tune-bad"))
+            .args(&args)
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(!String::from_utf8_lossy(&out.stderr).is_empty());
+    }
+}

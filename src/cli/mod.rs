@@ -7,6 +7,7 @@ pub mod mock;
 mod plan;
 pub mod proxy;
 mod run;
+mod tune;
 
 use std::path::PathBuf;
 
@@ -106,6 +107,36 @@ pub enum Command {
         #[arg(long, value_name = "DIR")]
         out: Option<PathBuf>,
         /// Print compare.json instead of the table.
+        #[arg(long)]
+        json: bool,
+        /// Print nothing but errors.
+        #[arg(long, short)]
+        quiet: bool,
+    },
+    /// Find the `[warnings]` settings that meet a goal on the scenario's own traffic: sweep
+    /// them over a grid (every point simulated, on all cores) and write a page with the
+    /// precision–recall–lead picture and the block to paste.
+    TuneWarnings {
+        /// The scenario.
+        #[command(flatten)]
+        scenario: ScenarioArgs,
+        /// A swept `[warnings]` setting: `horizon=15m,30m,1h`, `risk_at=0.3,0.5`. Without any:
+        /// horizon, risk_at, remind_every, group_wait and busy_at.
+        #[arg(long = "sweep", value_name = "KEY=VALUES")]
+        sweeps: Vec<String>,
+        /// The goal, clauses joined by commas: recall, precision, lead_p50, lead_min (`60s`),
+        /// per_hour, per_spell, missed, false_positive, notifications with >=, <=, >, <, ==.
+        /// Default: `recall >= 0.9, precision >= 0.9, lead_p50 >= 60s, per_spell <= 1,
+        /// per_hour <= 12`.
+        #[arg(long)]
+        goal: Option<String>,
+        /// Points simulated at once (default: every core).
+        #[arg(long)]
+        jobs: Option<usize>,
+        /// Output folder (default: reports/<scenario-name>-tune/).
+        #[arg(long, value_name = "DIR")]
+        out: Option<PathBuf>,
+        /// Print tune.json instead of the summary.
         #[arg(long)]
         json: bool,
         /// Print nothing but errors.
@@ -342,6 +373,9 @@ pub fn execute(cli: Cli) -> Result<i32, CliError> {
                 json,
                 quiet,
             })
+        }
+        Command::TuneWarnings { scenario, sweeps, goal, jobs, out, json, quiet } => {
+            tune::tune(tune::TuneOptions { scenario, sweeps, goal, jobs, out, json, quiet })
         }
         Command::Proxy { config, listen, upstream, store, time_scale, time_origin } => {
             proxy::proxy(proxy::ProxyOptions { config, listen, upstream, store, time_scale, time_origin })

@@ -75,7 +75,9 @@ impl Default for WarnConfig {
             rule: Rule::default(),
             trend_window_ms: 600_000,
             evaluate_every_ms: 10_000,
-            route: Route::default(),
+            // One evaluation's wait, not Alertmanager's 30 s: a burst that will run the pool dry
+            // does so within seconds, and alerts of one evaluation still go out together.
+            route: Route { group_wait_ms: 10_000, ..Route::default() },
             inhibit: true,
             health: HealthAlertConfig::default(),
             risk: RiskConfig::default(),
