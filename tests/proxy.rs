@@ -682,12 +682,25 @@ fn warnings_run_live_to_the_log_the_webhook_and_the_metrics() {
             tokio::time::sleep(Duration::from_millis(30)).await;
         }
         assert!(firing > 0.0, "a warning fires: {}", proxy.log());
+        // Once it has three minutes of history (9 s here), the pool that ran dry in its busiest
+        // minute is at risk of doing so again: PoolAtRisk reaches the metrics and the webhook.
+        let mut at_risk = 0.0;
+        for _ in 0..300 {
+            at_risk = metric_sum(&scrape(&c, &base).await, "keysim_warnings_firing", &[("alertname", "PoolAtRisk")]);
+            if at_risk > 0.0 && posts.lock().unwrap().iter().any(|p| p.contains("PoolAtRisk")) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert!(at_risk > 0.0, "PoolAtRisk fires live: {}", proxy.log());
     });
     let posts = posts.lock().unwrap().join("\n");
     assert!(
         posts.contains("\"status\":\"firing\"") && posts.contains("NearLimit"),
         "the webhook got the alert: {posts}"
     );
+    assert!(posts.contains("\"alertname\":\"PoolAtRisk\"") && posts.contains("\"horizon\":\"1800s\""), "{posts}");
+    assert!(proxy.log().contains("PoolAtRisk"), "the log line: {}", proxy.log());
     assert!(proxy.log().contains("keysim::warnings"), "{}", proxy.log());
     no_key_in("the webhook's payloads", &posts);
 }

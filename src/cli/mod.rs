@@ -26,7 +26,7 @@ pub struct Cli {
 pub const EXIT_CODES: &str = "Exit codes, every command:
   0  ok
   1  expectations failed: run and load ([expect] of the scenario), gate (expectations or baseline),
-     compare and plan never (they report every variant or point)
+     compare, plan and tune-warnings never (they report every variant or point)
   2  bad input: usage, scenario, override, baseline or sweep errors
   3  runtime failure: I/O, a port in use, a target that cannot be reached";
 

@@ -202,7 +202,7 @@ fn ordered(x: f64) -> i64 {
 pub(crate) fn block(p: &Point, scenario: &str) -> String {
     let f = &p.figures;
     let mut s = format!(
-        "[warnings]\n# tuned by keysim tune-warnings on {scenario}: recall {}, precision {}, median lead {:.0} s, {:.1} \
+        "[warnings]\n# tuned by keysim tune-warnings on {scenario}\n# recall {}, precision {}, median lead {:.0} s, {:.1} \
          notifications an hour\n# (keep the rest of your [warnings] table as it is)\nmode = \"pipeline\"\n",
         f.recall.map_or("-".to_owned(), |r| format!("{r:.2}")),
         f.precision.map_or("-".to_owned(), |r| format!("{r:.2}")),

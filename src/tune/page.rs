@@ -65,14 +65,16 @@ impl Tuned<'_> {
                     )
                 };
                 format!(
-                    "{what}: {} — recall {}, precision {}, median lead {:.0} s, {} notifications ({:.1} an hour) for {} spells",
+                    "{what}: {} — recall {}, precision {}, median lead {:.0} s, {} notification{} ({:.1} an hour) for {} spell{}",
                     settings(p),
                     f.recall.map_or("-".to_owned(), |r| format!("{r:.2}")),
                     f.precision.map_or("-".to_owned(), |r| format!("{r:.2}")),
                     f.lead_p50_s,
                     f.notifications,
+                    if f.notifications == 1 { "" } else { "s" },
                     f.per_hour,
-                    f.spells
+                    f.spells,
+                    if f.spells == 1 { "" } else { "s" },
                 )
             }
             None => "no point was simulated".to_owned(),
