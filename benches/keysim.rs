@@ -191,7 +191,7 @@ fn warnings(c: &mut Criterion) {
                 cooling_until: None,
             };
             let labels = [("project", "proj-a"), ("model", "gemini-2.5-flash")];
-            let s = Subject { id: 0, alertname: "QuotaNearLimit", labels: &labels, name: "proj-a" };
+            let s = Subject { id: 0, alertname: "QuotaNearLimit", labels: &labels, name: "proj-a", projects: 1 };
             m.observe(&s, black_box(&u), &ceilings, Timestamp(now))
         })
     });

@@ -35,6 +35,8 @@ pub struct Subject<'a> {
     pub labels: &'a [(&'a str, &'a str)],
     /// How the summary names it ("proj-a", "the gemini-2.5-flash pool").
     pub name: &'a str,
+    /// Projects it sums (1 for a project or a key): the summary's advice counts in them.
+    pub projects: u32,
 }
 
 /// Trends and rule states of every watched series.
@@ -146,13 +148,26 @@ impl Monitor {
             labels.insert("dimension".into(), d.name().into());
             let exhausts =
                 exhausts_at.map_or_else(|| "not on this trend".to_owned(), |e| format!("in {}", human(e.since(now))));
-            let summary = format!(
+            let mut summary = format!(
                 "{} at {:.0}% of {}; exhausts {exhausts}, resets in {}",
                 subject.name,
                 o.utilization * 100.0,
                 d.name().to_uppercase(),
                 human(resets_at.since(now))
             );
+            // What to do: the day's quota at this rate falls short by so many projects' worth.
+            let rate = if d.is_daily() { w.trend.slope() } else { None };
+            if let (Some(rate), Some(e), Transition::Fired) = (rate, exhausts_at, transition) {
+                if e < resets_at && subject.projects > 0 {
+                    let short = used + rate * resets_at.since(now) as f64 - limit as f64;
+                    let each = limit as f64 / f64::from(subject.projects);
+                    let n = (short / each).ceil().max(1.0) as u64;
+                    summary.push_str(&format!(
+                        "; at this rate {n} more project{} like these would last until the reset",
+                        if n == 1 { "" } else { "s" }
+                    ));
+                }
+            }
             let since = match (transition, &w.firing) {
                 (Transition::Resolved, Some((_, since))) => *since,
                 _ => now,
@@ -209,7 +224,7 @@ mod tests {
 
     fn subject(project: &str) -> Subject<'_> {
         static LABELS: [(&str, &str); 1] = [("model", "m")];
-        Subject { id: 0, alertname: "QuotaNearLimit", labels: &LABELS, name: project }
+        Subject { id: 0, alertname: "QuotaNearLimit", labels: &LABELS, name: project, projects: 1 }
     }
 
     fn usage(day_requests: u64, at: Timestamp) -> Usage {
@@ -230,7 +245,10 @@ mod tests {
         assert_eq!(fired.len(), 1, "{fired:?}");
         assert_eq!(fired[0].transition, Transition::Fired);
         assert_eq!(fired[0].labels["dimension"], "rpd");
-        assert!(fired[0].annotations["summary"].starts_with("proj-a at 80% of RPD; exhausts in 10m, resets in 55m"));
+        let summary = &fired[0].annotations["summary"];
+        assert!(summary.starts_with("proj-a at 80% of RPD; exhausts in 10m, resets in 55m"), "{summary}");
+        // 80 used, two a minute for 55 minutes more: 190 against 100, one project's 100 short.
+        assert!(summary.ends_with("; at this rate 1 more project like these would last until the reset"), "{summary}");
         assert_eq!(m.len(), 3, "rpm, tpm and rpd are watched; tpd is unlimited");
     }
 

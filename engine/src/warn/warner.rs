@@ -203,7 +203,7 @@ impl Warner {
                         let key = crate::redact(&ep.keys()[k.0 as usize].id);
                         let labels = [("key", key.as_str()), ("project", project), ("model", model)];
                         let id = KEY + u64::from(k.0) * ep.models().len() as u64 + m as u64;
-                        let s = Subject { id, alertname: "KeyNearLimit", labels: &labels, name: &key };
+                        let s = Subject { id, alertname: "KeyNearLimit", labels: &labels, name: &key, projects: 1 };
                         changes.extend(self.monitor.observe(&s, u, ep.ceilings(g.bucket), now));
                     }
                 }
@@ -226,7 +226,13 @@ impl Warner {
             let labels = [("model", model)];
             let name = format!("the {model} pool");
             let pool_id = POOL + m as u64;
-            let s = Subject { id: pool_id, alertname: "PoolNearLimit", labels: &labels, name: &name };
+            let s = Subject {
+                id: pool_id,
+                alertname: "PoolNearLimit",
+                labels: &labels,
+                name: &name,
+                projects: groups.len() as u32,
+            };
             changes.extend(self.monitor.observe(&s, &pool, &Ceilings(pool_ceilings), now));
             let parts: Vec<(&crate::Group, &str, &Ceilings)> = groups
                 .iter()
@@ -257,8 +263,13 @@ impl Warner {
                 if let Some(k) = &key {
                     labels.push(("key", k.as_str()));
                 }
-                let s =
-                    Subject { id: u64::from(g.bucket.0), alertname: "QuotaNearLimit", labels: &labels, name: project };
+                let s = Subject {
+                    id: u64::from(g.bucket.0),
+                    alertname: "QuotaNearLimit",
+                    labels: &labels,
+                    name: project,
+                    projects: 1,
+                };
                 changes.extend(self.monitor.observe_gated(&s, u, ep.ceilings(g.bucket), now, &gate));
             }
         }
