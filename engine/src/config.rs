@@ -147,6 +147,7 @@ impl<S: QuotaStore> Builder<S> {
             turn: AtomicUsize::new(0),
             views: crate::slots::Slots::new(),
             exhausted: (0..models).map(|_| Default::default()).collect(),
+            demand: (0..models).map(|_| Default::default()).collect(),
             exhausted_reason: (0..models).map(|_| Default::default()).collect(),
             exhausted_bucket: (0..models).map(|_| Default::default()).collect(),
             exhaustion_epoch: AtomicU64::new(0),

@@ -54,6 +54,7 @@ mod admit;
 mod capacity;
 mod config;
 mod degraded;
+mod demand;
 pub mod health;
 mod permit;
 #[cfg(feature = "redis")]
@@ -267,9 +268,25 @@ pub struct Engine<S: QuotaStore = MemoryStore> {
     queues: Vec<wait::Queue>,
     /// Breakers, disabled keys and their probes, learned limits.
     health: health::Health,
+    /// Per model: requests that reached the engine in the last minute.
+    demand: Vec<demand::Meter>,
 }
 
 impl<S: QuotaStore> Engine<S> {
+    /// A request for `model` reached the engine at `now` (once per request, where it first
+    /// asks: [`Engine::acquire`] does; a caller of [`Engine::admit`] that retries says so
+    /// itself). The warnings read it as the demand a pool was asked to carry.
+    pub fn note_arrival(&self, model: usize, now: Timestamp) {
+        if let Some(m) = self.demand.get(model) {
+            m.note(now);
+        }
+    }
+
+    /// Requests for `model` that reached the engine in the minute up to `now`.
+    pub fn demand(&self, model: usize, now: Timestamp) -> u64 {
+        self.demand.get(model).map_or(0, |m| m.last_minute(now))
+    }
+
     /// The engine's settings.
     pub fn config(&self) -> &EngineConfig {
         &self.config

@@ -116,6 +116,7 @@ impl<S: QuotaStore> Engine<S> {
         let now = self.clock().now();
         let deadline = now.plus(max_wait.as_millis().min(u128::from(u64::MAX)) as u64);
         let queue = self.queues.get(req.model).ok_or(AcquireError(Reason::UnknownModel))?;
+        self.note_arrival(req.model, now);
         if queue.waiting.load(Ordering::Acquire) == 0 {
             match step(self.admit(req, now), deadline, now) {
                 Step::Send(t) => return Ok(Permit::new(self, t, false)),

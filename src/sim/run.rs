@@ -393,6 +393,7 @@ impl Sim<'_, '_, '_> {
         let req = self.slab.reqs[r as usize];
         let c = &self.sc.traffic[req.class as usize];
         let (model, priority) = (c.model, c.priority);
+        self.world.engines[req.replica as usize].note_arrival(model, Timestamp(now));
         let deadline = self.world.policy.deadline(Timestamp(req.arrival));
         let retry = if self.world.waiting[model].0.must_queue(priority) {
             None

@@ -9,8 +9,9 @@
 //! bursts that fill a steady 90 % and never more are no risk, peaks that swing between 40 %
 //! and 100 % are.
 //!
-//! Every evaluation takes the pool's sliding-minute load, and every minute keeps its busiest
-//! moment (requests and tokens). The load of a moment is its requests against the pool's
+//! Every evaluation takes the pool's sliding-minute load — its admitted requests and tokens, or
+//! the requests that arrived where more were asked than admitted ([`crate::Engine::demand`]) —
+//! and every minute keeps its busiest moment. The load of a moment is its requests against the pool's
 //! *effective* minute capacity at that moment's prompt size: each project carries
 //! `min(RPM, TPM ÷ tokens per request)` requests a minute, so a mixed pool (a paid project
 //! bound by TPM, free ones bound by RPM) is judged as it really runs dry. Projects whose
@@ -104,6 +105,8 @@ struct ModelRisk {
     since: Option<Timestamp>,
     /// While firing.
     firing: Option<Firing>,
+    /// Tokens per request of the last admitted minute.
+    tokens_per_request: f64,
 }
 
 /// A firing `PoolAtRisk`.
@@ -264,6 +267,7 @@ impl Risk {
         name: &str,
         parts: &[(&Group, &str, &Ceilings)],
         usage: &[Usage],
+        asked: u64,
         now: Timestamp,
     ) -> Vec<Change> {
         if self.models.len() <= model {
@@ -314,13 +318,23 @@ impl Risk {
         let tau = |p: &Peak| if p.requests > 0.0 { p.tokens / p.requests } else { 0.0 };
         let m = &mut self.models[model];
         let since = *m.since.get_or_insert(now);
+        // The demand, where more was asked than admitted (queued, turned away): as many
+        // requests as arrived, at the prompt size of those admitted (or the last seen).
+        if requests > 0.0 {
+            m.tokens_per_request = tokens / requests;
+        }
+        let asked = asked as f64;
+        let sample = if asked > requests {
+            Peak { requests: asked, tokens: asked * m.tokens_per_request }
+        } else {
+            Peak { requests, tokens }
+        };
         // This moment's load joins its minute's busiest.
-        let sample = Peak { requests, tokens };
         let load_now = {
             let c = capacity(tau(&sample), false);
             if c > 0.0 {
-                requests / c
-            } else if requests > 0.0 {
+                sample.requests / c
+            } else if sample.requests > 0.0 {
                 1.0
             } else {
                 0.0
@@ -573,7 +587,7 @@ fn advice(pool: &[Part<'_>], peak: &Peak, tau: f64, now: f64, later: f64) -> Str
     let lost =
         if later < now { format!(" (it falls from {now:.0} to {later:.0} requests a minute)") } else { String::new() };
     format!(
-        "add at least {n} project{} like {} to carry its peaks{lost}, or move demand off them",
+        "add {n} project{} like {} to carry its busiest minute at 90 %{lost}, or move demand off it",
         if n == 1 { "" } else { "s" },
         best.project
     )

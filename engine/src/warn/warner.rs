@@ -238,7 +238,7 @@ impl Warner {
                 .iter()
                 .map(|g| (g, ep.projects()[g.project].id.as_str(), ep.normal_ceilings(g.bucket)))
                 .collect();
-            changes.extend(self.risk.evaluate(&self.config.risk, m, model, &parts, &usage, now));
+            changes.extend(self.risk.evaluate(&self.config.risk, m, model, &parts, &usage, engine.demand(m, now), now));
             if !self.config.project_alerts {
                 continue;
             }
