@@ -50,8 +50,10 @@ pub struct LogLine;
 impl Sink for LogLine {
     fn send(&mut self, n: &Notification, at: Timestamp) -> std::io::Result<()> {
         let group: Vec<String> = n.group_labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
-        let summaries: Vec<&str> =
+        let mut summaries: Vec<&str> =
             n.alerts.iter().filter_map(|a| a.annotations.get("summary").map(String::as_str)).collect();
+        // Alerts of one forecast (PoolAtRisk on RPM and TPM) share their summary: said once.
+        summaries.dedup();
         let (group, at, alerts, summary) = (group.join(","), at.to_rfc3339(), n.alerts.len(), summaries.join("; "));
         if n.firing {
             tracing::warn!(target: "keysim::warnings", %at, %group, alerts, "{summary}");

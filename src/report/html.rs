@@ -141,15 +141,17 @@ pub fn story(s: &Summary) -> String {
         let _ = write!(
             out,
             "Warnings ({}): {} notifications, {} true and {} false positives; the pool ran dry {} times, {} of \
-             them warned ({} under an alert already firing) and {} missed. ",
+             them warned in advance, {} under an alert already firing and {} missed ({} in the run's first burst, \
+             which its history could not foretell). ",
             w.mode,
             w.notifications,
             w.true_positive,
             w.false_positive,
             w.exhaustions,
-            w.warned,
+            w.warned_in_advance,
             w.warned_while_firing,
-            w.missed
+            w.missed,
+            w.missed_first_burst
         );
     }
     let failed = s.expectations.iter().filter(|e| !e.ok).count();
@@ -292,8 +294,17 @@ pub fn run_report(s: &Summary, description: Option<&str>, figures: &[(Figure, St
                 "true / false positives / undecided".into(),
                 format!("{} / {} / {}", w.true_positive, w.false_positive, w.undecided),
             ],
-            vec!["exhaustions: warned / missed".into(), format!("{}: {} / {}", w.exhaustions, w.warned, w.missed)],
-            vec!["warned under an alert already firing".into(), w.warned_while_firing.to_string()],
+            vec![
+                "spells: in advance / under an alert firing / missed (first burst)".into(),
+                format!(
+                    "{}: {} / {} / {} ({})",
+                    w.exhaustions, w.warned_in_advance, w.warned_while_firing, w.missed, w.missed_first_burst
+                ),
+            ],
+            vec![
+                "notifications an hour / per spell".into(),
+                format!("{:.1} / {:.2}", w.notifications_per_hour, w.notifications_per_exhaustion),
+            ],
             vec![
                 "precision / recall".into(),
                 format!(
@@ -303,7 +314,7 @@ pub fn run_report(s: &Summary, description: Option<&str>, figures: &[(Figure, St
                 ),
             ],
             vec![
-                "lead time min / p50 / max".into(),
+                "lead time of the spells warned in advance, min / p50 / max".into(),
                 format!("{:.0} / {:.0} / {:.0} s", w.lead_time_s.min, w.lead_time_s.p50, w.lead_time_s.max),
             ],
         ];

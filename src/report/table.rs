@@ -102,8 +102,17 @@ pub fn render(s: &Summary) -> String {
         let _ = writeln!(o);
         let _ = writeln!(
             o,
-            "  warnings ({})  {} notifications ({} resolved) · {} exhaustions: {} warned, {} missed",
-            w.mode, w.notifications, w.resolved, w.exhaustions, w.warned, w.missed
+            "  warnings ({})  {} notifications ({} resolved, {:.1} an hour) · {} spells: {} warned in advance, {} under \
+             an alert firing, {} missed ({} in the first burst)",
+            w.mode,
+            w.notifications,
+            w.resolved,
+            w.notifications_per_hour,
+            w.exhaustions,
+            w.warned_in_advance,
+            w.warned_while_firing,
+            w.missed,
+            w.missed_first_burst
         );
         let _ = writeln!(
             o,
@@ -113,10 +122,9 @@ pub fn render(s: &Summary) -> String {
         let pct = |x: Option<f64>| x.map_or("–".to_owned(), |x| format!("{:.0} %", x * 100.0));
         let _ = writeln!(
             o,
-            "  precision {} · recall {} ({} of the warned began under an alert already firing)",
+            "  precision {} · recall {} (advance and under an alert firing)",
             pct(w.precision),
-            pct(w.recall),
-            w.warned_while_firing
+            pct(w.recall)
         );
         if let Some(h) = &w.webhook {
             let _ = writeln!(
