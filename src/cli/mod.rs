@@ -40,6 +40,23 @@ pub struct ScenarioArgs {
     pub overrides: Vec<String>,
 }
 
+/// Options of the commands that simulate a grid of points (`plan`, `tune-warnings`).
+#[derive(Debug, clap::Args)]
+pub struct SweepArgs {
+    /// Points simulated at once (default: every core).
+    #[arg(long)]
+    pub jobs: Option<usize>,
+    /// Output folder (default: reports/<scenario-name>-plan/ or -tune/).
+    #[arg(long, value_name = "DIR")]
+    pub out: Option<PathBuf>,
+    /// Print plan.json or tune.json instead of the summary.
+    #[arg(long)]
+    pub json: bool,
+    /// Print nothing but errors.
+    #[arg(long, short)]
+    pub quiet: bool,
+}
+
 /// The subcommands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
@@ -130,18 +147,9 @@ pub enum Command {
         /// per_hour <= 12`.
         #[arg(long)]
         goal: Option<String>,
-        /// Points simulated at once (default: every core).
-        #[arg(long)]
-        jobs: Option<usize>,
-        /// Output folder (default: reports/<scenario-name>-tune/).
-        #[arg(long, value_name = "DIR")]
-        out: Option<PathBuf>,
-        /// Print tune.json instead of the summary.
-        #[arg(long)]
-        json: bool,
-        /// Print nothing but errors.
-        #[arg(long, short)]
-        quiet: bool,
+        /// Where it runs and what it prints.
+        #[command(flatten)]
+        sweep: SweepArgs,
     },
     /// Find the smallest pool that meets a service objective, over a grid of pool sizes and
     /// traffic (every point simulated, on all cores).
@@ -163,18 +171,9 @@ pub enum Command {
         /// Objective: the longest p99 queue wait over all requests (`5s`, `500ms`).
         #[arg(long, value_name = "DURATION")]
         max_queue_p99: Option<String>,
-        /// Points simulated at once (default: every core).
-        #[arg(long)]
-        jobs: Option<usize>,
-        /// Output folder (default: reports/<scenario-name>-plan/).
-        #[arg(long, value_name = "DIR")]
-        out: Option<PathBuf>,
-        /// Print plan.json instead of the recommendations.
-        #[arg(long)]
-        json: bool,
-        /// Print nothing but errors.
-        #[arg(long, short)]
-        quiet: bool,
+        /// Where it runs and what it prints.
+        #[command(flatten)]
+        sweep: SweepArgs,
     },
     /// Send a scenario's traffic in real time through the engine to a Gemini-compatible API.
     Load {
@@ -360,7 +359,8 @@ pub fn execute(cli: Cli) -> Result<i32, CliError> {
         Command::Compare { scenario, variants, out, json, quiet } => {
             compare::compare(compare::CompareOptions { scenario, variants, out, json, quiet })
         }
-        Command::Plan { scenario, sweeps, min_success, max_breaches, max_queue_p99, jobs, out, json, quiet } => {
+        Command::Plan { scenario, sweeps, min_success, max_breaches, max_queue_p99, sweep } => {
+            let SweepArgs { jobs, out, json, quiet } = sweep;
             plan::plan(plan::PlanOptions {
                 scenario: scenario.scenario,
                 overrides: scenario.overrides,
@@ -374,7 +374,8 @@ pub fn execute(cli: Cli) -> Result<i32, CliError> {
                 quiet,
             })
         }
-        Command::TuneWarnings { scenario, sweeps, goal, jobs, out, json, quiet } => {
+        Command::TuneWarnings { scenario, sweeps, goal, sweep } => {
+            let SweepArgs { jobs, out, json, quiet } = sweep;
             tune::tune(tune::TuneOptions { scenario, sweeps, goal, jobs, out, json, quiet })
         }
         Command::Proxy { config, listen, upstream, store, time_scale, time_origin } => {
