@@ -257,8 +257,9 @@ const QUIET: f64 = 0.9;
 const TARGET: f64 = 0.9;
 
 impl Risk {
-    /// Evaluates `model`'s pool at `now`; `groups` and `usage` are its buckets and their
-    /// counters, `ceilings` what ordinary traffic may use of each.
+    /// Evaluates `model`'s pool (named `name`) at `now`: `parts` are its buckets with their
+    /// project's id and what ordinary traffic may use of each, `usage` their counters, and
+    /// `asked` the requests that reached the engine in the last minute.
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn evaluate(
         &mut self,
