@@ -274,13 +274,88 @@ impl Risk {
         if self.models.len() <= model {
             self.models.resize_with(model + 1, ModelRisk::default);
         }
-        let horizon_end = now.plus(config.horizon_ms);
-        let mut pool: Vec<Part<'_>> = Vec::with_capacity(parts.len());
-        let (mut requests, mut tokens) = (0.0, 0.0);
-        let mut ending: Vec<&str> = Vec::new();
+        let view = self.view(parts, usage, now, now.plus(config.horizon_ms));
+        let m = &mut self.models[model];
+        let since = *m.since.get_or_insert(now);
+        let (sample, load_now) = m.sample(&view, asked);
+        m.record(sample, load_now, now, config.lookback_ms);
+        let minute_capacity = view.minute_capacity(tau(&sample));
+        if !config.enabled || (!minute_capacity && m.firing.is_none()) {
+            return Vec::new();
+        }
+        let r = m.read(&view, config, now);
+        let judged = now.since(since) >= config.min_history_ms;
+        let say = |transition: Transition, dims: &[Dimension], since: Timestamp| -> Vec<Change> {
+            let (_, top, peak) = r.top.expect("a busy minute was seen");
+            let summary = summary(name, &view, &peak, top, r.chance, config.horizon_ms);
+            let annotations: Labels = [
+                ("summary".to_owned(), summary),
+                ("horizon".to_owned(), format!("{}s", config.horizon_ms / 1000)),
+                ("chance".to_owned(), format!("{:.2}", r.chance)),
+            ]
+            .into_iter()
+            .collect();
+            dims.iter()
+                .map(|d| Change { transition, labels: labels(name, *d), annotations: annotations.clone(), since })
+                .collect()
+        };
+        match &mut m.firing {
+            None if judged && r.busy && r.chance >= config.fire_at => {
+                let (_, _, peak) = r.top.expect("a busy minute was seen");
+                let dims = view.binding_dims(tau(&peak));
+                let out = say(Transition::Fired, &dims, now);
+                m.firing = Some(Firing { since: now, dims, high: now, told: now, quiet_since: None });
+                out
+            }
+            Some(f) => {
+                if r.chance >= config.clear_below {
+                    f.high = now;
+                }
+                f.quiet_since = if load_now < QUIET { f.quiet_since.or(Some(now)) } else { None };
+                let quiet = f.quiet_since.is_some_and(|q| now.since(q) >= MINUTE_MS);
+                if now.since(f.high) >= config.keep_firing_ms {
+                    let out = f
+                        .dims
+                        .iter()
+                        .map(|d| Change {
+                            transition: Transition::Resolved,
+                            labels: labels(name, *d),
+                            annotations: Labels::new(),
+                            since: f.since,
+                        })
+                        .collect();
+                    m.firing = None;
+                    out
+                } else if config.remind_every_ms > 0
+                    && minute_capacity
+                    && now.since(f.told) >= config.remind_every_ms
+                    && quiet
+                    && r.dry_recently
+                    && r.soon >= config.fire_at
+                {
+                    f.told = now;
+                    say(Transition::Reminded, &f.dims, f.since)
+                } else {
+                    Vec::new()
+                }
+            }
+            None => Vec::new(),
+        }
+    }
+
+    /// The pool as the risk sees it at `now`: each project's part, and which run out of daily
+    /// quota before `horizon_end`.
+    fn view<'a>(
+        &mut self,
+        parts: &[(&Group, &'a str, &Ceilings)],
+        usage: &[Usage],
+        now: Timestamp,
+        horizon_end: Timestamp,
+    ) -> View<'a> {
+        let mut view = View { parts: Vec::with_capacity(parts.len()), ending: Vec::new(), requests: 0.0, tokens: 0.0 };
         for ((g, project, c), u) in parts.iter().zip(usage) {
-            requests += u.minute_requests as f64;
-            tokens += u.minute_tokens as f64;
+            view.requests += u.minute_requests as f64;
+            view.tokens += u.minute_tokens as f64;
             let (now_ok, later_ok) = self.daily_state(g.bucket.0, c, u, now, horizon_end);
             let limit = |d: Dimension| match c.get(d) {
                 u64::MAX => f64::INFINITY,
@@ -288,9 +363,9 @@ impl Risk {
             };
             let usable = !g.keys.is_empty();
             if usable && now_ok && !later_ok {
-                ending.push(project);
+                view.ending.push(project);
             }
-            pool.push(Part {
+            view.parts.push(Part {
                 project,
                 rpm: limit(Dimension::Rpm),
                 tpm: limit(Dimension::Tpm),
@@ -299,180 +374,7 @@ impl Risk {
                 later: usable && later_ok,
             });
         }
-        // Projects leaving with their daily quota count out of the capacity judged only while
-        // most of the pool stays: where most of it goes, the pool runs out of its day, which
-        // the daily alerts tell.
-        let stays = |tau: f64| -> f64 { pool.iter().filter(|p| p.later).map(|p| p.carries(tau)).sum() };
-        let has = |tau: f64| -> f64 { pool.iter().filter(|p| p.now).map(|p| p.carries(tau)).sum() };
-        let capacity = |tau: f64, later: bool| -> f64 {
-            let now = has(tau);
-            if !later {
-                return now;
-            }
-            let left = stays(tau);
-            if left >= STAYS * now {
-                left
-            } else {
-                now
-            }
-        };
-        let tau = |p: &Peak| if p.requests > 0.0 { p.tokens / p.requests } else { 0.0 };
-        let m = &mut self.models[model];
-        let since = *m.since.get_or_insert(now);
-        // The demand, where more was asked than admitted (queued, turned away): as many
-        // requests as arrived, at the prompt size of those admitted (or the last seen).
-        if requests > 0.0 {
-            m.tokens_per_request = tokens / requests;
-        }
-        let asked = asked as f64;
-        let sample = if asked > requests {
-            Peak { requests: asked, tokens: asked * m.tokens_per_request }
-        } else {
-            Peak { requests, tokens }
-        };
-        // This moment's load joins its minute's busiest.
-        let load_now = {
-            let c = capacity(tau(&sample), false);
-            if c > 0.0 {
-                sample.requests / c
-            } else if sample.requests > 0.0 {
-                1.0
-            } else {
-                0.0
-            }
-        };
-        match &mut m.minute {
-            Some((start, _, _)) if now.since(*start) >= MINUTE_MS => {
-                let (start, load, peak) = m.minute.take().expect("matched");
-                m.peaks.push_back((start, load, peak));
-                m.minute = Some((now, load_now, sample));
-            }
-            Some((_, best, peak)) => {
-                if load_now > *best {
-                    *best = load_now;
-                    *peak = sample;
-                }
-            }
-            None => m.minute = Some((now, load_now, sample)),
-        }
-        while m.peaks.front().is_some_and(|(t, _, _)| now.since(*t) > config.lookback_ms) {
-            m.peaks.pop_front();
-        }
-        // A pool that has lost most of its capacity with its daily quota is running out of its
-        // day, which the daily alerts tell; its busiest minutes are not the question.
-        let all = |tau: f64| -> f64 { pool.iter().filter(|p| p.usable).map(|p| p.carries(tau)).sum() };
-        let t_now = tau(&sample);
-        let minute_capacity = pool.iter().any(|p| p.now) && has(t_now) >= STAYS * all(t_now);
-        if !config.enabled || (!minute_capacity && m.firing.is_none()) {
-            return Vec::new();
-        }
-        // Every peak judged against the pool that will be there.
-        // Whether the pool really ran dry (against the capacity it had then) lately.
-        let dry_recently =
-            m.peaks.iter().chain(m.minute.iter()).any(|(t, x, _)| now.since(*t) < config.recent_ms && *x >= DRY);
-        let current = m.minute;
-        let loads: Vec<(Timestamp, f64, &Peak)> = m
-            .peaks
-            .iter()
-            .chain(current.iter())
-            .map(|(t, _, p)| {
-                let c = capacity(tau(p), true);
-                let x = if c > 0.0 {
-                    p.requests / c
-                } else if p.requests > 0.0 {
-                    f64::INFINITY
-                } else {
-                    0.0
-                };
-                (*t, x, p)
-            })
-            .collect();
-        let active: Vec<f64> = loads.iter().map(|l| l.1.min(2.0)).filter(|x| *x >= ACTIVE).collect();
-        let per_minute = minute_chance(&active);
-        let minutes = (config.horizon_ms as f64 / MINUTE_MS as f64).max(1.0);
-        // Demand that climbs steadily (the day's ramp) runs the pool dry with no burst: its
-        // trend over the last minutes, where it is clean, is projected a little way ahead.
-        let climb: Vec<(f64, f64)> = loads
-            .iter()
-            .filter(|(t, _, _)| now.since(*t) < REMIND_WINDOW_MS)
-            .map(|(t, x, _)| (t.0 as f64 / MINUTE_MS as f64, x.min(2.0)))
-            .collect();
-        let chance = (1.0 - (1.0 - per_minute).powf(minutes)).max(trend_chance(&climb, minutes.min(RAMP_MINUTES)));
-        // The short view a reminder needs: the chance within the next minutes, from the last
-        // minutes alone (an old burst does not call for a new notice).
-        let recent: Vec<f64> = loads
-            .iter()
-            .filter(|(t, _, _)| now.since(*t) < REMIND_WINDOW_MS)
-            .map(|l| l.1.min(2.0))
-            .filter(|x| *x >= ACTIVE)
-            .collect();
-        let soon = 1.0 - (1.0 - minute_chance(&recent)).powf((REMIND_WINDOW_MS / MINUTE_MS) as f64);
-        let busy = loads.iter().filter(|(t, _, _)| now.since(*t) < config.recent_ms).any(|l| l.1 >= config.busy_at);
-        let judged = now.since(since) >= config.min_history_ms;
-        let mut out = Vec::new();
-        let labels = |d: Dimension| -> Labels {
-            [("alertname", "PoolAtRisk"), ("model", name), ("dimension", d.name()), ("severity", "warning")]
-                .iter()
-                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-                .collect()
-        };
-        let top = loads.iter().copied().max_by(|a, b| a.1.total_cmp(&b.1));
-        let say = |transition: Transition, dims: &[Dimension], out: &mut Vec<Change>, since: Timestamp| {
-            let (_, top, peak) = top.expect("a busy minute was seen");
-            let summary = summary(name, &pool, peak, top, chance, config.horizon_ms, &ending, &capacity);
-            let annotations: Labels = [
-                ("summary".to_owned(), summary),
-                ("horizon".to_owned(), format!("{}s", config.horizon_ms / 1000)),
-                ("chance".to_owned(), format!("{chance:.2}")),
-            ]
-            .into_iter()
-            .collect();
-            for d in dims {
-                out.push(Change { transition, labels: labels(*d), annotations: annotations.clone(), since });
-            }
-        };
-        match &mut m.firing {
-            None if judged && busy && chance >= config.fire_at => {
-                let (_, _, peak) = top.expect("a busy minute was seen");
-                let t = tau(peak);
-                let mut dims: Vec<Dimension> =
-                    pool.iter().filter(|p| p.later || p.now).map(|p| p.binds_on(t)).collect();
-                dims.sort_unstable();
-                dims.dedup();
-                say(Transition::Fired, &dims, &mut out, now);
-                m.firing = Some(Firing { since: now, dims, high: now, told: now, quiet_since: None });
-            }
-            Some(f) => {
-                if chance >= config.clear_below {
-                    f.high = now;
-                }
-                f.quiet_since = if load_now < QUIET { f.quiet_since.or(Some(now)) } else { None };
-                let quiet = f.quiet_since.is_some_and(|q| now.since(q) >= MINUTE_MS);
-                if now.since(f.high) >= config.keep_firing_ms {
-                    for d in &f.dims {
-                        out.push(Change {
-                            transition: Transition::Resolved,
-                            labels: labels(*d),
-                            annotations: Labels::new(),
-                            since: f.since,
-                        });
-                    }
-                    m.firing = None;
-                } else if config.remind_every_ms > 0
-                    && minute_capacity
-                    && now.since(f.told) >= config.remind_every_ms
-                    && quiet
-                    && dry_recently
-                    && soon >= config.fire_at
-                {
-                    f.told = now;
-                    let (dims, since) = (f.dims.clone(), f.since);
-                    say(Transition::Reminded, &dims, &mut out, since);
-                }
-            }
-            None => {}
-        }
-        out
+        view
     }
 
     /// Whether bucket `bucket` has daily quota now, and still will at `horizon_end` at its
@@ -530,30 +432,170 @@ impl Risk {
 }
 
 /// The alert's summary: where the pool's peaks stand, the chance, and what to do.
-#[allow(clippy::too_many_arguments)]
-fn summary(
-    name: &str,
-    pool: &[Part<'_>],
-    peak: &Peak,
-    top: f64,
-    chance: f64,
-    horizon_ms: u64,
-    ending: &[&str],
-    capacity: &dyn Fn(f64, bool) -> f64,
-) -> String {
-    let t = if peak.requests > 0.0 { peak.tokens / peak.requests } else { 0.0 };
+fn summary(name: &str, view: &View<'_>, peak: &Peak, top: f64, chance: f64, horizon_ms: u64) -> String {
+    let t = tau(peak);
     let mut s = format!(
         "the {name} pool's busiest minutes reach {:.0}% of its capacity ({}): {:.0}% chance it runs dry within {}; {}",
         top.min(9.99) * 100.0,
-        binding(pool, t),
+        binding(&view.parts, t),
         chance * 100.0,
         human(horizon_ms),
-        advice(pool, peak, t, capacity(t, false), capacity(t, true)),
+        advice(&view.parts, peak, t, view.capacity(t, false), view.capacity(t, true)),
     );
-    if !ending.is_empty() {
-        s.push_str(&format!("; {} run out of daily quota within the horizon", list(ending)));
+    if !view.ending.is_empty() {
+        s.push_str(&format!("; {} run out of daily quota within the horizon", list(&view.ending)));
     }
     s
+}
+
+/// The pool at one evaluation: its projects' parts, those whose daily quota ends within the
+/// horizon, and its sliding-minute usage.
+struct View<'a> {
+    parts: Vec<Part<'a>>,
+    ending: Vec<&'a str>,
+    requests: f64,
+    tokens: f64,
+}
+
+impl View<'_> {
+    /// Requests a minute the pool carries at `tau` tokens a request: now, or (`later`) once the
+    /// projects leaving with their daily quota are gone — counted out only while most of the
+    /// pool stays (where most of it goes, the pool runs out of its day, which the daily alerts
+    /// tell).
+    fn capacity(&self, tau: f64, later: bool) -> f64 {
+        let has: f64 = self.parts.iter().filter(|p| p.now).map(|p| p.carries(tau)).sum();
+        if !later {
+            return has;
+        }
+        let stays: f64 = self.parts.iter().filter(|p| p.later).map(|p| p.carries(tau)).sum();
+        if stays >= STAYS * has {
+            stays
+        } else {
+            has
+        }
+    }
+
+    /// Whether the pool still has most of its minute capacity (it has not lost most of it
+    /// with its daily quota, which the daily alerts tell).
+    fn minute_capacity(&self, tau: f64) -> bool {
+        let all: f64 = self.parts.iter().filter(|p| p.usable).map(|p| p.carries(tau)).sum();
+        self.parts.iter().any(|p| p.now) && self.capacity(tau, false) >= STAYS * all
+    }
+
+    /// The minute dimensions its projects run out of first at `tau`.
+    fn binding_dims(&self, tau: f64) -> Vec<Dimension> {
+        let mut dims: Vec<Dimension> =
+            self.parts.iter().filter(|p| p.later || p.now).map(|p| p.binds_on(tau)).collect();
+        dims.sort_unstable();
+        dims.dedup();
+        dims
+    }
+}
+
+/// Tokens per request of a moment (0 when it had none).
+fn tau(p: &Peak) -> f64 {
+    if p.requests > 0.0 {
+        p.tokens / p.requests
+    } else {
+        0.0
+    }
+}
+
+/// Requests against a capacity; `if_none` when there is no capacity but there are requests.
+fn load(requests: f64, capacity: f64, if_none: f64) -> f64 {
+    if capacity > 0.0 {
+        requests / capacity
+    } else if requests > 0.0 {
+        if_none
+    } else {
+        0.0
+    }
+}
+
+/// A `PoolAtRisk` alert's labels.
+fn labels(model: &str, d: Dimension) -> Labels {
+    [("alertname", "PoolAtRisk"), ("model", model), ("dimension", d.name()), ("severity", "warning")]
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+        .collect()
+}
+
+/// What the busiest minutes say at one evaluation.
+struct Reading {
+    /// The chance of running dry within the horizon.
+    chance: f64,
+    /// The chance within the next ten minutes, from the last ten alone.
+    soon: f64,
+    /// Whether one of the last `recent` minutes reached `busy_at`.
+    busy: bool,
+    /// Whether the pool really ran dry (against the capacity it had then) lately.
+    dry_recently: bool,
+    /// The busiest minute against the pool that will be there: (start, load, moment).
+    top: Option<(Timestamp, f64, Peak)>,
+}
+
+impl ModelRisk {
+    /// This moment of the pool: its admitted usage, or its demand where more was asked than
+    /// admitted (queued, turned away) — as many requests as arrived, at the prompt size of
+    /// those admitted (or the last seen); and its load against the capacity there is now.
+    fn sample(&mut self, view: &View<'_>, asked: u64) -> (Peak, f64) {
+        if view.requests > 0.0 {
+            self.tokens_per_request = view.tokens / view.requests;
+        }
+        let asked = asked as f64;
+        let sample = if asked > view.requests {
+            Peak { requests: asked, tokens: asked * self.tokens_per_request }
+        } else {
+            Peak { requests: view.requests, tokens: view.tokens }
+        };
+        (sample, load(sample.requests, view.capacity(tau(&sample), false), 1.0))
+    }
+
+    /// This moment joins its minute's busiest; minutes older than `lookback_ms` leave.
+    fn record(&mut self, sample: Peak, load_now: f64, now: Timestamp, lookback_ms: u64) {
+        match &mut self.minute {
+            Some((start, _, _)) if now.since(*start) >= MINUTE_MS => {
+                let (start, load, peak) = self.minute.take().expect("matched");
+                self.peaks.push_back((start, load, peak));
+                self.minute = Some((now, load_now, sample));
+            }
+            Some((_, best, peak)) => {
+                if load_now > *best {
+                    *best = load_now;
+                    *peak = sample;
+                }
+            }
+            None => self.minute = Some((now, load_now, sample)),
+        }
+        while self.peaks.front().is_some_and(|(t, _, _)| now.since(*t) > lookback_ms) {
+            self.peaks.pop_front();
+        }
+    }
+
+    /// Every busiest minute judged against the pool that will be there, and what they say.
+    fn read(&self, view: &View<'_>, config: &RiskConfig, now: Timestamp) -> Reading {
+        let minutes_kept = self.peaks.iter().chain(self.minute.iter());
+        let dry_recently = minutes_kept.clone().any(|(t, x, _)| now.since(*t) < config.recent_ms && *x >= DRY);
+        let loads: Vec<(Timestamp, f64, Peak)> = minutes_kept
+            .map(|(t, _, p)| (*t, load(p.requests, view.capacity(tau(p), true), f64::INFINITY), *p))
+            .collect();
+        let active: Vec<f64> = loads.iter().map(|l| l.1.min(2.0)).filter(|x| *x >= ACTIVE).collect();
+        let minutes = (config.horizon_ms as f64 / MINUTE_MS as f64).max(1.0);
+        let last = |window: u64| loads.iter().filter(move |(t, _, _)| now.since(*t) < window);
+        // Demand that climbs steadily (the day's ramp) runs the pool dry with no burst: its
+        // trend over the last minutes, where it is clean, is projected a little way ahead.
+        let climb: Vec<(f64, f64)> =
+            last(REMIND_WINDOW_MS).map(|(t, x, _)| (t.0 as f64 / MINUTE_MS as f64, x.min(2.0))).collect();
+        let chance =
+            (1.0 - (1.0 - minute_chance(&active)).powf(minutes)).max(trend_chance(&climb, minutes.min(RAMP_MINUTES)));
+        // The short view a reminder needs: the chance within the next minutes, from the last
+        // minutes alone (an old burst does not call for a new notice).
+        let recent: Vec<f64> = last(REMIND_WINDOW_MS).map(|l| l.1.min(2.0)).filter(|x| *x >= ACTIVE).collect();
+        let soon = 1.0 - (1.0 - minute_chance(&recent)).powf((REMIND_WINDOW_MS / MINUTE_MS) as f64);
+        let busy = last(config.recent_ms).any(|l| l.1 >= config.busy_at);
+        let top = loads.iter().copied().max_by(|a, b| a.1.total_cmp(&b.1));
+        Reading { chance, soon, busy, dry_recently, top }
+    }
 }
 
 /// Which projects bind on which dimension at `tau`, in words.
