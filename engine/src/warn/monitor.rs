@@ -155,15 +155,19 @@ impl Monitor {
                 d.name().to_uppercase(),
                 human(resets_at.since(now))
             );
-            // What to do: the day's quota at this rate falls short by so many projects' worth.
-            let rate = if d.is_daily() { w.trend.slope() } else { None };
-            if let (Some(rate), Some(e), Transition::Fired) = (rate, exhausts_at, transition) {
-                if e < resets_at && subject.projects > 0 {
-                    let short = used + rate * resets_at.since(now) as f64 - limit as f64;
-                    let each = limit as f64 / f64::from(subject.projects);
-                    let n = (short / each).ceil().max(1.0) as u64;
+            // What to do: at the recent rate, the day's quota (or the minute's) falls short by
+            // so many projects' worth.
+            if let (Some(rate), Transition::Fired) = (w.trend.slope(), transition) {
+                let (need, until) = if d.is_daily() {
+                    (used + rate * resets_at.since(now) as f64, "would last until the reset")
+                } else {
+                    (rate * MINUTE_MS as f64, "would carry this rate")
+                };
+                let each = limit as f64 / f64::from(subject.projects.max(1));
+                if need > limit as f64 && subject.projects > 0 {
+                    let n = ((need - limit as f64) / each).ceil().max(1.0) as u64;
                     summary.push_str(&format!(
-                        "; at this rate {n} more project{} like these would last until the reset",
+                        "; at this rate {n} more project{} like these {until}",
                         if n == 1 { "" } else { "s" }
                     ));
                 }
