@@ -8,7 +8,8 @@
 //!   (level and reset-aware forecast, `for`, hysteresis), and per project bucket
 //!   `QuotaNearLimit` when `project_alerts` asks for it; grouping, group wait and interval,
 //!   repeat throttling; a firing pool alert mutes the project alerts of the same model and
-//!   dimension; resolved notices; alerts about the pool's health (see
+//!   dimension, and a firing `PoolAtRisk` its model's `PoolNearLimit` of that dimension (the
+//!   operator already knows the pool is short); resolved notices; alerts about the pool's health (see
 //!   [`super::health`]).
 //! - `naive` (the reference): a threshold per key (`KeyNearLimit`), no forecast, no `for`,
 //!   no hysteresis, no grouping — one notification per crossing, up or down.
@@ -120,7 +121,11 @@ impl Warner {
                 target: one("alertname", target),
                 equal: vec!["model".into(), "dimension".into()],
             };
-            vec![mutes("PoolNearLimit", "QuotaNearLimit"), mutes("PoolAtRisk", "QuotaNearLimit")]
+            vec![
+                mutes("PoolNearLimit", "QuotaNearLimit"),
+                mutes("PoolAtRisk", "QuotaNearLimit"),
+                mutes("PoolAtRisk", "PoolNearLimit"),
+            ]
         } else {
             Vec::new()
         };
