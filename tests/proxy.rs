@@ -699,7 +699,7 @@ fn warnings_run_live_to_the_log_the_webhook_and_the_metrics() {
         posts.contains("\"status\":\"firing\"") && posts.contains("NearLimit"),
         "the webhook got the alert: {posts}"
     );
-    assert!(posts.contains("\"alertname\":\"PoolAtRisk\"") && posts.contains("\"horizon\":\"1800s\""), "{posts}");
+    assert!(posts.contains("\"alertname\":\"PoolAtRisk\"") && posts.contains("\"horizon\":\"3600s\""), "{posts}");
     assert!(proxy.log().contains("PoolAtRisk"), "the log line: {}", proxy.log());
     assert!(proxy.log().contains("keysim::warnings"), "{}", proxy.log());
     no_key_in("the webhook's payloads", &posts);

@@ -73,7 +73,7 @@ impl Default for RiskConfig {
     fn default() -> Self {
         Self {
             enabled: true,
-            horizon_ms: 30 * MINUTE_MS,
+            horizon_ms: 60 * MINUTE_MS,
             lookback_ms: 30 * MINUTE_MS,
             fire_at: 0.5,
             clear_below: 0.2,
