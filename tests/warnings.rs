@@ -186,6 +186,26 @@ fn a_forecast_without_history_is_bad_input() {
     assert!(err.contains("at least two evaluations") && err.contains("warn-storm.toml"), "{err}");
 }
 
+/// `PoolAtRisk` settings that could not work are bad input, each with its reason.
+#[test]
+fn risk_settings_that_cannot_work_are_bad_input() {
+    for (set, says) in [
+        ("warnings.horizon=\"2h\"", "between 1m and 1h"),
+        ("warnings.risk_clear_below=0", "never clears"),
+        ("warnings.keep_firing_for=\"1s\"", "flaps"),
+        ("warnings.busy_at=0", "between 0.05 and 1"),
+        ("warnings.lookback=\"5m\"", "between 10m and 24h"),
+        ("warnings.evaluate_every=\"2m\"", "an evaluation a minute"),
+    ] {
+        let o = keysim().args(["validate", "scenarios/warn-real-trace.toml", "--set", set]).output().unwrap();
+        assert_eq!(o.status.code(), Some(2), "{set}");
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(err.contains(says), "{set}: {err}");
+    }
+    let ok = keysim().args(["validate", "scenarios/warn-real-trace.toml", "--set", "warnings.risk=false"]).output();
+    assert_eq!(ok.unwrap().status.code(), Some(0), "off is fine");
+}
+
 /// Real, bursty demand (the Azure hour through a pool below its peaks): `PoolAtRisk` foretells
 /// the dry spells from the busiest minutes, once per busy period and between bursts; the level
 /// and trend rules alone stay silent.

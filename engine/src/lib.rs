@@ -273,9 +273,11 @@ pub struct Engine<S: QuotaStore = MemoryStore> {
 }
 
 impl<S: QuotaStore> Engine<S> {
-    /// A request for `model` reached the engine at `now` (once per request, where it first
-    /// asks: [`Engine::acquire`] does; a caller of [`Engine::admit`] that retries says so
-    /// itself). The warnings read it as the demand a pool was asked to carry.
+    /// A request for `model` reached the engine at `now`: once per request where it first asks
+    /// ([`Engine::acquire`] counts each call, so a request sent again after the provider
+    /// refused it counts again, as it asks the pool again; a caller of [`Engine::admit`] that
+    /// queues and retries by itself says so once). The warnings read it as the demand a pool
+    /// was asked to carry; with replicas, each engine counts what reaches it.
     pub fn note_arrival(&self, model: usize, now: Timestamp) {
         if let Some(m) = self.demand.get(model) {
             m.note(now);

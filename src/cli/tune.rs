@@ -47,7 +47,13 @@ pub(super) fn tune(o: TuneOptions) -> Result<i32, CliError> {
         overrides.extend(s.iter().map(|(k, v)| format!("warnings.{k}={v}")));
         super::run::load(&ScenarioArgs { scenario: o.scenario.scenario.clone(), overrides })
     };
-    // Bad settings are bad input: the first point tells before any thread starts.
+    // Bad settings are bad input, told before any thread starts: every value of every axis
+    // once, then the first point whole.
+    for a in &axes {
+        for v in &a.values {
+            scenario_of(&vec![(a.key.clone(), v.clone())])?;
+        }
+    }
     let first = scenario_of(&points[0])?;
     if first.warnings.as_ref().is_some_and(|w| w.config.mode != crate::engine::warn::WarnMode::Pipeline) {
         return Err(CliError::BadInput(

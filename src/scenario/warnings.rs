@@ -172,8 +172,8 @@ fn risk(ctx: &mut Ctx, t: &Table<'_, '_>, c: &mut WarnConfig) {
         r.horizon_ms = ms;
     }
     if let Some((ms, span)) = t.duration(ctx, "lookback") {
-        if !(5 * 60_000..=24 * 3_600_000).contains(&ms) {
-            ctx.error(span, "`lookback` must be between 5m and 24h");
+        if !(10 * 60_000..=24 * 3_600_000).contains(&ms) {
+            ctx.error(span, "`lookback` must be between 10m and 24h (the trend and reminders look at ten minutes)");
         }
         r.lookback_ms = ms;
     }
@@ -182,20 +182,33 @@ fn risk(ctx: &mut Ctx, t: &Table<'_, '_>, c: &mut WarnConfig) {
         r.clear_below = r.clear_below.min(x);
     }
     if let Some(x) = t.fraction(ctx, "risk_clear_below", 0.0, 1.0) {
+        let span = t.raw("risk_clear_below").map_or(0..0, |v| v.span());
         if x > r.fire_at {
-            let span = t.raw("risk_clear_below").map_or(0..0, |v| v.span());
             ctx.error(span, format!("`risk_clear_below` ({x}) must not be above `risk_at` ({})", r.fire_at));
+        } else if x <= 0.0 {
+            ctx.error(span, "`risk_clear_below` must be above 0 (at 0 the alert never clears)");
         }
         r.clear_below = x;
     }
-    if let Some((ms, _)) = t.duration(ctx, "keep_firing_for") {
+    if let Some((ms, span)) = t.duration(ctx, "keep_firing_for") {
+        if ms < c.evaluate_every_ms {
+            ctx.error(span, "`keep_firing_for` must be at least `evaluate_every` (shorter, the alert flaps)");
+        }
         r.keep_firing_ms = ms;
     }
-    if let Some(x) = t.fraction(ctx, "busy_at", 0.0, 1.0) {
+    if let Some(x) = t.fraction(ctx, "busy_at", 0.05, 1.0) {
         r.busy_at = x;
     }
     if let Some((ms, _)) = t.duration(ctx, "remind_every") {
         r.remind_every_ms = ms;
+    }
+    if r.enabled && c.evaluate_every_ms > 60_000 {
+        let span = t.raw("evaluate_every").map_or(0..0, |v| v.span());
+        ctx.error_help(
+            span,
+            "`PoolAtRisk` needs an evaluation a minute at least (it keeps each minute's busiest moment)",
+            "make `evaluate_every` at most 1m, or set `risk = false`",
+        );
     }
 }
 

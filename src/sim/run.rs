@@ -393,7 +393,8 @@ impl Sim<'_, '_, '_> {
         let req = self.slab.reqs[r as usize];
         let c = &self.sc.traffic[req.class as usize];
         let (model, priority) = (c.model, c.priority);
-        self.world.engines[req.replica as usize].note_arrival(model, Timestamp(now));
+        // The warner watches the first engine: the whole pool's demand counts there.
+        self.world.engines[0].note_arrival(model, Timestamp(now));
         let deadline = self.world.policy.deadline(Timestamp(req.arrival));
         let retry = if self.world.waiting[model].0.must_queue(priority) {
             None

@@ -22,7 +22,8 @@
 //! - A spell that begins during the run's *first burst* — the first stretch in which the
 //!   pool's load, as the provider counts it, stays at or above half its minute capacity,
 //!   for at most its first five minutes —
-//!   cannot be foreseen from the run's own history; it is named so, and counted as missed.
+//!   cannot be foreseen from the run's own history; it is named so (`first_burst`), and is
+//!   counted as missed unless a notification did foretell it.
 //! - Precision = true positives ÷ decided firing notifications; recall = warned (in advance
 //!   or while firing) ÷ spells.
 //!
@@ -218,12 +219,13 @@ impl Scorer {
         })
     }
 
-    /// Closes the pending entries of slot `s` whose horizon ended by `now`.
+    /// Closes the pending entries of slot `s` whose horizon ended before `now` (a spell at its
+    /// very end is within it).
     fn expire(&mut self, s: usize, now: Timestamp) {
         let mut i = 0;
         while i < self.slots[s].pending.len() {
             let (id, _, until, _) = self.slots[s].pending[i];
-            if until > now {
+            if until >= now {
                 i += 1;
                 continue;
             }

@@ -343,6 +343,25 @@ impl Risk {
         }
     }
 
+    /// `model`'s pool has no bucket left: a firing alert resolves (there is nothing to run
+    /// dry), and its history is forgotten.
+    pub(crate) fn emptied(&mut self, model: usize, name: &str) -> Vec<Change> {
+        let Some(m) = self.models.get_mut(model) else { return Vec::new() };
+        let out = m.firing.take().map_or_else(Vec::new, |f| {
+            f.dims
+                .iter()
+                .map(|d| Change {
+                    transition: Transition::Resolved,
+                    labels: labels(name, *d),
+                    annotations: Labels::new(),
+                    since: f.since,
+                })
+                .collect()
+        });
+        *m = ModelRisk::default();
+        out
+    }
+
     /// The pool as the risk sees it at `now`: each project's part, and which run out of daily
     /// quota before `horizon_end`.
     fn view<'a>(
@@ -402,9 +421,11 @@ impl Risk {
         let mut later_ok = true;
         for (dim, used, i) in [(Dimension::Rpd, u.day_requests, 1usize), (Dimension::Tpd, u.day_tokens, 2)] {
             let limit = c.get(dim);
-            if limit == u64::MAX || limit == 0 {
+            if limit == u64::MAX {
                 continue;
             }
+            // A ceiling of 0 (a reserve that takes the whole daily quota) leaves ordinary
+            // traffic nothing, as a quota spent does.
             if used >= limit {
                 now_ok = false;
                 later_ok = false;
@@ -581,13 +602,15 @@ impl ModelRisk {
             .collect();
         let active: Vec<f64> = loads.iter().map(|l| l.1.min(2.0)).filter(|x| *x >= ACTIVE).collect();
         let minutes = (config.horizon_ms as f64 / MINUTE_MS as f64).max(1.0);
+        // Only busy minutes can run dry: the horizon holds as many as the lookback's share.
+        let busy_share = active.len() as f64 / loads.len().max(1) as f64;
         let last = |window: u64| loads.iter().filter(move |(t, _, _)| now.since(*t) < window);
         // Demand that climbs steadily (the day's ramp) runs the pool dry with no burst: its
         // trend over the last minutes, where it is clean, is projected a little way ahead.
         let climb: Vec<(f64, f64)> =
             last(REMIND_WINDOW_MS).map(|(t, x, _)| (t.0 as f64 / MINUTE_MS as f64, x.min(2.0))).collect();
-        let chance =
-            (1.0 - (1.0 - minute_chance(&active)).powf(minutes)).max(trend_chance(&climb, minutes.min(RAMP_MINUTES)));
+        let chance = (1.0 - (1.0 - minute_chance(&active)).powf(minutes * busy_share))
+            .max(trend_chance(&climb, minutes.min(RAMP_MINUTES)));
         // The short view a reminder needs: the chance within the next minutes, from the last
         // minutes alone (an old burst does not call for a new notice).
         let recent: Vec<f64> = last(REMIND_WINDOW_MS).map(|l| l.1.min(2.0)).filter(|x| *x >= ACTIVE).collect();

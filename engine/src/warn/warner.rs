@@ -215,6 +215,7 @@ impl Warner {
                 continue;
             }
             if groups.is_empty() {
+                changes.extend(self.risk.emptied(m, model));
                 continue;
             }
             // The pool first: a project's own alert is worth sending only where it runs out
