@@ -122,6 +122,21 @@ struct Firing {
     quiet_since: Option<Timestamp>,
 }
 
+impl Firing {
+    /// Its alerts on `model`, resolved.
+    fn resolved(&self, model: &str) -> Vec<Change> {
+        self.dims
+            .iter()
+            .map(|d| Change {
+                transition: Transition::Resolved,
+                labels: labels(model, *d),
+                annotations: Labels::new(),
+                since: self.since,
+            })
+            .collect()
+    }
+}
+
 /// Per-bucket samples of the daily counters, one a minute, for the daily rate.
 #[derive(Debug, Default)]
 struct Daily {
@@ -314,16 +329,7 @@ impl Risk {
                 f.quiet_since = if load_now < QUIET { f.quiet_since.or(Some(now)) } else { None };
                 let quiet = f.quiet_since.is_some_and(|q| now.since(q) >= MINUTE_MS);
                 if now.since(f.high) >= config.keep_firing_ms {
-                    let out = f
-                        .dims
-                        .iter()
-                        .map(|d| Change {
-                            transition: Transition::Resolved,
-                            labels: labels(name, *d),
-                            annotations: Labels::new(),
-                            since: f.since,
-                        })
-                        .collect();
+                    let out = f.resolved(name);
                     m.firing = None;
                     out
                 } else if config.remind_every_ms > 0
@@ -347,17 +353,7 @@ impl Risk {
     /// dry), and its history is forgotten.
     pub(crate) fn emptied(&mut self, model: usize, name: &str) -> Vec<Change> {
         let Some(m) = self.models.get_mut(model) else { return Vec::new() };
-        let out = m.firing.take().map_or_else(Vec::new, |f| {
-            f.dims
-                .iter()
-                .map(|d| Change {
-                    transition: Transition::Resolved,
-                    labels: labels(name, *d),
-                    annotations: Labels::new(),
-                    since: f.since,
-                })
-                .collect()
-        });
+        let out = m.firing.take().map_or_else(Vec::new, |f| f.resolved(name));
         *m = ModelRisk::default();
         out
     }
