@@ -10,17 +10,19 @@
 //! - [`plan`]: capacity planning — grids of pool sizes and rates, simulated on all cores.
 //! - [`tune`]: warnings tuned on a scenario's own traffic — `[warnings]` settings swept on all
 //!   cores against a goal.
-//! - [`proxy`]: `keysim proxy` — the engine in front of Gemini for real clients.
-//! - [`notify`]: where warning notifications go — log lines, JSON lines, a webhook.
+//! - [`proxy`]: the `keysim-proxy` crate, re-exported — `keysim proxy`, the engine in front of
+//!   Gemini for real clients.
+//! - [`notify`]: where warning notifications go — log lines, JSON lines, a webhook (the
+//!   proxy crate's).
 //! - [`report`]: one aggregator fed by runs; summary, CSV writers and the terminal table.
 //! - [`cli`]: the `keysim` command line.
 
 pub mod cli;
 pub use keysim_engine as engine;
 pub mod load;
-pub mod notify;
+pub use keysim_proxy::notify;
 pub mod plan;
-pub mod proxy;
+pub use keysim_proxy as proxy;
 pub mod report;
 pub mod scenario;
 pub mod sim;

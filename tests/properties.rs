@@ -11,7 +11,7 @@ use keysim::scenario::{
     Arrival, EngineDef, EstimatorKind, ModelDef, OnExhausted, ProjectDef, Provider, Scenario, TimedEvent, Tokens,
     TrafficClass,
 };
-use mock_server::{Enforcement, FaultModel, LatencyModel, Tier};
+use mock_server::{Enforcement, FaultModel, LatencyModel};
 use proptest::prelude::*;
 
 const START: Timestamp = Timestamp(1_764_140_400_000); // 23:00 Pacific: the day rolls over mid-run
@@ -79,7 +79,7 @@ fn scenario(s: &Setup) -> Scenario {
         .enumerate()
         .map(|(i, (l, keys))| ProjectDef {
             id: format!("p{i}"),
-            tier: Tier::Free,
+            tier: keysim::scenario::Tier::Free,
             keys: (0..*keys).map(|k| format!("p{i}-k{k}")).collect(),
             limits: vec![*l],
         })

@@ -1,5 +1,5 @@
 //! Early warnings: the storm, spiky and daily-exhaustion stories, notifications.jsonl, and
-//! the webhook against a real HTTP receiver on loopback.
+//! the webhook against real HTTP and HTTPS receivers on loopback.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpListener;
@@ -54,39 +54,83 @@ fn warnings_off_reports_nothing() {
 /// last one repeats; `0` means hold the connection without answering), and hands every
 /// request body to the returned channel.
 fn receiver(statuses: Vec<u16>) -> (String, mpsc::Receiver<(String, Value)>) {
+    receiver_on(statuses, None)
+}
+
+/// The same receiver over TLS, with the test certificate of `tests/tls` (for 127.0.0.1).
+fn tls_receiver(statuses: Vec<u16>) -> (String, mpsc::Receiver<(String, Value)>) {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let certs: Vec<_> = CertificateDer::pem_file_iter("tests/tls/server.pem").unwrap().map(|c| c.unwrap()).collect();
+    let key = PrivateKeyDer::from_pem_file("tests/tls/server.key").unwrap();
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .unwrap();
+    receiver_on(statuses, Some(std::sync::Arc::new(config)))
+}
+
+fn receiver_on(
+    statuses: Vec<u16>,
+    tls: Option<std::sync::Arc<rustls::ServerConfig>>,
+) -> (String, mpsc::Receiver<(String, Value)>) {
     let listener = TcpListener::bind("127.0.0.1:0").expect("bind loopback");
-    let url = format!("http://{}/hook/alerts", listener.local_addr().unwrap());
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    let url = format!("{scheme}://{}/hook/alerts", listener.local_addr().unwrap());
     let (tx, rx) = mpsc::channel();
     std::thread::spawn(move || {
-        let mut held = Vec::new();
-        for (i, conn) in listener.incoming().enumerate() {
-            let Ok(mut s) = conn else { return };
-            let mut r = BufReader::new(s.try_clone().unwrap());
-            let mut request_line = String::new();
-            r.read_line(&mut request_line).unwrap();
-            let mut len = 0;
-            loop {
-                let mut h = String::new();
-                r.read_line(&mut h).unwrap();
-                if h == "\r\n" || h.is_empty() {
-                    break;
+        let mut held: Vec<Box<dyn Send>> = Vec::new();
+        let mut answered = 0;
+        for conn in listener.incoming() {
+            let Ok(tcp) = conn else { return };
+            let mut stream: Box<dyn ReadWrite> = match &tls {
+                Some(config) => {
+                    let Ok(server) = rustls::ServerConnection::new(config.clone()) else { continue };
+                    Box::new(rustls::StreamOwned::new(server, tcp))
                 }
-                if let Some(v) = h.to_ascii_lowercase().strip_prefix("content-length:") {
-                    len = v.trim().parse().unwrap();
-                }
-            }
-            let mut body = vec![0; len];
-            r.read_exact(&mut body).unwrap();
-            let status = *statuses.get(i).or(statuses.last()).unwrap();
+                None => Box::new(tcp),
+            };
+            // A client that gave up on the handshake (an untrusted certificate) sends nothing.
+            let Some((request_line, body)) = read_request(&mut stream) else { continue };
+            let status = *statuses.get(answered).or(statuses.last()).unwrap();
+            answered += 1;
             let _ = tx.send((request_line, serde_json::from_slice(&body).expect("a JSON body")));
             if status == 0 {
-                held.push(s);
+                held.push(Box::new(stream));
                 continue;
             }
-            let _ = write!(s, "HTTP/1.1 {status} X\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+            let _ = write!(stream, "HTTP/1.1 {status} X\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+            let _ = stream.flush();
         }
     });
     (url, rx)
+}
+
+trait ReadWrite: Read + Write + Send {}
+impl<T: Read + Write + Send> ReadWrite for T {}
+
+/// One request's line and body.
+fn read_request(stream: &mut dyn ReadWrite) -> Option<(String, Vec<u8>)> {
+    let mut r = BufReader::new(stream);
+    let mut request_line = String::new();
+    r.read_line(&mut request_line).ok()?;
+    let mut len = 0;
+    loop {
+        let mut h = String::new();
+        r.read_line(&mut h).ok()?;
+        if h == "\r\n" || h.is_empty() {
+            break;
+        }
+        if let Some(v) = h.to_ascii_lowercase().strip_prefix("content-length:") {
+            len = v.trim().parse().unwrap();
+        }
+    }
+    let mut body = vec![0; len];
+    r.read_exact(&mut body).ok()?;
+    Some((request_line, body))
 }
 
 fn warnings_json(name: &str, sets: &[String]) -> (Value, std::path::PathBuf) {
@@ -166,12 +210,34 @@ fn a_receiver_that_never_answers_costs_its_timeout_not_the_run() {
 #[test]
 fn a_webhook_url_that_cannot_work_is_bad_input() {
     let o = keysim()
-        .args(["validate", "scenarios/warn-storm.toml", "--set", "warnings.webhook=\"https://hooks.example/x\""])
+        .args(["validate", "scenarios/warn-storm.toml", "--set", "warnings.webhook=\"ftp://hooks.example/x\""])
         .output()
         .unwrap();
     assert_eq!(o.status.code(), Some(2));
     let err = String::from_utf8_lossy(&o.stderr);
-    assert!(err.contains("https is not supported"), "{err}");
+    assert!(err.contains("expected http://host:port/path or https://host/path"), "{err}");
+    let set = "warnings.webhook={ url = \"https://hooks.example/x\", ca_file = \"no-such-ca.pem\" }";
+    let o = keysim().args(["validate", "scenarios/warn-storm.toml", "--set", set]).output().unwrap();
+    assert_eq!(o.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("cannot read webhook `ca_file` 'no-such-ca.pem'"), "{err}");
+}
+
+#[test]
+fn the_webhook_reaches_an_https_receiver_it_trusts() {
+    let ca = std::fs::canonicalize("tests/tls/ca.pem").unwrap();
+    let (url, rx) = tls_receiver(vec![200]);
+    let set = format!("warnings.webhook={{ url = {url:?}, ca_file = {:?} }}", ca.display().to_string());
+    let (w, _) = warnings_json("warn-storm", &[set]);
+    assert_eq!((w["webhook"]["delivered"].as_u64(), w["webhook"]["failed"].as_u64()), (Some(1), Some(0)), "{w}");
+    let (line, body) = rx.recv_timeout(Duration::from_secs(5)).expect("the receiver got the payload");
+    assert!(line.starts_with("POST /hook/alerts "), "{line}");
+    assert_eq!(body["version"], "4");
+    // Without the test CA the certificate is not trusted: nothing is delivered.
+    let (url, _rx) = tls_receiver(vec![200]);
+    let set = format!("warnings.webhook={{ url = {url:?}, timeout = \"500ms\", retries = 1 }}");
+    let (w, _) = warnings_json("warn-storm", &[set]);
+    assert_eq!((w["webhook"]["delivered"].as_u64(), w["webhook"]["failed"].as_u64()), (Some(0), Some(1)), "{w}");
 }
 
 #[test]

@@ -148,6 +148,68 @@ impl Drop for ManualSleep<'_> {
     }
 }
 
+/// Wall-clock time in Unix milliseconds, optionally running `scale` times faster than real
+/// time from the moment it was made (lab runs in step with a fake on the same scale), letting
+/// queued requests go `lag` after their slot frees.
+#[derive(Clone, Copy, Debug)]
+pub struct ScaledClock {
+    origin: std::time::Instant,
+    origin_ms: u64,
+    scale: f64,
+    lag: std::time::Duration,
+}
+
+/// Real time a queued request waits beyond the instant its slot frees when requests travel
+/// over a network: more than the scheduling jitter between two requests' trips on loopback
+/// or a LAN, so that one sent exactly at a window's edge cannot reach the provider before
+/// the request it replaces has left the provider's window.
+pub const EDGE_GUARD: std::time::Duration = std::time::Duration::from_millis(25);
+
+impl ScaledClock {
+    /// Real time, sped up `scale` times (1 for real time; anything not positive and finite
+    /// counts as 1), with no lag.
+    pub fn new(scale: f64) -> Self {
+        let origin_ms = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
+        Self::starting_at(origin_ms, scale)
+    }
+
+    /// A clock that reads `origin_ms` now and runs `scale` times faster than real time.
+    pub fn starting_at(origin_ms: u64, scale: f64) -> Self {
+        let scale = if scale.is_finite() && scale > 0.0 { scale } else { 1.0 };
+        Self { origin: std::time::Instant::now(), origin_ms, scale, lag: std::time::Duration::ZERO }
+    }
+
+    /// The same clock, letting queued requests go `lag` (real time) after their slot frees.
+    pub fn with_lag(self, lag: std::time::Duration) -> Self {
+        Self { lag, ..self }
+    }
+
+    /// Now, in Unix milliseconds on this clock.
+    pub fn now_ms(&self) -> u64 {
+        self.origin_ms + (self.origin.elapsed().as_secs_f64() * 1000.0 * self.scale) as u64
+    }
+
+    /// How long `ms` of this clock's time takes in real time.
+    pub fn real(&self, ms: u64) -> std::time::Duration {
+        std::time::Duration::from_secs_f64(ms as f64 / 1000.0 / self.scale)
+    }
+
+    /// How much faster than real time it runs.
+    pub fn scale(&self) -> f64 {
+        self.scale
+    }
+}
+
+impl Clock for ScaledClock {
+    fn now(&self) -> Timestamp {
+        Timestamp(self.now_ms())
+    }
+
+    fn timer(&self) -> Timer<'_> {
+        Timer::Real { scale: self.scale, lag: self.lag }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -35,6 +35,7 @@
 //! - [`estimate`]: token estimators.
 //! - [`provider`]: reading 429 answers (quotaId, retryDelay).
 //! - [`warn`]: early-warning rules and forecasts.
+//! - [`pool_file`] (feature `pool-file`): the pool sections of a TOML file, with diagnostics.
 
 pub mod clock;
 pub mod estimate;
@@ -43,6 +44,8 @@ pub mod lifecycle;
 pub mod limits;
 pub mod memory;
 pub mod pool;
+#[cfg(feature = "pool-file")]
+pub mod pool_file;
 pub mod provider;
 mod redact;
 pub mod store;
@@ -71,7 +74,7 @@ use arc_swap::ArcSwap;
 
 pub use admit::{AdmitError, Decision, Denial, DenyReason, Outcome, Priority, Request, Ticket};
 pub use capacity::Capacity;
-pub use clock::{Clock, ManualClock, SystemClock};
+pub use clock::{Clock, ManualClock, ScaledClock, SystemClock, EDGE_GUARD};
 pub use config::{Builder, ConfigError};
 pub use degraded::Degraded;
 pub use estimate::{Chars4, Estimator, Prompt};
@@ -83,7 +86,7 @@ pub use pool::{
     Group, KeyId, KeySpec, KeyState, ModelSpec, Pool, PoolError, PoolEvent, PoolSpec, ProjectSpec, QuotaScope,
 };
 pub use provider::{failure, key_rejected, parse_quota_error, Exhaustion, QuotaExhausted, UsageMetadata};
-pub use redact::{redact, redact_text};
+pub use redact::{redact, redact_text, redact_url};
 #[cfg(feature = "redis")]
 pub use redis_store::{RedisConfig, RedisStats, RedisStore, RedisTime};
 pub use setting::Setting;

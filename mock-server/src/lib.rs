@@ -12,8 +12,8 @@
 //!   `RetryInfo`, 400, 403, 404, 500, 503) exactly as Gemini sends them.
 //! - [`fake`]: the HTTP API as one function of a request — routing, keys, the judge's
 //!   verdicts, latency and faults — for any host to serve.
-//! - [`host`]: HTTP hosts of the fake — a sustained hyper host with flat memory, and a
-//!   wiremock `MockServer` for tests.
+//! - `host` (feature `hosts`): HTTP hosts of the fake — a sustained hyper host with flat
+//!   memory, and (feature `wiremock`) a wiremock `MockServer` for tests.
 //! - [`pacific`]: the calendar of the daily quota (midnight America/Los_Angeles).
 //! - [`shape`]: answers shaped by the request (JSON from its schema, function calls,
 //!   candidates, stop sequences) and the tokens of images, audio and video.
@@ -23,6 +23,7 @@
 
 pub mod body;
 pub mod fake;
+#[cfg(feature = "hosts")]
 pub mod host;
 pub mod judge;
 pub mod pacific;

@@ -5,8 +5,7 @@ mod compare;
 mod gate;
 pub mod mock;
 mod plan;
-pub mod proxy;
-mod run;
+pub mod run;
 mod tune;
 
 use std::path::PathBuf;
@@ -228,29 +227,7 @@ pub enum Command {
     },
     /// Serve the engine in front of Gemini for real clients (the Gemini and OpenAI-compatible
     /// surfaces), until SIGINT or SIGTERM; SIGHUP reloads the pool.
-    Proxy {
-        /// The proxy config: a pool (`[[models]]`, `[[projects]]`, `[engine]`, `[warnings]`)
-        /// and `[proxy]`. Keys come from the environment or a keys file, never the command line.
-        #[arg(long)]
-        config: PathBuf,
-        /// Address to listen on (overrides `[proxy] listen`).
-        #[arg(long, value_name = "ADDR")]
-        listen: Option<String>,
-        /// Base URL of the API (overrides `[proxy] upstream`).
-        #[arg(long, value_name = "URL")]
-        upstream: Option<String>,
-        /// The shared quota store, redis://host:port (overrides `[proxy] store`).
-        #[arg(long, value_name = "URL")]
-        store: Option<String>,
-        /// Lab runs only: run the engine's clock this many times faster, in step with
-        /// `keysim mock --time-scale` and `keysim load --time-scale`.
-        #[arg(long, default_value_t = 1.0, hide = true)]
-        time_scale: f64,
-        /// Lab runs only: the Unix time (ms) the scaled clock counts from, so that replicas
-        /// started apart read the same clock.
-        #[arg(long, hide = true, value_name = "MS")]
-        time_origin: Option<u64>,
-    },
+    Proxy(keysim_proxy::cli::ProxyArgs),
     /// Serve the fake Gemini API (quotas, latency and faults of a scenario) until Ctrl-C.
     Mock {
         /// Port to listen on (0: any free port).
@@ -378,9 +355,10 @@ pub fn execute(cli: Cli) -> Result<i32, CliError> {
             let SweepArgs { jobs, out, json, quiet } = sweep;
             tune::tune(tune::TuneOptions { scenario, sweeps, goal, jobs, out, json, quiet })
         }
-        Command::Proxy { config, listen, upstream, store, time_scale, time_origin } => {
-            proxy::proxy(proxy::ProxyOptions { config, listen, upstream, store, time_scale, time_origin })
-        }
+        Command::Proxy(args) => keysim_proxy::cli::run(args).map(|()| 0).map_err(|e| match e {
+            keysim_proxy::cli::CliError::BadInput(m) => CliError::BadInput(m),
+            e => CliError::Runtime(anyhow::anyhow!(e.to_string())),
+        }),
         Command::Mock { port, bind, scenario, overrides, host, time_scale, header_timeout, body_timeout } => {
             mock::mock(mock::MockOptions {
                 port,

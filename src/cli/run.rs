@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use anyhow::Context;
 
 use super::{CliError, ScenarioArgs};
-use crate::notify::webhook::{Target, Webhook, WebhookStats};
+use crate::notify::webhook::{Webhook, WebhookStats};
 use crate::notify::{Fanout, JsonLines, LogLine, Sink};
 use crate::report::plots::{self, RunData};
 use crate::report::summary::{RunMode, Summary};
@@ -39,10 +39,7 @@ impl Sinks {
                 .without_time()
                 .try_init();
         }
-        let webhook = w.webhook.as_ref().map(|h| {
-            let target = Target::parse(&h.url).expect("validated when the scenario was read");
-            Webhook::start(target, std::time::Duration::from_millis(h.timeout_ms), h.retries, h.receiver.clone())
-        });
+        let webhook = w.webhook.as_ref().map(Webhook::start).transpose().map_err(CliError::BadInput)?;
         Ok(Self { jsonl: Some(jsonl), log: (w.log && !quiet).then_some(LogLine), webhook })
     }
 

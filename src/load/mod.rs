@@ -21,44 +21,22 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
-use serde::Serialize;
 use tokio::sync::mpsc;
 
-use crate::engine::clock::Timer;
 use crate::engine::{
-    AcquireError, Engine, MemoryStore, Prompt, QueuePolicy, QuotaStore, RedisConfig, RedisStore, RedisTime, Request,
-    StoreError, Timestamp,
+    AcquireError, Engine, MemoryStore, Prompt, QueuePolicy, QuotaStore, RedisConfig, Request, ScaledClock, StoreError,
+    Timestamp,
 };
 use crate::report::{stopwatch, Aggregate, RequestRecord, Terminal};
 use crate::scenario::Scenario;
 use crate::sim::{NewRequest, Traffic};
-use mock_server::host::Clock;
 
 mod target;
 use target::Answer;
 
-/// The run's scaled clock, as the engine's clock: waiters sleep on real timers, scaled.
-pub struct Scaled(pub Clock);
+pub use crate::report::load::{Latency, LoadFigures, LATE_MS};
 
-impl crate::engine::Clock for Scaled {
-    fn now(&self) -> Timestamp {
-        Timestamp(self.0.now_ms())
-    }
-
-    fn timer(&self) -> Timer<'_> {
-        // A queued request is admitted a little after its slot frees: one sent exactly at a
-        // window's edge can reach the provider before the request it replaces has left the
-        // provider's window, if that one's trip took longer.
-        Timer::Real { scale: self.0.scale(), lag: EDGE_GUARD }
-    }
-}
-
-/// A send this far behind its intended time counts as late.
-pub const LATE_MS: u64 = 10;
-
-/// Real time a queued request waits beyond the instant its slot frees: more than the
-/// scheduling jitter between two requests' trips on loopback or a LAN.
-pub const EDGE_GUARD: Duration = Duration::from_millis(25);
+pub use crate::engine::EDGE_GUARD;
 
 /// How to run. Its `Debug` shows the target and the store without credentials.
 #[derive(Clone)]
@@ -128,68 +106,6 @@ impl Default for LoadOptions {
 
 /// The engine of a load run: its store is chosen at run time.
 pub type LoadEngine = Engine<Box<dyn QuotaStore>>;
-
-/// Percentiles of a latency, in milliseconds.
-#[derive(Clone, Debug, Default, Serialize, PartialEq)]
-pub struct Latency {
-    /// Requests measured.
-    pub count: u64,
-    /// Median.
-    pub p50: f64,
-    /// 99th percentile.
-    pub p99: f64,
-    /// Largest.
-    pub max: f64,
-}
-
-impl Latency {
-    fn of(h: &Histogram<u64>) -> Self {
-        let ms = |us: u64| (us as f64 / 10.0).round() / 100.0;
-        if h.is_empty() {
-            return Self::default();
-        }
-        Self { count: h.len(), p50: ms(h.value_at_quantile(0.5)), p99: ms(h.value_at_quantile(0.99)), max: ms(h.max()) }
-    }
-}
-
-/// What a load run adds to `summary.json` (real-clock figures).
-#[derive(Clone, Debug, Default, Serialize, PartialEq)]
-pub struct LoadFigures {
-    /// The target, without path or query.
-    pub target: String,
-    /// Engine replicas the requests were spread over.
-    pub replicas: usize,
-    /// The store they shared (`memory` = one each, not shared), without credentials.
-    pub store: String,
-    /// Settlements the store could not record (their reservations stay counted).
-    pub settle_errors: u64,
-    /// How much faster than the scenario's clock it ran.
-    pub time_scale: f64,
-    /// Requests started.
-    pub started: u64,
-    /// Of those, started more than `LATE_MS` after their intended time.
-    pub late_sends: u64,
-    /// How far behind schedule starts were.
-    pub start_lag: Latency,
-    /// HTTP requests that failed below HTTP (connection refused, reset, timeout).
-    pub transport_errors: u64,
-    /// Intended start to answer, through the engine, succeeded requests only (queue waits
-    /// included).
-    pub end_to_end: Latency,
-    /// The same for requests the engine admitted at once: the engine's cost on the path.
-    pub end_to_end_unqueued: Latency,
-    /// The same without the engine (with `--baseline`).
-    pub baseline_end_to_end: Option<Latency>,
-    /// The end-to-end distribution, in µs, for plots.
-    #[serde(skip)]
-    pub end_to_end_us: Option<Histogram<u64>>,
-    /// The baseline's, in µs, for plots.
-    #[serde(skip)]
-    pub baseline_end_to_end_us: Option<Histogram<u64>>,
-    /// Requests by terminal state over time, for plots.
-    #[serde(skip)]
-    pub outcomes: Option<crate::report::trace::Outcomes>,
-}
 
 /// A finished load run.
 pub struct LoadResult {
@@ -267,13 +183,7 @@ impl Done {
     }
 }
 
-/// `scheme://host[:port]` of a URL, for reports.
-pub fn redact_target(url: &str) -> String {
-    let (scheme, rest) = url.split_once("://").unwrap_or(("http", url));
-    let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
-    let host = rest[..end].rsplit('@').next().unwrap_or_default();
-    format!("{scheme}://{host}")
-}
+pub use crate::engine::redact_url as redact_target;
 
 /// The prompt the scenario's request `r` sends: its corpus text, or synthetic text of its
 /// true token count at four characters a token.
@@ -291,7 +201,7 @@ struct Shared {
     engines: Vec<LoadEngine>,
     http: reqwest::Client,
     target: String,
-    clock: Clock,
+    clock: ScaledClock,
     /// Key values by engine key index.
     keys: Vec<String>,
     /// The clock's reading when the schedule started.
@@ -429,15 +339,7 @@ fn store(opts: &LoadOptions) -> Result<Box<dyn QuotaStore>, LoadError> {
     redis_store(config, &opts.store_prefix, opts.time_scale != 1.0).map_err(bad)
 }
 
-/// A Redis store shared by engines whose keys start with `prefix`. On a scaled clock
-/// (`scaled`) it counts by the callers' (shared) clock; at real speed, by the server's.
-pub fn redis_store(mut config: RedisConfig, prefix: &str, scaled: bool) -> Result<Box<dyn QuotaStore>, StoreError> {
-    config.prefix = prefix.to_owned();
-    if scaled {
-        config.time = RedisTime::Caller;
-    }
-    Ok(Box::new(RedisStore::new(config)?))
-}
+pub use crate::proxy::config::redis_store;
 
 fn micros() -> Histogram<u64> {
     Histogram::new_with_bounds(1, 3_600_000_000, 3).expect("valid bounds")
@@ -464,11 +366,14 @@ pub fn run_load(sc: &Scenario, opts: &LoadOptions) -> Result<LoadResult, LoadErr
     if !(1..=256).contains(&opts.replicas) {
         return Err(LoadError::Bad("--replicas must be from 1 to 256".into()));
     }
-    let clock = Clock::new(opts.time_scale);
+    // A queued request is admitted a little after its slot frees: one sent exactly at a
+    // window's edge can reach the provider before the request it replaces has left the
+    // provider's window, if that one's trip took longer.
+    let clock = ScaledClock::new(opts.time_scale).with_lag(EDGE_GUARD);
     let engines = (0..opts.replicas)
         .map(|_| {
             let store = store(opts)?;
-            crate::scenario::build::engine_on(sc, Arc::new(Scaled(clock)), store)
+            crate::scenario::build::engine_on(sc, Arc::new(clock), store)
                 .map_err(|e| LoadError::Bad(format!("the pool: {e}")))
         })
         .collect::<Result<Vec<_>, _>>()?;

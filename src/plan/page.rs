@@ -31,8 +31,8 @@ pub(crate) fn sentence(
         let _ = write!(where_, ", {k} = {v}");
     }
     let tier = match sc.projects[0].tier {
-        mock_server::Tier::Free => "free-tier",
-        mock_server::Tier::Paid => "paid",
+        crate::scenario::Tier::Free => "free-tier",
+        crate::scenario::Tier::Paid => "paid",
     };
     let mut s = match projects {
         Some(n) => format!(

@@ -253,7 +253,7 @@ pub fn run_report(s: &Summary, description: Option<&str>, figures: &[(Figure, St
 
     if let Some(l) = &s.load {
         b.push_str("<h2>Real-time figures</h2>");
-        let lat = |x: &crate::load::Latency| format!("{} / {} / {} ms ({} requests)", x.p50, x.p99, x.max, x.count);
+        let lat = |x: &super::load::Latency| format!("{} / {} / {} ms ({} requests)", x.p50, x.p99, x.max, x.count);
         let mut rows = vec![
             vec!["target".into(), esc(&l.target)],
             vec!["time scale".into(), format!("{}×", l.time_scale)],

@@ -6,10 +6,14 @@
 //! - [`table`]: the terminal summary.
 //! - [`RequestLog`]: `requests.csv`, one row per request, streamed.
 //! - [`stopwatch`]: a cheap real-clock stopwatch for engine decision time.
+//! - [`score`]: warnings scored against what really ran out.
+//! - [`load`]: a load run's real-clock figures.
 
 pub mod chart;
 pub mod html;
+pub mod load;
 pub mod plots;
+pub mod score;
 pub mod stopwatch;
 pub mod summary;
 pub mod table;
@@ -191,7 +195,7 @@ pub struct Aggregate {
     /// The same per shadow estimator, in `shadow_estimators` order.
     pub shadow_estimation: Vec<BTreeMap<String, EstimateStats>>,
     /// Early-warning figures, when warnings ran.
-    pub warnings: Option<crate::sim::score::WarningScore>,
+    pub warnings: Option<score::WarningScore>,
     /// Admission decision time in ns, on the real clock.
     pub admit_ns: Histogram<u64>,
     /// Settlement time in ns, on the real clock.

@@ -149,7 +149,7 @@ fn accuracy(
         .collect()
 }
 
-/// Early-warning figures, scored against what really ran out (see `sim::score`).
+/// Early-warning figures, scored against what really ran out (see `report::score`).
 #[derive(Clone, Debug, Serialize, PartialEq, Default)]
 pub struct Warnings {
     /// Whether warning rules ran (`[warnings]` in the scenario).
@@ -229,7 +229,7 @@ fn ratio(a: u64, b: u64) -> Option<f64> {
 }
 
 impl Warnings {
-    fn new(sc: &Scenario, score: Option<&crate::sim::score::WarningScore>) -> Self {
+    fn new(sc: &Scenario, score: Option<&super::score::WarningScore>) -> Self {
         let (Some(def), Some(s)) = (&sc.warnings, score) else { return Self::default() };
         let secs = |ms: u64| round6(ms as f64 / 1000.0);
         let lead = if s.lead_ms.is_empty() {
@@ -432,7 +432,7 @@ pub struct Summary {
     /// Warnings.
     pub warnings: Warnings,
     /// Real-clock figures of a load run (`mode = "load"`); null for simulations.
-    pub load: Option<crate::load::LoadFigures>,
+    pub load: Option<super::load::LoadFigures>,
     /// What the engine did about the provider's misbehaviour.
     pub health: HealthInfo,
     /// Simulated engine replicas and how they shared quota (`[replicas]`); null for one engine.

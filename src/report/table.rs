@@ -157,7 +157,7 @@ pub fn render(s: &Summary) -> String {
             l.time_scale,
             l.started,
             l.late_sends,
-            crate::load::LATE_MS,
+            super::load::LATE_MS,
             l.start_lag.p99,
             l.transport_errors
         );

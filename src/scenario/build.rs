@@ -5,28 +5,13 @@ use std::sync::Arc;
 
 use mock_server::{Judge, JudgeConfig, ModelQuota, ProjectQuota};
 
-use super::{EstimatorKind, Scenario};
-use crate::engine::estimate::{Cached, Calibrated, PerModel, Tiktoken};
-use crate::engine::{
-    Chars4, Clock, ConfigError, Engine, Estimator, KeySpec, ManualClock, MemoryStore, ModelSpec, PoolSpec, ProjectSpec,
-    QuotaStore,
-};
+use super::{EstimatorKind, Scenario, Tier};
+use crate::engine::pool_file::build;
+use crate::engine::{Clock, ConfigError, Engine, Estimator, ManualClock, MemoryStore, PoolSpec, QuotaStore};
 
 /// The pool a scenario starts with.
 pub fn pool_spec(sc: &Scenario) -> PoolSpec {
-    PoolSpec {
-        models: sc.models.iter().map(|m| ModelSpec { name: m.name.clone(), limits: m.limits }).collect(),
-        projects: sc
-            .projects
-            .iter()
-            .map(|p| ProjectSpec { id: p.id.clone(), limits: p.limits.iter().map(|l| Some(*l)).collect() })
-            .collect(),
-        keys: sc
-            .projects
-            .iter()
-            .flat_map(|p| p.keys.iter().map(|k| KeySpec { id: k.clone(), project: p.id.clone() }))
-            .collect(),
-    }
+    build::pool_spec(&sc.models, &sc.projects)
 }
 
 /// The engine a scenario describes, over an in-memory store, on `clock`.
@@ -36,12 +21,7 @@ pub fn engine(sc: &Scenario, clock: Arc<dyn Clock>) -> Result<Engine, ConfigErro
 
 /// The engine a scenario describes, over `store`, on `clock`.
 pub fn engine_on<S: QuotaStore>(sc: &Scenario, clock: Arc<dyn Clock>, store: S) -> Result<Engine<S>, ConfigError> {
-    Engine::builder(pool_spec(sc))
-        .config(sc.engine.config.clone())
-        .estimator(estimator(sc))
-        .clock(clock)
-        .store(store)
-        .build()
+    build::engine_on(&sc.models, &sc.projects, &sc.engine, clock, store)
 }
 
 /// The engine of a simulated run: virtual time on a manual clock at the scenario's start.
@@ -51,35 +31,12 @@ pub fn sim_engine(sc: &Scenario) -> Result<Engine, ConfigError> {
 
 /// The estimator a scenario chooses, per model where models override it.
 pub fn estimator(sc: &Scenario) -> Box<dyn Estimator> {
-    let def = &sc.engine;
-    if sc.models.iter().all(|m| m.estimator.is_none_or(|k| k == def.estimator)) {
-        return build_estimator(sc, def.estimator);
-    }
-    let per_model = sc.models.iter().map(|m| build_estimator(sc, m.estimator.unwrap_or(def.estimator))).collect();
-    Box::new(PerModel::new(per_model))
+    build::estimator(&sc.models, &sc.engine)
 }
 
 /// One estimator of `kind`, with the scenario's settings.
 pub fn build_estimator(sc: &Scenario, kind: EstimatorKind) -> Box<dyn Estimator> {
-    let def = &sc.engine;
-    let cache = def.estimate_cache;
-    match kind {
-        EstimatorKind::Chars4 => Box::new(Chars4),
-        EstimatorKind::Tiktoken if cache > 0 => Box::new(Cached::new(Tiktoken, cache)),
-        EstimatorKind::Tiktoken => Box::new(Tiktoken),
-        EstimatorKind::Tokenizer => {
-            let t =
-                def.tokenizer.as_ref().expect("validated: the tokenizer estimator has a tokenizer").tokenizer.clone();
-            if cache > 0 {
-                Box::new(Cached::new(t, cache))
-            } else {
-                Box::new(t)
-            }
-        }
-        EstimatorKind::Calibrated => {
-            Box::new(Calibrated::with_base(sc.models.len(), def.calibration_quantile, def.calibration_base))
-        }
-    }
+    build::build_estimator(sc.models.len(), &sc.engine, kind)
 }
 
 /// The judge a scenario describes, with its initial keys issued.
@@ -103,7 +60,10 @@ pub fn judge_config(sc: &Scenario) -> JudgeConfig {
             .iter()
             .map(|p| ProjectQuota {
                 id: p.id.clone(),
-                tier: p.tier,
+                tier: match p.tier {
+                    Tier::Free => mock_server::Tier::Free,
+                    Tier::Paid => mock_server::Tier::Paid,
+                },
                 limits: p
                     .limits
                     .iter()

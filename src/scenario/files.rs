@@ -3,37 +3,9 @@
 
 use std::path::Path;
 
-use super::fields::{Ctx, Span, Table};
-use super::model::{CorpusText, TokenizerFile};
+use super::model::CorpusText;
 use crate::engine::estimate::HfTokenizer;
-
-fn resolve(base: Option<&Path>, file: &str) -> std::path::PathBuf {
-    base.map_or_else(|| Path::new(file).to_path_buf(), |b| b.join(file))
-}
-
-/// Loads the `tokenizer.json` named by `key` of `t`, if the key is there.
-pub(super) fn tokenizer(ctx: &mut Ctx, t: &Table<'_, '_>, key: &str, base: Option<&Path>) -> Option<TokenizerFile> {
-    let (file, span) = t.string(ctx, key)?;
-    let path = resolve(base, &file);
-    let bytes = match std::fs::read(&path) {
-        Ok(b) => b,
-        Err(e) => {
-            ctx.error_help(
-                span,
-                format!("cannot read tokenizer '{file}' (paths are relative to the scenario's folder): {e}"),
-                "the Gemini tokenizer is fetched by .ci/fetch-gemini-tokenizer.sh",
-            );
-            return None;
-        }
-    };
-    match HfTokenizer::from_bytes(&bytes) {
-        Ok(tokenizer) => Some(TokenizerFile { path: file, tokenizer }),
-        Err(e) => {
-            ctx.error(span, format!("tokenizer '{file}': {e}"));
-            None
-        }
-    }
-}
+use crate::engine::pool_file::{resolve, Ctx, Span};
 
 /// Reads a JSON-lines corpus: `{"lang": .., "text": .., "tokens": ..}` a line. True counts come
 /// from `truth` where given, else from each line's `tokens`.

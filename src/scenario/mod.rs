@@ -4,29 +4,23 @@
 //! - [`parse()`]: text to scenario (no file reading of its own but trace files).
 //! - [`load`]: read a file, then parse it.
 //! - [`model`]: the validated types.
-//! - [`units`]: durations, rates, comparisons.
-//! - [`diag`]: diagnostics and their rendering with line, column and caret.
+//! - [`units`], [`diag`]: the engine's pool-file units and diagnostics, shared by every file
+//!   that holds a pool.
 
 pub mod build;
-pub mod diag;
 pub mod model;
-pub mod units;
 
-mod fields;
 mod files;
 mod overrides;
 mod parse;
-mod proxy;
 mod replicas;
 mod traffic;
-mod warnings;
 
 use std::path::Path;
 
-pub use diag::{Diagnostic, Diagnostics};
+pub use crate::engine::pool_file::{diag, units, Diagnostic, Diagnostics};
 pub use model::*;
-pub use parse::{parse, parse_proxy};
-pub use proxy::{KeySource, ProxyDef};
+pub use parse::parse;
 
 /// Why a scenario could not be loaded.
 #[derive(Debug, thiserror::Error)]

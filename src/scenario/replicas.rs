@@ -1,7 +1,7 @@
 //! `[replicas]`: several engine replicas in one simulated run, and how they share quota.
 
-use super::fields::{Ctx, Table};
 use super::model::{ReplicaMode, ReplicasDef, StoreSpell};
+use crate::engine::pool_file::{Ctx, Table};
 
 /// Parses `[replicas]`; `None` (with errors reported) if it does not hold together.
 pub(super) fn parse(ctx: &mut Ctx, t: &Table<'_, '_>, duration: u64) -> Option<ReplicasDef> {

@@ -5,9 +5,9 @@ use std::path::Path;
 use chrono::NaiveDateTime;
 use toml::de::DeValue;
 
-use super::fields::{float_of, Ctx, Span, Table};
 use super::model::*;
-use super::units;
+use crate::engine::pool_file::fields::{self, float_of, Ctx, Span, Table};
+use crate::engine::pool_file::units;
 use crate::engine::{KeySpec, PoolEvent, Priority};
 
 const TRAFFIC_KEYS: &[&str] = &[
@@ -101,7 +101,7 @@ fn class(
                 ctx.error_help(
                     span,
                     format!("unknown model '{m}' in {}", t.name),
-                    format!("defined models: {}", super::fields::quoted(&names)),
+                    format!("defined models: {}", fields::quoted(&names)),
                 );
                 None
             }
@@ -216,13 +216,10 @@ fn arrival(ctx: &mut Ctx, a: &Table<'_, '_>, base: Option<&Path>) -> Option<Arri
                 if every == 0 {
                     ctx.error(espan.clone(), "burst `every` must be longer than zero");
                 }
-                if size as f64 * 1000.0 / every.max(1) as f64 > super::fields::MAX_RATE {
+                if size as f64 * 1000.0 / every.max(1) as f64 > fields::MAX_RATE {
                     ctx.error(
                         espan,
-                        format!(
-                            "bursts of {size} every {every} ms exceed {} requests per second",
-                            super::fields::MAX_RATE
-                        ),
+                        format!("bursts of {size} every {every} ms exceed {} requests per second", fields::MAX_RATE),
                     );
                     return None;
                 }
@@ -310,13 +307,10 @@ fn trace(ctx: &mut Ctx, a: &Table<'_, '_>, base: Option<&Path>) -> Option<Trace>
         }
     };
     match read_trace(&text, [&time_col, &input_col, &output_col], speedup, limit) {
-        Ok((rows, period_ms)) if rows.len() as f64 * 1000.0 / period_ms as f64 > super::fields::MAX_RATE => {
+        Ok((rows, period_ms)) if rows.len() as f64 * 1000.0 / period_ms as f64 > fields::MAX_RATE => {
             ctx.error(
                 span,
-                format!(
-                    "trace '{file}' replayed at this speed-up exceeds {} requests per second",
-                    super::fields::MAX_RATE
-                ),
+                format!("trace '{file}' replayed at this speed-up exceeds {} requests per second", fields::MAX_RATE),
             );
             None
         }
@@ -365,7 +359,7 @@ pub(super) fn read_trace(text: &str, cols: [&str; 3], speedup: f64, limit: Optio
     raw.sort_by(|a, b| a.0.total_cmp(&b.0));
     let t0 = raw[0].0;
     let span_s = raw[raw.len() - 1].0 - t0;
-    if span_s / speedup * 1000.0 > super::fields::MAX_DURATION_MS as f64 {
+    if span_s / speedup * 1000.0 > fields::MAX_DURATION_MS as f64 {
         return Err(format!("spans {span_s:.0} s, more than the 400 days a run may last"));
     }
     let rows: Vec<(u64, u64, u64)> =

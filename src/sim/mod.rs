@@ -20,7 +20,6 @@ mod pipe;
 pub mod queue;
 pub mod replicas;
 pub mod run;
-pub mod score;
 mod traffic;
 
 pub use run::{servable, simulate, Outputs, RunResult, SimError};

@@ -8,9 +8,9 @@ use mock_server::Judge;
 
 use super::ledger::Ledger;
 use super::run::SimError;
-use super::score::Scorer;
 use crate::engine::warn::Warner;
 use crate::engine::{Engine, Estimator, QuotaStore, Timestamp};
+use crate::report::score::Scorer;
 use crate::report::trace::{Cell, Notice, Room, Trace};
 use crate::report::Aggregate;
 use crate::scenario::Scenario;

@@ -13,7 +13,6 @@ use super::observe::{Interval, Observers, TIMELINE_HEADER, TRACE_BUDGET};
 use super::pipe::BatchReceiver;
 use super::queue::EventQueue;
 use super::replicas::{engines, Replicas, SimStore};
-use super::score::Scorer;
 use super::traffic::{NewRequest, Traffic};
 use crate::engine::fair::{FairQueue, Served};
 use crate::engine::warn::Warner;
@@ -22,6 +21,7 @@ use crate::engine::{
     parse_quota_error, step, AdmitError, ConfigError, Decision, DenyReason, Engine, KeySpec, Outcome, PoolEvent,
     Prompt, QueuePolicy, QuotaExhausted, Request, Step, Ticket, Timestamp, UsageMetadata,
 };
+use crate::report::score::Scorer;
 use crate::report::trace::Trace;
 use crate::report::{stopwatch, Aggregate, Terminal};
 use crate::scenario::build;

@@ -23,8 +23,8 @@ use crate::engine::{
     TryAcquireError,
 };
 
-/// The largest request body the proxy reads (Gemini's own limit).
-const MAX_BODY: usize = mock_server::host::MAX_BODY;
+/// The largest request body the proxy reads (Gemini's own limit, 20 MB).
+const MAX_BODY: usize = 20 * 1024 * 1024;
 
 /// What a request asks for.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -248,7 +248,7 @@ async fn admitted(state: &Arc<State>, call: &Call, model: &str, stream: bool, v:
     prompt_text(v, &mut text);
     let request = Request::new(m, Prompt::Text(&text)).max_output_tokens(max_output(v));
     let loaded = state.loaded.load_full();
-    let max_wait = match loaded.scenario.engine.policy() {
+    let max_wait = match loaded.pool.engine.policy() {
         QueuePolicy::Wait { max_wait_ms } => Duration::from_millis(max_wait_ms),
         QueuePolicy::Reject => Duration::ZERO,
     };

@@ -1,12 +1,14 @@
-//! The proxy's config: a pool (the scenario sections) and `[proxy]`; the keys' values from
+//! The proxy's config: a pool (the pool sections) and `[proxy]`; the keys' values from
 //! the environment or a file, the tokens; and what a reload changes in the pool.
 
 use std::collections::HashMap;
 use std::fmt;
 use std::path::Path;
 
-use crate::engine::{redact, KeySpec, PoolEvent, ProjectSpec, QuotaStore, RedisConfig};
-use crate::scenario::{KeySource, ProxyDef, Scenario};
+use crate::engine::{
+    redact, KeySpec, PoolEvent, ProjectSpec, QuotaStore, RedisConfig, RedisStore, RedisTime, StoreError,
+};
+use crate::file::{KeySource, PoolConfig, ProxyDef};
 
 /// Why the proxy cannot start or reload.
 #[derive(Debug, thiserror::Error)]
@@ -24,7 +26,7 @@ pub enum ProxyError {
 #[derive(Clone)]
 pub struct Loaded {
     /// The pool and its engine and warnings settings.
-    pub scenario: Scenario,
+    pub pool: PoolConfig,
     /// `[proxy]`.
     pub proxy: ProxyDef,
     /// Key values by key id.
@@ -38,7 +40,7 @@ pub struct Loaded {
 impl fmt::Debug for Loaded {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Loaded")
-            .field("pool", &self.scenario.name)
+            .field("pool", &self.pool.name)
             .field("keys", &self.keys.len())
             .field("client_tokens", &self.client_tokens.len())
             .field("admin_token", &self.admin_token.is_some())
@@ -50,9 +52,9 @@ impl fmt::Debug for Loaded {
 pub fn load(path: &Path) -> Result<Loaded, ProxyError> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| ProxyError::Config(format!("cannot read proxy config {}: {e}", path.display())))?;
-    let (scenario, proxy) = crate::scenario::parse_proxy(&text, &path.display().to_string(), path.parent())
+    let (pool, proxy) = crate::file::parse(&text, &path.display().to_string(), path.parent())
         .map_err(|d| ProxyError::Config(d.to_string()))?;
-    resolve(scenario, proxy, path.parent().unwrap_or(Path::new(".")))
+    resolve(pool, proxy, path.parent().unwrap_or(Path::new(".")))
 }
 
 /// The variable a key's value may also be read from: its id in capitals, `_` for the rest.
@@ -61,8 +63,8 @@ pub fn env_name(id: &str) -> String {
 }
 
 /// Resolves the keys' values and the tokens of a parsed config.
-pub fn resolve(scenario: Scenario, proxy: ProxyDef, base: &Path) -> Result<Loaded, ProxyError> {
-    let ids: Vec<&String> = scenario.projects.iter().flat_map(|p| p.keys.iter()).collect();
+pub fn resolve(pool: PoolConfig, proxy: ProxyDef, base: &Path) -> Result<Loaded, ProxyError> {
+    let ids: Vec<&String> = pool.projects.iter().flat_map(|p| p.keys.iter()).collect();
     let mut keys = HashMap::new();
     match &proxy.keys {
         KeySource::Ids => keys.extend(ids.iter().map(|k| ((*k).clone(), (*k).clone()))),
@@ -118,7 +120,7 @@ pub fn resolve(scenario: Scenario, proxy: ProxyDef, base: &Path) -> Result<Loade
     if admin_token.as_ref().is_some_and(|t| t.len() < 16) {
         return Err(ProxyError::Config("the admin token must be at least 16 characters".into()));
     }
-    Ok(Loaded { scenario, proxy, keys, client_tokens, admin_token })
+    Ok(Loaded { pool, proxy, keys, client_tokens, admin_token })
 }
 
 /// Whether a config with these tokens may listen on `addr`: without a client or an admin
@@ -142,7 +144,17 @@ pub fn store(proxy: &ProxyDef, scaled: bool) -> Result<Box<dyn QuotaStore>, Prox
     let Some(spec) = &proxy.store else { return Ok(Box::new(crate::engine::MemoryStore::new())) };
     let bad = |e: crate::engine::StoreError| ProxyError::Config(format!("store: {e}"));
     let config = RedisConfig::parse(spec).map_err(bad)?;
-    crate::load::redis_store(config, &proxy.store_prefix, scaled).map_err(|e| ProxyError::Start(format!("store: {e}")))
+    redis_store(config, &proxy.store_prefix, scaled).map_err(|e| ProxyError::Start(format!("store: {e}")))
+}
+
+/// A Redis store shared by engines whose keys start with `prefix`. On a scaled clock
+/// (`scaled`) it counts by the callers' (shared) clock; at real speed, by the server's.
+pub fn redis_store(mut config: RedisConfig, prefix: &str, scaled: bool) -> Result<Box<dyn QuotaStore>, StoreError> {
+    config.prefix = prefix.to_owned();
+    if scaled {
+        config.time = RedisTime::Caller;
+    }
+    Ok(Box::new(RedisStore::new(config)?))
 }
 
 /// What a reload changed.
@@ -183,11 +195,11 @@ pub fn apply(state: &super::State, next: Loaded) -> Result<Changes, ProxyError> 
     let engine = &state.engine;
     let pool = engine.pool();
     let now_models: Vec<&str> = pool.models().iter().map(|m| m.name.as_str()).collect();
-    let next_models: Vec<&str> = next.scenario.models.iter().map(|m| m.name.as_str()).collect();
+    let next_models: Vec<&str> = next.pool.models.iter().map(|m| m.name.as_str()).collect();
     if now_models != next_models {
         return Err(ProxyError::Config("the models cannot change while the proxy runs; restart it".into()));
     }
-    let spec = crate::scenario::build::pool_spec(&next.scenario);
+    let spec = crate::engine::pool_file::build::pool_spec(&next.pool.models, &next.pool.projects);
     let current = state.loaded.load();
     let mut changes = Changes::default();
     let mut events = Vec::new();
@@ -235,10 +247,10 @@ pub fn apply(state: &super::State, next: Loaded) -> Result<Changes, ProxyError> 
             events.push(PoolEvent::Remove(s.id.clone()));
         }
     }
-    if next.scenario.engine != current.scenario.engine {
+    if next.pool.engine != current.pool.engine {
         changes.needs_restart.push("[engine]".into());
     }
-    if next.scenario.warnings != current.scenario.warnings {
+    if next.pool.warnings != current.pool.warnings {
         changes.needs_restart.push("[warnings]".into());
     }
     let (a, b) = (&current.proxy, &next.proxy);
@@ -265,14 +277,14 @@ pub fn apply(state: &super::State, next: Loaded) -> Result<Changes, ProxyError> 
         })?;
     }
     // Then tokens and settings; those that need a restart keep their running values.
-    let mut scenario = next.scenario;
-    scenario.engine = current.scenario.engine.clone();
-    scenario.warnings = current.scenario.warnings.clone();
+    let mut pool = next.pool;
+    pool.engine = current.pool.engine.clone();
+    pool.warnings = current.pool.warnings.clone();
     let mut proxy = next.proxy;
     proxy.upstream = current.proxy.upstream.clone();
     keys.extend(next.keys);
     state.loaded.store(std::sync::Arc::new(Loaded {
-        scenario,
+        pool,
         proxy,
         keys,
         client_tokens: next.client_tokens,
@@ -288,8 +300,8 @@ mod tests {
     const POOL: &str =
         "[[models]]\nname = \"m\"\nrpm = 10\ntpm = 1000\nrpd = 100\n\n[[projects]]\nid = \"p\"\nkeys = [\"k-1\"]\n";
 
-    fn parse(text: &str) -> Result<(Scenario, ProxyDef), String> {
-        crate::scenario::parse_proxy(text, "proxy.toml", None).map_err(|d| d.to_string())
+    fn parse(text: &str) -> Result<(PoolConfig, ProxyDef), String> {
+        crate::file::parse(text, "proxy.toml", None).map_err(|d| d.to_string())
     }
 
     #[test]
@@ -297,7 +309,7 @@ mod tests {
         let (sc, p) =
             parse(&format!("{POOL}\n[proxy]\nupstream = \"http://127.0.0.1:1/\"\nretries = 3\nkeys = \"ids\"\n"))
                 .unwrap();
-        assert_eq!((sc.name.as_str(), sc.projects.len(), sc.traffic.len()), ("proxy", 1, 0));
+        assert_eq!((sc.name.as_str(), sc.projects.len()), ("proxy", 1));
         assert_eq!((p.upstream.as_str(), p.retries, &p.keys), ("http://127.0.0.1:1", 3, &KeySource::Ids));
         let (_, p) = parse(POOL).unwrap();
         assert_eq!(p, ProxyDef::default());
@@ -305,8 +317,9 @@ mod tests {
 
     #[test]
     fn the_example_config_loads_as_it_ships() {
-        let loaded = load(Path::new("deploy/proxy.toml")).expect("deploy/proxy.toml loads");
-        assert_eq!((loaded.scenario.projects.len(), loaded.keys.len()), (4, 8));
+        let loaded =
+            load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/proxy.toml")).expect("deploy/proxy.toml loads");
+        assert_eq!((loaded.pool.projects.len(), loaded.keys.len()), (4, 8));
         assert_eq!(loaded.proxy.upstream, "http://127.0.0.1:8080", "in front of `keysim mock`");
         assert!(!loaded.client_tokens.is_empty() && loaded.admin_token.is_some());
     }

@@ -144,8 +144,8 @@ fn pool(state: &State) -> Value {
     json!({
         "models": models,
         "projects": projects,
-        "upstream": crate::load::redact_target(&loaded.proxy.upstream),
-        "store": loaded.proxy.store.as_deref().map_or_else(|| "memory".to_owned(), crate::load::redact_target),
+        "upstream": crate::engine::redact_url(&loaded.proxy.upstream),
+        "store": loaded.proxy.store.as_deref().map_or_else(|| "memory".to_owned(), crate::engine::redact_url),
     })
 }
 

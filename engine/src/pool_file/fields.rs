@@ -9,39 +9,46 @@ use toml::Spanned;
 use super::diag::Diagnostic;
 use super::units;
 
-pub(super) type Span = Range<usize>;
+/// A byte range of the source.
+pub type Span = Range<usize>;
 
 /// The largest count a scenario may give (limits, tokens, sizes): far above any real quota,
 /// low enough that sums never overflow.
-pub(super) const MAX_COUNT: u64 = 1_000_000_000_000;
+pub const MAX_COUNT: u64 = 1_000_000_000_000;
 /// The longest duration a scenario may give: 400 days.
-pub(super) const MAX_DURATION_MS: u64 = 400 * 86_400_000;
+pub const MAX_DURATION_MS: u64 = 400 * 86_400_000;
 /// The highest rate a traffic class may have, per second.
-pub(super) const MAX_RATE: f64 = 100_000.0;
+pub const MAX_RATE: f64 = 100_000.0;
 
 /// Collects diagnostics.
 #[derive(Default)]
-pub(super) struct Ctx {
-    pub(super) diags: Vec<Diagnostic>,
+pub struct Ctx {
+    /// The problems found so far.
+    pub diags: Vec<Diagnostic>,
 }
 
 impl Ctx {
-    pub(super) fn error(&mut self, span: Span, message: impl Into<String>) {
+    /// Records a problem at `span`.
+    pub fn error(&mut self, span: Span, message: impl Into<String>) {
         self.diags.push(Diagnostic { message: message.into(), span: Some(span), help: None });
     }
 
-    pub(super) fn error_help(&mut self, span: Span, message: impl Into<String>, help: impl Into<String>) {
+    /// Records a problem at `span` with a hint on how to fix it.
+    pub fn error_help(&mut self, span: Span, message: impl Into<String>, help: impl Into<String>) {
         self.diags.push(Diagnostic { message: message.into(), span: Some(span), help: Some(help.into()) });
     }
 }
 
 /// A table being read, with the name it has in messages (`[engine]`, `[[traffic]] #2`).
-pub(super) struct Table<'a, 'i> {
-    pub(super) t: &'a DeTable<'i>,
-    pub(super) span: Span,
-    pub(super) name: String,
+pub struct Table<'a, 'i> {
+    /// The table's entries.
+    pub t: &'a DeTable<'i>,
+    /// Where it is.
+    pub span: Span,
+    /// Its name in messages.
+    pub name: String,
     /// Whether this is the document itself (its tables are named `[key]`).
-    pub(super) root: bool,
+    pub root: bool,
 }
 
 fn kind(v: &DeValue<'_>) -> &'static str {
@@ -69,14 +76,16 @@ fn edit_distance(a: &str, b: &str) -> usize {
     prev[b.len()]
 }
 
-pub(super) fn int_of(v: &DeValue<'_>) -> Option<i128> {
+/// An integer value, at any radix.
+pub fn int_of(v: &DeValue<'_>) -> Option<i128> {
     match v {
         DeValue::Integer(i) => i128::from_str_radix(i.as_str(), i.radix()).ok(),
         _ => None,
     }
 }
 
-pub(super) fn float_of(v: &DeValue<'_>) -> Option<f64> {
+/// A number value (integers too).
+pub fn float_of(v: &DeValue<'_>) -> Option<f64> {
     match v {
         DeValue::Float(f) => f.as_str().parse().ok(),
         DeValue::Integer(_) => int_of(v).map(|i| i as f64),
@@ -85,12 +94,13 @@ pub(super) fn float_of(v: &DeValue<'_>) -> Option<f64> {
 }
 
 impl<'a, 'i> Table<'a, 'i> {
-    pub(super) fn new(t: &'a Spanned<DeTable<'i>>, name: impl Into<String>) -> Self {
+    /// The document's root table, named `name` in messages.
+    pub fn new(t: &'a Spanned<DeTable<'i>>, name: impl Into<String>) -> Self {
         Self { t: t.get_ref(), span: t.span(), name: name.into(), root: true }
     }
 
     /// Reports every key not in `allowed`, suggesting the closest allowed one.
-    pub(super) fn allow(&self, ctx: &mut Ctx, allowed: &[&str]) {
+    pub fn allow(&self, ctx: &mut Ctx, allowed: &[&str]) {
         for (k, _) in self.t.iter() {
             let key = k.get_ref().as_ref();
             if allowed.contains(&key) {
@@ -105,24 +115,26 @@ impl<'a, 'i> Table<'a, 'i> {
         }
     }
 
-    pub(super) fn raw(&self, key: &str) -> Option<&'a Spanned<DeValue<'i>>> {
+    /// The value of `key`, untyped.
+    pub fn raw(&self, key: &str) -> Option<&'a Spanned<DeValue<'i>>> {
         self.t.iter().find(|(k, _)| k.get_ref().as_ref() == key).map(|(_, v)| v)
     }
 
     /// The table's keys, in file order.
-    pub(super) fn keys(&self) -> Vec<String> {
+    pub fn keys(&self) -> Vec<String> {
         let mut keys: Vec<(usize, String)> =
             self.t.iter().map(|(k, _)| (k.span().start, k.get_ref().as_ref().to_owned())).collect();
         keys.sort_unstable();
         keys.into_iter().map(|(_, k)| k).collect()
     }
 
-    pub(super) fn has(&self, key: &str) -> bool {
+    /// Whether `key` is set.
+    pub fn has(&self, key: &str) -> bool {
         self.raw(key).is_some()
     }
 
     /// Reports a missing required field and passes `v` through.
-    pub(super) fn required<T>(&self, v: Option<T>, ctx: &mut Ctx, key: &str) -> Option<T> {
+    pub fn required<T>(&self, v: Option<T>, ctx: &mut Ctx, key: &str) -> Option<T> {
         if v.is_none() && !self.has(key) {
             ctx.error(self.span.clone(), format!("missing field `{key}` in {}", self.name));
         }
@@ -146,15 +158,18 @@ impl<'a, 'i> Table<'a, 'i> {
         }
     }
 
-    pub(super) fn string(&self, ctx: &mut Ctx, key: &str) -> Option<(String, Span)> {
+    /// A string.
+    pub fn string(&self, ctx: &mut Ctx, key: &str) -> Option<(String, Span)> {
         self.typed(ctx, key, "a string", |v| v.as_str().map(str::to_owned))
     }
 
-    pub(super) fn boolean(&self, ctx: &mut Ctx, key: &str) -> Option<bool> {
+    /// A boolean.
+    pub fn boolean(&self, ctx: &mut Ctx, key: &str) -> Option<bool> {
         self.typed(ctx, key, "a boolean", DeValue::as_bool).map(|(b, _)| b)
     }
 
-    pub(super) fn uint(&self, ctx: &mut Ctx, key: &str) -> Option<(u64, Span)> {
+    /// A count: an integer from 0 to 10^12.
+    pub fn uint(&self, ctx: &mut Ctx, key: &str) -> Option<(u64, Span)> {
         let (i, span) = self.typed(ctx, key, "an integer", int_of)?;
         match u64::try_from(i) {
             Ok(u) if u <= MAX_COUNT => Some((u, span)),
@@ -169,7 +184,8 @@ impl<'a, 'i> Table<'a, 'i> {
         }
     }
 
-    pub(super) fn float(&self, ctx: &mut Ctx, key: &str) -> Option<(f64, Span)> {
+    /// A finite number of magnitude at most 10^12.
+    pub fn float(&self, ctx: &mut Ctx, key: &str) -> Option<(f64, Span)> {
         let (x, span) = self.typed(ctx, key, "a number", float_of)?;
         if x.is_finite() && x.abs() <= MAX_COUNT as f64 {
             Some((x, span))
@@ -180,7 +196,7 @@ impl<'a, 'i> Table<'a, 'i> {
     }
 
     /// A number in `[lo, hi]`.
-    pub(super) fn fraction(&self, ctx: &mut Ctx, key: &str, lo: f64, hi: f64) -> Option<f64> {
+    pub fn fraction(&self, ctx: &mut Ctx, key: &str, lo: f64, hi: f64) -> Option<f64> {
         let (x, span) = self.float(ctx, key)?;
         if x.is_finite() && (lo..=hi).contains(&x) {
             Some(x)
@@ -190,7 +206,8 @@ impl<'a, 'i> Table<'a, 'i> {
         }
     }
 
-    pub(super) fn duration(&self, ctx: &mut Ctx, key: &str) -> Option<(u64, Span)> {
+    /// A duration string (`"30s"`, `"1h30m"`), in milliseconds.
+    pub fn duration(&self, ctx: &mut Ctx, key: &str) -> Option<(u64, Span)> {
         let (s, span) = self.typed(ctx, key, "a duration string such as \"30s\"", |v| v.as_str().map(str::to_owned))?;
         match units::parse_duration(&s) {
             Ok(ms) if ms > MAX_DURATION_MS => {
@@ -206,7 +223,7 @@ impl<'a, 'i> Table<'a, 'i> {
     }
 
     /// A rate: `"2/s"`, `"30/min"`, or a plain number per second.
-    pub(super) fn rate(&self, ctx: &mut Ctx, key: &str) -> Option<(f64, Span)> {
+    pub fn rate(&self, ctx: &mut Ctx, key: &str) -> Option<(f64, Span)> {
         let v = self.raw(key)?;
         let parsed = match v.get_ref() {
             DeValue::String(s) => units::parse_rate(s),
@@ -228,7 +245,7 @@ impl<'a, 'i> Table<'a, 'i> {
     }
 
     /// One of `options` by name.
-    pub(super) fn choice<T: Copy>(&self, ctx: &mut Ctx, key: &str, options: &[(&str, T)]) -> Option<T> {
+    pub fn choice<T: Copy>(&self, ctx: &mut Ctx, key: &str, options: &[(&str, T)]) -> Option<T> {
         let (s, span) = self.string(ctx, key)?;
         match options.iter().find(|(n, _)| *n == s) {
             Some((_, t)) => Some(*t),
@@ -244,13 +261,14 @@ impl<'a, 'i> Table<'a, 'i> {
         }
     }
 
-    /// A setting that owns its names ([`Setting`](crate::engine::Setting)).
-    pub(super) fn setting<T: crate::engine::Setting>(&self, ctx: &mut Ctx, key: &str) -> Option<T> {
+    /// A setting that owns its names ([`Setting`](crate::Setting)).
+    pub fn setting<T: crate::Setting>(&self, ctx: &mut Ctx, key: &str) -> Option<T> {
         let options: Vec<(&str, T)> = T::ALL.iter().map(|v| (v.name(), *v)).collect();
         self.choice(ctx, key, &options)
     }
 
-    pub(super) fn table(&self, ctx: &mut Ctx, key: &str) -> Option<Table<'a, 'i>> {
+    /// A table (`[key]`, or `key = { … }`).
+    pub fn table(&self, ctx: &mut Ctx, key: &str) -> Option<Table<'a, 'i>> {
         let v = self.raw(key)?;
         match v.get_ref() {
             DeValue::Table(t) => {
@@ -265,7 +283,7 @@ impl<'a, 'i> Table<'a, 'i> {
     }
 
     /// An array of tables (`[[key]]`), each named `[[key]] #n` in messages.
-    pub(super) fn tables(&self, ctx: &mut Ctx, key: &str) -> Vec<Table<'a, 'i>> {
+    pub fn tables(&self, ctx: &mut Ctx, key: &str) -> Vec<Table<'a, 'i>> {
         let Some(v) = self.raw(key) else { return Vec::new() };
         let DeValue::Array(items) = v.get_ref() else {
             ctx.error(v.span(), format!("`{key}` must be an array of tables ([[{key}]]), found {}", kind(v.get_ref())));
@@ -283,7 +301,8 @@ impl<'a, 'i> Table<'a, 'i> {
         out
     }
 
-    pub(super) fn strings(&self, ctx: &mut Ctx, key: &str) -> Option<Vec<(String, Span)>> {
+    /// An array of strings, each with its place.
+    pub fn strings(&self, ctx: &mut Ctx, key: &str) -> Option<Vec<(String, Span)>> {
         let v = self.raw(key)?;
         let DeValue::Array(items) = v.get_ref() else {
             ctx.error(
@@ -306,6 +325,7 @@ impl<'a, 'i> Table<'a, 'i> {
     }
 }
 
-pub(super) fn quoted(names: &[&str]) -> String {
+/// `names` as a list of `code` words, for messages.
+pub fn quoted(names: &[&str]) -> String {
     names.iter().map(|n| format!("`{n}`")).collect::<Vec<_>>().join(", ")
 }

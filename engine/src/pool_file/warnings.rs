@@ -1,8 +1,10 @@
 //! The `[warnings]` table.
 
 use super::fields::{Ctx, Table};
-use super::model::{WarningsDef, WebhookDef};
-use crate::engine::warn::{WarnConfig, WarnMode};
+use std::path::Path;
+
+use super::model::{PemFile, WarningsDef, WebhookDef};
+use crate::warn::{WarnConfig, WarnMode};
 
 const KEYS: &[&str] = &[
     "mode",
@@ -38,7 +40,7 @@ const KEYS: &[&str] = &[
 ];
 
 /// Reads `[warnings]`: `Some(None)` when `mode = "off"`, `None` on errors.
-pub(super) fn parse(ctx: &mut Ctx, t: &Table<'_, '_>) -> Option<Option<WarningsDef>> {
+pub(super) fn parse(ctx: &mut Ctx, t: &Table<'_, '_>, base: Option<&Path>) -> Option<Option<WarningsDef>> {
     t.allow(ctx, KEYS);
     let before = ctx.diags.len();
     let mut c = WarnConfig::default();
@@ -148,7 +150,7 @@ pub(super) fn parse(ctx: &mut Ctx, t: &Table<'_, '_>) -> Option<Option<WarningsD
         c.project_alerts = b;
     }
     let log = t.boolean(ctx, "log").unwrap_or(true);
-    let webhook = webhook(ctx, t);
+    let webhook = webhook(ctx, t, base);
     if ctx.diags.len() > before {
         return None;
     }
@@ -212,14 +214,28 @@ fn risk(ctx: &mut Ctx, t: &Table<'_, '_>, c: &mut WarnConfig) {
     }
 }
 
-/// `webhook = "http://…"` or `webhook = { url, timeout, retries, receiver }`.
-fn webhook(ctx: &mut Ctx, t: &Table<'_, '_>) -> Option<WebhookDef> {
-    let mut w = WebhookDef { url: String::new(), timeout_ms: 2_000, retries: 3, receiver: "keysim".into() };
+/// `webhook = "http://…"` or `webhook = { url, timeout, retries, receiver, ca_file }`.
+fn webhook(ctx: &mut Ctx, t: &Table<'_, '_>, base: Option<&Path>) -> Option<WebhookDef> {
+    let mut w =
+        WebhookDef { url: String::new(), timeout_ms: 2_000, retries: 3, receiver: "keysim".into(), ca_file: None };
     let (url, span) = if let Some(v) = t.raw("webhook").filter(|v| v.get_ref().as_str().is_some()) {
         (v.get_ref().as_str().unwrap_or_default().to_owned(), v.span())
     } else {
         let h = t.table(ctx, "webhook")?;
-        h.allow(ctx, &["url", "timeout", "retries", "receiver"]);
+        h.allow(ctx, &["url", "timeout", "retries", "receiver", "ca_file"]);
+        if let Some((file, span)) = h.string(ctx, "ca_file") {
+            let path = super::resolve(base, &file);
+            match std::fs::read(&path) {
+                Ok(pem) if String::from_utf8_lossy(&pem).contains("-----BEGIN CERTIFICATE-----") => {
+                    w.ca_file = Some(PemFile { path: file, pem })
+                }
+                Ok(_) => ctx.error(span, format!("webhook `ca_file` '{file}' holds no PEM certificate")),
+                Err(e) => ctx.error(
+                    span,
+                    format!("cannot read webhook `ca_file` '{file}' (paths are relative to this file's folder): {e}"),
+                ),
+            }
+        }
         if let Some((ms, span)) = h.duration(ctx, "timeout") {
             if !(1..=60_000).contains(&ms) {
                 ctx.error(span, "webhook `timeout` must be between 1ms and 60s");
@@ -237,10 +253,56 @@ fn webhook(ctx: &mut Ctx, t: &Table<'_, '_>) -> Option<WebhookDef> {
         }
         h.required(h.string(ctx, "url"), ctx, "url")?
     };
-    if let Err(e) = crate::notify::webhook::Target::parse(&url) {
+    if let Err(e) = check_url(&url) {
         ctx.error(span, format!("webhook url: {e}"));
         return None;
     }
     w.url = url;
     Some(w)
+}
+
+/// Whether `url` can be posted to: http or https, a host, no credentials, no spaces.
+fn check_url(url: &str) -> Result<(), String> {
+    let rest = url
+        .strip_prefix("https://")
+        .or_else(|| url.strip_prefix("http://"))
+        .ok_or("expected http://host:port/path or https://host/path")?;
+    if url.chars().any(|c| c.is_control() || c == ' ') {
+        return Err("the url has spaces or control characters".into());
+    }
+    let authority = &rest[..rest.find(['/', '?', '#']).unwrap_or(rest.len())];
+    if authority.contains('@') {
+        return Err("credentials in the url are not supported".into());
+    }
+    let host = match authority.strip_prefix('[') {
+        Some(v6) => v6.split_once(']').ok_or("an IPv6 host needs its closing ']'")?.0,
+        None => authority.rsplit_once(':').map_or(authority, |(h, _)| h),
+    };
+    if host.is_empty() {
+        return Err("the url has no host".into());
+    }
+    if let Some((_, port)) = authority.rsplit_once(':').filter(|_| !authority.ends_with(']')) {
+        port.parse::<u16>().map_err(|_| "the url's port is not a number from 0 to 65535")?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::check_url;
+
+    #[test]
+    fn webhook_urls_are_checked_without_quoting_a_token() {
+        for ok in
+            ["http://127.0.0.1:9093/api/v2/alerts?token=s3cret", "https://hooks.slack.com/x", "http://[::1]:9000/hook"]
+        {
+            assert_eq!(check_url(ok), Ok(()), "{ok}");
+        }
+        for bad in
+            ["ftp://x", "http://:80/", "http://a:notaport/", "http://h/a b", "http://h/a\r\nX: y", "http://u:p@h/"]
+        {
+            assert!(check_url(bad).is_err(), "{bad}");
+        }
+        assert!(!check_url("http://host:8080x?token=s3cret").unwrap_err().contains("s3cret"));
+    }
 }

@@ -1,7 +1,75 @@
-//! The `[proxy]` table of a proxy config: where `keysim proxy` listens, what it forwards to,
-//! who may use it and where the real keys come from.
+//! The proxy's config file: a pool (the engine's pool sections: `[[models]]`, `[[projects]]`,
+//! `[engine]`, `[warnings]`, read by the same parser as the lab's scenario files, with the
+//! same diagnostics) and `[proxy]`: where it listens, what it forwards to, who may use it and
+//! where the real keys come from.
 
-use super::fields::{Ctx, Table};
+use std::path::Path;
+
+use toml::Spanned;
+
+use crate::engine::pool_file::{self, Ctx, Diagnostics, EngineDef, ModelDef, ProjectDef, Table, WarningsDef};
+
+/// The root sections of a proxy config.
+const ROOT_KEYS: &[&str] = &["scenario", "pool", "models", "projects", "engine", "warnings", "proxy"];
+
+/// The pool a proxy serves, with its engine's and warnings' settings.
+#[derive(Clone, Debug, PartialEq)]
+pub struct PoolConfig {
+    /// Its name (`[pool] name`, "proxy" if none), in log lines.
+    pub name: String,
+    /// Models and their default limits.
+    pub models: Vec<ModelDef>,
+    /// Projects, their keys and resolved limits.
+    pub projects: Vec<ProjectDef>,
+    /// The engine's settings.
+    pub engine: EngineDef,
+    /// Early warnings, if turned on.
+    pub warnings: Option<WarningsDef>,
+}
+
+/// Parses and validates a proxy config: every problem is reported with its place. `origin`
+/// names the text in diagnostics; `base` is the folder relative paths resolve against.
+pub fn parse(text: &str, origin: &str, base: Option<&Path>) -> Result<(PoolConfig, ProxyDef), Diagnostics> {
+    let fail = |items| Diagnostics { origin: origin.to_owned(), source: text.to_owned(), items };
+    let root = pool_file::document(text).map_err(fail)?;
+    let root = Spanned::new(0..text.len(), root);
+    let table = Table::new(&root, "the proxy config");
+    let mut ctx = Ctx::default();
+    table.allow(&mut ctx, ROOT_KEYS);
+    // `[pool]` names the pool; `[scenario]` is the same table under a lab file's name, so that
+    // a scenario's pool sections can be served as they are.
+    let head = match (table.table(&mut ctx, "pool"), table.table(&mut ctx, "scenario")) {
+        (Some(p), Some(_)) => {
+            ctx.error(p.span.clone(), "give either [pool] or [scenario], not both");
+            None
+        }
+        (p, s) => p.or(s),
+    };
+    let (mut name, mut seed) = ("proxy".to_owned(), 0);
+    if let Some(t) = &head {
+        t.allow(&mut ctx, &["name", "description", "seed"]);
+        if let Some((n, _)) = t.string(&mut ctx, "name") {
+            name = n;
+        }
+        let _ = t.string(&mut ctx, "description");
+        if let Some((s, _)) = t.uint(&mut ctx, "seed") {
+            seed = s;
+        }
+    }
+    let sections = pool_file::sections(&mut ctx, &table, seed, base, None);
+    let proxy = match table.table(&mut ctx, "proxy") {
+        Some(t) => parse_proxy(&mut ctx, &t),
+        None => Some(ProxyDef::default()),
+    };
+    ctx.finish(origin, text)?;
+    match (sections.engine, sections.warnings, proxy) {
+        (Some(engine), Some(warnings), Some(proxy)) => {
+            Ok((PoolConfig { name, models: sections.models, projects: sections.projects, engine, warnings }, proxy))
+        }
+        // Every `None` comes with a diagnostic, so `finish` has returned them.
+        _ => Err(fail(Vec::new())),
+    }
+}
 
 const KEYS: &[&str] = &[
     "listen",
@@ -88,7 +156,7 @@ impl Default for ProxyDef {
 }
 
 /// Reads `[proxy]`; `None` on errors (reported in `ctx`).
-pub(super) fn parse(ctx: &mut Ctx, t: &Table<'_, '_>) -> Option<ProxyDef> {
+fn parse_proxy(ctx: &mut Ctx, t: &Table<'_, '_>) -> Option<ProxyDef> {
     t.allow(ctx, KEYS);
     let before = ctx.diags.len();
     let mut p = ProxyDef::default();

@@ -1,11 +1,15 @@
-//! `keysim proxy`: the engine in front of Gemini for real clients.
+//! keysim's proxy (`keysim proxy`, or the `keysim-proxy` binary): the engine in front of Gemini
+//! for real clients. It depends on the engine and its HTTP stack, and on none of the lab.
 //!
 //! Clients call it as they would call Gemini (its REST surface or the OpenAI-compatible one),
 //! with the proxy's own token instead of a key. Every request is admitted by the engine
 //! (atomic reservation on its project, the fair queue up to `max_wait`), sent upstream with
 //! the key the engine chose, streamed back as it arrives, and settled from the answer's usage.
 //!
-//! - [`config`]: the config file, the keys' values, tokens, and a reload's pool changes.
+//! - [`file`]: the config file: the pool sections and `[proxy]`.
+//! - [`config`]: the keys' values, tokens, the store, and a reload's pool changes.
+//! - [`cli`]: the command line, shared by `keysim proxy` and `keysim-proxy`.
+//! - [`notify`]: where warning notifications go — log lines, JSON lines, a webhook.
 //! - [`forward`]: one client request: admission, upstream, relay, settlement, retries.
 //! - [`relay`]: a successful answer relayed (streams piece by piece) and settled.
 //! - [`reply`]: answers passed on, and the proxy's own errors in each surface's shape.
@@ -15,10 +19,15 @@
 //!
 //! [`serve`] takes a listener and a shutdown future: tests bind `127.0.0.1:0`.
 
+pub use keysim_engine as engine;
+
 pub mod admin;
+pub mod cli;
 pub mod config;
+pub mod file;
 pub mod forward;
 pub mod metrics;
+pub mod notify;
 pub mod relay;
 pub mod reply;
 pub mod tap;
@@ -39,7 +48,7 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::sync::watch;
 
 use crate::engine::warn::Warner;
-use crate::engine::{Engine, QuotaStore};
+use crate::engine::{Engine, QuotaStore, ScaledClock};
 use crate::notify::{LogLine, Sink};
 pub use config::{Loaded, ProxyError};
 use metrics::Metrics;
@@ -116,15 +125,22 @@ impl State {
         mut loaded: Loaded,
         path: Option<PathBuf>,
         overrides: Overrides,
-        clock: mock_server::host::Clock,
+        clock: ScaledClock,
     ) -> Result<Arc<Self>, ProxyError> {
         overrides.apply(&mut loaded);
         let time_scale = clock.scale();
         let store = config::store(&loaded.proxy, time_scale != 1.0)?;
-        // Queued requests are let go a little after their slot frees (see `load::EDGE_GUARD`).
-        let clock = crate::load::Scaled(clock);
-        let engine = crate::scenario::build::engine_on(&loaded.scenario, Arc::new(clock), store)
-            .map_err(|e| ProxyError::Config(format!("the pool: {e}")))?;
+        // Queued requests are let go a little after their slot frees (see `EDGE_GUARD`).
+        let clock = clock.with_lag(crate::engine::EDGE_GUARD);
+        let pool = &loaded.pool;
+        let engine = crate::engine::pool_file::build::engine_on(
+            &pool.models,
+            &pool.projects,
+            &pool.engine,
+            Arc::new(clock),
+            store,
+        )
+        .map_err(|e| ProxyError::Config(format!("the pool: {e}")))?;
         let http = reqwest::Client::builder()
             .connect_timeout(Duration::from_millis(loaded.proxy.connect_timeout_ms))
             .timeout(Duration::from_millis(loaded.proxy.timeout_ms))
@@ -135,7 +151,7 @@ impl State {
             .redirect(reqwest::redirect::Policy::none())
             .build()
             .map_err(|e| ProxyError::Start(format!("HTTP client: {e}")))?;
-        let models: Vec<String> = loaded.scenario.models.iter().map(|m| m.name.clone()).collect();
+        let models: Vec<String> = loaded.pool.models.iter().map(|m| m.name.clone()).collect();
         Ok(Arc::new(Self {
             metrics: Metrics::new(&models),
             time_scale,
@@ -253,13 +269,15 @@ pub async fn serve(
 /// Evaluates the warning rules on the engine every `evaluate_every` and sends what is due: a
 /// log line, the webhook, and the firing-alerts gauge.
 async fn warn_loop(state: Arc<State>, mut stop: watch::Receiver<bool>) {
-    let Some(def) = state.loaded.load().scenario.warnings.clone() else { return };
+    let Some(def) = state.loaded.load().pool.warnings.clone() else { return };
     let mut warner = Warner::new(def.config.clone());
     let mut log = def.log.then_some(LogLine);
-    let mut webhook = def.webhook.as_ref().and_then(|w| {
-        let target = crate::notify::webhook::Target::parse(&w.url).ok()?;
-        let timeout = Duration::from_millis(w.timeout_ms);
-        Some(crate::notify::webhook::Webhook::start(target, timeout, w.retries, w.receiver.clone()))
+    let mut webhook = def.webhook.as_ref().and_then(|w| match crate::notify::webhook::Webhook::start(w) {
+        Ok(w) => Some(w),
+        Err(e) => {
+            tracing::error!(target: "keysim::webhook", "no webhook: {e}");
+            None
+        }
     });
     let every = Duration::from_millis(def.config.evaluate_every_ms.max(100));
     loop {
