@@ -26,7 +26,7 @@ fn engine(keys: usize, strategy: StrategyKind) -> Engine {
 
 fn admission(c: &mut Criterion) {
     let mut g = c.benchmark_group("admit+settle");
-    let req = Request { model: 0, prompt: Prompt::Chars(2_400), priority: Priority::Normal, max_output_tokens: None };
+    let req = Request::new(0, Prompt::Chars(2_400)).priority(Priority::Normal);
     let mut cases: Vec<(usize, StrategyKind)> =
         [10, 1_000, 10_000].iter().map(|&n| (n, StrategyKind::PowerOfTwo)).collect();
     cases.extend([StrategyKind::RoundRobin, StrategyKind::LeastUsed, StrategyKind::Headroom].map(|s| (1_000, s)));
@@ -206,8 +206,7 @@ fn warn_evaluate(c: &mut Criterion) {
     for keys in [10usize, 1_000] {
         let e = engine(keys, StrategyKind::PowerOfTwo);
         let mut now = 1_764_140_400_000u64;
-        let req =
-            Request { model: 0, prompt: Prompt::Chars(2_400), priority: Priority::Normal, max_output_tokens: None };
+        let req = Request::new(0, Prompt::Chars(2_400)).priority(Priority::Normal);
         for _ in 0..keys * 20 {
             now += 1;
             if let Ok(Decision::Admitted(t)) = e.admit(&req, Timestamp(now)) {

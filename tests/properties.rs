@@ -3,7 +3,7 @@
 //! `retry_at`; capacity is the sum over usable projects.
 
 use keysim::engine::{
-    AdmissionMode, BucketKey, Ceilings, Chars4, Decision, Dimension, Engine, EngineConfig, KeySpec, Limits,
+    AdmissionMode, BucketKey, Ceilings, Chars4, Cost, Decision, Dimension, Engine, EngineConfig, KeySpec, Limits,
     MemoryStore, ModelSpec, PoolEvent, PoolSpec, Priority, ProjectSpec, Prompt, QuotaScope, QuotaStore, Request,
     StrategyKind, Timestamp, TokenBasis, MINUTE_MS,
 };
@@ -192,16 +192,16 @@ proptest! {
         let mut admitted: Vec<(u64, u64)> = Vec::new();
         for (gap, tokens) in steps {
             now = now.plus(gap);
-            match store.reserve(b, tokens, &c, now).unwrap() {
+            match store.reserve(b, Cost::one(tokens), &c, now).unwrap() {
                 Ok(_) => admitted.push((now.0, tokens)),
                 Err(s) => {
                     if let Some(at) = s.retry_at {
                         prop_assert!(at > now);
                         if at.0 > now.0 + 1 {
-                            prop_assert!(store.check(b, tokens, &c, Timestamp(at.0 - 1)).unwrap().is_err(), "fits before retry_at");
+                            prop_assert!(store.check(b, Cost::one(tokens), &c, Timestamp(at.0 - 1)).unwrap().is_err(), "fits before retry_at");
                         }
                         now = at;
-                        prop_assert!(store.reserve(b, tokens, &c, now).unwrap().is_ok(), "must fit exactly at retry_at");
+                        prop_assert!(store.reserve(b, Cost::one(tokens), &c, now).unwrap().is_ok(), "must fit exactly at retry_at");
                         admitted.push((now.0, tokens));
                     } else {
                         prop_assert!(tokens > c.get(Dimension::Tpm));
@@ -276,12 +276,7 @@ fn concurrent_threads_never_jointly_exceed_a_limit() {
         for _ in 0..8 {
             s.spawn(|| {
                 for _ in 0..50 {
-                    let req = Request {
-                        model: 0,
-                        prompt: Prompt::Chars(40),
-                        priority: Priority::Normal,
-                        max_output_tokens: None,
-                    };
+                    let req = Request::new(0, Prompt::Chars(40)).priority(Priority::Normal);
                     if let Ok(Decision::Admitted(_)) = engine.admit(&req, START) {
                         wins.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     }

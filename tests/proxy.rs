@@ -704,3 +704,75 @@ fn warnings_run_live_to_the_log_the_webhook_and_the_metrics() {
     assert!(proxy.log().contains("keysim::warnings"), "{}", proxy.log());
     no_key_in("the webhook's payloads", &posts);
 }
+
+/// The proxy's minute requests of `model`, summed over projects.
+fn minute_requests(scrape: &str, model: &str) -> f64 {
+    metric_sum(scrape, "keysim_usage", &[("model", model), ("dimension", "rpm")])
+}
+
+/// A `batchEmbedContents` of 50 texts is 50 requests to Gemini: the proxy counts 50 against
+/// RPM, as the fake does, in memory and on Redis.
+#[test]
+fn a_batch_of_fifty_texts_counts_fifty_requests() {
+    let texts: Vec<String> = (0..50)
+        .map(|i| format!(r#"{{"model":"models/gemini-embedding-001","content":{{"parts":[{{"text":"text {i}"}}]}}}}"#))
+        .collect();
+    let body = format!(r#"{{"requests":[{}]}}"#, texts.join(","));
+    let redis = crate::replicas::address("KEYSIM_REDIS_URL");
+    for store in [None, redis.as_deref()] {
+        let fake = start_with("sustained", FAKE, &[]);
+        let prefix = crate::replicas::prefix("batch");
+        let config = config_with(|t| t.replace("[proxy]\n", &format!("[proxy]\nstore_prefix = \"{prefix}\"\n")));
+        let extra: Vec<&str> = store.map(|u| vec!["--store", u]).unwrap_or_default();
+        let proxy = start_proxy(&config, &fake.base, &extra);
+        let c = client();
+        runtime().block_on(async {
+            let path = "/v1beta/models/gemini-embedding-001:batchEmbedContents";
+            let (status, text) = exchange(post(&c, &proxy.base, path, Some(TOKEN), &body)).await;
+            assert_eq!(status, 200, "{text}");
+            assert_eq!(minute_requests(&scrape(&c, &proxy.base).await, "gemini-embedding-001"), 50.0, "{store:?}");
+            usage_matches(&c, &proxy.base, &fake.base).await;
+        });
+    }
+}
+
+/// Eight image prompts at once against projects of TPM 1,000: each image is 258 tokens to
+/// Gemini, so the proxy admits three a project and holds the rest; the fake refuses none.
+#[test]
+fn concurrent_image_prompts_never_breach_a_small_tpm() {
+    // A 1×1 PNG.
+    const PNG: &str =
+        "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNkYPhfDwAChwGA60e6kgAAAABJRU5ErkJggg==";
+    let fake = start_with("sustained", FAKE, &["--set", "models.0.tpm=1000"]);
+    let config = config_with(|t| {
+        t.replacen("tpm = 250_000", "tpm = 1_000", 1).replace("max_wait = \"10s\"", "max_wait = \"1s\"")
+    });
+    let proxy = start_proxy(&config, &fake.base, &[]);
+    let c = client();
+    runtime().block_on(async {
+        let body = format!(
+            r#"{{"contents":[{{"parts":[{{"text":"what is in this picture?"}},{{"inlineData":{{"mimeType":"image/png","data":"{PNG}"}}}}]}}]}}"#
+        );
+        let path = "/v1beta/models/gemini-2.5-flash:generateContent";
+        let sends = (0..8).map(|_| exchange(post(&c, &proxy.base, path, Some(TOKEN), &body)));
+        let answers = futures_join(sends.collect()).await;
+        let ok = answers.iter().filter(|(s, _)| *s == 200).count();
+        let held: Vec<&String> = answers.iter().filter(|(s, _)| *s == 429).map(|(_, t)| t).collect();
+        assert_eq!(ok + held.len(), 8, "{answers:?}");
+        assert!(held.iter().all(|t| t.contains("x-keysim-denied")), "every 429 is the proxy's own: {held:?}");
+        assert_eq!(ok, 6, "three images a project fit under TPM 1,000: {answers:?}");
+        let u = fake_usage(&c, &fake.base).await;
+        assert_eq!(u["quota_refusals"], 0, "{u}");
+        assert_eq!(metric_sum(&scrape(&c, &proxy.base).await, "keysim_breaches_total", &[]), 0.0);
+    });
+}
+
+/// Runs every future at once; their outputs in order.
+async fn futures_join<T: Send + 'static>(fs: Vec<impl std::future::Future<Output = T> + Send + 'static>) -> Vec<T> {
+    let handles: Vec<_> = fs.into_iter().map(tokio::spawn).collect();
+    let mut out = Vec::new();
+    for h in handles {
+        out.push(h.await.unwrap());
+    }
+    out
+}

@@ -8,7 +8,7 @@ use super::limits::{Ceilings, Dimension};
 use super::pool::QuotaScope;
 use super::pool::{KeyId, PoolEvent};
 use super::provider::{Exhaustion, QuotaExhausted};
-use super::store::{BucketId, QuotaStore, Reservation, Shortfall, StoreError};
+use super::store::{BucketId, Cost, QuotaStore, Reservation, Shortfall, StoreError};
 use super::strategy::Choice;
 use super::time::{next_pacific_midnight, Timestamp, MINUTE_MS};
 use super::{AdmissionMode, Engine, TokenBasis, BLACKLIST_AFTER};
@@ -42,12 +42,29 @@ pub struct Request<'a> {
     pub priority: Priority,
     /// `generationConfig.maxOutputTokens`, if set; reserved with basis `total`.
     pub max_output_tokens: Option<u64>,
+    /// Requests it counts as against RPM and RPD: 1, or a batch's N (Gemini counts a
+    /// `batchEmbedContents` of N texts as N requests). Its prompt holds all of their text.
+    pub requests: u64,
+    /// Tokens of its parts that are not text (images, documents, audio, video), as the
+    /// provider counts them ([`estimate::media`](crate::estimate::media)); added to the
+    /// estimate of its text.
+    pub media_tokens: u64,
 }
 
 impl<'a> Request<'a> {
     /// A normal-priority request for model index `model` with no output limit.
     pub fn new(model: usize, prompt: Prompt<'a>) -> Self {
-        Self { model, prompt, priority: Priority::Normal, max_output_tokens: None }
+        Self { model, prompt, priority: Priority::Normal, max_output_tokens: None, requests: 1, media_tokens: 0 }
+    }
+
+    /// The same request as a batch of `n` requests (at least one), admitted all or none.
+    pub fn batch(self, n: u64) -> Self {
+        Self { requests: n.max(1), ..self }
+    }
+
+    /// The same request with `tokens` of parts that are not text.
+    pub fn media_tokens(self, tokens: u64) -> Self {
+        Self { media_tokens: tokens, ..self }
     }
 
     /// The same request at `priority`.
@@ -170,6 +187,14 @@ pub enum AdmitError {
         /// The largest ceiling of that dimension.
         ceiling: u64,
     },
+    /// A batch counts more requests than any bucket's per-minute ceiling allows.
+    #[error("a batch of {requests} requests exceeds the largest rpm ceiling of the pool ({ceiling})")]
+    TooManyRequests {
+        /// Requests the batch counts.
+        requests: u64,
+        /// The largest RPM ceiling.
+        ceiling: u64,
+    },
 }
 
 /// What really happened to an admitted request.
@@ -236,17 +261,25 @@ impl<S: QuotaStore> Engine<S> {
         if groups.is_empty() {
             return Ok(Decision::Denied(Denial { retry_at: None, reason: DenyReason::NoUsableKey, bucket: None }));
         }
-        let estimated_input = self.estimator.estimate(model, &req.prompt);
+        let estimated_input = self.estimator.estimate(model, &req.prompt).saturating_add(req.media_tokens);
         let reserved_output = match self.config.basis {
             TokenBasis::Input => 0,
             TokenBasis::Total => self.outputs.reserve(model, req.max_output_tokens),
         };
         let tokens = estimated_input.saturating_add(reserved_output);
+        let requests = req.requests.max(1);
+        let cost = Cost { requests, tokens };
         let p = req.priority.index();
         let [tpm_max, tpd_max] = pool.largest[model][p];
         for (dimension, ceiling) in [(Dimension::Tpm, tpm_max), (Dimension::Tpd, tpd_max)] {
             if tokens > ceiling {
                 return Err(AdmitError::TooLarge { tokens, dimension, ceiling });
+            }
+        }
+        if requests > 1 {
+            let rpm_max = pool.group_limits[model].iter().map(|l| l.ceilings[p].get(Dimension::Rpm)).max();
+            if let Some(ceiling) = rpm_max.filter(|&c| requests > c) {
+                return Err(AdmitError::TooManyRequests { requests, ceiling });
             }
         }
         let epoch = self.exhaustion_epoch.load(Ordering::SeqCst);
@@ -279,18 +312,18 @@ impl<S: QuotaStore> Engine<S> {
             // Matched in place rather than mapped: the answers are large, and copying them
             // through combinators cost more than the rest of a strategy.
             let (reservation, answer) = match self.config.admission {
-                AdmissionMode::Atomic => match self.store.reserve(g.bucket, tokens, ceilings, now) {
+                AdmissionMode::Atomic => match self.store.reserve(g.bucket, cost, ceilings, now) {
                     Ok(Ok(grant)) => (Some(grant.reservation), Ok(grant.usage)),
                     Ok(Err(s)) => (None, Err(s)),
                     Err(_) => return Ok(self.store_unavailable(g.bucket)),
                 },
-                AdmissionMode::CheckThenAct => match self.store.check(g.bucket, tokens, ceilings, now) {
+                AdmissionMode::CheckThenAct => match self.store.check(g.bucket, cost, ceilings, now) {
                     Ok(answer) => (None, answer),
                     Err(_) => return Ok(self.store_unavailable(g.bucket)),
                 },
                 // The references count nothing; only a cool-down (cooldown-retrydelay) stops a key.
                 AdmissionMode::None | AdmissionMode::RotateBlacklist | AdmissionMode::CooldownRetryDelay => {
-                    match self.store.check(g.bucket, 0, &Ceilings([u64::MAX; 4]), now) {
+                    match self.store.check(g.bucket, Cost::one(0), &Ceilings([u64::MAX; 4]), now) {
                         Ok(answer) => (None, answer),
                         Err(_) => return Ok(self.store_unavailable(g.bucket)),
                     }

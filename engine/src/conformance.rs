@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use crate::limits::{Ceilings, Dimension, Limits};
-use crate::store::{BucketId, BucketKey, Grant, QuotaStore, Shortfall, Usage};
+use crate::store::{BucketId, BucketKey, Cost, Grant, QuotaStore, Shortfall, Usage};
 use crate::time::{next_pacific_midnight, Timestamp, MINUTE_MS};
 
 /// 2025-11-26 07:00 UTC, 23:00 in Pacific time: one hour before midnight.
@@ -25,7 +25,7 @@ fn ceilings(rpm: u64, tpm: u64, rpd: u64) -> Ceilings {
 }
 
 fn reserve<S: QuotaStore>(s: &S, b: BucketId, tokens: u64, c: &Ceilings, now: Timestamp) -> Result<Grant, Shortfall> {
-    s.reserve(b, tokens, c, now).expect("the store answers")
+    s.reserve(b, Cost::one(tokens), c, now).expect("the store answers")
 }
 
 fn usage<S: QuotaStore>(s: &S, b: BucketId, now: Timestamp) -> Usage {
@@ -156,12 +156,12 @@ pub(crate) fn a_refund_after_midnight_leaves_the_new_day_alone<S: QuotaStore>(s:
 pub(crate) fn check_counts_nothing_and_record_checks_nothing<S: QuotaStore>(s: &S) {
     let b = s.bucket(&key("p")).unwrap();
     let c = ceilings(1, 1000, 1000);
-    let u = s.check(b, 10, &c, T0).unwrap().unwrap();
+    let u = s.check(b, Cost::one(10), &c, T0).unwrap().unwrap();
     assert_eq!(u.minute_requests, 0);
     s.record(b, 10, T0).unwrap();
     let u = s.record(b, 10, T0.plus(1)).unwrap();
     assert_eq!((u.minute_requests, u.minute_tokens, u.day_requests), (2, 20, 2), "over the ceiling: recorded anyway");
-    let short = s.check(b, 10, &c, T0.plus(2)).unwrap().unwrap_err();
+    let short = s.check(b, Cost::one(10), &c, T0.plus(2)).unwrap().unwrap_err();
     assert_eq!(short.dimension, Dimension::Rpm);
 }
 
@@ -237,7 +237,7 @@ pub(crate) fn concurrent_reservations_never_exceed_a_limit<S: QuotaStore + 'stat
             let (s, granted) = (Arc::clone(&s), Arc::clone(&granted));
             std::thread::spawn(move || {
                 for i in 0..40 {
-                    if s.reserve(b, 3, &c, T0.plus(i)).expect("the store answers").is_ok() {
+                    if s.reserve(b, Cost::one(3), &c, T0.plus(i)).expect("the store answers").is_ok() {
                         granted.fetch_add(1, Ordering::Relaxed);
                     }
                 }
@@ -252,6 +252,29 @@ pub(crate) fn concurrent_reservations_never_exceed_a_limit<S: QuotaStore + 'stat
     assert_eq!((u.minute_requests, u.minute_tokens, u.day_requests), (100, 300, 100));
 }
 
+/// A batch of N counts N requests, all or none; its refund returns all N; it frees a minute
+/// later, when its entries leave the window together.
+pub(crate) fn a_batch_counts_all_its_requests<S: QuotaStore>(s: &S) {
+    let b = s.bucket(&key("p")).unwrap();
+    let c = ceilings(60, 100_000, 1000);
+    let batch = |n, tokens| Cost { requests: n, tokens };
+    let g = s.reserve(b, batch(50, 500), &c, T0).unwrap().unwrap();
+    assert_eq!((g.usage.minute_requests, g.usage.minute_tokens, g.usage.day_requests), (50, 500, 50));
+    assert_eq!(g.reservation.requests, 50);
+    let short = s.reserve(b, batch(11, 10), &c, T0.plus(1)).unwrap().unwrap_err();
+    assert_eq!((short.dimension, short.retry_at), (Dimension::Rpm, Some(T0.plus(MINUTE_MS))));
+    assert_eq!(short.usage.minute_requests, 50, "a refused batch counts nothing");
+    let h = s.reserve(b, batch(10, 10), &c, T0.plus(2)).unwrap().unwrap();
+    assert_eq!(h.usage.minute_requests, 60);
+    let never = s.reserve(b, batch(61, 1), &c, T0.plus(3)).unwrap().unwrap_err();
+    assert_eq!(never.retry_at, None, "more requests than the limit never fit");
+    let u = s.refund(b, &g.reservation, T0.plus(4)).unwrap();
+    assert_eq!((u.minute_requests, u.minute_tokens, u.day_requests, u.day_tokens), (10, 10, 10, 10));
+    let u = s.reconcile(b, &h.reservation, 30, T0.plus(5)).unwrap();
+    assert_eq!((u.minute_requests, u.minute_tokens), (10, 30));
+    assert_eq!(usage(s, b, T0.plus(2 + MINUTE_MS)).minute_requests, 0, "the batch leaves the window at once");
+}
+
 /// The suite, as tests of one store.
 macro_rules! suite {
     ($make:expr) => {
@@ -260,7 +283,7 @@ macro_rules! suite {
             the_daily_token_limit_binds_until_midnight, reconcile_and_refund_adjust_every_counter,
             a_refund_after_midnight_leaves_the_new_day_alone, check_counts_nothing_and_record_checks_nothing,
             cooling_blocks_until_its_end, the_day_restarts_at_pacific_midnight,
-            pacific_days_follow_daylight_time, buckets_are_named_stably_and_kept_apart);
+            pacific_days_follow_daylight_time, buckets_are_named_stably_and_kept_apart, a_batch_counts_all_its_requests);
         #[test]
         fn concurrent_reservations_never_exceed_a_limit() {
             if let Some(s) = $make(stringify!(concurrent_reservations_never_exceed_a_limit)) {

@@ -17,7 +17,7 @@ use std::sync::Mutex;
 
 use super::limits::{Ceilings, Dimension};
 use super::memory::MemoryStore;
-use super::store::{BucketId, BucketKey, Grant, QuotaStore, Reservation, Shortfall, StoreError, Usage};
+use super::store::{BucketId, BucketKey, Cost, Grant, QuotaStore, Reservation, Shortfall, StoreError, Usage};
 use super::time::Timestamp;
 
 /// Reservations made locally carry this bit in their sequence number.
@@ -96,15 +96,15 @@ impl<S: QuotaStore> QuotaStore for Degraded<S> {
     fn reserve(
         &self,
         bucket: BucketId,
-        tokens: u64,
+        cost: Cost,
         ceilings: &Ceilings,
         now: Timestamp,
     ) -> Result<Result<Grant, Shortfall>, StoreError> {
-        match self.shared.reserve(bucket, tokens, ceilings, now) {
+        match self.shared.reserve(bucket, cost, ceilings, now) {
             Ok(answer) => Ok(answer),
             Err(_) => {
                 self.fell_back();
-                let answer = self.local.reserve(self.local_id(bucket), tokens, &self.share(ceilings), now)?;
+                let answer = self.local.reserve(self.local_id(bucket), cost, &self.share(ceilings), now)?;
                 Ok(answer.map(|g| Grant { reservation: local_reservation(g.reservation), ..g }))
             }
         }
@@ -113,13 +113,13 @@ impl<S: QuotaStore> QuotaStore for Degraded<S> {
     fn check(
         &self,
         bucket: BucketId,
-        tokens: u64,
+        cost: Cost,
         ceilings: &Ceilings,
         now: Timestamp,
     ) -> Result<Result<Usage, Shortfall>, StoreError> {
-        self.shared.check(bucket, tokens, ceilings, now).or_else(|_| {
+        self.shared.check(bucket, cost, ceilings, now).or_else(|_| {
             self.fell_back();
-            self.local.check(self.local_id(bucket), tokens, &self.share(ceilings), now)
+            self.local.check(self.local_id(bucket), cost, &self.share(ceilings), now)
         })
     }
 

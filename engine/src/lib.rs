@@ -60,6 +60,7 @@ mod degraded;
 mod demand;
 pub mod health;
 mod permit;
+mod reconcile;
 #[cfg(feature = "redis")]
 pub mod redis_store;
 mod setting;
@@ -81,16 +82,17 @@ pub use estimate::{Chars4, Estimator, Prompt};
 pub use lifecycle::{step, QueuePolicy, Reason, Step};
 pub use limits::{Ceilings, Dimension, Limits};
 pub use memory::MemoryStore;
-pub use permit::{Permit, TryAcquireError};
+pub use permit::{OwnedPermit, Permit, TryAcquireError};
 pub use pool::{
     Group, KeyId, KeySpec, KeyState, ModelSpec, Pool, PoolError, PoolEvent, PoolSpec, ProjectSpec, QuotaScope,
 };
 pub use provider::{failure, key_rejected, parse_quota_error, Exhaustion, QuotaExhausted, UsageMetadata};
+pub use reconcile::{PoolChanges, ReconcileError};
 pub use redact::{redact, redact_text, redact_url};
 #[cfg(feature = "redis")]
 pub use redis_store::{RedisConfig, RedisStats, RedisStore, RedisTime};
 pub use setting::Setting;
-pub use store::{BucketId, BucketKey, Grant, QuotaStore, Reservation, Shortfall, StoreError, Usage};
+pub use store::{BucketId, BucketKey, Cost, Grant, QuotaStore, Reservation, Shortfall, StoreError, Usage};
 pub use strategy::{Strategy, StrategyKind};
 pub use time::{next_pacific_midnight, Timestamp, MINUTE_MS};
 #[cfg(feature = "async")]

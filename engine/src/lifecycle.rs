@@ -69,7 +69,7 @@ impl fmt::Display for Reason {
 impl From<AdmitError> for Reason {
     fn from(e: AdmitError) -> Self {
         match e {
-            AdmitError::TooLarge { .. } => Self::TooLarge,
+            AdmitError::TooLarge { .. } | AdmitError::TooManyRequests { .. } => Self::TooLarge,
             AdmitError::UnknownModel(_) => Self::UnknownModel,
         }
     }

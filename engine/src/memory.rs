@@ -7,7 +7,7 @@ use std::sync::{Mutex, MutexGuard};
 
 use super::limits::{Ceilings, Dimension};
 use super::slots::Slots;
-use super::store::{BucketId, BucketKey, Grant, QuotaStore, Reservation, Shortfall, StoreError, Usage};
+use super::store::{BucketId, BucketKey, Cost, Grant, QuotaStore, Reservation, Shortfall, StoreError, Usage};
 use super::time::{next_pacific_midnight, Timestamp, MINUTE_MS};
 
 #[derive(Clone, Copy, Debug)]
@@ -46,9 +46,10 @@ impl Bucket {
         }
     }
 
-    /// When each failing dimension frees enough room for one more request of `tokens`;
-    /// the latest of them wins.
-    fn shortfall(&self, tokens: u64, c: &Ceilings, now: u64) -> Option<Shortfall> {
+    /// When each failing dimension frees enough room for `cost` more; the latest of them
+    /// wins.
+    fn shortfall(&self, cost: Cost, c: &Ceilings, now: u64) -> Option<Shortfall> {
+        let (n, tokens) = (cost.requests.max(1), cost.tokens);
         let mut worst: Option<Shortfall> = None;
         let mut consider = |dimension: Dimension, cooling: bool, retry: Option<u64>| {
             let s = Shortfall { dimension, cooling, retry_at: retry.map(Timestamp), usage: Usage::default() };
@@ -67,8 +68,10 @@ impl Bucket {
             }
         }
         let rpm = c.get(Dimension::Rpm);
-        if self.window.len() as u64 >= rpm {
-            let retry = (rpm > 0).then(|| self.window[self.window.len() - rpm as usize].at + MINUTE_MS);
+        let len = self.window.len() as u64;
+        if len.saturating_add(n) > rpm {
+            // The entry whose leaving makes room for `n` more; never, if `n` alone is too many.
+            let retry = (n <= rpm).then(|| self.window[(len + n - rpm - 1) as usize].at + MINUTE_MS);
             consider(Dimension::Rpm, false, retry);
         }
         let tpm = c.get(Dimension::Tpm);
@@ -76,8 +79,8 @@ impl Bucket {
             consider(Dimension::Tpm, false, self.tokens_free_at(tokens, tpm));
         }
         let rpd = c.get(Dimension::Rpd);
-        if self.day_requests >= rpd {
-            consider(Dimension::Rpd, false, (rpd > 0).then_some(self.day_ends));
+        if self.day_requests.saturating_add(n) > rpd {
+            consider(Dimension::Rpd, false, (n <= rpd).then_some(self.day_ends));
         }
         let tpd = c.get(Dimension::Tpd);
         if self.day_tokens.saturating_add(tokens) > tpd {
@@ -101,17 +104,21 @@ impl Bucket {
         None
     }
 
-    fn push(&mut self, tokens: u64, now: u64) -> Reservation {
+    /// Counts `cost`: one window entry per request, the first carrying every token.
+    fn push(&mut self, cost: Cost, now: u64) -> Reservation {
         // Callers on several threads may hand in slightly older times: keep the window
         // ordered by counting such an entry at the newest time seen (later = conservative).
         let at = self.window.back().map_or(now, |b| b.at.max(now));
+        let (n, tokens) = (cost.requests.max(1), cost.tokens);
         let seq = self.next_seq;
-        self.next_seq += 1;
-        self.window.push_back(Entry { at, seq, tokens });
+        self.next_seq += n;
+        for i in 0..n {
+            self.window.push_back(Entry { at, seq: seq + i, tokens: if i == 0 { tokens } else { 0 } });
+        }
         self.minute_tokens += tokens;
-        self.day_requests += 1;
+        self.day_requests += n;
         self.day_tokens += tokens;
-        Reservation { seq, at: Timestamp(at), day_ends: Timestamp(self.day_ends), tokens }
+        Reservation { seq, at: Timestamp(at), day_ends: Timestamp(self.day_ends), tokens, requests: n }
     }
 
     fn find(&self, seq: u64) -> Option<usize> {
@@ -183,15 +190,15 @@ impl QuotaStore for MemoryStore {
     fn reserve(
         &self,
         bucket: BucketId,
-        tokens: u64,
+        cost: Cost,
         ceilings: &Ceilings,
         now: Timestamp,
     ) -> Result<Result<Grant, Shortfall>, StoreError> {
         let mut b = self.lock(bucket, now);
-        Ok(match b.shortfall(tokens, ceilings, now.0) {
+        Ok(match b.shortfall(cost, ceilings, now.0) {
             Some(s) => Err(s),
             None => {
-                let reservation = b.push(tokens, now.0);
+                let reservation = b.push(cost, now.0);
                 Ok(Grant { reservation, usage: b.usage(now.0) })
             }
         })
@@ -200,12 +207,12 @@ impl QuotaStore for MemoryStore {
     fn check(
         &self,
         bucket: BucketId,
-        tokens: u64,
+        cost: Cost,
         ceilings: &Ceilings,
         now: Timestamp,
     ) -> Result<Result<Usage, Shortfall>, StoreError> {
         let b = self.lock(bucket, now);
-        Ok(b.shortfall(tokens, ceilings, now.0).map_or_else(|| Ok(b.usage(now.0)), Err))
+        Ok(b.shortfall(cost, ceilings, now.0).map_or_else(|| Ok(b.usage(now.0)), Err))
     }
 
     fn reconcile(&self, bucket: BucketId, r: &Reservation, actual: u64, now: Timestamp) -> Result<Usage, StoreError> {
@@ -224,12 +231,15 @@ impl QuotaStore for MemoryStore {
 
     fn refund(&self, bucket: BucketId, r: &Reservation, now: Timestamp) -> Result<Usage, StoreError> {
         let mut b = self.lock(bucket, now);
+        // A batch's entries are consecutive, and leave the window together.
         if let Some(i) = b.find(r.seq) {
-            let e = b.window.remove(i).expect("index found by search");
-            b.minute_tokens -= e.tokens;
+            let last = b.window.iter().skip(i).take_while(|e| e.seq < r.seq + r.requests.max(1)).count();
+            for e in b.window.drain(i..i + last).collect::<Vec<_>>() {
+                b.minute_tokens -= e.tokens;
+            }
         }
         if b.day_ends == r.day_ends.0 {
-            b.day_requests = b.day_requests.saturating_sub(1);
+            b.day_requests = b.day_requests.saturating_sub(r.requests.max(1));
             b.day_tokens = b.day_tokens.saturating_sub(r.tokens);
         }
         Ok(b.usage(now.0))
@@ -237,7 +247,7 @@ impl QuotaStore for MemoryStore {
 
     fn record(&self, bucket: BucketId, tokens: u64, now: Timestamp) -> Result<Usage, StoreError> {
         let mut b = self.lock(bucket, now);
-        b.push(tokens, now.0);
+        b.push(Cost::one(tokens), now.0);
         Ok(b.usage(now.0))
     }
 
@@ -279,7 +289,7 @@ mod tests {
     }
 
     fn reserve(s: &MemoryStore, tokens: u64, c: &Ceilings, now: Timestamp) -> Result<Grant, Shortfall> {
-        s.reserve(B, tokens, c, now).expect("the memory store never fails")
+        s.reserve(B, Cost::one(tokens), c, now).expect("the memory store never fails")
     }
 
     #[test]

@@ -1,74 +1,104 @@
 //! Permits: admitted quota that cannot leak.
 //!
-//! A [`Permit`] holds what admission reserved. Settle it with what happened. Drop it
-//! unsettled before sending (a handler cancelled before its call went out) and it settles as
-//! never sent, returning everything it held — like tokio's `SemaphorePermit`. Once the
-//! caller has marked it sent ([`Permit::mark_sent`]), a drop (a client hang-up while the
-//! answer is on its way) settles it as failed instead: the provider may have counted the
-//! request, so the engine keeps counting it too.
+//! A permit holds what admission reserved. Settle it with what happened — from an answer's
+//! `usageMetadata` in one call ([`Permit::succeeded`]: the outcome, the estimator's lesson and
+//! the settlement together). Drop it unsettled before sending (a handler cancelled before its
+//! call went out) and it settles as never sent, returning everything it held — like tokio's
+//! `SemaphorePermit`. Once the caller has marked it sent ([`Permit::mark_sent`]), a drop (a
+//! client hang-up while the answer is on its way) settles it as failed instead: the provider
+//! may have counted the request, so the engine keeps counting it too.
+//!
+//! [`Permit`] borrows its engine; [`OwnedPermit`] holds an `Arc` of it, so a service can move
+//! it into the task that relays an answer (tokio's `acquire_owned`).
 
 use std::fmt;
+use std::ops::Deref;
+use std::sync::Arc;
 
 use crate::admit::{AdmitError, Decision, Denial, Outcome, Request, Ticket};
+use crate::estimate::Prompt;
 use crate::lifecycle::Reason;
 use crate::pool::KeyId;
+use crate::provider::UsageMetadata;
 use crate::store::{QuotaStore, StoreError};
 use crate::Engine;
 
-/// Admitted quota on one key's bucket, settled when dropped.
-#[must_use = "a permit holds quota: send the request and settle it; dropping it returns the quota"]
-pub struct Permit<'e, S: QuotaStore> {
-    engine: &'e Engine<S>,
+/// A prompt kept for the estimator's lesson at settlement (only when it learns).
+#[derive(Clone, Debug)]
+pub(crate) struct Lesson {
+    text: Option<String>,
+    chars: u64,
+    /// Tokens of the request's parts that are not text, left out of the lesson.
+    media_tokens: u64,
+}
+
+impl Lesson {
+    pub(crate) fn of(req: &Request<'_>) -> Self {
+        let (text, chars) = match req.prompt {
+            Prompt::Text(t) => (Some(t.to_owned()), 0),
+            Prompt::Chars(n) => (None, n),
+        };
+        Self { text, chars, media_tokens: req.media_tokens }
+    }
+
+    fn prompt(&self) -> Prompt<'_> {
+        self.text.as_deref().map_or(Prompt::Chars(self.chars), Prompt::Text)
+    }
+}
+
+/// What every permit holds, whatever holds its engine.
+struct Held<E> {
+    engine: E,
     ticket: Option<Ticket>,
     sent: bool,
     queued: bool,
+    lesson: Option<Lesson>,
 }
 
-impl<'e, S: QuotaStore> Permit<'e, S> {
-    pub(crate) fn new(engine: &'e Engine<S>, ticket: Ticket, queued: bool) -> Self {
-        Self { engine, ticket: Some(ticket), sent: false, queued }
-    }
-
-    /// Says the request is on its way: from now on a drop keeps it counted.
-    pub fn mark_sent(&mut self) {
-        self.sent = true;
-    }
-
-    /// Whether the request waited in the fair queue before it was admitted.
-    pub fn queued(&self) -> bool {
-        self.queued
-    }
-
-    /// What admission granted.
-    pub fn ticket(&self) -> &Ticket {
+impl<E: Deref<Target = Engine<S>>, S: QuotaStore> Held<E> {
+    fn ticket(&self) -> &Ticket {
         self.ticket.as_ref().expect("a permit holds its ticket until settled")
     }
 
-    /// The key to send with.
-    pub fn key(&self) -> KeyId {
-        self.ticket().key
+    fn take(&mut self) -> Ticket {
+        self.ticket.take().expect("a permit holds its ticket until settled")
     }
 
-    /// The id of the key to send with (a label; the caller maps it to the secret).
-    pub fn key_id(&self) -> String {
-        self.engine.pool().keys()[self.key().0 as usize].id.clone()
+    fn key_id(&self) -> String {
+        self.engine.pool().keys()[self.ticket().key.0 as usize].id.clone()
     }
 
-    /// Settles with what really happened, at the engine clock's `now`.
-    pub fn settle(mut self, outcome: Outcome) -> Result<(), StoreError> {
-        let ticket = self.ticket.take().expect("a permit holds its ticket until settled");
+    fn project_id(&self) -> String {
+        let pool = self.engine.pool();
+        pool.projects()[pool.bucket_owner(self.ticket().bucket).0].id.clone()
+    }
+
+    fn settle(&mut self, outcome: Outcome) -> Result<(), StoreError> {
+        let ticket = self.take();
         self.engine.settle(&ticket, outcome, self.engine.clock().now()).map(|_| ())
     }
 
-    /// Gives up the drop guard: the caller now settles the ticket itself with
-    /// [`Engine::settle`].
-    pub fn into_ticket(mut self) -> Ticket {
-        self.ticket.take().expect("a permit holds its ticket until settled")
+    fn succeeded(&mut self, usage: &UsageMetadata) -> Result<(), StoreError> {
+        let model = self.ticket().model;
+        if let Some(l) = self.lesson.take() {
+            self.engine.learn(model, &l.prompt(), usage.prompt.saturating_sub(l.media_tokens));
+        }
+        let outcome = self.engine.success(usage);
+        self.settle(outcome)
     }
-}
 
-impl<S: QuotaStore> Drop for Permit<'_, S> {
-    fn drop(&mut self) {
+    fn ended_early(&mut self, usage: Option<&UsageMetadata>) -> Result<(), StoreError> {
+        let reserved = self.ticket().reserved_output;
+        let outcome = match usage.map(|u| self.engine.success(u)) {
+            Some(Outcome::Success { input_tokens, output_tokens }) => {
+                Outcome::Success { input_tokens, output_tokens: output_tokens.max(reserved) }
+            }
+            _ => Outcome::Failed,
+        };
+        self.settle(outcome)
+    }
+
+    fn on_drop(&mut self) {
         if let Some(ticket) = self.ticket.take() {
             let outcome = if self.sent { Outcome::Failed } else { Outcome::NotSent };
             // Nothing to report to from a drop: a store that cannot be reached keeps the
@@ -78,9 +108,125 @@ impl<S: QuotaStore> Drop for Permit<'_, S> {
     }
 }
 
+/// The methods both permits share.
+macro_rules! permit_methods {
+    () => {
+        /// Says the request is on its way: from now on a drop keeps it counted.
+        pub fn mark_sent(&mut self) {
+            self.held.sent = true;
+        }
+
+        /// Whether the request waited in the fair queue before it was admitted.
+        pub fn queued(&self) -> bool {
+            self.held.queued
+        }
+
+        /// What admission granted.
+        pub fn ticket(&self) -> &Ticket {
+            self.held.ticket()
+        }
+
+        /// The key to send with.
+        pub fn key(&self) -> KeyId {
+            self.held.ticket().key
+        }
+
+        /// The id of the key to send with (a label; the caller maps it to the secret).
+        pub fn key_id(&self) -> String {
+            self.held.key_id()
+        }
+
+        /// The id of the project whose quota it holds.
+        pub fn project_id(&self) -> String {
+            self.held.project_id()
+        }
+
+        /// Settles with what really happened, at the engine clock's `now`.
+        pub fn settle(mut self, outcome: Outcome) -> Result<(), StoreError> {
+            self.held.settle(outcome)
+        }
+
+        /// Settles a successful answer from its `usageMetadata`, in one call: the outcome as
+        /// the engine counts it, the estimator's lesson (what the prompt really counted), and
+        /// the settlement.
+        pub fn succeeded(mut self, usage: &UsageMetadata) -> Result<(), StoreError> {
+            self.held.succeeded(usage)
+        }
+
+        /// Settles an answer that ended early (a stream broken off, its client gone): from
+        /// the usage it had stated, with at least the output reserved for it (every Gemini
+        /// chunk states the prompt's count); at its reservation if it stated none.
+        pub fn ended_early(mut self, usage: Option<&UsageMetadata>) -> Result<(), StoreError> {
+            self.held.ended_early(usage)
+        }
+
+        /// Gives up the drop guard: the caller now settles the ticket itself with
+        /// [`Engine::settle`].
+        pub fn into_ticket(mut self) -> Ticket {
+            self.held.take()
+        }
+    };
+}
+
+/// Admitted quota on one key's bucket, borrowing its engine; settled when dropped.
+#[must_use = "a permit holds quota: send the request and settle it; dropping it returns the quota"]
+pub struct Permit<'e, S: QuotaStore> {
+    held: Held<&'e Engine<S>>,
+}
+
+impl<'e, S: QuotaStore> Permit<'e, S> {
+    pub(crate) fn new(engine: &'e Engine<S>, ticket: Ticket, queued: bool, lesson: Option<Lesson>) -> Self {
+        Self { held: Held { engine, ticket: Some(ticket), sent: false, queued, lesson } }
+    }
+
+    permit_methods!();
+
+    /// The same permit holding `engine` (the one it borrows) by an `Arc`.
+    pub fn into_owned(mut self, engine: Arc<Engine<S>>) -> OwnedPermit<S> {
+        assert!(std::ptr::eq(self.held.engine, &*engine), "a permit moves only to its own engine");
+        let ticket = self.held.take();
+        let (sent, queued, lesson) = (self.held.sent, self.held.queued, self.held.lesson.take());
+        OwnedPermit { held: Held { engine, ticket: Some(ticket), sent, queued, lesson } }
+    }
+}
+
+/// Admitted quota on one key's bucket, holding its engine by an `Arc`: `'static`, so it moves
+/// into whatever task relays the answer; settled when dropped.
+#[must_use = "a permit holds quota: send the request and settle it; dropping it returns the quota"]
+pub struct OwnedPermit<S: QuotaStore> {
+    held: Held<Arc<Engine<S>>>,
+}
+
+impl<S: QuotaStore> OwnedPermit<S> {
+    permit_methods!();
+
+    /// The engine it holds quota of.
+    pub fn engine(&self) -> &Arc<Engine<S>> {
+        &self.held.engine
+    }
+}
+
+impl<S: QuotaStore> Drop for Permit<'_, S> {
+    fn drop(&mut self) {
+        self.held.on_drop();
+    }
+}
+
+impl<S: QuotaStore> Drop for OwnedPermit<S> {
+    fn drop(&mut self) {
+        self.held.on_drop();
+    }
+}
+
 impl<S: QuotaStore> fmt::Debug for Permit<'_, S> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Permit").field("ticket", &self.ticket).finish()
+        f.debug_struct("Permit").field("ticket", &self.held.ticket).finish()
+    }
+}
+
+impl<S: QuotaStore> fmt::Debug for OwnedPermit<S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("OwnedPermit").field("ticket", &self.held.ticket).finish()
     }
 }
 
@@ -100,10 +246,20 @@ impl<S: QuotaStore> Engine<S> {
     /// Admits `req` now, on the engine's clock, without waiting: a permit, or why not.
     pub fn try_acquire(&self, req: &Request<'_>) -> Result<Permit<'_, S>, TryAcquireError> {
         match self.admit(req, self.clock().now()) {
-            Ok(Decision::Admitted(t)) => Ok(Permit::new(self, t, false)),
+            Ok(Decision::Admitted(t)) => Ok(Permit::new(self, t, false, self.lesson(req))),
             Ok(Decision::Denied(d)) => Err(TryAcquireError::Denied(d)),
             Err(e) => Err(TryAcquireError::Never(Reason::from(e))),
         }
+    }
+
+    /// [`Engine::try_acquire`], for a permit that holds the engine by an `Arc`.
+    pub fn try_acquire_owned(self: &Arc<Self>, req: &Request<'_>) -> Result<OwnedPermit<S>, TryAcquireError> {
+        self.try_acquire(req).map(|p| p.into_owned(Arc::clone(self)))
+    }
+
+    /// What the estimator may learn from `req` at settlement, if it learns at all.
+    pub(crate) fn lesson(&self, req: &Request<'_>) -> Option<Lesson> {
+        self.learns().then(|| Lesson::of(req))
     }
 }
 

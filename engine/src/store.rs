@@ -43,10 +43,27 @@ pub enum StoreError {
     Protocol(String),
 }
 
+/// What an admission asks a bucket for: requests (one, or a batch's N, as Gemini counts a
+/// `batchEmbedContents` of N texts) and the tokens of all of them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Cost {
+    /// Requests counted against RPM and RPD (at least one).
+    pub requests: u64,
+    /// Tokens counted against TPM and TPD.
+    pub tokens: u64,
+}
+
+impl Cost {
+    /// One request of `tokens` tokens.
+    pub fn one(tokens: u64) -> Self {
+        Self { requests: 1, tokens }
+    }
+}
+
 /// What one admission holds in a bucket, to be reconciled or refunded at settlement.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Reservation {
-    /// The bucket's sequence number of this entry.
+    /// The bucket's sequence number of this entry (a batch's first; the others follow it).
     pub seq: u64,
     /// When it was counted.
     pub at: Timestamp,
@@ -54,6 +71,8 @@ pub struct Reservation {
     pub day_ends: Timestamp,
     /// Tokens counted for it.
     pub tokens: u64,
+    /// Requests counted for it (a batch's N).
+    pub requests: u64,
 }
 
 /// A successful reservation and the bucket's counters right after it.
@@ -152,21 +171,21 @@ macro_rules! forward_store {
     fn reserve(
         &self,
         bucket: BucketId,
-        tokens: u64,
+        cost: Cost,
         ceilings: &Ceilings,
         now: Timestamp,
     ) -> Result<Result<Grant, Shortfall>, StoreError> {
-        (**self).reserve(bucket, tokens, ceilings, now)
+        (**self).reserve(bucket, cost, ceilings, now)
     }
 
     fn check(
         &self,
         bucket: BucketId,
-        tokens: u64,
+        cost: Cost,
         ceilings: &Ceilings,
         now: Timestamp,
     ) -> Result<Result<Usage, Shortfall>, StoreError> {
-        (**self).check(bucket, tokens, ceilings, now)
+        (**self).check(bucket, cost, ceilings, now)
     }
 
     fn reconcile(&self, bucket: BucketId, r: &Reservation, actual: u64, now: Timestamp) -> Result<Usage, StoreError> {
@@ -208,14 +227,14 @@ pub trait QuotaStore: Send + Sync {
     /// The same key always gives the same handle.
     fn bucket(&self, key: &BucketKey) -> Result<BucketId, StoreError>;
 
-    /// Counts one request of `tokens` tokens in `bucket` if every dimension stays within
+    /// Counts `cost` (its requests and tokens) in `bucket` if every dimension stays within
     /// `ceilings` and the bucket is not cooling down; otherwise counts nothing.
     /// Returns the bucket's counters after the call, as every mutating call does, so that the
     /// engine's view of the bucket stays fresh without another round trip.
     fn reserve(
         &self,
         bucket: BucketId,
-        tokens: u64,
+        cost: Cost,
         ceilings: &Ceilings,
         now: Timestamp,
     ) -> Result<Result<Grant, Shortfall>, StoreError>;
@@ -224,7 +243,7 @@ pub trait QuotaStore: Send + Sync {
     fn check(
         &self,
         bucket: BucketId,
-        tokens: u64,
+        cost: Cost,
         ceilings: &Ceilings,
         now: Timestamp,
     ) -> Result<Result<Usage, Shortfall>, StoreError>;

@@ -19,7 +19,7 @@ fn engine(config: EngineConfig, spec: PoolSpec) -> Engine {
 }
 
 fn req(priority: Priority) -> Request<'static> {
-    Request { model: 0, prompt: Prompt::Chars(400), priority, max_output_tokens: None }
+    Request::new(0, Prompt::Chars(400)).priority(priority)
 }
 
 fn admitted(e: &Engine, p: Priority, now: Timestamp) -> Option<Ticket> {
@@ -402,4 +402,78 @@ mod health_review {
         e.settle(&t, Outcome::RateLimited(q), T0).unwrap();
         assert_eq!(e.health().limits_learned, 0);
     }
+}
+
+#[test]
+fn a_batch_is_admitted_as_all_its_requests() {
+    let e = engine(EngineConfig::default(), spec(&[("p", &["k"])], 60));
+    let batch = Request::new(0, Prompt::Chars(4000)).batch(50);
+    let Decision::Admitted(t) = e.admit(&batch, T0).unwrap() else { panic!("50 of 60 fit") };
+    assert_eq!(t.reservation.map(|r| r.requests), Some(50));
+    assert!(matches!(e.admit(&batch, T0).unwrap(), Decision::Denied(_)), "another 50 do not");
+    let u = e.usage(t.bucket, T0).unwrap();
+    assert_eq!((u.minute_requests, u.minute_tokens), (50, 1000));
+    assert_eq!(
+        e.admit(&Request::new(0, Prompt::Chars(4)).batch(61), T0),
+        Err(AdmitError::TooManyRequests { requests: 61, ceiling: 60 })
+    );
+    e.settle(&t, Outcome::NotSent, T0).unwrap();
+    assert_eq!(e.usage(t.bucket, T0).unwrap().minute_requests, 0, "a refund returns every request");
+}
+
+#[test]
+fn media_tokens_count_with_the_text() {
+    let e = engine(EngineConfig::default(), spec(&[("p", &["k"])], 60));
+    let image = Request::new(0, Prompt::Text("what is in this picture?")).media_tokens(258);
+    let Decision::Admitted(t) = e.admit(&image, T0).unwrap() else { panic!("fits") };
+    assert_eq!(t.estimated_input, 6 + 258);
+}
+
+#[test]
+fn an_owned_permit_settles_from_usage_and_knows_its_project() {
+    let e = std::sync::Arc::new(
+        Engine::builder(spec(&[("proj-a", &["key-a"])], 60))
+            .estimator(Box::new(estimate::Calibrated::new(1, 0.9)))
+            .build()
+            .unwrap(),
+    );
+    let text = "a prompt of some length ".repeat(20);
+    let permit = e.try_acquire_owned(&Request::new(0, Prompt::Text(&text))).unwrap();
+    let moved = std::thread::spawn(move || {
+        assert_eq!((permit.project_id(), permit.key_id()), ("proj-a".to_owned(), "key-a".to_owned()));
+        let bucket = permit.ticket().bucket;
+        let usage = UsageMetadata { prompt: 77, cached: 0, candidates: 5, thoughts: 0 };
+        permit.succeeded(&usage).unwrap();
+        bucket
+    })
+    .join()
+    .unwrap();
+    let u = e.usage(moved, e.clock().now()).unwrap();
+    assert_eq!(u.minute_tokens, 77, "settled from the usage");
+    // The estimator learned the prompt's real count: its next estimate moved towards 77.
+    let after = e.estimator().estimate(0, &Prompt::Text(&text));
+    assert_ne!(after, Chars4.estimate(0, &Prompt::Text(&text)), "the lesson was taken");
+}
+
+#[test]
+fn a_new_pool_applies_whole_or_not_at_all() {
+    let e = engine(EngineConfig::default(), spec(&[("p1", &["k1", "k2"])], 10));
+    let mut next = spec(&[("p1", &["k1"]), ("p2", &["k3"])], 10);
+    next.projects[0].limits[0] = Some(Limits { rpm: 20, tpm: 1_000_000, rpd: 1000, tpd: None });
+    let changes = e.reconcile_pool(&next).unwrap();
+    assert_eq!(changes.keys_added, ["k3"]);
+    assert_eq!(changes.keys_removed, ["k2"]);
+    assert_eq!(changes.projects_added, ["p2"]);
+    assert_eq!(changes.limits_changed, [("p1".to_owned(), "m".to_owned())]);
+    assert!(e.reconcile_pool(&next).unwrap().is_empty(), "the same pool again changes nothing");
+    // A bad change anywhere leaves everything as it was: here a new key and a zero limit.
+    let mut bad = spec(&[("p1", &["k1", "k4"]), ("p2", &["k3"])], 10);
+    bad.projects[1].limits[0] = Some(Limits { rpm: 0, tpm: 1_000_000, rpd: 1000, tpd: None });
+    let before = e.pool();
+    assert!(matches!(e.reconcile_pool(&bad), Err(ReconcileError::Invalid(_))));
+    assert!(e.key("k4").is_none() && Arc::ptr_eq(&before, &e.pool()), "nothing applied");
+    let moved = spec(&[("p1", &[]), ("p2", &["k1", "k3"])], 10);
+    assert!(matches!(e.reconcile_pool(&moved), Err(ReconcileError::KeyMoved(_))));
+    let back = spec(&[("p1", &["k1", "k2"]), ("p2", &["k3"])], 10);
+    assert!(matches!(e.reconcile_pool(&back), Err(ReconcileError::KeyReturned(_))));
 }

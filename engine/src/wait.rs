@@ -38,6 +38,8 @@ struct Owned {
     chars: u64,
     priority: Priority,
     max_output_tokens: Option<u64>,
+    requests: u64,
+    media_tokens: u64,
 }
 
 impl Owned {
@@ -46,12 +48,17 @@ impl Owned {
             Prompt::Text(t) => (Some(t.to_owned()), 0),
             Prompt::Chars(n) => (None, n),
         };
-        Self { model: req.model, text, chars, priority: req.priority, max_output_tokens: req.max_output_tokens }
+        let (model, priority, max_output_tokens) = (req.model, req.priority, req.max_output_tokens);
+        Self { model, text, chars, priority, max_output_tokens, requests: req.requests, media_tokens: req.media_tokens }
     }
 
     fn request(&self) -> Request<'_> {
         let prompt = self.text.as_deref().map_or(Prompt::Chars(self.chars), Prompt::Text);
-        Request::new(self.model, prompt).priority(self.priority).max_output_tokens(self.max_output_tokens)
+        Request::new(self.model, prompt)
+            .priority(self.priority)
+            .max_output_tokens(self.max_output_tokens)
+            .batch(self.requests)
+            .media_tokens(self.media_tokens)
     }
 }
 
@@ -119,7 +126,7 @@ impl<S: QuotaStore> Engine<S> {
         self.note_arrival(req.model, now);
         if queue.waiting.load(Ordering::Acquire) == 0 {
             match step(self.admit(req, now), deadline, now) {
-                Step::Send(t) => return Ok(Permit::new(self, t, false)),
+                Step::Send(t) => return Ok(Permit::new(self, t, false, self.lesson(req))),
                 Step::GiveUp(r) => return Err(AcquireError(r)),
                 Step::WaitUntil(..) => {}
             }
@@ -138,7 +145,7 @@ impl<S: QuotaStore> Engine<S> {
                 None
             } else {
                 match step(self.admit(req, now), deadline, now) {
-                    Step::Send(t) => return Ok(Permit::new(self, t, false)),
+                    Step::Send(t) => return Ok(Permit::new(self, t, false, self.lesson(req))),
                     Step::GiveUp(r) => return Err(AcquireError(r)),
                     Step::WaitUntil(at, why) => Some((at, why)),
                 }
@@ -160,6 +167,17 @@ impl<S: QuotaStore> Engine<S> {
             place
         };
         Waiter { engine: self, queue, slot, place, deadline, sleep: None, done: false }.await
+    }
+
+    /// [`Engine::acquire`], for a permit that holds the engine by an `Arc` (`'static`: it moves
+    /// into whatever task relays the answer).
+    pub async fn acquire_owned(
+        self: &Arc<Self>,
+        req: &Request<'_>,
+        max_wait: Duration,
+    ) -> Result<crate::OwnedPermit<S>, AcquireError> {
+        let permit = self.acquire(req, max_wait).await?;
+        Ok(permit.into_owned(Arc::clone(self)))
     }
 
     /// Something was freed in `model` (or anywhere): serve its waiters now.
@@ -230,7 +248,10 @@ impl<'e, S: QuotaStore> Waiter<'e, S> {
     fn outcome(&mut self) -> Option<Result<Permit<'e, S>, AcquireError>> {
         let mut state = lock(&self.slot.state);
         let out = match std::mem::replace(&mut *state, State::Done) {
-            State::Granted(t) => Ok(Permit::new(self.engine, t, true)),
+            State::Granted(t) => {
+                let lesson = self.engine.lesson(&self.slot.req.request());
+                Ok(Permit::new(self.engine, t, true, lesson))
+            }
             State::GaveUp(r) => Err(AcquireError(r)),
             waiting => {
                 *state = waiting;

@@ -5,9 +5,7 @@ use std::collections::HashMap;
 use std::fmt;
 use std::path::Path;
 
-use crate::engine::{
-    redact, KeySpec, PoolEvent, ProjectSpec, QuotaStore, RedisConfig, RedisStore, RedisTime, StoreError,
-};
+use crate::engine::{redact, QuotaStore, RedisConfig, RedisStore, RedisTime, StoreError};
 use crate::file::{KeySource, PoolConfig, ProxyDef};
 
 /// Why the proxy cannot start or reload.
@@ -189,64 +187,12 @@ impl fmt::Display for Changes {
     }
 }
 
-/// Applies `next` to the running proxy: new key values and tokens first, then the pool's
-/// changes as engine events (admissions under way finish on the pool they started with).
+/// Applies `next` to the running proxy: new key values and tokens first, then the new pool
+/// through the engine's reconciliation (all of it or none; admissions under way finish on the
+/// pool they started with), then tokens and settings.
 pub fn apply(state: &super::State, next: Loaded) -> Result<Changes, ProxyError> {
-    let engine = &state.engine;
-    let pool = engine.pool();
-    let now_models: Vec<&str> = pool.models().iter().map(|m| m.name.as_str()).collect();
-    let next_models: Vec<&str> = next.pool.models.iter().map(|m| m.name.as_str()).collect();
-    if now_models != next_models {
-        return Err(ProxyError::Config("the models cannot change while the proxy runs; restart it".into()));
-    }
-    let spec = crate::engine::pool_file::build::pool_spec(&next.pool.models, &next.pool.projects);
     let current = state.loaded.load();
     let mut changes = Changes::default();
-    let mut events = Vec::new();
-    for p in &spec.projects {
-        match pool.projects().iter().find(|q| q.id == p.id) {
-            None => {
-                changes.projects_added.push(p.id.clone());
-                events.push(PoolEvent::AddProject(ProjectSpec { id: p.id.clone(), limits: p.limits.clone() }));
-            }
-            Some(q) => {
-                for (m, (a, b)) in q.limits.iter().zip(&p.limits).enumerate() {
-                    if let (Some(limits), true) = (b, a != b) {
-                        changes.limits_changed.push(format!("{}/{}", p.id, now_models[m]));
-                        let (project, model) = (p.id.clone(), now_models[m].to_owned());
-                        events.push(PoolEvent::SetLimits { project, model, limits: *limits });
-                    }
-                }
-            }
-        }
-    }
-    for k in &spec.keys {
-        match pool.keys().iter().find(|s| s.id == k.id) {
-            Some(s) if !s.removed && pool.projects()[s.project].id != k.project => {
-                return Err(ProxyError::Config(format!(
-                    "key {} cannot move to another project while the proxy runs; give it a new id",
-                    redact(&k.id)
-                )));
-            }
-            Some(s) if !s.removed => {}
-            Some(_) => {
-                return Err(ProxyError::Config(format!(
-                    "key {} was removed; a removed key cannot return under the same id",
-                    redact(&k.id)
-                )));
-            }
-            None => {
-                changes.keys_added.push(redact(&k.id));
-                events.push(PoolEvent::Add(KeySpec { id: k.id.clone(), project: k.project.clone() }));
-            }
-        }
-    }
-    for s in pool.keys().iter().filter(|s| !s.removed) {
-        if !spec.keys.iter().any(|k| k.id == s.id) {
-            changes.keys_removed.push(redact(&s.id));
-            events.push(PoolEvent::Remove(s.id.clone()));
-        }
-    }
     if next.pool.engine != current.pool.engine {
         changes.needs_restart.push("[engine]".into());
     }
@@ -260,22 +206,22 @@ pub fn apply(state: &super::State, next: Loaded) -> Result<Changes, ProxyError> 
     if let Some(addr) = state.bound.get() {
         check_exposure(addr, next.client_tokens.len(), next.admin_token.is_some()).map_err(ProxyError::Config)?;
     }
-    // The values of added keys first (a key added is admitted as soon as its event
-    // applies); values of removed keys stay (requests sent with them are still being
-    // answered); new values for kept keys only once everything applied.
+    // The values of added keys first (a key added is admitted as soon as the pool changes);
+    // values of removed keys stay (requests sent with them are still being answered); new
+    // values for kept keys only once the pool changed.
     let mut keys = current.keys.clone();
     for (id, value) in &next.keys {
         keys.entry(id.clone()).or_insert_with(|| value.clone());
     }
     state.loaded.store(std::sync::Arc::new(Loaded { keys: keys.clone(), ..Loaded::clone(&current) }));
-    let total = events.len();
-    for (done, e) in events.into_iter().enumerate() {
-        engine.apply(e).map_err(|e| {
-            ProxyError::Config(format!(
-                "applying the new pool: {e} ({done} of {total} changes applied; tokens and settings unchanged)"
-            ))
-        })?;
-    }
+    let spec = crate::engine::pool_file::build::pool_spec(&next.pool.models, &next.pool.projects);
+    let applied = state.engine.reconcile_pool(&spec).map_err(|e| {
+        ProxyError::Config(format!("the new pool: {e} (nothing applied; tokens and settings unchanged)"))
+    })?;
+    changes.keys_added = applied.keys_added.iter().map(|k| redact(k)).collect();
+    changes.keys_removed = applied.keys_removed.iter().map(|k| redact(k)).collect();
+    changes.projects_added = applied.projects_added;
+    changes.limits_changed = applied.limits_changed.into_iter().map(|(p, m)| format!("{p}/{m}")).collect();
     // Then tokens and settings; those that need a restart keep their running values.
     let mut pool = next.pool;
     pool.engine = current.pool.engine.clone();

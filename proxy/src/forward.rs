@@ -14,10 +14,11 @@ use serde_json::{json, Value};
 use subtle::ConstantTimeEq;
 
 use super::metrics::{ModelLabel, ReasonLabels, RequestLabels};
-use super::relay::{relay, Answer, Held};
+use super::relay::{relay, settled, Answer};
 pub use super::reply::{error, Surface};
 use super::reply::{error_with, hide, passes, passthrough};
 use super::{Body, State};
+use crate::engine::estimate::media::media_tokens;
 use crate::engine::{
     failure, parse_quota_error, AcquireError, DenyReason, Exhaustion, Outcome, Prompt, QueuePolicy, Reason, Request,
     TryAcquireError,
@@ -226,6 +227,17 @@ fn prompt_text(v: &Value, out: &mut String) {
     }
 }
 
+/// How many requests a body counts as: a `batchEmbedContents`' requests, an OpenAI
+/// `embeddings` input list's entries (Gemini counts each), else one.
+fn batch_size(v: &Value) -> u64 {
+    let n = match (v.get("requests"), v.get("input")) {
+        (Some(Value::Array(r)), _) => r.len(),
+        (_, Some(Value::Array(i))) if v.get("messages").is_none() => i.len(),
+        _ => 1,
+    };
+    n.max(1) as u64
+}
+
 /// The output cap a request names, if any.
 fn max_output(v: &Value) -> Option<u64> {
     let config = v.get("generationConfig").or_else(|| v.get("generation_config"));
@@ -246,7 +258,10 @@ async fn admitted(state: &Arc<State>, call: &Call, model: &str, stream: bool, v:
     };
     let mut text = String::new();
     prompt_text(v, &mut text);
-    let request = Request::new(m, Prompt::Text(&text)).max_output_tokens(max_output(v));
+    let request = Request::new(m, Prompt::Text(&text))
+        .max_output_tokens(max_output(v))
+        .batch(batch_size(v))
+        .media_tokens(media_tokens(v));
     let loaded = state.loaded.load_full();
     let max_wait = match loaded.pool.engine.policy() {
         QueuePolicy::Wait { max_wait_ms } => Duration::from_millis(max_wait_ms),
@@ -261,7 +276,7 @@ async fn admitted(state: &Arc<State>, call: &Call, model: &str, stream: bool, v:
         let started = Instant::now();
         let acquired = {
             let _left = scopeguard_dec(&depth);
-            state.engine.acquire(&request, max_wait.saturating_sub(arrival.elapsed())).await
+            state.engine.acquire_owned(&request, max_wait.saturating_sub(arrival.elapsed())).await
         };
         state.metrics.queue_wait.get_or_create(&labels).observe(arrival.elapsed().as_secs_f64());
         let mut permit = match acquired {
@@ -274,15 +289,14 @@ async fn admitted(state: &Arc<State>, call: &Call, model: &str, stream: bool, v:
         state.metrics.admissions.get_or_create(&labels).inc();
         // A reload while it waited may have added the key it got: the config of now.
         let loaded = state.loaded.load_full();
-        let key_id = permit.key_id();
-        let project = state.engine.pool().projects()[state.engine.bucket_owner(permit.ticket().bucket).0].id.clone();
+        let (key_id, project) = (permit.key_id(), permit.project_id());
         let Some(secret) = loaded.keys.get(&key_id).cloned() else {
             // Cannot happen: every key of the pool has a value; return what it holds.
             drop(permit);
             return error(surface, 500, "INTERNAL", "the proxy has no value for the key it chose");
         };
         permit.mark_sent();
-        let held = Held { state: state.clone(), ticket: Some(permit.into_ticket()) };
+        let held = permit;
         let sent = Instant::now();
         let answer = send(state, call, &secret, true).await;
         state.metrics.upstream_latency.get_or_create(&labels).observe(sent.elapsed().as_secs_f64());
@@ -294,7 +308,7 @@ async fn admitted(state: &Arc<State>, call: &Call, model: &str, stream: bool, v:
                 } else {
                     ("transport", Outcome::Failed, 502, "UNAVAILABLE")
                 };
-                held.settle(outcome);
+                settled(state, held.settle(outcome));
                 fail(state, model, cause);
                 count(state, surface, "failed");
                 return error(surface, status, code, "the upstream API did not answer");
@@ -303,7 +317,7 @@ async fn admitted(state: &Arc<State>, call: &Call, model: &str, stream: bool, v:
         let status = resp.status().as_u16();
         if status == 200 {
             count(state, surface, "succeeded");
-            let answer = Answer { surface, project: &project, stream, model: m, prompt: &text };
+            let answer = Answer { surface, project: &project, stream, model: m };
             return relay(state, held, resp, answer).await;
         }
         let headers = resp.headers().clone();
@@ -315,7 +329,7 @@ async fn admitted(state: &Arc<State>, call: &Call, model: &str, stream: bool, v:
                 state.metrics.breaches.get_or_create(&labels).inc();
             }
         }
-        held.settle(outcome);
+        settled(state, held.settle(outcome));
         if let Some(c) = cause {
             fail(state, model, c);
         }

@@ -63,8 +63,8 @@ pub type Body = BoxBody<Bytes, std::io::Error>;
 pub struct State {
     /// How much faster than real time the engine's clock runs (1 but in lab runs).
     pub time_scale: f64,
-    /// The engine.
-    pub engine: ProxyEngine,
+    /// The engine (shared with the permits requests hold).
+    pub engine: Arc<ProxyEngine>,
     /// The config in force (tokens, key values, settings); swapped whole on reload.
     pub loaded: ArcSwap<Loaded>,
     /// Where the config was read from (reloads read it again).
@@ -155,7 +155,7 @@ impl State {
         Ok(Arc::new(Self {
             metrics: Metrics::new(&models),
             time_scale,
-            engine,
+            engine: Arc::new(engine),
             loaded: ArcSwap::from_pointee(loaded),
             path,
             http,

@@ -14,53 +14,19 @@ use super::metrics::ResultLabel;
 use super::reply::{error, passes, passthrough, Surface};
 use super::tap::{usage_in, UsageTap};
 use super::{Body, State};
-use crate::engine::{Outcome, Prompt, Ticket, UsageMetadata};
+use crate::engine::{Outcome, OwnedPermit, QuotaStore, StoreError};
 
 /// How long a stream waits for a client that has stopped reading (its socket still open)
 /// before giving up on it, as if it had hung up.
 const STALLED_CLIENT: Duration = Duration::from_secs(60);
 
-/// A ticket sent upstream: settled with what happened, or, if dropped unsettled (a client
-/// gone, a task cancelled), as failed, which keeps its estimate counted.
-pub(super) struct Held {
-    pub(super) state: Arc<State>,
-    pub(super) ticket: Option<Ticket>,
-}
+/// A permit sent upstream: the engine's owned permit, which settles as failed (keeping its
+/// estimate counted) if dropped unsettled — a client gone, a task cancelled.
+pub(super) type Held = OwnedPermit<Box<dyn QuotaStore>>;
 
-impl Held {
-    /// Settles with `outcome`.
-    pub(super) fn settle(mut self, outcome: Outcome) {
-        if let Some(t) = self.ticket.take() {
-            settle(&self.state, &t, outcome);
-        }
-    }
-
-    /// Settles an answer that ended early (broken off, or its client gone) from the usage it
-    /// had stated: the prompt's count is exact (every Gemini chunk states it), output is at
-    /// least what was reserved for it.
-    fn settle_partial(mut self, usage: &UsageMetadata) {
-        if let Some(t) = self.ticket.take() {
-            let outcome = match self.state.engine.success(usage) {
-                Outcome::Success { input_tokens, output_tokens } => {
-                    Outcome::Success { input_tokens, output_tokens: output_tokens.max(t.reserved_output) }
-                }
-                other => other,
-            };
-            settle(&self.state, &t, outcome);
-        }
-    }
-}
-
-impl Drop for Held {
-    fn drop(&mut self) {
-        if let Some(t) = self.ticket.take() {
-            settle(&self.state, &t, Outcome::Failed);
-        }
-    }
-}
-
-fn settle(state: &State, t: &Ticket, outcome: Outcome) {
-    if state.engine.settle(t, outcome, state.engine.clock().now()).is_err() {
+/// Counts a settlement the store could not record (the reservation stays counted).
+pub(super) fn settled(state: &State, r: Result<(), StoreError>) {
+    if r.is_err() {
         state.metrics.store_errors.inc();
     }
 }
@@ -71,7 +37,6 @@ pub(super) struct Answer<'a> {
     pub(super) project: &'a str,
     pub(super) stream: bool,
     pub(super) model: usize,
-    pub(super) prompt: &'a str,
 }
 
 /// A successful answer: a whole one settled from its usage, a stream relayed piece by piece
@@ -97,19 +62,14 @@ pub(super) async fn relay(
         let body = match resp.bytes().await {
             Ok(b) => b,
             Err(_) => {
-                drop(held);
+                settled(state, held.settle(Outcome::Failed));
                 super::forward::fail(state, &state.engine.pool().models()[a.model].name, "broken-answer");
                 return error(a.surface, 502, "UNAVAILABLE", "the upstream answer broke off");
             }
         };
         match usage_in(&body) {
-            Some(u) => {
-                if state.engine.learns() {
-                    state.engine.learn(a.model, &Prompt::Text(a.prompt), u.prompt);
-                }
-                held.settle(state.engine.success(&u));
-            }
-            None => held.settle(Outcome::Failed),
+            Some(u) => settled(state, held.succeeded(&u)),
+            None => settled(state, held.settle(Outcome::Failed)),
         }
         passthrough(status, &headers, body)
     };
@@ -164,11 +124,13 @@ fn stream(state: Arc<State>, held: Held, mut resp: reqwest::Response, model: usi
         }
         let how = if tap.usage.is_some() { "usage" } else { "estimate" };
         state.metrics.streams.get_or_create(&ResultLabel { result: how.into() }).inc();
-        match (tap.usage, end) {
-            (Some(u), End::Whole) => held.settle(state.engine.success(&u)),
-            (Some(u), _) => held.settle_partial(&u),
-            (None, _) => held.settle(Outcome::Failed),
-        }
+        settled(
+            &state,
+            match (tap.usage, end) {
+                (Some(u), End::Whole) => held.succeeded(&u),
+                (u, _) => held.ended_early(u.as_ref()),
+            },
+        );
     });
     body.boxed()
 }

@@ -112,7 +112,7 @@ pub struct LoadResult {
     /// Counts and histograms, as a simulated run has them.
     pub aggregate: Aggregate,
     /// The first replica's engine as it ended.
-    pub engine: LoadEngine,
+    pub engine: Arc<LoadEngine>,
     /// Real-clock figures.
     pub figures: LoadFigures,
 }
@@ -198,7 +198,7 @@ fn prompt_text(sc: &Scenario, r: &NewRequest) -> String {
 struct Shared {
     sc: Scenario,
     /// The replicas (none for a baseline run).
-    engines: Vec<LoadEngine>,
+    engines: Vec<Arc<LoadEngine>>,
     http: reqwest::Client,
     target: String,
     clock: ScaledClock,
@@ -288,7 +288,7 @@ impl Shared {
             QueuePolicy::Reject => 0,
         };
         let mark = stopwatch::start();
-        let acquired = engine.acquire(&request, Duration::from_millis(max_wait_ms)).await;
+        let acquired = engine.acquire_owned(&request, Duration::from_millis(max_wait_ms)).await;
         let elapsed_ns = stopwatch::elapsed_ns(mark);
         done.delayed = acquired.as_ref().is_ok_and(|p| p.queued()) || self.now() > now && acquired.is_err();
         if !done.delayed {
@@ -309,15 +309,19 @@ impl Shared {
         let sent_at = self.now();
         done.queue_wait_ms = sent_at.since(arrival);
         done.key = Some(ticket.key.0 as usize);
-        done.project = Some(engine.bucket_owner(ticket.bucket).0);
+        let project = permit.project_id();
+        done.project = self.sc.projects.iter().position(|p| p.id == project);
         done.estimated = Some(ticket.estimated_input);
         let (answer, answered) = self.send(&r, &self.keys[ticket.key.0 as usize], &text).await;
         let now = self.now();
         done.latency_ms = Some(now.since(sent_at));
         done.end_ms = now.since(Timestamp(self.origin_ms));
-        let outcome = self.judge(answer, answered, intended, &mut done, Some((engine, class.model, &prompt)));
         // A store that cannot record it keeps the reservation counted (conservative).
-        done.settle_error = permit.settle(outcome).is_err();
+        done.settle_error = match self.judge(answer, answered, intended, &mut done) {
+            target::Settle::Usage(usage) => permit.succeeded(&usage),
+            target::Settle::Outcome(outcome) => permit.settle(outcome),
+        }
+        .is_err();
         done
     }
 
@@ -374,6 +378,7 @@ pub fn run_load(sc: &Scenario, opts: &LoadOptions) -> Result<LoadResult, LoadErr
         .map(|_| {
             let store = store(opts)?;
             crate::scenario::build::engine_on(sc, Arc::new(clock), store)
+                .map(Arc::new)
                 .map_err(|e| LoadError::Bad(format!("the pool: {e}")))
         })
         .collect::<Result<Vec<_>, _>>()?;

@@ -5,7 +5,7 @@
 use std::time::Instant;
 
 use super::{Done, Shared};
-use crate::engine::{failure, parse_quota_error, Exhaustion, Outcome, Prompt, UsageMetadata};
+use crate::engine::{failure, parse_quota_error, Exhaustion, Outcome, UsageMetadata};
 use crate::report::Terminal;
 use crate::sim::NewRequest;
 
@@ -19,21 +19,26 @@ pub(super) struct Answer {
     pub(super) project: Option<String>,
 }
 
-/// The engine that settles a request, its model, and the prompt its estimate read.
-pub(super) type Settler<'a> = (&'a super::LoadEngine, usize, &'a Prompt<'a>);
+/// What a request's permit is settled with: a successful answer's usage (the permit counts
+/// and learns from it), or another outcome.
+pub(super) enum Settle {
+    /// Answered, with this usage.
+    Usage(UsageMetadata),
+    /// Anything else.
+    Outcome(Outcome),
+}
 
 impl Shared {
-    /// Records what `answer` means in `done` and returns the outcome to settle with.
+    /// Records what `answer` means in `done` and returns what to settle with.
     pub(super) fn judge(
         &self,
         answer: Result<Answer, bool>,
         answered: Instant,
         intended: Instant,
         done: &mut Done,
-        settler: Option<Settler<'_>>,
-    ) -> Outcome {
+    ) -> Settle {
         let r = done.new;
-        match answer {
+        let outcome = match answer {
             Ok(a) if a.status == 200 => {
                 let v: serde_json::Value = serde_json::from_str(&a.body).unwrap_or_default();
                 let usage =
@@ -43,15 +48,7 @@ impl Shared {
                 done.input = input;
                 done.output = output;
                 done.e2e_us = Some(answered.saturating_duration_since(intended).as_micros() as u64);
-                match settler {
-                    Some((engine, model, prompt)) => {
-                        if engine.learns() {
-                            engine.learn(model, prompt, input);
-                        }
-                        engine.success(&usage)
-                    }
-                    None => Outcome::Success { input_tokens: input, output_tokens: output },
-                }
+                return Settle::Usage(usage);
             }
             // The target's engine did not admit it: a denial, not the provider's refusal.
             Ok(a) if a.denied.is_some() => {
@@ -95,7 +92,8 @@ impl Shared {
                     Outcome::Failed
                 }
             }
-        }
+        };
+        Settle::Outcome(outcome)
     }
 
     /// The whole life of one request sent straight to a target that admits it itself.
@@ -120,7 +118,7 @@ impl Shared {
         } else {
             done.queue_wait_ms = now.since(arrival);
         }
-        self.judge(answer, answered, intended, &mut done, None);
+        self.judge(answer, answered, intended, &mut done);
         done
     }
 }

@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use crate::engine::{
-    BucketId, BucketKey, Ceilings, Dimension, Grant, MemoryStore, QuotaStore, Reservation, Shortfall, StoreError,
+    BucketId, BucketKey, Ceilings, Cost, Dimension, Grant, MemoryStore, QuotaStore, Reservation, Shortfall, StoreError,
     Timestamp, Usage,
 };
 use rand::SeedableRng;
@@ -274,23 +274,23 @@ impl QuotaStore for SimStore {
     fn reserve(
         &self,
         bucket: BucketId,
-        tokens: u64,
+        cost: Cost,
         ceilings: &Ceilings,
         now: Timestamp,
     ) -> Result<Result<Grant, Shortfall>, StoreError> {
         let (bounded, next) = self.bounded(bucket, ceilings);
-        Ok(self.store()?.reserve(bucket, tokens, &bounded, now)?.map_err(|s| sooner(s, next, &bounded, ceilings)))
+        Ok(self.store()?.reserve(bucket, cost, &bounded, now)?.map_err(|s| sooner(s, next, &bounded, ceilings)))
     }
 
     fn check(
         &self,
         bucket: BucketId,
-        tokens: u64,
+        cost: Cost,
         ceilings: &Ceilings,
         now: Timestamp,
     ) -> Result<Result<Usage, Shortfall>, StoreError> {
         let (bounded, next) = self.bounded(bucket, ceilings);
-        Ok(self.store()?.check(bucket, tokens, &bounded, now)?.map_err(|s| sooner(s, next, &bounded, ceilings)))
+        Ok(self.store()?.check(bucket, cost, &bounded, now)?.map_err(|s| sooner(s, next, &bounded, ceilings)))
     }
 
     fn reconcile(&self, bucket: BucketId, r: &Reservation, actual: u64, now: Timestamp) -> Result<Usage, StoreError> {

@@ -13,11 +13,13 @@
 //! - [`output`]: how many output tokens to reserve where limits count them.
 //! - [`cache`]: a bounded cache in front of any estimator, so a hot prompt is tokenized once.
 //! - [`script`]: which writing system (or code) a text is in.
+//! - [`media`]: tokens of the parts that are not text (images, PDFs, audio, video).
 
 pub mod cache;
 pub mod calibrated;
 #[cfg(feature = "tokenizers")]
 pub mod hf;
+pub mod media;
 pub mod output;
 pub mod script;
 #[cfg(feature = "tiktoken")]

@@ -184,9 +184,10 @@ local function tokens_free_at(w, s, tokens, tpm)
   return -1
 end
 
--- Why `tokens` more do not fit under ceilings c (-1 = unlimited): the dimension that frees
--- last, whether it cools down, and when (-1 = never). nil if they fit.
-local function shortfall(w, s, tokens, c, now)
+-- Why `requests` more requests of `tokens` tokens in all do not fit under ceilings c
+-- (-1 = unlimited): the dimension that frees last, whether it cools down, and when
+-- (-1 = never). nil if they fit.
+local function shortfall(w, s, requests, tokens, c, now)
   local worst = nil
   local function consider(d, cooling, retry)
     local later
@@ -205,18 +206,20 @@ local function shortfall(w, s, tokens, c, now)
   local rpm, tpm, rpd, tpd = c[1], c[2], c[3], c[4]
   if rpm >= 0 then
     local n = s.n
-    if n >= rpm then
+    if n + requests > rpm then
+      -- The entry whose leaving makes room for `requests` more; never, if they alone are too many.
       local retry = -1
-      if rpm > 0 then
-        retry = tonumber(redis.call('ZRANGE', w, n - rpm, n - rpm, 'WITHSCORES')[2]) + MINUTE
+      if requests <= rpm then
+        local at = n + requests - rpm - 1
+        retry = tonumber(redis.call('ZRANGE', w, at, at, 'WITHSCORES')[2]) + MINUTE
       end
       consider(1, 0, retry)
     end
   end
   if tpm >= 0 and s.mt + tokens > tpm then consider(2, 0, tokens_free_at(w, s, tokens, tpm)) end
-  if rpd >= 0 and s.dr >= rpd then
+  if rpd >= 0 and s.dr + requests > rpd then
     local retry = -1
-    if rpd > 0 then retry = s.day end
+    if requests <= rpd then retry = s.day end
     consider(3, 0, retry)
   end
   if tpd >= 0 and s.dt + tokens > tpd then
@@ -227,21 +230,34 @@ local function shortfall(w, s, tokens, c, now)
   return worst
 end
 
--- Counts one request of `tokens` at `now` (or at the newest time seen, to keep the window
--- ordered); returns its sequence number and time.
-local function push(w, m, s, tokens, now)
+-- Counts `requests` requests of `tokens` tokens in all at `now` (or at the newest time seen,
+-- to keep the window ordered): one window entry each, the first carrying every token, in one
+-- command. Returns the first one's sequence number, and their time.
+local function push(w, m, s, requests, tokens, now)
   local at = math.max(now, s.last)
   s.last = at
-  s.seq = s.seq + 1
-  local seq = s.seq
+  local seq = s.seq + 1
+  s.seq = s.seq + requests
   redis.call('ZADD', w, at, member(seq, tokens))
+  -- The rest of a batch, a thousand entries a command (Lua unpacks at most a few thousand).
+  local i = 1
+  while i < requests do
+    local args = {}
+    local last = math.min(i + 999, requests - 1)
+    for j = i, last do
+      args[#args + 1] = at
+      args[#args + 1] = member(seq + j, 0)
+    end
+    redis.call('ZADD', w, unpack(args))
+    i = last + 1
+  end
   -- An empty window is no key: this one is new and needs its expiry.
   s.remade = s.n == 0
   if s.n == 0 then s.head = at end
-  s.n = s.n + 1
+  s.n = s.n + requests
   s.dirty = true
   s.mt = s.mt + tokens
-  s.dr = s.dr + 1
+  s.dr = s.dr + requests
   s.dt = s.dt + tokens
   return seq, at
 end
@@ -260,7 +276,8 @@ local function keysim(keys, args)
   if op == 'reserve' or op == 'check' then
     local tokens = tonumber(args[3])
     local c = { tonumber(args[4]), tonumber(args[5]), tonumber(args[6]), tonumber(args[7]) }
-    local short = shortfall(w, s, tokens, c, now)
+    local requests = tonumber(args[8]) or 1
+    local short = shortfall(w, s, requests, tokens, c, now)
     if short ~= nil then
       save(w, m, s, now)
       return append({ 0, short[1], short[2], short[3] }, usage(w, s, now))
@@ -269,7 +286,7 @@ local function keysim(keys, args)
       save(w, m, s, now)
       return append({ 1, 0, now, s.day }, usage(w, s, now))
     end
-    local seq, at = push(w, m, s, tokens, now)
+    local seq, at = push(w, m, s, requests, tokens, now)
     save(w, m, s, now)
     return append({ 1, seq, at, s.day }, usage(w, s, now))
   elseif op == 'reconcile' or op == 'refund' then
@@ -288,22 +305,34 @@ local function keysim(keys, args)
       if s.day == day then s.dt = math.max(s.dt + actual - reserved, 0) end
       s.dirty = true
     else
-      if redis.call('ZREM', w, old) == 1 then
-        s.mt = s.mt - reserved
-        s.n = s.n - 1
+      -- A batch's entries go together: the first carries its tokens, the others none.
+      local requests = tonumber(args[6]) or 1
+      local first = redis.call('ZREM', w, old)
+      local gone = first
+      local i = 1
+      while i < requests do
+        local rest = {}
+        local last = math.min(i + 999, requests - 1)
+        for j = i, last do rest[#rest + 1] = member(tonumber(seq) + j, 0) end
+        gone = gone + redis.call('ZREM', w, unpack(rest))
+        i = last + 1
+      end
+      if first == 1 then s.mt = s.mt - reserved end
+      if gone > 0 then
+        s.n = s.n - gone
         local head = redis.call('ZRANGE', w, 0, 0, 'WITHSCORES')
         s.head = tonumber(head[2]) or 0
       end
       s.dirty = true
       if s.day == day then
-        s.dr = math.max(s.dr - 1, 0)
+        s.dr = math.max(s.dr - requests, 0)
         s.dt = math.max(s.dt - reserved, 0)
       end
     end
     save(w, m, s, now)
     return usage(w, s, now)
   elseif op == 'record' then
-    push(w, m, s, tonumber(args[3]), now)
+    push(w, m, s, 1, tonumber(args[3]), now)
     save(w, m, s, now)
     return usage(w, s, now)
   elseif op == 'cool' then

@@ -39,7 +39,7 @@ use redis::{ConnectionLike, RedisError};
 
 use super::limits::{Ceilings, Dimension};
 use super::slots::Slots;
-use super::store::{BucketId, BucketKey, Grant, QuotaStore, Reservation, Shortfall, StoreError, Usage};
+use super::store::{BucketId, BucketKey, Cost, Grant, QuotaStore, Reservation, Shortfall, StoreError, Usage};
 use super::time::Timestamp;
 
 /// The Lua text both the function library and `EVAL` run.
@@ -48,6 +48,9 @@ const CORE: &str = include_str!("keysim.lua");
 const LAYOUT: &str = "v2";
 /// Tokens at or past this cannot be counted exactly by the script (Lua numbers are doubles).
 const EXACT: u64 = 1 << 53;
+/// The most requests one admission counts (Gemini's `batchEmbedContents` takes at most a few
+/// hundred; the script adds one window entry per request).
+const MAX_BATCH: u64 = 100_000;
 
 /// Whose clock a [`RedisStore`] counts by.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -506,18 +509,19 @@ impl RedisStore {
         &self,
         op: &str,
         bucket: BucketId,
-        tokens: u64,
+        cost: Cost,
         ceilings: &Ceilings,
         now: Timestamp,
     ) -> Result<Result<(Reservation, Usage), Shortfall>, StoreError> {
         // Past 2^53 a ceiling is "unlimited" to the script (-1), and a count is held at the
         // largest it can count exactly (conservative against any finite ceiling).
         let c = ceilings.0.map(|x| if x >= EXACT { u64::MAX } else { x });
-        let v = self.ints(self.call(bucket, op, now, &[exact(tokens), c[0], c[1], c[2], c[3]])?)?;
+        let (tokens, requests) = (cost.tokens, cost.requests.clamp(1, MAX_BATCH));
+        let v = self.ints(self.call(bucket, op, now, &[exact(tokens), c[0], c[1], c[2], c[3], requests])?)?;
         let usage = Self::usage_at(&v, 4)?;
         if v[0] == 1 {
-            let reservation =
-                Reservation { seq: v[1] as u64, at: Timestamp(v[2] as u64), day_ends: Timestamp(v[3] as u64), tokens };
+            let (seq, at, day_ends) = (v[1] as u64, Timestamp(v[2] as u64), Timestamp(v[3] as u64));
+            let reservation = Reservation { seq, at, day_ends, tokens, requests };
             return Ok(Ok((reservation, usage)));
         }
         let dimension = Dimension::ALL
@@ -598,23 +602,23 @@ impl QuotaStore for RedisStore {
     fn reserve(
         &self,
         bucket: BucketId,
-        tokens: u64,
+        cost: Cost,
         ceilings: &Ceilings,
         now: Timestamp,
     ) -> Result<Result<Grant, Shortfall>, StoreError> {
         Ok(self
-            .admission("reserve", bucket, tokens, ceilings, now)?
+            .admission("reserve", bucket, cost, ceilings, now)?
             .map(|(reservation, usage)| Grant { reservation, usage }))
     }
 
     fn check(
         &self,
         bucket: BucketId,
-        tokens: u64,
+        cost: Cost,
         ceilings: &Ceilings,
         now: Timestamp,
     ) -> Result<Result<Usage, Shortfall>, StoreError> {
-        Ok(self.admission("check", bucket, tokens, ceilings, now)?.map(|(_, usage)| usage))
+        Ok(self.admission("check", bucket, cost, ceilings, now)?.map(|(_, usage)| usage))
     }
 
     fn reconcile(&self, bucket: BucketId, r: &Reservation, actual: u64, now: Timestamp) -> Result<Usage, StoreError> {
@@ -624,7 +628,8 @@ impl QuotaStore for RedisStore {
     }
 
     fn refund(&self, bucket: BucketId, r: &Reservation, now: Timestamp) -> Result<Usage, StoreError> {
-        let v = self.ints(self.call(bucket, "refund", now, &[r.seq, exact(r.tokens), r.day_ends.0])?)?;
+        let requests = r.requests.clamp(1, MAX_BATCH);
+        let v = self.ints(self.call(bucket, "refund", now, &[r.seq, exact(r.tokens), r.day_ends.0, requests])?)?;
         Self::usage_at(&v, 0)
     }
 

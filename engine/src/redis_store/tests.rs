@@ -110,7 +110,7 @@ fn the_server_clock_counts_not_the_callers() {
     let b = s.bucket(&BucketKey { owner: "p".into(), model: "m".into() }).unwrap();
     let c = Ceilings([10, 1000, 1000, u64::MAX]);
     // The caller claims a time a year ago; the server's clock wins.
-    let g = s.reserve(b, 1, &c, T0).unwrap().unwrap();
+    let g = s.reserve(b, Cost::one(1), &c, T0).unwrap().unwrap();
     let wall = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64;
     assert!(g.reservation.at.0.abs_diff(wall) < 5_000, "{} vs {wall}", g.reservation.at.0);
     assert_eq!(g.reservation.day_ends, crate::next_pacific_midnight(Timestamp(wall)));
@@ -122,10 +122,10 @@ fn a_bucket_written_by_another_layout_is_refused_not_misread() {
     let url = address("KEYSIM_REDIS_URL").unwrap();
     let b = store.bucket(&BucketKey { owner: "p".into(), model: "m".into() }).unwrap();
     let c = Ceilings([10, 1000, 1000, u64::MAX]);
-    store.reserve(b, 1, &c, T0).unwrap().unwrap();
+    store.reserve(b, Cost::one(1), &c, T0).unwrap().unwrap();
     let counters = store.names[b.0 as usize].get().unwrap().counters.clone();
     let _: () = redis::cmd("HSET").arg(&counters).arg("v").arg("1").query(&mut raw(&url)).unwrap();
-    match store.reserve(b, 1, &c, T0) {
+    match store.reserve(b, Cost::one(1), &c, T0) {
         Err(StoreError::Protocol(m)) => assert!(m.contains("layout v1"), "{m}"),
         other => panic!("expected a refusal, got {other:?}"),
     }
@@ -139,7 +139,7 @@ fn keys_expire_when_nothing_in_them_matters() {
     let store = RedisStore::new(RedisConfig { prefix: prefix("expiry"), ..RedisConfig::new(url.clone()) }).unwrap();
     let b = store.bucket(&BucketKey { owner: "p".into(), model: "m".into() }).unwrap();
     let c = Ceilings([10, 1000, 1000, u64::MAX]);
-    let g = store.reserve(b, 5, &c, T0).unwrap().unwrap();
+    let g = store.reserve(b, Cost::one(5), &c, T0).unwrap().unwrap();
     let names = store.names[b.0 as usize].get().unwrap();
     let mut conn = raw(&url);
     let ttl = |conn: &mut redis::Connection, key: &str| -> i64 { redis::cmd("PTTL").arg(key).query(conn).unwrap() };
@@ -154,10 +154,10 @@ fn keys_expire_when_nothing_in_them_matters() {
     // A window emptied (and so deleted) and made again still expires.
     let b2 = store.bucket(&BucketKey { owner: "q".into(), model: "m".into() }).unwrap();
     let window2 = store.names[b2.0 as usize].get().unwrap().window.clone();
-    let h = store.reserve(b2, 1, &c, T0).unwrap().unwrap();
+    let h = store.reserve(b2, Cost::one(1), &c, T0).unwrap().unwrap();
     store.refund(b2, &h.reservation, T0).unwrap();
     assert_eq!(ttl(&mut conn, &window2), -2, "an empty window is no key");
-    store.reserve(b2, 1, &c, T0).unwrap().unwrap();
+    store.reserve(b2, Cost::one(1), &c, T0).unwrap().unwrap();
     assert!(ttl(&mut conn, &window2) > 0, "the remade window expires");
     // A cool-down past midnight keeps them until it ends.
     let wall = g.reservation.at;
@@ -171,7 +171,7 @@ fn keys_on_a_caller_clock_do_not_expire() {
     let Some(store) = server("no_expiry") else { return };
     let url = address("KEYSIM_REDIS_URL").unwrap();
     let b = store.bucket(&BucketKey { owner: "p".into(), model: "m".into() }).unwrap();
-    store.reserve(b, 1, &Ceilings([10, 1000, 1000, u64::MAX]), T0).unwrap().unwrap();
+    store.reserve(b, Cost::one(1), &Ceilings([10, 1000, 1000, u64::MAX]), T0).unwrap().unwrap();
     let names = store.names[b.0 as usize].get().unwrap();
     let t: i64 = redis::cmd("PTTL").arg(&names.counters).query(&mut raw(&url)).unwrap();
     assert_eq!(t, -1);
@@ -186,12 +186,12 @@ fn a_leftover_window_is_not_counted_against_fresh_counters() {
     let b = store.bucket(&BucketKey { owner: "p".into(), model: "m".into() }).unwrap();
     let c = Ceilings([3, 1000, 1000, u64::MAX]);
     for i in 0..3 {
-        store.reserve(b, 10, &c, T0.plus(i)).unwrap().unwrap();
+        store.reserve(b, Cost::one(10), &c, T0.plus(i)).unwrap().unwrap();
     }
     let names = store.names[b.0 as usize].get().unwrap();
     let _: () = redis::cmd("DEL").arg(&names.counters).query(&mut raw(&url)).unwrap();
     for i in 0..3 {
-        store.reserve(b, 10, &c, T0.plus(10 + i)).unwrap().unwrap();
+        store.reserve(b, Cost::one(10), &c, T0.plus(10 + i)).unwrap().unwrap();
     }
     let u = store.usage(b, T0.plus(MINUTE_MS + 5)).unwrap();
     assert_eq!((u.minute_requests, u.minute_tokens), (3, 30));
@@ -376,7 +376,7 @@ fn huge_counts_are_held_not_lost() {
     let Some(store) = server("huge") else { return };
     let b = store.bucket(&BucketKey { owner: "p".into(), model: "m".into() }).unwrap();
     let unlimited = Ceilings([10, u64::MAX, 1000, u64::MAX]);
-    let g = store.reserve(b, 1 << 60, &unlimited, T0).unwrap().unwrap();
+    let g = store.reserve(b, Cost::one(1 << 60), &unlimited, T0).unwrap().unwrap();
     assert_eq!(g.usage.minute_tokens, EXACT - 1);
     let u = store.reconcile(b, &g.reservation, 100_000_000_000_000, T0.plus(1)).unwrap();
     assert_eq!(u.minute_tokens, 100_000_000_000_000, "1e14 tokens: counted, and the member still parses");
