@@ -3,9 +3,9 @@
 //! `retry_at`; capacity is the sum over usable projects.
 
 use keysim::engine::{
-    AdmissionMode, BucketKey, Ceilings, Chars4, Cost, Decision, Dimension, Engine, EngineConfig, KeySpec, Limits,
-    MemoryStore, ModelSpec, PoolEvent, PoolSpec, Priority, ProjectSpec, Prompt, QuotaScope, QuotaStore, Request,
-    StrategyKind, Timestamp, TokenBasis, MINUTE_MS,
+    AdmissionMode, BucketKey, Buckets, Ceilings, Chars4, Cost, Decision, Dimension, Engine, EngineConfig, KeySpec,
+    Limits, MemoryStore, ModelSpec, PoolEvent, PoolSpec, Priority, ProjectSpec, Prompt, QuotaScope, QuotaStore,
+    Request, StrategyKind, Timestamp, TokenBasis, MINUTE_MS,
 };
 use keysim::scenario::{
     Arrival, EngineDef, EstimatorKind, ModelDef, OnExhausted, ProjectDef, Provider, Scenario, TimedEvent, Tokens,

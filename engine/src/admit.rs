@@ -5,10 +5,11 @@ use std::sync::atomic::Ordering;
 use super::estimate::Prompt;
 use super::health::{Gate, HealthEvent};
 use super::limits::{Ceilings, Dimension};
+use super::pool::Pool;
 use super::pool::QuotaScope;
 use super::pool::{KeyId, PoolEvent};
 use super::provider::{Exhaustion, QuotaExhausted};
-use super::store::{BucketId, Cost, QuotaStore, Reservation, Shortfall, StoreError};
+use super::store::{AsyncStore, BucketId, Buckets, Cost, QuotaStore, Reservation, Shortfall, StoreError, Usage};
 use super::strategy::Choice;
 use super::time::{next_pacific_midnight, Timestamp, MINUTE_MS};
 use super::{AdmissionMode, Engine, TokenBasis, BLACKLIST_AFTER};
@@ -222,44 +223,82 @@ pub enum Outcome {
     NotSent,
 }
 
-impl<S: QuotaStore> Engine<S> {
-    /// Picks a key for `req` and reserves its quota on every dimension at once, at `now`.
-    ///
-    /// The sans-IO core: the [`Ticket`] must be settled with [`Engine::settle`]. Services
-    /// use [`Engine::try_acquire`] or [`Engine::acquire`], whose permits settle themselves.
-    pub fn admit(&self, req: &Request<'_>, now: Timestamp) -> Result<Decision, AdmitError> {
-        let probe = match req.model < self.health_models() {
-            true => match self.health.gate(req.model, now) {
-                Gate::Open => false,
-                Gate::Probe => true,
-                Gate::Closed(at) => {
-                    let reason = DenyReason::ProviderBackoff;
-                    return Ok(Decision::Denied(Denial { retry_at: Some(at), reason, bucket: None }));
-                }
-            },
-            false => false,
-        };
-        let mut decision = self.admit_in(req, now);
-        if probe {
-            match &mut decision {
-                Ok(Decision::Admitted(t)) => t.model_probe = true,
-                _ => self.health.release_probe(req.model),
+/// The candidates of one admission, in the order they are tried: the strategy's proposals,
+/// then every other bucket from the turn on.
+struct Order {
+    proposed: [Option<usize>; 2],
+    turn: usize,
+    n: usize,
+    k: usize,
+}
+
+impl Iterator for Order {
+    type Item = usize;
+
+    fn next(&mut self) -> Option<usize> {
+        while self.k < 2 + self.n {
+            let k = self.k;
+            self.k += 1;
+            let i = match k {
+                0 | 1 => self.proposed[k],
+                _ => Some((self.turn + k - 2) % self.n).filter(|i| !self.proposed.contains(&Some(*i))),
+            };
+            if i.is_some() {
+                return i;
             }
         }
-        decision
+        None
     }
+}
 
-    fn health_models(&self) -> usize {
-        self.exhausted.len()
-    }
+/// One admission under way, past its prologue: what it asks for, the buckets left to try,
+/// and what the scan has found. `P` holds the pool snapshot it runs on.
+struct Admission<P> {
+    pool: P,
+    model: usize,
+    p: usize,
+    cost: Cost,
+    estimated_input: u64,
+    reserved_output: u64,
+    epoch: u64,
+    order: Order,
+    earliest: Option<(Shortfall, BucketId)>,
+    size_matters: bool,
+}
 
-    /// Admission past the health gate.
-    fn admit_in(&self, req: &Request<'_>, now: Timestamp) -> Result<Decision, AdmitError> {
+/// The next thing an admission needs.
+enum Next {
+    /// A store's answer for group `i`: reserve `cost` in `bucket` under `ceilings`.
+    Try(usize, BucketId, Ceilings),
+    /// Nothing more: the decision.
+    Done(Decision),
+}
+
+/// What an answer for one bucket means.
+enum Answered {
+    /// Admitted.
+    Granted(Ticket),
+    /// The bucket had room but none of its keys may serve now: give back what it reserved
+    /// (if anything) and go on.
+    NoKey(Option<Reservation>),
+    /// Go on with the next bucket.
+    Next,
+}
+
+impl<S: Buckets> Engine<S> {
+    /// The prologue of an admission past the health gate: the estimate, the size checks, the
+    /// cached exhaustion, the strategy's order. `refresh` reads a bucket whose view expired.
+    fn begin<P: std::ops::Deref<Target = Pool>>(
+        &self,
+        req: &Request<'_>,
+        now: Timestamp,
+        pool: P,
+        refresh: &dyn Fn(BucketId) -> Option<Usage>,
+    ) -> Result<Result<Admission<P>, Decision>, AdmitError> {
         let model = req.model;
-        let pool = self.pool.load();
         let groups = pool.groups.get(model).ok_or(AdmitError::UnknownModel(model))?;
         if groups.is_empty() {
-            return Ok(Decision::Denied(Denial { retry_at: None, reason: DenyReason::NoUsableKey, bucket: None }));
+            return Ok(Err(Decision::Denied(Denial { retry_at: None, reason: DenyReason::NoUsableKey, bucket: None })));
         }
         let estimated_input = self.estimator.estimate(model, &req.prompt).saturating_add(req.media_tokens);
         let reserved_output = match self.config.basis {
@@ -286,112 +325,141 @@ impl<S: QuotaStore> Engine<S> {
         let until = self.exhausted[model][p].load(Ordering::Relaxed);
         if now.0 < until {
             let reason = DenyReason::from_code(self.exhausted_reason[model][p].load(Ordering::Relaxed));
-            return Ok(Decision::Denied(Denial {
+            return Ok(Err(Decision::Denied(Denial {
                 retry_at: Some(Timestamp(until)),
                 reason,
                 bucket: Some(BucketId(self.exhausted_bucket[model][p].load(Ordering::Relaxed) as u32)),
-            }));
+            })));
         }
-
         // Like the random word: a plain load and store, a repeated turn only repeats a choice.
         let turn = self.turn.load(Ordering::Relaxed);
         self.turn.store(turn.wrapping_add(1), Ordering::Relaxed);
         let limits = &pool.group_limits[model];
-        let headroom = |i: usize| self.headroom(&limits[i], groups[i].bucket, p, now);
+        let headroom = |i: usize| self.headroom(&limits[i], groups[i].bucket, p, now, refresh);
         let choice = Choice { n: groups.len(), headroom: &headroom, random: self.next_random(), turn };
         let proposed = match &self.custom {
             None => self.config.strategy.propose(&choice),
             Some(s) => s.propose(&Choice { n: choice.n, headroom: &headroom, random: choice.random, turn }),
         };
-        let fallback = (0..groups.len()).map(|j| (turn + j) % groups.len()).filter(|i| !proposed.contains(&Some(*i)));
-        let mut earliest: Option<(Shortfall, BucketId)> = None;
-        let mut size_matters = false;
-        for i in proposed.into_iter().flatten().chain(fallback) {
-            let g = &groups[i];
-            let ceilings = &limits[i].ceilings[p];
-            // Matched in place rather than mapped: the answers are large, and copying them
-            // through combinators cost more than the rest of a strategy.
-            let (reservation, answer) = match self.config.admission {
-                AdmissionMode::Atomic => match self.store.reserve(g.bucket, cost, ceilings, now) {
-                    Ok(Ok(grant)) => (Some(grant.reservation), Ok(grant.usage)),
-                    Ok(Err(s)) => (None, Err(s)),
-                    Err(_) => return Ok(self.store_unavailable(g.bucket)),
-                },
-                AdmissionMode::CheckThenAct => match self.store.check(g.bucket, cost, ceilings, now) {
-                    Ok(answer) => (None, answer),
-                    Err(_) => return Ok(self.store_unavailable(g.bucket)),
-                },
-                // The references count nothing; only a cool-down (cooldown-retrydelay) stops a key.
-                AdmissionMode::None | AdmissionMode::RotateBlacklist | AdmissionMode::CooldownRetryDelay => {
-                    match self.store.check(g.bucket, Cost::one(0), &Ceilings([u64::MAX; 4]), now) {
-                        Ok(answer) => (None, answer),
-                        Err(_) => return Ok(self.store_unavailable(g.bucket)),
-                    }
-                }
-            };
-            match answer {
-                Ok(usage) => {
-                    let view = &self.views[g.bucket.0 as usize];
-                    view.record(&usage, now);
-                    // Keys in turn, skipping keys disabled after a rejection (a due one carries
-                    // its one probe).
-                    let (n, turn) = (g.keys.len(), view.key_turn());
-                    let id = |k: KeyId| pool.keys()[k.0 as usize].id.clone();
-                    let key = (0..n)
-                        .map(|j| g.keys[(turn + j) % n])
-                        .find_map(|k| self.health.take_key(k, || id(k), now).map(|probe| (k, probe)));
-                    match key {
-                        Some((key, key_probe)) => {
-                            let ticket = Ticket {
-                                key,
-                                bucket: g.bucket,
-                                model,
-                                estimated_input,
-                                reserved_output,
-                                reservation,
-                                model_probe: false,
-                                key_probe,
-                            };
-                            return Ok(Decision::Admitted(ticket));
-                        }
-                        // No key of the project may serve now: try another project, and cache
-                        // no exhaustion (this project had room).
-                        None => {
-                            size_matters = true;
-                            if let Some(r) = reservation {
-                                if self.store.refund(g.bucket, &r, now).is_err() {
-                                    return Ok(self.store_unavailable(g.bucket));
-                                }
-                            }
-                        }
-                    }
-                }
-                Err(s) => {
-                    self.note(g.bucket, &s.usage, now);
-                    size_matters |= s.dimension.counts_tokens() && !s.cooling;
-                    if earlier(&s, earliest.as_ref().map(|e| &e.0)) {
-                        earliest = Some((s, g.bucket));
-                    }
-                }
-            }
+        let order = Order { proposed, turn, n: groups.len(), k: 0 };
+        Ok(Ok(Admission {
+            pool,
+            model,
+            p,
+            cost,
+            estimated_input,
+            reserved_output,
+            epoch,
+            order,
+            earliest: None,
+            size_matters: false,
+        }))
+    }
+
+    /// The next bucket to try, or the denial once every bucket said no.
+    fn next_try<P: std::ops::Deref<Target = Pool>>(&self, a: &mut Admission<P>, now: Timestamp) -> Next {
+        if let Some(i) = a.order.next() {
+            let g = &a.pool.groups[a.model][i];
+            return Next::Try(i, g.bucket, a.pool.group_limits[a.model][i].ceilings[a.p]);
         }
-        let Some((s, bucket)) = earliest else {
+        let Some((s, bucket)) = a.earliest.take() else {
             // Every project had room but each key was out on its probe.
             let retry_at = Some(now.plus(self.health.config.backoff_ms));
-            return Ok(Decision::Denied(Denial { retry_at, reason: DenyReason::NoUsableKey, bucket: None }));
+            return Next::Done(Decision::Denied(Denial { retry_at, reason: DenyReason::NoUsableKey, bucket: None }));
         };
         let reason = if s.cooling { DenyReason::CoolingDown(s.dimension) } else { DenyReason::Exhausted(s.dimension) };
-        if let (false, Some(at)) = (size_matters, s.retry_at) {
+        let (model, p) = (a.model, a.p);
+        if let (false, Some(at)) = (a.size_matters, s.retry_at) {
             self.exhausted_reason[model][p].store(reason.code(), Ordering::Relaxed);
             self.exhausted_bucket[model][p].store(u64::from(bucket.0), Ordering::Relaxed);
             self.exhausted[model][p].store(at.0, Ordering::SeqCst);
             // Something was freed (or the pool changed) since this scan began: its finding
             // may be stale, so it is not kept.
-            if self.exhaustion_epoch.load(Ordering::SeqCst) != epoch {
+            if self.exhaustion_epoch.load(Ordering::SeqCst) != a.epoch {
                 self.exhausted[model][p].store(0, Ordering::SeqCst);
             }
         }
-        Ok(Decision::Denied(Denial { retry_at: s.retry_at, reason, bucket: Some(bucket) }))
+        Next::Done(Decision::Denied(Denial { retry_at: s.retry_at, reason, bucket: Some(bucket) }))
+    }
+
+    /// What bucket `i`'s answer means: a ticket (with one of its keys), no key of it free, or
+    /// its shortfall noted.
+    fn answered<P: std::ops::Deref<Target = Pool>>(
+        &self,
+        a: &mut Admission<P>,
+        i: usize,
+        reservation: Option<Reservation>,
+        answer: Result<Usage, Shortfall>,
+        now: Timestamp,
+    ) -> Answered {
+        let g = &a.pool.groups[a.model][i];
+        match answer {
+            Ok(usage) => {
+                let view = &self.views[g.bucket.0 as usize];
+                view.record(&usage, now);
+                // Keys in turn, skipping keys disabled after a rejection (a due one carries
+                // its one probe).
+                let (n, turn) = (g.keys.len(), view.key_turn());
+                let id = |k: KeyId| a.pool.keys()[k.0 as usize].id.clone();
+                let key = (0..n)
+                    .map(|j| g.keys[(turn + j) % n])
+                    .find_map(|k| self.health.take_key(k, || id(k), now).map(|probe| (k, probe)));
+                match key {
+                    Some((key, key_probe)) => Answered::Granted(Ticket {
+                        key,
+                        bucket: g.bucket,
+                        model: a.model,
+                        estimated_input: a.estimated_input,
+                        reserved_output: a.reserved_output,
+                        reservation,
+                        model_probe: false,
+                        key_probe,
+                    }),
+                    // No key of the project may serve now: try another project, and cache
+                    // no exhaustion (this project had room).
+                    None => {
+                        a.size_matters = true;
+                        Answered::NoKey(reservation)
+                    }
+                }
+            }
+            Err(s) => {
+                self.note(g.bucket, &s.usage, now);
+                a.size_matters |= s.dimension.counts_tokens() && !s.cooling;
+                if earlier(&s, a.earliest.as_ref().map(|e| &e.0)) {
+                    a.earliest = Some((s, g.bucket));
+                }
+                Answered::Next
+            }
+        }
+    }
+
+    /// The health gate before an admission: closed (denied), open, or this request probes.
+    fn gate(&self, req: &Request<'_>, now: Timestamp) -> Result<bool, Decision> {
+        if req.model >= self.health_models() {
+            return Ok(false);
+        }
+        match self.health.gate(req.model, now) {
+            Gate::Open => Ok(false),
+            Gate::Probe => Ok(true),
+            Gate::Closed(at) => {
+                let reason = DenyReason::ProviderBackoff;
+                Err(Decision::Denied(Denial { retry_at: Some(at), reason, bucket: None }))
+            }
+        }
+    }
+
+    /// After an admission that carried the model's probe: the ticket carries it, or the probe
+    /// is released.
+    fn after_probe(&self, model: usize, decision: &mut Result<Decision, AdmitError>) {
+        match decision {
+            Ok(Decision::Admitted(t)) => t.model_probe = true,
+            _ => self.health.release_probe(model),
+        }
+    }
+
+    fn health_models(&self) -> usize {
+        self.exhausted.len()
     }
 
     /// Fail closed: nothing is sent on a count nobody could check.
@@ -411,12 +479,14 @@ impl<S: QuotaStore> Engine<S> {
         self.estimator.learns()
     }
 
-    /// Reconciles `ticket` with what really happened, at `now`; says whether that freed
-    /// capacity (a refund, a count below the reservation), so that a caller with its own
-    /// waiters (a simulator) knows to serve them. When the store cannot be reached the error
-    /// says so; the reservation then stays as counted (conservative).
-    pub fn settle(&self, ticket: &Ticket, outcome: Outcome, now: Timestamp) -> Result<bool, StoreError> {
-        let freed = self.settle_inner(ticket, outcome, now);
+    /// After a settlement's store calls: the pool's health, the freed capacity.
+    fn settled(
+        &self,
+        ticket: &Ticket,
+        outcome: Outcome,
+        now: Timestamp,
+        freed: Result<bool, StoreError>,
+    ) -> Result<bool, StoreError> {
         // After the bucket's own settlement (a cool-down is in place before any pool change
         // serves waiters), and whatever the store said.
         self.note_health(ticket, outcome, now);
@@ -427,6 +497,81 @@ impl<S: QuotaStore> Engine<S> {
             self.wake_queues(Some(ticket.model));
         }
         Ok(freed)
+    }
+
+    /// What settling `ticket` with `outcome` asks of the store.
+    fn settle_plan(&self, ticket: &Ticket, outcome: Outcome, now: Timestamp) -> SettlePlan {
+        let b = ticket.bucket;
+        let mut plan = SettlePlan { op: None, cool: None, freed: false };
+        if self.config.admission.is_reference() {
+            // Nothing is counted; cooldown-retrydelay cools a key down on any 429.
+            if let (AdmissionMode::CooldownRetryDelay, Outcome::RateLimited(q)) = (self.config.admission, outcome) {
+                let until = match q.dimension {
+                    Some(d) if d.is_daily() => next_pacific_midnight(now),
+                    _ => now.plus(q.retry_after_ms.unwrap_or(MINUTE_MS)),
+                };
+                plan.cool = Some((b, q.dimension.unwrap_or(Dimension::Rpm), until));
+            }
+            return plan;
+        }
+        match (outcome, ticket.reservation) {
+            (Outcome::Success { input_tokens, output_tokens }, r) => {
+                let counted = match self.config.basis {
+                    TokenBasis::Input => input_tokens,
+                    TokenBasis::Total => {
+                        self.outputs.observe(ticket.model, output_tokens);
+                        input_tokens + output_tokens
+                    }
+                };
+                match r {
+                    Some(_) if !self.config.reconcile => {}
+                    Some(r) => {
+                        plan.op = Some(SettleOp::Reconcile(b, r, counted));
+                        plan.freed = counted < r.tokens;
+                    }
+                    None => plan.op = Some(SettleOp::Record(b, counted)),
+                }
+            }
+            (Outcome::RateLimited(q), r) => {
+                plan.op = r.map(|r| SettleOp::Refund(b, r));
+                plan.freed = r.is_some();
+                // The provider's capacity, not this bucket's quota: the model's breaker has it.
+                if q.kind == Exhaustion::Capacity {
+                    return plan;
+                }
+                let q = match (q.kind, q.retry_after_ms) {
+                    // Which quota is not said: a short back-off of the bucket, jittered so that
+                    // replicas do not come back in step.
+                    (Exhaustion::Unspecified, None) => {
+                        let half = self.health.config.unspecified_ms / 2;
+                        let jitter = if half == 0 { 0 } else { self.next_random() % (2 * half + 1) };
+                        QuotaExhausted { retry_after_ms: Some(half + jitter), ..q }
+                    }
+                    _ => q,
+                };
+                let dimension = q.dimension.unwrap_or(Dimension::Rpm);
+                let until = if dimension.is_daily() {
+                    // The day the request was counted in, which may have ended while the
+                    // answer travelled: then the new day's quota is fresh and nothing cools.
+                    r.map_or_else(|| next_pacific_midnight(now), |r| r.day_ends)
+                } else {
+                    now.plus(q.retry_after_ms.unwrap_or(MINUTE_MS))
+                };
+                if until > now {
+                    plan.cool = Some((b, dimension, until));
+                }
+            }
+            (Outcome::Failed | Outcome::Unavailable, Some(_)) => {}
+            (Outcome::Failed | Outcome::Unavailable, None) => {
+                plan.op = Some(SettleOp::Record(b, ticket.estimated_input + ticket.reserved_output));
+            }
+            (Outcome::NotSent | Outcome::KeyRejected, Some(r)) => {
+                plan.op = Some(SettleOp::Refund(b, r));
+                plan.freed = true;
+            }
+            (Outcome::NotSent | Outcome::KeyRejected, None) => {}
+        }
+        plan
     }
 
     /// What an answer says about the pool's health: the model's breaker, the key, the limits.
@@ -515,84 +660,190 @@ impl<S: QuotaStore> Engine<S> {
         }
     }
 
-    /// Settles; whether capacity was freed (waiters may be served now).
-    fn settle_inner(&self, ticket: &Ticket, outcome: Outcome, now: Timestamp) -> Result<bool, StoreError> {
-        let b = ticket.bucket;
-        if self.config.admission.is_reference() {
-            // Nothing is counted; cooldown-retrydelay cools a key down on any 429.
-            if let (AdmissionMode::CooldownRetryDelay, Outcome::RateLimited(q)) = (self.config.admission, outcome) {
-                let until = match q.dimension {
-                    Some(d) if d.is_daily() => next_pacific_midnight(now),
-                    _ => now.plus(q.retry_after_ms.unwrap_or(MINUTE_MS)),
-                };
-                self.store.cool_down(b, q.dimension.unwrap_or(Dimension::Rpm), until, now)?;
-                self.views[b.0 as usize].until.store(0, Ordering::Relaxed);
-            }
-            return Ok(false);
+    /// A cool-down is in place: the bucket's view is read again at its next use.
+    fn cooled(&self, bucket: BucketId) {
+        self.views[bucket.0 as usize].until.store(0, Ordering::Relaxed);
+    }
+}
+
+/// What a settlement asks of the store.
+struct SettlePlan {
+    op: Option<SettleOp>,
+    /// Cool the bucket down on this dimension until then (after `op`).
+    cool: Option<(BucketId, Dimension, Timestamp)>,
+    /// Whether it frees capacity, once the store has done it.
+    freed: bool,
+}
+
+/// One counting call of a settlement.
+#[derive(Clone, Copy)]
+enum SettleOp {
+    Reconcile(BucketId, Reservation, u64),
+    Refund(BucketId, Reservation),
+    Record(BucketId, u64),
+}
+
+impl SettleOp {
+    fn bucket(self) -> BucketId {
+        match self {
+            Self::Reconcile(b, ..) | Self::Refund(b, _) | Self::Record(b, _) => b,
         }
-        match (outcome, ticket.reservation) {
-            (Outcome::Success { input_tokens, output_tokens }, r) => {
-                let counted = match self.config.basis {
-                    TokenBasis::Input => input_tokens,
-                    TokenBasis::Total => {
-                        self.outputs.observe(ticket.model, output_tokens);
-                        input_tokens + output_tokens
-                    }
-                };
-                let (usage, freed) = match r {
-                    Some(_) if !self.config.reconcile => return Ok(false),
-                    Some(r) => (self.store.reconcile(b, &r, counted, now)?, counted < r.tokens),
-                    None => (self.store.record(b, counted, now)?, false),
-                };
-                self.note(b, &usage, now);
-                Ok(freed)
-            }
-            (Outcome::RateLimited(q), r) => {
-                if let Some(r) = r {
-                    let usage = self.store.refund(b, &r, now)?;
-                    self.note(b, &usage, now);
-                }
-                // The provider's capacity, not this bucket's quota: the model's breaker has it.
-                if q.kind == Exhaustion::Capacity {
-                    return Ok(r.is_some());
-                }
-                let q = match (q.kind, q.retry_after_ms) {
-                    // Which quota is not said: a short back-off of the bucket, jittered so that
-                    // replicas do not come back in step.
-                    (Exhaustion::Unspecified, None) => {
-                        let half = self.health.config.unspecified_ms / 2;
-                        let jitter = if half == 0 { 0 } else { self.next_random() % (2 * half + 1) };
-                        QuotaExhausted { retry_after_ms: Some(half + jitter), ..q }
-                    }
-                    _ => q,
-                };
-                let dimension = q.dimension.unwrap_or(Dimension::Rpm);
-                let until = if dimension.is_daily() {
-                    // The day the request was counted in, which may have ended while the
-                    // answer travelled: then the new day's quota is fresh and nothing cools.
-                    r.map_or_else(|| next_pacific_midnight(now), |r| r.day_ends)
-                } else {
-                    now.plus(q.retry_after_ms.unwrap_or(MINUTE_MS))
-                };
-                if until > now {
-                    self.store.cool_down(b, dimension, until, now)?;
-                    self.views[b.0 as usize].until.store(0, Ordering::Relaxed);
-                }
-                Ok(r.is_some())
-            }
-            (Outcome::Failed | Outcome::Unavailable, Some(_)) => Ok(false),
-            (Outcome::Failed | Outcome::Unavailable, None) => {
-                let usage = self.store.record(b, ticket.estimated_input + ticket.reserved_output, now)?;
-                self.note(b, &usage, now);
-                Ok(false)
-            }
-            (Outcome::NotSent | Outcome::KeyRejected, Some(r)) => {
-                let usage = self.store.refund(b, &r, now)?;
-                self.note(b, &usage, now);
-                Ok(true)
-            }
-            (Outcome::NotSent | Outcome::KeyRejected, None) => Ok(false),
+    }
+}
+
+impl<S: QuotaStore> Engine<S> {
+    /// Picks a key for `req` and reserves its quota on every dimension at once, at `now`.
+    ///
+    /// The sans-IO core: the [`Ticket`] must be settled with [`Engine::settle`]. Services
+    /// use [`Engine::try_acquire`] or [`Engine::acquire`], whose permits settle themselves.
+    pub fn admit(&self, req: &Request<'_>, now: Timestamp) -> Result<Decision, AdmitError> {
+        let probe = match self.gate(req, now) {
+            Ok(probe) => probe,
+            Err(denied) => return Ok(denied),
+        };
+        let mut decision = self.admit_in(req, now);
+        if probe {
+            self.after_probe(req.model, &mut decision);
         }
+        decision
+    }
+
+    /// Admission past the health gate.
+    fn admit_in(&self, req: &Request<'_>, now: Timestamp) -> Result<Decision, AdmitError> {
+        let refresh = |b: BucketId| self.store.usage(b, now).ok();
+        let pool = self.pool.load();
+        let mut a = match self.begin(req, now, &**pool, &refresh)? {
+            Ok(a) => a,
+            Err(decision) => return Ok(decision),
+        };
+        loop {
+            let (i, bucket, ceilings) = match self.next_try(&mut a, now) {
+                Next::Try(i, b, c) => (i, b, c),
+                Next::Done(d) => return Ok(d),
+            };
+            // Matched in place rather than mapped: the answers are large, and copying them
+            // through combinators cost more than the rest of a strategy.
+            let (reservation, answer) = match self.config.admission {
+                AdmissionMode::Atomic => match self.store.reserve(bucket, a.cost, &ceilings, now) {
+                    Ok(Ok(grant)) => (Some(grant.reservation), Ok(grant.usage)),
+                    Ok(Err(s)) => (None, Err(s)),
+                    Err(_) => return Ok(self.store_unavailable(bucket)),
+                },
+                AdmissionMode::CheckThenAct => match self.store.check(bucket, a.cost, &ceilings, now) {
+                    Ok(answer) => (None, answer),
+                    Err(_) => return Ok(self.store_unavailable(bucket)),
+                },
+                // The references count nothing; only a cool-down (cooldown-retrydelay) stops a key.
+                AdmissionMode::None | AdmissionMode::RotateBlacklist | AdmissionMode::CooldownRetryDelay => {
+                    match self.store.check(bucket, Cost::one(0), &Ceilings([u64::MAX; 4]), now) {
+                        Ok(answer) => (None, answer),
+                        Err(_) => return Ok(self.store_unavailable(bucket)),
+                    }
+                }
+            };
+            match self.answered(&mut a, i, reservation, answer, now) {
+                Answered::Granted(t) => return Ok(Decision::Admitted(t)),
+                Answered::NoKey(Some(r)) => {
+                    if self.store.refund(bucket, &r, now).is_err() {
+                        return Ok(self.store_unavailable(bucket));
+                    }
+                }
+                Answered::NoKey(None) | Answered::Next => {}
+            }
+        }
+    }
+
+    /// Reconciles `ticket` with what really happened, at `now`; says whether that freed
+    /// capacity (a refund, a count below the reservation), so that a caller with its own
+    /// waiters (a simulator) knows to serve them. When the store cannot be reached the error
+    /// says so; the reservation then stays as counted (conservative).
+    pub fn settle(&self, ticket: &Ticket, outcome: Outcome, now: Timestamp) -> Result<bool, StoreError> {
+        let plan = self.settle_plan(ticket, outcome, now);
+        let freed = (|| {
+            if let Some(op) = plan.op {
+                let usage = match op {
+                    SettleOp::Reconcile(b, r, counted) => self.store.reconcile(b, &r, counted, now)?,
+                    SettleOp::Refund(b, r) => self.store.refund(b, &r, now)?,
+                    SettleOp::Record(b, tokens) => self.store.record(b, tokens, now)?,
+                };
+                self.note(op.bucket(), &usage, now);
+            }
+            if let Some((b, d, until)) = plan.cool {
+                self.store.cool_down(b, d, until, now)?;
+                self.cooled(b);
+            }
+            Ok(plan.freed)
+        })();
+        self.settled(ticket, outcome, now, freed)
+    }
+}
+
+impl<S: AsyncStore> Engine<S> {
+    /// [`Engine::admit`] on a store that may wait on I/O: the same decision, reached without
+    /// blocking a thread. Views of buckets are refreshed by every answer, not read ahead.
+    pub async fn admit_async(&self, req: &Request<'_>, now: Timestamp) -> Result<Decision, AdmitError> {
+        let probe = match self.gate(req, now) {
+            Ok(probe) => probe,
+            Err(denied) => return Ok(denied),
+        };
+        let mut decision = self.admit_in_async(req, now).await;
+        if probe {
+            self.after_probe(req.model, &mut decision);
+        }
+        decision
+    }
+
+    async fn admit_in_async(&self, req: &Request<'_>, now: Timestamp) -> Result<Decision, AdmitError> {
+        let pool = self.pool.load_full();
+        let mut a = match self.begin(req, now, &*pool, &|_| None)? {
+            Ok(a) => a,
+            Err(decision) => return Ok(decision),
+        };
+        loop {
+            let (i, bucket, ceilings) = match self.next_try(&mut a, now) {
+                Next::Try(i, b, c) => (i, b, c),
+                Next::Done(d) => return Ok(d),
+            };
+            // Only atomic admission runs against an async store: the reference gateways are
+            // the simulator's.
+            let (reservation, answer) = match self.store.reserve_async(bucket, a.cost, &ceilings, now).await {
+                Ok(Ok(grant)) => (Some(grant.reservation), Ok(grant.usage)),
+                Ok(Err(s)) => (None, Err(s)),
+                Err(_) => return Ok(self.store_unavailable(bucket)),
+            };
+            match self.answered(&mut a, i, reservation, answer, now) {
+                Answered::Granted(t) => return Ok(Decision::Admitted(t)),
+                Answered::NoKey(Some(r)) => {
+                    if self.store.refund_async(bucket, &r, now).await.is_err() {
+                        return Ok(self.store_unavailable(bucket));
+                    }
+                }
+                Answered::NoKey(None) | Answered::Next => {}
+            }
+        }
+    }
+
+    /// [`Engine::settle`] on a store that may wait on I/O.
+    pub async fn settle_async(&self, ticket: &Ticket, outcome: Outcome, now: Timestamp) -> Result<bool, StoreError> {
+        let plan = self.settle_plan(ticket, outcome, now);
+        let freed = async {
+            if let Some(op) = plan.op {
+                let usage = match op {
+                    SettleOp::Reconcile(b, r, counted) => self.store.reconcile_async(b, &r, counted, now).await?,
+                    SettleOp::Refund(b, r) => self.store.refund_async(b, &r, now).await?,
+                    // Counting after the fact is the simulator's check-then-act reference only.
+                    SettleOp::Record(b, _) => self.store.usage_async(b, now).await?,
+                };
+                self.note(op.bucket(), &usage, now);
+            }
+            if let Some((b, d, until)) = plan.cool {
+                self.store.cool_down_async(b, d, until, now).await?;
+                self.cooled(b);
+            }
+            Ok(plan.freed)
+        }
+        .await;
+        self.settled(ticket, outcome, now, freed)
     }
 }
 

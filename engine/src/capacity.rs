@@ -1,7 +1,7 @@
 //! The pool's capacity per model: counted over the distinct projects of usable keys.
 
 use super::limits::Dimension;
-use super::store::QuotaStore;
+use super::store::{BucketId, Buckets, QuotaStore, Usage};
 use super::time::{next_pacific_midnight, Timestamp};
 use super::Engine;
 
@@ -39,6 +39,14 @@ impl<S: QuotaStore> Engine<S> {
     /// store at once, so a view is never older than the call (a bucket the store cannot
     /// read counts as full).
     pub fn capacity(&self, model: usize, now: Timestamp) -> Capacity {
+        self.capacity_with(model, now, &|b| self.store.usage(b, now).ok())
+    }
+}
+
+impl<S: Buckets> Engine<S> {
+    /// [`Engine::capacity`] with each bucket's counters from `usage` (read ahead, for a store
+    /// that answers asynchronously: [`Engine::usages_async`]); `None` counts as full.
+    pub fn capacity_with(&self, model: usize, now: Timestamp, usage: &dyn Fn(BucketId) -> Option<Usage>) -> Capacity {
         let pool = self.pool.load();
         let totals = pool.totals[model];
         let mut remaining = [0u64; 4];
@@ -64,7 +72,7 @@ impl<S: QuotaStore> Engine<S> {
                 }
             }
             // What the store cannot tell is not counted as free.
-            let Ok(u) = self.store.usage(g.bucket, now) else { continue };
+            let Some(u) = usage(g.bucket) else { continue };
             let high = &pool.limits_of(g.bucket).ceilings[1];
             for d in Dimension::ALL {
                 let c = high.get(d);

@@ -8,7 +8,7 @@ use arc_swap::ArcSwap;
 use crate::clock::{Clock, SystemClock};
 use crate::estimate::{Chars4, Estimator, OutputReserve};
 use crate::pool::{Pool, PoolBuildError, PoolError, PoolSpec};
-use crate::store::{QuotaStore, StoreError};
+use crate::store::{Buckets, StoreError};
 use crate::strategy::Strategy;
 use crate::{Engine, EngineConfig, MemoryStore};
 
@@ -55,7 +55,7 @@ impl EngineConfig {
 
 /// Builds an [`Engine`]: the pool is required, everything else has a default (default
 /// settings, the in-memory store, the `chars4` estimator, the system clock).
-pub struct Builder<S: QuotaStore = MemoryStore> {
+pub struct Builder<S = MemoryStore> {
     spec: PoolSpec,
     config: EngineConfig,
     store: S,
@@ -78,7 +78,7 @@ impl Engine<MemoryStore> {
     }
 }
 
-impl<S: QuotaStore> Engine<S> {
+impl<S: Buckets> Engine<S> {
     /// An engine over `store` for the pool `spec`, on the system clock.
     pub fn new(
         config: EngineConfig,
@@ -90,7 +90,7 @@ impl<S: QuotaStore> Engine<S> {
     }
 }
 
-impl<S: QuotaStore> Builder<S> {
+impl<S: Buckets> Builder<S> {
     /// The engine's settings.
     pub fn config(mut self, config: EngineConfig) -> Self {
         self.config = config;
@@ -98,7 +98,7 @@ impl<S: QuotaStore> Builder<S> {
     }
 
     /// Where quota usage lives.
-    pub fn store<T: QuotaStore>(self, store: T) -> Builder<T> {
+    pub fn store<T: Buckets>(self, store: T) -> Builder<T> {
         let Builder { spec, config, estimator, clock, strategy, .. } = self;
         Builder { spec, config, store, estimator, clock, strategy }
     }
@@ -153,6 +153,8 @@ impl<S: QuotaStore> Builder<S> {
             exhaustion_epoch: AtomicU64::new(0),
             #[cfg(feature = "async")]
             queues: (0..models).map(|_| Default::default()).collect(),
+            #[cfg(feature = "async")]
+            background: Default::default(),
             health,
         };
         engine.grow_views(&engine.pool.load());

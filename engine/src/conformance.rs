@@ -340,7 +340,7 @@ pub(crate) mod redis {
         format!("keysim-test:{test}:{}:{nanos}", std::process::id())
     }
 
-    pub(crate) fn server(test: &str) -> Option<RedisStore> {
+    pub(crate) fn server(test: &str) -> Option<crate::Blocking<RedisStore>> {
         let url = address("KEYSIM_REDIS_URL")?;
         let config = RedisConfig {
             prefix: prefix(test),
@@ -348,10 +348,10 @@ pub(crate) mod redis {
             deadline: std::time::Duration::from_secs(2),
             ..RedisConfig::new(url)
         };
-        Some(RedisStore::new(config).expect("a valid URL"))
+        Some(crate::Blocking::new(RedisStore::new(config).expect("a valid URL")).expect("a runtime"))
     }
 
-    pub(crate) fn cluster(test: &str) -> Option<RedisStore> {
+    pub(crate) fn cluster(test: &str) -> Option<crate::Blocking<RedisStore>> {
         let nodes = address("KEYSIM_REDIS_CLUSTER")?;
         let config = RedisConfig {
             prefix: prefix(test),
@@ -359,27 +359,27 @@ pub(crate) mod redis {
             deadline: std::time::Duration::from_secs(2),
             ..RedisConfig::cluster(nodes.split(',').map(|n| format!("redis://{n}")))
         };
-        Some(RedisStore::new(config).expect("valid node addresses"))
+        Some(crate::Blocking::new(RedisStore::new(config).expect("valid node addresses")).expect("a runtime"))
     }
 
     mod functions {
-        fn make(test: &str) -> Option<crate::redis_store::RedisStore> {
+        fn make(test: &str) -> Option<crate::Blocking<crate::redis_store::RedisStore>> {
             super::server(test)
         }
         suite!(make);
     }
 
     mod eval {
-        fn make(test: &str) -> Option<crate::redis_store::RedisStore> {
+        fn make(test: &str) -> Option<crate::Blocking<crate::redis_store::RedisStore>> {
             let s = super::server(test)?;
-            s.force_eval();
+            s.inner().force_eval();
             Some(s)
         }
         suite!(make);
     }
 
     mod cluster {
-        fn make(test: &str) -> Option<crate::redis_store::RedisStore> {
+        fn make(test: &str) -> Option<crate::Blocking<crate::redis_store::RedisStore>> {
             super::cluster(test)
         }
         suite!(make);

@@ -17,7 +17,7 @@ use std::sync::Mutex;
 
 use super::limits::{Ceilings, Dimension};
 use super::memory::MemoryStore;
-use super::store::{BucketId, BucketKey, Cost, Grant, QuotaStore, Reservation, Shortfall, StoreError, Usage};
+use super::store::{BucketId, BucketKey, Buckets, Cost, Grant, QuotaStore, Reservation, Shortfall, StoreError, Usage};
 use super::time::Timestamp;
 
 /// Reservations made locally carry this bit in their sequence number.
@@ -80,7 +80,7 @@ fn unmarked(r: &Reservation) -> Reservation {
     Reservation { seq: r.seq & !LOCAL, ..*r }
 }
 
-impl<S: QuotaStore> QuotaStore for Degraded<S> {
+impl<S: QuotaStore> Buckets for Degraded<S> {
     fn bucket(&self, key: &BucketKey) -> Result<BucketId, StoreError> {
         let shared = self.shared.bucket(key)?;
         let local = self.local.bucket(key)?;
@@ -92,7 +92,9 @@ impl<S: QuotaStore> QuotaStore for Degraded<S> {
         ids[i] = local;
         Ok(shared)
     }
+}
 
+impl<S: QuotaStore> QuotaStore for Degraded<S> {
     fn reserve(
         &self,
         bucket: BucketId,

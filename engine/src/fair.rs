@@ -153,6 +153,67 @@ impl<W> FairQueue<W> {
         self.wake_at = None;
     }
 
+    /// Capacity may have freed: the head may try again at once.
+    pub fn wake_now(&mut self, now: Timestamp) {
+        if !self.is_empty() {
+            self.wake_at = Some(self.wake_at.map_or(now, |w| w.min(now)));
+        }
+    }
+
+    /// Whether the waiter at `place` is the one served next.
+    pub fn is_first(&self, place: Place) -> bool {
+        self.lanes.iter().find_map(|l| l.first_key_value()).is_some_and(|(p, _)| *p == place.0)
+    }
+
+    /// The admission the head (at `place`) made of itself, outside the queue (so that no
+    /// store call is made under the queue's lock), at `now`: granted, it leaves and the next
+    /// head may try at once; denied with a retry before its deadline, it stays first and the
+    /// queue waits until then — whoever cannot wait that long gives up now (handed to
+    /// `out`); otherwise it gives up. Returns the head's own fate, `None` while it waits.
+    pub fn settle_head(
+        &mut self,
+        place: Place,
+        now: Timestamp,
+        decision: Result<Decision, AdmitError>,
+        mut out: impl FnMut(Served<W>),
+    ) -> Option<Served<W>> {
+        let deadline = self.lanes.iter().find_map(|l| l.get(&place.0)).map(|w| Timestamp(w.deadline))?;
+        let fate = match decision {
+            Ok(Decision::Admitted(t)) => Some(Served::Granted(self.remove(place.0)?, t)),
+            Ok(Decision::Denied(d)) => {
+                self.last = Reason::Denied(d.reason);
+                match d.retry_at {
+                    Some(at) if at <= deadline => {
+                        let at = at.max(now);
+                        // Nobody behind the head is served before `at`: whoever must be sent
+                        // earlier gives up now rather than wait in vain.
+                        while let Some(&Reverse((d, p))) = self.deadlines.peek() {
+                            if d >= at.0 {
+                                break;
+                            }
+                            self.deadlines.pop();
+                            if p != place.0 {
+                                if let Some(w) = self.remove(p) {
+                                    out(Served::GaveUp(w, self.last));
+                                }
+                            }
+                        }
+                        self.wake_at = Some(at);
+                        return None;
+                    }
+                    _ => Some(Served::GaveUp(self.remove(place.0)?, self.last)),
+                }
+            }
+            Err(e) => Some(Served::GaveUp(self.remove(place.0)?, e.into())),
+        };
+        if self.is_empty() {
+            self.clear();
+        } else {
+            self.wake_at = Some(now);
+        }
+        fate
+    }
+
     /// Admits waiters in order at `now` with `admit`, until one is denied; hands each one
     /// served or given up to `out`. Afterwards [`FairQueue::wake_at`] says when to come back.
     pub fn dispatch(

@@ -29,7 +29,9 @@
 //! - [`time`]: the time type and the Pacific calendar of daily quotas.
 //! - [`limits`]: dimensions, limits, and the ceilings (safety margin, reserve) below them.
 //! - [`pool`]: projects, keys and their states; buckets per model; capacity totals.
-//! - [`store`]: the store trait — atomic reserve, reconcile, refund, cool down.
+//! - [`store`]: the store traits — atomic reserve, reconcile, refund, cool down; answering at
+//!   once ([`QuotaStore`], the simulator's) or awaited ([`AsyncStore`], Redis's: no worker
+//!   ever blocks on a round trip). [`AnyStore`] is one chosen at run time.
 //! - [`memory`]: the in-memory store.
 //! - [`strategy`]: round-robin, least-used, power-of-two-choices, headroom-weighted.
 //! - [`estimate`]: token estimators.
@@ -54,6 +56,8 @@ pub mod time;
 pub mod warn;
 
 mod admit;
+#[cfg(feature = "async")]
+mod any;
 mod capacity;
 mod config;
 mod degraded;
@@ -74,6 +78,8 @@ use std::sync::{Arc, Mutex};
 use arc_swap::ArcSwap;
 
 pub use admit::{AdmitError, Decision, Denial, DenyReason, Outcome, Priority, Request, Ticket};
+#[cfg(feature = "async")]
+pub use any::{AnyStore, Blocking};
 pub use capacity::Capacity;
 pub use clock::{Clock, ManualClock, ScaledClock, SystemClock, EDGE_GUARD};
 pub use config::{Builder, ConfigError};
@@ -82,7 +88,9 @@ pub use estimate::{Chars4, Estimator, Prompt};
 pub use lifecycle::{step, QueuePolicy, Reason, Step};
 pub use limits::{Ceilings, Dimension, Limits};
 pub use memory::MemoryStore;
-pub use permit::{OwnedPermit, Permit, TryAcquireError};
+#[cfg(feature = "async")]
+pub use permit::{OwnedPermit, BACKGROUND_SETTLEMENTS};
+pub use permit::{Permit, TryAcquireError};
 pub use pool::{
     Group, KeyId, KeySpec, KeyState, ModelSpec, Pool, PoolError, PoolEvent, PoolSpec, ProjectSpec, QuotaScope,
 };
@@ -92,7 +100,10 @@ pub use redact::{redact, redact_text, redact_url};
 #[cfg(feature = "redis")]
 pub use redis_store::{RedisConfig, RedisStats, RedisStore, RedisTime};
 pub use setting::Setting;
-pub use store::{BucketId, BucketKey, Cost, Grant, QuotaStore, Reservation, Shortfall, StoreError, Usage};
+pub use store::{
+    AsyncStore, BucketId, BucketKey, Buckets, Cost, Grant, QuotaStore, Reservation, Shortfall, StoreCall, StoreError,
+    Usage,
+};
 pub use strategy::{Strategy, StrategyKind};
 pub use time::{next_pacific_midnight, Timestamp, MINUTE_MS};
 #[cfg(feature = "async")]
@@ -244,7 +255,7 @@ pub const VIEW_TTL_MS: u64 = 1_000;
 
 /// The engine over a store `S`. Share it by reference or in an `Arc`: every call takes
 /// `&self`, pool changes included.
-pub struct Engine<S: QuotaStore = MemoryStore> {
+pub struct Engine<S = MemoryStore> {
     config: EngineConfig,
     pool: ArcSwap<pool::Pool>,
     /// Serialises pool changes (admissions never wait for it).
@@ -275,9 +286,12 @@ pub struct Engine<S: QuotaStore = MemoryStore> {
     health: health::Health,
     /// Per model: requests that reached the engine in the last minute.
     demand: Vec<demand::Meter>,
+    /// Settlements of owned permits under way in the background.
+    #[cfg(feature = "async")]
+    background: permit::Background,
 }
 
-impl<S: QuotaStore> Engine<S> {
+impl<S: Buckets> Engine<S> {
     /// A request for `model` reached the engine at `now`: once per request where it first asks
     /// ([`Engine::acquire`] counts each call, so a request sent again after the provider
     /// refused it counts again, as it asks the pool again; a caller of [`Engine::admit`] that
@@ -354,11 +368,6 @@ impl<S: QuotaStore> Engine<S> {
         self.pool.load().bucket_owner(bucket)
     }
 
-    /// The counters of `bucket` now, read from the store.
-    pub fn usage(&self, bucket: BucketId, now: Timestamp) -> Result<Usage, StoreError> {
-        self.store.usage(bucket, now)
-    }
-
     /// Applies a pool event; capacity and candidates follow at once. Admissions under way
     /// finish on the pool they started with; none waits for the change.
     pub fn apply(&self, event: PoolEvent) -> Result<(), ConfigError> {
@@ -394,13 +403,21 @@ impl<S: QuotaStore> Engine<S> {
         self.views[bucket.0 as usize].record(u, now);
     }
 
-    /// Normalised headroom of `bucket` for priority index `p`, from the view while it holds:
-    /// the free fraction of the tightest dimension, zero while cooling down.
-    fn headroom(&self, limits: &pool::BucketLimits, bucket: BucketId, p: usize, now: Timestamp) -> f64 {
+    /// Normalised headroom of `bucket` for priority index `p`, from the view while it holds
+    /// (`refresh` reads it again once it has expired): the free fraction of the tightest
+    /// dimension, zero while cooling down.
+    fn headroom(
+        &self,
+        limits: &pool::BucketLimits,
+        bucket: BucketId,
+        p: usize,
+        now: Timestamp,
+        refresh: &dyn Fn(BucketId) -> Option<Usage>,
+    ) -> f64 {
         let v = &self.views[bucket.0 as usize];
         if now.0 >= v.until.load(Ordering::Relaxed) {
             // A store that cannot answer leaves the view as it was; admission will say.
-            if let Ok(u) = self.store.usage(bucket, now) {
+            if let Some(u) = refresh(bucket) {
                 self.note(bucket, &u, now);
             }
         }
@@ -445,6 +462,33 @@ impl<S: QuotaStore> Engine<S> {
                 }
             }
         }
+    }
+}
+
+impl<S: QuotaStore> Engine<S> {
+    /// The counters of `bucket` now, read from the store.
+    pub fn usage(&self, bucket: BucketId, now: Timestamp) -> Result<Usage, StoreError> {
+        self.store.usage(bucket, now)
+    }
+}
+
+impl<S: AsyncStore> Engine<S> {
+    /// The counters of every bucket serving `model` now (one round trip on a shared store),
+    /// by bucket: what [`Engine::capacity_with`] and the warner's evaluation read. Each
+    /// answer also refreshes the bucket's view for strategies.
+    pub async fn usages_async(&self, model: usize, now: Timestamp) -> Vec<(BucketId, Result<Usage, StoreError>)> {
+        let buckets: Vec<BucketId> =
+            self.pool.load().groups.get(model).map(|gs| gs.iter().map(|g| g.bucket).collect()).unwrap_or_default();
+        let answers = match self.store.usages_async(&buckets, now).await {
+            Ok(a) => a,
+            Err(e) => buckets.iter().map(|_| Err(e.clone())).collect(),
+        };
+        for (b, u) in buckets.iter().zip(&answers) {
+            if let Ok(u) = u {
+                self.note(*b, u, now);
+            }
+        }
+        buckets.into_iter().zip(answers).collect()
     }
 }
 

@@ -7,7 +7,7 @@ use std::sync::{Mutex, MutexGuard};
 
 use super::limits::{Ceilings, Dimension};
 use super::slots::Slots;
-use super::store::{BucketId, BucketKey, Cost, Grant, QuotaStore, Reservation, Shortfall, StoreError, Usage};
+use super::store::{BucketId, BucketKey, Buckets, Cost, Grant, QuotaStore, Reservation, Shortfall, StoreError, Usage};
 use super::time::{next_pacific_midnight, Timestamp, MINUTE_MS};
 
 #[derive(Clone, Copy, Debug)]
@@ -175,7 +175,7 @@ impl MemoryStore {
     }
 }
 
-impl QuotaStore for MemoryStore {
+impl Buckets for MemoryStore {
     fn bucket(&self, key: &BucketKey) -> Result<BucketId, StoreError> {
         let mut names = self.names.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(id) = names.get(key) {
@@ -186,7 +186,9 @@ impl QuotaStore for MemoryStore {
         names.insert(key.clone(), id);
         Ok(id)
     }
+}
 
+impl QuotaStore for MemoryStore {
     fn reserve(
         &self,
         bucket: BucketId,

@@ -12,15 +12,25 @@
 //! it into the task that relays an answer (tokio's `acquire_owned`).
 
 use std::fmt;
-use std::ops::Deref;
+#[cfg(feature = "async")]
+use std::future::Future;
+#[cfg(feature = "async")]
+use std::pin::Pin;
+#[cfg(feature = "async")]
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+#[cfg(feature = "async")]
 use std::sync::Arc;
+#[cfg(feature = "async")]
+use std::task::{Context, Poll};
 
 use crate::admit::{AdmitError, Decision, Denial, Outcome, Request, Ticket};
 use crate::estimate::Prompt;
 use crate::lifecycle::Reason;
 use crate::pool::KeyId;
 use crate::provider::UsageMetadata;
-use crate::store::{QuotaStore, StoreError};
+#[cfg(feature = "async")]
+use crate::store::AsyncStore;
+use crate::store::{Buckets, QuotaStore, StoreError};
 use crate::Engine;
 
 /// A prompt kept for the estimator's lesson at settlement (only when it learns).
@@ -46,6 +56,39 @@ impl Lesson {
     }
 }
 
+/// How a permit holds its engine, and how it settles through it.
+trait Holder {
+    type Store: Buckets;
+    fn engine(&self) -> &Engine<Self::Store>;
+    /// Settles `ticket` with `outcome` at the engine clock's now.
+    fn settle_ticket(&self, ticket: Ticket, outcome: Outcome) -> Result<(), StoreError>;
+}
+
+impl<S: QuotaStore> Holder for &Engine<S> {
+    type Store = S;
+
+    fn engine(&self) -> &Engine<S> {
+        self
+    }
+
+    fn settle_ticket(&self, ticket: Ticket, outcome: Outcome) -> Result<(), StoreError> {
+        self.settle(&ticket, outcome, self.clock().now()).map(drop)
+    }
+}
+
+#[cfg(feature = "async")]
+impl<S: AsyncStore + 'static> Holder for Arc<Engine<S>> {
+    type Store = S;
+
+    fn engine(&self) -> &Engine<S> {
+        self
+    }
+
+    fn settle_ticket(&self, ticket: Ticket, outcome: Outcome) -> Result<(), StoreError> {
+        Engine::settle_in_background(self, ticket, outcome)
+    }
+}
+
 /// What every permit holds, whatever holds its engine.
 struct Held<E> {
     engine: E,
@@ -55,7 +98,7 @@ struct Held<E> {
     lesson: Option<Lesson>,
 }
 
-impl<E: Deref<Target = Engine<S>>, S: QuotaStore> Held<E> {
+impl<E: Holder> Held<E> {
     fn ticket(&self) -> &Ticket {
         self.ticket.as_ref().expect("a permit holds its ticket until settled")
     }
@@ -65,31 +108,32 @@ impl<E: Deref<Target = Engine<S>>, S: QuotaStore> Held<E> {
     }
 
     fn key_id(&self) -> String {
-        self.engine.pool().keys()[self.ticket().key.0 as usize].id.clone()
+        self.engine.engine().pool().keys()[self.ticket().key.0 as usize].id.clone()
     }
 
     fn project_id(&self) -> String {
-        let pool = self.engine.pool();
+        let pool = self.engine.engine().pool();
         pool.projects()[pool.bucket_owner(self.ticket().bucket).0].id.clone()
     }
 
     fn settle(&mut self, outcome: Outcome) -> Result<(), StoreError> {
         let ticket = self.take();
-        self.engine.settle(&ticket, outcome, self.engine.clock().now()).map(|_| ())
+        self.engine.settle_ticket(ticket, outcome)
     }
 
     fn succeeded(&mut self, usage: &UsageMetadata) -> Result<(), StoreError> {
         let model = self.ticket().model;
+        let engine = self.engine.engine();
         if let Some(l) = self.lesson.take() {
-            self.engine.learn(model, &l.prompt(), usage.prompt.saturating_sub(l.media_tokens));
+            engine.learn(model, &l.prompt(), usage.prompt.saturating_sub(l.media_tokens));
         }
-        let outcome = self.engine.success(usage);
+        let outcome = engine.success(usage);
         self.settle(outcome)
     }
 
     fn ended_early(&mut self, usage: Option<&UsageMetadata>) -> Result<(), StoreError> {
         let reserved = self.ticket().reserved_output;
-        let outcome = match usage.map(|u| self.engine.success(u)) {
+        let outcome = match usage.map(|u| self.engine.engine().success(u)) {
             Some(Outcome::Success { input_tokens, output_tokens }) => {
                 Outcome::Success { input_tokens, output_tokens: output_tokens.max(reserved) }
             }
@@ -103,7 +147,7 @@ impl<E: Deref<Target = Engine<S>>, S: QuotaStore> Held<E> {
             let outcome = if self.sent { Outcome::Failed } else { Outcome::NotSent };
             // Nothing to report to from a drop: a store that cannot be reached keeps the
             // reservation, which errs on the safe side and expires with its window.
-            let _ = self.engine.settle(&ticket, outcome, self.engine.clock().now());
+            let _ = self.engine.settle_ticket(ticket, outcome);
         }
     }
 }
@@ -160,15 +204,15 @@ macro_rules! permit_methods {
             self.held.ended_early(usage)
         }
 
-        /// Gives up the drop guard: the caller now settles the ticket itself with
-        /// [`Engine::settle`].
+        /// Gives up the drop guard: the caller now settles the ticket itself.
         pub fn into_ticket(mut self) -> Ticket {
             self.held.take()
         }
     };
 }
 
-/// Admitted quota on one key's bucket, borrowing its engine; settled when dropped.
+/// Admitted quota on one key's bucket, borrowing its engine (whose store answers at once);
+/// settled when dropped.
 #[must_use = "a permit holds quota: send the request and settle it; dropping it returns the quota"]
 pub struct Permit<'e, S: QuotaStore> {
     held: Held<&'e Engine<S>>,
@@ -182,22 +226,36 @@ impl<'e, S: QuotaStore> Permit<'e, S> {
     permit_methods!();
 
     /// The same permit holding `engine` (the one it borrows) by an `Arc`.
-    pub fn into_owned(mut self, engine: Arc<Engine<S>>) -> OwnedPermit<S> {
+    #[cfg(feature = "async")]
+    pub fn into_owned(mut self, engine: Arc<Engine<S>>) -> OwnedPermit<S>
+    where
+        S: 'static,
+    {
         assert!(std::ptr::eq(self.held.engine, &*engine), "a permit moves only to its own engine");
         let ticket = self.held.take();
-        let (sent, queued, lesson) = (self.held.sent, self.held.queued, self.held.lesson.take());
-        OwnedPermit { held: Held { engine, ticket: Some(ticket), sent, queued, lesson } }
+        let mut owned = OwnedPermit::new(engine, ticket, self.held.queued, self.held.lesson.take());
+        owned.held.sent = self.held.sent;
+        owned
     }
 }
 
+#[cfg(feature = "async")]
 /// Admitted quota on one key's bucket, holding its engine by an `Arc`: `'static`, so it moves
-/// into whatever task relays the answer; settled when dropped.
+/// into whatever task relays the answer. Settled when dropped. With a store that waits on
+/// I/O (Redis), a settlement — explicit or from a drop — that cannot complete at once goes to
+/// a bounded background task ([`Engine::drain_settlements`] waits for it at shutdown), so
+/// neither a drop nor a caller ever waits on the store.
 #[must_use = "a permit holds quota: send the request and settle it; dropping it returns the quota"]
-pub struct OwnedPermit<S: QuotaStore> {
+pub struct OwnedPermit<S: AsyncStore + 'static> {
     held: Held<Arc<Engine<S>>>,
 }
 
-impl<S: QuotaStore> OwnedPermit<S> {
+#[cfg(feature = "async")]
+impl<S: AsyncStore + 'static> OwnedPermit<S> {
+    pub(crate) fn new(engine: Arc<Engine<S>>, ticket: Ticket, queued: bool, lesson: Option<Lesson>) -> Self {
+        Self { held: Held { engine, ticket: Some(ticket), sent: false, queued, lesson } }
+    }
+
     permit_methods!();
 
     /// The engine it holds quota of.
@@ -212,7 +270,8 @@ impl<S: QuotaStore> Drop for Permit<'_, S> {
     }
 }
 
-impl<S: QuotaStore> Drop for OwnedPermit<S> {
+#[cfg(feature = "async")]
+impl<S: AsyncStore + 'static> Drop for OwnedPermit<S> {
     fn drop(&mut self) {
         self.held.on_drop();
     }
@@ -224,9 +283,98 @@ impl<S: QuotaStore> fmt::Debug for Permit<'_, S> {
     }
 }
 
-impl<S: QuotaStore> fmt::Debug for OwnedPermit<S> {
+#[cfg(feature = "async")]
+impl<S: AsyncStore + 'static> fmt::Debug for OwnedPermit<S> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("OwnedPermit").field("ticket", &self.held.ticket).finish()
+    }
+}
+
+#[cfg(feature = "async")]
+/// Settlements of owned permits that could not complete at once.
+#[derive(Debug, Default)]
+pub(crate) struct Background {
+    /// Under way in the background.
+    pending: AtomicUsize,
+    /// That the store refused or could not be reached for (their reservations stay counted).
+    failed: AtomicU64,
+    /// Never started: no runtime to run them on, or too many under way already.
+    dropped: AtomicU64,
+    /// Wakes a drain when the last one ends.
+    idle: tokio::sync::Notify,
+}
+
+#[cfg(feature = "async")]
+/// The most settlements under way in the background at once; past it, a settlement is
+/// counted as dropped (its reservation stays counted: safe) rather than queued without bound.
+pub const BACKGROUND_SETTLEMENTS: usize = 65_536;
+
+#[cfg(feature = "async")]
+impl<S: AsyncStore + 'static> Engine<S> {
+    /// Settles `ticket`: at once if the store answers at once; otherwise in the background.
+    fn settle_in_background(self: &Arc<Self>, ticket: Ticket, outcome: Outcome) -> Result<(), StoreError> {
+        let now = self.clock().now();
+        let engine = Arc::clone(self);
+        let mut call: Pin<Box<dyn Future<Output = Result<bool, StoreError>> + Send>> =
+            Box::pin(async move { engine.settle_async(&ticket, outcome, now).await });
+        let waker = std::task::Waker::noop();
+        if let Poll::Ready(r) = call.as_mut().poll(&mut Context::from_waker(waker)) {
+            return r.map(drop);
+        }
+        let bg = &self.background;
+        let runtime = tokio::runtime::Handle::try_current();
+        match runtime {
+            Ok(rt) if bg.pending.fetch_add(1, Ordering::SeqCst) < BACKGROUND_SETTLEMENTS => {
+                let engine = Arc::clone(self);
+                rt.spawn(async move {
+                    if call.await.is_err() {
+                        engine.background.failed.fetch_add(1, Ordering::Relaxed);
+                    }
+                    if engine.background.pending.fetch_sub(1, Ordering::SeqCst) == 1 {
+                        engine.background.idle.notify_waiters();
+                    }
+                });
+                Ok(())
+            }
+            Ok(_) => {
+                bg.pending.fetch_sub(1, Ordering::SeqCst);
+                bg.dropped.fetch_add(1, Ordering::Relaxed);
+                Err(StoreError::Unavailable("too many settlements under way".into()))
+            }
+            Err(_) => {
+                bg.dropped.fetch_add(1, Ordering::Relaxed);
+                Err(StoreError::Unavailable("no async runtime to settle on".into()))
+            }
+        }
+    }
+
+    /// Waits, at most `within`, for the settlements under way in the background (at
+    /// shutdown); returns how many are still under way.
+    pub async fn drain_settlements(&self, within: std::time::Duration) -> usize {
+        let until = tokio::time::Instant::now() + within;
+        loop {
+            let idle = self.background.idle.notified();
+            let left = self.background.pending.load(Ordering::SeqCst);
+            if left == 0 || tokio::time::Instant::now() >= until {
+                return left;
+            }
+            let _ = tokio::time::timeout_at(until, idle).await;
+        }
+    }
+}
+
+#[cfg(feature = "async")]
+impl<S: Buckets> Engine<S> {
+    /// Settlements of owned permits under way in the background now.
+    pub fn settlements_pending(&self) -> usize {
+        self.background.pending.load(Ordering::SeqCst)
+    }
+
+    /// Settlements of owned permits that failed in the background (the store refused or
+    /// could not be reached) or never started (no runtime, or the background was full);
+    /// their reservations stay counted until their windows pass.
+    pub fn settlements_failed(&self) -> u64 {
+        self.background.failed.load(Ordering::Relaxed) + self.background.dropped.load(Ordering::Relaxed)
     }
 }
 
@@ -253,10 +401,16 @@ impl<S: QuotaStore> Engine<S> {
     }
 
     /// [`Engine::try_acquire`], for a permit that holds the engine by an `Arc`.
-    pub fn try_acquire_owned(self: &Arc<Self>, req: &Request<'_>) -> Result<OwnedPermit<S>, TryAcquireError> {
+    #[cfg(feature = "async")]
+    pub fn try_acquire_owned(self: &Arc<Self>, req: &Request<'_>) -> Result<OwnedPermit<S>, TryAcquireError>
+    where
+        S: 'static,
+    {
         self.try_acquire(req).map(|p| p.into_owned(Arc::clone(self)))
     }
+}
 
+impl<S: Buckets> Engine<S> {
     /// What the estimator may learn from `req` at settlement, if it learns at all.
     pub(crate) fn lesson(&self, req: &Request<'_>) -> Option<Lesson> {
         self.learns().then(|| Lesson::of(req))

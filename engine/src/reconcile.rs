@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use crate::config::ConfigError;
 use crate::pool::{KeySpec, PoolEvent, PoolSpec, ProjectSpec};
-use crate::store::QuotaStore;
+use crate::store::Buckets;
 use crate::Engine;
 
 /// What a reconciliation changed (ids as given: redact key ids before showing them).
@@ -62,7 +62,7 @@ pub enum ReconcileError {
     Invalid(#[from] ConfigError),
 }
 
-impl<S: QuotaStore> Engine<S> {
+impl<S: Buckets> Engine<S> {
     /// Makes the pool `spec`, as one change: keys and projects added, keys removed, limits
     /// changed. Everything is checked first; either all of it applies (in one pool swap:
     /// admissions see the old pool or the new, never a mix) or none of it does. Admissions

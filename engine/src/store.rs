@@ -5,7 +5,10 @@
 //! a shared store (Redis) serves several replicas with the same contract, each call being one
 //! round trip.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use super::limits::{Ceilings, Dimension};
@@ -22,7 +25,7 @@ pub struct BucketKey {
     pub model: String,
 }
 
-/// A store's local handle of a bucket, handed out by [`QuotaStore::bucket`]: dense, so that
+/// A store's local handle of a bucket, handed out by [`Buckets::bucket`]: dense, so that
 /// the in-memory store indexes it directly. Only meaningful to the store that issued it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct BucketId(pub u32);
@@ -163,10 +166,13 @@ impl Usage {
 /// (`Engine<Arc<MemoryStore>>`).
 macro_rules! forward_store {
     ($($ptr:ident),*) => {$(
+        impl<T: Buckets + ?Sized> Buckets for $ptr<T> {
+            fn bucket(&self, key: &BucketKey) -> Result<BucketId, StoreError> {
+                (**self).bucket(key)
+            }
+        }
+
         impl<T: QuotaStore + ?Sized> QuotaStore for $ptr<T> {
-    fn bucket(&self, key: &BucketKey) -> Result<BucketId, StoreError> {
-        (**self).bucket(key)
-    }
 
     fn reserve(
         &self,
@@ -219,14 +225,19 @@ macro_rules! forward_store {
 
 forward_store!(Box, Arc);
 
-/// Quota state shared by every admission. Implementations must make [`QuotaStore::reserve`]
-/// atomic across all dimensions of a bucket and across concurrent callers (and, for a
-/// shared store, across processes). Every call may fail with a [`StoreError`].
-pub trait QuotaStore: Send + Sync {
+/// Naming buckets: local to the store, never I/O.
+pub trait Buckets: Send + Sync {
     /// The local handle of the bucket named `key`, created empty if the store has none yet.
     /// The same key always gives the same handle.
     fn bucket(&self, key: &BucketKey) -> Result<BucketId, StoreError>;
+}
 
+/// Quota state shared by every admission, answering at once (in memory, in the simulator).
+/// Implementations must make [`QuotaStore::reserve`] atomic across all dimensions of a
+/// bucket and across concurrent callers (and, for a shared store, across processes). Every
+/// call may fail with a [`StoreError`]. Every `QuotaStore` is an [`AsyncStore`] whose calls
+/// are ready at once.
+pub trait QuotaStore: Buckets {
     /// Counts `cost` (its requests and tokens) in `bucket` if every dimension stays within
     /// `ceilings` and the bucket is not cooling down; otherwise counts nothing.
     /// Returns the bucket's counters after the call, as every mutating call does, so that the
@@ -274,4 +285,151 @@ pub trait QuotaStore: Send + Sync {
 
     /// The bucket's counters at `now`.
     fn usage(&self, bucket: BucketId, now: Timestamp) -> Result<Usage, StoreError>;
+}
+
+/// A store call under way: answered at once (a [`QuotaStore`]), or after I/O (Redis). A
+/// future either way; one that is ready costs no allocation.
+#[must_use = "a store call does nothing until awaited"]
+pub enum StoreCall<'a, T> {
+    /// Answered (taken by the first poll).
+    Ready(Option<Result<T, StoreError>>),
+    /// Waiting on I/O.
+    Pending(Pin<Box<dyn Future<Output = Result<T, StoreError>> + Send + 'a>>),
+}
+
+impl<T> StoreCall<'_, T> {
+    /// A call answered with `r`.
+    pub fn ready(r: Result<T, StoreError>) -> Self {
+        Self::Ready(Some(r))
+    }
+
+    /// The answer, if the call needed no I/O (and was not polled yet).
+    pub fn now_or_never(self) -> Option<Result<T, StoreError>> {
+        match self {
+            Self::Ready(r) => r,
+            Self::Pending(_) => None,
+        }
+    }
+}
+
+// Nothing in a call is pinned in place: the pending future is boxed.
+impl<T> Unpin for StoreCall<'_, T> {}
+
+impl<T> Future for StoreCall<'_, T> {
+    type Output = Result<T, StoreError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.get_mut() {
+            Self::Ready(r) => Poll::Ready(r.take().expect("a store call is polled once it is ready, not again")),
+            Self::Pending(f) => f.as_mut().poll(cx),
+        }
+    }
+}
+
+impl<T> std::fmt::Debug for StoreCall<'_, T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Ready(_) => "StoreCall::Ready",
+            Self::Pending(_) => "StoreCall::Pending",
+        })
+    }
+}
+
+/// Quota state shared by every admission, for services that must never block a worker: every
+/// call may wait on I/O (a Redis round trip) and is awaited. The contract is
+/// [`QuotaStore`]'s; every `QuotaStore` is one, ready at once.
+pub trait AsyncStore: Buckets {
+    /// [`QuotaStore::reserve`].
+    fn reserve_async(
+        &self,
+        bucket: BucketId,
+        cost: Cost,
+        ceilings: &Ceilings,
+        now: Timestamp,
+    ) -> StoreCall<'_, Result<Grant, Shortfall>>;
+
+    /// [`QuotaStore::reconcile`].
+    fn reconcile_async(&self, bucket: BucketId, r: &Reservation, actual: u64, now: Timestamp) -> StoreCall<'_, Usage>;
+
+    /// [`QuotaStore::refund`].
+    fn refund_async(&self, bucket: BucketId, r: &Reservation, now: Timestamp) -> StoreCall<'_, Usage>;
+
+    /// [`QuotaStore::cool_down`].
+    fn cool_down_async(
+        &self,
+        bucket: BucketId,
+        dimension: Dimension,
+        until: Timestamp,
+        now: Timestamp,
+    ) -> StoreCall<'_, ()>;
+
+    /// [`QuotaStore::usage`].
+    fn usage_async(&self, bucket: BucketId, now: Timestamp) -> StoreCall<'_, Usage>;
+
+    /// The counters of every bucket of `buckets` (a shared store asks in one round trip).
+    fn usages_async(&self, buckets: &[BucketId], now: Timestamp) -> StoreCall<'_, Vec<Result<Usage, StoreError>>>;
+
+    /// [`QuotaStore::check`] (the simulator's check-then-act reference).
+    fn check_async(
+        &self,
+        bucket: BucketId,
+        cost: Cost,
+        ceilings: &Ceilings,
+        now: Timestamp,
+    ) -> StoreCall<'_, Result<Usage, Shortfall>>;
+
+    /// [`QuotaStore::record`] (the simulator's check-then-act reference).
+    fn record_async(&self, bucket: BucketId, tokens: u64, now: Timestamp) -> StoreCall<'_, Usage>;
+}
+
+impl<S: QuotaStore + ?Sized> AsyncStore for S {
+    fn reserve_async(
+        &self,
+        bucket: BucketId,
+        cost: Cost,
+        ceilings: &Ceilings,
+        now: Timestamp,
+    ) -> StoreCall<'_, Result<Grant, Shortfall>> {
+        StoreCall::ready(self.reserve(bucket, cost, ceilings, now))
+    }
+
+    fn reconcile_async(&self, bucket: BucketId, r: &Reservation, actual: u64, now: Timestamp) -> StoreCall<'_, Usage> {
+        StoreCall::ready(self.reconcile(bucket, r, actual, now))
+    }
+
+    fn refund_async(&self, bucket: BucketId, r: &Reservation, now: Timestamp) -> StoreCall<'_, Usage> {
+        StoreCall::ready(self.refund(bucket, r, now))
+    }
+
+    fn cool_down_async(
+        &self,
+        bucket: BucketId,
+        dimension: Dimension,
+        until: Timestamp,
+        now: Timestamp,
+    ) -> StoreCall<'_, ()> {
+        StoreCall::ready(self.cool_down(bucket, dimension, until, now))
+    }
+
+    fn usage_async(&self, bucket: BucketId, now: Timestamp) -> StoreCall<'_, Usage> {
+        StoreCall::ready(self.usage(bucket, now))
+    }
+
+    fn usages_async(&self, buckets: &[BucketId], now: Timestamp) -> StoreCall<'_, Vec<Result<Usage, StoreError>>> {
+        StoreCall::ready(Ok(buckets.iter().map(|&b| self.usage(b, now)).collect()))
+    }
+
+    fn check_async(
+        &self,
+        bucket: BucketId,
+        cost: Cost,
+        ceilings: &Ceilings,
+        now: Timestamp,
+    ) -> StoreCall<'_, Result<Usage, Shortfall>> {
+        StoreCall::ready(self.check(bucket, cost, ceilings, now))
+    }
+
+    fn record_async(&self, bucket: BucketId, tokens: u64, now: Timestamp) -> StoreCall<'_, Usage> {
+        StoreCall::ready(self.record(bucket, tokens, now))
+    }
 }

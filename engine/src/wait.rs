@@ -2,26 +2,30 @@
 //! model.
 //!
 //! A request that cannot be admitted now joins its model's [`FairQueue`] with an owned copy of
-//! what admission needs. Nobody retries on their own: one waiter per queue holds the queue's
-//! timer (on the engine's [`Clock`]), and whoever finds the queue due — that waiter when its
-//! timer fires, or a settlement that frees capacity — admits waiters in order and hands each
-//! its ticket. A waiter dropped in the queue leaves it and takes nothing; one dropped after
-//! its ticket was granted returns the ticket's quota.
+//! what admission needs. Only the queue's head is admitted, by its own task and outside the
+//! queue's lock, so that a store's round trip never holds the lock: when its turn comes — at
+//! once after the waiter before it was served, when the queue's next chance
+//! ([`FairQueue::wake_at`]) arrives on the engine's [`Clock`](crate::Clock), or as soon as a
+//! settlement frees capacity. Granted, it leaves and the next head tries; denied, the queue
+//! waits until the denial's retry, and whoever cannot wait that long gives up then. A waiter
+//! dropped in the queue leaves it and takes nothing.
 
 use std::future::Future;
-use std::pin::Pin;
+use std::pin::{pin, Pin};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::task::{Context, Poll, Waker};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
-use crate::admit::{Outcome, Priority, Request, Ticket};
+use tokio::sync::Notify;
+
+use crate::admit::{Priority, Request, Ticket};
 use crate::clock::{ManualSleep, Timer};
 use crate::estimate::Prompt;
 use crate::fair::{FairQueue, Place, Served};
 use crate::lifecycle::{step, Reason, Step};
-use crate::permit::Permit;
-use crate::store::QuotaStore;
+use crate::permit::{OwnedPermit, Permit};
+use crate::store::{AsyncStore, Buckets, QuotaStore};
 use crate::time::Timestamp;
 use crate::Engine;
 
@@ -30,7 +34,7 @@ use crate::Engine;
 #[error("not admitted: {0}")]
 pub struct AcquireError(pub Reason);
 
-/// What a queued request's admission needs, owned, so that any task may admit it.
+/// What a queued request's admission needs, owned, so that it outlives the caller's borrow.
 #[derive(Debug)]
 struct Owned {
     model: usize,
@@ -62,19 +66,14 @@ impl Owned {
     }
 }
 
-#[derive(Debug)]
-enum State {
-    Waiting(Option<Waker>),
-    Granted(Ticket),
-    GaveUp(Reason),
-    Done,
-}
-
-/// One waiter, shared between its future and the queue.
+/// One waiter, shared between its task and the queue.
 #[derive(Debug)]
 struct Slot {
     req: Owned,
-    state: Mutex<State>,
+    /// Set by another waiter when this one must give up (it cannot be served by its deadline).
+    gave_up: Mutex<Option<Reason>>,
+    /// Wakes its task: its turn came, or it gave up.
+    notify: Notify,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -84,8 +83,8 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 #[derive(Debug, Default)]
 struct Inner {
     fair: FairQueue<Arc<Slot>>,
-    /// The waiter holding the queue's timer, and how to wake it.
-    holder: Option<(usize, Waker)>,
+    /// Whether the head is being admitted now (by its own task, outside this lock).
+    admitting: bool,
 }
 
 /// The fair queue of one model.
@@ -93,14 +92,109 @@ struct Inner {
 pub(crate) struct Queue {
     inner: Mutex<Inner>,
     /// Waiters in the queue, read without the lock by the fast path.
-    waiting: AtomicUsize,
+    pub(crate) waiting: AtomicUsize,
 }
 
-fn id(slot: &Arc<Slot>) -> usize {
-    Arc::as_ptr(slot) as usize
+impl Queue {
+    /// Tells the head its turn may have come.
+    fn wake_head(&self, inner: &Inner) {
+        if let Some(head) = inner.fair.first() {
+            head.notify.notify_one();
+        }
+    }
 }
 
-impl<S: QuotaStore> Engine<S> {
+/// A sleep on the engine's clock.
+enum Sleep<'e> {
+    Real(Pin<Box<tokio::time::Sleep>>),
+    Manual(ManualSleep<'e>),
+}
+
+impl Future for Sleep<'_> {
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        match self.get_mut() {
+            Self::Real(s) => s.as_mut().poll(cx),
+            Self::Manual(s) => Pin::new(s).poll(cx),
+        }
+    }
+}
+
+/// Completes when either does.
+async fn race(a: impl Future<Output = ()>, b: impl Future<Output = ()>) {
+    let (mut a, mut b) = (pin!(a), pin!(b));
+    std::future::poll_fn(|cx| {
+        if a.as_mut().poll(cx).is_ready() || b.as_mut().poll(cx).is_ready() {
+            Poll::Ready(())
+        } else {
+            Poll::Pending
+        }
+    })
+    .await
+}
+
+impl<S: Buckets> Engine<S> {
+    /// Something was freed in `model` (or anywhere): its queue's head may try at once.
+    pub(crate) fn wake_queues(&self, model: Option<usize>) {
+        for (m, q) in self.queues.iter().enumerate() {
+            // `forget_exhaustion` bumped the epoch just before this.
+            if model.is_none_or(|x| x == m) && q.waiting.load(Ordering::SeqCst) > 0 {
+                let mut inner = lock(&q.inner);
+                inner.fair.wake_now(self.clock().now());
+                q.wake_head(&inner);
+            }
+        }
+    }
+
+    /// A sleep until `at` on the engine's clock (read at `now`).
+    fn sleep_until(&self, at: Timestamp, now: Timestamp) -> Sleep<'_> {
+        match self.clock().timer() {
+            Timer::Manual(clock) => Sleep::Manual(clock.sleep_until(at)),
+            Timer::Real { scale, lag } => {
+                let ms = at.since(now) as f64 / scale.max(f64::MIN_POSITIVE);
+                Sleep::Real(Box::pin(tokio::time::sleep(Duration::from_secs_f64(ms.ceil() / 1000.0) + lag)))
+            }
+        }
+    }
+}
+
+/// A waiter's membership of its queue: leaving (dropped, or at its deadline) takes it out and
+/// lets the next head try.
+struct Member<'e> {
+    queue: &'e Queue,
+    place: Place,
+    /// Whether it is out of the queue already.
+    gone: bool,
+    /// Whether it is the head being admitted now.
+    admitting: bool,
+}
+
+impl Member<'_> {
+    fn leave(&mut self, inner: &mut Inner) {
+        if !self.gone {
+            inner.fair.cancel(self.place);
+            self.queue.waiting.store(inner.fair.len(), Ordering::SeqCst);
+            self.gone = true;
+        }
+        if self.admitting {
+            inner.admitting = false;
+            self.admitting = false;
+        }
+        self.queue.wake_head(inner);
+    }
+}
+
+impl Drop for Member<'_> {
+    fn drop(&mut self) {
+        if !self.gone || self.admitting {
+            let mut inner = lock(&self.queue.inner);
+            self.leave(&mut inner);
+        }
+    }
+}
+
+impl<S: AsyncStore> Engine<S> {
     /// Admits `req`, waiting up to `max_wait` for capacity in its model's fair queue: high
     /// priority first, first come first served within a priority. Dropping the future
     /// leaves the queue without taking anything.
@@ -119,277 +213,121 @@ impl<S: QuotaStore> Engine<S> {
     /// permit.settle(Outcome::Success { input_tokens: 1, output_tokens: 5 })?;
     /// # Ok::<(), Box<dyn std::error::Error>>(()) }).unwrap();
     /// ```
-    pub async fn acquire(&self, req: &Request<'_>, max_wait: Duration) -> Result<Permit<'_, S>, AcquireError> {
-        let now = self.clock().now();
-        let deadline = now.plus(max_wait.as_millis().min(u128::from(u64::MAX)) as u64);
-        let queue = self.queues.get(req.model).ok_or(AcquireError(Reason::UnknownModel))?;
-        self.note_arrival(req.model, now);
-        if queue.waiting.load(Ordering::Acquire) == 0 {
-            match step(self.admit(req, now), deadline, now) {
-                Step::Send(t) => return Ok(Permit::new(self, t, false, self.lesson(req))),
-                Step::GiveUp(r) => return Err(AcquireError(r)),
-                Step::WaitUntil(..) => {}
-            }
-        }
-        let slot = Arc::new(Slot { req: Owned::of(req), state: Mutex::new(State::Waiting(None)) });
-        let place = {
-            let mut inner = lock(&queue.inner);
-            // Bumped by every freeing (the engine's exhaustion epoch). A waiter denied just
-            // before a settlement freed capacity, which joins the queue just after that
-            // settlement found it empty, sees the bump and dispatches itself: no wake-up is
-            // lost (the settlement bumps, then reads `waiting`; the waiter stores `waiting`,
-            // then reads the epoch).
-            let freed = self.exhaustion_epoch.load(Ordering::SeqCst);
-            let now = self.clock().now();
-            let retry = if inner.fair.must_queue(req.priority) {
-                None
-            } else {
-                match step(self.admit(req, now), deadline, now) {
-                    Step::Send(t) => return Ok(Permit::new(self, t, false, self.lesson(req))),
-                    Step::GiveUp(r) => return Err(AcquireError(r)),
-                    Step::WaitUntil(at, why) => Some((at, why)),
-                }
-            };
-            let before = inner.fair.wake_at();
-            let place =
-                inner.fair.push(slot.clone(), req.priority, deadline, retry).map_err(|(_, r)| AcquireError(r))?;
-            queue.waiting.store(inner.fair.len(), Ordering::SeqCst);
-            if self.exhaustion_epoch.load(Ordering::SeqCst) != freed {
-                // Freed while this request was being denied: the settlement may have seen an
-                // empty queue, so serve the queue now.
-                self.dispatch(queue, &mut inner);
-            } else if inner.fair.wake_at() != before {
-                // The queue's timer now fires earlier: its holder must re-arm.
-                if let Some((_, w)) = &inner.holder {
-                    w.wake_by_ref();
-                }
-            }
-            place
-        };
-        Waiter { engine: self, queue, slot, place, deadline, sleep: None, done: false }.await
+    pub async fn acquire(&self, req: &Request<'_>, max_wait: Duration) -> Result<Permit<'_, S>, AcquireError>
+    where
+        S: QuotaStore,
+    {
+        let (ticket, queued) = self.acquire_ticket(req, max_wait).await?;
+        Ok(Permit::new(self, ticket, queued, self.lesson(req)))
     }
 
     /// [`Engine::acquire`], for a permit that holds the engine by an `Arc` (`'static`: it moves
-    /// into whatever task relays the answer).
+    /// into whatever task relays the answer, and settles in the background when dropped). The
+    /// way to wait with a store that waits on I/O.
     pub async fn acquire_owned(
         self: &Arc<Self>,
         req: &Request<'_>,
         max_wait: Duration,
-    ) -> Result<crate::OwnedPermit<S>, AcquireError> {
-        let permit = self.acquire(req, max_wait).await?;
-        Ok(permit.into_owned(Arc::clone(self)))
+    ) -> Result<OwnedPermit<S>, AcquireError>
+    where
+        S: 'static,
+    {
+        let (ticket, queued) = self.acquire_ticket(req, max_wait).await?;
+        Ok(OwnedPermit::new(Arc::clone(self), ticket, queued, self.lesson(req)))
     }
 
-    /// Something was freed in `model` (or anywhere): serve its waiters now.
-    pub(crate) fn wake_queues(&self, model: Option<usize>) {
-        for (m, q) in self.queues.iter().enumerate() {
-            // `forget_exhaustion` bumped the epoch just before this.
-            if model.is_none_or(|x| x == m) && q.waiting.load(Ordering::SeqCst) > 0 {
-                let mut inner = lock(&q.inner);
-                self.dispatch(q, &mut inner);
-            }
-        }
-    }
-
-    /// Admits the queue's waiters in order at the clock's `now`, and wakes each one served.
-    fn dispatch(&self, q: &Queue, inner: &mut Inner) {
+    /// A ticket for `req` within `max_wait`, and whether it queued for it.
+    async fn acquire_ticket(&self, req: &Request<'_>, max_wait: Duration) -> Result<(Ticket, bool), AcquireError> {
         let now = self.clock().now();
-        let before = inner.fair.wake_at();
-        let mut served = Vec::new();
-        inner.fair.dispatch(now, |slot, _| self.admit(&slot.req.request(), now), |s| served.push(s));
-        q.waiting.store(inner.fair.len(), Ordering::SeqCst);
-        // The head's next chance moved earlier (capacity freed): the timer's holder re-arms.
-        if inner.fair.wake_at().is_some_and(|at| before.is_none_or(|b| at < b)) {
-            if let Some((_, w)) = &inner.holder {
-                w.wake_by_ref();
+        let deadline = now.plus(max_wait.as_millis().min(u128::from(u64::MAX)) as u64);
+        let queue = self.queues.get(req.model).ok_or(AcquireError(Reason::UnknownModel))?;
+        self.note_arrival(req.model, now);
+        // Bumped by every freeing: a request denied just before a settlement freed capacity,
+        // which joins the queue just after that settlement found it empty, sees the bump and
+        // tries again at once. No wake-up is lost.
+        let freed = self.exhaustion_epoch.load(Ordering::SeqCst);
+        let mut retry = None;
+        if queue.waiting.load(Ordering::Acquire) == 0 {
+            match step(self.admit_async(req, now).await, deadline, now) {
+                Step::Send(t) => return Ok((t, false)),
+                Step::GiveUp(r) => return Err(AcquireError(r)),
+                Step::WaitUntil(at, why) => retry = Some((at, why)),
             }
         }
-        for s in served {
-            let (slot, state) = match s {
-                Served::Granted(slot, t) => (slot, State::Granted(t)),
-                Served::GaveUp(slot, r) => (slot, State::GaveUp(r)),
-            };
-            let old = std::mem::replace(&mut *lock(&slot.state), state);
-            if let State::Waiting(Some(w)) = old {
-                w.wake();
+        let slot = Arc::new(Slot { req: Owned::of(req), gave_up: Mutex::new(None), notify: Notify::new() });
+        let place = {
+            let mut inner = lock(&queue.inner);
+            // Its own retry tells the queue when the head can next try only if it is the head.
+            let retry = if inner.fair.must_queue(req.priority) { None } else { retry };
+            let place =
+                inner.fair.push(slot.clone(), req.priority, deadline, retry).map_err(|(_, r)| AcquireError(r))?;
+            queue.waiting.store(inner.fair.len(), Ordering::SeqCst);
+            if self.exhaustion_epoch.load(Ordering::SeqCst) != freed {
+                inner.fair.wake_now(self.clock().now());
             }
-        }
-    }
-}
-
-enum Sleep<'e> {
-    Real(Pin<Box<tokio::time::Sleep>>, Timestamp),
-    Manual(ManualSleep<'e>, Timestamp),
-}
-
-impl Sleep<'_> {
-    fn until(&self) -> Timestamp {
-        match self {
-            Self::Real(_, t) | Self::Manual(_, t) => *t,
-        }
-    }
-}
-
-/// A queued request's future.
-struct Waiter<'e, S: QuotaStore> {
-    engine: &'e Engine<S>,
-    queue: &'e Queue,
-    slot: Arc<Slot>,
-    place: Place,
-    /// When it gives up: every waiter keeps a timer for it, so that none outlives it even
-    /// if no dispatch or holder comes by.
-    deadline: Timestamp,
-    sleep: Option<Sleep<'e>>,
-    done: bool,
-}
-
-impl<'e, S: QuotaStore> Waiter<'e, S> {
-    /// Takes the slot's outcome, if there is one.
-    fn outcome(&mut self) -> Option<Result<Permit<'e, S>, AcquireError>> {
-        let mut state = lock(&self.slot.state);
-        let out = match std::mem::replace(&mut *state, State::Done) {
-            State::Granted(t) => {
-                let lesson = self.engine.lesson(&self.slot.req.request());
-                Ok(Permit::new(self.engine, t, true, lesson))
-            }
-            State::GaveUp(r) => Err(AcquireError(r)),
-            waiting => {
-                *state = waiting;
-                return None;
-            }
+            queue.wake_head(&inner);
+            place
         };
-        drop(state);
-        self.done = true;
-        self.release_timer();
-        Some(out)
-    }
-
-    /// Hands the queue's timer on, if this waiter holds it: the next waiter takes it.
-    fn release_timer(&mut self) {
-        self.sleep = None;
-        let mut inner = lock(&self.queue.inner);
-        if inner.holder.as_ref().is_some_and(|(h, _)| *h == id(&self.slot)) {
-            inner.holder = None;
-            if let Some(next) = inner.fair.first() {
-                if let State::Waiting(Some(w)) = &*lock(&next.state) {
-                    w.wake_by_ref();
-                }
-            }
-        }
-    }
-
-    /// Arms the timer for `at` on the engine's clock (unless armed for it already).
-    fn arm(&mut self, at: Timestamp, now: Timestamp) {
-        if self.sleep.as_ref().is_some_and(|s| s.until() == at) {
-            return;
-        }
-        self.sleep = Some(match self.engine.clock().timer() {
-            Timer::Manual(clock) => Sleep::Manual(clock.sleep_until(at), at),
-            Timer::Real { scale, lag } => {
-                let ms = at.since(now) as f64 / scale.max(f64::MIN_POSITIVE);
-                Sleep::Real(Box::pin(tokio::time::sleep(Duration::from_secs_f64(ms.ceil() / 1000.0) + lag)), at)
-            }
-        });
-    }
-}
-
-impl<'e, S: QuotaStore> Future for Waiter<'e, S> {
-    type Output = Result<Permit<'e, S>, AcquireError>;
-
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let this = &mut *self;
+        let mut member = Member { queue, place, gone: false, admitting: false };
         loop {
-            if let Some(out) = this.outcome() {
-                return Poll::Ready(out);
+            if let Some(reason) = lock(&slot.gave_up).take() {
+                member.gone = true;
+                return Err(AcquireError(reason));
             }
-            let now = this.engine.clock().now();
-            let next = {
-                let mut inner = lock(&this.queue.inner);
-                match inner.fair.wake_at() {
-                    Some(at) if at <= now => {
-                        this.engine.dispatch(this.queue, &mut inner);
-                        Next::Again
-                    }
-                    // Past its deadline and still queued: it leaves (a dispatch that served
-                    // it meanwhile left its outcome in the slot).
-                    _ if now > this.deadline => match inner.fair.cancel(this.place) {
-                        Some(_) => {
-                            this.queue.waiting.store(inner.fair.len(), Ordering::SeqCst);
-                            Next::Leave(inner.fair.last_reason())
-                        }
-                        None => Next::Again,
-                    },
-                    wake_at => {
-                        let me = id(&this.slot);
-                        // Registered under the queue's lock: a dispatch that serves this
-                        // waiter takes the same lock, so its wake cannot be lost.
-                        match &mut *lock(&this.slot.state) {
-                            State::Waiting(w) => *w = Some(cx.waker().clone()),
-                            _ => continue,
-                        }
-                        let holds = inner.holder.as_ref().is_none_or(|(h, _)| *h == me);
-                        match wake_at {
-                            Some(at) if holds => {
-                                inner.holder = Some((me, cx.waker().clone()));
-                                Next::Sleep(at)
-                            }
-                            _ => Next::Park,
+            let now = self.clock().now();
+            let until = {
+                let mut inner = lock(&queue.inner);
+                if now > deadline {
+                    // Past its deadline and still queued: it leaves.
+                    member.leave(&mut inner);
+                    return Err(AcquireError(inner.fair.last_reason()));
+                } else if inner.fair.is_first(place) {
+                    match inner.fair.wake_at() {
+                        _ if inner.admitting => Some(deadline.plus(1)),
+                        Some(at) if at > now => Some(at.min(deadline.plus(1))),
+                        _ => {
+                            inner.admitting = true;
+                            member.admitting = true;
+                            None
                         }
                     }
+                } else {
+                    Some(deadline.plus(1))
                 }
             };
-            // A holder sleeps until the queue's next chance or its own deadline, whichever
-            // comes first; any other waiter until its deadline (a dispatch wakes it sooner).
-            let at = match next {
-                Next::Again => continue,
-                Next::Leave(reason) => {
-                    *lock(&this.slot.state) = State::Done;
-                    this.done = true;
-                    this.release_timer();
-                    return Poll::Ready(Err(AcquireError(reason)));
-                }
-                Next::Park => this.deadline.plus(1),
-                Next::Sleep(at) => at.min(this.deadline.plus(1)),
-            };
-            this.arm(at, now);
-            let fired = match this.sleep.as_mut().expect("armed above") {
-                Sleep::Real(s, _) => s.as_mut().poll(cx).is_ready(),
-                Sleep::Manual(s, _) => Pin::new(s).poll(cx).is_ready(),
-            };
-            if !fired {
-                return Poll::Pending;
+            if let Some(until) = until {
+                race(slot.notify.notified(), self.sleep_until(until, now)).await;
+                continue;
             }
-            this.sleep = None;
-        }
-    }
-}
-
-/// What a waiter does after looking at its queue.
-enum Next {
-    /// Look at its slot again.
-    Again,
-    /// Sleep on the queue's timer until then.
-    Sleep(Timestamp),
-    /// Wait to be woken by a dispatch or by the timer's holder (or its own deadline).
-    Park,
-    /// Give up: past its deadline.
-    Leave(Reason),
-}
-
-impl<S: QuotaStore> Drop for Waiter<'_, S> {
-    fn drop(&mut self) {
-        if self.done {
-            return;
-        }
-        {
-            let mut inner = lock(&self.queue.inner);
-            inner.fair.cancel(self.place);
-            self.queue.waiting.store(inner.fair.len(), Ordering::Release);
-        }
-        self.release_timer();
-        // Granted after the caller stopped waiting: the quota goes back.
-        if let State::Granted(t) = std::mem::replace(&mut *lock(&self.slot.state), State::Done) {
-            let _ = self.engine.settle(&t, Outcome::NotSent, self.engine.clock().now());
+            if !member.admitting {
+                continue;
+            }
+            // The head admits itself, outside the lock.
+            let decision = self.admit_async(&slot.req.request(), now).await;
+            let mut gave_up = Vec::new();
+            let fate = {
+                let mut inner = lock(&queue.inner);
+                inner.admitting = false;
+                member.admitting = false;
+                let fate = inner.fair.settle_head(place, now, decision, |s| gave_up.push(s));
+                queue.waiting.store(inner.fair.len(), Ordering::SeqCst);
+                if fate.is_some() {
+                    member.gone = true;
+                    queue.wake_head(&inner);
+                }
+                fate
+            };
+            for s in gave_up {
+                if let Served::GaveUp(w, reason) = s {
+                    *lock(&w.gave_up) = Some(reason);
+                    w.notify.notify_one();
+                }
+            }
+            match fate {
+                Some(Served::Granted(_, t)) => return Ok((t, true)),
+                Some(Served::GaveUp(_, reason)) => return Err(AcquireError(reason)),
+                None => {}
+            }
         }
     }
 }
@@ -399,7 +337,7 @@ mod tests {
     use std::sync::Arc;
 
     use super::*;
-    use crate::{Clock, KeySpec, Limits, ManualClock, ModelSpec, PoolSpec, ProjectSpec};
+    use crate::{Clock, KeySpec, Limits, ManualClock, ModelSpec, Outcome, PoolSpec, ProjectSpec};
 
     const T0: Timestamp = Timestamp(1_764_140_400_000);
 
@@ -547,16 +485,16 @@ mod tests {
             let store = Arc::new(crate::MemoryStore::new());
             #[cfg_attr(not(feature = "redis"), allow(unused_variables))]
             let prefix = format!("keysim-wait-test:{}:{round}:{:?}", std::process::id(), std::time::Instant::now());
-            let replica = |_| -> Arc<Engine<Box<dyn QuotaStore>>> {
-                let shared: Box<dyn QuotaStore> = match redis_url() {
+            let replica = |_| -> Arc<Engine<crate::AnyStore>> {
+                let shared = match redis_url() {
                     #[cfg(feature = "redis")]
                     Some(url) => {
                         let mut c = crate::RedisConfig::parse(&url).unwrap();
                         c.prefix = prefix.clone();
                         c.time = crate::RedisTime::Caller;
-                        Box::new(crate::RedisStore::new(c).unwrap())
+                        crate::AnyStore::Redis(Box::new(crate::RedisStore::new(c).unwrap()))
                     }
-                    _ => Box::new(store.clone()),
+                    _ => crate::AnyStore::Memory(store.clone()),
                 };
                 Arc::new(Engine::builder(spec.clone()).clock(clock.clone()).store(shared).build().unwrap())
             };
@@ -571,7 +509,7 @@ mod tests {
                         let asked = tokio::time::Instant::now();
                         let req = Request::new(0, Prompt::Chars(40));
                         // 10 s of the clock: half a second.
-                        let got = e.acquire(&req, Duration::from_secs(10)).await;
+                        let got = e.acquire_owned(&req, Duration::from_secs(10)).await;
                         let waited = asked.elapsed();
                         if let Ok(p) = got {
                             tokio::time::sleep(Duration::from_millis(2)).await;

@@ -2,6 +2,7 @@
 //! (`/admin/pool`, `/admin/capacity`, `/admin/keys`, `POST /admin/reload`). Admin answers
 //! show key ids redacted, and need the admin token.
 
+use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
@@ -12,8 +13,8 @@ use serde_json::{json, Value};
 
 use super::forward::token_matches;
 use super::reply::{error, Surface};
-use super::{Body, State};
-use crate::engine::{redact, Dimension};
+use super::{Body, ProxyEngine, State};
+use crate::engine::{redact, BucketId, Dimension, StoreError, Timestamp, Usage};
 
 fn answer(status: u16, content_type: &'static str, body: impl Into<Bytes>) -> hyper::Response<Body> {
     use http_body_util::BodyExt;
@@ -28,19 +29,46 @@ fn json_answer(status: u16, v: &Value) -> hyper::Response<Body> {
     answer(status, "application/json", serde_json::to_vec_pretty(v).unwrap_or_default())
 }
 
-/// Runs `f` on the blocking pool: it reads files or the store (a network round trip per
-/// bucket with Redis).
-async fn off_reactor(
+/// Every bucket's counters, read at once (one round trip a model on Redis, never blocking a
+/// worker), for the probes and the admin API.
+pub(crate) struct Usages {
+    /// When they were read.
+    pub(crate) now: Timestamp,
+    map: HashMap<BucketId, Result<Usage, StoreError>>,
+}
+
+impl Usages {
+    /// Reads every bucket of `engine`'s pool.
+    pub(crate) async fn read(engine: &ProxyEngine) -> Self {
+        let now = engine.clock().now();
+        let mut map = HashMap::new();
+        for m in 0..engine.pool().models().len() {
+            map.extend(engine.usages_async(m, now).await);
+        }
+        Self { now, map }
+    }
+
+    /// A bucket's counters, if the store gave them.
+    pub(crate) fn get(&self, bucket: BucketId) -> Option<Usage> {
+        self.map.get(&bucket).and_then(|u| u.as_ref().ok()).copied()
+    }
+
+    /// Buckets the store could not read.
+    pub(crate) fn failed(&self) -> usize {
+        self.map.values().filter(|u| u.is_err()).count()
+    }
+}
+
+/// Runs `f` with every bucket's counters read first: at most two at once, however many ask.
+async fn with_usages(
     state: Arc<State>,
-    f: impl FnOnce(&State) -> hyper::Response<Body> + Send + 'static,
+    f: impl FnOnce(&State, &Usages) -> hyper::Response<Body>,
 ) -> hyper::Response<Body> {
-    // At most two at once, however many ask: no pile of blocking threads.
     let Ok(_turn) = state.probes.acquire().await else {
         return error(Surface::Gemini, 503, "UNAVAILABLE", "shutting down");
     };
-    let s = state.clone();
-    let work = tokio::task::spawn_blocking(move || f(&s));
-    work.await.unwrap_or_else(|_| error(Surface::Gemini, 500, "INTERNAL", "the admin task failed"))
+    let usages = Usages::read(&state.engine).await;
+    f(&state, &usages)
 }
 
 /// `/healthz` (the process serves), `/readyz` (it should get traffic: not draining, the store
@@ -50,28 +78,26 @@ pub async fn probe(state: Arc<State>, path: &str) -> hyper::Response<Body> {
         return json_answer(200, &json!({"status": "ok"}));
     }
     let readyz = path == "/readyz";
-    off_reactor(state, move |s| {
+    with_usages(state, move |s, u| {
         if readyz {
-            let (ready, why) = readiness(s);
+            let (ready, why) = readiness(s, u);
             json_answer(if ready { 200 } else { 503 }, &json!({"ready": ready, "reason": why}))
         } else {
-            let text = s.metrics.scrape(&s.engine, s.engine.clock().now());
+            let text = s.metrics.scrape(&s.engine, u);
             answer(200, "application/openmetrics-text; version=1.0.0; charset=utf-8", text)
         }
     })
     .await
 }
 
-fn readiness(state: &State) -> (bool, &'static str) {
+fn readiness(state: &State, usages: &Usages) -> (bool, &'static str) {
     if state.draining.load(Ordering::SeqCst) {
         return (false, "shutting down");
     }
     let pool = state.engine.pool();
-    let now = state.engine.clock().now();
-    if let Some(g) = (0..pool.models().len()).flat_map(|m| pool.groups(m).first()).next() {
-        if state.engine.usage(g.bucket, now).is_err() {
-            return (false, "the quota store does not answer");
-        }
+    let buckets = (0..pool.models().len()).map(|m| pool.groups(m).len()).sum::<usize>();
+    if buckets > 0 && usages.failed() == buckets {
+        return (false, "the quota store does not answer");
     }
     if !pool.keys().iter().any(|k| k.usable()) {
         return (false, "no usable key");
@@ -100,16 +126,17 @@ pub async fn admin(state: Arc<State>, req: hyper::Request<Incoming>) -> hyper::R
     }
     match (req.method().as_str(), req.uri().path()) {
         ("GET", "/admin/pool") => json_answer(200, &pool(&state)),
-        ("GET", "/admin/capacity") => off_reactor(state, |s| json_answer(200, &capacity(s))).await,
+        ("GET", "/admin/capacity") => with_usages(state, |s, u| json_answer(200, &capacity(s, u))).await,
         ("GET", "/admin/keys") => json_answer(200, &keys(&state)),
         ("POST", "/admin/reload") => {
-            off_reactor(state, |s| match s.reload() {
+            // It reads files: on the blocking pool.
+            let reload = tokio::task::spawn_blocking(move || match state.reload() {
                 Ok(c) => json_answer(200, &json!({"reloaded": true, "changes": c})),
                 Err(e) => {
                     json_answer(400, &json!({"reloaded": false, "error": crate::engine::redact_text(&e.to_string())}))
                 }
-            })
-            .await
+            });
+            reload.await.unwrap_or_else(|_| error(Surface::Gemini, 500, "INTERNAL", "the reload failed"))
         }
         _ => error(
             Surface::Gemini,
@@ -160,15 +187,15 @@ fn limits(l: &crate::engine::Limits) -> Value {
     Value::Object(o)
 }
 
-fn capacity(state: &State) -> Value {
+fn capacity(state: &State, usages: &Usages) -> Value {
     let pool = state.engine.pool();
-    let now = state.engine.clock().now();
+    let now = usages.now;
     let models: Vec<Value> = pool
         .models()
         .iter()
         .enumerate()
         .map(|(m, model)| {
-            let c = state.engine.capacity(m, now);
+            let c = state.engine.capacity_with(m, now, &|b| usages.get(b));
             let per = |a: &[u64; 4]| {
                 let o: serde_json::Map<String, Value> =
                     Dimension::ALL.iter().map(|d| (d.name().to_owned(), json!(a[d.index()]))).collect();

@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::fmt;
 use std::path::Path;
 
-use crate::engine::{redact, QuotaStore, RedisConfig, RedisStore, RedisTime, StoreError};
+use crate::engine::{redact, AnyStore, RedisConfig, RedisStore, RedisTime, StoreError};
 use crate::file::{KeySource, PoolConfig, ProxyDef};
 
 /// Why the proxy cannot start or reload.
@@ -138,8 +138,8 @@ pub fn check_exposure(addr: &std::net::SocketAddr, client_tokens: usize, admin_t
 
 /// The store `proxy` names: Redis, or memory.
 /// `scaled`: the engine's clock is not real time, so Redis counts by the callers' clock.
-pub fn store(proxy: &ProxyDef, scaled: bool) -> Result<Box<dyn QuotaStore>, ProxyError> {
-    let Some(spec) = &proxy.store else { return Ok(Box::new(crate::engine::MemoryStore::new())) };
+pub fn store(proxy: &ProxyDef, scaled: bool) -> Result<AnyStore, ProxyError> {
+    let Some(spec) = &proxy.store else { return Ok(AnyStore::Memory(Default::default())) };
     let bad = |e: crate::engine::StoreError| ProxyError::Config(format!("store: {e}"));
     let config = RedisConfig::parse(spec).map_err(bad)?;
     redis_store(config, &proxy.store_prefix, scaled).map_err(|e| ProxyError::Start(format!("store: {e}")))
@@ -147,12 +147,12 @@ pub fn store(proxy: &ProxyDef, scaled: bool) -> Result<Box<dyn QuotaStore>, Prox
 
 /// A Redis store shared by engines whose keys start with `prefix`. On a scaled clock
 /// (`scaled`) it counts by the callers' (shared) clock; at real speed, by the server's.
-pub fn redis_store(mut config: RedisConfig, prefix: &str, scaled: bool) -> Result<Box<dyn QuotaStore>, StoreError> {
+pub fn redis_store(mut config: RedisConfig, prefix: &str, scaled: bool) -> Result<AnyStore, StoreError> {
     config.prefix = prefix.to_owned();
     if scaled {
         config.time = RedisTime::Caller;
     }
-    Ok(Box::new(RedisStore::new(config)?))
+    Ok(AnyStore::Redis(Box::new(RedisStore::new(config)?)))
 }
 
 /// What a reload changed.

@@ -20,8 +20,8 @@ use super::reply::{error_with, hide, passes, passthrough};
 use super::{Body, State};
 use crate::engine::estimate::media::media_tokens;
 use crate::engine::{
-    failure, parse_quota_error, AcquireError, DenyReason, Exhaustion, Outcome, Prompt, QueuePolicy, Reason, Request,
-    TryAcquireError,
+    failure, parse_quota_error, AcquireError, Decision, DenyReason, Exhaustion, Outcome, Prompt, QueuePolicy, Reason,
+    Request,
 };
 
 /// The largest request body the proxy reads (Gemini's own limit, 20 MB).
@@ -281,7 +281,7 @@ async fn admitted(state: &Arc<State>, call: &Call, model: &str, stream: bool, v:
         state.metrics.queue_wait.get_or_create(&labels).observe(arrival.elapsed().as_secs_f64());
         let mut permit = match acquired {
             Ok(p) => p,
-            Err(AcquireError(reason)) => return denial(state, surface, model, reason, &request),
+            Err(AcquireError(reason)) => return denial(state, surface, model, reason, &request).await,
         };
         if !permit.queued() {
             state.metrics.decision.observe(started.elapsed().as_secs_f64());
@@ -448,7 +448,13 @@ async fn free(state: &Arc<State>, call: &Call) -> hyper::Response<Body> {
 /// The engine did not admit the request: Gemini's own 429 with a `retryDelay` from the
 /// engine's `retry_at` (and `Retry-After` on the OpenAI surface), 503 when the store cannot
 /// answer, 400 for a request no project could ever take.
-fn denial(state: &State, surface: Surface, model: &str, reason: Reason, req: &Request<'_>) -> hyper::Response<Body> {
+async fn denial(
+    state: &State,
+    surface: Surface,
+    model: &str,
+    reason: Reason,
+    req: &Request<'_>,
+) -> hyper::Response<Body> {
     let labels = ReasonLabels { model: model.to_owned(), reason: reason.name() };
     state.metrics.denials.get_or_create(&labels).inc();
     count(state, surface, "denied");
@@ -465,10 +471,13 @@ fn denial(state: &State, surface: Surface, model: &str, reason: Reason, req: &Re
         Reason::Denied(d) => d,
     };
     let now = state.engine.clock().now();
-    let retry_at = match state.engine.try_acquire(req) {
-        Err(TryAcquireError::Denied(den)) => den.retry_at,
-        // Freed just now: the client may come back at once (the permit returns unsent).
-        Ok(_) => Some(now),
+    let retry_at = match state.engine.admit_async(req, now).await {
+        Ok(Decision::Denied(den)) => den.retry_at,
+        // Freed just now: the client may come back at once (what it took returns unsent).
+        Ok(Decision::Admitted(t)) => {
+            let _ = state.engine.settle_async(&t, Outcome::NotSent, now).await;
+            Some(now)
+        }
         Err(_) => None,
     };
     let secs = retry_at.map_or(60, |t| t.since(now).div_ceil(1000).max(1));

@@ -48,13 +48,13 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::sync::watch;
 
 use crate::engine::warn::Warner;
-use crate::engine::{Engine, QuotaStore, ScaledClock};
+use crate::engine::{AnyStore, Engine, ScaledClock};
 use crate::notify::{LogLine, Sink};
 pub use config::{Loaded, ProxyError};
 use metrics::Metrics;
 
 /// The proxy's engine: its store is chosen at start (memory or Redis).
-pub type ProxyEngine = Engine<Box<dyn QuotaStore>>;
+pub type ProxyEngine = Engine<AnyStore>;
 
 /// A response body: whole or streamed.
 pub type Body = BoxBody<Bytes, std::io::Error>;
@@ -262,6 +262,18 @@ pub async fn serve(
     if left > 0 {
         tracing::warn!(target: "keysim::proxy", connections = left, "drain time over; closing what is left");
     }
+    // Settlements still under way in the background (a store round trip each) get what is
+    // left of the drain, and a second at least.
+    let settling = until.saturating_duration_since(tokio::time::Instant::now()).max(Duration::from_secs(1));
+    let unsettled = state.engine.drain_settlements(settling).await;
+    if unsettled > 0 || state.engine.settlements_failed() > 0 {
+        tracing::warn!(
+            target: "keysim::proxy",
+            unsettled,
+            failed = state.engine.settlements_failed(),
+            "settlements the store did not take: their reservations expire with their windows"
+        );
+    }
     warnings.abort();
     Ok(())
 }
@@ -285,8 +297,9 @@ async fn warn_loop(state: Arc<State>, mut stop: watch::Receiver<bool>) {
             () = tokio::time::sleep(every) => {}
             _ = stop.changed() => break,
         }
-        let now = state.engine.clock().now();
-        for n in warner.evaluate(&state.engine, now) {
+        let usages = admin::Usages::read(&state.engine).await;
+        let now = usages.now;
+        for n in warner.evaluate_with(&state.engine, now, &|b| usages.get(b)) {
             state.metrics.notified(&n);
             if let Some(l) = log.as_mut() {
                 let _ = l.send(&n, now);

@@ -18,7 +18,7 @@ use prometheus_client::registry::Registry;
 
 use crate::engine::warn::Notification;
 use crate::engine::Engine;
-use crate::engine::{Dimension, QuotaStore, Timestamp};
+use crate::engine::{Buckets, Dimension};
 
 /// Labels of one model.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -264,16 +264,18 @@ impl Metrics {
         }
     }
 
-    /// Refreshes the pool gauges from `engine` at `now`, then renders the text format.
-    pub fn scrape<S: QuotaStore>(&self, engine: &Engine<S>, now: Timestamp) -> String {
-        self.refresh(engine, now);
+    /// Refreshes the pool gauges from `engine` and its buckets' counters `usages`, then
+    /// renders the text format.
+    pub(crate) fn scrape<S: Buckets>(&self, engine: &Engine<S>, usages: &crate::admin::Usages) -> String {
+        self.refresh(engine, usages);
         let mut out = String::new();
         // Writing into a String cannot fail.
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
         out
     }
 
-    fn refresh<S: QuotaStore>(&self, engine: &Engine<S>, now: Timestamp) {
+    fn refresh<S: Buckets>(&self, engine: &Engine<S>, usages: &crate::admin::Usages) {
+        let now = usages.now;
         let pool = engine.pool();
         let dims = |d: Dimension| d.name().to_owned();
         self.usage.clear();
@@ -283,13 +285,10 @@ impl Metrics {
             for g in pool.groups(m) {
                 let project = &pool.projects()[g.project];
                 let limits = project.limits.get(m).copied().flatten().unwrap_or(model.limits);
-                let usage = match engine.usage(g.bucket, now) {
-                    Ok(u) => Some(u),
-                    Err(_) => {
-                        self.store_errors.inc();
-                        None
-                    }
-                };
+                let usage = usages.get(g.bucket);
+                if usage.is_none() {
+                    self.store_errors.inc();
+                }
                 for d in Dimension::ALL {
                     let labels =
                         BucketLabels { project: project.id.clone(), model: model.name.clone(), dimension: dims(d) };
@@ -308,7 +307,7 @@ impl Metrics {
                     }
                 }
             }
-            let cap = engine.capacity(m, now);
+            let cap = engine.capacity_with(m, now, &|b| usages.get(b));
             for d in Dimension::ALL {
                 if cap.limit(d) == 0 && d == Dimension::Tpd {
                     continue;

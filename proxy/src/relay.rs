@@ -14,7 +14,7 @@ use super::metrics::ResultLabel;
 use super::reply::{error, passes, passthrough, Surface};
 use super::tap::{usage_in, UsageTap};
 use super::{Body, State};
-use crate::engine::{Outcome, OwnedPermit, QuotaStore, StoreError};
+use crate::engine::{AnyStore, Outcome, OwnedPermit, StoreError};
 
 /// How long a stream waits for a client that has stopped reading (its socket still open)
 /// before giving up on it, as if it had hung up.
@@ -22,7 +22,7 @@ const STALLED_CLIENT: Duration = Duration::from_secs(60);
 
 /// A permit sent upstream: the engine's owned permit, which settles as failed (keeping its
 /// estimate counted) if dropped unsettled — a client gone, a task cancelled.
-pub(super) type Held = OwnedPermit<Box<dyn QuotaStore>>;
+pub(super) type Held = OwnedPermit<AnyStore>;
 
 /// Counts a settlement the store could not record (the reservation stays counted).
 pub(super) fn settled(state: &State, r: Result<(), StoreError>) {

@@ -24,8 +24,7 @@ use hdrhistogram::Histogram;
 use tokio::sync::mpsc;
 
 use crate::engine::{
-    AcquireError, Engine, MemoryStore, Prompt, QueuePolicy, QuotaStore, RedisConfig, Request, ScaledClock, StoreError,
-    Timestamp,
+    AcquireError, AnyStore, Engine, Prompt, QueuePolicy, RedisConfig, Request, ScaledClock, StoreError, Timestamp,
 };
 use crate::report::{stopwatch, Aggregate, RequestRecord, Terminal};
 use crate::scenario::Scenario;
@@ -105,7 +104,7 @@ impl Default for LoadOptions {
 }
 
 /// The engine of a load run: its store is chosen at run time.
-pub type LoadEngine = Engine<Box<dyn QuotaStore>>;
+pub type LoadEngine = Engine<AnyStore>;
 
 /// A finished load run.
 pub struct LoadResult {
@@ -336,8 +335,8 @@ impl Shared {
 
 /// One replica's store, as `opts` asks. On a scaled clock the store counts by the callers'
 /// (shared) clock; at real speed, by the Redis server's.
-fn store(opts: &LoadOptions) -> Result<Box<dyn QuotaStore>, LoadError> {
-    let Some(spec) = &opts.store else { return Ok(Box::new(MemoryStore::new())) };
+fn store(opts: &LoadOptions) -> Result<AnyStore, LoadError> {
+    let Some(spec) = &opts.store else { return Ok(AnyStore::Memory(Default::default())) };
     let bad = |e: StoreError| LoadError::Bad(format!("--store: {e}"));
     let config = RedisConfig::parse(spec).map_err(bad)?;
     redis_store(config, &opts.store_prefix, opts.time_scale != 1.0).map_err(bad)
@@ -423,7 +422,13 @@ pub fn run_load(sc: &Scenario, opts: &LoadOptions) -> Result<LoadResult, LoadErr
         token: opts.token.clone(),
         no_engine: opts.no_engine,
     });
-    let (mut agg, figures) = rt.block_on(schedule(shared.clone(), opts.progress, false))?;
+    let (mut agg, mut figures) = rt.block_on(schedule(shared.clone(), opts.progress, false))?;
+    // Settlements the store had not taken yet, in the background: taken before the counts;
+    // those it refused count as settlement errors.
+    for e in &shared.engines {
+        rt.block_on(e.drain_settlements(Duration::from_secs(5)));
+        figures.settle_errors += e.settlements_failed();
+    }
     let baseline = if opts.baseline {
         let base = Arc::new(Shared {
             sc: sc.clone(),

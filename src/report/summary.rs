@@ -7,7 +7,7 @@ use hdrhistogram::Histogram;
 use serde::Serialize;
 
 use super::{redact, Aggregate, Counts};
-use crate::engine::{Dimension, Engine, QuotaStore, Setting, Timestamp};
+use crate::engine::{Buckets, Dimension, Engine, Setting, Timestamp};
 use crate::scenario::{Expectation, Metric, Scenario};
 
 /// Percentiles of real-clock engine time, in nanoseconds.
@@ -456,7 +456,7 @@ fn millis(h: &Histogram<u64>) -> Millis {
 
 impl Summary {
     /// Builds the summary of a finished run.
-    pub fn new<S: QuotaStore>(sc: &Scenario, mode: RunMode, agg: &Aggregate, engine: &Engine<S>) -> Self {
+    pub fn new<S: Buckets>(sc: &Scenario, mode: RunMode, agg: &Aggregate, engine: &Engine<S>) -> Self {
         let c = &agg.counts;
         let servable = agg.servable.unwrap_or(c.total);
         let end = Timestamp(sc.start.0 + sc.duration_ms);
@@ -474,7 +474,8 @@ impl Summary {
             .collect();
         let capacity = (0..models.len())
             .map(|m| {
-                let cap = engine.capacity(m, end);
+                // The pool's totals only: what the run left unused is in the timeline.
+                let cap = engine.capacity_with(m, end, &|_| None);
                 CapacityRow {
                     model: models[m].name.clone(),
                     projects: cap.projects,
@@ -634,7 +635,7 @@ impl Summary {
     }
 }
 
-fn engine_keys<S: QuotaStore>(engine: &Engine<S>, agg: &Aggregate) -> Vec<KeyRow> {
+fn engine_keys<S: Buckets>(engine: &Engine<S>, agg: &Aggregate) -> Vec<KeyRow> {
     let pool = engine.pool();
     let (models, projects) = (pool.models(), pool.projects());
     let mut rows = Vec::new();

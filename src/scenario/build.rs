@@ -7,7 +7,7 @@ use mock_server::{Judge, JudgeConfig, ModelQuota, ProjectQuota};
 
 use super::{EstimatorKind, Scenario, Tier};
 use crate::engine::pool_file::build;
-use crate::engine::{Clock, ConfigError, Engine, Estimator, ManualClock, MemoryStore, PoolSpec, QuotaStore};
+use crate::engine::{Buckets, Clock, ConfigError, Engine, Estimator, ManualClock, MemoryStore, PoolSpec};
 
 /// The pool a scenario starts with.
 pub fn pool_spec(sc: &Scenario) -> PoolSpec {
@@ -20,7 +20,7 @@ pub fn engine(sc: &Scenario, clock: Arc<dyn Clock>) -> Result<Engine, ConfigErro
 }
 
 /// The engine a scenario describes, over `store`, on `clock`.
-pub fn engine_on<S: QuotaStore>(sc: &Scenario, clock: Arc<dyn Clock>, store: S) -> Result<Engine<S>, ConfigError> {
+pub fn engine_on<S: Buckets>(sc: &Scenario, clock: Arc<dyn Clock>, store: S) -> Result<Engine<S>, ConfigError> {
     build::engine_on(&sc.models, &sc.projects, &sc.engine, clock, store)
 }
 

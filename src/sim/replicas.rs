@@ -15,8 +15,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use crate::engine::{
-    BucketId, BucketKey, Ceilings, Cost, Dimension, Grant, MemoryStore, QuotaStore, Reservation, Shortfall, StoreError,
-    Timestamp, Usage,
+    BucketId, BucketKey, Buckets, Ceilings, Cost, Dimension, Grant, MemoryStore, QuotaStore, Reservation, Shortfall,
+    StoreError, Timestamp, Usage,
 };
 use rand::SeedableRng;
 
@@ -262,7 +262,7 @@ fn sooner(mut s: Shortfall, next: Option<u64>, bounded: &Ceilings, ceilings: &Ce
     s
 }
 
-impl QuotaStore for SimStore {
+impl Buckets for SimStore {
     fn bucket(&self, key: &BucketKey) -> Result<BucketId, StoreError> {
         match self {
             Self::Alone(s) => s.bucket(key),
@@ -270,7 +270,9 @@ impl QuotaStore for SimStore {
             Self::Replica { own, .. } => own.bucket(key),
         }
     }
+}
 
+impl QuotaStore for SimStore {
     fn reserve(
         &self,
         bucket: BucketId,

@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use super::model::{EngineDef, EstimatorKind, ModelDef, ProjectDef};
 use crate::estimate::{Cached, Calibrated, PerModel, Tiktoken};
-use crate::{Chars4, Clock, ConfigError, Engine, Estimator, KeySpec, ModelSpec, PoolSpec, ProjectSpec, QuotaStore};
+use crate::{Buckets, Chars4, Clock, ConfigError, Engine, Estimator, KeySpec, ModelSpec, PoolSpec, ProjectSpec};
 
 /// The pool of `models` and `projects`.
 pub fn pool_spec(models: &[ModelDef], projects: &[ProjectDef]) -> PoolSpec {
@@ -22,7 +22,7 @@ pub fn pool_spec(models: &[ModelDef], projects: &[ProjectDef]) -> PoolSpec {
 }
 
 /// The engine of `models`, `projects` and `def`, over `store`, on `clock`.
-pub fn engine_on<S: QuotaStore>(
+pub fn engine_on<S: Buckets>(
     models: &[ModelDef],
     projects: &[ProjectDef],
     def: &EngineDef,

@@ -19,27 +19,31 @@
 //!   never share a loaded function. A later layout gets new names, and a script that finds a bucket written by
 //!   another layout refuses with an error rather than misread it: a rolling deploy cannot
 //!   corrupt counters.
-//! - **Connections** are pooled (one per concurrent caller, idle ones kept); a failed one is
-//!   dropped, and reconnecting backs off exponentially with jitter (failing fast meanwhile).
-//!   Every call has a deadline: connect, write and read each time out after it (a first call
-//!   that loads the library, or a Cluster redirect, makes a second round trip, bounded alike).
+//! - **Connections**: one multiplexed connection (a server's, or a Cluster's) carries every
+//!   caller's calls, so calls from concurrent tasks go out together (pipelined) and no
+//!   caller waits for a connection. A connection that fails is dropped, and reconnecting
+//!   backs off exponentially with jitter (failing fast meanwhile). Every call has a
+//!   deadline: connect, write and read each time out after it (a first call that loads the
+//!   library, or a Cluster redirect, makes a second round trip, bounded alike).
 //! - **Fail closed**: every failure is a [`StoreError`], and the engine denies admission with
 //!   reason `store-unavailable`. Nothing falls back to per-process counting unless a
 //!   [`Degraded`](crate::Degraded) store is configured explicitly.
 //!
-//! Calls block the calling thread for one round trip (about 0.1 ms on a local network); in an
-//! async service that is the cost of an uncontended lock held across a system call.
+//! It is an [`AsyncStore`]: every call is awaited, and no thread blocks on a round trip. A
+//! caller without an async runtime wraps it in [`Blocking`](crate::Blocking).
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-use redis::{ConnectionLike, RedisError};
+use redis::RedisError;
 
 use super::limits::{Ceilings, Dimension};
 use super::slots::Slots;
-use super::store::{BucketId, BucketKey, Cost, Grant, QuotaStore, Reservation, Shortfall, StoreError, Usage};
+use super::store::{
+    AsyncStore, BucketId, BucketKey, Buckets, Cost, Grant, Reservation, Shortfall, StoreCall, StoreError, Usage,
+};
 use super::time::Timestamp;
 
 /// The Lua text both the function library and `EVAL` run.
@@ -159,20 +163,31 @@ enum Invoke {
     Eval = 2,
 }
 
+/// One multiplexed connection, shared by every caller: a server's, or a Cluster's
+/// (following its slots).
+#[derive(Clone)]
 enum Conn {
-    Single(redis::Connection),
-    Cluster(Box<redis::cluster::ClusterConnection>),
+    Single(redis::aio::MultiplexedConnection),
+    Cluster(redis::cluster_async::ClusterConnection),
 }
 
 impl Conn {
-    fn link(&mut self) -> &mut dyn ConnectionLike {
+    async fn send(&mut self, cmd: &redis::Cmd) -> Result<redis::Value, RedisError> {
         match self {
-            Self::Single(c) => c,
-            Self::Cluster(c) => c.as_mut(),
+            Self::Single(c) => cmd.query_async(c).await,
+            Self::Cluster(c) => cmd.query_async(c).await,
+        }
+    }
+
+    async fn pipeline(&mut self, pipe: &redis::Pipeline) -> Result<Vec<redis::Value>, RedisError> {
+        match self {
+            Self::Single(c) => pipe.query_async(c).await,
+            Self::Cluster(c) => pipe.query_async(c).await,
         }
     }
 }
 
+#[allow(clippy::large_enum_variant, reason = "one per store, never moved")]
 enum Target {
     Single(redis::Client),
     Cluster(redis::cluster::ClusterClient),
@@ -194,7 +209,10 @@ struct Names {
 pub struct RedisStore {
     config: RedisConfig,
     target: Target,
-    idle: Mutex<Vec<Conn>>,
+    /// The connection in use; none until the first call, and again after it failed.
+    conn: Mutex<Option<Conn>>,
+    /// Held while connecting, so that callers arriving meanwhile wait for that connection.
+    connecting: tokio::sync::Mutex<()>,
     backoff: Mutex<Backoff>,
     invoke: AtomicU8,
     /// `keysim_v2_<hash of the code>`: the library's and the function's name, so that every
@@ -231,7 +249,8 @@ fn redact_url(url: &str) -> String {
 
 impl RedisStore {
     /// A store for `config`. Nothing is connected yet: the first call connects (and loads the
-    /// function library), so a store can be built while Redis is still starting.
+    /// function library), so a store can be built while Redis is still starting, and outside
+    /// the async runtime its calls will run on.
     pub fn new(config: RedisConfig) -> Result<Self, StoreError> {
         let target = if config.cluster {
             let client = redis::cluster::ClusterClient::builder(config.urls.clone())
@@ -258,7 +277,8 @@ impl RedisStore {
         Ok(Self {
             config,
             target,
-            idle: Mutex::new(Vec::new()),
+            conn: Mutex::new(None),
+            connecting: tokio::sync::Mutex::new(()),
             backoff: Mutex::new(Backoff { next: None, delay: Duration::ZERO }),
             invoke: AtomicU8::new(Invoke::Unknown as u8),
             function,
@@ -299,10 +319,11 @@ impl RedisStore {
 
     /// The first midnight in Pacific time after `now`, as the script computes it (for tests
     /// that compare it with the engine's own calendar).
-    pub fn pacific_midnight(&self, now: Timestamp) -> Result<Timestamp, StoreError> {
+    pub async fn pacific_midnight(&self, now: Timestamp) -> Result<Timestamp, StoreError> {
         let base = format!("{}:{LAYOUT}:{{probe}}", self.config.prefix);
         let names = Names { window: format!("{base}:w"), counters: format!("{base}:m") };
-        let v: i64 = self.call_names(&names, "midnight", now, &[])?;
+        let v = self.call_names(&names, "midnight", now, &[]).await?;
+        let v: i64 = redis::from_redis_value(v).map_err(|e| StoreError::Protocol(e.to_string()))?;
         Ok(Timestamp(v as u64))
     }
 
@@ -321,54 +342,70 @@ impl RedisStore {
         }
     }
 
-    /// A pooled connection, or a new one unless reconnecting is backing off.
-    fn take(&self) -> Result<Conn, StoreError> {
-        if let Some(c) = lock(&self.idle).pop() {
-            return Ok(c);
+    /// The shared connection, connecting first if there is none (unless reconnecting backs
+    /// off: then the call fails at once).
+    async fn conn(&self) -> Result<Conn, StoreError> {
+        if let Some(c) = lock(&self.conn).as_ref() {
+            return Ok(c.clone());
         }
-        {
-            let b = lock(&self.backoff);
-            if let Some(next) = b.next {
-                let now = Instant::now();
-                if now < next {
-                    return Err(StoreError::Unavailable(format!(
-                        "reconnecting to Redis in {} ms",
-                        (next - now).as_millis()
-                    )));
-                }
+        let fail_fast = || -> Result<(), StoreError> {
+            match lock(&self.backoff).next {
+                Some(next) if Instant::now() < next => Err(StoreError::Unavailable(format!(
+                    "reconnecting to Redis in {} ms",
+                    (next - Instant::now()).as_millis()
+                ))),
+                _ => Ok(()),
             }
-        }
-        let opened = match &self.target {
-            Target::Single(client) => client.get_connection_with_timeout(self.config.deadline).and_then(|c| {
-                c.set_read_timeout(Some(self.config.deadline))?;
-                c.set_write_timeout(Some(self.config.deadline))?;
-                Ok(Conn::Single(c))
-            }),
-            Target::Cluster(client) => client.get_connection().map(|c| Conn::Cluster(Box::new(c))),
         };
-        let mut b = lock(&self.backoff);
+        fail_fast()?;
+        let _connecting = self.connecting.lock().await;
+        // Another caller may have connected, or failed, meanwhile.
+        if let Some(c) = lock(&self.conn).as_ref() {
+            return Ok(c.clone());
+        }
+        fail_fast()?;
+        let deadline = self.config.deadline;
+        let opening = async {
+            match &self.target {
+                Target::Single(client) => {
+                    let config = redis::AsyncConnectionConfig::new()
+                        .set_connection_timeout(Some(deadline))
+                        .set_response_timeout(Some(deadline));
+                    client.get_multiplexed_async_connection_with_config(&config).await.map(Conn::Single)
+                }
+                Target::Cluster(client) => client.get_async_connection().await.map(Conn::Cluster),
+            }
+        };
+        let opened = match tokio::time::timeout(deadline * 2, opening).await {
+            Ok(c) => c,
+            Err(_) => Err(RedisError::from(std::io::Error::from(std::io::ErrorKind::TimedOut))),
+        };
         match opened {
             Ok(c) => {
                 self.connects.fetch_add(1, Ordering::Relaxed);
-                *b = Backoff { next: None, delay: Duration::ZERO };
+                *lock(&self.backoff) = Backoff { next: None, delay: Duration::ZERO };
+                *lock(&self.conn) = Some(c.clone());
                 Ok(c)
             }
             Err(e) => {
-                // Exponential from 25 ms to half a second (a refused connection costs nothing,
-                // and every moment of waiting fails admissions closed), with up to half again
-                // of jitter so that replicas do not reconnect in step.
+                // Exponential from 25 ms to half a second (a refused connection costs
+                // nothing, and every moment of waiting fails admissions closed), with up to
+                // half again of jitter so that replicas do not reconnect in step.
+                let mut b = lock(&self.backoff);
                 let delay = (b.delay * 2).clamp(Duration::from_millis(25), Duration::from_millis(500));
                 let jitter = delay.mul_f64(jitter_fraction() * 0.5);
                 *b = Backoff { next: Some(Instant::now() + delay + jitter), delay };
+                drop(b);
                 Err(self.failure(&e))
             }
         }
     }
 
-    fn give_back(&self, c: Conn) {
-        let mut idle = lock(&self.idle);
-        if idle.len() < self.config.max_idle {
-            idle.push(c);
+    /// A call failed below the protocol (the connection broke, or the server did not answer
+    /// in time): the connection is not used again; the next call makes a new one.
+    fn broken(&self, e: &RedisError) {
+        if e.is_io_error() || e.is_timeout() || e.is_connection_dropped() || e.is_connection_refusal() {
+            lock(&self.conn).take();
         }
     }
 
@@ -385,43 +422,56 @@ impl RedisStore {
     }
 
     /// One call of the script on `bucket`: operation `op` at `now` with `args`.
-    fn call(&self, bucket: BucketId, op: &str, now: Timestamp, args: &[u64]) -> Result<redis::Value, StoreError> {
+    async fn call(&self, bucket: BucketId, op: &str, now: Timestamp, args: &[u64]) -> Result<redis::Value, StoreError> {
         let names = self.names[bucket.0 as usize].get().expect("buckets are named before use");
-        self.call_names(names, op, now, args)
+        self.call_names(names, op, now, args).await
     }
 
-    fn call_names<T: redis::FromRedisValue>(
+    async fn call_names(
         &self,
         names: &Names,
         op: &str,
         now: Timestamp,
         args: &[u64],
-    ) -> Result<T, StoreError> {
-        let mut conn = self.take()?;
-        let result = self.run(&mut conn, names, op, now, args);
-        match result {
-            Ok(v) => {
-                self.give_back(conn);
-                redis::from_redis_value(v).map_err(|e| {
-                    self.errors.fetch_add(1, Ordering::Relaxed);
-                    StoreError::Protocol(e.to_string())
-                })
-            }
-            // A connection that failed is not reused, nor are the idle ones (the server may
-            // have restarted: each would fail one call); one that got an error reply is.
-            Err(e) => {
-                if e.is_io_error() || e.is_timeout() || e.is_connection_dropped() {
-                    lock(&self.idle).clear();
-                } else {
-                    self.give_back(conn);
-                }
+    ) -> Result<redis::Value, StoreError> {
+        let mut conn = self.conn().await?;
+        // Every call has the deadline, whatever the connection's own timeouts do.
+        match tokio::time::timeout(self.config.deadline * 3, self.run(&mut conn, names, op, now, args)).await {
+            Ok(Ok(v)) => Ok(v),
+            Ok(Err(e)) => {
+                self.broken(&e);
                 Err(self.failure(&e))
+            }
+            Err(_) => {
+                lock(&self.conn).take();
+                self.errors.fetch_add(1, Ordering::Relaxed);
+                Err(StoreError::TimedOut(self.config.deadline))
             }
         }
     }
 
+    /// The script's command for `op` on `names`, invoked as `how`.
+    fn command(&self, how: &str, names: &Names, op: &str, now: Timestamp, args: &[u64]) -> redis::Cmd {
+        let mut cmd = redis::cmd(how);
+        match how {
+            "FCALL" => cmd.arg(&self.function),
+            "EVALSHA" => cmd.arg(self.script.get_hash()),
+            _ => cmd.arg(&self.eval_code),
+        };
+        cmd.arg(2).arg(&names.window).arg(&names.counters).arg(op).arg(self.time_arg(now));
+        for a in args {
+            // u64::MAX marks an unlimited ceiling.
+            if *a == u64::MAX {
+                cmd.arg(-1i64);
+            } else {
+                cmd.arg(*a);
+            }
+        }
+        cmd
+    }
+
     /// Sends the call the way this deployment takes it, learning that way on first use.
-    fn run(
+    async fn run(
         &self,
         conn: &mut Conn,
         names: &Names,
@@ -429,33 +479,20 @@ impl RedisStore {
         now: Timestamp,
         args: &[u64],
     ) -> Result<redis::Value, RedisError> {
-        let time = self.time_arg(now);
-        let fill = |cmd: &mut redis::Cmd| {
-            cmd.arg(2).arg(&names.window).arg(&names.counters).arg(op).arg(&time);
-            for a in args {
-                // u64::MAX marks an unlimited ceiling.
-                if *a == u64::MAX {
-                    cmd.arg(-1i64);
-                } else {
-                    cmd.arg(*a);
-                }
-            }
-        };
         if self.invoke() != Invoke::Eval {
-            let mut fcall = redis::cmd("FCALL");
-            fcall.arg(&self.function);
-            fill(&mut fcall);
+            let fcall = self.command("FCALL", names, op, now, args);
             self.round_trips.fetch_add(1, Ordering::Relaxed);
-            match send(conn, &fcall) {
+            match conn.send(&fcall).await {
                 Err(e) if is_missing_function(&e) => {
                     // First use, or a server that lost its functions: load, then call again.
                     self.round_trips.fetch_add(1, Ordering::Relaxed);
-                    let loaded = send(conn, redis::cmd("FUNCTION").arg("LOAD").arg("REPLACE").arg(&self.library));
-                    match loaded {
+                    let mut load = redis::cmd("FUNCTION");
+                    load.arg("LOAD").arg("REPLACE").arg(&self.library);
+                    match conn.send(&load).await {
                         Ok(_) => {
                             self.invoke.store(Invoke::Function as u8, Ordering::Relaxed);
                             self.round_trips.fetch_add(1, Ordering::Relaxed);
-                            return send(conn, &fcall);
+                            return conn.send(&fcall).await;
                         }
                         Err(e) if refuses_functions(&e) => self.invoke.store(Invoke::Eval as u8, Ordering::Relaxed),
                         Err(e) => return Err(e),
@@ -470,20 +507,48 @@ impl RedisStore {
                 }
             }
         }
-        let mut evalsha = redis::cmd("EVALSHA");
-        evalsha.arg(self.script.get_hash());
-        fill(&mut evalsha);
+        let evalsha = self.command("EVALSHA", names, op, now, args);
         self.round_trips.fetch_add(1, Ordering::Relaxed);
-        match send(conn, &evalsha) {
+        match conn.send(&evalsha).await {
             Err(e) if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) => {
-                let mut eval = redis::cmd("EVAL");
-                eval.arg(&self.eval_code);
-                fill(&mut eval);
                 self.round_trips.fetch_add(1, Ordering::Relaxed);
-                send(conn, &eval)
+                conn.send(&self.command("EVAL", names, op, now, args)).await
             }
             other => other,
         }
+    }
+
+    /// The counters of every bucket of `buckets`: one pipelined round trip on a server, the
+    /// calls at once on a Cluster (whose buckets live on several nodes).
+    async fn usages(&self, buckets: &[BucketId], now: Timestamp) -> Result<Vec<Result<Usage, StoreError>>, StoreError> {
+        let mut conn = self.conn().await?;
+        if matches!(conn, Conn::Single(_)) && self.invoke() == Invoke::Function {
+            let mut pipe = redis::pipe();
+            for b in buckets {
+                let names = self.names[b.0 as usize].get().expect("buckets are named before use");
+                pipe.add_command(self.command("FCALL", names, "usage", now, &[]));
+            }
+            self.round_trips.fetch_add(1, Ordering::Relaxed);
+            match tokio::time::timeout(self.config.deadline * 3, conn.pipeline(&pipe)).await {
+                Ok(Ok(values)) => {
+                    return Ok(values.into_iter().map(|v| self.ints(v).and_then(|v| Self::usage_at(&v, 0))).collect())
+                }
+                Ok(Err(e)) => {
+                    self.broken(&e);
+                    return Err(self.failure(&e));
+                }
+                Err(_) => {
+                    lock(&self.conn).take();
+                    return Err(StoreError::TimedOut(self.config.deadline));
+                }
+            }
+        }
+        let mut out = Vec::with_capacity(buckets.len());
+        for &b in buckets {
+            let v = self.call(b, "usage", now, &[]).await;
+            out.push(v.and_then(|v| Self::usage_at(&self.ints(v)?, 0)));
+        }
+        Ok(out)
     }
 
     /// Decodes the script's usage array (7 integers) starting at `at`.
@@ -505,7 +570,7 @@ impl RedisStore {
         redis::from_redis_value(v).map_err(|e| StoreError::Protocol(e.to_string()))
     }
 
-    fn admission(
+    async fn admission(
         &self,
         op: &str,
         bucket: BucketId,
@@ -517,7 +582,7 @@ impl RedisStore {
         // largest it can count exactly (conservative against any finite ceiling).
         let c = ceilings.0.map(|x| if x >= EXACT { u64::MAX } else { x });
         let (tokens, requests) = (cost.tokens, cost.requests.clamp(1, MAX_BATCH));
-        let v = self.ints(self.call(bucket, op, now, &[exact(tokens), c[0], c[1], c[2], c[3], requests])?)?;
+        let v = self.ints(self.call(bucket, op, now, &[exact(tokens), c[0], c[1], c[2], c[3], requests]).await?)?;
         let usage = Self::usage_at(&v, 4)?;
         if v[0] == 1 {
             let (seq, at, day_ends) = (v[1] as u64, Timestamp(v[2] as u64), Timestamp(v[3] as u64));
@@ -536,11 +601,6 @@ impl RedisStore {
 /// A count the script can hold exactly.
 fn exact(x: u64) -> u64 {
     x.min(EXACT - 1)
-}
-
-/// Sends one command; an error reply is an error, not a value.
-fn send(conn: &mut Conn, cmd: &redis::Cmd) -> Result<redis::Value, RedisError> {
-    conn.link().req_command(cmd)?.extract_error()
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -585,7 +645,7 @@ fn escape(s: &str) -> String {
     out
 }
 
-impl QuotaStore for RedisStore {
+impl Buckets for RedisStore {
     fn bucket(&self, key: &BucketKey) -> Result<BucketId, StoreError> {
         let mut ids = lock(&self.ids);
         if let Some(id) = ids.get(key) {
@@ -598,59 +658,86 @@ impl QuotaStore for RedisStore {
         ids.insert(key.clone(), id);
         Ok(id)
     }
+}
 
-    fn reserve(
+impl AsyncStore for RedisStore {
+    fn reserve_async(
         &self,
         bucket: BucketId,
         cost: Cost,
         ceilings: &Ceilings,
         now: Timestamp,
-    ) -> Result<Result<Grant, Shortfall>, StoreError> {
-        Ok(self
-            .admission("reserve", bucket, cost, ceilings, now)?
-            .map(|(reservation, usage)| Grant { reservation, usage }))
+    ) -> StoreCall<'_, Result<Grant, Shortfall>> {
+        let ceilings = *ceilings;
+        StoreCall::Pending(Box::pin(async move {
+            Ok(self
+                .admission("reserve", bucket, cost, &ceilings, now)
+                .await?
+                .map(|(reservation, usage)| Grant { reservation, usage }))
+        }))
     }
 
-    fn check(
-        &self,
-        bucket: BucketId,
-        cost: Cost,
-        ceilings: &Ceilings,
-        now: Timestamp,
-    ) -> Result<Result<Usage, Shortfall>, StoreError> {
-        Ok(self.admission("check", bucket, cost, ceilings, now)?.map(|(_, usage)| usage))
+    fn reconcile_async(&self, bucket: BucketId, r: &Reservation, actual: u64, now: Timestamp) -> StoreCall<'_, Usage> {
+        let r = *r;
+        StoreCall::Pending(Box::pin(async move {
+            let args = [r.seq, exact(r.tokens), r.day_ends.0, exact(actual)];
+            let v = self.ints(self.call(bucket, "reconcile", now, &args).await?)?;
+            Self::usage_at(&v, 0)
+        }))
     }
 
-    fn reconcile(&self, bucket: BucketId, r: &Reservation, actual: u64, now: Timestamp) -> Result<Usage, StoreError> {
-        let v =
-            self.ints(self.call(bucket, "reconcile", now, &[r.seq, exact(r.tokens), r.day_ends.0, exact(actual)])?)?;
-        Self::usage_at(&v, 0)
+    fn refund_async(&self, bucket: BucketId, r: &Reservation, now: Timestamp) -> StoreCall<'_, Usage> {
+        let r = *r;
+        StoreCall::Pending(Box::pin(async move {
+            let requests = r.requests.clamp(1, MAX_BATCH);
+            let args = [r.seq, exact(r.tokens), r.day_ends.0, requests];
+            let v = self.ints(self.call(bucket, "refund", now, &args).await?)?;
+            Self::usage_at(&v, 0)
+        }))
     }
 
-    fn refund(&self, bucket: BucketId, r: &Reservation, now: Timestamp) -> Result<Usage, StoreError> {
-        let requests = r.requests.clamp(1, MAX_BATCH);
-        let v = self.ints(self.call(bucket, "refund", now, &[r.seq, exact(r.tokens), r.day_ends.0, requests])?)?;
-        Self::usage_at(&v, 0)
-    }
-
-    fn record(&self, bucket: BucketId, tokens: u64, now: Timestamp) -> Result<Usage, StoreError> {
-        let v = self.ints(self.call(bucket, "record", now, &[exact(tokens)])?)?;
-        Self::usage_at(&v, 0)
-    }
-
-    fn cool_down(
+    fn cool_down_async(
         &self,
         bucket: BucketId,
         dimension: Dimension,
         until: Timestamp,
         now: Timestamp,
-    ) -> Result<(), StoreError> {
-        self.call(bucket, "cool", now, &[dimension.index() as u64 + 1, until.0]).map(drop)
+    ) -> StoreCall<'_, ()> {
+        StoreCall::Pending(Box::pin(async move {
+            self.call(bucket, "cool", now, &[dimension.index() as u64 + 1, until.0]).await.map(drop)
+        }))
     }
 
-    fn usage(&self, bucket: BucketId, now: Timestamp) -> Result<Usage, StoreError> {
-        let v = self.ints(self.call(bucket, "usage", now, &[])?)?;
-        Self::usage_at(&v, 0)
+    fn usage_async(&self, bucket: BucketId, now: Timestamp) -> StoreCall<'_, Usage> {
+        StoreCall::Pending(Box::pin(async move {
+            let v = self.ints(self.call(bucket, "usage", now, &[]).await?)?;
+            Self::usage_at(&v, 0)
+        }))
+    }
+
+    fn usages_async(&self, buckets: &[BucketId], now: Timestamp) -> StoreCall<'_, Vec<Result<Usage, StoreError>>> {
+        let buckets = buckets.to_vec();
+        StoreCall::Pending(Box::pin(async move { self.usages(&buckets, now).await }))
+    }
+
+    fn check_async(
+        &self,
+        bucket: BucketId,
+        cost: Cost,
+        ceilings: &Ceilings,
+        now: Timestamp,
+    ) -> StoreCall<'_, Result<Usage, Shortfall>> {
+        let ceilings = *ceilings;
+        StoreCall::Pending(Box::pin(async move {
+            Ok(self.admission("check", bucket, cost, &ceilings, now).await?.map(|(_, usage)| usage))
+        }))
+    }
+
+    fn record_async(&self, bucket: BucketId, tokens: u64, now: Timestamp) -> StoreCall<'_, Usage> {
+        StoreCall::Pending(Box::pin(async move {
+            let v = self.ints(self.call(bucket, "record", now, &[exact(tokens)]).await?)?;
+            Self::usage_at(&v, 0)
+        }))
     }
 }
 

@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use super::*;
 use crate::conformance::redis::{address, prefix, server};
+use crate::store::QuotaStore;
 use crate::{Chars4, Decision, Engine, EngineConfig, KeySpec, Limits, ModelSpec, Outcome, PoolSpec, ProjectSpec};
 use crate::{DenyReason, Prompt, Request, MINUTE_MS};
 
@@ -21,7 +22,14 @@ fn pool(projects: usize, rpm: u64) -> PoolSpec {
     }
 }
 
-fn engine(store: RedisStore, projects: usize, rpm: u64) -> Engine<RedisStore> {
+/// A store that blocks: these tests drive the engine's synchronous API.
+type Store = crate::Blocking<RedisStore>;
+
+fn blocking(store: RedisStore) -> Store {
+    crate::Blocking::new(store).expect("a runtime")
+}
+
+fn engine(store: Store, projects: usize, rpm: u64) -> Engine<Store> {
     Engine::new(EngineConfig::default(), pool(projects, rpm), store, Box::new(Chars4)).expect("valid pool")
 }
 
@@ -76,7 +84,7 @@ impl Drop for OwnServer {
     }
 }
 
-fn admit(e: &Engine<RedisStore>, now: Timestamp) -> Decision {
+fn admit(e: &Engine<Store>, now: Timestamp) -> Decision {
     e.admit(&Request::new(0, Prompt::Chars(400)), now).unwrap()
 }
 
@@ -91,22 +99,22 @@ fn an_admission_and_a_settlement_are_one_round_trip_each() {
             e.settle(&t, Outcome::NotSent, T0).unwrap();
         }
     }
-    let before = e.store().stats().round_trips;
+    let before = e.store().inner().stats().round_trips;
     for i in 0..100 {
         let now = T0.plus(i);
         let Decision::Admitted(t) = admit(&e, now) else { panic!("room for all") };
         e.settle(&t, Outcome::Success { input_tokens: 90, output_tokens: 10 }, now).unwrap();
     }
     // Views are fresh from every answer: no reads besides the calls themselves.
-    assert_eq!(e.store().stats().round_trips - before, 200);
-    assert_eq!(e.store().uses_functions(), Some(true));
+    assert_eq!(e.store().inner().stats().round_trips - before, 200);
+    assert_eq!(e.store().inner().uses_functions(), Some(true));
 }
 
 #[test]
 fn the_server_clock_counts_not_the_callers() {
     let Some(url) = address("KEYSIM_REDIS_URL") else { return };
     let config = RedisConfig { prefix: prefix("server_clock"), ..RedisConfig::new(url) };
-    let s = RedisStore::new(config).unwrap();
+    let s = blocking(RedisStore::new(config).unwrap());
     let b = s.bucket(&BucketKey { owner: "p".into(), model: "m".into() }).unwrap();
     let c = Ceilings([10, 1000, 1000, u64::MAX]);
     // The caller claims a time a year ago; the server's clock wins.
@@ -123,7 +131,7 @@ fn a_bucket_written_by_another_layout_is_refused_not_misread() {
     let b = store.bucket(&BucketKey { owner: "p".into(), model: "m".into() }).unwrap();
     let c = Ceilings([10, 1000, 1000, u64::MAX]);
     store.reserve(b, Cost::one(1), &c, T0).unwrap().unwrap();
-    let counters = store.names[b.0 as usize].get().unwrap().counters.clone();
+    let counters = store.inner().names[b.0 as usize].get().unwrap().counters.clone();
     let _: () = redis::cmd("HSET").arg(&counters).arg("v").arg("1").query(&mut raw(&url)).unwrap();
     match store.reserve(b, Cost::one(1), &c, T0) {
         Err(StoreError::Protocol(m)) => assert!(m.contains("layout v1"), "{m}"),
@@ -136,11 +144,12 @@ fn a_bucket_written_by_another_layout_is_refused_not_misread() {
 #[test]
 fn keys_expire_when_nothing_in_them_matters() {
     let Some(url) = address("KEYSIM_REDIS_URL") else { return };
-    let store = RedisStore::new(RedisConfig { prefix: prefix("expiry"), ..RedisConfig::new(url.clone()) }).unwrap();
+    let store =
+        blocking(RedisStore::new(RedisConfig { prefix: prefix("expiry"), ..RedisConfig::new(url.clone()) }).unwrap());
     let b = store.bucket(&BucketKey { owner: "p".into(), model: "m".into() }).unwrap();
     let c = Ceilings([10, 1000, 1000, u64::MAX]);
     let g = store.reserve(b, Cost::one(5), &c, T0).unwrap().unwrap();
-    let names = store.names[b.0 as usize].get().unwrap();
+    let names = store.inner().names[b.0 as usize].get().unwrap();
     let mut conn = raw(&url);
     let ttl = |conn: &mut redis::Connection, key: &str| -> i64 { redis::cmd("PTTL").arg(key).query(conn).unwrap() };
     let to_midnight = (g.reservation.day_ends.0 - g.reservation.at.0) as i64;
@@ -153,7 +162,7 @@ fn keys_expire_when_nothing_in_them_matters() {
     assert!(ttl(&mut conn, &names.window) > 0, "the window still expires after a reconcile");
     // A window emptied (and so deleted) and made again still expires.
     let b2 = store.bucket(&BucketKey { owner: "q".into(), model: "m".into() }).unwrap();
-    let window2 = store.names[b2.0 as usize].get().unwrap().window.clone();
+    let window2 = store.inner().names[b2.0 as usize].get().unwrap().window.clone();
     let h = store.reserve(b2, Cost::one(1), &c, T0).unwrap().unwrap();
     store.refund(b2, &h.reservation, T0).unwrap();
     assert_eq!(ttl(&mut conn, &window2), -2, "an empty window is no key");
@@ -172,7 +181,7 @@ fn keys_on_a_caller_clock_do_not_expire() {
     let url = address("KEYSIM_REDIS_URL").unwrap();
     let b = store.bucket(&BucketKey { owner: "p".into(), model: "m".into() }).unwrap();
     store.reserve(b, Cost::one(1), &Ceilings([10, 1000, 1000, u64::MAX]), T0).unwrap().unwrap();
-    let names = store.names[b.0 as usize].get().unwrap();
+    let names = store.inner().names[b.0 as usize].get().unwrap();
     let t: i64 = redis::cmd("PTTL").arg(&names.counters).query(&mut raw(&url)).unwrap();
     assert_eq!(t, -1);
 }
@@ -188,7 +197,7 @@ fn a_leftover_window_is_not_counted_against_fresh_counters() {
     for i in 0..3 {
         store.reserve(b, Cost::one(10), &c, T0.plus(i)).unwrap().unwrap();
     }
-    let names = store.names[b.0 as usize].get().unwrap();
+    let names = store.inner().names[b.0 as usize].get().unwrap();
     let _: () = redis::cmd("DEL").arg(&names.counters).query(&mut raw(&url)).unwrap();
     for i in 0..3 {
         store.reserve(b, Cost::one(10), &c, T0.plus(10 + i)).unwrap().unwrap();
@@ -200,17 +209,17 @@ fn a_leftover_window_is_not_counted_against_fresh_counters() {
 #[test]
 fn functions_refused_fall_back_to_eval() {
     let Some(store) = server("eval") else { return };
-    store.force_eval();
+    store.inner().force_eval();
     let e = engine(store, 2, 10);
     assert!(matches!(admit(&e, T0), Decision::Admitted(_)));
-    assert_eq!(e.store().uses_functions(), Some(false));
+    assert_eq!(e.store().inner().uses_functions(), Some(false));
 }
 
 #[test]
 fn an_unreachable_store_fails_closed_and_says_so() {
     // A port nothing listens on.
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let store = RedisStore::new(RedisConfig::new(format!("redis://:secret-pw@127.0.0.1:{port}"))).unwrap();
+    let store = blocking(RedisStore::new(RedisConfig::new(format!("redis://:secret-pw@127.0.0.1:{port}"))).unwrap());
     assert!(!format!("{store:?}").contains("secret-pw"), "the password is never shown");
     let e = engine(store, 2, 10);
     match admit(&e, T0) {
@@ -218,13 +227,13 @@ fn an_unreachable_store_fails_closed_and_says_so() {
         d => panic!("expected a denial, got {d:?}"),
     }
     // Reconnecting backs off: the next calls fail fast without connecting again.
-    let connects_tried = e.store().stats().errors;
+    let connects_tried = e.store().inner().stats().errors;
     let started = Instant::now();
     for _ in 0..100 {
         assert!(matches!(admit(&e, T0), Decision::Denied(_)));
     }
     assert!(started.elapsed() < Duration::from_millis(500));
-    assert!(e.store().stats().errors >= connects_tried);
+    assert!(e.store().inner().stats().errors >= connects_tried);
 }
 
 #[test]
@@ -232,7 +241,7 @@ fn a_slow_server_hits_the_deadline_and_admission_fails_closed() {
     let Some(own) = OwnServer::start() else { return };
     let config =
         RedisConfig { prefix: prefix("slow"), deadline: Duration::from_millis(50), ..RedisConfig::new(own.url()) };
-    let e = engine(RedisStore::new(config).unwrap(), 2, 10);
+    let e = engine(blocking(RedisStore::new(config).unwrap()), 2, 10);
     assert!(matches!(admit(&e, T0), Decision::Admitted(_)), "a healthy server admits");
     let url = own.url();
     let sleeper = std::thread::spawn(move || {
@@ -257,7 +266,7 @@ fn service_resumes_when_the_server_returns() {
     let bin = address("KEYSIM_REDIS_SERVER").unwrap();
     let config =
         RedisConfig { prefix: prefix("outage"), deadline: Duration::from_millis(200), ..RedisConfig::new(own.url()) };
-    let e = engine(RedisStore::new(config).unwrap(), 1, 1000);
+    let e = engine(blocking(RedisStore::new(config).unwrap()), 1, 1000);
     let mut admitted = 0;
     for _ in 0..5 {
         if let Decision::Admitted(t) = admit(&e, T0) {
@@ -300,7 +309,7 @@ fn many_buckets_on_a_cluster_never_cross_slots() {
         }
     }
     assert_eq!(admitted, 250, "50 projects × RPM 5");
-    assert_eq!(e.store().stats().errors, 0);
+    assert_eq!(e.store().inner().stats().errors, 0);
 }
 
 /// Four replicas, RPM 40, each having admitted its 10 when the store stops mid-minute.
@@ -319,11 +328,12 @@ fn degraded_mode_over_admits_at_most_one_more_limit() {
         ..RedisConfig::new(own.url())
     };
     let (strict_config, degraded_config) = (config("strict"), config("degraded"));
-    let strict: Vec<Engine<RedisStore>> =
-        (0..replicas).map(|_| engine(RedisStore::new(strict_config.clone()).unwrap(), 1, limit)).collect();
-    let degraded: Vec<Engine<crate::Degraded<RedisStore>>> = (0..replicas)
+    let strict: Vec<Engine<Store>> =
+        (0..replicas).map(|_| engine(blocking(RedisStore::new(strict_config.clone()).unwrap()), 1, limit)).collect();
+    let degraded: Vec<Engine<crate::Degraded<Store>>> = (0..replicas)
         .map(|_| {
-            let store = crate::Degraded::new(RedisStore::new(degraded_config.clone()).unwrap(), replicas as u64);
+            let store =
+                crate::Degraded::new(blocking(RedisStore::new(degraded_config.clone()).unwrap()), replicas as u64);
             Engine::new(EngineConfig::default(), pool(1, limit), store, Box::new(Chars4)).unwrap()
         })
         .collect();

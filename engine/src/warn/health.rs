@@ -22,7 +22,7 @@ use std::collections::{BTreeMap, VecDeque};
 
 use super::pipeline::{Labels, Pipeline};
 use crate::health::HealthEvent;
-use crate::{Engine, QuotaStore, Timestamp};
+use crate::{Engine, Timestamp};
 
 /// Thresholds of the health alerts.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -74,7 +74,7 @@ fn labels(pairs: &[(&str, &str)]) -> Labels {
 
 impl HealthAlerts {
     /// Evaluates `engine`'s health at `now` and hands what changed to `pipeline`.
-    pub(crate) fn evaluate<S: QuotaStore>(
+    pub(crate) fn evaluate<S: crate::Buckets>(
         &mut self,
         engine: &Engine<S>,
         config: &HealthAlertConfig,

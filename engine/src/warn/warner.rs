@@ -23,7 +23,7 @@ use super::monitor::{Monitor, Subject};
 use super::pipeline::{AlertOut, Inhibit, Labels, Notification, Pipeline, Route};
 use super::risk::{Risk, RiskConfig};
 use super::rule::{Rule, Transition};
-use crate::{Ceilings, Engine, QuotaStore, Timestamp, Usage};
+use crate::{BucketId, Buckets, Ceilings, Engine, QuotaStore, Timestamp, Usage};
 
 /// Which warning engine runs.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -160,7 +160,19 @@ impl Warner {
 
     /// Evaluates every bucket and pool of `engine` at `now`; returns the notifications due.
     pub fn evaluate<S: QuotaStore>(&mut self, engine: &Engine<S>, now: Timestamp) -> Vec<Notification> {
-        let out = self.evaluate_rules(engine, now);
+        self.evaluate_with(engine, now, &|b| engine.usage(b, now).ok())
+    }
+
+    /// [`Warner::evaluate`] with each bucket's counters from `usage` (read ahead, for a store
+    /// that answers asynchronously: [`Engine::usages_async`]); a bucket it has no counters for
+    /// is watched as full, as admission sees it.
+    pub fn evaluate_with<S: Buckets>(
+        &mut self,
+        engine: &Engine<S>,
+        now: Timestamp,
+        usage: &dyn Fn(BucketId) -> Option<Usage>,
+    ) -> Vec<Notification> {
+        let out = self.evaluate_rules(engine, now, usage);
         for a in out.iter().flat_map(|n| &n.alerts) {
             match a.ends_at {
                 None => {
@@ -179,7 +191,12 @@ impl Warner {
         out
     }
 
-    fn evaluate_rules<S: QuotaStore>(&mut self, engine: &Engine<S>, now: Timestamp) -> Vec<Notification> {
+    fn evaluate_rules<S: Buckets>(
+        &mut self,
+        engine: &Engine<S>,
+        now: Timestamp,
+        read: &dyn Fn(BucketId) -> Option<Usage>,
+    ) -> Vec<Notification> {
         let mut changes = Vec::new();
         let engine_pool = engine.pool();
         let ep = &*engine_pool;
@@ -199,8 +216,7 @@ impl Warner {
                     cooling_until: None,
                 }
             };
-            let usage: Vec<Usage> =
-                groups.iter().map(|g| engine.usage(g.bucket, now).unwrap_or_else(|_| full(g))).collect();
+            let usage: Vec<Usage> = groups.iter().map(|g| read(g.bucket).unwrap_or_else(|| full(g))).collect();
             if self.config.mode == WarnMode::Naive {
                 for (g, u) in groups.iter().zip(&usage) {
                     let project = ep.projects()[g.project].id.as_str();
