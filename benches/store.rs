@@ -9,7 +9,9 @@
 //! cargo bench --bench store -- redis+cluster://127.0.0.1:7000,127.0.0.1:7001
 //! ```
 //! Each caller loops for `SECONDS`: `acquire_owned` (no wait), then the permit settles from
-//! an answer's usage — at once in memory, in the background on Redis, as in the proxy.
+//! an answer's usage — at once in memory, in the background on Redis, as in the proxy. Callers
+//! loop as fast as they can (the store's capacity; latency is then mostly queueing), and, on
+//! Redis, 64 callers paced to 15,000 admissions a second in all (latency at that load).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -31,18 +33,32 @@ fn pool() -> PoolSpec {
     }
 }
 
-/// (admissions per second, p50 µs, p99 µs) with `callers` tasks.
-fn measure(rt: &tokio::runtime::Runtime, engine: Arc<Engine<AnyStore>>, callers: usize) -> (f64, f64, f64) {
+/// (admissions per second, p50 µs, p99 µs) with `callers` tasks, each as fast as it can or,
+/// with `rate`, all of them together at `rate` admissions a second.
+fn measure(
+    rt: &tokio::runtime::Runtime,
+    engine: Arc<Engine<AnyStore>>,
+    callers: usize,
+    rate: Option<f64>,
+) -> (f64, f64, f64) {
     let all = rt.block_on(async {
+        let start = tokio::time::Instant::now();
         let until = Instant::now() + Duration::from_secs(SECONDS);
         let tasks: Vec<_> = (0..callers)
-            .map(|_| {
+            .map(|c| {
                 let e = Arc::clone(&engine);
                 tokio::spawn(async move {
                     let mut h = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("bounds");
                     let req = Request::new(0, Prompt::Chars(400));
                     let usage = UsageMetadata { prompt: 95, cached: 0, candidates: 5, thoughts: 0 };
+                    // Paced callers start spread over one interval.
+                    let every = rate.map(|r| Duration::from_secs_f64(callers as f64 / r));
+                    let mut next = start + every.map_or(Duration::ZERO, |e| e.mul_f64(c as f64 / callers as f64));
                     while Instant::now() < until {
+                        if let Some(every) = every {
+                            tokio::time::sleep_until(next).await;
+                            next += every;
+                        }
                         let started = Instant::now();
                         let permit = e.acquire_owned(&req, Duration::ZERO).await;
                         h.saturating_record((started.elapsed().as_nanos() as u64).max(1));
@@ -76,21 +92,24 @@ fn main() {
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
     println!("{:<28} {:>8} {:>14} {:>10} {:>10}", "store", "callers", "admissions/s", "p50 µs", "p99 µs");
     for callers in [1, 16, 64] {
-        let (rate, p50, p99) = measure(&rt, engine(AnyStore::Memory(Default::default())), callers);
+        let (rate, p50, p99) = measure(&rt, engine(AnyStore::Memory(Default::default())), callers, None);
         println!("{:<28} {callers:>8} {rate:>14.0} {p50:>10.2} {p99:>10.2}", "memory");
     }
     let Some(url) = url else { return };
-    for callers in [1, 16, 64] {
+    for (callers, paced) in [(1, None), (16, None), (64, None), (64, Some(15_000.0))] {
         let mut config = RedisConfig::parse(&url).expect("a redis:// or redis+cluster:// address");
-        config.prefix = format!("keysim-bench:{}:{callers}", std::process::id());
+        config.prefix = format!("keysim-bench:{}:{callers}:{paced:?}", std::process::id());
         config.deadline = Duration::from_secs(1);
         let e = engine(AnyStore::Redis(Box::new(RedisStore::new(config).expect("a valid address"))));
-        let (rate, p50, p99) = measure(&rt, Arc::clone(&e), callers);
+        let (rate, p50, p99) = measure(&rt, Arc::clone(&e), callers, paced);
         let stats = e.store().redis().expect("a Redis store").stats();
         let admissions = rate * SECONDS as f64;
+        let name = match paced {
+            Some(r) => format!("{} at {r:.0}/s", keysim::load::redact_target(&url)),
+            None => keysim::load::redact_target(&url),
+        };
         println!(
-            "{:<28} {callers:>8} {rate:>14.0} {p50:>10.2} {p99:>10.2}   round trips per admission {:.3} (settlement included), errors {}",
-            keysim::load::redact_target(&url),
+            "{name:<28} {callers:>8} {rate:>14.0} {p50:>10.2} {p99:>10.2}   round trips per admission {:.3} (settlement included), errors {}",
             stats.round_trips as f64 / admissions,
             stats.errors
         );

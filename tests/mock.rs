@@ -340,3 +340,24 @@ fn the_embedding_example_runs_against_the_fake() {
     // Twelve requests of two projects' 20 a minute: eight left.
     assert!(stdout.contains("8 of 20 requests left this minute"), "{stdout}");
 }
+
+/// The fake serves a pool: a file with `[[models]]` and `[[projects]]` but no `[[traffic]]`
+/// (which only the lab's runs use) is enough for `keysim mock`.
+#[test]
+fn the_fake_serves_a_pool_without_traffic() {
+    let dir = crate::common::temp_dir("pool-only");
+    let pool = dir.join("pool.toml");
+    std::fs::write(
+        &pool,
+        "[scenario]\nname = \"pool-only\"\nduration = \"1m\"\n\n[[models]]\nname = \"gemini-2.5-flash\"\nrpm = 2\n\
+         tpm = 250000\nrpd = 250\n\n[[projects]]\nid = \"proj-a\"\nkeys = [\"fake-gemini-key\"]\n",
+    )
+    .unwrap();
+    let m = start_with("sustained", pool.to_str().unwrap(), &[]);
+    let statuses: Vec<u16> = (0..3).map(|_| raw(&m.base, &generate("fake-gemini-key")).unwrap().0).collect();
+    assert_eq!(statuses, [200, 200, 429], "its pool's RPM 2 holds");
+    // The lab's commands still want traffic to run.
+    let o = crate::common::keysim().args(["validate"]).arg(&pool).output().unwrap();
+    assert_eq!(o.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("missing `[[traffic]]`"));
+}

@@ -776,3 +776,72 @@ async fn futures_join<T: Send + 'static>(fs: Vec<impl std::future::Future<Output
     }
     out
 }
+
+/// A body that is JSON but not an object cannot be counted: refused, like other bad bodies,
+/// with the rule it breaks; nothing reaches the fake.
+#[test]
+fn a_quota_request_whose_body_is_not_an_object_is_refused() {
+    let fake = start_with("sustained", FAKE, &[]);
+    let proxy = start_proxy(&root().join(CONFIG), &fake.base, &[]);
+    let c = client();
+    runtime().block_on(async {
+        for (body, found) in
+            [("[]", "a JSON array"), ("\"x\"", "a JSON string"), ("null", "JSON null"), ("{x", "not JSON")]
+        {
+            for path in ["/v1beta/models/gemini-2.5-flash:generateContent", "/v1beta/openai/chat/completions"] {
+                let (status, text) = exchange(post(&c, &proxy.base, path, Some(TOKEN), body)).await;
+                assert_eq!(status, 400, "{path} {body}: {text}");
+                assert!(text.contains("must have a JSON object as its body") && text.contains(found), "{text}");
+            }
+        }
+        let u = fake_usage(&c, &fake.base).await;
+        assert!(u["projects"].as_array().unwrap().iter().all(|p| p["models"]
+            .as_object()
+            .unwrap()
+            .values()
+            .all(|m| m["minute_requests"] == 0)));
+    });
+}
+
+/// An engine configuration error in a proxy config (a zero limit) is bad input found while
+/// reading the file: exit 2, at its line and column.
+#[test]
+fn a_zero_limit_in_a_proxy_config_is_refused_at_its_place() {
+    let path = root().join("tests/bad-proxy/zero-limit.toml");
+    let o = keysim().args(["proxy", "--config"]).arg(&path).output().unwrap();
+    assert_eq!(o.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("zero-limit.toml:9:7") && err.contains("`tpm` in [[models]] #1 is 0"), "{err}");
+    let text = std::fs::read_to_string(&path).unwrap();
+    let d = keysim::proxy::file::parse(&text, "tests/bad-proxy/zero-limit.toml", None).unwrap_err();
+    insta::assert_snapshot!("proxy-zero-limit", d.to_string());
+}
+
+/// An OpenAI stream whose client did not ask for usage: the proxy asks upstream
+/// (`stream_options.include_usage`), settles from the provider's usage, and keeps the usage
+/// chunk from the client; a client that asked gets it.
+#[test]
+fn an_openai_stream_settles_from_usage_the_client_did_not_ask_for() {
+    let fake = start_with("sustained", FAKE, &[]);
+    let proxy = start_proxy(&root().join(CONFIG), &fake.base, &[]);
+    let c = client();
+    runtime().block_on(async {
+        let path = "/v1beta/openai/chat/completions";
+        let plain = r#"{"model":"gemini-2.5-flash","stream":true,"messages":[{"role":"user","content":"stream to me"}]}"#;
+        let (status, text) = exchange(post(&c, &proxy.base, path, Some(TOKEN), plain)).await;
+        assert_eq!(status, 200, "{text}");
+        assert!(text.contains("[DONE]") && text.contains("chat.completion.chunk"), "{text}");
+        assert!(!text.contains("\"prompt_tokens\""), "no usage chunk for a client that did not ask: {text}");
+        let asked = r#"{"model":"gemini-2.5-flash","stream":true,"stream_options":{"include_usage":true},"messages":[{"role":"user","content":"and to me"}]}"#;
+        let (status, text) = exchange(post(&c, &proxy.base, path, Some(TOKEN), asked)).await;
+        assert_eq!(status, 200, "{text}");
+        assert!(text.contains("\"prompt_tokens\""), "a client that asked gets the usage chunk: {text}");
+        assert!(
+            scrapes_until(&c, &proxy.base, 100, |m| metric(m, "keysim_streams_settled_total", &[("result", "usage")])
+                == Some(2.0))
+            .await,
+            "both streams settled from the provider's usage"
+        );
+        usage_matches(&c, &proxy.base, &fake.base).await;
+    });
+}

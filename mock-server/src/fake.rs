@@ -631,16 +631,22 @@ impl Fake {
             usage["prompt_tokens_details"] = json!({"cached_tokens": cached});
         }
         if request["stream"].as_bool() == Some(true) {
-            let chunk = |delta: Value, finish: Value, usage: Value| {
+            let chunk = |choices: Value, usage: Value| {
                 json!({"id": id, "object": "chat.completion.chunk", "created": created, "model": model,
-                       "choices": [{"index": 0, "delta": delta, "finish_reason": finish}], "usage": usage})
+                       "choices": choices, "usage": usage})
                 .to_string()
             };
-            let events = vec![
-                chunk(json!({"role": "assistant", "content": text}), Value::Null, Value::Null),
-                chunk(json!({}), json!(finish), usage),
-                "[DONE]".to_owned(),
+            let choice = |delta: Value, finish: Value| json!([{"index": 0, "delta": delta, "finish_reason": finish}]);
+            let mut events = vec![
+                chunk(choice(json!({"role": "assistant", "content": text}), Value::Null), Value::Null),
+                chunk(choice(json!({}), json!(finish)), Value::Null),
             ];
+            // As OpenAI's API: usage only when asked (`stream_options.include_usage`), in a last
+            // chunk of its own with no choices.
+            if request["stream_options"]["include_usage"].as_bool() == Some(true) {
+                events.push(chunk(json!([]), usage));
+            }
+            events.push("[DONE]".to_owned());
             return Answer { status: 200, payload: Payload::Events(events), delay_ms: delay, drop: false };
         }
         let (message, finish) = shape::openai_message(&request, text, finish, self.seed ^ n);

@@ -112,16 +112,39 @@ async fn client(state: &Arc<State>, req: hyper::Request<Incoming>) -> hyper::Res
         count(state, surface, "rejected");
         return error(surface, 404, "NOT_FOUND", &format!("{path} is not an endpoint this proxy serves"));
     };
-    let call = Call { surface, parts, body };
+    // An OpenAI stream is settled from the usage chunk the provider sends only when asked:
+    // asked for upstream, and kept from a client that did not ask for it.
+    let hide_usage = surface == Surface::OpenAi
+        && matches!(op, Op::Admitted { stream: true, .. })
+        && json.as_ref().is_some_and(|v| v.is_object() && v["stream_options"]["include_usage"].as_bool() != Some(true));
+    let body = match (&json, hide_usage) {
+        (Some(v), true) => {
+            let mut v = v.clone();
+            v["stream_options"]["include_usage"] = Value::Bool(true);
+            Bytes::from(serde_json::to_vec(&v).unwrap_or_default())
+        }
+        _ => body,
+    };
+    let call = Call { surface, parts, body, hide_usage };
     match op {
         Op::Free => free(state, &call).await,
         Op::Admitted { model, stream } => match json {
+            Some(v @ Value::Object(_)) => admitted(state, &call, &model, stream, &v).await,
             // Sent as it is, a body this proxy cannot read would go uncounted.
-            None => {
+            other => {
                 count(state, surface, "rejected");
-                error(surface, 400, "INVALID_ARGUMENT", "Invalid JSON payload received: the body is not a JSON object.")
+                let found = match other {
+                    None => "a body that is not JSON",
+                    Some(Value::Array(_)) => "a JSON array",
+                    Some(Value::String(_)) => "a JSON string",
+                    Some(Value::Null) => "JSON null",
+                    Some(_) => "a JSON number or boolean",
+                };
+                let msg = format!(
+                    "Invalid JSON payload received: a request that uses quota must have a JSON object as its body ({{...}}); found {found}."
+                );
+                error(surface, 400, "INVALID_ARGUMENT", &msg)
             }
-            Some(v) => admitted(state, &call, &model, stream, &v).await,
         },
     }
 }
@@ -138,7 +161,11 @@ fn plain_path(path: &str) -> bool {
 struct Call {
     surface: Surface,
     parts: hyper::http::request::Parts,
+    /// The body sent upstream.
     body: Bytes,
+    /// An OpenAI stream whose client did not ask for usage: the usage chunk asked for on its
+    /// behalf is not passed on.
+    hide_usage: bool,
 }
 
 /// What `method` on `path` asks for; `None` for endpoints the proxy does not serve.
@@ -317,7 +344,7 @@ async fn admitted(state: &Arc<State>, call: &Call, model: &str, stream: bool, v:
         let status = resp.status().as_u16();
         if status == 200 {
             count(state, surface, "succeeded");
-            let answer = Answer { surface, project: &project, stream, model: m };
+            let answer = Answer { surface, project: &project, stream, model: m, hide_usage: call.hide_usage };
             return relay(state, held, resp, answer).await;
         }
         let headers = resp.headers().clone();

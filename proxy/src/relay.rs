@@ -37,6 +37,8 @@ pub(super) struct Answer<'a> {
     pub(super) project: &'a str,
     pub(super) stream: bool,
     pub(super) model: usize,
+    /// Keep the usage chunk (asked for on the client's behalf) from the client.
+    pub(super) hide_usage: bool,
 }
 
 /// A successful answer: a whole one settled from its usage, a stream relayed piece by piece
@@ -50,7 +52,7 @@ pub(super) async fn relay(
     let status = resp.status().as_u16();
     let headers = resp.headers().clone();
     let mut out = if a.stream {
-        let mut out = hyper::Response::new(stream(state.clone(), held, resp, a.model));
+        let mut out = hyper::Response::new(stream(state.clone(), held, resp, a.model, a.hide_usage));
         *out.status_mut() = hyper::StatusCode::from_u16(status).unwrap_or(hyper::StatusCode::OK);
         for (k, v) in &headers {
             if passes(k) {
@@ -91,16 +93,24 @@ enum End {
 }
 
 /// Relays `resp` from a task of its own, reading its usage as it passes; settles when it ends.
-fn stream(state: Arc<State>, held: Held, mut resp: reqwest::Response, model: usize) -> Body {
+fn stream(state: Arc<State>, held: Held, mut resp: reqwest::Response, model: usize, hide_usage: bool) -> Body {
     let (tx, rx) = mpsc::channel::<Result<Bytes, std::io::Error>>(32);
     let cut = Arc::new(AtomicBool::new(false));
     let body = Channel { rx, cut: cut.clone() };
     tokio::spawn(async move {
         let mut tap = UsageTap::default();
+        let mut filter = hide_usage.then(UsageChunks::default);
         let end = loop {
             match resp.chunk().await {
                 Ok(Some(b)) => {
                     tap.feed(&b);
+                    let b = match filter.as_mut() {
+                        Some(f) => f.pass(&b),
+                        None => b,
+                    };
+                    if b.is_empty() {
+                        continue;
+                    }
                     match tokio::time::timeout(STALLED_CLIENT, tx.send(Ok(b))).await {
                         Ok(Ok(())) => {}
                         _ => break End::ClientGone,
@@ -133,6 +143,53 @@ fn stream(state: Arc<State>, held: Held, mut resp: reqwest::Response, model: usi
         );
     });
     body.boxed()
+}
+
+/// Keeps OpenAI's usage chunk (`"choices": []` with a `usage`) out of a stream: whole events
+/// pass as they complete, that one is dropped.
+#[derive(Default)]
+struct UsageChunks {
+    /// The event being received.
+    pending: Vec<u8>,
+}
+
+impl UsageChunks {
+    /// The complete events of what has arrived, but the usage chunk.
+    fn pass(&mut self, bytes: &[u8]) -> Bytes {
+        self.pending.extend_from_slice(bytes);
+        let mut out = Vec::with_capacity(self.pending.len());
+        let mut start = 0;
+        while let Some(end) = event_end(&self.pending[start..]) {
+            let event = &self.pending[start..start + end];
+            if !usage_only(event) {
+                out.extend_from_slice(event);
+            }
+            start += end;
+        }
+        self.pending.drain(..start);
+        Bytes::from(out)
+    }
+}
+
+/// Where the first server-sent event of `b` ends (past its blank line), if it is complete.
+fn event_end(b: &[u8]) -> Option<usize> {
+    (0..b.len()).find_map(|i| {
+        if b[i..].starts_with(b"\n\n") {
+            Some(i + 2)
+        } else if b[i..].starts_with(b"\r\n\r\n") {
+            Some(i + 4)
+        } else {
+            None
+        }
+    })
+}
+
+/// Whether `event` is OpenAI's usage chunk: no choices, a usage.
+fn usage_only(event: &[u8]) -> bool {
+    let text = String::from_utf8_lossy(event);
+    let data: String = text.lines().filter_map(|l| l.strip_prefix("data:")).map(str::trim).collect();
+    serde_json::from_str::<serde_json::Value>(&data)
+        .is_ok_and(|v| v["choices"].as_array().is_some_and(|c| c.is_empty()) && v["usage"].is_object())
 }
 
 /// A body fed piece by piece from a channel. An error, or the relay cutting the stream

@@ -73,7 +73,7 @@ pub fn fake_for(sc: &Scenario, extra: ExtraFaults) -> Fake {
 pub(super) fn mock(opts: MockOptions) -> Result<i32, CliError> {
     let sc = match &opts.scenario {
         Some(path) => {
-            super::run::load(&super::ScenarioArgs { scenario: path.clone(), overrides: opts.overrides.clone() })?
+            super::run::load_pool(&super::ScenarioArgs { scenario: path.clone(), overrides: opts.overrides.clone() })?
         }
         None => scenario::parse(DEFAULT_SCENARIO, "quickstart (built in)", None, &opts.overrides)
             .map_err(|d| CliError::BadInput(d.to_string()))?,

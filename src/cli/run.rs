@@ -76,10 +76,19 @@ pub(super) struct RunOptions {
 }
 
 pub(super) fn load(args: &ScenarioArgs) -> Result<Scenario, CliError> {
-    scenario::load(&args.scenario, &args.overrides).map_err(|e| match e {
+    scenario::load(&args.scenario, &args.overrides).map_err(bad_scenario)
+}
+
+/// A scenario for the fake alone: `[[traffic]]` optional.
+pub(super) fn load_pool(args: &ScenarioArgs) -> Result<Scenario, CliError> {
+    scenario::load_pool(&args.scenario, &args.overrides).map_err(bad_scenario)
+}
+
+fn bad_scenario(e: LoadError) -> CliError {
+    match e {
         LoadError::Invalid(d) => CliError::BadInput(d.to_string()),
         other => CliError::BadInput(other.to_string()),
-    })
+    }
 }
 
 pub(super) fn validate(args: &ScenarioArgs) -> Result<i32, CliError> {

@@ -20,7 +20,7 @@ use std::path::Path;
 
 pub use crate::engine::pool_file::{diag, units, Diagnostic, Diagnostics};
 pub use model::*;
-pub use parse::parse;
+pub use parse::{parse, parse_pool};
 
 /// Why a scenario could not be loaded.
 #[derive(Debug, thiserror::Error)]
@@ -41,6 +41,17 @@ pub enum LoadError {
 
 /// Reads and parses the scenario at `path`, applying `overrides` (`path=value`).
 pub fn load(path: &Path, overrides: &[String]) -> Result<Scenario, LoadError> {
+    load_with(path, overrides, parse)
+}
+
+/// Reads the scenario at `path` for the fake alone: `[[traffic]]` optional ([`parse_pool`]).
+pub fn load_pool(path: &Path, overrides: &[String]) -> Result<Scenario, LoadError> {
+    load_with(path, overrides, parse_pool)
+}
+
+type Parser = fn(&str, &str, Option<&Path>, &[String]) -> Result<Scenario, Diagnostics>;
+
+fn load_with(path: &Path, overrides: &[String], parse: Parser) -> Result<Scenario, LoadError> {
     let text =
         std::fs::read_to_string(path).map_err(|source| LoadError::Read { path: path.display().to_string(), source })?;
     let origin = path.display().to_string();

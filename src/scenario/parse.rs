@@ -21,10 +21,27 @@ const DEFAULT_START: &str = "2026-11-25T00:00:00-08:00";
 /// folder relative paths (trace files) are resolved against; `overrides` are `path=value`
 /// settings (`engine.admission=check-then-act`) applied on top of the file.
 pub fn parse(text: &str, origin: &str, base: Option<&Path>, overrides: &[String]) -> Result<Scenario, Diagnostics> {
-    parse_as(text, origin, base, overrides)
+    parse_as(text, origin, base, overrides, true)
 }
 
-fn parse_as(text: &str, origin: &str, base: Option<&Path>, overrides: &[String]) -> Result<Scenario, Diagnostics> {
+/// Parses a scenario file for the fake alone (`keysim mock`): its pool and provider, with
+/// `[[traffic]]` optional — the fake serves whoever calls it.
+pub fn parse_pool(
+    text: &str,
+    origin: &str,
+    base: Option<&Path>,
+    overrides: &[String],
+) -> Result<Scenario, Diagnostics> {
+    parse_as(text, origin, base, overrides, false)
+}
+
+fn parse_as(
+    text: &str,
+    origin: &str,
+    base: Option<&Path>,
+    overrides: &[String],
+    needs_traffic: bool,
+) -> Result<Scenario, Diagnostics> {
     let source = super::overrides::source(text, overrides);
     let fail = |items| Diagnostics { origin: origin.to_owned(), source: source.clone(), items };
     let mut root = pool_file::document(&source[..text.len()]).map_err(fail)?;
@@ -42,7 +59,7 @@ fn parse_as(text: &str, origin: &str, base: Option<&Path>, overrides: &[String])
     }
     let root = Spanned::new(0..source.len(), root);
     let table = Table::new(&root, "the scenario file");
-    let scenario = build(&mut ctx, &table, base);
+    let scenario = build(&mut ctx, &table, base, needs_traffic);
     ctx.finish(origin, &source)?;
     // Every `None` comes with a diagnostic, so `finish` has returned them.
     scenario.ok_or_else(|| fail(Vec::new()))
@@ -53,7 +70,7 @@ const ROOT_KEYS: &[&str] = &[
     "compare", "replicas",
 ];
 
-fn build(ctx: &mut Ctx, root: &Table<'_, '_>, base: Option<&Path>) -> Option<Scenario> {
+fn build(ctx: &mut Ctx, root: &Table<'_, '_>, base: Option<&Path>, needs_traffic: bool) -> Option<Scenario> {
     root.allow(ctx, ROOT_KEYS);
     let head = root.required(root.table(ctx, "scenario"), ctx, "scenario");
     let (name, seed, duration_ms, start, timeline_ms) = match &head {
@@ -65,7 +82,10 @@ fn build(ctx: &mut Ctx, root: &Table<'_, '_>, base: Option<&Path>) -> Option<Sce
     let truth = provider.as_ref().and_then(|p| p.tokenizer.clone());
     let pool_file::Sections { models, projects, engine, warnings } =
         pool_file::sections(ctx, root, seed.unwrap_or(0), base, truth.as_ref());
-    let traffic = traffic(ctx, root, &models, duration_ms.unwrap_or(u64::MAX), base, truth.as_ref());
+    let traffic = match needs_traffic || root.has("traffic") {
+        true => traffic(ctx, root, &models, duration_ms.unwrap_or(u64::MAX), base, truth.as_ref()),
+        false => Vec::new(),
+    };
     let (events, provider_events) = events(ctx, root, &projects, &models, duration_ms.unwrap_or(u64::MAX));
     let provider = provider.map(|mut p| {
         p.script.events = provider_events;

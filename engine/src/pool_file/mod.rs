@@ -64,6 +64,15 @@ pub fn sections(
         Some(t) => warnings::parse(ctx, &t, base),
         None => Some(None),
     };
+    // Whatever else the engine would refuse when a run starts is found now, at the pool's
+    // place: every check above is the engine's own, so this only catches what they miss.
+    if let (Some(def), true) = (&engine, ctx.diags.is_empty()) {
+        let built = crate::Engine::builder(build::pool_spec(&models, &projects)).config(def.config.clone()).build();
+        if let Err(e) = built {
+            let span = root.raw("projects").or_else(|| root.raw("models")).map_or(root.span.clone(), |v| v.span());
+            ctx.error(span, format!("the pool: {e}"));
+        }
+    }
     Sections { models, projects, engine, warnings }
 }
 

@@ -21,7 +21,19 @@ const LIMIT_KEYS: [&str; 4] = ["rpm", "tpm", "rpd", "tpd"];
 /// Reads `rpm`, `tpm`, `rpd`, `tpd` into `limits`; with `all`, the first three are required.
 fn read_limits(ctx: &mut Ctx, t: &Table<'_, '_>, limits: &mut Limits, all: bool) {
     for key in LIMIT_KEYS {
-        let v = t.uint(ctx, key).map(|(v, _)| v);
+        let v = t.uint(ctx, key).and_then(|(v, span)| {
+            // The engine refuses a zero limit (it would mean "never" on one dimension): said
+            // here, at its place, rather than when a run starts.
+            if v == 0 {
+                ctx.error_help(
+                    span,
+                    format!("`{key}` in {} is 0: a limit of zero would never admit a request", t.name),
+                    "give the real limit; to keep a model off a project, leave the model out of the pool",
+                );
+                return None;
+            }
+            Some(v)
+        });
         let v = if all && key != "tpd" { t.required(v, ctx, key) } else { v };
         if let Some(v) = v {
             match key {
