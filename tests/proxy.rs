@@ -845,3 +845,44 @@ fn an_openai_stream_settles_from_usage_the_client_did_not_ask_for() {
         usage_matches(&c, &proxy.base, &fake.base).await;
     });
 }
+
+/// Every answer carries a request id: the client's own `x-request-id`, or one the proxy made;
+/// bodies past 20 MB are refused in Gemini's shape; header and body timeouts are settings.
+#[test]
+fn request_ids_go_in_and_out_and_the_http_limits_hold() {
+    let fake = start_with("sustained", FAKE, &[]);
+    let config = config_with(|t| t.replace("[proxy]\n", "[proxy]\nbody_timeout = \"300ms\"\nmax_connections = 64\n"));
+    let proxy = start_proxy(&config, &fake.base, &[]);
+    let c = client();
+    runtime().block_on(async {
+        let path = "/v1beta/models/gemini-2.5-flash:generateContent";
+        let body = r#"{"contents":[{"parts":[{"text":"an id"}]}]}"#;
+        let (status, text) =
+            exchange(post(&c, &proxy.base, path, Some(TOKEN), body).header("x-request-id", "trace-me-42")).await;
+        assert_eq!(status, 200, "{text}");
+        assert!(text.contains("x-request-id: trace-me-42"), "{text}");
+        let (_, text) = exchange(post(&c, &proxy.base, path, Some(TOKEN), body)).await;
+        assert!(text.lines().any(|l| l.starts_with("x-request-id: ") && l.len() > 16), "{text}");
+    });
+    // A body said to be over 20 MB: 413 in Gemini's shape, without reading it.
+    let (status, text) = crate::mock::raw(
+        &proxy.base,
+        &format!(
+            "POST /v1beta/models/gemini-2.5-flash:generateContent HTTP/1.1\r\nHost: p\r\nx-goog-api-key: {TOKEN}\r\n\
+             content-type: application/json\r\ncontent-length: 22000000\r\nconnection: close\r\n\r\n{{\"contents\""
+        ),
+    )
+    .expect("an answer");
+    assert_eq!(status, 413, "{text}");
+    assert!(text.contains("\"INVALID_ARGUMENT\"") && text.contains("larger than 20 MB"), "{text}");
+    // A body that stops arriving: 408 after `body_timeout`.
+    let (status, text) = crate::mock::raw(
+        &proxy.base,
+        &format!(
+            "POST /v1beta/models/gemini-2.5-flash:generateContent HTTP/1.1\r\nHost: p\r\nx-goog-api-key: {TOKEN}\r\n\
+             content-type: application/json\r\ncontent-length: 100\r\nconnection: close\r\n\r\n{{\"contents\""
+        ),
+    )
+    .expect("an answer");
+    assert_eq!(status, 408, "{text}");
+}

@@ -7,18 +7,17 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use hyper::body::Incoming;
 use hyper::header::HeaderValue;
 use serde_json::{json, Value};
 
 use super::forward::token_matches;
 use super::reply::{error, Surface};
-use super::{Body, ProxyEngine, State};
+use super::{Body, ProxyEngine, RequestBody, State};
 use crate::engine::{redact, BucketId, Dimension, StoreError, Timestamp, Usage};
 
 fn answer(status: u16, content_type: &'static str, body: impl Into<Bytes>) -> hyper::Response<Body> {
     use http_body_util::BodyExt;
-    let body = http_body_util::Full::new(body.into()).map_err(|never| match never {}).boxed();
+    let body = http_body_util::Full::new(body.into()).map_err(|never| match never {}).boxed_unsync();
     let mut resp = hyper::Response::new(body);
     *resp.status_mut() = hyper::StatusCode::from_u16(status).unwrap_or(hyper::StatusCode::INTERNAL_SERVER_ERROR);
     resp.headers_mut().insert("content-type", HeaderValue::from_static(content_type));
@@ -106,7 +105,7 @@ fn readiness(state: &State, usages: &Usages) -> (bool, &'static str) {
 }
 
 /// The admin API.
-pub async fn admin(state: Arc<State>, req: hyper::Request<Incoming>) -> hyper::Response<Body> {
+pub async fn admin(state: Arc<State>, req: hyper::Request<RequestBody>) -> hyper::Response<Body> {
     let loaded = state.loaded.load_full();
     if let Some(token) = &loaded.admin_token {
         let presented = req

@@ -87,6 +87,9 @@ const KEYS: &[&str] = &[
     "shutdown_delay",
     "store",
     "store_prefix",
+    "header_timeout",
+    "body_timeout",
+    "max_connections",
 ];
 
 /// Where the real value of each key comes from.
@@ -132,6 +135,12 @@ pub struct ProxyDef {
     pub store: Option<String>,
     /// The first part of the store's key names.
     pub store_prefix: String,
+    /// How long a client may take to send a request's headers, ms (then the connection closes).
+    pub header_timeout_ms: u64,
+    /// The longest wait for the next piece of a request's body, ms (then 408).
+    pub body_timeout_ms: u64,
+    /// Client connections open at once; past it, new ones wait to be accepted.
+    pub max_connections: usize,
 }
 
 impl Default for ProxyDef {
@@ -151,6 +160,9 @@ impl Default for ProxyDef {
             shutdown_delay_ms: 0,
             store: None,
             store_prefix: "keysim".into(),
+            header_timeout_ms: 30_000,
+            body_timeout_ms: 30_000,
+            max_connections: 10_000,
         }
     }
 }
@@ -209,6 +221,20 @@ fn parse_proxy(ctx: &mut Ctx, t: &Table<'_, '_>) -> Option<ProxyDef> {
             }
             *slot = ms;
         }
+    }
+    for (key, slot) in [("header_timeout", &mut p.header_timeout_ms), ("body_timeout", &mut p.body_timeout_ms)] {
+        if let Some((ms, span)) = t.duration(ctx, key) {
+            if !(1..=3_600_000).contains(&ms) {
+                ctx.error(span, format!("`{key}` in [proxy] must be between 1ms and 1h"));
+            }
+            *slot = ms;
+        }
+    }
+    if let Some((n, span)) = t.uint(ctx, "max_connections") {
+        if !(1..=1_000_000).contains(&n) {
+            ctx.error(span, "`max_connections` in [proxy] must be between 1 and 1000000");
+        }
+        p.max_connections = n.clamp(1, 1_000_000) as usize;
     }
     if let Some((ms, _)) = t.duration(ctx, "drain") {
         p.drain_ms = ms;

@@ -7,8 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Limited};
-use hyper::body::Incoming;
+use http_body_util::BodyExt;
 use hyper::header::{HeaderMap, HeaderValue};
 use serde_json::{json, Value};
 use subtle::ConstantTimeEq;
@@ -17,7 +16,7 @@ use super::metrics::{ModelLabel, ReasonLabels, RequestLabels};
 use super::relay::{relay, settled, Answer};
 pub use super::reply::{error, Surface};
 use super::reply::{error_with, hide, passes, passthrough};
-use super::{Body, State};
+use super::{Body, RequestBody, State};
 use crate::engine::estimate::media::media_tokens;
 use crate::engine::{
     failure, parse_quota_error, AcquireError, Decision, DenyReason, Exhaustion, Outcome, Prompt, QueuePolicy, Reason,
@@ -25,7 +24,7 @@ use crate::engine::{
 };
 
 /// The largest request body the proxy reads (Gemini's own limit, 20 MB).
-const MAX_BODY: usize = 20 * 1024 * 1024;
+pub const MAX_BODY: usize = 20 * 1024 * 1024;
 
 /// What a request asks for.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -37,7 +36,7 @@ enum Op {
 }
 
 /// Routes a request to its handler.
-pub async fn handle(state: Arc<State>, req: hyper::Request<Incoming>) -> hyper::Response<Body> {
+pub async fn handle(state: Arc<State>, req: hyper::Request<RequestBody>) -> hyper::Response<Body> {
     let path = req.uri().path();
     match path {
         "/healthz" | "/readyz" | "/metrics" => {
@@ -66,7 +65,7 @@ impl Drop for Inflight<'_> {
 }
 
 /// The token a client presents: `x-goog-api-key`, `Authorization: Bearer`, or `?key=`.
-fn presented(req: &hyper::Request<Incoming>) -> Option<String> {
+fn presented(req: &hyper::Request<RequestBody>) -> Option<String> {
     let h = req.headers();
     if let Some(v) = h.get("x-goog-api-key").and_then(|v| v.to_str().ok()) {
         return Some(v.trim().to_owned());
@@ -74,7 +73,8 @@ fn presented(req: &hyper::Request<Incoming>) -> Option<String> {
     if let Some(v) = h.get(hyper::header::AUTHORIZATION).and_then(|v| v.to_str().ok()) {
         return v.strip_prefix("Bearer ").map(|t| t.trim().to_owned());
     }
-    req.uri().query()?.split('&').find_map(|kv| kv.strip_prefix("key=")).map(str::to_owned)
+    let query = req.uri().query()?;
+    form_urlencoded::parse(query.as_bytes()).find(|(k, _)| k == "key").map(|(_, v)| v.into_owned())
 }
 
 /// Whether `token` is one of `tokens`, compared in constant time.
@@ -84,7 +84,7 @@ pub fn token_matches(tokens: &[String], token: Option<&str>) -> bool {
 }
 
 /// A client request on the Gemini or OpenAI surface.
-async fn client(state: &Arc<State>, req: hyper::Request<Incoming>) -> hyper::Response<Body> {
+async fn client(state: &Arc<State>, req: hyper::Request<RequestBody>) -> hyper::Response<Body> {
     let path = req.uri().path().to_owned();
     let surface = if path.starts_with("/v1beta/openai/") { Surface::OpenAi } else { Surface::Gemini };
     let loaded = state.loaded.load_full();
@@ -103,7 +103,7 @@ async fn client(state: &Arc<State>, req: hyper::Request<Incoming>) -> hyper::Res
         return error(surface, 400, "INVALID_ARGUMENT", msg);
     }
     let (parts, body) = req.into_parts();
-    let body = match read_body(&parts.headers, body).await {
+    let body = match read_body(body).await {
         Ok(b) => b,
         Err(resp) => return resp,
     };
@@ -214,18 +214,17 @@ fn model_id(id: &str) -> bool {
     !id.is_empty() && id.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
 }
 
-/// Reads the body within Gemini's size limit.
-async fn read_body(headers: &HeaderMap, body: Incoming) -> Result<Bytes, hyper::Response<Body>> {
-    let said = headers.get(hyper::header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.trim().parse::<u64>().ok());
-    let too_large = || error(Surface::Gemini, 413, "INVALID_ARGUMENT", "the request is larger than 20 MB");
-    if said.is_some_and(|n| n > MAX_BODY as u64) {
-        return Err(too_large());
-    }
-    match tokio::time::timeout(Duration::from_secs(30), Limited::new(body, MAX_BODY).collect()).await {
-        Ok(Ok(b)) => Ok(b.to_bytes()),
-        Ok(Err(e)) if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() => Err(too_large()),
-        Ok(Err(_)) => Err(error(Surface::Gemini, 400, "INVALID_ARGUMENT", "the request body could not be read")),
-        Err(_) => Err(error(Surface::Gemini, 408, "DEADLINE_EXCEEDED", "the request body did not arrive in time")),
+/// Reads the body (the service's layers hold it to Gemini's size limit and the body timeout).
+async fn read_body(body: RequestBody) -> Result<Bytes, hyper::Response<Body>> {
+    match body.collect().await {
+        Ok(b) => Ok(b.to_bytes()),
+        Err(e) if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() => {
+            Err(error(Surface::Gemini, 413, "INVALID_ARGUMENT", "the request is larger than 20 MB"))
+        }
+        Err(e) if e.downcast_ref::<tower_http::timeout::TimeoutError>().is_some() => {
+            Err(error(Surface::Gemini, 408, "DEADLINE_EXCEEDED", "the request body did not arrive in time"))
+        }
+        Err(_) => Err(error(Surface::Gemini, 400, "INVALID_ARGUMENT", "the request body could not be read")),
     }
 }
 

@@ -41,9 +41,9 @@ use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use bytes::Bytes;
-use http_body_util::combinators::BoxBody;
+use http_body_util::combinators::UnsyncBoxBody;
+use http_body_util::BodyExt;
 use hyper::server::conn::http1;
-use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::sync::watch;
 
@@ -57,7 +57,7 @@ use metrics::Metrics;
 pub type ProxyEngine = Engine<AnyStore>;
 
 /// A response body: whole or streamed.
-pub type Body = BoxBody<Bytes, std::io::Error>;
+pub type Body = UnsyncBoxBody<Bytes, std::io::Error>;
 
 /// Everything the proxy's handlers share.
 pub struct State {
@@ -201,7 +201,11 @@ pub async fn serve(
     }
     let (stop_tx, stop_rx) = watch::channel(false);
     let warnings = tokio::spawn(warn_loop(state.clone(), stop_rx.clone()));
-    let connections = Arc::new(AtomicUsize::new(0));
+    let settings = state.loaded.load().proxy.clone();
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    // At most `max_connections` open at once: past it, accepting waits for one to close.
+    let connections = Arc::new(tokio::sync::Semaphore::new(settings.max_connections));
+    let service = stack(state.clone(), &settings);
     let mut shutdown = std::pin::pin!(shutdown);
     // Set once told to stop: it keeps accepting until then, reporting not ready, so that load
     // balancers take it out before it closes.
@@ -209,7 +213,7 @@ pub async fn serve(
     loop {
         let until = closing.unwrap_or_else(|| tokio::time::Instant::now() + Duration::from_secs(86_400));
         let accepted = tokio::select! {
-            a = listener.accept() => a,
+            a = accept(&listener, &connections) => a,
             () = &mut shutdown, if closing.is_none() => {
                 state.draining.store(true, Ordering::SeqCst);
                 let delay = Duration::from_millis(state.loaded.load().proxy.shutdown_delay_ms);
@@ -218,7 +222,7 @@ pub async fn serve(
             }
             () = tokio::time::sleep_until(until), if closing.is_some() => break,
         };
-        let (stream, _) = match accepted {
+        let (stream, slot) = match accepted {
             Ok(s) => s,
             // Out of descriptors and the like: wait a little rather than spin.
             Err(_) => {
@@ -227,39 +231,23 @@ pub async fn serve(
             }
         };
         let _ = stream.set_nodelay(true);
-        let state = state.clone();
-        let mut stop = stop_rx.clone();
-        let open = connections.clone();
-        open.fetch_add(1, Ordering::SeqCst);
+        let conn = http1::Builder::new()
+            .timer(TokioTimer::new())
+            .header_read_timeout(Duration::from_millis(settings.header_timeout_ms))
+            .serve_connection(TokioIo::new(stream), service.clone());
+        let conn = graceful.watch(conn);
         tokio::spawn(async move {
-            let service = service_fn(move |req| {
-                let state = state.clone();
-                async move { Ok::<_, Infallible>(forward::handle(state, req).await) }
-            });
-            let conn = http1::Builder::new()
-                .timer(TokioTimer::new())
-                .header_read_timeout(Duration::from_secs(30))
-                .serve_connection(TokioIo::new(stream), service);
-            let mut conn = std::pin::pin!(conn);
-            tokio::select! {
-                _ = conn.as_mut() => {}
-                _ = stop.changed() => {
-                    conn.as_mut().graceful_shutdown();
-                    let _ = conn.await;
-                }
-            }
-            open.fetch_sub(1, Ordering::SeqCst);
+            let _ = conn.await;
+            drop(slot);
         });
     }
     drop(listener);
     let _ = stop_tx.send(true);
+    // Requests in flight finish (at most `drain`); idle connections close at once.
     let drain = Duration::from_millis(state.loaded.load().proxy.drain_ms);
     let until = tokio::time::Instant::now() + drain;
-    while connections.load(Ordering::SeqCst) > 0 && tokio::time::Instant::now() < until {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    let left = connections.load(Ordering::SeqCst);
-    if left > 0 {
+    if tokio::time::timeout(drain, graceful.shutdown()).await.is_err() {
+        let left = settings.max_connections - connections.available_permits();
         tracing::warn!(target: "keysim::proxy", connections = left, "drain time over; closing what is left");
     }
     // Settlements still under way in the background (a store round trip each) get what is
@@ -276,6 +264,93 @@ pub async fn serve(
     }
     warnings.abort();
     Ok(())
+}
+
+/// The next connection, once the connection cap has room for it (the slot frees when it
+/// closes).
+async fn accept(
+    listener: &tokio::net::TcpListener,
+    cap: &Arc<tokio::sync::Semaphore>,
+) -> std::io::Result<(tokio::net::TcpStream, tokio::sync::OwnedSemaphorePermit)> {
+    let slot = cap.clone().acquire_owned().await.map_err(std::io::Error::other)?;
+    let (stream, _) = listener.accept().await?;
+    Ok((stream, slot))
+}
+
+/// The request body the handlers read: limited to Gemini's 20 MB, each piece within
+/// `body_timeout`.
+pub type RequestBody = http_body_util::combinators::UnsyncBoxBody<Bytes, tower_http::BoxError>;
+
+/// Request ids: the client's `x-request-id` when it sends one, else one of this process's own.
+#[derive(Clone)]
+struct Ids {
+    prefix: u32,
+    next: Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl tower_http::request_id::MakeRequestId for Ids {
+    fn make_request_id<B>(&mut self, _: &hyper::Request<B>) -> Option<tower_http::request_id::RequestId> {
+        let n = self.next.fetch_add(1, Ordering::Relaxed);
+        let id = hyper::header::HeaderValue::from_str(&format!("{:08x}-{n:x}", self.prefix)).ok()?;
+        Some(tower_http::request_id::RequestId::new(id))
+    }
+}
+
+/// The service every connection runs: request ids in and out, a tracing span per request, a
+/// panic answered as a 500 rather than a dropped connection, the body limit and timeout, then
+/// the handlers.
+fn stack(
+    state: Arc<State>,
+    settings: &file::ProxyDef,
+) -> hyper_util::service::TowerToHyperService<
+    impl tower::Service<
+            hyper::Request<hyper::body::Incoming>,
+            Response = hyper::Response<Body>,
+            Error = Infallible,
+            Future = impl Send,
+        > + Clone
+        + Send,
+> {
+    use tower::ServiceBuilder;
+    use tower_http::request_id::{PropagateRequestIdLayer, SetRequestIdLayer};
+    let prefix = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.subsec_nanos())
+        ^ std::process::id();
+    let ids = Ids { prefix, next: Default::default() };
+    let service = ServiceBuilder::new()
+        .map_response(|r: hyper::Response<_>| r.map(reply::boxed))
+        .layer(SetRequestIdLayer::x_request_id(ids))
+        .layer(PropagateRequestIdLayer::x_request_id())
+        .layer(tower_http::trace::TraceLayer::new_for_http().make_span_with(|req: &hyper::Request<_>| {
+            let id = req.headers().get("x-request-id").and_then(|v| v.to_str().ok()).unwrap_or_default();
+            tracing::info_span!("request", id, method = %req.method(), path = %req.uri().path())
+        }))
+        .layer(tower_http::catch_panic::CatchPanicLayer::custom(|_: Box<dyn std::any::Any + Send + 'static>| {
+            reply::error(reply::Surface::Gemini, 500, "INTERNAL", "the proxy failed on this request")
+        }))
+        .map_response(|r: hyper::Response<_>| {
+            // The body limit's own refusal, in Gemini's shape.
+            if r.status() == hyper::StatusCode::PAYLOAD_TOO_LARGE && !reply::is_json(r.headers()) {
+                return reply::error(
+                    reply::Surface::Gemini,
+                    413,
+                    "INVALID_ARGUMENT",
+                    "the request is larger than 20 MB",
+                );
+            }
+            r.map(reply::boxed)
+        })
+        .layer(tower_http::timeout::RequestBodyTimeoutLayer::new(Duration::from_millis(settings.body_timeout_ms)))
+        .layer(tower_http::limit::RequestBodyLimitLayer::new(forward::MAX_BODY))
+        .map_request(
+            |r: hyper::Request<tower_http::body::Limited<tower_http::timeout::TimeoutBody<hyper::body::Incoming>>>| {
+                r.map(BodyExt::boxed_unsync)
+            },
+        )
+        .service_fn(move |req: hyper::Request<RequestBody>| {
+            let state = state.clone();
+            async move { Ok::<_, Infallible>(forward::handle(state, req).await) }
+        });
+    hyper_util::service::TowerToHyperService::new(service)
 }
 
 /// Evaluates the warning rules on the engine every `evaluate_every` and sends what is due: a

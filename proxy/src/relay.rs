@@ -142,7 +142,7 @@ fn stream(state: Arc<State>, held: Held, mut resp: reqwest::Response, model: usi
             },
         );
     });
-    body.boxed()
+    body.boxed_unsync()
 }
 
 /// Keeps OpenAI's usage chunk (`"choices": []` with a `usage`) out of a stream: whole events

@@ -78,7 +78,21 @@ pub(super) fn passthrough(status: u16, headers: &HeaderMap, body: Bytes) -> hype
 }
 
 pub(super) fn full(b: Bytes) -> Body {
-    Full::new(b).map_err(|never| match never {}).boxed()
+    Full::new(b).map_err(|never| match never {}).boxed_unsync()
+}
+
+/// Any body, as the proxy's own.
+pub(crate) fn boxed<B>(b: B) -> Body
+where
+    B: hyper::body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    b.map_err(|e| std::io::Error::other(e.into())).boxed_unsync()
+}
+
+/// Whether `headers` say the body is JSON.
+pub(crate) fn is_json(headers: &HeaderMap) -> bool {
+    headers.get("content-type").and_then(|v| v.to_str().ok()).is_some_and(|t| t.contains("json"))
 }
 
 /// An error answer in the surface's shape.

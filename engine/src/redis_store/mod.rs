@@ -98,12 +98,12 @@ impl std::fmt::Debug for RedisConfig {
 }
 
 impl RedisConfig {
-    /// A standalone server at `url` with a 50 ms deadline, prefix `keysim`, the server's clock.
+    /// A standalone server at `url` with a 250 ms deadline, prefix `keysim`, the server's clock.
     pub fn new(url: impl Into<String>) -> Self {
         Self {
             urls: vec![url.into()],
             cluster: false,
-            deadline: Duration::from_millis(50),
+            deadline: Duration::from_millis(250),
             prefix: "keysim".into(),
             time: RedisTime::Server,
             max_idle: 64,
@@ -254,7 +254,7 @@ impl RedisStore {
     pub fn new(config: RedisConfig) -> Result<Self, StoreError> {
         let target = if config.cluster {
             let client = redis::cluster::ClusterClient::builder(config.urls.clone())
-                .connection_timeout(config.deadline)
+                .connection_timeout(config.deadline.max(Duration::from_millis(500)))
                 .response_timeout(config.deadline)
                 // One retry, soon: enough to follow a slot that moved (MOVED refreshes the
                 // map) without sleeping past the deadline on a cluster that is down.
@@ -369,14 +369,16 @@ impl RedisStore {
             match &self.target {
                 Target::Single(client) => {
                     let config = redis::AsyncConnectionConfig::new()
-                        .set_connection_timeout(Some(deadline))
+                        .set_connection_timeout(Some(deadline.max(Duration::from_millis(500))))
                         .set_response_timeout(Some(deadline));
                     client.get_multiplexed_async_connection_with_config(&config).await.map(Conn::Single)
                 }
                 Target::Cluster(client) => client.get_async_connection().await.map(Conn::Cluster),
             }
         };
-        let opened = match tokio::time::timeout(deadline * 2, opening).await {
+        // Opening takes more than a call (a Cluster's every node, and its slot map): a
+        // generous bound for it, while a refused connection still fails at once.
+        let opened = match tokio::time::timeout((deadline * 4).max(Duration::from_secs(1)), opening).await {
             Ok(c) => c,
             Err(_) => Err(RedisError::from(std::io::Error::from(std::io::ErrorKind::TimedOut))),
         };
@@ -401,10 +403,11 @@ impl RedisStore {
         }
     }
 
-    /// A call failed below the protocol (the connection broke, or the server did not answer
-    /// in time): the connection is not used again; the next call makes a new one.
+    /// A call failed below the protocol (the connection broke): the connection is not used
+    /// again; the next call makes a new one. A slow answer is not a broken connection: the
+    /// calls of every other caller share it.
     fn broken(&self, e: &RedisError) {
-        if e.is_io_error() || e.is_timeout() || e.is_connection_dropped() || e.is_connection_refusal() {
+        if !e.is_timeout() && (e.is_io_error() || e.is_connection_dropped() || e.is_connection_refusal()) {
             lock(&self.conn).take();
         }
     }
@@ -443,7 +446,6 @@ impl RedisStore {
                 Err(self.failure(&e))
             }
             Err(_) => {
-                lock(&self.conn).take();
                 self.errors.fetch_add(1, Ordering::Relaxed);
                 Err(StoreError::TimedOut(self.config.deadline))
             }
@@ -537,10 +539,7 @@ impl RedisStore {
                     self.broken(&e);
                     return Err(self.failure(&e));
                 }
-                Err(_) => {
-                    lock(&self.conn).take();
-                    return Err(StoreError::TimedOut(self.config.deadline));
-                }
+                Err(_) => return Err(StoreError::TimedOut(self.config.deadline)),
             }
         }
         let mut out = Vec::with_capacity(buckets.len());
