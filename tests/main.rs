@@ -13,6 +13,7 @@ mod mock;
 mod plan;
 mod properties;
 mod proxy;
+mod proxy_requests;
 mod replicas;
 mod report;
 mod warnings;

@@ -13,9 +13,9 @@ use serde_json::Value;
 use crate::common::{keysim, root, temp_dir};
 use crate::mock::start_with;
 
-const FAKE: &str = "tests/proxy/fake.toml";
-const CONFIG: &str = "tests/proxy/proxy.toml";
-const TOKEN: &str = "test-client-token-0001";
+pub(crate) const FAKE: &str = "tests/proxy/fake.toml";
+pub(crate) const CONFIG: &str = "tests/proxy/proxy.toml";
+pub(crate) const TOKEN: &str = "test-client-token-0001";
 const ADMIN: &str = "test-admin-token-0001";
 /// The keys of tests/proxy/fake.toml, by the variables the proxy reads them from.
 const KEYS: [(&str, &str); 4] = [
@@ -51,7 +51,7 @@ impl Proxy {
 }
 
 /// `keysim proxy --config config` in front of `upstream`, with the keys in its environment.
-fn start_proxy(config: &Path, upstream: &str, extra: &[&str]) -> Proxy {
+pub(crate) fn start_proxy(config: &Path, upstream: &str, extra: &[&str]) -> Proxy {
     let mut child = keysim()
         .args(["proxy", "--config"])
         .arg(config)
@@ -86,17 +86,17 @@ fn start_proxy(config: &Path, upstream: &str, extra: &[&str]) -> Proxy {
     Proxy { base: base.to_owned(), child, log }
 }
 
-fn runtime() -> tokio::runtime::Runtime {
+pub(crate) fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap()
 }
 
-fn client() -> reqwest::Client {
+pub(crate) fn client() -> reqwest::Client {
     reqwest::Client::builder().timeout(Duration::from_secs(30)).build().unwrap()
 }
 
 /// Everything a client saw of one exchange: status, headers and body, as text; status 0 and
 /// the error when there was no answer.
-async fn exchange(req: reqwest::RequestBuilder) -> (u16, String) {
+pub(crate) async fn exchange(req: reqwest::RequestBuilder) -> (u16, String) {
     let resp = match req.send().await {
         Ok(r) => r,
         Err(e) => return (0, format!("no answer: {e:?}")),
@@ -107,7 +107,13 @@ async fn exchange(req: reqwest::RequestBuilder) -> (u16, String) {
     (status, format!("{headers}\n{body}"))
 }
 
-fn post(c: &reqwest::Client, base: &str, path: &str, token: Option<&str>, body: &str) -> reqwest::RequestBuilder {
+pub(crate) fn post(
+    c: &reqwest::Client,
+    base: &str,
+    path: &str,
+    token: Option<&str>,
+    body: &str,
+) -> reqwest::RequestBuilder {
     let r = c.post(format!("{base}{path}")).header("content-type", "application/json").body(body.to_owned());
     match token {
         Some(t) => r.header("x-goog-api-key", t),
@@ -116,7 +122,7 @@ fn post(c: &reqwest::Client, base: &str, path: &str, token: Option<&str>, body: 
 }
 
 /// The value of the sample `name` whose labels include every one of `labels`.
-fn metric(scrape: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+pub(crate) fn metric(scrape: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
     scrape
         .lines()
         .filter(|l| l.starts_with(name) && l[name.len()..].starts_with(['{', ' ']))
@@ -125,7 +131,7 @@ fn metric(scrape: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
 }
 
 /// The sum of every sample `name` with `labels`.
-fn metric_sum(scrape: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
+pub(crate) fn metric_sum(scrape: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
     scrape
         .lines()
         .filter(|l| l.starts_with(name) && l[name.len()..].starts_with(['{', ' ']))
@@ -134,12 +140,12 @@ fn metric_sum(scrape: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
         .sum()
 }
 
-async fn scrape(c: &reqwest::Client, base: &str) -> String {
+pub(crate) async fn scrape(c: &reqwest::Client, base: &str) -> String {
     c.get(format!("{base}/metrics")).send().await.unwrap().text().await.unwrap()
 }
 
 /// Scrapes `base` every 20 ms, at most `tries` times, until `done` holds for a scrape.
-async fn scrapes_until(c: &reqwest::Client, base: &str, tries: usize, done: impl Fn(&str) -> bool) -> bool {
+pub(crate) async fn scrapes_until(c: &reqwest::Client, base: &str, tries: usize, done: impl Fn(&str) -> bool) -> bool {
     for _ in 0..tries {
         if done(&scrape(c, base).await) {
             return true;
@@ -149,14 +155,14 @@ async fn scrapes_until(c: &reqwest::Client, base: &str, tries: usize, done: impl
     false
 }
 
-async fn fake_usage(c: &reqwest::Client, fake: &str) -> Value {
+pub(crate) async fn fake_usage(c: &reqwest::Client, fake: &str) -> Value {
     c.get(format!("{fake}/keysim/usage")).send().await.unwrap().json().await.unwrap()
 }
 
 /// The proxy's minute usage of every project and model equals the fake's: requests always,
 /// tokens for generation models (Gemini's `embedContent` answers state no usage, so the proxy
 /// settles them at their estimate).
-async fn usage_matches(c: &reqwest::Client, proxy: &str, fake: &str) {
+pub(crate) async fn usage_matches(c: &reqwest::Client, proxy: &str, fake: &str) {
     let (mut scraped, mut counted) = (String::new(), Value::Null);
     for _ in 0..50 {
         // Streams settle when they end, a moment after the client has read them.
@@ -329,7 +335,7 @@ fn sdks_and_litellm_work_through_the_proxy() {
 }
 
 /// A copy of the test config with `edit` applied, in a folder of its own.
-fn config_with(edit: impl Fn(String) -> String) -> PathBuf {
+pub(crate) fn config_with(edit: impl Fn(String) -> String) -> PathBuf {
     let path = temp_dir("proxy-config").join("proxy.toml");
     std::fs::write(&path, edit(std::fs::read_to_string(root().join(CONFIG)).unwrap())).unwrap();
     path
@@ -703,186 +709,4 @@ fn warnings_run_live_to_the_log_the_webhook_and_the_metrics() {
     assert!(proxy.log().contains("PoolAtRisk"), "the log line: {}", proxy.log());
     assert!(proxy.log().contains("keysim::warnings"), "{}", proxy.log());
     no_key_in("the webhook's payloads", &posts);
-}
-
-/// The proxy's minute requests of `model`, summed over projects.
-fn minute_requests(scrape: &str, model: &str) -> f64 {
-    metric_sum(scrape, "keysim_usage", &[("model", model), ("dimension", "rpm")])
-}
-
-/// A `batchEmbedContents` of 50 texts is 50 requests to Gemini: the proxy counts 50 against
-/// RPM, as the fake does, in memory and on Redis.
-#[test]
-fn a_batch_of_fifty_texts_counts_fifty_requests() {
-    let texts: Vec<String> = (0..50)
-        .map(|i| format!(r#"{{"model":"models/gemini-embedding-001","content":{{"parts":[{{"text":"text {i}"}}]}}}}"#))
-        .collect();
-    let body = format!(r#"{{"requests":[{}]}}"#, texts.join(","));
-    let redis = crate::replicas::address("KEYSIM_REDIS_URL");
-    for store in [None, redis.as_deref()] {
-        let fake = start_with("sustained", FAKE, &[]);
-        let prefix = crate::replicas::prefix("batch");
-        let config = config_with(|t| t.replace("[proxy]\n", &format!("[proxy]\nstore_prefix = \"{prefix}\"\n")));
-        let extra: Vec<&str> = store.map(|u| vec!["--store", u]).unwrap_or_default();
-        let proxy = start_proxy(&config, &fake.base, &extra);
-        let c = client();
-        runtime().block_on(async {
-            let path = "/v1beta/models/gemini-embedding-001:batchEmbedContents";
-            let (status, text) = exchange(post(&c, &proxy.base, path, Some(TOKEN), &body)).await;
-            assert_eq!(status, 200, "{text}");
-            assert_eq!(minute_requests(&scrape(&c, &proxy.base).await, "gemini-embedding-001"), 50.0, "{store:?}");
-            usage_matches(&c, &proxy.base, &fake.base).await;
-        });
-    }
-}
-
-/// Eight image prompts at once against projects of TPM 1,000: each image is 258 tokens to
-/// Gemini, so the proxy admits three a project and holds the rest; the fake refuses none.
-#[test]
-fn concurrent_image_prompts_never_breach_a_small_tpm() {
-    // A 1×1 PNG.
-    const PNG: &str =
-        "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNkYPhfDwAChwGA60e6kgAAAABJRU5ErkJggg==";
-    let fake = start_with("sustained", FAKE, &["--set", "models.0.tpm=1000"]);
-    let config = config_with(|t| {
-        t.replacen("tpm = 250_000", "tpm = 1_000", 1).replace("max_wait = \"10s\"", "max_wait = \"1s\"")
-    });
-    let proxy = start_proxy(&config, &fake.base, &[]);
-    let c = client();
-    runtime().block_on(async {
-        let body = format!(
-            r#"{{"contents":[{{"parts":[{{"text":"what is in this picture?"}},{{"inlineData":{{"mimeType":"image/png","data":"{PNG}"}}}}]}}]}}"#
-        );
-        let path = "/v1beta/models/gemini-2.5-flash:generateContent";
-        let sends = (0..8).map(|_| exchange(post(&c, &proxy.base, path, Some(TOKEN), &body)));
-        let answers = futures_join(sends.collect()).await;
-        let ok = answers.iter().filter(|(s, _)| *s == 200).count();
-        let held: Vec<&String> = answers.iter().filter(|(s, _)| *s == 429).map(|(_, t)| t).collect();
-        assert_eq!(ok + held.len(), 8, "{answers:?}");
-        assert!(held.iter().all(|t| t.contains("x-keysim-denied")), "every 429 is the proxy's own: {held:?}");
-        assert_eq!(ok, 6, "three images a project fit under TPM 1,000: {answers:?}");
-        let u = fake_usage(&c, &fake.base).await;
-        assert_eq!(u["quota_refusals"], 0, "{u}");
-        assert_eq!(metric_sum(&scrape(&c, &proxy.base).await, "keysim_breaches_total", &[]), 0.0);
-    });
-}
-
-/// Runs every future at once; their outputs in order.
-async fn futures_join<T: Send + 'static>(fs: Vec<impl std::future::Future<Output = T> + Send + 'static>) -> Vec<T> {
-    let handles: Vec<_> = fs.into_iter().map(tokio::spawn).collect();
-    let mut out = Vec::new();
-    for h in handles {
-        out.push(h.await.unwrap());
-    }
-    out
-}
-
-/// A body that is JSON but not an object cannot be counted: refused, like other bad bodies,
-/// with the rule it breaks; nothing reaches the fake.
-#[test]
-fn a_quota_request_whose_body_is_not_an_object_is_refused() {
-    let fake = start_with("sustained", FAKE, &[]);
-    let proxy = start_proxy(&root().join(CONFIG), &fake.base, &[]);
-    let c = client();
-    runtime().block_on(async {
-        for (body, found) in
-            [("[]", "a JSON array"), ("\"x\"", "a JSON string"), ("null", "JSON null"), ("{x", "not JSON")]
-        {
-            for path in ["/v1beta/models/gemini-2.5-flash:generateContent", "/v1beta/openai/chat/completions"] {
-                let (status, text) = exchange(post(&c, &proxy.base, path, Some(TOKEN), body)).await;
-                assert_eq!(status, 400, "{path} {body}: {text}");
-                assert!(text.contains("must have a JSON object as its body") && text.contains(found), "{text}");
-            }
-        }
-        let u = fake_usage(&c, &fake.base).await;
-        assert!(u["projects"].as_array().unwrap().iter().all(|p| p["models"]
-            .as_object()
-            .unwrap()
-            .values()
-            .all(|m| m["minute_requests"] == 0)));
-    });
-}
-
-/// An engine configuration error in a proxy config (a zero limit) is bad input found while
-/// reading the file: exit 2, at its line and column.
-#[test]
-fn a_zero_limit_in_a_proxy_config_is_refused_at_its_place() {
-    let path = root().join("tests/bad-proxy/zero-limit.toml");
-    let o = keysim().args(["proxy", "--config"]).arg(&path).output().unwrap();
-    assert_eq!(o.status.code(), Some(2));
-    let err = String::from_utf8_lossy(&o.stderr);
-    assert!(err.contains("zero-limit.toml:9:7") && err.contains("`tpm` in [[models]] #1 is 0"), "{err}");
-    let text = std::fs::read_to_string(&path).unwrap();
-    let d = keysim::proxy::file::parse(&text, "tests/bad-proxy/zero-limit.toml", None).unwrap_err();
-    insta::assert_snapshot!("proxy-zero-limit", d.to_string());
-}
-
-/// An OpenAI stream whose client did not ask for usage: the proxy asks upstream
-/// (`stream_options.include_usage`), settles from the provider's usage, and keeps the usage
-/// chunk from the client; a client that asked gets it.
-#[test]
-fn an_openai_stream_settles_from_usage_the_client_did_not_ask_for() {
-    let fake = start_with("sustained", FAKE, &[]);
-    let proxy = start_proxy(&root().join(CONFIG), &fake.base, &[]);
-    let c = client();
-    runtime().block_on(async {
-        let path = "/v1beta/openai/chat/completions";
-        let plain = r#"{"model":"gemini-2.5-flash","stream":true,"messages":[{"role":"user","content":"stream to me"}]}"#;
-        let (status, text) = exchange(post(&c, &proxy.base, path, Some(TOKEN), plain)).await;
-        assert_eq!(status, 200, "{text}");
-        assert!(text.contains("[DONE]") && text.contains("chat.completion.chunk"), "{text}");
-        assert!(!text.contains("\"prompt_tokens\""), "no usage chunk for a client that did not ask: {text}");
-        let asked = r#"{"model":"gemini-2.5-flash","stream":true,"stream_options":{"include_usage":true},"messages":[{"role":"user","content":"and to me"}]}"#;
-        let (status, text) = exchange(post(&c, &proxy.base, path, Some(TOKEN), asked)).await;
-        assert_eq!(status, 200, "{text}");
-        assert!(text.contains("\"prompt_tokens\""), "a client that asked gets the usage chunk: {text}");
-        assert!(
-            scrapes_until(&c, &proxy.base, 100, |m| metric(m, "keysim_streams_settled_total", &[("result", "usage")])
-                == Some(2.0))
-            .await,
-            "both streams settled from the provider's usage"
-        );
-        usage_matches(&c, &proxy.base, &fake.base).await;
-    });
-}
-
-/// Every answer carries a request id: the client's own `x-request-id`, or one the proxy made;
-/// bodies past 20 MB are refused in Gemini's shape; header and body timeouts are settings.
-#[test]
-fn request_ids_go_in_and_out_and_the_http_limits_hold() {
-    let fake = start_with("sustained", FAKE, &[]);
-    let config = config_with(|t| t.replace("[proxy]\n", "[proxy]\nbody_timeout = \"300ms\"\nmax_connections = 64\n"));
-    let proxy = start_proxy(&config, &fake.base, &[]);
-    let c = client();
-    runtime().block_on(async {
-        let path = "/v1beta/models/gemini-2.5-flash:generateContent";
-        let body = r#"{"contents":[{"parts":[{"text":"an id"}]}]}"#;
-        let (status, text) =
-            exchange(post(&c, &proxy.base, path, Some(TOKEN), body).header("x-request-id", "trace-me-42")).await;
-        assert_eq!(status, 200, "{text}");
-        assert!(text.contains("x-request-id: trace-me-42"), "{text}");
-        let (_, text) = exchange(post(&c, &proxy.base, path, Some(TOKEN), body)).await;
-        assert!(text.lines().any(|l| l.starts_with("x-request-id: ") && l.len() > 16), "{text}");
-    });
-    // A body said to be over 20 MB: 413 in Gemini's shape, without reading it.
-    let (status, text) = crate::mock::raw(
-        &proxy.base,
-        &format!(
-            "POST /v1beta/models/gemini-2.5-flash:generateContent HTTP/1.1\r\nHost: p\r\nx-goog-api-key: {TOKEN}\r\n\
-             content-type: application/json\r\ncontent-length: 22000000\r\nconnection: close\r\n\r\n{{\"contents\""
-        ),
-    )
-    .expect("an answer");
-    assert_eq!(status, 413, "{text}");
-    assert!(text.contains("\"INVALID_ARGUMENT\"") && text.contains("larger than 20 MB"), "{text}");
-    // A body that stops arriving: 408 after `body_timeout`.
-    let (status, text) = crate::mock::raw(
-        &proxy.base,
-        &format!(
-            "POST /v1beta/models/gemini-2.5-flash:generateContent HTTP/1.1\r\nHost: p\r\nx-goog-api-key: {TOKEN}\r\n\
-             content-type: application/json\r\ncontent-length: 100\r\nconnection: close\r\n\r\n{{\"contents\""
-        ),
-    )
-    .expect("an answer");
-    assert_eq!(status, 408, "{text}");
 }

@@ -68,6 +68,7 @@ mod reconcile;
 #[cfg(feature = "redis")]
 pub mod redis_store;
 mod setting;
+mod settle;
 mod slots;
 #[cfg(feature = "async")]
 mod wait;
