@@ -13,8 +13,9 @@
 use std::error::Error;
 use std::time::Duration;
 
+use keysim_engine::redact::redact;
 use keysim_engine::{
-    parse_quota_error, redact, Engine, KeySpec, Limits, ModelSpec, Outcome, PoolSpec, ProjectSpec, Prompt, Request,
+    parse_quota_error, Engine, KeySpec, Limits, ModelSpec, Outcome, PoolSpec, ProjectSpec, Prompt, Request,
 };
 use serde_json::{json, Value};
 

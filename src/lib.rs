@@ -18,7 +18,27 @@
 //! - [`cli`]: the `keysim` command line.
 
 pub mod cli;
-pub use keysim_engine as engine;
+/// The engine (crate `keysim-engine`). Its root is what a service needs; the lab reaches into
+/// its modules as well, and names what it uses from them here once.
+pub mod engine {
+    pub use keysim_engine::*;
+
+    pub use keysim_engine::clock::{Clock, ManualClock, ScaledClock, SystemClock, EDGE_GUARD};
+    pub use keysim_engine::estimate::{Chars4, Estimator};
+    pub use keysim_engine::lifecycle::{step, QueuePolicy, Reason, Step};
+    pub use keysim_engine::limits::Ceilings;
+    pub use keysim_engine::permit::BACKGROUND_SETTLEMENTS;
+    pub use keysim_engine::pool::{Group, KeyId, KeyState, Pool, PoolError, QuotaScope};
+    pub use keysim_engine::provider::{failure, key_rejected, Exhaustion, QuotaExhausted};
+    pub use keysim_engine::redact::{redact, redact_text, redact_url};
+    pub use keysim_engine::redis_store::{RedisStats, RedisTime};
+    pub use keysim_engine::setting::Setting;
+    pub use keysim_engine::store::{
+        AsyncStore, BucketId, BucketKey, Buckets, Cost, Grant, QuotaStore, Reservation, Shortfall, StoreCall, Usage,
+    };
+    pub use keysim_engine::strategy::{Strategy, StrategyKind};
+    pub use keysim_engine::time::{next_pacific_midnight, MINUTE_MS};
+}
 pub mod load;
 pub use keysim_proxy::notify;
 pub mod plan;

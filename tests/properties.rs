@@ -3,9 +3,9 @@
 //! `retry_at`; capacity is the sum over usable projects.
 
 use keysim::engine::{
-    AdmissionMode, BucketKey, Buckets, Ceilings, Chars4, Cost, Decision, Dimension, Engine, EngineConfig, KeySpec,
-    Limits, MemoryStore, ModelSpec, PoolEvent, PoolSpec, Priority, ProjectSpec, Prompt, QuotaScope, QuotaStore,
-    Request, StrategyKind, Timestamp, TokenBasis, MINUTE_MS,
+    BucketKey, Buckets, Ceilings, Chars4, Cost, Decision, Dimension, Engine, EngineConfig, KeySpec, Limits,
+    MemoryStore, ModelSpec, PoolEvent, PoolSpec, Priority, ProjectSpec, Prompt, QuotaScope, QuotaStore, Request,
+    StrategyKind, Timestamp, TokenBasis, MINUTE_MS,
 };
 use keysim::scenario::{
     Arrival, EngineDef, EstimatorKind, ModelDef, OnExhausted, ProjectDef, Provider, Scenario, TimedEvent, Tokens,
@@ -105,6 +105,7 @@ fn scenario(s: &Setup) -> Scenario {
     }
     Scenario {
         replicas: None,
+        gateway: Default::default(),
         name: "prop".into(),
         description: None,
         compare: Vec::new(),
@@ -198,7 +199,7 @@ proptest! {
                     if let Some(at) = s.retry_at {
                         prop_assert!(at > now);
                         if at.0 > now.0 + 1 {
-                            prop_assert!(store.check(b, Cost::one(tokens), &c, Timestamp(at.0 - 1)).unwrap().is_err(), "fits before retry_at");
+                            prop_assert!(store.reserve(b, Cost::one(tokens), &c, Timestamp(at.0 - 1)).unwrap().is_err(), "fits before retry_at");
                         }
                         now = at;
                         prop_assert!(store.reserve(b, Cost::one(tokens), &c, now).unwrap().is_ok(), "must fit exactly at retry_at");
@@ -264,12 +265,7 @@ fn concurrent_threads_never_jointly_exceed_a_limit() {
         projects: vec![ProjectSpec { id: "p".into(), limits: vec![Some(limits)] }],
         keys: (0..4).map(|k| KeySpec { id: format!("k{k}"), project: "p".into() }).collect(),
     };
-    let config = EngineConfig {
-        admission: AdmissionMode::Atomic,
-        scope: QuotaScope::Project,
-        basis: TokenBasis::Input,
-        ..Default::default()
-    };
+    let config = EngineConfig { scope: QuotaScope::Project, basis: TokenBasis::Input, ..Default::default() };
     let engine = Engine::new(config, spec, MemoryStore::new(), Box::new(Chars4)).unwrap();
     let wins = std::sync::atomic::AtomicU64::new(0);
     std::thread::scope(|s| {

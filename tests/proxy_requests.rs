@@ -122,6 +122,20 @@ fn a_zero_limit_in_a_proxy_config_is_refused_at_its_place() {
     insta::assert_snapshot!("proxy-zero-limit", d.to_string());
 }
 
+/// The reference gateways are the simulator's: a proxy config that asks for one is refused
+/// at its place, and the scenario of the same pool runs it.
+#[test]
+fn a_reference_gateway_is_refused_by_the_proxy() {
+    let path = root().join("tests/bad-proxy/reference-gateway.toml");
+    let o = keysim().args(["proxy", "--config"]).arg(&path).output().unwrap();
+    assert_eq!(o.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("reference-gateway.toml:17:1") && err.contains("unknown field `admission` in [engine]"),
+        "{err}"
+    );
+}
+
 /// An OpenAI stream whose client did not ask for usage: the proxy asks upstream
 /// (`stream_options.include_usage`), settles from the provider's usage, and keeps the usage
 /// chunk from the client; a client that asked gets it.

@@ -8,10 +8,10 @@ use super::health::Gate;
 use super::limits::{Ceilings, Dimension};
 use super::pool::{KeyId, Pool};
 use super::provider::QuotaExhausted;
-use super::store::{AsyncStore, BucketId, Buckets, Cost, QuotaStore, Reservation, Shortfall, Usage};
+use super::store::{AsyncStore, BucketId, Buckets, Cost, Grant, QuotaStore, Reservation, Shortfall, Usage};
 use super::strategy::Choice;
 use super::time::Timestamp;
-use super::{AdmissionMode, Engine, TokenBasis};
+use super::{Engine, TokenBasis};
 
 /// A request's priority. Only high priority may use the reserved fraction of each limit.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -94,8 +94,8 @@ pub struct Ticket {
     pub estimated_input: u64,
     /// Output tokens reserved (basis `total` only).
     pub reserved_output: u64,
-    /// What the store holds for it; `None` in check-then-act mode, which holds nothing.
-    pub reservation: Option<Reservation>,
+    /// What the store holds for it.
+    pub reservation: Reservation,
     /// The one request let through to test a model backing off for want of capacity.
     pub model_probe: bool,
     /// The one request let through to test a key disabled after a rejection.
@@ -278,8 +278,8 @@ enum Answered {
     /// Admitted.
     Granted(Ticket),
     /// The bucket had room but none of its keys may serve now: give back what it reserved
-    /// (if anything) and go on.
-    NoKey(Option<Reservation>),
+    /// and go on.
+    NoKey(Reservation),
     /// Go on with the next bucket.
     Next,
 }
@@ -387,13 +387,12 @@ impl<S: Buckets> Engine<S> {
         &self,
         a: &mut Admission<P>,
         i: usize,
-        reservation: Option<Reservation>,
-        answer: Result<Usage, Shortfall>,
+        answer: Result<Grant, Shortfall>,
         now: Timestamp,
     ) -> Answered {
         let g = &a.pool.groups[a.model][i];
         match answer {
-            Ok(usage) => {
+            Ok(Grant { reservation, usage }) => {
                 let view = &self.views[g.bucket.0 as usize];
                 view.record(&usage, now);
                 // Keys in turn, skipping keys disabled after a rejection (a due one carries
@@ -509,34 +508,17 @@ impl<S: QuotaStore> Engine<S> {
                 Next::Try(i, b, c) => (i, b, c),
                 Next::Done(d) => return Ok(d),
             };
-            // Matched in place rather than mapped: the answers are large, and copying them
-            // through combinators cost more than the rest of a strategy.
-            let (reservation, answer) = match self.config.admission {
-                AdmissionMode::Atomic => match self.store.reserve(bucket, a.cost, &ceilings, now) {
-                    Ok(Ok(grant)) => (Some(grant.reservation), Ok(grant.usage)),
-                    Ok(Err(s)) => (None, Err(s)),
-                    Err(_) => return Ok(self.store_unavailable(bucket)),
-                },
-                AdmissionMode::CheckThenAct => match self.store.check(bucket, a.cost, &ceilings, now) {
-                    Ok(answer) => (None, answer),
-                    Err(_) => return Ok(self.store_unavailable(bucket)),
-                },
-                // The references count nothing; only a cool-down (cooldown-retrydelay) stops a key.
-                AdmissionMode::None | AdmissionMode::RotateBlacklist | AdmissionMode::CooldownRetryDelay => {
-                    match self.store.check(bucket, Cost::one(0), &Ceilings([u64::MAX; 4]), now) {
-                        Ok(answer) => (None, answer),
-                        Err(_) => return Ok(self.store_unavailable(bucket)),
-                    }
-                }
+            let Ok(answer) = self.store.reserve(bucket, a.cost, &ceilings, now) else {
+                return Ok(self.store_unavailable(bucket));
             };
-            match self.answered(&mut a, i, reservation, answer, now) {
+            match self.answered(&mut a, i, answer, now) {
                 Answered::Granted(t) => return Ok(Decision::Admitted(t)),
-                Answered::NoKey(Some(r)) => {
+                Answered::NoKey(r) => {
                     if self.store.refund(bucket, &r, now).is_err() {
                         return Ok(self.store_unavailable(bucket));
                     }
                 }
-                Answered::NoKey(None) | Answered::Next => {}
+                Answered::Next => {}
             }
         }
     }
@@ -568,21 +550,17 @@ impl<S: AsyncStore> Engine<S> {
                 Next::Try(i, b, c) => (i, b, c),
                 Next::Done(d) => return Ok(d),
             };
-            // Only atomic admission runs against an async store: the reference gateways are
-            // the simulator's.
-            let (reservation, answer) = match self.store.reserve_async(bucket, a.cost, &ceilings, now).await {
-                Ok(Ok(grant)) => (Some(grant.reservation), Ok(grant.usage)),
-                Ok(Err(s)) => (None, Err(s)),
-                Err(_) => return Ok(self.store_unavailable(bucket)),
+            let Ok(answer) = self.store.reserve_async(bucket, a.cost, &ceilings, now).await else {
+                return Ok(self.store_unavailable(bucket));
             };
-            match self.answered(&mut a, i, reservation, answer, now) {
+            match self.answered(&mut a, i, answer, now) {
                 Answered::Granted(t) => return Ok(Decision::Admitted(t)),
-                Answered::NoKey(Some(r)) => {
+                Answered::NoKey(r) => {
                     if self.store.refund_async(bucket, &r, now).await.is_err() {
                         return Ok(self.store_unavailable(bucket));
                     }
                 }
-                Answered::NoKey(None) | Answered::Next => {}
+                Answered::Next => {}
             }
         }
     }

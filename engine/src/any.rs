@@ -85,20 +85,6 @@ impl AsyncStore for AnyStore {
     fn usages_async(&self, buckets: &[BucketId], now: Timestamp) -> StoreCall<'_, Vec<Result<Usage, StoreError>>> {
         each!(self, s => s.usages_async(buckets, now))
     }
-
-    fn check_async(
-        &self,
-        bucket: BucketId,
-        cost: Cost,
-        ceilings: &Ceilings,
-        now: Timestamp,
-    ) -> StoreCall<'_, Result<Usage, Shortfall>> {
-        each!(self, s => s.check_async(bucket, cost, ceilings, now))
-    }
-
-    fn record_async(&self, bucket: BucketId, tokens: u64, now: Timestamp) -> StoreCall<'_, Usage> {
-        each!(self, s => s.record_async(bucket, tokens, now))
-    }
 }
 
 /// An async store driven to completion on a runtime of its own, for callers without one (a
@@ -160,26 +146,12 @@ impl<S: AsyncStore> QuotaStore for Blocking<S> {
         self.run(self.store.reserve_async(bucket, cost, ceilings, now))
     }
 
-    fn check(
-        &self,
-        bucket: BucketId,
-        cost: Cost,
-        ceilings: &Ceilings,
-        now: Timestamp,
-    ) -> Result<Result<Usage, Shortfall>, StoreError> {
-        self.run(self.store.check_async(bucket, cost, ceilings, now))
-    }
-
     fn reconcile(&self, bucket: BucketId, r: &Reservation, actual: u64, now: Timestamp) -> Result<Usage, StoreError> {
         self.run(self.store.reconcile_async(bucket, r, actual, now))
     }
 
     fn refund(&self, bucket: BucketId, r: &Reservation, now: Timestamp) -> Result<Usage, StoreError> {
         self.run(self.store.refund_async(bucket, r, now))
-    }
-
-    fn record(&self, bucket: BucketId, tokens: u64, now: Timestamp) -> Result<Usage, StoreError> {
-        self.run(self.store.record_async(bucket, tokens, now))
     }
 
     fn cool_down(

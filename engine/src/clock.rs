@@ -56,7 +56,8 @@ impl Clock for SystemClock {
 /// A clock that moves only when told: for tests and virtual time.
 ///
 /// ```
-/// use keysim_engine::{Clock, ManualClock, Timestamp};
+/// use keysim_engine::clock::{Clock, ManualClock};
+/// use keysim_engine::Timestamp;
 /// let clock = ManualClock::new(Timestamp(1_000));
 /// clock.advance(500);
 /// assert_eq!(clock.now(), Timestamp(1_500));

@@ -123,13 +123,8 @@ impl<S: Buckets> Builder<S> {
 
     /// The engine, or the first thing wrong with its settings or pool.
     pub fn build(self) -> Result<Engine<S>, ConfigError> {
-        let Builder { spec, mut config, store, estimator, clock, strategy } = self;
+        let Builder { spec, config, store, estimator, clock, strategy } = self;
         config.validate()?;
-        // The reference gateways know nothing of projects and rotate keys.
-        if config.admission.is_reference() {
-            config.scope = crate::QuotaScope::Key;
-            config.strategy = crate::StrategyKind::RoundRobin;
-        }
         let pool = Pool::new(spec, config.scope, (config.safety, config.reserve), &mut |k| store.bucket(k))?;
         let models = pool.models().len();
         let outputs = OutputReserve::new(config.output_policy, config.output_reserve, models);

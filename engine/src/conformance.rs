@@ -153,18 +153,6 @@ pub(crate) fn a_refund_after_midnight_leaves_the_new_day_alone<S: QuotaStore>(s:
     assert_eq!((u.minute_requests, u.minute_tokens, u.day_requests, u.day_tokens), (1, 7, 1, 7));
 }
 
-pub(crate) fn check_counts_nothing_and_record_checks_nothing<S: QuotaStore>(s: &S) {
-    let b = s.bucket(&key("p")).unwrap();
-    let c = ceilings(1, 1000, 1000);
-    let u = s.check(b, Cost::one(10), &c, T0).unwrap().unwrap();
-    assert_eq!(u.minute_requests, 0);
-    s.record(b, 10, T0).unwrap();
-    let u = s.record(b, 10, T0.plus(1)).unwrap();
-    assert_eq!((u.minute_requests, u.minute_tokens, u.day_requests), (2, 20, 2), "over the ceiling: recorded anyway");
-    let short = s.check(b, Cost::one(10), &c, T0.plus(2)).unwrap().unwrap_err();
-    assert_eq!(short.dimension, Dimension::Rpm);
-}
-
 pub(crate) fn cooling_blocks_until_its_end<S: QuotaStore>(s: &S) {
     let b = s.bucket(&key("p")).unwrap();
     let c = ceilings(10, 1000, 1000);
@@ -281,7 +269,7 @@ macro_rules! suite {
         suite!(@ $make; reserve_is_all_or_nothing, a_request_is_admitted_exactly_at_retry_at,
             the_window_slides_entry_by_entry, many_entries_leave_the_window_at_once, tokens_free_in_the_order_they_were_counted,
             the_daily_token_limit_binds_until_midnight, reconcile_and_refund_adjust_every_counter,
-            a_refund_after_midnight_leaves_the_new_day_alone, check_counts_nothing_and_record_checks_nothing,
+            a_refund_after_midnight_leaves_the_new_day_alone,
             cooling_blocks_until_its_end, the_day_restarts_at_pacific_midnight,
             pacific_days_follow_daylight_time, buckets_are_named_stably_and_kept_apart, a_batch_counts_all_its_requests);
         #[test]

@@ -112,19 +112,6 @@ impl<S: QuotaStore> QuotaStore for Degraded<S> {
         }
     }
 
-    fn check(
-        &self,
-        bucket: BucketId,
-        cost: Cost,
-        ceilings: &Ceilings,
-        now: Timestamp,
-    ) -> Result<Result<Usage, Shortfall>, StoreError> {
-        self.shared.check(bucket, cost, ceilings, now).or_else(|_| {
-            self.fell_back();
-            self.local.check(self.local_id(bucket), cost, &self.share(ceilings), now)
-        })
-    }
-
     fn reconcile(&self, bucket: BucketId, r: &Reservation, actual: u64, now: Timestamp) -> Result<Usage, StoreError> {
         if r.seq & LOCAL != 0 {
             return self.local.reconcile(self.local_id(bucket), &unmarked(r), actual, now);
@@ -137,13 +124,6 @@ impl<S: QuotaStore> QuotaStore for Degraded<S> {
             return self.local.refund(self.local_id(bucket), &unmarked(r), now);
         }
         self.shared.refund(bucket, r, now)
-    }
-
-    fn record(&self, bucket: BucketId, tokens: u64, now: Timestamp) -> Result<Usage, StoreError> {
-        self.shared.record(bucket, tokens, now).or_else(|_| {
-            self.fell_back();
-            self.local.record(self.local_id(bucket), tokens, now)
-        })
     }
 
     fn cool_down(

@@ -285,7 +285,13 @@ mod tests {
             model: 0,
             estimated_input: 1,
             reserved_output: 0,
-            reservation: None,
+            reservation: crate::store::Reservation {
+                seq: 0,
+                at: Timestamp(0),
+                day_ends: Timestamp(0),
+                tokens: 1,
+                requests: 1,
+            },
             model_probe: false,
             key_probe: false,
         }

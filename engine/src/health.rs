@@ -186,8 +186,6 @@ struct Sick {
 struct State {
     breakers: Vec<Breaker>,
     sick: BTreeMap<KeyId, Sick>,
-    /// `rotate-blacklist`: consecutive failures per key.
-    strikes: BTreeMap<KeyId, u32>,
     report: HealthReport,
 }
 
@@ -366,23 +364,6 @@ impl Health {
         if self.state().sick.remove(&key).is_some() {
             self.sick.fetch_sub(1, Ordering::Relaxed);
         }
-    }
-
-    /// `rotate-blacklist`'s count of consecutive failures of `key`: whether it reached
-    /// `limit` just now (the key is to be blacklisted).
-    pub(crate) fn strike(&self, key: KeyId, failed: bool, limit: u32) -> bool {
-        let mut s = self.state();
-        if !failed {
-            s.strikes.remove(&key);
-            return false;
-        }
-        let n = s.strikes.entry(key).or_default();
-        *n += 1;
-        if *n == limit {
-            s.report.keys_disabled += 1;
-            return true;
-        }
-        false
     }
 
     /// A limit the provider enforces, learned from a 429.

@@ -38,6 +38,12 @@
 //! - [`provider`]: reading 429 answers (quotaId, retryDelay).
 //! - [`warn`]: early-warning rules and forecasts.
 //! - [`pool_file`] (feature `pool-file`): the pool sections of a TOML file, with diagnostics.
+//! - [`permit`]: permits that settle themselves; [`health`]: back-offs, key probes, learned
+//!   limits; [`redact`](mod@redact): how key ids appear in logs; [`setting`](mod@setting): named
+//!   configuration choices.
+//!
+//! The root holds what a service needs — the engine and its settings, a request and its
+//! answer, permits, the pool it is built from, the stores — and the modules the rest.
 
 pub mod clock;
 pub mod estimate;
@@ -49,7 +55,7 @@ pub mod pool;
 #[cfg(feature = "pool-file")]
 pub mod pool_file;
 pub mod provider;
-mod redact;
+pub mod redact;
 pub mod store;
 pub mod strategy;
 pub mod time;
@@ -60,14 +66,14 @@ mod admit;
 mod any;
 mod capacity;
 mod config;
-mod degraded;
+pub mod degraded;
 mod demand;
 pub mod health;
-mod permit;
+pub mod permit;
 mod reconcile;
 #[cfg(feature = "redis")]
 pub mod redis_store;
-mod setting;
+pub mod setting;
 mod settle;
 mod slots;
 #[cfg(feature = "async")]
@@ -78,75 +84,42 @@ use std::sync::{Arc, Mutex};
 
 use arc_swap::ArcSwap;
 
+// The root is what a service needs: the engine and its settings, a request and its answer,
+// permits, the pool it is built from, a store. Everything else lives in its module (store
+// traits and counters in `store`, the pool's inner types in `pool`, clocks in `clock`, …).
 pub use admit::{AdmitError, Decision, Denial, DenyReason, Outcome, Priority, Request, Ticket};
 #[cfg(feature = "async")]
 pub use any::{AnyStore, Blocking};
 pub use capacity::Capacity;
-pub use clock::{Clock, ManualClock, ScaledClock, SystemClock, EDGE_GUARD};
 pub use config::{Builder, ConfigError};
 pub use degraded::Degraded;
-pub use estimate::{Chars4, Estimator, Prompt};
-pub use lifecycle::{step, QueuePolicy, Reason, Step};
-pub use limits::{Ceilings, Dimension, Limits};
+pub use estimate::Prompt;
+pub use limits::{Dimension, Limits};
 pub use memory::MemoryStore;
 #[cfg(feature = "async")]
-pub use permit::{OwnedPermit, BACKGROUND_SETTLEMENTS};
+pub use permit::OwnedPermit;
 pub use permit::{Permit, TryAcquireError};
-pub use pool::{
-    Group, KeyId, KeySpec, KeyState, ModelSpec, Pool, PoolError, PoolEvent, PoolSpec, ProjectSpec, QuotaScope,
-};
-pub use provider::{failure, key_rejected, parse_quota_error, Exhaustion, QuotaExhausted, UsageMetadata};
+pub use pool::{KeySpec, ModelSpec, PoolEvent, PoolSpec, ProjectSpec};
+pub use provider::{parse_quota_error, UsageMetadata};
 pub use reconcile::{PoolChanges, ReconcileError};
-pub use redact::{redact, redact_text, redact_url};
 #[cfg(feature = "redis")]
-pub use redis_store::{RedisConfig, RedisStats, RedisStore, RedisTime};
-pub use setting::Setting;
-pub use store::{
-    AsyncStore, BucketId, BucketKey, Buckets, Cost, Grant, QuotaStore, Reservation, Shortfall, StoreCall, StoreError,
-    Usage,
-};
-pub use strategy::{Strategy, StrategyKind};
-pub use time::{next_pacific_midnight, Timestamp, MINUTE_MS};
+pub use redis_store::{RedisConfig, RedisStore};
+pub use store::StoreError;
+pub use time::Timestamp;
+
+// Names the engine's own modules reach by `crate::…`; services reach them by their modules.
+pub(crate) use clock::Clock;
+pub(crate) use estimate::{Chars4, Estimator};
+pub(crate) use lifecycle::QueuePolicy;
+pub(crate) use limits::Ceilings;
+pub(crate) use pool::{Group, KeyId, QuotaScope};
+pub(crate) use redact::redact;
+pub(crate) use setting::Setting;
+pub(crate) use store::{AsyncStore, BucketId, Buckets, QuotaStore, Usage};
+pub(crate) use strategy::{Strategy, StrategyKind};
+pub(crate) use time::{next_pacific_midnight, MINUTE_MS};
 #[cfg(feature = "async")]
 pub use wait::AcquireError;
-
-/// How admission counts usage.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
-pub enum AdmissionMode {
-    /// Check and reserve every dimension in one atomic step; reconcile at settlement.
-    #[default]
-    Atomic,
-    /// The reference mistake many gateways make: check current usage, count the request only
-    /// when it completes. Concurrent requests race past the limits.
-    CheckThenAct,
-    /// Reference: no accounting at all; send everything, rotating keys.
-    None,
-    /// Reference (as many key-pool gateways do): rotate keys round-robin, no project
-    /// awareness; a key that fails three times in a row, for whatever reason, is blacklisted
-    /// for good.
-    RotateBlacklist,
-    /// Reference: rotate keys, no project awareness, no counting; a key that gets a 429 cools
-    /// down for its `retryDelay` (a minute if none), until midnight Pacific on a daily one.
-    CooldownRetryDelay,
-}
-
-setting!(AdmissionMode {
-    Atomic => "atomic",
-    CheckThenAct => "check-then-act",
-    None => "none",
-    RotateBlacklist => "rotate-blacklist",
-    CooldownRetryDelay => "cooldown-retrydelay",
-});
-
-impl AdmissionMode {
-    /// One of the reference gateways (no accounting, no project awareness, no key health).
-    pub fn is_reference(self) -> bool {
-        matches!(self, Self::None | Self::RotateBlacklist | Self::CooldownRetryDelay)
-    }
-}
-
-/// Consecutive failures after which `rotate-blacklist` blacklists a key.
-pub const BLACKLIST_AFTER: u32 = 3;
 
 /// Which tokens TPM and TPD count.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
@@ -169,8 +142,6 @@ pub struct EngineConfig {
     pub reserve: f64,
     /// Fraction of every limit the engine never uses.
     pub safety: f64,
-    /// Atomic admission, or the check-then-act reference.
-    pub admission: AdmissionMode,
     /// Per project (right for Gemini), or per key (the reference mistake).
     pub scope: QuotaScope,
     /// What token limits count.
@@ -199,7 +170,6 @@ impl Default for EngineConfig {
             strategy: StrategyKind::default(),
             reserve: 0.0,
             safety: 0.0,
-            admission: AdmissionMode::Atomic,
             scope: QuotaScope::Project,
             basis: TokenBasis::Input,
             output_reserve: 1024,

@@ -206,17 +206,6 @@ impl QuotaStore for MemoryStore {
         })
     }
 
-    fn check(
-        &self,
-        bucket: BucketId,
-        cost: Cost,
-        ceilings: &Ceilings,
-        now: Timestamp,
-    ) -> Result<Result<Usage, Shortfall>, StoreError> {
-        let b = self.lock(bucket, now);
-        Ok(b.shortfall(cost, ceilings, now.0).map_or_else(|| Ok(b.usage(now.0)), Err))
-    }
-
     fn reconcile(&self, bucket: BucketId, r: &Reservation, actual: u64, now: Timestamp) -> Result<Usage, StoreError> {
         let mut b = self.lock(bucket, now);
         if let Some(i) = b.find(r.seq) {
@@ -244,12 +233,6 @@ impl QuotaStore for MemoryStore {
             b.day_requests = b.day_requests.saturating_sub(r.requests.max(1));
             b.day_tokens = b.day_tokens.saturating_sub(r.tokens);
         }
-        Ok(b.usage(now.0))
-    }
-
-    fn record(&self, bucket: BucketId, tokens: u64, now: Timestamp) -> Result<Usage, StoreError> {
-        let mut b = self.lock(bucket, now);
-        b.push(Cost::one(tokens), now.0);
         Ok(b.usage(now.0))
     }
 

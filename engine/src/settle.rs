@@ -10,8 +10,8 @@ use super::limits::Dimension;
 use super::pool::{PoolEvent, QuotaScope};
 use super::provider::{Exhaustion, QuotaExhausted};
 use super::store::{AsyncStore, BucketId, Buckets, QuotaStore, Reservation, StoreError};
-use super::time::{next_pacific_midnight, Timestamp, MINUTE_MS};
-use super::{AdmissionMode, Engine, TokenBasis, BLACKLIST_AFTER};
+use super::time::{Timestamp, MINUTE_MS};
+use super::{Engine, TokenBasis};
 
 impl<S: Buckets> Engine<S> {
     /// After a settlement's store calls: the pool's health, the freed capacity.
@@ -38,17 +38,6 @@ impl<S: Buckets> Engine<S> {
     fn settle_plan(&self, ticket: &Ticket, outcome: Outcome, now: Timestamp) -> SettlePlan {
         let b = ticket.bucket;
         let mut plan = SettlePlan { op: None, cool: None, freed: false };
-        if self.config.admission.is_reference() {
-            // Nothing is counted; cooldown-retrydelay cools a key down on any 429.
-            if let (AdmissionMode::CooldownRetryDelay, Outcome::RateLimited(q)) = (self.config.admission, outcome) {
-                let until = match q.dimension {
-                    Some(d) if d.is_daily() => next_pacific_midnight(now),
-                    _ => now.plus(q.retry_after_ms.unwrap_or(MINUTE_MS)),
-                };
-                plan.cool = Some((b, q.dimension.unwrap_or(Dimension::Rpm), until));
-            }
-            return plan;
-        }
         match (outcome, ticket.reservation) {
             (Outcome::Success { input_tokens, output_tokens }, r) => {
                 let counted = match self.config.basis {
@@ -58,18 +47,14 @@ impl<S: Buckets> Engine<S> {
                         input_tokens + output_tokens
                     }
                 };
-                match r {
-                    Some(_) if !self.config.reconcile => {}
-                    Some(r) => {
-                        plan.op = Some(SettleOp::Reconcile(b, r, counted));
-                        plan.freed = counted < r.tokens;
-                    }
-                    None => plan.op = Some(SettleOp::Record(b, counted)),
+                if self.config.reconcile {
+                    plan.op = Some(SettleOp::Reconcile(b, r, counted));
+                    plan.freed = counted < r.tokens;
                 }
             }
             (Outcome::RateLimited(q), r) => {
-                plan.op = r.map(|r| SettleOp::Refund(b, r));
-                plan.freed = r.is_some();
+                plan.op = Some(SettleOp::Refund(b, r));
+                plan.freed = true;
                 // The provider's capacity, not this bucket's quota: the model's breaker has it.
                 if q.kind == Exhaustion::Capacity {
                     return plan;
@@ -88,7 +73,7 @@ impl<S: Buckets> Engine<S> {
                 let until = if dimension.is_daily() {
                     // The day the request was counted in, which may have ended while the
                     // answer travelled: then the new day's quota is fresh and nothing cools.
-                    r.map_or_else(|| next_pacific_midnight(now), |r| r.day_ends)
+                    r.day_ends
                 } else {
                     now.plus(q.retry_after_ms.unwrap_or(MINUTE_MS))
                 };
@@ -96,33 +81,18 @@ impl<S: Buckets> Engine<S> {
                     plan.cool = Some((b, dimension, until));
                 }
             }
-            (Outcome::Failed | Outcome::Unavailable, Some(_)) => {}
-            (Outcome::Failed | Outcome::Unavailable, None) => {
-                plan.op = Some(SettleOp::Record(b, ticket.estimated_input + ticket.reserved_output));
-            }
-            (Outcome::NotSent | Outcome::KeyRejected, Some(r)) => {
+            // Sent, and perhaps counted by the provider: the reservation stands.
+            (Outcome::Failed | Outcome::Unavailable, _) => {}
+            (Outcome::NotSent | Outcome::KeyRejected, r) => {
                 plan.op = Some(SettleOp::Refund(b, r));
                 plan.freed = true;
             }
-            (Outcome::NotSent | Outcome::KeyRejected, None) => {}
         }
         plan
     }
 
     /// What an answer says about the pool's health: the model's breaker, the key, the limits.
     fn note_health(&self, ticket: &Ticket, outcome: Outcome, now: Timestamp) {
-        if self.config.admission.is_reference() {
-            if self.config.admission == AdmissionMode::RotateBlacklist {
-                let failed = !matches!(outcome, Outcome::Success { .. } | Outcome::NotSent);
-                if self.health.strike(ticket.key, failed, BLACKLIST_AFTER) {
-                    let id = self.pool.load().keys().get(ticket.key.0 as usize).map(|k| k.id.clone());
-                    if let Some(id) = id {
-                        let _ = self.apply(PoolEvent::Revoke(id));
-                    }
-                }
-            }
-            return;
-        }
         let model = ticket.model;
         let capacity = match outcome {
             Outcome::Unavailable => true,
@@ -215,13 +185,12 @@ struct SettlePlan {
 enum SettleOp {
     Reconcile(BucketId, Reservation, u64),
     Refund(BucketId, Reservation),
-    Record(BucketId, u64),
 }
 
 impl SettleOp {
     fn bucket(self) -> BucketId {
         match self {
-            Self::Reconcile(b, ..) | Self::Refund(b, _) | Self::Record(b, _) => b,
+            Self::Reconcile(b, ..) | Self::Refund(b, _) => b,
         }
     }
 }
@@ -238,7 +207,6 @@ impl<S: QuotaStore> Engine<S> {
                 let usage = match op {
                     SettleOp::Reconcile(b, r, counted) => self.store.reconcile(b, &r, counted, now)?,
                     SettleOp::Refund(b, r) => self.store.refund(b, &r, now)?,
-                    SettleOp::Record(b, tokens) => self.store.record(b, tokens, now)?,
                 };
                 self.note(op.bucket(), &usage, now);
             }
@@ -261,8 +229,6 @@ impl<S: AsyncStore> Engine<S> {
                 let usage = match op {
                     SettleOp::Reconcile(b, r, counted) => self.store.reconcile_async(b, &r, counted, now).await?,
                     SettleOp::Refund(b, r) => self.store.refund_async(b, &r, now).await?,
-                    // Counting after the fact is the simulator's check-then-act reference only.
-                    SettleOp::Record(b, _) => self.store.usage_async(b, now).await?,
                 };
                 self.note(op.bucket(), &usage, now);
             }

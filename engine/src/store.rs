@@ -184,26 +184,12 @@ macro_rules! forward_store {
         (**self).reserve(bucket, cost, ceilings, now)
     }
 
-    fn check(
-        &self,
-        bucket: BucketId,
-        cost: Cost,
-        ceilings: &Ceilings,
-        now: Timestamp,
-    ) -> Result<Result<Usage, Shortfall>, StoreError> {
-        (**self).check(bucket, cost, ceilings, now)
-    }
-
     fn reconcile(&self, bucket: BucketId, r: &Reservation, actual: u64, now: Timestamp) -> Result<Usage, StoreError> {
         (**self).reconcile(bucket, r, actual, now)
     }
 
     fn refund(&self, bucket: BucketId, r: &Reservation, now: Timestamp) -> Result<Usage, StoreError> {
         (**self).refund(bucket, r, now)
-    }
-
-    fn record(&self, bucket: BucketId, tokens: u64, now: Timestamp) -> Result<Usage, StoreError> {
-        (**self).record(bucket, tokens, now)
     }
 
     fn cool_down(
@@ -250,15 +236,6 @@ pub trait QuotaStore: Buckets {
         now: Timestamp,
     ) -> Result<Result<Grant, Shortfall>, StoreError>;
 
-    /// Whether [`QuotaStore::reserve`] would succeed now, without counting anything.
-    fn check(
-        &self,
-        bucket: BucketId,
-        cost: Cost,
-        ceilings: &Ceilings,
-        now: Timestamp,
-    ) -> Result<Result<Usage, Shortfall>, StoreError>;
-
     /// Replaces a reservation's token count by the actual one.
     fn reconcile(
         &self,
@@ -270,9 +247,6 @@ pub trait QuotaStore: Buckets {
 
     /// Takes a reservation back, as if it had never been made.
     fn refund(&self, bucket: BucketId, reservation: &Reservation, now: Timestamp) -> Result<Usage, StoreError>;
-
-    /// Counts a request after the fact, without any check (the `check-then-act` reference mode).
-    fn record(&self, bucket: BucketId, tokens: u64, now: Timestamp) -> Result<Usage, StoreError>;
 
     /// Stops admissions on `dimension` of `bucket` until `until` (decided at `now`).
     fn cool_down(
@@ -368,18 +342,6 @@ pub trait AsyncStore: Buckets {
 
     /// The counters of every bucket of `buckets` (a shared store asks in one round trip).
     fn usages_async(&self, buckets: &[BucketId], now: Timestamp) -> StoreCall<'_, Vec<Result<Usage, StoreError>>>;
-
-    /// [`QuotaStore::check`] (the simulator's check-then-act reference).
-    fn check_async(
-        &self,
-        bucket: BucketId,
-        cost: Cost,
-        ceilings: &Ceilings,
-        now: Timestamp,
-    ) -> StoreCall<'_, Result<Usage, Shortfall>>;
-
-    /// [`QuotaStore::record`] (the simulator's check-then-act reference).
-    fn record_async(&self, bucket: BucketId, tokens: u64, now: Timestamp) -> StoreCall<'_, Usage>;
 }
 
 impl<S: QuotaStore + ?Sized> AsyncStore for S {
@@ -417,19 +379,5 @@ impl<S: QuotaStore + ?Sized> AsyncStore for S {
 
     fn usages_async(&self, buckets: &[BucketId], now: Timestamp) -> StoreCall<'_, Vec<Result<Usage, StoreError>>> {
         StoreCall::ready(Ok(buckets.iter().map(|&b| self.usage(b, now)).collect()))
-    }
-
-    fn check_async(
-        &self,
-        bucket: BucketId,
-        cost: Cost,
-        ceilings: &Ceilings,
-        now: Timestamp,
-    ) -> StoreCall<'_, Result<Usage, Shortfall>> {
-        StoreCall::ready(self.check(bucket, cost, ceilings, now))
-    }
-
-    fn record_async(&self, bucket: BucketId, tokens: u64, now: Timestamp) -> StoreCall<'_, Usage> {
-        StoreCall::ready(self.record(bucket, tokens, now))
     }
 }

@@ -337,7 +337,8 @@ mod tests {
     use std::sync::Arc;
 
     use super::*;
-    use crate::{Clock, KeySpec, Limits, ManualClock, ModelSpec, Outcome, PoolSpec, ProjectSpec};
+    use crate::clock::ManualClock;
+    use crate::{Clock, KeySpec, Limits, ModelSpec, Outcome, PoolSpec, ProjectSpec};
 
     const T0: Timestamp = Timestamp(1_764_140_400_000);
 
@@ -491,7 +492,7 @@ mod tests {
                     Some(url) => {
                         let mut c = crate::RedisConfig::parse(&url).unwrap();
                         c.prefix = prefix.clone();
-                        c.time = crate::RedisTime::Caller;
+                        c.time = crate::redis_store::RedisTime::Caller;
                         crate::AnyStore::Redis(Box::new(crate::RedisStore::new(c).unwrap()))
                     }
                     _ => crate::AnyStore::Memory(store.clone()),

@@ -13,7 +13,9 @@ use serde_json::{json, Value};
 use super::forward::token_matches;
 use super::reply::{error, Surface};
 use super::{Body, ProxyEngine, RequestBody, State};
-use crate::engine::{redact, BucketId, Dimension, StoreError, Timestamp, Usage};
+use crate::engine::redact::{redact, redact_text, redact_url};
+use crate::engine::store::{BucketId, Usage};
+use crate::engine::{Dimension, StoreError, Timestamp};
 
 fn answer(status: u16, content_type: &'static str, body: impl Into<Bytes>) -> hyper::Response<Body> {
     use http_body_util::BodyExt;
@@ -131,9 +133,7 @@ pub async fn admin(state: Arc<State>, req: hyper::Request<RequestBody>) -> hyper
             // It reads files: on the blocking pool.
             let reload = tokio::task::spawn_blocking(move || match state.reload() {
                 Ok(c) => json_answer(200, &json!({"reloaded": true, "changes": c})),
-                Err(e) => {
-                    json_answer(400, &json!({"reloaded": false, "error": crate::engine::redact_text(&e.to_string())}))
-                }
+                Err(e) => json_answer(400, &json!({"reloaded": false, "error": redact_text(&e.to_string())})),
             });
             reload.await.unwrap_or_else(|_| error(Surface::Gemini, 500, "INTERNAL", "the reload failed"))
         }
@@ -170,8 +170,8 @@ fn pool(state: &State) -> Value {
     json!({
         "models": models,
         "projects": projects,
-        "upstream": crate::engine::redact_url(&loaded.proxy.upstream),
-        "store": loaded.proxy.store.as_deref().map_or_else(|| "memory".to_owned(), crate::engine::redact_url),
+        "upstream": redact_url(&loaded.proxy.upstream),
+        "store": loaded.proxy.store.as_deref().map_or_else(|| "memory".to_owned(), redact_url),
     })
 }
 

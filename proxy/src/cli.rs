@@ -5,7 +5,7 @@ use std::io::Write;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
-use crate::engine::ScaledClock;
+use crate::engine::clock::ScaledClock;
 use crate::{Overrides, ProxyError, State};
 
 /// The proxy's options.
@@ -126,8 +126,8 @@ fn banner(l: &crate::Loaded, local: SocketAddr) -> String {
     let mut s = format!("keysim proxy listening on http://{local}\n");
     s += &format!(
         "  upstream {} · store {}\n",
-        crate::engine::redact_url(&l.proxy.upstream),
-        l.proxy.store.as_deref().map_or_else(|| "memory".to_owned(), crate::engine::redact_url)
+        crate::engine::redact::redact_url(&l.proxy.upstream),
+        l.proxy.store.as_deref().map_or_else(|| "memory".to_owned(), crate::engine::redact::redact_url)
     );
     s += &format!("  pool: {} projects, {keys} keys · models {}\n", l.pool.projects.len(), models.join(", "));
     s += &format!(

@@ -5,7 +5,9 @@ use std::collections::HashMap;
 use std::fmt;
 use std::path::Path;
 
-use crate::engine::{redact, AnyStore, RedisConfig, RedisStore, RedisTime, StoreError};
+use crate::engine::redact::redact;
+use crate::engine::redis_store::RedisTime;
+use crate::engine::{AnyStore, RedisConfig, RedisStore, StoreError};
 use crate::file::{KeySource, PoolConfig, ProxyDef};
 
 /// Why the proxy cannot start or reload.

@@ -56,7 +56,7 @@ pub fn parse(text: &str, origin: &str, base: Option<&Path>) -> Result<(PoolConfi
             seed = s;
         }
     }
-    let sections = pool_file::sections(&mut ctx, &table, seed, base, None);
+    let sections = pool_file::sections(&mut ctx, &table, seed, base, None, &[]);
     let proxy = match table.table(&mut ctx, "proxy") {
         Some(t) => parse_proxy(&mut ctx, &t),
         None => Some(ProxyDef::default()),

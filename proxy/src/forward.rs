@@ -18,10 +18,9 @@ pub use super::reply::{error, Surface};
 use super::reply::{error_with, hide, passes, passthrough};
 use super::{Body, RequestBody, State};
 use crate::engine::estimate::media::media_tokens;
-use crate::engine::{
-    failure, parse_quota_error, AcquireError, Decision, DenyReason, Exhaustion, Outcome, Prompt, QueuePolicy, Reason,
-    Request,
-};
+use crate::engine::lifecycle::{QueuePolicy, Reason};
+use crate::engine::provider::{failure, Exhaustion};
+use crate::engine::{parse_quota_error, AcquireError, Decision, DenyReason, Outcome, Prompt, Request};
 
 /// The largest request body the proxy reads (Gemini's own limit, 20 MB).
 pub const MAX_BODY: usize = 20 * 1024 * 1024;

@@ -47,8 +47,9 @@ use hyper::server::conn::http1;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::sync::watch;
 
+use crate::engine::clock::{ScaledClock, EDGE_GUARD};
 use crate::engine::warn::Warner;
-use crate::engine::{AnyStore, Engine, ScaledClock};
+use crate::engine::{AnyStore, Engine};
 use crate::notify::{LogLine, Sink};
 pub use config::{Loaded, ProxyError};
 use metrics::Metrics;
@@ -131,7 +132,7 @@ impl State {
         let time_scale = clock.scale();
         let store = config::store(&loaded.proxy, time_scale != 1.0)?;
         // Queued requests are let go a little after their slot frees (see `EDGE_GUARD`).
-        let clock = clock.with_lag(crate::engine::EDGE_GUARD);
+        let clock = clock.with_lag(EDGE_GUARD);
         let pool = &loaded.pool;
         let engine = crate::engine::pool_file::build::engine_on(
             &pool.models,

@@ -20,18 +20,18 @@ struct Cli {
 fn main() {
     // A panic's message may quote a key.
     std::panic::set_hook(Box::new(|info| {
-        eprintln!("{}", keysim_proxy::engine::redact_text(&info.to_string()));
+        eprintln!("{}", keysim_proxy::engine::redact::redact_text(&info.to_string()));
     }));
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) if !e.use_stderr() => e.exit(),
         Err(e) => {
-            eprint!("{}", keysim_proxy::engine::redact_text(&e.render().to_string()));
+            eprint!("{}", keysim_proxy::engine::redact::redact_text(&e.render().to_string()));
             std::process::exit(2);
         }
     };
     if let Err(e) = run(cli.args) {
-        let text = keysim_proxy::engine::redact_text(&e.to_string());
+        let text = keysim_proxy::engine::redact::redact_text(&e.to_string());
         if text.starts_with("error:") {
             eprintln!("{text}");
         } else {

@@ -16,9 +16,10 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 
+use crate::engine::store::Buckets;
 use crate::engine::warn::Notification;
+use crate::engine::Dimension;
 use crate::engine::Engine;
-use crate::engine::{Buckets, Dimension};
 
 /// Labels of one model.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]

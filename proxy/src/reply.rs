@@ -59,7 +59,7 @@ pub(super) fn passes(name: &HeaderName) -> bool {
 pub(super) fn hide(body: &[u8], key: &str) -> Bytes {
     let text = String::from_utf8_lossy(body);
     if key.len() >= 4 && text.contains(key) {
-        Bytes::from(text.replace(key, &crate::engine::redact(key)))
+        Bytes::from(text.replace(key, &crate::engine::redact::redact(key)))
     } else {
         Bytes::copy_from_slice(body)
     }

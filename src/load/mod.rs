@@ -366,6 +366,13 @@ pub fn run_load(sc: &Scenario, opts: &LoadOptions) -> Result<LoadResult, LoadErr
             redact_target(&target)
         )));
     }
+    if sc.gateway != crate::sim::gateway::GatewayKind::Atomic {
+        return Err(LoadError::Bad(format!(
+            "engine.admission = \"{}\" is a reference gateway, run only in the simulator (keysim run); \
+             keysim load runs keysim's engine",
+            crate::engine::Setting::name(sc.gateway)
+        )));
+    }
     if !(1..=256).contains(&opts.replicas) {
         return Err(LoadError::Bad("--replicas must be from 1 to 256".into()));
     }

@@ -184,6 +184,8 @@ pub struct Aggregate {
     pub delayed: u64,
     /// Requests denied or delayed at a moment when the provider would have accepted them.
     pub lost_capacity: u64,
+    /// Keys a reference gateway blacklisted after errors (`rotate-blacklist`).
+    pub blacklisted: u64,
     /// Requests an ideal dispatcher could have served (see the simulator's oracle).
     pub servable: Option<u64>,
     /// Queue wait in ms (requests that waited or were denied after waiting).
@@ -219,6 +221,7 @@ impl Default for Aggregate {
             output_actual: 0,
             delayed: 0,
             lost_capacity: 0,
+            blacklisted: 0,
             servable: None,
             queue_wait_ms: histogram(90 * 86_400_000),
             latency_ms: histogram(86_400_000),
@@ -370,7 +373,7 @@ impl<W: Write> RequestLog<W> {
     }
 }
 
-pub use keysim_engine::redact;
+pub use keysim_engine::redact::redact;
 
 /// A progress bar over `duration_ms` of scenario time, counted in seconds, on stderr. It
 /// draws only on a terminal.

@@ -365,7 +365,8 @@ pub struct ExpectationResult {
 pub struct EngineInfo {
     /// Strategy name.
     pub strategy: &'static str,
-    /// `atomic` or `check-then-act`.
+    /// The gateway: `atomic` (keysim), or a reference (`check-then-act`, `none`,
+    /// `rotate-blacklist`, `cooldown-retrydelay`).
     pub admission: &'static str,
     /// `project` or `key`.
     pub quota_scope: &'static str,
@@ -495,7 +496,7 @@ impl Summary {
             duration_s: sc.duration_ms as f64 / 1000.0,
             engine: EngineInfo {
                 strategy: cfg.strategy.name(),
-                admission: cfg.admission.name(),
+                admission: sc.gateway.name(),
                 quota_scope: cfg.scope.name(),
                 reserve: cfg.reserve,
                 safety: cfg.safety,
@@ -557,7 +558,7 @@ impl Summary {
                     })
                     .collect();
                 HealthInfo {
-                    keys_disabled: h.keys_disabled,
+                    keys_disabled: h.keys_disabled + agg.blacklisted,
                     keys_probed: h.keys_probed,
                     keys_revived: h.keys_revived,
                     limits_learned: h.limits_learned,

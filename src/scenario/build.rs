@@ -21,7 +21,7 @@ pub fn engine(sc: &Scenario, clock: Arc<dyn Clock>) -> Result<Engine, ConfigErro
 
 /// The engine a scenario describes, over `store`, on `clock`.
 pub fn engine_on<S: Buckets>(sc: &Scenario, clock: Arc<dyn Clock>, store: S) -> Result<Engine<S>, ConfigError> {
-    build::engine_on(&sc.models, &sc.projects, &sc.engine, clock, store)
+    build::engine_on(&sc.models, &sc.projects, &sc.gateway.engine_def(&sc.engine), clock, store)
 }
 
 /// The engine of a simulated run: virtual time on a manual clock at the scenario's start.

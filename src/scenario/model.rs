@@ -36,6 +36,8 @@ pub struct Scenario {
     pub projects: Vec<ProjectDef>,
     /// The engine under test.
     pub engine: EngineDef,
+    /// keysim's engine, or the reference gateway it is compared with (`engine.admission`).
+    pub gateway: crate::sim::gateway::GatewayKind,
     /// Traffic classes.
     pub traffic: Vec<TrafficClass>,
     /// Pool events, by time.

@@ -11,8 +11,9 @@ use toml::Spanned;
 use super::diag::Diagnostics;
 use super::model::*;
 use super::traffic::{events, expectations, traffic};
-use crate::engine::pool_file::{self, Ctx, Table};
+use crate::engine::pool_file::{self, Ctx, EngineDef, Table};
 use crate::engine::Timestamp;
+use crate::sim::gateway::GatewayKind;
 
 /// Where the scenario's week starts if it names no `start`: a Wednesday at 00:00 Pacific.
 const DEFAULT_START: &str = "2026-11-25T00:00:00-08:00";
@@ -80,8 +81,9 @@ fn build(ctx: &mut Ctx, root: &Table<'_, '_>, base: Option<&Path>, needs_traffic
     let provider_table = root.table(ctx, "provider");
     let provider = provider(ctx, provider_table.as_ref(), base);
     let truth = provider.as_ref().and_then(|p| p.tokenizer.clone());
-    let pool_file::Sections { models, projects, engine, warnings } =
-        pool_file::sections(ctx, root, seed.unwrap_or(0), base, truth.as_ref());
+    let pool_file::Sections { models, projects, mut engine, warnings } =
+        pool_file::sections(ctx, root, seed.unwrap_or(0), base, truth.as_ref(), GATEWAY_FIELDS);
+    let gateway = gateway(ctx, root, engine.as_mut());
     let traffic = match needs_traffic || root.has("traffic") {
         true => traffic(ctx, root, &models, duration_ms.unwrap_or(u64::MAX), base, truth.as_ref()),
         false => Vec::new(),
@@ -130,12 +132,34 @@ fn build(ctx: &mut Ctx, root: &Table<'_, '_>, base: Option<&Path>, needs_traffic
         models,
         projects,
         engine: engine?,
+        gateway: gateway?,
         traffic,
         events,
         expect,
         warnings: warnings?,
         replicas: replicas?,
     })
+}
+
+/// The `[engine]` fields only the simulator reads: which gateway runs, and where it believes
+/// quota lives. A proxy's configuration refuses them.
+const GATEWAY_FIELDS: &[&str] = &["admission", "quota_scope"];
+
+/// `admission` and `quota_scope` of `[engine]` (the latter into `engine`'s settings).
+fn gateway(ctx: &mut Ctx, root: &Table<'_, '_>, engine: Option<&mut EngineDef>) -> Option<GatewayKind> {
+    // The section's own errors (not a table) are reported once, by the pool sections.
+    let t = match root.raw("engine").map(|v| matches!(v.get_ref(), DeValue::Table(_))) {
+        Some(true) => root.table(ctx, "engine")?,
+        _ => return Some(GatewayKind::default()),
+    };
+    let kind = if t.has("admission") { t.setting(ctx, "admission")? } else { GatewayKind::default() };
+    if t.has("quota_scope") {
+        let scope = t.setting(ctx, "quota_scope")?;
+        if let Some(e) = engine {
+            e.config.scope = scope;
+        }
+    }
+    Some(kind)
 }
 
 type Header = (Option<String>, Option<u64>, Option<u64>, Option<Timestamp>, Option<u64>);

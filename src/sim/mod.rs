@@ -9,10 +9,12 @@
 //! - [`queue`]: the event queue.
 //! - [`arrivals`]: arrival processes and token-size draws.
 //! - [`run`]: one run of a scenario ([`simulate`]).
+//! - [`gateway`]: keysim's engine or a reference gateway, as `engine.admission` says.
 //! - `traffic`, `ledger`, `oracle`: the traffic source, the counting of finished requests,
 //!   and what the pool could truly have served — each on a thread of its own beside the run.
 
 pub mod arrivals;
+pub mod gateway;
 mod ledger;
 mod observe;
 mod oracle;

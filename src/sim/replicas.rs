@@ -20,6 +20,7 @@ use crate::engine::{
 };
 use rand::SeedableRng;
 
+use super::gateway::Counting;
 use super::run::{SimEngine, SimError};
 use crate::engine::ManualClock;
 use crate::scenario::{build, ReplicaMode, ReplicasDef, Scenario};
@@ -178,7 +179,14 @@ fn split(free: u64, wants: &[u64]) -> Vec<u64> {
 
 /// The quota store one simulated engine sees.
 #[derive(Debug)]
-pub enum SimStore {
+pub struct SimStore {
+    place: Place,
+    counting: Counting,
+}
+
+/// Where a replica's counts live.
+#[derive(Debug)]
+pub enum Place {
     /// One engine, its own store.
     Alone(MemoryStore),
     /// Strict replicas: one store shared by all, failing while it is down.
@@ -199,7 +207,7 @@ pub enum SimStore {
     },
 }
 
-impl SimStore {
+impl Place {
     /// The ceilings replica `index` may fill now in `bucket`, and, if they are tighter than
     /// the pool's, when they may loosen (the next sync or renewal).
     fn bounded(&self, bucket: BucketId, ceilings: &Ceilings) -> (Ceilings, Option<u64>) {
@@ -264,11 +272,58 @@ fn sooner(mut s: Shortfall, next: Option<u64>, bounded: &Ceilings, ceilings: &Ce
 
 impl Buckets for SimStore {
     fn bucket(&self, key: &BucketKey) -> Result<BucketId, StoreError> {
-        match self {
-            Self::Alone(s) => s.bucket(key),
-            Self::Shared { store, .. } => store.bucket(key),
-            Self::Replica { own, .. } => own.bucket(key),
+        match &self.place {
+            Place::Alone(s) => s.bucket(key),
+            Place::Shared { store, .. } => store.bucket(key),
+            Place::Replica { own, .. } => own.bucket(key),
         }
+    }
+}
+
+/// The counts where a replica keeps them, bounded as its mode says: keysim's way of counting.
+struct Placed<'a>(&'a Place);
+
+impl Placed<'_> {
+    fn reserve(
+        &self,
+        bucket: BucketId,
+        cost: Cost,
+        ceilings: &Ceilings,
+        now: Timestamp,
+    ) -> Result<Result<Grant, Shortfall>, StoreError> {
+        let (bounded, next) = self.0.bounded(bucket, ceilings);
+        Ok(self.0.store()?.reserve(bucket, cost, &bounded, now)?.map_err(|s| sooner(s, next, &bounded, ceilings)))
+    }
+
+    /// Whether `cost` would be reserved now, leaving nothing counted (one thread decides, so
+    /// a reservation taken back at once is a check).
+    fn check(
+        &self,
+        bucket: BucketId,
+        cost: Cost,
+        ceilings: &Ceilings,
+        now: Timestamp,
+    ) -> Result<Result<Grant, Shortfall>, StoreError> {
+        Ok(match self.reserve(bucket, cost, ceilings, now)? {
+            Ok(g) => Ok(Grant { usage: self.0.store()?.refund(bucket, &g.reservation, now)?, ..g }),
+            Err(s) => Err(s),
+        })
+    }
+}
+
+impl SimStore {
+    /// A store at `place` that counts as `counting` says.
+    pub(crate) fn new(place: Place, counting: Counting) -> Self {
+        Self { place, counting }
+    }
+
+    fn place(&self) -> Placed<'_> {
+        Placed(&self.place)
+    }
+
+    /// Counts `cost` whatever the ceilings (a request that completed, under check-then-act).
+    pub(crate) fn count(&self, bucket: BucketId, cost: Cost, now: Timestamp) -> Result<(), StoreError> {
+        self.place().reserve(bucket, cost, &Ceilings([u64::MAX; 4]), now).map(|_| ())
     }
 }
 
@@ -280,31 +335,32 @@ impl QuotaStore for SimStore {
         ceilings: &Ceilings,
         now: Timestamp,
     ) -> Result<Result<Grant, Shortfall>, StoreError> {
-        let (bounded, next) = self.bounded(bucket, ceilings);
-        Ok(self.store()?.reserve(bucket, cost, &bounded, now)?.map_err(|s| sooner(s, next, &bounded, ceilings)))
-    }
-
-    fn check(
-        &self,
-        bucket: BucketId,
-        cost: Cost,
-        ceilings: &Ceilings,
-        now: Timestamp,
-    ) -> Result<Result<Usage, Shortfall>, StoreError> {
-        let (bounded, next) = self.bounded(bucket, ceilings);
-        Ok(self.store()?.check(bucket, cost, &bounded, now)?.map_err(|s| sooner(s, next, &bounded, ceilings)))
+        match self.counting {
+            Counting::Reserved => self.place().reserve(bucket, cost, ceilings, now),
+            Counting::AfterTheFact => self.place().check(bucket, cost, ceilings, now),
+            // Unlimited: only a cool-down stops a key.
+            Counting::Nothing => self.place().check(bucket, Cost::one(0), &Ceilings([u64::MAX; 4]), now),
+        }
     }
 
     fn reconcile(&self, bucket: BucketId, r: &Reservation, actual: u64, now: Timestamp) -> Result<Usage, StoreError> {
-        self.store()?.reconcile(bucket, r, actual, now)
+        match self.counting {
+            Counting::Reserved => self.place.store()?.reconcile(bucket, r, actual, now),
+            // Counted now, at completion, whatever the ceilings.
+            Counting::AfterTheFact => {
+                self.count(bucket, Cost { requests: r.requests, tokens: actual }, now)?;
+                self.usage(bucket, now)
+            }
+            Counting::Nothing => self.usage(bucket, now),
+        }
     }
 
     fn refund(&self, bucket: BucketId, r: &Reservation, now: Timestamp) -> Result<Usage, StoreError> {
-        self.store()?.refund(bucket, r, now)
-    }
-
-    fn record(&self, bucket: BucketId, tokens: u64, now: Timestamp) -> Result<Usage, StoreError> {
-        self.store()?.record(bucket, tokens, now)
+        match self.counting {
+            Counting::Reserved => self.place.store()?.refund(bucket, r, now),
+            // Nothing was held.
+            Counting::AfterTheFact | Counting::Nothing => self.usage(bucket, now),
+        }
     }
 
     fn cool_down(
@@ -314,11 +370,11 @@ impl QuotaStore for SimStore {
         until: Timestamp,
         now: Timestamp,
     ) -> Result<(), StoreError> {
-        self.store()?.cool_down(bucket, dimension, until, now)
+        self.place.store()?.cool_down(bucket, dimension, until, now)
     }
 
     fn usage(&self, bucket: BucketId, now: Timestamp) -> Result<Usage, StoreError> {
-        self.store()?.usage(bucket, now)
+        self.place.store()?.usage(bucket, now)
     }
 }
 
@@ -337,8 +393,10 @@ pub(super) struct Replicas {
 /// The engines of a run: one over its own store, or one per replica as `[replicas]` says.
 pub(super) fn engines(sc: &Scenario) -> Result<(Vec<SimEngine>, Option<Replicas>), SimError> {
     let clock = || -> Arc<dyn crate::engine::Clock> { Arc::new(ManualClock::new(sc.start)) };
+    let counting = sc.gateway.counting();
     let Some(def) = sc.replicas.clone() else {
-        return Ok((vec![build::engine_on(sc, clock(), SimStore::Alone(MemoryStore::new()))?], None));
+        let store = SimStore::new(Place::Alone(MemoryStore::new()), counting);
+        return Ok((vec![build::engine_on(sc, clock(), store)?], None));
     };
     let with = Coordination::new(&def, sc.start.0 + def.interval_ms);
     let shared = Arc::new(MemoryStore::new());
@@ -346,9 +404,10 @@ pub(super) fn engines(sc: &Scenario) -> Result<(Vec<SimEngine>, Option<Replicas>
     let engines = (0..def.count as usize)
         .map(|index| {
             let store = match def.mode {
-                ReplicaMode::Strict => SimStore::Shared { store: Arc::clone(&shared), with: Arc::clone(&with) },
-                _ => SimStore::Replica { own: Arc::clone(&own[index]), with: Arc::clone(&with), index },
+                ReplicaMode::Strict => Place::Shared { store: Arc::clone(&shared), with: Arc::clone(&with) },
+                _ => Place::Replica { own: Arc::clone(&own[index]), with: Arc::clone(&with), index },
             };
+            let store = SimStore::new(store, counting);
             build::engine_on(sc, clock(), store)
         })
         .collect::<Result<Vec<_>, _>>()?;

@@ -8,6 +8,7 @@ use mock_server::body::{capacity_exhausted, quota_exceeded_as};
 use mock_server::script::StormKind;
 use mock_server::{Fault, Judge, KeyState as JudgeKey, Verdict};
 
+use super::gateway::Gateway;
 use super::ledger::{Done, Entry, Ledger, Reason, MAX_SHADOWS, NO_SHADOW};
 use super::observe::{Interval, Observers, TIMELINE_HEADER, TRACE_BUDGET};
 use super::pipe::BatchReceiver;
@@ -144,6 +145,8 @@ struct Sim<'s, 'w, 'scope> {
 struct World {
     /// One engine, or one per replica (requests go to them in turn).
     engines: Vec<SimEngine>,
+    /// Per engine: keysim's way of admitting and settling, or a reference gateway's.
+    gateways: Vec<Box<dyn Gateway>>,
     /// How the replicas share quota, if there are several.
     replicas: Option<Replicas>,
     judge: Judge,
@@ -211,6 +214,7 @@ pub fn simulate(sc: &Scenario, out: Outputs<'_>) -> Result<RunResult, SimError> 
             sc,
             world: World {
                 learns: engines[0].learns(),
+                gateways: engines.iter().map(|_| sc.gateway.gateway()).collect(),
                 engines,
                 replicas,
                 judge,
@@ -244,7 +248,8 @@ pub fn simulate(sc: &Scenario, out: Outputs<'_>) -> Result<RunResult, SimError> 
         let ran = sim.run();
         let Sim { traffic, world, obs, events, .. } = sim;
         let Observers { ledger, agg: timing, mut timeline, warner, scorer, trace, .. } = obs;
-        let engine = world.engines.into_iter().next().expect("at least one engine");
+        let World { engines, gateways, .. } = world;
+        let engine = engines.into_iter().next().expect("at least one engine");
         // Close every channel before waiting, so that no helper waits on a run that ended.
         drop(traffic);
         let counted = ledger.finish();
@@ -260,6 +265,7 @@ pub fn simulate(sc: &Scenario, out: Outputs<'_>) -> Result<RunResult, SimError> 
         aggregate.settle_ns = timing.settle_ns;
         aggregate.delayed = timing.delayed;
         aggregate.lost_capacity = timing.lost_capacity;
+        aggregate.blacklisted = gateways.iter().map(|g| g.keys_disabled()).sum();
         let score = scorer.finish(Timestamp(sc.start.0 + sc.duration_ms));
         aggregate.warnings = warner.map(|_| score);
         let trace = trace.map(|mut t| {
@@ -483,7 +489,8 @@ impl Sim<'_, '_, '_> {
             rep.with.set_down(true);
         }
         let started = stopwatch::start();
-        let decision = self.world.engines[req.replica as usize].admit(&request, Timestamp(now));
+        let replica = req.replica as usize;
+        let decision = self.world.gateways[replica].admit(&self.world.engines[replica], &request, Timestamp(now));
         if let (true, Some(rep)) = (timed_out, &self.world.replicas) {
             rep.with.set_down(rep.outages > 0);
         }
@@ -659,7 +666,9 @@ impl Sim<'_, '_, '_> {
         // much as settling, and the distribution needs no more.
         let started = (req.id % SETTLE_SAMPLE == 0).then(stopwatch::start);
         // A shared store that is down keeps the reservation as counted (conservative).
-        let freed = self.world.engines[req.replica as usize].settle(&ticket, outcome, Timestamp(now)).unwrap_or(false);
+        let replica = req.replica as usize;
+        let engine = &self.world.engines[replica];
+        let freed = self.world.gateways[replica].settle(engine, &ticket, outcome, Timestamp(now)).unwrap_or(false);
         if let Some(started) = started {
             self.obs.agg.settle_ns.saturating_record(stopwatch::elapsed_ns(started));
         }

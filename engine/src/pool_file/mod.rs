@@ -48,18 +48,20 @@ pub struct Sections {
 
 /// Reads the pool sections of `root` into `ctx`. `seed` seeds the engine's randomness; `base`
 /// is the folder relative paths resolve against; `truth` is the provider's tokenizer, the
-/// default of the `tokenizer` estimator.
+/// default of the `tokenizer` estimator; `own` names the `[engine]` fields the caller reads
+/// itself (the simulator's reference gateways, for one).
 pub fn sections(
     ctx: &mut Ctx,
     root: &Table<'_, '_>,
     seed: u64,
     base: Option<&Path>,
     truth: Option<&TokenizerFile>,
+    own: &[&str],
 ) -> Sections {
     let models = pool::models(ctx, root);
     let projects = pool::projects(ctx, root, &models);
     let engine_table = root.table(ctx, "engine");
-    let engine = pool::engine(ctx, engine_table.as_ref(), seed, base, truth, &models);
+    let engine = pool::engine(ctx, engine_table.as_ref(), seed, base, truth, &models, own);
     let warnings = match root.table(ctx, "warnings") {
         Some(t) => warnings::parse(ctx, &t, base),
         None => Some(None),

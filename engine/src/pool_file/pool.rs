@@ -159,6 +159,7 @@ pub(super) fn engine(
     base: Option<&Path>,
     truth: Option<&TokenizerFile>,
     models: &[ModelDef],
+    own: &[&str],
 ) -> Option<EngineDef> {
     let mut def = EngineDef {
         config: EngineConfig { seed, ..EngineConfig::default() },
@@ -174,30 +175,26 @@ pub(super) fn engine(
     let Some(t) = t else {
         return needs_tokenizer(ctx, &def, models, None).then_some(def);
     };
-    t.allow(
-        ctx,
-        &[
-            "strategy",
-            "reserve",
-            "safety",
-            "estimator",
-            "on_exhausted",
-            "max_wait",
-            "admission",
-            "quota_scope",
-            "token_basis",
-            "output_reserve",
-            "output_policy",
-            "output_quantile",
-            "tokenizer",
-            "calibration_quantile",
-            "calibration_base",
-            "estimate_cache",
-            "shadow_estimators",
-            "reconcile",
-            "cached_tokens_count",
-        ],
-    );
+    let fields = [
+        "strategy",
+        "reserve",
+        "safety",
+        "estimator",
+        "on_exhausted",
+        "max_wait",
+        "token_basis",
+        "output_reserve",
+        "output_policy",
+        "output_quantile",
+        "tokenizer",
+        "calibration_quantile",
+        "calibration_base",
+        "estimate_cache",
+        "shadow_estimators",
+        "reconcile",
+        "cached_tokens_count",
+    ];
+    t.allow(ctx, &[&fields[..], own].concat());
     let before = ctx.diags.len();
     let c = &mut def.config;
     if t.has("strategy") {
@@ -205,12 +202,6 @@ pub(super) fn engine(
     }
     c.reserve = t.fraction(ctx, "reserve", 0.0, 0.9).unwrap_or(0.0);
     c.safety = t.fraction(ctx, "safety", 0.0, 0.9).unwrap_or(0.0);
-    if t.has("admission") {
-        c.admission = t.setting(ctx, "admission").unwrap_or_default();
-    }
-    if t.has("quota_scope") {
-        c.scope = t.setting(ctx, "quota_scope").unwrap_or_default();
-    }
     if t.has("token_basis") {
         c.basis = t.setting(ctx, "token_basis").unwrap_or_default();
     }

@@ -273,7 +273,7 @@ local function keysim(keys, args)
   local s, err = open(w, m, args[2] ~= 'server' and tonumber(args[2]) or nil)
   if s == nil then return redis.error_reply(err) end
   local now = s.now
-  if op == 'reserve' or op == 'check' then
+  if op == 'reserve' then
     local tokens = tonumber(args[3])
     local c = { tonumber(args[4]), tonumber(args[5]), tonumber(args[6]), tonumber(args[7]) }
     local requests = tonumber(args[8]) or 1
@@ -281,10 +281,6 @@ local function keysim(keys, args)
     if short ~= nil then
       save(w, m, s, now)
       return append({ 0, short[1], short[2], short[3] }, usage(w, s, now))
-    end
-    if op == 'check' then
-      save(w, m, s, now)
-      return append({ 1, 0, now, s.day }, usage(w, s, now))
     end
     local seq, at = push(w, m, s, requests, tokens, now)
     save(w, m, s, now)
@@ -329,10 +325,6 @@ local function keysim(keys, args)
         s.dt = math.max(s.dt - reserved, 0)
       end
     end
-    save(w, m, s, now)
-    return usage(w, s, now)
-  elseif op == 'record' then
-    push(w, m, s, 1, tonumber(args[3]), now)
     save(w, m, s, now)
     return usage(w, s, now)
   elseif op == 'cool' then

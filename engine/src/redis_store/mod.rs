@@ -571,7 +571,6 @@ impl RedisStore {
 
     async fn admission(
         &self,
-        op: &str,
         bucket: BucketId,
         cost: Cost,
         ceilings: &Ceilings,
@@ -581,7 +580,8 @@ impl RedisStore {
         // largest it can count exactly (conservative against any finite ceiling).
         let c = ceilings.0.map(|x| if x >= EXACT { u64::MAX } else { x });
         let (tokens, requests) = (cost.tokens, cost.requests.clamp(1, MAX_BATCH));
-        let v = self.ints(self.call(bucket, op, now, &[exact(tokens), c[0], c[1], c[2], c[3], requests]).await?)?;
+        let v =
+            self.ints(self.call(bucket, "reserve", now, &[exact(tokens), c[0], c[1], c[2], c[3], requests]).await?)?;
         let usage = Self::usage_at(&v, 4)?;
         if v[0] == 1 {
             let (seq, at, day_ends) = (v[1] as u64, Timestamp(v[2] as u64), Timestamp(v[3] as u64));
@@ -670,7 +670,7 @@ impl AsyncStore for RedisStore {
         let ceilings = *ceilings;
         StoreCall::Pending(Box::pin(async move {
             Ok(self
-                .admission("reserve", bucket, cost, &ceilings, now)
+                .admission(bucket, cost, &ceilings, now)
                 .await?
                 .map(|(reservation, usage)| Grant { reservation, usage }))
         }))
@@ -717,26 +717,6 @@ impl AsyncStore for RedisStore {
     fn usages_async(&self, buckets: &[BucketId], now: Timestamp) -> StoreCall<'_, Vec<Result<Usage, StoreError>>> {
         let buckets = buckets.to_vec();
         StoreCall::Pending(Box::pin(async move { self.usages(&buckets, now).await }))
-    }
-
-    fn check_async(
-        &self,
-        bucket: BucketId,
-        cost: Cost,
-        ceilings: &Ceilings,
-        now: Timestamp,
-    ) -> StoreCall<'_, Result<Usage, Shortfall>> {
-        let ceilings = *ceilings;
-        StoreCall::Pending(Box::pin(async move {
-            Ok(self.admission("check", bucket, cost, &ceilings, now).await?.map(|(_, usage)| usage))
-        }))
-    }
-
-    fn record_async(&self, bucket: BucketId, tokens: u64, now: Timestamp) -> StoreCall<'_, Usage> {
-        StoreCall::Pending(Box::pin(async move {
-            let v = self.ints(self.call(bucket, "record", now, &[exact(tokens)]).await?)?;
-            Self::usage_at(&v, 0)
-        }))
     }
 }
 

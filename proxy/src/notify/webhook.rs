@@ -73,7 +73,7 @@ struct Failure {
 
 /// `scheme://host:port` of the receiver: its path and query may carry a token.
 fn redacted(url: &reqwest::Url) -> String {
-    crate::engine::redact_url(url.as_str())
+    crate::engine::redact::redact_url(url.as_str())
 }
 
 /// One POST of `body`, within `timeout`.
