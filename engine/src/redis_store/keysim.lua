@@ -3,23 +3,25 @@
 -- with EVALSHA/EVAL where functions are not allowed; both share this text.
 --
 -- KEYS[1]: the bucket's minute window, a sorted set of "seq:tokens" scored by admission time (ms)
--- KEYS[2]: the bucket's counters, a hash: v (layout), seq, mt (minute tokens), day (when the
---          current Pacific day ends, ms), dr/dt (day requests/tokens), c1..c4 (cooling until,
---          per dimension), now (latest server time seen), last (newest entry's time),
---          x (when the keys expire)
--- ARGV[1]: operation; ARGV[2]: now in ms, or "server" for the server's TIME; then its arguments.
+-- KEYS[2]: the bucket's counters, one string of 15 little-endian doubles (every count below
+--          2^53 is exact): layout, mt (minute tokens), day (when the current Pacific day ends,
+--          ms), dr/dt (day requests/tokens), c1..c4 (cooling until, per dimension), now (latest
+--          server time seen), x (when the keys expire), seq, last (newest entry's time),
+--          n (entries in the window), head (oldest entry's time, 0 if none). One string, not a
+--          hash: reading and writing fifteen hash fields cost more than the rest of a call.
+-- ARGV[1]: operation; ARGV[2]: now in ms, or "server" for the server's TIME; then its arguments
+-- (reserve: tokens, four ceilings (-1: none), requests; reconcile: seq, reserved tokens, the
+-- day it was counted in, actual tokens, its time; refund: seq, tokens, day, requests).
 -- Keys expire (on the server's clock) once nothing in them matters; with the caller's clock,
 -- which may be virtual, they do not expire.
 -- Both keys carry the hash tag {owner|model}, so a bucket lives in one Cluster slot.
 
-local LAYOUT = '2'
+local LAYOUT = 3
+local PACKING = '<ddddddddddddddd'
 local MINUTE = 60000
 local HOUR = 3600000
 local DAY = 86400000
 
-local function num(x)
-  return tonumber(x) or 0
-end
 -- Numbers go to redis.call as they are: Redis writes integers below 2^53 exactly, and
 -- formatting them here cost more than every command of a call together. Members are made
 -- with %.0f: Lua's own number-to-string conversion turns 1e14 into "1e+14".
@@ -76,21 +78,30 @@ local function tokens_of(member)
 end
 
 -- Each redis.call costs a few microseconds of the server's one thread, more than the work
--- it does: a call reads the counters once (HMGET), the window's head once, writes the
--- counters once (HSET, only if they changed), and touches expiries only when they move.
+-- it does: a call reads the counters once (GET), the window's head only when an entry is due
+-- to leave, writes the counters once (SET, only if they changed), and touches expiries only
+-- when they move.
 
 -- The bucket's counters at `now` (nil: the server's clock, never earlier than the bucket has
 -- seen): entries that left the window are dropped, a new Pacific day starts with zero.
 -- Returns nil and a message if another layout wrote this bucket.
 local function open(w, m, now)
-  local f = redis.call('HMGET', m, 'v', 'mt', 'day', 'dr', 'dt', 'c1', 'c2', 'c3', 'c4', 'now', 'x', 'seq', 'last', 'n')
-  if f[1] and f[1] ~= LAYOUT then
-    return nil, 'keysim: bucket ' .. m .. ' has layout v' .. f[1] .. ', this library knows v' .. LAYOUT
+  local raw = redis.call('GET', m)
+  local f
+  if raw then
+    if #raw ~= 120 then
+      return nil, 'keysim: bucket ' .. m .. ' has counters of another layout, this library knows v' .. LAYOUT
+    end
+    f = { struct.unpack(PACKING, raw) }
+    if f[1] ~= LAYOUT then
+      return nil, 'keysim: bucket ' .. m .. ' has layout v' .. f[1] .. ', this library knows v' .. LAYOUT
+    end
+  else
+    f = { 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0 }
   end
   local s = {
-    mt = num(f[2]), day = num(f[3]), dr = num(f[4]), dt = num(f[5]),
-    c = { num(f[6]), num(f[7]), num(f[8]), num(f[9]) }, seen = num(f[10]), x = num(f[11]),
-    seq = num(f[12]), last = num(f[13]), n = num(f[14]), new = not f[1], dirty = not f[1],
+    mt = f[2], day = f[3], dr = f[4], dt = f[5], c = { f[6], f[7], f[8], f[9] }, seen = f[10], x = f[11],
+    seq = f[12], last = f[13], n = f[14], head = f[15], new = not raw, dirty = not raw,
     -- Expiries are set on the server's clock only: a caller's clock may be virtual.
     expires = now == nil,
   }
@@ -108,9 +119,11 @@ local function open(w, m, now)
   s.now = now
   -- Kept with the next write; a read alone need not remember its time.
   if now > s.seen then s.seen = now end
-  -- The oldest entries, enough to see what left the window and what is next to leave.
-  s.head = 0
-  if s.n > 0 then
+  -- The oldest entries, enough to see what left the window and what is next to leave; read
+  -- only when the oldest is due to leave.
+  if s.n == 0 then s.head = 0 end
+  if s.n > 0 and s.head <= now - MINUTE then
+    s.head = 0
     local cutoff = now - MINUTE
     local peek = 8
     while true do
@@ -150,8 +163,8 @@ local function save(w, m, s, now)
   local keep = math.max(s.day, s.c[1], s.c[2], s.c[3], s.c[4], s.last + MINUTE) + MINUTE
   local moved = keep > s.x
   if moved then s.x = keep end
-  redis.call('HSET', m, 'v', LAYOUT, 'mt', s.mt, 'day', s.day, 'dr', s.dr, 'dt', s.dt, 'c1', s.c[1], 'c2', s.c[2],
-    'c3', s.c[3], 'c4', s.c[4], 'now', s.seen, 'x', s.x, 'seq', s.seq, 'last', s.last, 'n', s.n)
+  redis.call('SET', m, struct.pack(PACKING, LAYOUT, s.mt, s.day, s.dr, s.dt, s.c[1], s.c[2], s.c[3], s.c[4], s.seen,
+    s.x, s.seq, s.last, s.n, s.head))
   if not s.expires then return end
   if moved or s.new then
     redis.call('PEXPIRE', m, s.x - now)
@@ -289,13 +302,12 @@ local function keysim(keys, args)
     local seq, reserved, day = args[3], tonumber(args[4]), tonumber(args[5])
     local old = member(tonumber(seq), reserved)
     if op == 'reconcile' then
-      local actual = tonumber(args[6])
-      local score = redis.call('ZSCORE', w, old)
-      if score and actual ~= reserved then
-        -- Added before the old one goes, so that the window is never empty (and deleted,
-        -- and made again without its expiry) in between.
-        redis.call('ZADD', w, score, member(tonumber(seq), actual))
-        redis.call('ZREM', w, old)
+      local actual, at = tonumber(args[6]), tonumber(args[7])
+      -- The entry (at the time admission answered) with its new count, if it is still in
+      -- the window; a window that was this entry alone is made again and needs its expiry.
+      if actual ~= reserved and redis.call('ZREM', w, old) == 1 then
+        redis.call('ZADD', w, at, member(tonumber(seq), actual))
+        s.remade = s.n == 1
         s.mt = s.mt - reserved + actual
       end
       if s.day == day then s.dt = math.max(s.dt + actual - reserved, 0) end

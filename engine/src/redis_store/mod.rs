@@ -2,7 +2,7 @@
 //! `redis`).
 //!
 //! Every operation on a bucket is **one round trip**: a call of the function library
-//! `keysim_v2_<hash>` (`FCALL`), or the same Lua text through `EVALSHA`/`EVAL` where functions are
+//! `keysim_v3_<hash>` (`FCALL`), or the same Lua text through `EVALSHA`/`EVAL` where functions are
 //! not allowed (managed proxies, Redis before 7). The script checks and counts every
 //! dimension of the bucket atomically, so replicas can never over-admit between them.
 //!
@@ -10,12 +10,12 @@
 //!   back never moves a bucket's time back; the day is the **Pacific** calendar day, computed
 //!   by the script, so every replica agrees on midnight Pacific, daylight time included.
 //!   [`RedisTime::Caller`] uses the caller's time instead, for virtual time and tests.
-//! - **Keys** are `<prefix>:v2:{<owner>|<model>}:w` (the minute window) and `…:m` (counters);
+//! - **Keys** are `<prefix>:v3:{<owner>|<model>}:w` (the minute window) and `…:m` (counters);
 //!   the hash tag keeps a bucket in one Cluster slot, so there are no `CROSSSLOT` errors. Keys
 //!   expire once nothing in them matters (the day has ended, cool-downs are over), so memory
 //!   is bounded by the buckets in use.
 //! - **Versions**: the library, its function and the key prefix carry the layout version
-//!   (`v2`), and the function's name also a hash of its code, so two versions of the code
+//!   (`v3`), and the function's name also a hash of its code, so two versions of the code
 //!   never share a loaded function. A later layout gets new names, and a script that finds a bucket written by
 //!   another layout refuses with an error rather than misread it: a rolling deploy cannot
 //!   corrupt counters.
@@ -49,7 +49,7 @@ use super::time::Timestamp;
 /// The Lua text both the function library and `EVAL` run.
 const CORE: &str = include_str!("keysim.lua");
 /// The layout version in key names (and the layout check in the script).
-const LAYOUT: &str = "v2";
+const LAYOUT: &str = "v3";
 /// Tokens at or past this cannot be counted exactly by the script (Lua numbers are doubles).
 const EXACT: u64 = 1 << 53;
 /// The most requests one admission counts (Gemini's `batchEmbedContents` takes at most a few
@@ -157,7 +157,7 @@ pub struct RedisStats {
 enum Invoke {
     /// Not known yet: try the function library first.
     Unknown = 0,
-    /// `FCALL keysim_v2_<hash>`.
+    /// `FCALL keysim_v3_<hash>`.
     Function = 1,
     /// `EVALSHA`, falling back to `EVAL`: functions are refused here.
     Eval = 2,
@@ -215,7 +215,7 @@ pub struct RedisStore {
     connecting: tokio::sync::Mutex<()>,
     backoff: Mutex<Backoff>,
     invoke: AtomicU8,
-    /// `keysim_v2_<hash of the code>`: the library's and the function's name, so that every
+    /// `keysim_v3_<hash of the code>`: the library's and the function's name, so that every
     /// version of the code is loaded and called under its own name.
     function: String,
     library: String,
@@ -679,7 +679,7 @@ impl AsyncStore for RedisStore {
     fn reconcile_async(&self, bucket: BucketId, r: &Reservation, actual: u64, now: Timestamp) -> StoreCall<'_, Usage> {
         let r = *r;
         StoreCall::Pending(Box::pin(async move {
-            let args = [r.seq, exact(r.tokens), r.day_ends.0, exact(actual)];
+            let args = [r.seq, exact(r.tokens), r.day_ends.0, exact(actual), r.at.0];
             let v = self.ints(self.call(bucket, "reconcile", now, &args).await?)?;
             Self::usage_at(&v, 0)
         }))

@@ -132,9 +132,17 @@ fn a_bucket_written_by_another_layout_is_refused_not_misread() {
     let c = Ceilings([10, 1000, 1000, u64::MAX]);
     store.reserve(b, Cost::one(1), &c, T0).unwrap().unwrap();
     let counters = store.inner().names[b.0 as usize].get().unwrap().counters.clone();
-    let _: () = redis::cmd("HSET").arg(&counters).arg("v").arg("1").query(&mut raw(&url)).unwrap();
+    // Counters of layout 1, in this layout's packing; then counters of another size.
+    let mut packed = 1.0f64.to_le_bytes().to_vec();
+    packed.resize(120, 0);
+    let _: () = redis::cmd("SET").arg(&counters).arg(packed).query(&mut raw(&url)).unwrap();
     match store.reserve(b, Cost::one(1), &c, T0) {
         Err(StoreError::Protocol(m)) => assert!(m.contains("layout v1"), "{m}"),
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+    let _: () = redis::cmd("SET").arg(&counters).arg("v=2").query(&mut raw(&url)).unwrap();
+    match store.reserve(b, Cost::one(1), &c, T0) {
+        Err(StoreError::Protocol(m)) => assert!(m.contains("another layout"), "{m}"),
         other => panic!("expected a refusal, got {other:?}"),
     }
 }
