@@ -14,6 +14,7 @@ mod plan;
 mod properties;
 mod proxy;
 mod proxy_requests;
+mod proxy_traffic;
 mod replicas;
 mod report;
 mod warnings;

@@ -63,7 +63,10 @@ pub fn env_name(id: &str) -> String {
 }
 
 /// Resolves the keys' values and the tokens of a parsed config.
-pub fn resolve(pool: PoolConfig, proxy: ProxyDef, base: &Path) -> Result<Loaded, ProxyError> {
+pub fn resolve(pool: PoolConfig, mut proxy: ProxyDef, base: &Path) -> Result<Loaded, ProxyError> {
+    if let Some(log) = &mut proxy.traffic_log {
+        log.path = base.join(&log.path);
+    }
     let ids: Vec<&String> = pool.projects.iter().flat_map(|p| p.keys.iter()).collect();
     let mut keys = HashMap::new();
     match &proxy.keys {

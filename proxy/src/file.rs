@@ -90,6 +90,7 @@ const KEYS: &[&str] = &[
     "header_timeout",
     "body_timeout",
     "max_connections",
+    "traffic_log",
 ];
 
 /// Where the real value of each key comes from.
@@ -141,6 +142,8 @@ pub struct ProxyDef {
     pub body_timeout_ms: u64,
     /// Client connections open at once; past it, new ones wait to be accepted.
     pub max_connections: usize,
+    /// The traffic log, if on (its path as written; the config's folder resolves it).
+    pub traffic_log: Option<crate::traffic::TrafficLogDef>,
 }
 
 impl Default for ProxyDef {
@@ -163,6 +166,7 @@ impl Default for ProxyDef {
             header_timeout_ms: 30_000,
             body_timeout_ms: 30_000,
             max_connections: 10_000,
+            traffic_log: None,
         }
     }
 }
@@ -248,9 +252,44 @@ fn parse_proxy(ctx: &mut Ctx, t: &Table<'_, '_>) -> Option<ProxyDef> {
         }
         p.retries = n.min(16) as u32;
     }
+    p.traffic_log = traffic_log(ctx, t);
     p.store = t.string(ctx, "store").map(|(s, _)| s);
     if let Some((s, _)) = t.string(ctx, "store_prefix") {
         p.store_prefix = s;
     }
     (ctx.diags.len() == before).then_some(p)
+}
+
+/// `traffic_log = "path"`, or `traffic_log = { path = "…", max_size_mb = 100, files = 5,
+/// queue = 65536 }`.
+fn traffic_log(ctx: &mut Ctx, t: &Table<'_, '_>) -> Option<crate::traffic::TrafficLogDef> {
+    let raw = t.raw("traffic_log")?;
+    let queue = crate::traffic::QUEUE;
+    let mut def = crate::traffic::TrafficLogDef { path: Default::default(), max_bytes: 100 << 20, files: 5, queue };
+    if matches!(raw.get_ref(), toml::de::DeValue::String(_)) {
+        def.path = t.string(ctx, "traffic_log")?.0.into();
+        return Some(def);
+    }
+    let l = t.table(ctx, "traffic_log")?;
+    l.allow(ctx, &["path", "max_size_mb", "files", "queue"]);
+    def.path = l.required(l.string(ctx, "path"), ctx, "path")?.0.into();
+    if let Some((mb, span)) = l.uint(ctx, "max_size_mb") {
+        if !(1..=1 << 20).contains(&mb) {
+            ctx.error(span, "`max_size_mb` of `traffic_log` must be between 1 and 1048576");
+        }
+        def.max_bytes = mb.clamp(1, 1 << 20) << 20;
+    }
+    if let Some((n, span)) = l.uint(ctx, "files") {
+        if !(1..=1000).contains(&n) {
+            ctx.error(span, "`files` of `traffic_log` must be between 1 and 1000");
+        }
+        def.files = n.clamp(1, 1000) as u32;
+    }
+    if let Some((n, span)) = l.uint(ctx, "queue") {
+        if !(1..=1 << 24).contains(&n) {
+            ctx.error(span, "`queue` of `traffic_log` must be between 1 and 16777216");
+        }
+        def.queue = n.clamp(1, 1 << 24) as usize;
+    }
+    Some(def)
 }

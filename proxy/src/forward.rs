@@ -16,6 +16,7 @@ use super::metrics::{ModelLabel, ReasonLabels, RequestLabels};
 use super::relay::{relay, settled, Answer};
 pub use super::reply::{error, Surface};
 use super::reply::{error_with, hide, passes, passthrough};
+use super::traffic::{Line, SCHEMA};
 use super::{Body, RequestBody, State};
 use crate::engine::estimate::media::media_tokens;
 use crate::engine::lifecycle::{QueuePolicy, Reason};
@@ -78,8 +79,20 @@ fn presented(req: &hyper::Request<RequestBody>) -> Option<String> {
 
 /// Whether `token` is one of `tokens`, compared in constant time.
 pub fn token_matches(tokens: &[String], token: Option<&str>) -> bool {
-    let Some(t) = token else { return false };
-    tokens.iter().fold(false, |ok, known| ok | bool::from(known.as_bytes().ct_eq(t.as_bytes())))
+    token_index(tokens, token).is_some()
+}
+
+/// The place of `token` among `tokens`: every one is compared, in constant time.
+pub fn token_index(tokens: &[String], token: Option<&str>) -> Option<usize> {
+    use subtle::ConditionallySelectable;
+    let t = token?;
+    let (mut found, mut any) = (0u64, subtle::Choice::from(0));
+    for (i, known) in tokens.iter().enumerate() {
+        let hit = known.as_bytes().ct_eq(t.as_bytes());
+        found.conditional_assign(&(i as u64), hit);
+        any |= hit;
+    }
+    bool::from(any).then_some(found as usize)
 }
 
 /// A client request on the Gemini or OpenAI surface.
@@ -87,7 +100,11 @@ async fn client(state: &Arc<State>, req: hyper::Request<RequestBody>) -> hyper::
     let path = req.uri().path().to_owned();
     let surface = if path.starts_with("/v1beta/openai/") { Surface::OpenAi } else { Surface::Gemini };
     let loaded = state.loaded.load_full();
-    if !loaded.client_tokens.is_empty() && !token_matches(&loaded.client_tokens, presented(&req).as_deref()) {
+    let client = match loaded.client_tokens.is_empty() {
+        true => Some(None),
+        false => token_index(&loaded.client_tokens, presented(&req).as_deref()).map(Some),
+    };
+    let Some(client) = client else {
         count(state, surface, "unauthenticated");
         return error(
             surface,
@@ -95,7 +112,7 @@ async fn client(state: &Arc<State>, req: hyper::Request<RequestBody>) -> hyper::
             "UNAUTHENTICATED",
             "a valid proxy token is required (x-goog-api-key or Authorization: Bearer)",
         );
-    }
+    };
     if !plain_path(&path) {
         count(state, surface, "rejected");
         let msg = "the request path must not hold '.', '..', '//', '\\' or escaped separators";
@@ -124,7 +141,8 @@ async fn client(state: &Arc<State>, req: hyper::Request<RequestBody>) -> hyper::
         }
         _ => body,
     };
-    let call = Call { surface, parts, body, hide_usage };
+    let client = client.map_or_else(|| "anonymous".to_owned(), |i| format!("token-{}", i + 1));
+    let call = Call { surface, parts, body, hide_usage, client };
     match op {
         Op::Free => free(state, &call).await,
         Op::Admitted { model, stream } => match json {
@@ -165,6 +183,8 @@ struct Call {
     /// An OpenAI stream whose client did not ask for usage: the usage chunk asked for on its
     /// behalf is not passed on.
     hide_usage: bool,
+    /// Who sent it, as the traffic log names it (`token-N`, `anonymous`).
+    client: String,
 }
 
 /// What `method` on `path` asks for; `None` for endpoints the proxy does not serve.
@@ -294,6 +314,19 @@ async fn admitted(state: &Arc<State>, call: &Call, model: &str, stream: bool, v:
     };
     let labels = ModelLabel { model: model.to_owned() };
     let arrival = Instant::now();
+    let mut line = state.traffic.as_ref().map(|_| {
+        Box::new(Line {
+            v: SCHEMA,
+            ts: unix_ms(),
+            client: call.client.clone(),
+            surface: surface.name(),
+            model: model.to_owned(),
+            stream,
+            batch: batch_size(v),
+            max_output: max_output(v),
+            ..Default::default()
+        })
+    });
     let mut attempt = 0;
     loop {
         let depth = state.metrics.queue_depth.get_or_create(&labels).clone();
@@ -306,8 +339,18 @@ async fn admitted(state: &Arc<State>, call: &Call, model: &str, stream: bool, v:
         state.metrics.queue_wait.get_or_create(&labels).observe(arrival.elapsed().as_secs_f64());
         let mut permit = match acquired {
             Ok(p) => p,
-            Err(AcquireError(reason)) => return denial(state, surface, model, reason, &request).await,
+            Err(AcquireError(reason)) => {
+                if let Some(l) = line.as_mut() {
+                    l.wait_ms = ms(arrival.elapsed());
+                }
+                logged(state, line, arrival, "denied", Some(reason.name()));
+                return denial(state, surface, model, reason, &request).await;
+            }
         };
+        if let Some(l) = line.as_mut() {
+            l.wait_ms = ms(arrival.elapsed());
+            l.estimate = Some(permit.ticket().estimated_input);
+        }
         if !permit.queued() {
             state.metrics.decision.observe(started.elapsed().as_secs_f64());
         }
@@ -315,6 +358,9 @@ async fn admitted(state: &Arc<State>, call: &Call, model: &str, stream: bool, v:
         // A reload while it waited may have added the key it got: the config of now.
         let loaded = state.loaded.load_full();
         let (key_id, project) = (permit.key_id(), permit.project_id());
+        if let Some(l) = line.as_mut() {
+            l.project = Some(project.clone());
+        }
         let Some(secret) = loaded.keys.get(&key_id).cloned() else {
             // Cannot happen: every key of the pool has a value; return what it holds.
             drop(permit);
@@ -325,6 +371,9 @@ async fn admitted(state: &Arc<State>, call: &Call, model: &str, stream: bool, v:
         let sent = Instant::now();
         let answer = send(state, call, &secret, true).await;
         state.metrics.upstream_latency.get_or_create(&labels).observe(sent.elapsed().as_secs_f64());
+        if let Some(l) = line.as_mut() {
+            l.upstream_ms = Some(ms(sent.elapsed()));
+        }
         let resp = match answer {
             Ok(r) => r,
             Err(e) => {
@@ -336,23 +385,28 @@ async fn admitted(state: &Arc<State>, call: &Call, model: &str, stream: bool, v:
                 settled(state, held.settle(outcome));
                 fail(state, model, cause);
                 count(state, surface, "failed");
+                logged(state, line, arrival, "failed", Some(cause.into()));
                 return error(surface, status, code, "the upstream API did not answer");
             }
         };
         let status = resp.status().as_u16();
         if status == 200 {
             count(state, surface, "succeeded");
-            let answer = Answer { surface, project: &project, stream, model: m, hide_usage: call.hide_usage };
+            let logged = line.map(|l| (l, arrival, sent));
+            let answer = Answer { surface, project: &project, stream, model: m, hide_usage: call.hide_usage, logged };
             return relay(state, held, resp, answer).await;
         }
         let headers = resp.headers().clone();
         let body = resp.bytes().await.unwrap_or_default();
         let body_text = String::from_utf8_lossy(&body);
         let (outcome, retry, cause) = judge_failure(status, &body_text);
-        if let Outcome::RateLimited(q) = &outcome {
-            if q.kind != Exhaustion::Capacity {
-                state.metrics.breaches.get_or_create(&labels).inc();
-            }
+        let breach = matches!(&outcome, Outcome::RateLimited(q) if q.kind != Exhaustion::Capacity);
+        if breach {
+            state.metrics.breaches.get_or_create(&labels).inc();
+        }
+        if let Some(l) = line.as_mut() {
+            l.breaches += u32::from(breach);
+            l.upstream_ms = Some(ms(sent.elapsed()));
         }
         settled(state, held.settle(outcome));
         if let Some(c) = cause {
@@ -361,11 +415,45 @@ async fn admitted(state: &Arc<State>, call: &Call, model: &str, stream: bool, v:
         if retry && attempt < loaded.proxy.retries {
             attempt += 1;
             state.metrics.retries.get_or_create(&labels).inc();
+            if let Some(l) = line.as_mut() {
+                l.retries = attempt;
+            }
             continue;
+        }
+        match (breach, cause) {
+            (true, _) => logged(state, line, arrival, "breach", None),
+            (false, Some(c)) => logged(state, line, arrival, "failed", Some(c.into())),
+            (false, None) => logged(state, line, arrival, "failed", Some(format!("http-{status}"))),
         }
         count(state, surface, if status == 429 { "rate_limited" } else { "failed" });
         return passthrough(status, &headers, hide(&body, &secret));
     }
+}
+
+/// Milliseconds, to the microsecond.
+pub(super) fn ms(d: Duration) -> f64 {
+    (d.as_micros() as f64) / 1000.0
+}
+
+/// Now, in milliseconds since the Unix epoch.
+fn unix_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+}
+
+/// Ends a request's traffic log line (`outcome`, `reason`, its total time) and hands it to
+/// the log, if there is one.
+pub(super) fn logged(
+    state: &State,
+    line: Option<Box<Line>>,
+    arrival: Instant,
+    outcome: &'static str,
+    reason: Option<String>,
+) {
+    let (Some(log), Some(mut l)) = (&state.traffic, line) else { return };
+    l.outcome = outcome;
+    l.reason = reason;
+    l.total_ms = ms(arrival.elapsed());
+    log.record(l);
 }
 
 /// Decrements `g` when dropped (a request leaving admission, however it leaves).

@@ -31,6 +31,7 @@ pub mod notify;
 pub mod relay;
 pub mod reply;
 pub mod tap;
+pub mod traffic;
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -88,6 +89,8 @@ pub struct State {
     pub bound: std::sync::OnceLock<std::net::SocketAddr>,
     /// Scrapes, readiness checks and admin reads at once (each may read every bucket).
     pub probes: tokio::sync::Semaphore,
+    /// The traffic log, if on (as configured at start; a reload does not move it).
+    pub traffic: Option<traffic::TrafficLog>,
 }
 
 /// `[proxy]` settings given on the command line: they win over the file, at start and on
@@ -153,8 +156,17 @@ impl State {
             .build()
             .map_err(|e| ProxyError::Start(format!("HTTP client: {e}")))?;
         let models: Vec<String> = loaded.pool.models.iter().map(|m| m.name.clone()).collect();
+        let metrics = Metrics::new(&models);
+        let traffic =
+            match &loaded.proxy.traffic_log {
+                Some(def) => Some(traffic::TrafficLog::open(def, metrics.traffic_dropped.clone()).map_err(|e| {
+                    ProxyError::Start(format!("cannot open the traffic log {}: {e}", def.path.display()))
+                })?),
+                None => None,
+            };
         Ok(Arc::new(Self {
-            metrics: Metrics::new(&models),
+            metrics,
+            traffic,
             time_scale,
             engine: Arc::new(engine),
             loaded: ArcSwap::from_pointee(loaded),
@@ -264,6 +276,17 @@ pub async fn serve(
         );
     }
     warnings.abort();
+    // The traffic log's last lines reach its file before the process ends (unless the file
+    // stopped taking them).
+    if state.traffic.is_some() {
+        let writing = state.clone();
+        let closed = tokio::task::spawn_blocking(move || {
+            writing.traffic.as_ref().is_none_or(|log| log.close(Duration::from_secs(5)))
+        });
+        if !matches!(closed.await, Ok(true)) {
+            tracing::warn!(target: "keysim::proxy", "the traffic log did not take its last lines within 5 s");
+        }
+    }
     Ok(())
 }
 

@@ -124,6 +124,8 @@ pub struct Metrics {
     pub reloads: Family<ResultLabel, Counter>,
     /// Streams settled from their usage (`usage`) or at their estimate (`estimate`).
     pub streams: Family<ResultLabel, Counter>,
+    /// Traffic log lines dropped (its queue was full, or its writer gone).
+    pub traffic_dropped: Counter,
     usage: Family<BucketLabels, FGauge>,
     limit: Family<BucketLabels, FGauge>,
     remaining: Family<DimensionLabels, FGauge>,
@@ -210,6 +212,7 @@ impl Metrics {
             store_errors: Counter::default(),
             reloads: Family::default(),
             streams: Family::default(),
+            traffic_dropped: Counter::default(),
             usage: Family::default(),
             limit: Family::default(),
             remaining: Family::default(),
@@ -242,6 +245,7 @@ impl Metrics {
         r.register("store_errors", "Quota store errors", m.store_errors.clone());
         r.register("config_reloads", "Config reloads by result", m.reloads.clone());
         r.register("streams_settled", "Streams settled from their usage or at their estimate", m.streams.clone());
+        r.register("traffic_log_dropped", "Traffic log lines dropped, never waited for", m.traffic_dropped.clone());
         r.register("usage", "Usage per project, model and dimension (minute or Pacific day)", m.usage.clone());
         r.register("limit", "The provider's limit per project, model and dimension", m.limit.clone());
         r.register("remaining", "What the pool has left per model and dimension", m.remaining.clone());

@@ -3,7 +3,7 @@
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http_body_util::BodyExt;
@@ -13,8 +13,9 @@ use tokio::sync::mpsc;
 use super::metrics::ResultLabel;
 use super::reply::{error, passes, passthrough, Surface};
 use super::tap::{usage_in, UsageTap};
+use super::traffic::Line;
 use super::{Body, State};
-use crate::engine::{AnyStore, Outcome, OwnedPermit, StoreError};
+use crate::engine::{AnyStore, Outcome, OwnedPermit, StoreError, UsageMetadata};
 
 /// How long a stream waits for a client that has stopped reading (its socket still open)
 /// before giving up on it, as if it had hung up.
@@ -39,6 +40,22 @@ pub(super) struct Answer<'a> {
     pub(super) model: usize,
     /// Keep the usage chunk (asked for on the client's behalf) from the client.
     pub(super) hide_usage: bool,
+    /// Its traffic log line, with its arrival and when it was sent (when the log is on).
+    pub(super) logged: Option<Logged>,
+}
+
+/// A traffic log line on its way, with its request's arrival and sending.
+pub(super) type Logged = (Box<Line>, Instant, Instant);
+
+/// Ends the line of a request upstream answered: its usage, its time upstream, its outcome.
+fn log_answer(state: &State, logged: Option<Logged>, usage: Option<&UsageMetadata>, failed: Option<&str>) {
+    let Some((mut line, arrival, sent)) = logged else { return };
+    if let Some(u) = usage {
+        line.usage(u);
+    }
+    line.upstream_ms = Some(super::forward::ms(sent.elapsed()));
+    let outcome = if failed.is_some() { "failed" } else { "served" };
+    super::forward::logged(state, Some(line), arrival, outcome, failed.map(str::to_owned));
 }
 
 /// A successful answer: a whole one settled from its usage, a stream relayed piece by piece
@@ -52,7 +69,7 @@ pub(super) async fn relay(
     let status = resp.status().as_u16();
     let headers = resp.headers().clone();
     let mut out = if a.stream {
-        let mut out = hyper::Response::new(stream(state.clone(), held, resp, a.model, a.hide_usage));
+        let mut out = hyper::Response::new(stream(state.clone(), held, resp, a.model, a.hide_usage, a.logged));
         *out.status_mut() = hyper::StatusCode::from_u16(status).unwrap_or(hyper::StatusCode::OK);
         for (k, v) in &headers {
             if passes(k) {
@@ -66,13 +83,16 @@ pub(super) async fn relay(
             Err(_) => {
                 settled(state, held.settle(Outcome::Failed));
                 super::forward::fail(state, &state.engine.pool().models()[a.model].name, "broken-answer");
+                log_answer(state, a.logged, None, Some("broken-answer"));
                 return error(a.surface, 502, "UNAVAILABLE", "the upstream answer broke off");
             }
         };
-        match usage_in(&body) {
-            Some(u) => settled(state, held.succeeded(&u)),
+        let usage = usage_in(&body);
+        match &usage {
+            Some(u) => settled(state, held.succeeded(u)),
             None => settled(state, held.settle(Outcome::Failed)),
         }
+        log_answer(state, a.logged, usage.as_ref(), None);
         passthrough(status, &headers, body)
     };
     if let Ok(v) = HeaderValue::from_str(a.project) {
@@ -93,7 +113,14 @@ enum End {
 }
 
 /// Relays `resp` from a task of its own, reading its usage as it passes; settles when it ends.
-fn stream(state: Arc<State>, held: Held, mut resp: reqwest::Response, model: usize, hide_usage: bool) -> Body {
+fn stream(
+    state: Arc<State>,
+    held: Held,
+    mut resp: reqwest::Response,
+    model: usize,
+    hide_usage: bool,
+    logged: Option<Logged>,
+) -> Body {
     let (tx, rx) = mpsc::channel::<Result<Bytes, std::io::Error>>(32);
     let cut = Arc::new(AtomicBool::new(false));
     let body = Channel { rx, cut: cut.clone() };
@@ -136,11 +163,17 @@ fn stream(state: Arc<State>, held: Held, mut resp: reqwest::Response, model: usi
         state.metrics.streams.get_or_create(&ResultLabel { result: how.into() }).inc();
         settled(
             &state,
-            match (tap.usage, end) {
-                (Some(u), End::Whole) => held.succeeded(&u),
+            match (&tap.usage, end) {
+                (Some(u), End::Whole) => held.succeeded(u),
                 (u, _) => held.ended_early(u.as_ref()),
             },
         );
+        let failed = match end {
+            End::Whole => None,
+            End::Broken => Some("broken-stream"),
+            End::ClientGone => Some("client-gone"),
+        };
+        log_answer(&state, logged, tap.usage.as_ref(), failed);
     });
     body.boxed_unsync()
 }

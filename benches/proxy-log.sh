@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# What the traffic log costs: open-loop Poisson traffic at 1,000 requests/s (`keysim load
+# --no-engine`) through two proxies on the in-memory store, one writing `[proxy] traffic_log`,
+# interleaved `rounds` times over the same schedule; the fake answers in a fixed 20 ms. The
+# proxies are pinned to core 1, the fake and the load runner to core 0.
+#   bash benches/proxy-log.sh [path/to/keysim] [rounds] [rate]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+KEYSIM=${1:-target/release/keysim}
+ROUNDS=${2:-3}
+RATE=${3:-1000}
+DIR=$(mktemp -d)
+trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$DIR"' EXIT
+FAKE_PORT=$((18500 + RANDOM % 500))
+OFF_PORT=$((19100 + RANDOM % 400))
+ON_PORT=$((OFF_PORT + 400))
+FIXED='provider.latency={ median = "20ms", p99 = "20ms" }'
+taskset -c 0 "$KEYSIM" mock --scenario benches/proxy-rate.toml --set "$FIXED" --port "$FAKE_PORT" >/dev/null &
+sleep 0.5
+FAKE=http://127.0.0.1:$FAKE_PORT
+sed "s|^\[proxy\]$|[proxy]\ntraffic_log = \"$DIR/traffic.jsonl\"|" benches/proxy-bench.toml >"$DIR/logged.toml"
+taskset -c 1 "$KEYSIM" proxy --config benches/proxy-bench.toml --listen "127.0.0.1:$OFF_PORT" --upstream "$FAKE" \
+  >/dev/null 2>"$DIR/off.log" &
+taskset -c 1 "$KEYSIM" proxy --config "$DIR/logged.toml" --listen "127.0.0.1:$ON_PORT" --upstream "$FAKE" \
+  >/dev/null 2>"$DIR/on.log" &
+sleep 1
+export PROXY_TOKEN=bench-client-token-0001
+
+e2e() { # target -> "p50 p99" in ms
+  taskset -c 0 "$KEYSIM" load benches/proxy-rate.toml --target "$1" --no-engine --token-env PROXY_TOKEN --json --no-plots \
+    --set "$FIXED" --set "traffic.steady.arrival.rate=$RATE/s" --set "scenario.duration=20s" --out "$DIR/load" |
+    python3 -c 'import json,sys; l=json.load(sys.stdin)["load"]; e=l["end_to_end"]; print(e["p50"], e["p99"])'
+}
+
+printf '%-6s %-22s %-22s %s\n' round "log off p50 p99" "log on p50 p99" "the log adds p50 / p99"
+for round in $(seq "$ROUNDS"); do
+  read -r a50 a99 <<<"$(e2e "http://127.0.0.1:$OFF_PORT")"
+  read -r b50 b99 <<<"$(e2e "http://127.0.0.1:$ON_PORT")"
+  adds=$(python3 -c "print(f'{($b50-$a50)*1000:+.0f} / {($b99-$a99)*1000:+.0f} µs')")
+  printf '%-6s %-22s %-22s %s\n' "$round" "$a50 $a99" "$b50 $b99" "$adds"
+done
+echo "lines written: $(cat "$DIR"/traffic.jsonl* | wc -l); dropped: $(curl -s "http://127.0.0.1:$ON_PORT/metrics" | grep '^keysim_traffic_log_dropped_total' | cut -d' ' -f2)"

@@ -1,0 +1,143 @@
+//! The proxy's traffic log (`[proxy] traffic_log`), over real HTTP in front of the fake: a
+//! line per request with what the lab replays, no secret in any of them, and a log that
+//! cannot keep up never holds a request back.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use crate::common::temp_dir;
+use crate::mock::start_with;
+use crate::proxy::{client, config_with, exchange, metric, post, runtime, scrape, start_proxy, FAKE, TOKEN};
+
+const OTHER_TOKEN: &str = "test-client-token-0002";
+const PROMPT: &str = "PROMPT-TEXT-THAT-MUST-NOT-BE-LOGGED";
+
+/// The lines of the log at `path` once it holds `n` (it is flushed twice a second).
+fn lines_when(path: &Path, n: usize) -> Vec<Value> {
+    let until = Instant::now() + Duration::from_secs(10);
+    loop {
+        let text = std::fs::read_to_string(path).unwrap_or_default();
+        let lines: Vec<Value> = text.lines().map(|l| serde_json::from_str(l).expect("a JSON line")).collect();
+        if lines.len() >= n || Instant::now() > until {
+            assert!(!text.contains(PROMPT), "no prompt text in the log");
+            for secret in ["kspx1a", "kspx1b", "kspx2a", "kspx3a", TOKEN, OTHER_TOKEN] {
+                assert!(!text.contains(secret), "no key or client token in the log: {secret}");
+            }
+            return lines;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Served, streamed, on both surfaces, denied: one line each, with what the lab replays.
+#[test]
+fn the_traffic_log_has_a_line_per_request_and_no_secret() {
+    let fake = start_with("sustained", FAKE, &[]);
+    // Two requests a minute per project, refused at once past them: four served, two denied.
+    let config = config_with(|t| {
+        t.replacen("rpm = 30", "rpm = 2", 1)
+            .replace("on_exhausted = \"queue\"", "on_exhausted = \"reject\"")
+            .replace("[proxy]\n", "[proxy]\ntraffic_log = \"traffic.jsonl\"\n")
+    });
+    let log = config.parent().unwrap().join("traffic.jsonl");
+    let proxy = start_proxy(&config, &fake.base, &[]);
+    let c = client();
+    let gemini =
+        format!(r#"{{"contents":[{{"parts":[{{"text":"{PROMPT}"}}]}}],"generationConfig":{{"maxOutputTokens":64}}}}"#);
+    let openai = format!(r#"{{"model":"gemini-2.5-flash","messages":[{{"role":"user","content":"{PROMPT}"}}]}}"#);
+    let generate = "/v1beta/models/gemini-2.5-flash:generateContent";
+    runtime().block_on(async {
+        let sends = [
+            (generate, TOKEN, &gemini),
+            ("/v1beta/models/gemini-2.5-flash:streamGenerateContent?alt=sse", OTHER_TOKEN, &gemini),
+            ("/v1beta/openai/chat/completions", TOKEN, &openai),
+            (generate, TOKEN, &gemini),
+            (generate, TOKEN, &gemini),
+            (generate, OTHER_TOKEN, &gemini),
+        ];
+        let mut statuses = Vec::new();
+        for (path, token, body) in sends {
+            statuses.push(exchange(post(&c, &proxy.base, path, Some(token), body)).await.0);
+        }
+        assert_eq!(statuses, [200, 200, 200, 200, 429, 429]);
+        assert_eq!(metric(&scrape(&c, &proxy.base).await, "keysim_traffic_log_dropped_total", &[]), Some(0.0));
+    });
+    let lines = lines_when(&log, 6);
+    assert_eq!(lines.len(), 6, "{lines:?}");
+    let served: Vec<&Value> = lines.iter().filter(|l| l["outcome"] == "served").collect();
+    let denied: Vec<&Value> = lines.iter().filter(|l| l["outcome"] == "denied").collect();
+    assert_eq!((served.len(), denied.len()), (4, 2), "{lines:?}");
+    for l in &lines {
+        assert_eq!(l["v"], 1);
+        assert_eq!(l["model"], "gemini-2.5-flash");
+        assert!(l["ts"].as_u64().unwrap() > 1_700_000_000_000, "{l}");
+        assert!(l["total_ms"].as_f64().unwrap() >= l["wait_ms"].as_f64().unwrap(), "{l}");
+    }
+    for l in &served {
+        assert!(l["input"].as_u64().unwrap() > 0 && l["output"].as_u64().is_some(), "{l}");
+        assert!(l["estimate"].as_u64().unwrap() > 0, "{l}");
+        assert!(["proj-1", "proj-2"].contains(&l["project"].as_str().unwrap()), "{l}");
+        assert!(l["upstream_ms"].as_f64().unwrap() > 0.0, "{l}");
+    }
+    for l in &denied {
+        assert!(l["reason"].as_str().unwrap().contains("rpm"), "{l}");
+        assert!(l.get("project").is_none() && l.get("input").is_none(), "{l}");
+    }
+    assert_eq!(lines.iter().filter(|l| l["stream"] == true).count(), 1);
+    assert_eq!(lines.iter().filter(|l| l["surface"] == "openai").count(), 1);
+    assert_eq!(lines.iter().filter(|l| l["client"] == "token-2").count(), 2);
+    assert_eq!(lines.iter().filter(|l| l["client"] == "token-1").count(), 4);
+    assert_eq!(lines[0]["max_output"], 64);
+}
+
+/// A log whose reader has stopped (a pipe nobody reads): lines are dropped and counted, and
+/// no request waits for them.
+#[test]
+fn a_stalled_traffic_log_drops_lines_and_delays_no_request() {
+    use std::os::unix::fs::OpenOptionsExt;
+    let dir = temp_dir("traffic-fifo");
+    let fifo = dir.join("stalled.jsonl");
+    let made = std::process::Command::new("mkfifo").arg(&fifo).status().expect("mkfifo runs");
+    assert!(made.success());
+    // A reader that never reads: the pipe fills (64 KB) and the writer blocks on it.
+    let _reader = std::fs::OpenOptions::new().read(true).custom_flags(0o4000).open(&fifo).expect("O_NONBLOCK reader");
+    let fake = start_with(
+        "sustained",
+        FAKE,
+        &["--set", "models.0.rpm=100000", "--set", "provider.latency.median=5ms", "--set", "provider.latency.p99=10ms"],
+    );
+    let config = config_with(|t| {
+        t.replacen("rpm = 30", "rpm = 100_000", 1)
+            .replace("[proxy]\n", &format!("[proxy]\ntraffic_log = {{ path = \"{}\", queue = 16 }}\n", fifo.display()))
+    });
+    let proxy = start_proxy(&config, &fake.base, &[]);
+    let c = client();
+    runtime().block_on(async {
+        let body = format!(r#"{{"contents":[{{"parts":[{{"text":"{PROMPT}"}}]}}]}}"#);
+        let path = "/v1beta/models/gemini-2.5-flash:generateContent";
+        let mut slowest = Duration::ZERO;
+        for _ in 0..50 {
+            let sends: Vec<_> = (0..16)
+                .map(|_| {
+                    let (c, base, body) = (c.clone(), proxy.base.clone(), body.clone());
+                    tokio::spawn(async move {
+                        let started = Instant::now();
+                        let (status, text) = exchange(post(&c, &base, path, Some(TOKEN), &body)).await;
+                        (status, text, started.elapsed())
+                    })
+                })
+                .collect();
+            for s in sends {
+                let (status, text, took) = s.await.unwrap();
+                assert_eq!(status, 200, "{text}");
+                slowest = slowest.max(took);
+            }
+        }
+        let dropped = metric(&scrape(&c, &proxy.base).await, "keysim_traffic_log_dropped_total", &[]).unwrap();
+        // 800 lines of about 350 bytes: more than the pipe and the queue hold together.
+        assert!(dropped > 0.0, "the stalled log dropped lines: {dropped}");
+        assert!(slowest < Duration::from_secs(5), "no request waited for the log: {slowest:?}");
+    });
+}
