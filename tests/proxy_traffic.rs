@@ -141,3 +141,32 @@ fn a_stalled_traffic_log_drops_lines_and_delays_no_request() {
         assert!(slowest < Duration::from_secs(5), "no request waited for the log: {slowest:?}");
     });
 }
+
+/// `keysim load --traffic-log` writes the same log of the requests through its engine: a line
+/// each, outcomes as its summary counts them, times in the scenario's calendar.
+#[test]
+fn keysim_load_writes_the_same_traffic_log() {
+    let m = start_with("sustained", "tests/replicas/burst.toml", &[]);
+    let dir = temp_dir("load-traffic");
+    let log = dir.join("traffic.jsonl");
+    let out = crate::common::keysim()
+        .args(["load", "tests/replicas/burst.toml", "--target", &m.base, "--json", "--no-plots", "--out"])
+        .arg(&dir)
+        .arg("--traffic-log")
+        .arg(&log)
+        .output()
+        .unwrap();
+    let s: Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("summary JSON ({e}): {}", String::from_utf8_lossy(&out.stderr)));
+    let lines: Vec<Value> =
+        std::fs::read_to_string(&log).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(lines.len() as u64, s["requests"]["total"].as_u64().unwrap());
+    for (outcome, counted) in
+        [("served", "succeeded"), ("denied", "denied"), ("breach", "breaches"), ("failed", "failed")]
+    {
+        let logged = lines.iter().filter(|l| l["outcome"] == outcome).count() as u64;
+        assert_eq!(logged, s["requests"][counted].as_u64().unwrap(), "{outcome}");
+    }
+    assert!(lines.iter().all(|l| l["v"] == 1 && l["ts"].as_u64().unwrap() > 1_700_000_000_000), "{lines:?}");
+    assert!(lines.iter().filter(|l| l["outcome"] == "served").all(|l| l["input"].as_u64().unwrap() > 0));
+}

@@ -212,6 +212,10 @@ pub enum Command {
         /// With --no-engine: the environment variable holding the token to present.
         #[arg(long, value_name = "VAR", requires = "no_engine")]
         token_env: Option<String>,
+        /// Write the proxy's traffic log (one JSON line per request, schema v1) of the
+        /// requests through the engine here; with --no-engine the proxy writes its own.
+        #[arg(long, value_name = "FILE", conflicts_with = "no_engine")]
+        traffic_log: Option<PathBuf>,
         /// Output folder (default: reports/<scenario-name>-load/).
         #[arg(long, value_name = "DIR")]
         out: Option<PathBuf>,
@@ -299,6 +303,7 @@ pub fn execute(cli: Cli) -> Result<i32, CliError> {
             store_prefix,
             no_engine,
             token_env,
+            traffic_log,
             out,
             json,
             quiet,
@@ -327,6 +332,7 @@ pub fn execute(cli: Cli) -> Result<i32, CliError> {
                     ),
                     None => None,
                 },
+                traffic_log,
             },
             run::RunOptions { out, seed: None, json, requests_csv: false, quiet, no_plots },
         ),

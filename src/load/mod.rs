@@ -66,6 +66,8 @@ pub struct LoadOptions {
     pub no_engine: bool,
     /// The token to present to such a target (`x-goog-api-key`).
     pub token: Option<String>,
+    /// Write the proxy's traffic log of the requests through the engine here.
+    pub traffic_log: Option<std::path::PathBuf>,
 }
 
 impl std::fmt::Debug for LoadOptions {
@@ -99,6 +101,7 @@ impl Default for LoadOptions {
             store_prefix: "keysim".into(),
             no_engine: false,
             token: None,
+            traffic_log: None,
         }
     }
 }
@@ -209,6 +212,8 @@ struct Shared {
     token: Option<String>,
     /// Whether to (no engine here).
     no_engine: bool,
+    /// The traffic log, if asked for.
+    traffic: Option<keysim_proxy::traffic::TrafficLog>,
 }
 
 impl Shared {
@@ -428,6 +433,10 @@ pub fn run_load(sc: &Scenario, opts: &LoadOptions) -> Result<LoadResult, LoadErr
         origin_ms: clock.now_ms(),
         token: opts.token.clone(),
         no_engine: opts.no_engine,
+        traffic: match &opts.traffic_log {
+            Some(path) => Some(open_traffic_log(path)?),
+            None => None,
+        },
     });
     let (mut agg, mut figures) = rt.block_on(schedule(shared.clone(), opts.progress, false))?;
     // Settlements the store had not taken yet, in the background: taken before the counts;
@@ -447,6 +456,7 @@ pub fn run_load(sc: &Scenario, opts: &LoadOptions) -> Result<LoadResult, LoadErr
             origin_ms: clock.now_ms(),
             token: shared.token.clone(),
             no_engine: false,
+            traffic: None,
         });
         let b = rt.block_on(schedule(base, opts.progress, true))?.1;
         Some((b.end_to_end, b.end_to_end_us))
@@ -481,6 +491,50 @@ pub fn run_load(sc: &Scenario, opts: &LoadOptions) -> Result<LoadResult, LoadErr
             ..figures
         },
     })
+}
+
+/// The traffic log `keysim load --traffic-log` writes: the proxy's, in one file (no rotation),
+/// with a queue deep enough that the collector never drops a line.
+fn open_traffic_log(path: &std::path::Path) -> Result<keysim_proxy::traffic::TrafficLog, LoadError> {
+    let def =
+        keysim_proxy::traffic::TrafficLogDef { path: path.to_owned(), max_bytes: u64::MAX, files: 1, queue: 1 << 20 };
+    keysim_proxy::traffic::TrafficLog::open(&def, Default::default())
+        .map_err(|e| LoadError::Bad(format!("cannot open the traffic log {}: {e}", path.display())))
+}
+
+/// A request through the engine here, as the proxy's traffic log holds it: times in the
+/// scenario's calendar, the client named by its traffic class.
+fn traffic_line(sc: &Scenario, d: &Done) -> keysim_proxy::traffic::Line {
+    let class = &sc.traffic[d.new.class as usize];
+    let (outcome, answered) = match d.state {
+        Terminal::Succeeded => ("served", true),
+        Terminal::Denied => ("denied", false),
+        Terminal::Breach => ("breach", false),
+        Terminal::Failed => ("failed", false),
+    };
+    keysim_proxy::traffic::Line {
+        v: keysim_proxy::traffic::SCHEMA,
+        ts: sc.start.0 + d.new.at,
+        client: class.name.clone(),
+        surface: "gemini",
+        model: sc.models[class.model].name.clone(),
+        stream: false,
+        batch: 1,
+        max_output: class.max_output_tokens,
+        estimate: d.estimated,
+        input: answered.then_some(d.input),
+        output: answered.then_some(d.output),
+        cached: None,
+        thinking: None,
+        project: d.project.map(|p| sc.projects[p].id.clone()),
+        outcome,
+        reason: (!d.reason.is_empty()).then(|| d.reason.clone()),
+        wait_ms: d.queue_wait_ms as f64,
+        upstream_ms: d.latency_ms.map(|l| l as f64),
+        total_ms: d.end_ms.saturating_sub(d.new.at) as f64,
+        retries: 0,
+        breaches: u32::from(d.state == Terminal::Breach),
+    }
 }
 
 /// What a request task reports.
@@ -591,6 +645,9 @@ async fn collect(shared: Arc<Shared>, mut rx: mpsc::UnboundedReceiver<Report>) -
         });
         if let Some(ns) = d.admit_ns {
             agg.admit_ns.saturating_record(ns);
+        }
+        if let Some(log) = &shared.traffic {
+            log.record(Box::new(traffic_line(sc, &d)));
         }
         if let (Terminal::Succeeded, Some(est)) = (d.state, d.estimated) {
             let lang = match (d.new.text, &class.corpus) {
