@@ -16,7 +16,7 @@ use crate::mock::start_with;
 pub(crate) const FAKE: &str = "tests/proxy/fake.toml";
 pub(crate) const CONFIG: &str = "tests/proxy/proxy.toml";
 pub(crate) const TOKEN: &str = "test-client-token-0001";
-const ADMIN: &str = "test-admin-token-0001";
+pub(crate) const ADMIN: &str = "test-admin-token-0001";
 /// The keys of tests/proxy/fake.toml, by the variables the proxy reads them from.
 const KEYS: [(&str, &str); 4] = [
     ("P1_A", "kspx1aQx7mV2tR9wY4bN6cD8fG0hJ3pL5sU7"),

@@ -170,3 +170,41 @@ fn keysim_load_writes_the_same_traffic_log() {
     assert!(lines.iter().all(|l| l["v"] == 1 && l["ts"].as_u64().unwrap() > 1_700_000_000_000), "{lines:?}");
     assert!(lines.iter().filter(|l| l["outcome"] == "served").all(|l| l["input"].as_u64().unwrap() > 0));
 }
+
+/// `GET /admin/scenario`: the running pool and engine settings as a pool file that reads
+/// back as the same pool, with no key value in it.
+#[test]
+fn the_admin_scenario_reads_back_as_the_running_pool() {
+    let fake = start_with("sustained", FAKE, &[]);
+    let config = config_with(|t| t.replace("strategy = \"least-used\"", "strategy = \"round-robin\"\nreserve = 0.1"));
+    let proxy = start_proxy(&config, &fake.base, &[]);
+    let c = client();
+    let text = runtime().block_on(async {
+        let url = format!("{}/admin/scenario", proxy.base);
+        assert_eq!(c.get(&url).send().await.unwrap().status(), 401, "behind the admin token");
+        let r = c.get(&url).bearer_auth(crate::proxy::ADMIN).send().await.unwrap();
+        assert_eq!(r.status(), 200);
+        r.text().await.unwrap()
+    });
+    for secret in ["kspx1a", "kspx1b", "kspx2a", "kspx3a", TOKEN, crate::proxy::ADMIN] {
+        assert!(!text.contains(secret), "no key or token: {secret}\n{text}");
+    }
+    let (exported, _) =
+        keysim::proxy::file::parse(&text, "admin/scenario", None).unwrap_or_else(|d| panic!("{d}\n{text}"));
+    let source = std::fs::read_to_string(&config).unwrap();
+    let (running, _) = keysim::proxy::file::parse(&source, "proxy.toml", None).unwrap();
+    assert_eq!(exported.models, running.models);
+    assert_eq!(exported.projects, running.projects);
+    assert_eq!(exported.engine.config.strategy, running.engine.config.strategy);
+    assert_eq!(exported.engine.config.reserve, running.engine.config.reserve);
+    assert_eq!(exported.engine.max_wait_ms, running.engine.max_wait_ms);
+    assert_eq!(exported.engine.on_exhausted, running.engine.on_exhausted);
+    // With traffic beside it, the lab runs it.
+    let file = temp_dir("admin-scenario").join("pool.toml");
+    let traffic = "\n[[traffic]]\nname = \"chat\"\nmodel = \"gemini-2.5-flash\"\n\
+                   arrival = { kind = \"constant\", rate = \"40/min\" }\n\
+                   prompt_tokens = { median = 200, p99 = 800 }\noutput_tokens = { median = 60, p99 = 200 }\n";
+    std::fs::write(&file, format!("{text}{traffic}")).unwrap();
+    let out = crate::common::keysim().arg("validate").arg(&file).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+}

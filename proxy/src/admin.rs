@@ -129,6 +129,7 @@ pub async fn admin(state: Arc<State>, req: hyper::Request<RequestBody>) -> hyper
         ("GET", "/admin/pool") => json_answer(200, &pool(&state)),
         ("GET", "/admin/capacity") => with_usages(state, |s, u| json_answer(200, &capacity(s, u))).await,
         ("GET", "/admin/keys") => json_answer(200, &keys(&state)),
+        ("GET", "/admin/scenario") => answer(200, "application/toml", scenario(&state)),
         ("POST", "/admin/reload") => {
             // It reads files: on the blocking pool.
             let reload = tokio::task::spawn_blocking(move || match state.reload() {
@@ -141,7 +142,7 @@ pub async fn admin(state: Arc<State>, req: hyper::Request<RequestBody>) -> hyper
             Surface::Gemini,
             404,
             "NOT_FOUND",
-            "admin endpoints: GET /admin/pool, /admin/capacity, /admin/keys; POST /admin/reload",
+            "admin endpoints: GET /admin/pool, /admin/capacity, /admin/keys, /admin/scenario; POST /admin/reload",
         ),
     }
 }
@@ -173,6 +174,75 @@ fn pool(state: &State) -> Value {
         "upstream": redact_url(&loaded.proxy.upstream),
         "store": loaded.proxy.store.as_deref().map_or_else(|| "memory".to_owned(), redact_url),
     })
+}
+
+/// The pool the proxy serves now (keys that left it, limits it learned), and its engine's
+/// settings, as the pool sections of a scenario file: key ids only (redacted where they look
+/// like secrets), never a key's value.
+fn scenario(state: &State) -> String {
+    use crate::engine::setting::Setting;
+    use std::fmt::Write;
+    let q = |x: &str| serde_json::to_string(x).unwrap_or_default();
+    let pool = state.engine.pool();
+    let loaded = state.loaded.load();
+    let def = &loaded.pool;
+    let mut out = String::new();
+    let _ =
+        writeln!(out, "# The pool this keysim proxy serves now and its engine's settings, from GET /admin/scenario.");
+    let _ = writeln!(out, "# Key ids only (redacted where they look like secrets); no key values.");
+    let _ =
+        writeln!(out, "[scenario]\nname = {}\nduration = \"24h\"\nseed = {}\n", q(&def.name), def.engine.config.seed);
+    let limit_fields = |out: &mut String, l: &crate::engine::Limits| {
+        let _ = write!(out, "rpm = {}\ntpm = {}\nrpd = {}\n", l.rpm, l.tpm, l.rpd);
+        if let Some(tpd) = l.tpd {
+            let _ = writeln!(out, "tpd = {tpd}");
+        }
+    };
+    for (i, m) in pool.models().iter().enumerate() {
+        let _ = writeln!(out, "[[models]]\nname = {}", q(&m.name));
+        limit_fields(&mut out, &m.limits);
+        if let Some(md) = def.models.get(i).filter(|md| md.name == m.name) {
+            if let Some(e) = md.estimator {
+                let _ = writeln!(out, "estimator = {}", q(e.name()));
+            }
+            if md.thinking_tokens > 0 {
+                let _ = writeln!(out, "thinking_tokens = {}", md.thinking_tokens);
+            }
+        }
+        out.push('\n');
+    }
+    for (i, p) in pool.projects().iter().enumerate() {
+        let keys: Vec<String> =
+            pool.keys().iter().filter(|k| k.project == i && k.usable()).map(|k| q(&redact(&k.id))).collect();
+        if keys.is_empty() {
+            continue;
+        }
+        let tier = def.projects.iter().find(|d| d.id == p.id).map_or("free", |d| d.tier.name());
+        let _ = writeln!(out, "[[projects]]\nid = {}\ntier = {}\nkeys = [{}]", q(&p.id), q(tier), keys.join(", "));
+        for (m, l) in pool.models().iter().zip(&p.limits) {
+            if let Some(l) = l.filter(|l| *l != m.limits) {
+                let tpd = l.tpd.map_or(String::new(), |t| format!(", tpd = {t}"));
+                let _ = writeln!(
+                    out,
+                    "limits.{} = {{ rpm = {}, tpm = {}, rpd = {}{tpd} }}",
+                    q(&m.name),
+                    l.rpm,
+                    l.tpm,
+                    l.rpd
+                );
+            }
+        }
+        out.push('\n');
+    }
+    let e = &def.engine;
+    let c = &e.config;
+    let _ =
+        writeln!(out, "[engine]\nstrategy = {}\nreserve = {}\nsafety = {}", q(c.strategy.name()), c.reserve, c.safety);
+    let _ = writeln!(out, "token_basis = {}\noutput_reserve = {}", q(c.basis.name()), c.output_reserve);
+    let _ = writeln!(out, "reconcile = {}\ncached_tokens_count = {}", c.reconcile, c.cached_tokens_count);
+    let _ = writeln!(out, "estimator = {}", q(e.estimator.name()));
+    let _ = writeln!(out, "on_exhausted = {}\nmax_wait = \"{}ms\"", q(e.on_exhausted.name()), e.max_wait_ms);
+    out
 }
 
 fn limits(l: &crate::engine::Limits) -> Value {

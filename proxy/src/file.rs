@@ -47,7 +47,9 @@ pub fn parse(text: &str, origin: &str, base: Option<&Path>) -> Result<(PoolConfi
     };
     let (mut name, mut seed) = ("proxy".to_owned(), 0);
     if let Some(t) = &head {
-        t.allow(&mut ctx, &["name", "description", "seed"]);
+        // A scenario's run settings (`duration`, `start`, `timeline`) mean nothing to a
+        // proxy: allowed, so that a scenario file serves as it is.
+        t.allow(&mut ctx, &["name", "description", "seed", "duration", "start", "timeline"]);
         if let Some((n, _)) = t.string(&mut ctx, "name") {
             name = n;
         }
