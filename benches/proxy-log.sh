@@ -9,15 +9,9 @@ cd "$(dirname "$0")/.."
 KEYSIM=${1:-target/release/keysim}
 ROUNDS=${2:-3}
 RATE=${3:-1000}
-DIR=$(mktemp -d)
-trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$DIR"' EXIT
-FAKE_PORT=$((18500 + RANDOM % 500))
+source benches/proxy-common.sh
 OFF_PORT=$((19100 + RANDOM % 400))
 ON_PORT=$((OFF_PORT + 400))
-FIXED='provider.latency={ median = "20ms", p99 = "20ms" }'
-taskset -c 0 "$KEYSIM" mock --scenario benches/proxy-rate.toml --set "$FIXED" --port "$FAKE_PORT" >/dev/null &
-sleep 0.5
-FAKE=http://127.0.0.1:$FAKE_PORT
 sed "s|^\[proxy\]$|[proxy]\ntraffic_log = \"$DIR/traffic.jsonl\"|" benches/proxy-bench.toml >"$DIR/logged.toml"
 taskset -c 1 "$KEYSIM" proxy --config benches/proxy-bench.toml --listen "127.0.0.1:$OFF_PORT" --upstream "$FAKE" \
   >/dev/null 2>"$DIR/off.log" &
@@ -26,16 +20,10 @@ taskset -c 1 "$KEYSIM" proxy --config "$DIR/logged.toml" --listen "127.0.0.1:$ON
 sleep 1
 export PROXY_TOKEN=bench-client-token-0001
 
-e2e() { # target -> "p50 p99" in ms
-  taskset -c 0 "$KEYSIM" load benches/proxy-rate.toml --target "$1" --no-engine --token-env PROXY_TOKEN --json --no-plots \
-    --set "$FIXED" --set "traffic.steady.arrival.rate=$RATE/s" --set "scenario.duration=20s" --out "$DIR/load" |
-    python3 -c 'import json,sys; l=json.load(sys.stdin)["load"]; e=l["end_to_end"]; print(e["p50"], e["p99"])'
-}
-
 printf '%-6s %-22s %-22s %s\n' round "log off p50 p99" "log on p50 p99" "the log adds p50 / p99"
 for round in $(seq "$ROUNDS"); do
-  read -r a50 a99 <<<"$(e2e "http://127.0.0.1:$OFF_PORT")"
-  read -r b50 b99 <<<"$(e2e "http://127.0.0.1:$ON_PORT")"
+  read -r a50 a99 <<<"$(e2e "$RATE" 20 "http://127.0.0.1:$OFF_PORT" PROXY_TOKEN)"
+  read -r b50 b99 <<<"$(e2e "$RATE" 20 "http://127.0.0.1:$ON_PORT" PROXY_TOKEN)"
   adds=$(python3 -c "print(f'{($b50-$a50)*1000:+.0f} / {($b99-$a99)*1000:+.0f} µs')")
   printf '%-6s %-22s %-22s %s\n' "$round" "$a50 $a99" "$b50 $b99" "$adds"
 done

@@ -11,27 +11,15 @@ KEYSIM=${1:-target/release/keysim}
 ROUNDS=${2:-2}
 REDIS=${3:-${KEYSIM_REDIS_URL:-}}
 if [ -z "$REDIS" ]; then echo "give a Redis URL (or set KEYSIM_REDIS_URL)"; exit 2; fi
-DIR=$(mktemp -d)
-trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$DIR"' EXIT
-FAKE_PORT=$((18500 + RANDOM % 500))
+source benches/proxy-common.sh
 MEM_PORT=$((19100 + RANDOM % 400))
 RED_PORT=$((MEM_PORT + 400))
-FIXED='provider.latency={ median = "20ms", p99 = "20ms" }'
-taskset -c 0 "$KEYSIM" mock --scenario benches/proxy-rate.toml --set "$FIXED" --port "$FAKE_PORT" >/dev/null &
-sleep 0.5
-FAKE=http://127.0.0.1:$FAKE_PORT
 taskset -c 1 "$KEYSIM" proxy --config benches/proxy-bench.toml --listen "127.0.0.1:$MEM_PORT" --upstream "$FAKE" \
   >/dev/null 2>"$DIR/memory.log" &
 taskset -c 1 "$KEYSIM" proxy --config benches/proxy-bench.toml --listen "127.0.0.1:$RED_PORT" --upstream "$FAKE" \
   --store "$REDIS" >/dev/null 2>"$DIR/redis.log" &
 sleep 1
 export DIRECT_TOKEN=proj-1-key PROXY_TOKEN=bench-client-token-0001
-
-e2e() { # rate seconds target token-variable -> "p50 p99" in ms
-  taskset -c 0 "$KEYSIM" load benches/proxy-rate.toml --target "$3" --no-engine --token-env "$4" --json --no-plots \
-    --set "$FIXED" --set "traffic.steady.arrival.rate=$1/s" --set "scenario.duration=$2s" --out "$DIR/load" |
-    python3 -c 'import json,sys; l=json.load(sys.stdin)["load"]; e=l["end_to_end"]; print(e["p50"], e["p99"])'
-}
 
 printf '%-6s %-6s %-22s %-22s %-22s %s\n' rate round "straight p50 p99" "memory p50 p99" "redis p50 p99" \
   "adds (memory; redis) p50 / p99"

@@ -184,24 +184,20 @@ fn request_ids_go_in_and_out_and_the_http_limits_hold() {
         assert!(text.lines().any(|l| l.starts_with("x-request-id: ") && l.len() > 16), "{text}");
     });
     // A body said to be over 20 MB: 413 in Gemini's shape, without reading it.
-    let (status, text) = crate::mock::raw(
-        &proxy.base,
-        &format!(
-            "POST /v1beta/models/gemini-2.5-flash:generateContent HTTP/1.1\r\nHost: p\r\nx-goog-api-key: {TOKEN}\r\n\
-             content-type: application/json\r\ncontent-length: 22000000\r\nconnection: close\r\n\r\n{{\"contents\""
-        ),
-    )
-    .expect("an answer");
+    let (status, text) = short_body(&proxy.base, 22_000_000);
     assert_eq!(status, 413, "{text}");
     assert!(text.contains("\"INVALID_ARGUMENT\"") && text.contains("larger than 20 MB"), "{text}");
     // A body that stops arriving: 408 after `body_timeout`.
-    let (status, text) = crate::mock::raw(
-        &proxy.base,
-        &format!(
-            "POST /v1beta/models/gemini-2.5-flash:generateContent HTTP/1.1\r\nHost: p\r\nx-goog-api-key: {TOKEN}\r\n\
-             content-type: application/json\r\ncontent-length: 100\r\nconnection: close\r\n\r\n{{\"contents\""
-        ),
-    )
-    .expect("an answer");
+    let (status, text) = short_body(&proxy.base, 100);
     assert_eq!(status, 408, "{text}");
+}
+
+/// A quota request over a raw connection that announces `length` bytes of body and sends
+/// only its first few: the proxy's answer.
+fn short_body(base: &str, length: u64) -> (u16, String) {
+    let head = format!(
+        "POST /v1beta/models/gemini-2.5-flash:generateContent HTTP/1.1\r\nHost: p\r\nx-goog-api-key: {TOKEN}\r\n\
+         content-type: application/json\r\ncontent-length: {length}\r\nconnection: close\r\n\r\n{{\"contents\""
+    );
+    crate::mock::raw(base, &head).expect("an answer")
 }

@@ -336,19 +336,19 @@ async fn admitted(state: &Arc<State>, call: &Call, model: &str, stream: bool, v:
             let _left = scopeguard_dec(&depth);
             state.engine.acquire_owned(&request, max_wait.saturating_sub(arrival.elapsed())).await
         };
-        state.metrics.queue_wait.get_or_create(&labels).observe(arrival.elapsed().as_secs_f64());
+        let waited = arrival.elapsed();
+        state.metrics.queue_wait.get_or_create(&labels).observe(waited.as_secs_f64());
+        if let Some(l) = line.as_mut() {
+            l.wait_ms = ms(waited);
+        }
         let mut permit = match acquired {
             Ok(p) => p,
             Err(AcquireError(reason)) => {
-                if let Some(l) = line.as_mut() {
-                    l.wait_ms = ms(arrival.elapsed());
-                }
                 logged(state, line, arrival, "denied", Some(reason.name()));
                 return denial(state, surface, model, reason, &request).await;
             }
         };
         if let Some(l) = line.as_mut() {
-            l.wait_ms = ms(arrival.elapsed());
             l.estimate = Some(permit.ticket().estimated_input);
         }
         if !permit.queued() {

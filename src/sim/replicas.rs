@@ -280,10 +280,8 @@ impl Buckets for SimStore {
     }
 }
 
-/// The counts where a replica keeps them, bounded as its mode says: keysim's way of counting.
-struct Placed<'a>(&'a Place);
-
-impl Placed<'_> {
+impl Place {
+    /// Reserves `cost` in the counts kept here, bounded as the replica's mode says.
     fn reserve(
         &self,
         bucket: BucketId,
@@ -291,8 +289,8 @@ impl Placed<'_> {
         ceilings: &Ceilings,
         now: Timestamp,
     ) -> Result<Result<Grant, Shortfall>, StoreError> {
-        let (bounded, next) = self.0.bounded(bucket, ceilings);
-        Ok(self.0.store()?.reserve(bucket, cost, &bounded, now)?.map_err(|s| sooner(s, next, &bounded, ceilings)))
+        let (bounded, next) = self.bounded(bucket, ceilings);
+        Ok(self.store()?.reserve(bucket, cost, &bounded, now)?.map_err(|s| sooner(s, next, &bounded, ceilings)))
     }
 
     /// Whether `cost` would be reserved now, leaving nothing counted (one thread decides, so
@@ -305,7 +303,7 @@ impl Placed<'_> {
         now: Timestamp,
     ) -> Result<Result<Grant, Shortfall>, StoreError> {
         Ok(match self.reserve(bucket, cost, ceilings, now)? {
-            Ok(g) => Ok(Grant { usage: self.0.store()?.refund(bucket, &g.reservation, now)?, ..g }),
+            Ok(g) => Ok(Grant { usage: self.store()?.refund(bucket, &g.reservation, now)?, ..g }),
             Err(s) => Err(s),
         })
     }
@@ -317,13 +315,9 @@ impl SimStore {
         Self { place, counting }
     }
 
-    fn place(&self) -> Placed<'_> {
-        Placed(&self.place)
-    }
-
     /// Counts `cost` whatever the ceilings (a request that completed, under check-then-act).
     pub(crate) fn count(&self, bucket: BucketId, cost: Cost, now: Timestamp) -> Result<(), StoreError> {
-        self.place().reserve(bucket, cost, &Ceilings([u64::MAX; 4]), now).map(|_| ())
+        self.place.reserve(bucket, cost, &Ceilings([u64::MAX; 4]), now).map(|_| ())
     }
 }
 
@@ -336,10 +330,10 @@ impl QuotaStore for SimStore {
         now: Timestamp,
     ) -> Result<Result<Grant, Shortfall>, StoreError> {
         match self.counting {
-            Counting::Reserved => self.place().reserve(bucket, cost, ceilings, now),
-            Counting::AfterTheFact => self.place().check(bucket, cost, ceilings, now),
+            Counting::Reserved => self.place.reserve(bucket, cost, ceilings, now),
+            Counting::AfterTheFact => self.place.check(bucket, cost, ceilings, now),
             // Unlimited: only a cool-down stops a key.
-            Counting::Nothing => self.place().check(bucket, Cost::one(0), &Ceilings([u64::MAX; 4]), now),
+            Counting::Nothing => self.place.check(bucket, Cost::one(0), &Ceilings([u64::MAX; 4]), now),
         }
     }
 
