@@ -208,3 +208,103 @@ fn the_admin_scenario_reads_back_as_the_running_pool() {
     let out = crate::common::keysim().arg("validate").arg(&file).output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
 }
+
+/// The loop test's fake and load scenario.
+const LOOP: &str = "tests/proxy/loop.toml";
+/// How much faster than real time the loop runs (ten minutes of the pool's time in 30 s).
+const LOOP_SCALE: &str = "20";
+
+/// A proxy config for the loop: the first `projects` of the loop's fake, its engine, a log.
+fn loop_config(projects: usize) -> std::path::PathBuf {
+    let dir = temp_dir("loop-config");
+    let mut text = String::from(
+        "[scenario]\nname = \"loop-proxy\"\n\n[[models]]\nname = \"gemini-2.5-flash\"\nrpm = 10\ntpm = 250_000\nrpd = 10_000\n\n",
+    );
+    for i in 1..=projects {
+        text.push_str(&format!("[[projects]]\nid = \"loop-{i}\"\nkeys = [\"loop-{i}-key\"]\n\n"));
+    }
+    text.push_str(&format!(
+        "[engine]\non_exhausted = \"queue\"\nmax_wait = \"20s\"\n\n[proxy]\nkeys = \"ids\"\nclient_tokens = [\"{TOKEN}\"]\n\
+         admin_token = \"{}\"\ntraffic_log = \"traffic.jsonl\"\n",
+        crate::proxy::ADMIN
+    ));
+    let path = dir.join("proxy.toml");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+/// `keysim load` of the loop's traffic through a proxy of `projects` projects in front of
+/// its fake: the load's summary, the proxy's traffic log and its `/admin/scenario`.
+fn loop_through_proxy(projects: usize) -> (Value, Vec<Value>, String, std::path::PathBuf) {
+    let fake = start_with("sustained", LOOP, &["--time-scale", LOOP_SCALE]);
+    let config = loop_config(projects);
+    let proxy = start_proxy(&config, &fake.base, &["--time-scale", LOOP_SCALE]);
+    let dir = config.parent().unwrap().to_path_buf();
+    let out = crate::common::keysim()
+        .args(["load", LOOP, "--target", &proxy.base, "--no-engine", "--token-env", "KEYSIM_TEST_TOKEN"])
+        .args(["--time-scale", LOOP_SCALE, "--json", "--no-plots", "--out"])
+        .arg(dir.join("load"))
+        .env("KEYSIM_TEST_TOKEN", TOKEN)
+        .output()
+        .unwrap();
+    let summary: Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("load summary ({e}): {}", String::from_utf8_lossy(&out.stderr)));
+    let scenario = runtime().block_on(async {
+        let url = format!("{}/admin/scenario", proxy.base);
+        client().get(url).bearer_auth(crate::proxy::ADMIN).send().await.unwrap().text().await.unwrap()
+    });
+    let total = summary["requests"]["total"].as_u64().unwrap() as usize;
+    let log = config.parent().unwrap().join("traffic.jsonl");
+    let lines = lines_when(&log, total);
+    (summary, lines, scenario, dir)
+}
+
+/// Percentile `q` of `v` (nearest rank).
+fn percentile(v: &mut [f64], q: f64) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[((q * v.len() as f64).ceil() as usize).clamp(1, v.len()) - 1]
+}
+
+/// The loop closes: the proxy's traffic at twice its pool's capacity, replayed in the lab
+/// with the pool the proxy reports, tells the same story; the plan made from the same log
+/// gives a pool that serves the same load with no denial and no breach.
+#[test]
+fn a_logged_day_replays_in_the_lab_and_its_plan_holds() {
+    let (summary, lines, scenario, dir) = loop_through_proxy(2);
+    let count = |o: &str| lines.iter().filter(|l| l["outcome"] == o).count() as f64;
+    let (served, denied, breaches) = (count("served"), count("denied"), count("breach"));
+    assert_eq!(lines.len() as u64, summary["requests"]["total"].as_u64().unwrap());
+    assert!(lines.len() >= 350 && denied > 100.0, "twice the capacity: {summary}");
+    let pool = dir.join("pool.toml");
+    std::fs::write(&pool, &scenario).unwrap();
+    let log = dir.join("traffic.jsonl");
+    let replay = dir.join("replay");
+    let out = crate::common::keysim()
+        .arg("run")
+        .arg(&pool)
+        .arg("--traffic")
+        .arg(&log)
+        .args(["--json", "--no-plots", "--requests-csv", "--out"])
+        .arg(&replay)
+        .output()
+        .unwrap();
+    let s: Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("replay summary ({e}): {}", String::from_utf8_lossy(&out.stderr)));
+    let r = |k: &str| s["requests"][k].as_f64().unwrap();
+    let close = |what: &str, logged: f64, replayed: f64, within: f64| {
+        let tolerance = (within * logged.max(replayed)).ceil();
+        eprintln!("{what}: logged {logged}, replayed {replayed} (tolerance {tolerance})");
+        assert!((logged - replayed).abs() <= tolerance, "{what}: logged {logged}, replayed {replayed}\n{s}");
+    };
+    assert_eq!(r("total"), lines.len() as f64);
+    close("served", served, r("succeeded"), 0.02);
+    close("denied", denied, r("denied"), 0.02);
+    close("breaches", breaches, r("breaches"), 0.02);
+    let mut logged: Vec<f64> = lines.iter().map(|l| l["wait_ms"].as_f64().unwrap()).collect();
+    let mut csv = ::csv::Reader::from_path(replay.join("requests.csv")).unwrap();
+    let col = csv.headers().unwrap().iter().position(|h| h == "queue_wait_ms").unwrap();
+    let mut replayed: Vec<f64> = csv.records().map(|r| r.unwrap()[col].parse().unwrap()).collect();
+    for q in [0.5, 0.99] {
+        close(&format!("wait p{}", q * 100.0), percentile(&mut logged, q), percentile(&mut replayed, q), 0.10);
+    }
+}

@@ -317,7 +317,7 @@ async fn admitted(state: &Arc<State>, call: &Call, model: &str, stream: bool, v:
     let mut line = state.traffic.as_ref().map(|_| {
         Box::new(Line {
             v: SCHEMA,
-            ts: unix_ms(),
+            ts: state.engine.clock().now().0,
             client: call.client.clone(),
             surface: surface.name(),
             model: model.to_owned(),
@@ -339,7 +339,7 @@ async fn admitted(state: &Arc<State>, call: &Call, model: &str, stream: bool, v:
         let waited = arrival.elapsed();
         state.metrics.queue_wait.get_or_create(&labels).observe(waited.as_secs_f64());
         if let Some(l) = line.as_mut() {
-            l.wait_ms = ms(waited);
+            l.wait_ms = ms(state, waited);
         }
         let mut permit = match acquired {
             Ok(p) => p,
@@ -372,7 +372,7 @@ async fn admitted(state: &Arc<State>, call: &Call, model: &str, stream: bool, v:
         let answer = send(state, call, &secret, true).await;
         state.metrics.upstream_latency.get_or_create(&labels).observe(sent.elapsed().as_secs_f64());
         if let Some(l) = line.as_mut() {
-            l.upstream_ms = Some(ms(sent.elapsed()));
+            l.upstream_ms = Some(ms(state, sent.elapsed()));
         }
         let resp = match answer {
             Ok(r) => r,
@@ -406,7 +406,7 @@ async fn admitted(state: &Arc<State>, call: &Call, model: &str, stream: bool, v:
         }
         if let Some(l) = line.as_mut() {
             l.breaches += u32::from(breach);
-            l.upstream_ms = Some(ms(sent.elapsed()));
+            l.upstream_ms = Some(ms(state, sent.elapsed()));
         }
         settled(state, held.settle(outcome));
         if let Some(c) = cause {
@@ -430,14 +430,10 @@ async fn admitted(state: &Arc<State>, call: &Call, model: &str, stream: bool, v:
     }
 }
 
-/// Milliseconds, to the microsecond.
-pub(super) fn ms(d: Duration) -> f64 {
-    (d.as_micros() as f64) / 1000.0
-}
-
-/// Now, in milliseconds since the Unix epoch.
-fn unix_ms() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+/// `d` of real time in milliseconds of the engine's clock, to the microsecond: the same
+/// but in lab runs on a faster clock, whose log then reads as the engine lived it.
+pub(super) fn ms(state: &State, d: Duration) -> f64 {
+    (d.as_micros() as f64) / 1000.0 * state.time_scale
 }
 
 /// Ends a request's traffic log line (`outcome`, `reason`, its total time) and hands it to
@@ -452,7 +448,7 @@ pub(super) fn logged(
     let (Some(log), Some(mut l)) = (&state.traffic, line) else { return };
     l.outcome = outcome;
     l.reason = reason;
-    l.total_ms = ms(arrival.elapsed());
+    l.total_ms = ms(state, arrival.elapsed());
     log.record(l);
 }
 

@@ -53,7 +53,7 @@ fn log_answer(state: &State, logged: Option<Logged>, usage: Option<&UsageMetadat
     if let Some(u) = usage {
         line.usage(u);
     }
-    line.upstream_ms = Some(super::forward::ms(sent.elapsed()));
+    line.upstream_ms = Some(super::forward::ms(state, sent.elapsed()));
     let outcome = if failed.is_some() { "failed" } else { "served" };
     super::forward::logged(state, Some(line), arrival, outcome, failed.map(str::to_owned));
 }

@@ -47,7 +47,8 @@ pub struct TrafficLogDef {
 pub struct Line {
     /// [`SCHEMA`].
     pub v: u32,
-    /// Arrival, ms since the Unix epoch (UTC).
+    /// Arrival, ms since the Unix epoch (UTC) by the engine's clock (scaled in lab runs, as
+    /// are the times below).
     pub ts: u64,
     /// The client: `token-N` for the N-th client token of the config, `anonymous` without
     /// tokens.

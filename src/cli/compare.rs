@@ -157,7 +157,7 @@ pub(super) fn compare(o: CompareOptions) -> Result<i32, CliError> {
     for (name, sets) in &list {
         let mut overrides = o.scenario.overrides.clone();
         overrides.extend(sets.iter().cloned());
-        let args = ScenarioArgs { scenario: o.scenario.scenario.clone(), overrides };
+        let args = ScenarioArgs::new(o.scenario.scenario.clone(), overrides);
         let sc = super::run::load(&args).map_err(|e| CliError::BadInput(format!("variant {name}: {e}")))?;
         scenarios.push(sc);
     }

@@ -141,7 +141,7 @@ pub(super) fn gate(opts: GateOptions) -> Result<i32, CliError> {
     let mut checks = Vec::new();
     let mut current = Baseline::default();
     for path in &opts.scenarios {
-        let sc = super::run::load(&ScenarioArgs { scenario: path.clone(), overrides: opts.overrides.clone() })?;
+        let sc = super::run::load(&ScenarioArgs::new(path.clone(), opts.overrides.clone()))?;
         let result = simulate(&sc, Outputs::default()).with_context(|| format!("simulating {}", sc.name))?;
         let summary = Summary::new(&sc, RunMode::Sim, &result.aggregate, &result.engine);
         for e in &summary.expectations {

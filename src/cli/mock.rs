@@ -72,9 +72,7 @@ pub fn fake_for(sc: &Scenario, extra: ExtraFaults) -> Fake {
 
 pub(super) fn mock(opts: MockOptions) -> Result<i32, CliError> {
     let sc = match &opts.scenario {
-        Some(path) => {
-            super::run::load_pool(&super::ScenarioArgs { scenario: path.clone(), overrides: opts.overrides.clone() })?
-        }
+        Some(path) => super::run::load_pool(&super::ScenarioArgs::new(path.clone(), opts.overrides.clone()))?,
         None => scenario::parse(DEFAULT_SCENARIO, "quickstart (built in)", None, &opts.overrides)
             .map_err(|d| CliError::BadInput(d.to_string()))?,
     };

@@ -37,6 +37,80 @@ pub struct ScenarioArgs {
     /// Override a setting of the file, e.g. `--set engine.admission=check-then-act`.
     #[arg(long = "set", value_name = "PATH=VALUE")]
     pub overrides: Vec<String>,
+    /// A traffic log to replay instead of the scenario's `[[traffic]]`.
+    #[command(flatten)]
+    pub traffic: TrafficArgs,
+}
+
+impl ScenarioArgs {
+    /// `scenario` with `overrides`, no log.
+    pub fn new(scenario: PathBuf, overrides: Vec<String>) -> Self {
+        Self { scenario, overrides, traffic: TrafficArgs::default() }
+    }
+
+    /// The same, its log (if any) turned into the override that replaces the traffic.
+    fn folded(mut self) -> Result<Self, CliError> {
+        if let Some(o) = std::mem::take(&mut self.traffic).override_line()? {
+            self.overrides.insert(0, o);
+        }
+        Ok(self)
+    }
+}
+
+/// `--traffic FILE` and what selects from it: a traffic log replayed instead of the
+/// scenario's `[[traffic]]` (the run then covers the log's window).
+#[derive(Clone, Debug, Default, clap::Args)]
+pub struct TrafficArgs {
+    /// Replay this traffic log instead of the scenario's [[traffic]]: the proxy's (or `keysim
+    /// load --traffic-log`'s), LiteLLM's payloads or spend logs, OpenTelemetry GenAI spans
+    /// (JSON), or a CSV; the run covers the log's window.
+    #[arg(long, value_name = "FILE")]
+    pub traffic: Option<PathBuf>,
+    /// The log's format: auto (told by its first line), keysim, litellm, otel or csv.
+    #[arg(long, value_name = "FORMAT", requires = "traffic")]
+    pub format: Option<String>,
+    /// Only requests from this instant on: RFC 3339, or `2026-12-01 08:00` in Pacific time.
+    #[arg(long, value_name = "TIME", requires = "traffic")]
+    pub from: Option<String>,
+    /// Only requests before this instant (as --from).
+    #[arg(long, value_name = "TIME", requires = "traffic")]
+    pub to: Option<String>,
+    /// Only this client's requests (repeat for more).
+    #[arg(long = "client", value_name = "NAME", requires = "traffic")]
+    pub clients: Vec<String>,
+    /// Demand at this multiple of the log's: 2 lays time-shifted copies over it, 0.5 thins it.
+    #[arg(long, value_name = "FACTOR", requires = "traffic")]
+    pub scale: Option<f64>,
+    /// The model of requests that name none (a CSV without a model column).
+    #[arg(long, value_name = "NAME", requires = "traffic")]
+    pub model: Option<String>,
+}
+
+impl TrafficArgs {
+    /// The `--set` line that replaces the scenario's traffic with the log, if one is given.
+    pub fn override_line(&self) -> Result<Option<String>, CliError> {
+        let Some(file) = &self.traffic else { return Ok(None) };
+        let path =
+            std::path::absolute(file).map_err(|e| CliError::BadInput(format!("--traffic {}: {e}", file.display())))?;
+        let q = |s: &str| serde_json::to_string(s).unwrap_or_default();
+        let mut fields = vec![format!("log = {}", q(&path.to_string_lossy()))];
+        for (k, v) in [("format", &self.format), ("from", &self.from), ("to", &self.to), ("model", &self.model)] {
+            if let Some(v) = v {
+                fields.push(format!("{k} = {}", q(v)));
+            }
+        }
+        if !self.clients.is_empty() {
+            let names: Vec<String> = self.clients.iter().map(|c| q(c)).collect();
+            fields.push(format!("clients = [{}]", names.join(", ")));
+        }
+        if let Some(s) = self.scale {
+            if !s.is_finite() {
+                return Err(CliError::BadInput("--scale must be a number".into()));
+            }
+            fields.push(format!("scale = {s:?}"));
+        }
+        Ok(Some(format!("traffic=[{{ {} }}]", fields.join(", "))))
+    }
 }
 
 /// Options of the commands that simulate a grid of points (`plan`, `tune-warnings`).
@@ -109,6 +183,9 @@ pub enum Command {
         /// Print nothing but errors.
         #[arg(long, short)]
         quiet: bool,
+        /// A traffic log every scenario replays instead of its own `[[traffic]]`.
+        #[command(flatten)]
+        traffic: TrafficArgs,
     },
     /// Run the same traffic through several engine settings and report them side by side.
     Compare {
@@ -288,9 +365,9 @@ impl CliError {
 pub fn execute(cli: Cli) -> Result<i32, CliError> {
     match cli.command {
         Command::Run { scenario, out, seed, json, requests_csv, quiet, no_plots } => {
-            run::run(&scenario, run::RunOptions { out, seed, json, requests_csv, quiet, no_plots })
+            run::run(&scenario.folded()?, run::RunOptions { out, seed, json, requests_csv, quiet, no_plots })
         }
-        Command::Validate { scenario } => run::validate(&scenario),
+        Command::Validate { scenario } => run::validate(&scenario.folded()?),
         Command::Load {
             scenario,
             target,
@@ -309,7 +386,7 @@ pub fn execute(cli: Cli) -> Result<i32, CliError> {
             quiet,
             no_plots,
         } => run::load_run(
-            &scenario,
+            &scenario.folded()?,
             crate::load::LoadOptions {
                 target,
                 time_scale,
@@ -336,14 +413,18 @@ pub fn execute(cli: Cli) -> Result<i32, CliError> {
             },
             run::RunOptions { out, seed: None, json, requests_csv: false, quiet, no_plots },
         ),
-        Command::Gate { scenarios, overrides, baseline, update_baseline, junit, quiet } => {
+        Command::Gate { scenarios, mut overrides, baseline, update_baseline, junit, quiet, traffic } => {
+            if let Some(o) = traffic.override_line()? {
+                overrides.insert(0, o);
+            }
             gate::gate(gate::GateOptions { scenarios, overrides, baseline, update_baseline, junit, quiet })
         }
         Command::Compare { scenario, variants, out, json, quiet } => {
-            compare::compare(compare::CompareOptions { scenario, variants, out, json, quiet })
+            compare::compare(compare::CompareOptions { scenario: scenario.folded()?, variants, out, json, quiet })
         }
         Command::Plan { scenario, sweeps, min_success, max_breaches, max_queue_p99, sweep } => {
             let SweepArgs { jobs, out, json, quiet } = sweep;
+            let scenario = scenario.folded()?;
             plan::plan(plan::PlanOptions {
                 scenario: scenario.scenario,
                 overrides: scenario.overrides,
@@ -359,7 +440,7 @@ pub fn execute(cli: Cli) -> Result<i32, CliError> {
         }
         Command::TuneWarnings { scenario, sweeps, goal, sweep } => {
             let SweepArgs { jobs, out, json, quiet } = sweep;
-            tune::tune(tune::TuneOptions { scenario, sweeps, goal, jobs, out, json, quiet })
+            tune::tune(tune::TuneOptions { scenario: scenario.folded()?, sweeps, goal, jobs, out, json, quiet })
         }
         Command::Proxy(args) => keysim_proxy::cli::run(args).map(|()| 0).map_err(|e| match e {
             keysim_proxy::cli::CliError::BadInput(m) => CliError::BadInput(m),

@@ -110,7 +110,7 @@ fn column_scenarios(o: &PlanOptions, grid: &Grid) -> Result<Vec<Scenario>, CliEr
                     overrides.push(format!("{path}={}", values[i]));
                 }
             }
-            let args = super::ScenarioArgs { scenario: o.scenario.clone(), overrides };
+            let args = super::ScenarioArgs::new(o.scenario.clone(), overrides);
             let mut sc = super::run::load(&args)?;
             sc.warnings = None;
             parsed.insert(set_key.clone(), sc);

@@ -45,7 +45,7 @@ pub(super) fn tune(o: TuneOptions) -> Result<i32, CliError> {
     let scenario_of = |s: &Settings| {
         let mut overrides = base.clone();
         overrides.extend(s.iter().map(|(k, v)| format!("warnings.{k}={v}")));
-        super::run::load(&ScenarioArgs { scenario: o.scenario.scenario.clone(), overrides })
+        super::run::load(&ScenarioArgs::new(o.scenario.scenario.clone(), overrides))
     };
     // Bad settings are bad input, told before any thread starts: every value of every axis
     // once, then the first point whole.

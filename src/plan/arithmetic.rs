@@ -20,7 +20,7 @@ pub(crate) fn mean_tokens(c: &scenario::TrafficClass, counts_output: bool) -> f6
             corpus.texts.iter().map(|t| t.tokens as f64).sum::<f64>() / corpus.texts.len() as f64
         }
         (_, Arrival::Trace(t)) if !t.rows.is_empty() => {
-            t.rows.iter().map(|r| r.1 as f64).sum::<f64>() / t.rows.len() as f64
+            t.rows.iter().map(|r| r.input as f64).sum::<f64>() / t.rows.len() as f64
         }
         _ => mean(&c.prompt_tokens),
     };

@@ -29,7 +29,7 @@ pub(crate) fn scale_arrival(a: &mut Arrival, f: f64) {
         }
         Arrival::Trace(t) => {
             for r in &mut t.rows {
-                r.0 = (r.0 as f64 / f).round() as u64;
+                r.at = (r.at as f64 / f).round() as u64;
             }
             t.period_ms = ((t.period_ms as f64 / f).round() as u64).max(1);
         }

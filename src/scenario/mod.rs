@@ -10,6 +10,8 @@
 pub mod build;
 pub mod model;
 
+pub mod logs;
+
 mod files;
 mod overrides;
 mod parse;

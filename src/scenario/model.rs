@@ -154,13 +154,35 @@ pub enum Arrival {
 pub struct Trace {
     /// Where they came from (for reports).
     pub file: String,
-    /// Offsets from the first request (ms, already divided by the speed-up), and input and
-    /// output token counts.
-    pub rows: Vec<(u64, u64, u64)>,
+    /// The requests, by time.
+    pub rows: Vec<Recorded>,
     /// Replay again from the start when the trace ends.
     pub repeat: bool,
     /// Span of one pass of the trace in milliseconds (last offset plus the mean gap).
     pub period_ms: u64,
+}
+
+/// One recorded request of a trace or a traffic log.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Recorded {
+    /// Offset from the trace's start (ms, already divided by any speed-up).
+    pub at: u64,
+    /// Input tokens (ground truth).
+    pub input: u64,
+    /// Output tokens (ground truth).
+    pub output: u64,
+    /// What the provider did with it, where the record tells (a traffic log); otherwise the
+    /// scenario's provider draws its latency and failures.
+    pub answer: Option<Answered>,
+}
+
+/// What the provider did with a recorded request, as its log tells.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Answered {
+    /// Its time upstream (served requests); otherwise drawn from the provider's latency.
+    pub latency_ms: Option<u64>,
+    /// It failed on the provider's side (not for quota).
+    pub fault: Option<mock_server::Fault>,
 }
 
 /// One class of traffic.

@@ -47,15 +47,23 @@ fn parse_as(
     let fail = |items| Diagnostics { origin: origin.to_owned(), source: source.clone(), items };
     let mut root = pool_file::document(&source[..text.len()]).map_err(fail)?;
     let mut ctx = Ctx::default();
-    if !overrides.is_empty() {
-        match DeTable::parse(&source[text.len()..]) {
+    // Overrides apply in order, each a line of its own: `traffic=[…]` replaces the traffic,
+    // then `traffic.0.scale=2` reaches into it.
+    let mut at = text.len();
+    for line in source[text.len()..].split_inclusive('\n') {
+        let (from, to) = (at, at + line.len());
+        at = to;
+        if line.trim().is_empty() || line.starts_with('#') {
+            continue;
+        }
+        match DeTable::parse(&source[from..to]) {
             Ok(t) => {
-                let shifted = super::overrides::shift_table(t.into_inner(), text.len());
+                let shifted = super::overrides::shift_table(t.into_inner(), from);
                 for (span, message) in super::overrides::merge(&mut root, shifted) {
                     ctx.error(span, message);
                 }
             }
-            Err(e) => ctx.error(text.len()..source.len(), format!("bad --set override: {}", e.message())),
+            Err(e) => ctx.error(from..to, format!("bad --set override: {}", e.message())),
         }
     }
     let root = Spanned::new(0..source.len(), root);
@@ -84,9 +92,14 @@ fn build(ctx: &mut Ctx, root: &Table<'_, '_>, base: Option<&Path>, needs_traffic
     let pool_file::Sections { models, projects, mut engine, warnings } =
         pool_file::sections(ctx, root, seed.unwrap_or(0), base, truth.as_ref(), GATEWAY_FIELDS);
     let gateway = gateway(ctx, root, engine.as_mut());
-    let traffic = match needs_traffic || root.has("traffic") {
-        true => traffic(ctx, root, &models, duration_ms.unwrap_or(u64::MAX), base, truth.as_ref()),
-        false => Vec::new(),
+    let super::traffic::Traffic { classes: traffic, window } = match needs_traffic || root.has("traffic") {
+        true => traffic(ctx, root, &models, duration_ms, seed.unwrap_or(0), base, truth.as_ref()),
+        false => super::traffic::Traffic { classes: Vec::new(), window: None },
+    };
+    // A log's window is the run's calendar; otherwise [scenario] gives its length.
+    let (start, duration_ms) = match window {
+        Some((from, to)) => (Some(Timestamp(from)), Some(to - from)),
+        None => (start, head.as_ref().and_then(|t| t.required(duration_ms, ctx, "duration"))),
     };
     let (events, provider_events) = events(ctx, root, &projects, &models, duration_ms.unwrap_or(u64::MAX));
     let provider = provider.map(|mut p| {
@@ -174,7 +187,8 @@ fn header(ctx: &mut Ctx, t: &Table<'_, '_>) -> Header {
         ok.then_some(n)
     });
     let seed = if t.has("seed") { t.uint(ctx, "seed").map(|(s, _)| s) } else { Some(0) };
-    let duration = t.required(t.duration(ctx, "duration"), ctx, "duration").and_then(|(d, span)| {
+    // Required unless a log sets it (checked once the traffic is read).
+    let duration = t.duration(ctx, "duration").and_then(|(d, span)| {
         if d == 0 {
             ctx.error(span, "`duration` must be longer than zero");
         }

@@ -25,14 +25,24 @@ const TRAFFIC_KEYS: &[&str] = &[
     "end",
 ];
 
+/// The traffic of a scenario, and the calendar its logs set.
+pub(super) struct Traffic {
+    /// The classes, in table order (a log's: one per client and model).
+    pub classes: Vec<TrafficClass>,
+    /// Where the scenario replays logs: the window they cover together (ms since the epoch,
+    /// `[from, to)`), which is the run's start and length.
+    pub window: Option<(u64, u64)>,
+}
+
 pub(super) fn traffic(
     ctx: &mut Ctx,
     root: &Table<'_, '_>,
     models: &[ModelDef],
-    duration: u64,
+    duration: Option<u64>,
+    seed: u64,
     base: Option<&Path>,
     truth: Option<&TokenizerFile>,
-) -> Vec<TrafficClass> {
+) -> Traffic {
     let tables = root.tables(ctx, "traffic");
     if tables.is_empty() && !root.has("traffic") {
         ctx.error(
@@ -40,14 +50,35 @@ pub(super) fn traffic(
             "missing `[[traffic]]`: a scenario needs at least one traffic class",
         );
     }
-    let mut out = Vec::new();
+    // Logs first: their window is the run's calendar.
+    let mut logs: Vec<Option<super::logs::LogTraffic>> = Vec::new();
+    for t in tables.iter().filter(|t| t.has("log")) {
+        if let Some(a) = t.raw("arrival") {
+            ctx.error(a.span(), format!("{} replays a log: its requests arrive as logged (remove `arrival`)", t.name));
+        }
+        logs.push(super::logs::log_classes(ctx, t, models, base, seed));
+    }
+    let window = logs.iter().flatten().map(|l| l.window).reduce(|a, b| (a.0.min(b.0), a.1.max(b.1)));
+    let duration = window.map(|(from, to)| to - from).or(duration).unwrap_or(u64::MAX);
+    let mut logs = logs.into_iter();
+    let mut classes = Vec::new();
     for (n, t) in tables.iter().enumerate() {
+        if t.has("log") {
+            let Some(Some(l)) = logs.next() else { continue };
+            let offset = l.window.0 - window.map_or(0, |w| w.0);
+            classes.extend(l.classes.into_iter().map(|mut c| {
+                c.start_ms += offset;
+                c.end_ms += offset;
+                c
+            }));
+            continue;
+        }
         t.allow(ctx, TRAFFIC_KEYS);
         if let Some(c) = class(ctx, t, n, models, duration, base, truth) {
-            out.push(c);
+            classes.push(c);
         }
     }
-    out
+    Traffic { classes, window }
 }
 
 fn class(
@@ -322,7 +353,7 @@ fn trace(ctx: &mut Ctx, a: &Table<'_, '_>, base: Option<&Path>) -> Option<Trace>
     }
 }
 
-type TraceRows = (Vec<(u64, u64, u64)>, u64);
+type TraceRows = (Vec<Recorded>, u64);
 
 /// Reads a CSV trace into (offset ms, input, output) rows, sorted by time.
 pub(super) fn read_trace(text: &str, cols: [&str; 3], speedup: f64, limit: Option<usize>) -> Result<TraceRows, String> {
@@ -362,9 +393,16 @@ pub(super) fn read_trace(text: &str, cols: [&str; 3], speedup: f64, limit: Optio
     if span_s / speedup * 1000.0 > fields::MAX_DURATION_MS as f64 {
         return Err(format!("spans {span_s:.0} s, more than the 400 days a run may last"));
     }
-    let rows: Vec<(u64, u64, u64)> =
-        raw.iter().map(|(t, i, o)| (((t - t0) * 1000.0 / speedup).round() as u64, *i, *o)).collect();
-    let last = rows.last().map_or(0, |r| r.0);
+    let rows: Vec<Recorded> = raw
+        .iter()
+        .map(|&(t, input, output)| Recorded {
+            at: ((t - t0) * 1000.0 / speedup).round() as u64,
+            input,
+            output,
+            answer: None,
+        })
+        .collect();
+    let last = rows.last().map_or(0, |r| r.at);
     let gap = if rows.len() > 1 { last / (rows.len() as u64 - 1) } else { 1_000 };
     Ok((rows, last + gap.max(1)))
 }

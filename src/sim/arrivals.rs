@@ -3,7 +3,7 @@
 use rand::Rng;
 use rand_distr::{Distribution, Exp, LogNormal};
 
-use crate::scenario::{Arrival, Tokens};
+use crate::scenario::{Arrival, Recorded, Tokens};
 
 /// The z-score of the 99th percentile of a standard normal distribution.
 const Z_P99: f64 = 2.326_347_874;
@@ -62,8 +62,8 @@ impl Arrivals {
         Self { arrival, start_ms, end_ms, t: start_ms as f64, cursor: 0, day_phase_ms, started: false }
     }
 
-    /// The next arrival's offset and, for traces, its (input, output) token counts.
-    pub fn next(&mut self, rng: &mut impl Rng) -> Option<(u64, Option<(u64, u64)>)> {
+    /// The next arrival's offset and, for traces and logs, its record.
+    pub fn next(&mut self, rng: &mut impl Rng) -> Option<(u64, Option<Recorded>)> {
         let (at, tokens) = self.advance(rng)?;
         (at < self.end_ms).then_some((at, tokens))
     }
@@ -72,7 +72,7 @@ impl Arrivals {
         Exp::new(rate_per_s / 1000.0).expect("positive rate").sample(rng)
     }
 
-    fn advance(&mut self, rng: &mut impl Rng) -> Option<(u64, Option<(u64, u64)>)> {
+    fn advance(&mut self, rng: &mut impl Rng) -> Option<(u64, Option<Recorded>)> {
         let first = !self.started;
         self.started = true;
         match &self.arrival {
@@ -134,10 +134,10 @@ impl Arrivals {
                     return None;
                 }
                 let pass = self.cursor / n;
-                let (offset, input, output) = trace.rows[(self.cursor % n) as usize];
+                let row = trace.rows[(self.cursor % n) as usize];
                 self.cursor += 1;
-                let at = self.start_ms + pass * trace.period_ms + offset;
-                Some((at, Some((input, output))))
+                let at = self.start_ms + pass * trace.period_ms + row.at;
+                Some((at, Some(row)))
             }
         }
     }
@@ -148,7 +148,7 @@ impl Arrivals {
         rng: &mut impl Rng,
         max_rate: f64,
         rate_at: impl Fn(f64) -> f64,
-    ) -> Option<(u64, Option<(u64, u64)>)> {
+    ) -> Option<(u64, Option<Recorded>)> {
         if max_rate <= 0.0 {
             return None;
         }

@@ -83,9 +83,9 @@ struct Class {
 
 impl Class {
     fn draw(&mut self, class: u32) {
-        self.next = self.arrivals.next(&mut self.rng_arrivals).map(|(at, tokens)| {
+        self.next = self.arrivals.next(&mut self.rng_arrivals).map(|(at, recorded)| {
             let mut text = None;
-            let (input, output) = tokens.unwrap_or_else(|| match &self.corpus {
+            let (input, output) = recorded.map(|r| (r.input, r.output)).unwrap_or_else(|| match &self.corpus {
                 Some(counts) => {
                     let i = self.rng_tokens.random_range(0..counts.len());
                     text = Some(i as u32);
@@ -93,8 +93,11 @@ impl Class {
                 }
                 None => (self.prompt.sample(&mut self.rng_tokens), self.output.sample(&mut self.rng_tokens)),
             });
-            let latency_ms = self.latency.sample(&mut self.rng_provider);
-            let fault = self.faults.draw(&mut self.rng_provider);
+            let (latency_ms, fault) = match recorded.and_then(|r| r.answer) {
+                // A log tells what the provider did.
+                Some(a) => (a.latency_ms.unwrap_or_else(|| self.latency.sample(&mut self.rng_provider)), a.fault),
+                None => (self.latency.sample(&mut self.rng_provider), self.faults.draw(&mut self.rng_provider)),
+            };
             NewRequest { at, class, input, output, text, latency_ms, fault }
         });
     }

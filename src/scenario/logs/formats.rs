@@ -1,0 +1,309 @@
+//! The formats a log may come in, each read into [`Record`]s.
+
+use std::borrow::Cow;
+
+use serde::Deserialize;
+
+use super::{Builder, LineError, Outcome, Record};
+use mock_server::Fault;
+
+/// The newest schema of the proxy's traffic log this keysim reads (the one it writes).
+use keysim_proxy::traffic::SCHEMA;
+
+/// A log's format.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum Format {
+    /// Told by the first line: the proxy's log, a LiteLLM payload, OpenTelemetry spans or a
+    /// CSV with a header.
+    #[default]
+    Auto,
+    /// The proxy's traffic log (`keysim load --traffic-log` writes it too).
+    Keysim,
+    /// LiteLLM's standard logging payload, or its spend logs, as JSON lines (or one array).
+    LiteLlm,
+    /// OpenTelemetry GenAI spans as JSON: OTLP exports (the collector's file exporter), one
+    /// per line, or spans one per line.
+    Otel,
+    /// Any CSV, through a column mapping.
+    Csv(Columns),
+}
+
+/// Which CSV columns hold what. Only `time` is required.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Columns {
+    /// Arrival: seconds (or ms) since the epoch, or a date-time (UTC unless it has an offset).
+    pub time: String,
+    /// Input tokens.
+    pub input: Option<String>,
+    /// Output tokens.
+    pub output: Option<String>,
+    /// The model.
+    pub model: Option<String>,
+    /// The client.
+    pub client: Option<String>,
+    /// Success or not (`success`, `ok`, `200`, `true` … or anything else).
+    pub status: Option<String>,
+    /// Time upstream, ms.
+    pub latency_ms: Option<String>,
+}
+
+impl Default for Columns {
+    /// The Azure LLM inference trace's columns.
+    fn default() -> Self {
+        Self {
+            time: "TIMESTAMP".into(),
+            input: Some("ContextTokens".into()),
+            output: Some("GeneratedTokens".into()),
+            model: None,
+            client: None,
+            status: None,
+            latency_ms: None,
+        }
+    }
+}
+
+impl Format {
+    /// Its name in files and on the command line.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Self::Auto => "auto",
+            Self::Keysim => "keysim",
+            Self::LiteLlm => "litellm",
+            Self::Otel => "otel",
+            Self::Csv(_) => "csv",
+        }
+    }
+
+    /// The names [`Format::name`] gives.
+    pub const NAMES: [&str; 5] = ["auto", "keysim", "litellm", "otel", "csv"];
+
+    /// The format of a log that begins with `bytes`.
+    pub fn detect(bytes: &[u8]) -> Self {
+        let first = bytes.split(|b| *b == b'\n').map(<[u8]>::trim_ascii).find(|l| !l.is_empty()).unwrap_or(b"");
+        let has = |s: &str| first.windows(s.len()).any(|w| w == s.as_bytes());
+        match first.first() {
+            Some(b'{' | b'[') if has("\"resourceSpans\"") || has("\"gen_ai.") => Self::Otel,
+            Some(b'{') if has("\"v\"") && has("\"outcome\"") => Self::Keysim,
+            Some(b'{' | b'[') => Self::LiteLlm,
+            _ => Self::Csv(Columns::default()),
+        }
+    }
+}
+
+/// Reads `bytes` in `format` (not `Auto`) into `b`.
+pub(super) fn read(bytes: &[u8], format: &Format, b: &mut Builder) -> Result<(), LineError> {
+    match format {
+        Format::Auto | Format::Keysim => json_lines(bytes, b, keysim),
+        Format::LiteLlm => super::litellm::read(bytes, b),
+        Format::Otel => super::otel::read(bytes, b),
+        Format::Csv(c) => csv(bytes, c, b),
+    }
+}
+
+/// Each non-blank line of `bytes` through `one`, with its number.
+pub(super) fn json_lines(
+    bytes: &[u8],
+    b: &mut Builder,
+    mut one: impl FnMut(&[u8], u32, &mut Builder) -> Result<(), LineError>,
+) -> Result<(), LineError> {
+    for (n, line) in bytes.split(|c| *c == b'\n').enumerate() {
+        let line = line.trim_ascii();
+        if line.is_empty() {
+            continue;
+        }
+        one(line, n as u32 + 1, b)?;
+    }
+    Ok(())
+}
+
+/// A JSON error at line `n`.
+pub(super) fn json_error(n: u32, e: &serde_json::Error) -> LineError {
+    let message = e.to_string();
+    // serde's message ends in " at line 1 column C": the column is ours to report.
+    let message = message.split(" at line ").next().unwrap_or(&message).to_owned();
+    LineError { line: n as usize, column: Some(e.column()), message }
+}
+
+/// A line of the proxy's traffic log, as far as the lab reads it (later fields of v1 ignored).
+#[derive(Deserialize)]
+struct Line<'a> {
+    v: u32,
+    ts: u64,
+    #[serde(borrow)]
+    client: Cow<'a, str>,
+    #[serde(borrow)]
+    model: Cow<'a, str>,
+    #[serde(default)]
+    stream: bool,
+    #[serde(default)]
+    batch: Option<u64>,
+    #[serde(default)]
+    estimate: Option<u64>,
+    #[serde(default)]
+    input: Option<u64>,
+    #[serde(default)]
+    output: Option<u64>,
+    #[serde(borrow)]
+    outcome: Cow<'a, str>,
+    #[serde(default, borrow)]
+    reason: Option<Cow<'a, str>>,
+    #[serde(default)]
+    upstream_ms: Option<f64>,
+}
+
+/// The fault a failure's cause stands for in the lab's provider.
+pub(super) fn fault(cause: &str) -> Fault {
+    if cause.contains("capacity") || cause.contains("503") || cause.contains("overload") {
+        Fault::Overloaded
+    } else {
+        Fault::Internal
+    }
+}
+
+fn keysim(text: &[u8], n: u32, b: &mut Builder) -> Result<(), LineError> {
+    let l: Line<'_> = serde_json::from_slice(text).map_err(|e| json_error(n, &e))?;
+    let bad = |message: String| LineError { line: n as usize, column: None, message };
+    if l.v == 0 || l.v > SCHEMA {
+        return Err(bad(format!("schema v{} (this keysim reads v1 to v{SCHEMA}: a newer keysim wrote it?)", l.v)));
+    }
+    let outcome = match &*l.outcome {
+        "served" => Outcome::Served,
+        "denied" => Outcome::Denied,
+        "breach" => Outcome::Breach,
+        "failed" => Outcome::Failed(fault(l.reason.as_deref().unwrap_or(""))),
+        other => return Err(bad(format!("unknown outcome '{other}' (served, denied, breach or failed)"))),
+    };
+    let batch = l.batch.unwrap_or(1);
+    if batch == 0 || batch > 1_000 {
+        return Err(bad(format!("`batch` of {batch}: a request counts as 1 to 1000")));
+    }
+    let (client, model) = (b.client(&l.client), b.model(&l.model));
+    let latency_ms = match outcome {
+        Outcome::Served => l.upstream_ms.filter(|x| x.is_finite() && *x >= 0.0).map(|x| x.round() as u64),
+        _ => None,
+    };
+    b.push(Record {
+        ts: l.ts,
+        client,
+        model,
+        input: l.input,
+        output: l.output,
+        estimate: l.estimate,
+        latency_ms,
+        outcome,
+        batch: batch as u32,
+        stream: l.stream,
+        line: n,
+    });
+    Ok(())
+}
+
+/// Milliseconds since the epoch of a time as logs write it: seconds (or ms, or ns) since the
+/// epoch as a number, or an RFC 3339 / ISO date-time (UTC without an offset).
+pub(crate) fn parse_ms(s: &str) -> Option<u64> {
+    let s = s.trim();
+    if let Ok(x) = s.parse::<f64>() {
+        if !(x.is_finite() && x >= 0.0) {
+            return None;
+        }
+        // Seconds until the year 5138; then ms, then µs, then ns.
+        let ms = match x {
+            x if x < 1e11 => x * 1e3,
+            x if x < 1e14 => x,
+            x if x < 1e17 => x / 1e3,
+            x => x / 1e6,
+        };
+        return Some(ms.round() as u64);
+    }
+    if let Ok(t) = chrono::DateTime::parse_from_rfc3339(s) {
+        return u64::try_from(t.timestamp_millis()).ok();
+    }
+    let (main, frac) = s.split_once('.').unwrap_or((s, ""));
+    let frac = frac.trim_end_matches('Z');
+    let t = ["%Y-%m-%d %H:%M:%S", "%Y-%m-%dT%H:%M:%S"]
+        .iter()
+        .find_map(|f| chrono::NaiveDateTime::parse_from_str(main.trim_end_matches('Z'), f).ok())?;
+    let frac_ms = if frac.is_empty() { 0.0 } else { format!("0.{frac}").parse::<f64>().ok()? * 1e3 };
+    u64::try_from(t.and_utc().timestamp_millis()).ok().map(|ms| ms + frac_ms.round() as u64)
+}
+
+fn csv(bytes: &[u8], c: &Columns, b: &mut Builder) -> Result<(), LineError> {
+    let mut reader = ::csv::ReaderBuilder::new().trim(::csv::Trim::All).from_reader(bytes);
+    let at = |line: usize, message: String| LineError { line, column: None, message };
+    let headers = reader.headers().map_err(|e| at(1, e.to_string()))?.clone();
+    let index = |name: &Option<String>| -> Result<Option<usize>, LineError> {
+        let Some(name) = name else { return Ok(None) };
+        headers.iter().position(|h| h == name).map(Some).ok_or_else(|| {
+            at(1, format!("no column '{name}' (columns: {})", headers.iter().collect::<Vec<_>>().join(", ")))
+        })
+    };
+    let time = index(&Some(c.time.clone()))?.unwrap_or(0);
+    let [input, output, model, client, status, latency] =
+        [&c.input, &c.output, &c.model, &c.client, &c.status, &c.latency_ms].map(index);
+    let (input, output, model, client, status, latency) = (input?, output?, model?, client?, status?, latency?);
+    let mut rec = ::csv::StringRecord::new();
+    loop {
+        let line = reader.position().line() as usize;
+        match reader.read_record(&mut rec) {
+            Ok(false) => return Ok(()),
+            Ok(true) => {}
+            Err(e) => return Err(at(line, e.to_string())),
+        }
+        let line = rec.position().map_or(line, |p| p.line() as usize);
+        let field = |i: usize| rec.get(i).unwrap_or("");
+        let count = |i: Option<usize>, name: &Option<String>| -> Result<Option<u64>, LineError> {
+            match i.map(field) {
+                None | Some("") => Ok(None),
+                Some(v) => {
+                    v.parse::<f64>().ok().filter(|x| x.is_finite() && *x >= 0.0).map(|x| Some(x as u64)).ok_or_else(
+                        || at(line, format!("'{v}' in column '{}' is not a count", name.as_deref().unwrap_or(""))),
+                    )
+                }
+            }
+        };
+        let ts = parse_ms(field(time))
+            .ok_or_else(|| at(line, format!("'{}' in column '{}' is not a time", field(time), c.time)))?;
+        let ok = status.map(field).is_none_or(|s| {
+            matches!(s.to_ascii_lowercase().as_str(), "" | "success" | "succeeded" | "ok" | "200" | "true" | "served")
+        });
+        let (client, model) = (b.client(client.map_or("anonymous", field)), b.model(model.map_or("", field)));
+        let r = Record {
+            ts,
+            client,
+            model,
+            input: count(input, &c.input)?,
+            output: count(output, &c.output)?,
+            estimate: None,
+            latency_ms: if ok { count(latency, &c.latency_ms)? } else { None },
+            outcome: if ok { Outcome::Served } else { Outcome::Failed(Fault::Internal) },
+            batch: 1,
+            stream: false,
+            line: line as u32,
+        };
+        b.push(r);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn times_in_every_form() {
+        let want = 1_765_000_000_000;
+        for s in ["1765000000", "1765000000.0", "1765000000000", "1765000000000000", "2025-12-06T05:46:40Z"] {
+            assert_eq!(parse_ms(s), Some(want), "{s}");
+        }
+        assert_eq!(parse_ms("2025-12-06 05:46:40.25"), Some(want + 250));
+        assert_eq!(parse_ms("2025-12-05T21:46:40-08:00"), Some(want));
+        assert_eq!(parse_ms("yesterday"), None);
+    }
+
+    #[test]
+    fn formats_are_told_by_their_first_line() {
+        assert_eq!(Format::detect(b"\n{\"v\":1,\"ts\":1,\"outcome\":\"served\"}\n"), Format::Keysim);
+        assert_eq!(Format::detect(b"{\"resourceSpans\":[]}"), Format::Otel);
+        assert_eq!(Format::detect(b"{\"id\":\"x\",\"startTime\":1.5,\"model\":\"m\"}"), Format::LiteLlm);
+        assert!(matches!(Format::detect(b"TIMESTAMP,ContextTokens\n"), Format::Csv(_)));
+    }
+}
