@@ -307,4 +307,26 @@ fn a_logged_day_replays_in_the_lab_and_its_plan_holds() {
     for q in [0.5, 0.99] {
         close(&format!("wait p{}", q * 100.0), percentile(&mut logged, q), percentile(&mut replayed, q), 0.10);
     }
+    // The plan from the same log, and the same load through the pool it recommends.
+    let out = crate::common::keysim()
+        .arg("plan")
+        .arg(&pool)
+        .arg("--traffic")
+        .arg(&log)
+        .args(["--goal", "denied == 0, wait_p99 <= 10s", "--json", "--out"])
+        .arg(dir.join("plan"))
+        .output()
+        .unwrap();
+    let plan: Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("plan ({e}): {}", String::from_utf8_lossy(&out.stderr)));
+    let rec = &plan["recommendations"][0];
+    let projects = rec["projects"].as_u64().unwrap_or_else(|| panic!("a pool meets the goal: {plan}"));
+    eprintln!("plan: {}", rec["text"]);
+    assert!((3..=8).contains(&projects), "{plan}");
+    assert!(rec["text"].as_str().unwrap().contains("busiest minute"), "{plan}");
+    let (summary, lines, _, _) = loop_through_proxy(projects as usize);
+    let n = |k: &str| summary["requests"][k].as_u64().unwrap();
+    eprintln!("through {projects} projects: {}", summary["requests"]);
+    assert_eq!((n("denied"), n("breaches"), n("failed")), (0, 0, 0), "{summary}");
+    assert_eq!(lines.iter().filter(|l| l["outcome"] == "served").count() as u64, n("total"));
 }

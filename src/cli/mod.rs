@@ -235,9 +235,17 @@ pub enum Command {
         scenario: ScenarioArgs,
         /// A swept parameter: `projects=1..20`, `rate=2,4,8` or `rate=1..10:0.5` (requests/s
         /// peak), or any setting: `engine.strategy=round-robin,least-used`. `projects` is
-        /// required.
-        #[arg(long = "sweep", value_name = "NAME=VALUES", required = true)]
+        /// required but with a log, where it runs from 1 to well past what the largest growth
+        /// needs.
+        #[arg(long = "sweep", value_name = "NAME=VALUES")]
         sweeps: Vec<String>,
+        /// The objective as clauses: `denied == 0, wait_p99 <= 2s`, `success >= 0.99`,
+        /// `breaches <= 0` (breaches stay at 0 unless bounded); replaces the three below.
+        #[arg(long, value_name = "CLAUSES", conflicts_with_all = ["min_success", "max_breaches", "max_queue_p99"])]
+        goal: Option<String>,
+        /// Multiples of the log's demand to plan for: `1,1.5,2` (each a column; see `scale`).
+        #[arg(long, value_name = "FACTORS")]
+        growth: Option<String>,
         /// Objective: the smallest success rate (succeeded / requests).
         #[arg(long, default_value_t = 0.99)]
         min_success: f64,
@@ -422,16 +430,20 @@ pub fn execute(cli: Cli) -> Result<i32, CliError> {
         Command::Compare { scenario, variants, out, json, quiet } => {
             compare::compare(compare::CompareOptions { scenario: scenario.folded()?, variants, out, json, quiet })
         }
-        Command::Plan { scenario, sweeps, min_success, max_breaches, max_queue_p99, sweep } => {
+        Command::Plan { scenario, sweeps, min_success, max_breaches, max_queue_p99, goal, growth, sweep } => {
             let SweepArgs { jobs, out, json, quiet } = sweep;
+            let logged = scenario.traffic.traffic.is_some();
             let scenario = scenario.folded()?;
             plan::plan(plan::PlanOptions {
                 scenario: scenario.scenario,
                 overrides: scenario.overrides,
+                logged,
                 sweeps,
                 min_success,
                 max_breaches,
                 max_queue_p99,
+                goal,
+                growth,
                 jobs,
                 out,
                 json,

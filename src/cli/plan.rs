@@ -10,7 +10,7 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 
 use super::CliError;
-use crate::plan::grid::{parse_axis, Axis, MAX_POINTS};
+use crate::plan::grid::{numbers, parse_axis, Axis, MAX_POINTS};
 use crate::plan::point::Objective;
 use crate::plan::pool::set_rate;
 use crate::plan::{Grid, Written};
@@ -20,10 +20,14 @@ use crate::scenario::Scenario;
 pub(super) struct PlanOptions {
     pub(super) scenario: PathBuf,
     pub(super) overrides: Vec<String>,
+    /// `--traffic` replaced the scenario's traffic (its first `[[traffic]]` is the log).
+    pub(super) logged: bool,
     pub(super) sweeps: Vec<String>,
     pub(super) min_success: f64,
     pub(super) max_breaches: u64,
     pub(super) max_queue_p99: Option<String>,
+    pub(super) goal: Option<String>,
+    pub(super) growth: Option<String>,
     pub(super) jobs: Option<usize>,
     pub(super) out: Option<PathBuf>,
     pub(super) json: bool,
@@ -69,22 +73,43 @@ pub(super) fn plan(o: PlanOptions) -> Result<i32, CliError> {
 fn grid_and_objective(o: &PlanOptions) -> Result<(Grid, Objective), CliError> {
     let bad = CliError::BadInput;
     let mut axes = o.sweeps.iter().map(|s| parse_axis(s)).collect::<Result<Vec<_>, _>>().map_err(bad)?;
-    let Some(pi) = axes.iter().position(|a| matches!(a, Axis::Projects(_))) else {
-        return Err(CliError::BadInput("keysim plan needs --sweep projects=… (the pool sizes to try)".into()));
+    let logs = log_tables(o)?;
+    if let Some(g) = &o.growth {
+        if logs.is_empty() {
+            return Err(bad(
+                "--growth multiplies a log's demand: give --traffic FILE or a [[traffic]] with `log`".into()
+            ));
+        }
+        axes.push(Axis::Growth(numbers(g, "growth").map_err(|e| bad(e.replace("--sweep", "--growth")))?));
+    }
+    let pi = match axes.iter().position(|a| matches!(a, Axis::Projects(_))) {
+        Some(pi) => pi,
+        None if !logs.is_empty() => {
+            axes.push(Axis::Projects(default_sizes(o, &axes)?));
+            axes.len() - 1
+        }
+        None => return Err(bad("keysim plan needs --sweep projects=… (the pool sizes to try)".into())),
     };
     for (i, a) in axes.iter().enumerate() {
         if axes[..i].iter().any(|b| b.name() == a.name()) {
             return Err(CliError::BadInput(format!("--sweep {} is given twice", a.name())));
         }
     }
-    if !(0.0..=1.0).contains(&o.min_success) {
-        return Err(CliError::BadInput("--min-success must be within 0..1".into()));
-    }
-    let max_queue_p99_ms = match &o.max_queue_p99 {
-        Some(s) => Some(crate::scenario::units::parse_duration(s).map_err(|e| bad(format!("--max-queue-p99: {e}")))?),
-        None => None,
+    let slo = match &o.goal {
+        Some(g) => Objective::from_goal(g).map_err(bad)?,
+        None => {
+            if !(0.0..=1.0).contains(&o.min_success) {
+                return Err(CliError::BadInput("--min-success must be within 0..1".into()));
+            }
+            let max_queue_p99_ms = match &o.max_queue_p99 {
+                Some(s) => {
+                    Some(crate::scenario::units::parse_duration(s).map_err(|e| bad(format!("--max-queue-p99: {e}")))?)
+                }
+                None => None,
+            };
+            Objective { min_success: o.min_success, max_breaches: o.max_breaches, max_queue_p99_ms, max_denied: None }
+        }
     };
-    let slo = Objective { min_success: o.min_success, max_breaches: o.max_breaches, max_queue_p99_ms };
     // Rows: projects; columns: every other axis, combined.
     let Axis::Projects(sizes) = axes.remove(pi) else { unreachable!("found above") };
     let grid = Grid { sizes, others: axes };
@@ -94,6 +119,49 @@ fn grid_and_objective(o: &PlanOptions) -> Result<(Grid, Objective), CliError> {
     Ok((grid, slo))
 }
 
+/// Pool sizes to try on a log: from 1 to half again what the largest growth asks (of the
+/// scenario's own count, or of what arithmetic says the log's busiest minute needs), and two
+/// more.
+fn default_sizes(o: &PlanOptions, axes: &[Axis]) -> Result<Vec<u64>, CliError> {
+    let sc = super::run::load(&super::ScenarioArgs::new(o.scenario.clone(), o.overrides.clone()))?;
+    let own = |p: usize, m: usize| sc.projects[p].limits[m];
+    let day_s = (sc.duration_ms as f64 / 1000.0).min(86_400.0);
+    let needed = crate::plan::arithmetic::arithmetic(&sc, day_s, own)
+        .first()
+        .map_or(1, |a| a.projects.min(200))
+        .max(sc.projects.len() as u64);
+    let growth = axes
+        .iter()
+        .find_map(|a| match a {
+            Axis::Growth(v) => v.iter().copied().reduce(f64::max),
+            _ => None,
+        })
+        .unwrap_or(1.0);
+    let most = ((needed.max(1) as f64 * growth * 1.5).ceil() as u64 + 2).min(200);
+    Ok((1..=most).collect())
+}
+
+/// Which `[[traffic]]` tables replay a log (by index): the first if `--traffic` replaced
+/// them, else those of the scenario file that name a `log`.
+fn log_tables(o: &PlanOptions) -> Result<Vec<usize>, CliError> {
+    if o.logged {
+        return Ok(vec![0]);
+    }
+    let text = std::fs::read_to_string(&o.scenario)
+        .map_err(|e| CliError::BadInput(format!("cannot read scenario {}: {e}", o.scenario.display())))?;
+    let Ok(root) = toml::de::DeTable::parse(&text) else { return Ok(Vec::new()) };
+    let tables = root.get_ref().iter().find(|(k, _)| k.get_ref() == "traffic").map(|(_, v)| v.get_ref());
+    let Some(toml::de::DeValue::Array(items)) = tables else { return Ok(Vec::new()) };
+    Ok(items
+        .iter()
+        .enumerate()
+        .filter(
+            |(_, t)| matches!(t.get_ref(), toml::de::DeValue::Table(t) if t.iter().any(|(k, _)| k.get_ref() == "log")),
+        )
+        .map(|(i, _)| i)
+        .collect())
+}
+
 /// The scenario of every column: one parse per combination of `--set` sweeps (files such as
 /// corpora and tokenizers load once), then its rate.
 fn column_scenarios(o: &PlanOptions, grid: &Grid) -> Result<Vec<Scenario>, CliError> {
@@ -101,13 +169,21 @@ fn column_scenarios(o: &PlanOptions, grid: &Grid) -> Result<Vec<Scenario>, CliEr
     let mut columns = Vec::with_capacity(grid.columns());
     for col in 0..grid.columns() {
         let c = grid.coords(col);
-        let set_key: Vec<usize> =
-            grid.others.iter().zip(&c).map(|(a, &i)| if matches!(a, Axis::Set { .. }) { i } else { 0 }).collect();
+        let set_key: Vec<usize> = grid
+            .others
+            .iter()
+            .zip(&c)
+            .map(|(a, &i)| if matches!(a, Axis::Set { .. } | Axis::Growth(_)) { i } else { 0 })
+            .collect();
         if !parsed.contains_key(&set_key) {
             let mut overrides = o.overrides.clone();
             for (a, &i) in grid.others.iter().zip(&c) {
-                if let Axis::Set { path, values } = a {
-                    overrides.push(format!("{path}={}", values[i]));
+                match a {
+                    Axis::Set { path, values } => overrides.push(format!("{path}={}", values[i])),
+                    Axis::Growth(g) => {
+                        overrides.extend(log_tables(o)?.into_iter().map(|t| format!("traffic.{t}.scale={:?}", g[i])))
+                    }
+                    _ => {}
                 }
             }
             let args = super::ScenarioArgs::new(o.scenario.clone(), overrides);

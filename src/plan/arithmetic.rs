@@ -28,11 +28,78 @@ pub(crate) fn mean_tokens(c: &scenario::TrafficClass, counts_output: bool) -> f6
     input + output
 }
 
+/// A clock minute of recorded traffic (traces and logs): requests and input tokens arriving
+/// in it.
+#[derive(Clone, Debug, Serialize)]
+pub(crate) struct Minute {
+    /// Its start, in Pacific time (`Tue 2 Dec 09:14 PST`).
+    pub(crate) at: String,
+    /// Its start, ms since the epoch.
+    pub(crate) start_ms: u64,
+    /// Requests that arrived in it.
+    pub(crate) requests: u64,
+    /// Their input tokens.
+    pub(crate) tokens: u64,
+}
+
+/// Requests and input tokens per clock minute (ms since the epoch / 60 000) of the recorded
+/// classes of `sc` (of `model` only, if given).
+fn per_minute(sc: &Scenario, model: Option<usize>) -> std::collections::BTreeMap<u64, (u64, u64)> {
+    let mut out = std::collections::BTreeMap::new();
+    for c in sc.traffic.iter().filter(|c| model.is_none_or(|m| c.model == m)) {
+        if let Arrival::Trace(t) = &c.arrival {
+            for r in &t.rows {
+                let e = out.entry((sc.start.0 + c.start_ms + r.at) / 60_000).or_insert((0, 0));
+                e.0 += 1;
+                e.1 += r.input;
+            }
+        }
+    }
+    out
+}
+
+/// The `n` busiest minutes of the recorded traffic of `sc`, busiest first.
+pub(crate) fn busiest_minutes(sc: &Scenario, n: usize) -> Vec<Minute> {
+    let mut minutes: Vec<(u64, (u64, u64))> = per_minute(sc, None).into_iter().collect();
+    minutes.sort_by_key(|(m, (requests, _))| (std::cmp::Reverse(*requests), *m));
+    minutes
+        .into_iter()
+        .take(n)
+        .map(|(m, (requests, tokens))| {
+            let start_ms = m * 60_000;
+            let at = chrono::DateTime::from_timestamp_millis(start_ms as i64)
+                .map(|t| t.with_timezone(&chrono_tz::America::Los_Angeles).format("%a %-d %b %Y %H:%M %Z").to_string())
+                .unwrap_or_default();
+            Minute { at, start_ms, requests, tokens }
+        })
+        .collect()
+}
+
+/// A class's rate for the arithmetic (requests/s) and its requests' mean tokens: its peak,
+/// or for recorded traffic its busiest clock minute's (with that minute's tokens).
+fn rate_and_tokens(sc: &Scenario, m: usize, counts_output: bool) -> (f64, f64) {
+    let (mut rate, mut tokens) = (0.0, 0.0);
+    for c in sc.traffic.iter().filter(|c| c.model == m && !matches!(c.arrival, Arrival::Trace(_))) {
+        let r = peak_rate(&c.arrival);
+        rate += r;
+        tokens += r * mean_tokens(c, counts_output);
+    }
+    if let Some((_, (requests, input))) =
+        per_minute(sc, Some(m)).into_iter().max_by_key(|(m, (r, _))| (*r, std::cmp::Reverse(*m)))
+    {
+        rate += requests as f64 / 60.0;
+        tokens += input as f64 / 60.0;
+    }
+    (rate, if rate > 0.0 { tokens / rate } else { 0.0 })
+}
+
 /// What arithmetic says a pool needs: the dimension that binds first, what one project can
 /// serve on it (requests/s), and the projects needed.
 #[derive(Clone, Debug, Serialize)]
 pub(crate) struct Arithmetic {
     pub(crate) model: String,
+    /// The rate it plans for (requests/s): the peak, or a log's busiest minute.
+    pub(crate) rate: f64,
     pub(crate) binding: &'static str,
     pub(crate) per_project_rps: f64,
     pub(crate) projects: u64,
@@ -75,14 +142,10 @@ pub(crate) fn arithmetic(
     let reserve = if high { 0.0 } else { cfg.reserve };
     let mut out: Vec<Arithmetic> = (0..sc.models.len())
         .filter_map(|m| {
-            let classes: Vec<_> = sc.traffic.iter().filter(|c| c.model == m).collect();
-            let rate: f64 = classes.iter().map(|c| peak_rate(&c.arrival)).sum();
+            let (rate, tokens) = rate_and_tokens(sc, m, sc.provider.counts_output);
             if rate <= 0.0 {
                 return None;
             }
-            let tokens =
-                classes.iter().map(|c| peak_rate(&c.arrival) * mean_tokens(c, sc.provider.counts_output)).sum::<f64>()
-                    / rate;
             let caps: Vec<(&'static str, f64)> = (0..sc.projects.len())
                 .map(|p| {
                     binding(&crate::engine::Ceilings::from_limits(&limits(p, m), cfg.safety, reserve), tokens, day_s)
@@ -93,6 +156,7 @@ pub(crate) fn arithmetic(
             let projects = if rps > 0.0 { (rate / rps - 1e-9).ceil().max(1.0) as u64 } else { u64::MAX };
             Some(Arithmetic {
                 model: sc.models[m].name.clone(),
+                rate,
                 binding: dim,
                 per_project_rps: rps,
                 projects,

@@ -5,7 +5,12 @@
 pub(crate) enum Axis {
     Projects(Vec<u64>),
     Rate(Vec<f64>),
-    Set { path: String, values: Vec<String> },
+    /// Multiples of a log's demand (`--growth`): each log's `scale`.
+    Growth(Vec<f64>),
+    Set {
+        path: String,
+        values: Vec<String>,
+    },
 }
 
 impl Axis {
@@ -13,6 +18,7 @@ impl Axis {
         match self {
             Self::Projects(_) => "projects",
             Self::Rate(_) => "rate",
+            Self::Growth(_) => "growth",
             Self::Set { path, .. } => path,
         }
     }
@@ -20,7 +26,7 @@ impl Axis {
     pub(crate) fn len(&self) -> usize {
         match self {
             Self::Projects(v) => v.len(),
-            Self::Rate(v) => v.len(),
+            Self::Rate(v) | Self::Growth(v) => v.len(),
             Self::Set { values, .. } => values.len(),
         }
     }
@@ -29,6 +35,7 @@ impl Axis {
         match self {
             Self::Projects(v) => v[i].to_string(),
             Self::Rate(v) => trim(v[i]),
+            Self::Growth(v) => format!("{}×", trim(v[i])),
             Self::Set { values, .. } => values[i].clone(),
         }
     }

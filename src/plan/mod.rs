@@ -26,10 +26,10 @@ use anyhow::Context;
 use serde::Serialize;
 
 use crate::scenario::Scenario;
-use arithmetic::{arithmetic, tier1, Arithmetic};
+use arithmetic::{arithmetic, busiest_minutes, tier1, Arithmetic, Minute};
 use grid::Axis;
 use point::{simulate_point, Objective, Outcome};
-use pool::{peak_rate, set_projects};
+use pool::set_projects;
 
 /// Rows (pool sizes) by columns (every combination of the other axes).
 pub(crate) struct Grid {
@@ -83,6 +83,8 @@ pub(crate) struct Recommendation {
     pub(crate) tier1_projects: Option<u64>,
     /// Spare capacity on the binding dimension at the recommended pool.
     pub(crate) headroom: Option<f64>,
+    /// The busiest minutes of its recorded traffic (a log, a trace), busiest first.
+    pub(crate) busiest: Vec<Minute>,
     /// The sentence.
     pub(crate) text: String,
 }
@@ -159,17 +161,21 @@ fn recommend_column(grid: &Grid, col: usize, sc: &Scenario, outcomes: &[Vec<Outc
     let outcome = outcomes[found.unwrap_or(largest)][col].clone();
     let projects = found.map(|r| sizes[r]);
     let headroom = match (&arith, projects) {
-        (Some(a), Some(n)) => {
-            let rate: f64 =
-                sc.traffic.iter().filter(|c| sc.models[c.model].name == a.model).map(|c| peak_rate(&c.arrival)).sum();
-            Some(1.0 - rate / (n as f64 * a.per_project_rps))
-        }
+        (Some(a), Some(n)) => Some(1.0 - a.rate / (n as f64 * a.per_project_rps)),
         _ => None,
     }
     .filter(|h| *h >= 0.0);
-    let text =
-        page::sentence(sc, &at, projects, &outcome, arith.as_ref(), tier1_projects, headroom, sizes, all_day.as_ref());
-    Recommendation { at, projects, outcome, arithmetic: arith, tier1_projects, headroom, text }
+    let busiest = busiest_minutes(sc, 5);
+    let text = page::sentence(
+        sc,
+        &at,
+        projects,
+        &outcome,
+        page::Sums { arith: arith.as_ref(), tier1: tier1_projects, headroom, all_day: all_day.as_ref() },
+        sizes,
+        busiest.first(),
+    );
+    Recommendation { at, projects, outcome, arithmetic: arith, tier1_projects, headroom, busiest, text }
 }
 
 /// What a finished plan writes; returns `plan.json`'s text.

@@ -4,29 +4,46 @@ use std::fmt::Write as _;
 
 use anyhow::Context;
 
-use super::arithmetic::Arithmetic;
+use super::arithmetic::{Arithmetic, Minute};
 use super::grid::{trim, Axis};
 use super::point::Outcome;
 use super::pool::total_rate;
 use super::Written;
 use crate::report::chart::{Figure, Heat, Panel};
 use crate::report::html;
-use crate::scenario::Scenario;
+use crate::scenario::{Arrival, Scenario};
 
-#[allow(clippy::too_many_arguments)]
+/// What arithmetic says about a column, for its sentence.
+pub(crate) struct Sums<'a> {
+    /// The neediest model's arithmetic.
+    pub(crate) arith: Option<&'a Arithmetic>,
+    /// Tier-1 projects the same arithmetic asks for.
+    pub(crate) tier1: Option<u64>,
+    /// Spare capacity at the recommended pool.
+    pub(crate) headroom: Option<f64>,
+    /// The same rate all day long, where the run is shorter than a day.
+    pub(crate) all_day: Option<&'a Arithmetic>,
+}
+
+/// A column's recommendation in words: where (the rate, or a log's demand and its busiest
+/// minute), the smallest pool against the scenario's own, and the arithmetic behind it.
 pub(crate) fn sentence(
     sc: &Scenario,
     at: &[(String, String)],
     projects: Option<u64>,
     out: &Outcome,
-    arith: Option<&Arithmetic>,
-    tier1: Option<u64>,
-    headroom: Option<f64>,
+    sums: Sums<'_>,
     sizes: &[u64],
-    all_day: Option<&Arithmetic>,
+    busiest: Option<&Minute>,
 ) -> String {
-    let rate = total_rate(sc);
-    let mut where_ = format!("at {} requests/s peak", trim(rate));
+    let logged =
+        sc.traffic.iter().any(|c| matches!(&c.arrival, Arrival::Trace(t) if t.rows.iter().any(|r| r.answer.is_some())));
+    let mut where_ = match busiest.filter(|_| logged) {
+        Some(b) => {
+            format!("on the log's demand (busiest minute {}: {} requests, {} input tokens)", b.at, b.requests, b.tokens)
+        }
+        None => format!("at {} requests/s peak", trim(total_rate(sc))),
+    };
     for (k, v) in at.iter().filter(|(k, _)| k != "rate") {
         let _ = write!(where_, ", {k} = {v}");
     }
@@ -34,39 +51,60 @@ pub(crate) fn sentence(
         crate::scenario::Tier::Free => "free-tier",
         crate::scenario::Tier::Paid => "paid",
     };
+    let own = sc.projects.len() as u64;
     let mut s = match projects {
         Some(n) => format!(
-            "{where_} with this profile: {n} {tier} project{} (success {:.1} %, {} breaches, p99 queue wait {} ms)",
+            "{where_} with this profile: {n} {tier} project{} ({}; success {:.1} %, {} denied, {} breaches, p99 queue \
+             wait {} ms)",
             if n == 1 { "" } else { "s" },
+            match n.cmp(&own) {
+                std::cmp::Ordering::Greater => format!("{} more like the {own} it has", n - own),
+                std::cmp::Ordering::Less => format!("{} fewer than the {own} it has", own - n),
+                std::cmp::Ordering::Equal => format!("the {own} it has"),
+            },
             100.0 * out.success_rate,
+            out.denied,
             out.breaches,
             out.queue_p99_ms
         ),
         None => format!(
-            "{where_}: even {} projects fall short (success {:.1} %, {} breaches, p99 queue wait {} ms); sweep further",
+            "{where_}: even {} projects fall short (success {:.1} %, {} denied, {} breaches, p99 queue wait {} ms); \
+             sweep further",
             sizes.iter().max().copied().unwrap_or(0),
             100.0 * out.success_rate,
+            out.denied,
             out.breaches,
             out.queue_p99_ms
         ),
     };
-    if let Some(t) = tier1 {
+    if let Some(t) = sums.tier1 {
         let _ = write!(s, ", or {t} tier-1 project{}", if t == 1 { "" } else { "s" });
     }
-    if let Some(h) = headroom {
+    if let Some(h) = sums.headroom {
         let _ = write!(s, "; headroom {:.0} %", 100.0 * h);
     }
-    if let Some(a) = arith {
+    if let Some(a) = sums.arith {
+        let per_minute = |rps: f64| trim(rps * 60.0);
         let _ = write!(
             s,
-            " (arithmetic: {} on {}, {} requests/s per project)",
-            a.projects,
+            ". Arithmetic: {} requests a minute of {} at {}, over the {} a minute one project serves on {} \
+             (its limit less the engine's safety margin and reserve), is {} project{}",
+            per_minute(a.rate),
+            a.model,
+            if logged { "its busiest minute" } else { "its peak" },
+            per_minute(a.per_project_rps),
             a.binding,
-            trim(a.per_project_rps)
+            a.projects,
+            if a.projects == 1 { "" } else { "s" },
         );
+        if projects.is_some_and(|n| n > a.projects) {
+            s.push_str(
+                "; the simulation asks for more, as arrivals bunch within the minute and the queue's wait is bounded",
+            );
+        }
     }
     // A run shorter than a day spends only its share of the daily quotas.
-    if let Some(d) = all_day.filter(|d| projects.is_none_or(|n| d.projects > n)) {
+    if let Some(d) = sums.all_day.filter(|d| projects.is_none_or(|n| d.projects > n)) {
         let _ = write!(
             s,
             "; the same rate all day long would need {} projects ({} of {} binds)",
@@ -114,6 +152,10 @@ pub(crate) fn column_name(others: &[Axis], c: &[usize]) -> String {
         return "as written".into();
     }
     others.iter().zip(c).map(|(a, &i)| a.label(i)).collect::<Vec<_>>().join(" · ")
+}
+
+fn column_name_of(at: &[(String, String)]) -> String {
+    at.iter().map(|(k, v)| format!("{k} = {v}")).collect::<Vec<_>>().join(", ")
 }
 
 pub(crate) fn heatmap(w: &Written<'_>) -> Figure {
@@ -171,11 +213,9 @@ pub(crate) fn heatmap(w: &Written<'_>) -> Figure {
         title: "Pool size against traffic".into(),
         caption: format!(
             "Each cell is one simulated run: its success rate (darker is better) with ✓ where it meets the objective \
-             (success ≥ {:.1} %, breaches ≤ {}{}), 429 where the provider refused requests. The outlined cell in each \
-             column is the smallest pool that meets it.",
-            100.0 * slo.min_success,
-            slo.max_breaches,
-            slo.max_queue_p99_ms.map_or(String::new(), |m| format!(", p99 queue wait ≤ {m} ms"))
+             ({}), 429 where the provider refused requests. The outlined cell in each column is the smallest pool \
+             that meets it.",
+            slo.describe()
         ),
         width: (160 + 90 * columns as u32).clamp(640, 1800),
         panel_height: (110 + 26 * sizes.len() as u32).max(300),
@@ -190,17 +230,25 @@ pub(crate) fn plan_page(w: &Written<'_>, drawn: &[(Figure, String)]) -> String {
     let mut b = format!("<h1>{} — capacity plan</h1>", html::esc(name));
     let _ = write!(
         b,
-        "<p class=\"meta\">{points} simulated points on {jobs} threads in {wall:.1} s · objective: success ≥ {:.1} %, \
-         breaches ≤ {}{}</p>",
-        100.0 * slo.min_success,
-        slo.max_breaches,
-        slo.max_queue_p99_ms.map_or(String::new(), |m| format!(", p99 queue wait ≤ {m} ms"))
+        "<p class=\"meta\">{points} simulated points on {jobs} threads in {wall:.1} s · objective: {}</p>",
+        html::esc(&slo.describe())
     );
     b.push_str("<div class=\"story\">");
     for r in recs {
         let _ = write!(b, "<p>{}</p>", html::esc(&r.text));
     }
-    b.push_str("</div><h2>Grid</h2>");
+    b.push_str("</div>");
+    if let Some(r) = recs.iter().find(|r| !r.busiest.is_empty()) {
+        let _ = write!(
+            b,
+            "<h2>Busiest minutes</h2><p>Of the recorded traffic{}, in Pacific time (the calendar Gemini's days keep):</p>",
+            if r.at.is_empty() { String::new() } else { format!(" at {}", html::esc(&column_name_of(&r.at))) }
+        );
+        let rows: Vec<Vec<String>> =
+            r.busiest.iter().map(|m| vec![html::esc(&m.at), m.requests.to_string(), m.tokens.to_string()]).collect();
+        b.push_str(&html::table(&["minute", "requests", "input tokens"], &rows));
+    }
+    b.push_str("<h2>Grid</h2>");
     for (f, svg) in drawn {
         b.push_str(&html::figure(f, svg));
     }
