@@ -9,6 +9,7 @@ mod estimators;
 mod gate;
 mod health;
 mod invalid;
+mod logs;
 mod mock;
 mod plan;
 mod properties;

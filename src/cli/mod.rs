@@ -84,6 +84,10 @@ pub struct TrafficArgs {
     /// The model of requests that name none (a CSV without a model column).
     #[arg(long, value_name = "NAME", requires = "traffic")]
     pub model: Option<String>,
+    /// A CSV's columns: `time=when,input=in_tok,output=out_tok,model=llm,client=app,
+    /// status=code,latency_ms=ms` (only `time` is needed; the default is the Azure trace's).
+    #[arg(long, value_name = "FIELD=COLUMN,…", requires = "traffic")]
+    pub columns: Option<String>,
 }
 
 impl TrafficArgs {
@@ -102,6 +106,16 @@ impl TrafficArgs {
         if !self.clients.is_empty() {
             let names: Vec<String> = self.clients.iter().map(|c| q(c)).collect();
             fields.push(format!("clients = [{}]", names.join(", ")));
+        }
+        if let Some(c) = &self.columns {
+            let mut map = Vec::new();
+            for pair in c.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+                let (k, v) = pair.split_once('=').ok_or_else(|| {
+                    CliError::BadInput(format!("--columns: '{pair}' is not FIELD=COLUMN (time=when,input=in_tok,…)"))
+                })?;
+                map.push(format!("{} = {}", q(k.trim()), q(v.trim())));
+            }
+            fields.push(format!("columns = {{ {} }}", map.join(", ")));
         }
         if let Some(s) = self.scale {
             if !s.is_finite() {

@@ -33,6 +33,7 @@ fn shift_value(v: Spanned<DeValue<'_>>, by: usize) -> Spanned<DeValue<'_>> {
     let span = v.span();
     let inner = match v.into_inner() {
         DeValue::Table(t) => DeValue::Table(shift_table(t, by)),
+        DeValue::Array(items) => DeValue::Array(items.into_iter().map(|i| shift_value(i, by)).collect()),
         other => other,
     };
     Spanned::new(span.start + by..span.end + by, inner)

@@ -1,6 +1,7 @@
 //! The formats a log may come in, each read into [`Record`]s.
 
 use std::borrow::Cow;
+use std::io::BufRead;
 
 use serde::Deserialize;
 
@@ -90,28 +91,39 @@ impl Format {
     }
 }
 
-/// Reads `bytes` in `format` (not `Auto`) into `b`.
-pub(super) fn read(bytes: &[u8], format: &Format, b: &mut Builder) -> Result<(), LineError> {
+/// Reads `input` in `format` (not `Auto`) into `b`.
+pub(super) fn read(input: &mut dyn BufRead, format: &Format, b: &mut Builder) -> Result<(), LineError> {
     match format {
-        Format::Auto | Format::Keysim => json_lines(bytes, b, keysim),
-        Format::LiteLlm => super::litellm::read(bytes, b),
-        Format::Otel => super::otel::read(bytes, b),
-        Format::Csv(c) => csv(bytes, c, b),
+        Format::Auto | Format::Keysim => json_lines(input, b, keysim),
+        Format::LiteLlm => super::litellm::read(input, b),
+        Format::Otel => super::otel::read(input, b),
+        Format::Csv(c) => csv(input, c, b),
     }
 }
 
-/// Each non-blank line of `bytes` through `one`, with its number.
+/// An I/O error while reading line `n`.
+fn io_error(n: usize, e: &std::io::Error) -> LineError {
+    LineError { line: n, column: None, message: format!("cannot read: {e}") }
+}
+
+/// Each non-blank line of `input` through `one`, with its number, one line in memory at a time.
 pub(super) fn json_lines(
-    bytes: &[u8],
+    input: &mut dyn BufRead,
     b: &mut Builder,
     mut one: impl FnMut(&[u8], u32, &mut Builder) -> Result<(), LineError>,
 ) -> Result<(), LineError> {
-    for (n, line) in bytes.split(|c| *c == b'\n').enumerate() {
-        let line = line.trim_ascii();
-        if line.is_empty() {
-            continue;
+    let mut buf = Vec::with_capacity(4096);
+    for n in 1.. {
+        buf.clear();
+        match input.read_until(b'\n', &mut buf) {
+            Ok(0) => return Ok(()),
+            Ok(_) => {}
+            Err(e) => return Err(io_error(n, &e)),
         }
-        one(line, n as u32 + 1, b)?;
+        let line = buf.trim_ascii();
+        if !line.is_empty() {
+            one(line, n as u32, b)?;
+        }
     }
     Ok(())
 }
@@ -227,14 +239,21 @@ pub(crate) fn parse_ms(s: &str) -> Option<u64> {
     u64::try_from(t.and_utc().timestamp_millis()).ok().map(|ms| ms + frac_ms.round() as u64)
 }
 
-fn csv(bytes: &[u8], c: &Columns, b: &mut Builder) -> Result<(), LineError> {
-    let mut reader = ::csv::ReaderBuilder::new().trim(::csv::Trim::All).from_reader(bytes);
+fn csv(input: &mut dyn BufRead, c: &Columns, b: &mut Builder) -> Result<(), LineError> {
+    let mut reader = ::csv::ReaderBuilder::new().trim(::csv::Trim::All).from_reader(input);
     let at = |line: usize, message: String| LineError { line, column: None, message };
     let headers = reader.headers().map_err(|e| at(1, e.to_string()))?.clone();
     let index = |name: &Option<String>| -> Result<Option<usize>, LineError> {
         let Some(name) = name else { return Ok(None) };
         headers.iter().position(|h| h == name).map(Some).ok_or_else(|| {
-            at(1, format!("no column '{name}' (columns: {})", headers.iter().collect::<Vec<_>>().join(", ")))
+            at(
+                1,
+                format!(
+                    "no column '{name}' (columns: {}); map them with `columns = {{ time = \"…\", input = \"…\" }}` \
+                     or --columns time=…,input=…",
+                    headers.iter().collect::<Vec<_>>().join(", ")
+                ),
+            )
         })
     };
     let time = index(&Some(c.time.clone()))?.unwrap_or(0);

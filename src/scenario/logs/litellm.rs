@@ -12,6 +12,8 @@
 //! | latency | `endTime - startTime` | `request_duration_ms`, else the same |
 //! | stream | `stream` | — |
 
+use std::io::BufRead;
+
 use serde::Deserialize;
 use serde_json::Value;
 
@@ -52,41 +54,50 @@ struct Payload {
     request_duration_ms: Option<f64>,
 }
 
-/// Reads LiteLLM's payloads or spend logs from `bytes`.
-pub(super) fn read(bytes: &[u8], b: &mut Builder) -> Result<(), LineError> {
-    let first = bytes.iter().position(|c| !c.is_ascii_whitespace()).map(|i| bytes[i]);
-    let whole: Option<Vec<Value>> = match first {
-        Some(b'[') => Some(serde_json::from_slice(bytes).map_err(|e| whole_error(&e))?),
-        // `{"data": [...]}` (`/spend/logs/v2`), or a single payload spread over lines.
-        Some(b'{') if !bytes.trim_ascii().contains(&b'\n') || bytes.starts_with(b"{\n") => {
-            match serde_json::from_slice::<Value>(bytes).map_err(|e| whole_error(&e))? {
-                Value::Object(mut o) if o.get("data").is_some_and(Value::is_array) => match o.remove("data") {
-                    Some(Value::Array(a)) => Some(a),
-                    _ => None,
-                },
-                v => Some(vec![v]),
+/// Reads LiteLLM's payloads or spend logs from `input`: JSON lines as they come, or one
+/// document (an array, `{"data": [...]}`, or a payload spread over lines) whole.
+pub(super) fn read(input: &mut dyn BufRead, b: &mut Builder) -> Result<(), LineError> {
+    let first = input.fill_buf().map_err(|e| io(&e))?.iter().find(|c| !c.is_ascii_whitespace()).copied();
+    let mut head = Vec::new();
+    if first == Some(b'{') {
+        input.read_until(b'\n', &mut head).map_err(|e| io(&e))?;
+        // A whole payload on the first line: JSON lines (or one `{"data": …}` line).
+        if let Ok(v) = serde_json::from_slice::<Value>(&head) {
+            if !v.get("data").is_some_and(Value::is_array) {
+                one(serde_json::from_value(v).map_err(|e| json_error(1, &e))?, 1, b)?;
+                // Lines count on from the first.
+                return json_lines(input, b, |text, n, b| {
+                    let n = n + 1;
+                    let p: Payload = serde_json::from_slice(text).map_err(|e| json_error(n, &e))?;
+                    one(p, n, b)
+                });
             }
         }
-        _ => None,
-    };
-    match whole {
-        // The entries of one document: its line 1.
-        Some(entries) => {
-            for (i, v) in entries.into_iter().enumerate() {
-                let p: Payload = serde_json::from_value(v).map_err(|e| LineError {
-                    line: 1,
-                    column: None,
-                    message: format!("entry {}: {e}", i + 1),
-                })?;
-                one(p, 1, b)?;
-            }
-            Ok(())
-        }
-        None => json_lines(bytes, b, |text, n, b| {
-            let p: Payload = serde_json::from_slice(text).map_err(|e| json_error(n, &e))?;
-            one(p, n, b)
-        }),
     }
+    let mut bytes = head;
+    input.read_to_end(&mut bytes).map_err(|e| io(&e))?;
+    let entries: Vec<Value> = match serde_json::from_slice::<Value>(&bytes).map_err(|e| whole_error(&e))? {
+        Value::Array(a) => a,
+        Value::Object(mut o) if o.get("data").is_some_and(Value::is_array) => match o.remove("data") {
+            Some(Value::Array(a)) => a,
+            _ => Vec::new(),
+        },
+        v => vec![v],
+    };
+    // The entries of one document: its line 1.
+    for (i, v) in entries.into_iter().enumerate() {
+        let p: Payload = serde_json::from_value(v).map_err(|e| LineError {
+            line: 1,
+            column: None,
+            message: format!("entry {}: {e}", i + 1),
+        })?;
+        one(p, 1, b)?;
+    }
+    Ok(())
+}
+
+fn io(e: &std::io::Error) -> LineError {
+    LineError { line: 1, column: None, message: format!("cannot read: {e}") }
 }
 
 fn whole_error(e: &serde_json::Error) -> LineError {

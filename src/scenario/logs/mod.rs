@@ -153,13 +153,13 @@ pub fn read(path: &Path, format: &Format) -> Result<Arc<Log>, String> {
     {
         return Ok(log.clone());
     }
-    let bytes = std::fs::read(path).map_err(|e| e.to_string())?;
+    let mut input = std::io::BufReader::with_capacity(1 << 20, std::fs::File::open(path).map_err(|e| e.to_string())?);
     let format = match format {
-        Format::Auto => Format::detect(&bytes),
+        Format::Auto => Format::detect(std::io::BufRead::fill_buf(&mut input).map_err(|e| e.to_string())?),
         f => f.clone(),
     };
     let mut b = Builder::default();
-    formats::read(&bytes, &format, &mut b).map_err(|e| e.to_string())?;
+    formats::read(&mut input, &format, &mut b).map_err(|e| e.to_string())?;
     let log = Arc::new(b.finish());
     if log.records.is_empty() {
         return Err("holds no requests".into());

@@ -23,9 +23,9 @@ use super::{Builder, LineError, Outcome, Record};
 /// Operations that are not a call to a model.
 const NOT_CALLS: [&str; 5] = ["execute_tool", "invoke_agent", "create_agent", "invoke_workflow", "retrieval"];
 
-/// Reads spans from `bytes`.
-pub(super) fn read(bytes: &[u8], b: &mut Builder) -> Result<(), LineError> {
-    json_lines(bytes, b, |text, n, b| {
+/// Reads spans from `input`.
+pub(super) fn read(input: &mut dyn std::io::BufRead, b: &mut Builder) -> Result<(), LineError> {
+    json_lines(input, b, |text, n, b| {
         let v: Value = serde_json::from_slice(text).map_err(|e| json_error(n, &e))?;
         match v.get("resourceSpans") {
             Some(Value::Array(resources)) => {

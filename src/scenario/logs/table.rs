@@ -269,11 +269,11 @@ fn format(ctx: &mut Ctx, t: &Table<'_, '_>) -> Option<Format> {
         Some(c) => {
             c.allow(ctx, &["time", "input", "output", "model", "client", "status", "latency_ms"]);
             let get = |ctx: &mut Ctx, k: &str| c.string(ctx, k).map(|(s, _)| s);
-            let d = Columns::default();
+            // A mapping names what the CSV has; only `time` is needed.
             Some(Columns {
-                time: get(ctx, "time").unwrap_or(d.time),
-                input: get(ctx, "input").or(d.input),
-                output: get(ctx, "output").or(d.output),
+                time: c.required(get(ctx, "time"), ctx, "time")?,
+                input: get(ctx, "input"),
+                output: get(ctx, "output"),
                 model: get(ctx, "model"),
                 client: get(ctx, "client"),
                 status: get(ctx, "status"),
