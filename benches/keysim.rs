@@ -226,5 +226,26 @@ fn warn_evaluate(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, admission, acquire, estimation, warnings, warn_evaluate, simulator, report);
+/// What the proxy's traffic log costs a request: its line built (as the proxy builds it) and
+/// handed to the writer's queue, on a log that goes to /dev/null.
+fn traffic_log(c: &mut Criterion) {
+    use keysim_proxy::traffic::{Line, TrafficLog, TrafficLogDef};
+    let def = TrafficLogDef { path: "/dev/null".into(), max_bytes: u64::MAX, files: 1, queue: 1 << 20 };
+    let log = TrafficLog::open(&def, Default::default()).expect("/dev/null opens");
+    let client = String::from("token-1");
+    c.bench_function("proxy/traffic-log-line", |b| {
+        b.iter(|| {
+            log.record(Box::new(Line {
+                v: keysim_proxy::traffic::SCHEMA,
+                ts: 1_765_036_800_000,
+                client: client.clone(),
+                surface: "gemini",
+                model: "gemini-2.5-flash".to_owned(),
+                ..Default::default()
+            }))
+        })
+    });
+}
+
+criterion_group!(benches, admission, acquire, estimation, warnings, warn_evaluate, simulator, report, traffic_log);
 criterion_main!(benches);

@@ -4,17 +4,17 @@
 //!
 //! Written off the request path: a request hands its line to a bounded channel and goes on;
 //! a line that finds the channel full is dropped and counted
-//! (`keysim_traffic_log_dropped_total`), never waited for. A thread of its own writes the
-//! lines, flushes twice a second and at shutdown, and rotates the file by size
+//! (`keysim_traffic_log_dropped_total`), never waited for, and wakes nothing. A thread of its
+//! own takes the queued lines twenty times a second, flushes twice a second and at shutdown, and rotates the file by size
 //! (`traffic.jsonl` → `traffic.jsonl.1` → …, keeping `files` in all).
 
 use std::fs::{File, OpenOptions};
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
-use std::sync::mpsc::{sync_channel, Receiver, RecvTimeoutError, SyncSender, TrySendError};
+use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TryRecvError, TrySendError};
 use std::sync::Mutex;
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use prometheus_client::metrics::counter::Counter;
 use serde::Serialize;
@@ -27,6 +27,9 @@ pub const QUEUE: usize = 65_536;
 
 /// How often the writer flushes what it has.
 const FLUSH_EVERY: Duration = Duration::from_millis(500);
+
+/// How often the writer takes what is queued: the queue holds what arrives in between.
+const TURN: Duration = Duration::from_millis(50);
 
 /// Where the log goes and how much of it is kept.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -174,19 +177,31 @@ struct Writer {
 }
 
 impl Writer {
+    /// Every [`TURN`], writes what is queued; flushes every [`FLUSH_EVERY`]. It never sleeps on
+    /// the queue itself, so a request that queues a line wakes no thread.
     fn run(mut self, rx: Receiver<Msg>) {
         let mut failing = false;
+        let mut flushed = Instant::now();
         loop {
-            let result = match rx.recv_timeout(FLUSH_EVERY) {
-                Ok(Msg::Line(line)) => self.write(&line),
-                Err(RecvTimeoutError::Timeout) => self.out.flush(),
-                Ok(Msg::Close) | Err(RecvTimeoutError::Disconnected) => {
-                    if let Err(e) = self.out.flush() {
-                        tracing::warn!(target: "keysim::proxy", error = %e, "the traffic log's last lines were not written");
-                    }
-                    return;
+            std::thread::sleep(TURN);
+            let mut result = Ok(());
+            let closed = loop {
+                match rx.try_recv() {
+                    Ok(Msg::Line(line)) => result = result.and(self.write(&line)),
+                    Ok(Msg::Close) | Err(TryRecvError::Disconnected) => break true,
+                    Err(TryRecvError::Empty) => break false,
                 }
             };
+            if closed {
+                if let Err(e) = result.and(self.out.flush()) {
+                    tracing::warn!(target: "keysim::proxy", error = %e, "the traffic log's last lines were not written");
+                }
+                return;
+            }
+            if flushed.elapsed() >= FLUSH_EVERY {
+                result = result.and(self.out.flush());
+                flushed = Instant::now();
+            }
             // Said once per spell of failures (a full disk), not once a line.
             match (result, failing) {
                 (Err(e), false) => {
