@@ -49,3 +49,11 @@ pub(crate) fn keysim() -> std::process::Command {
     c.current_dir(root());
     c
 }
+
+/// Held by a test that needs the machine to itself: a real-time run on a scaled clock (where a
+/// stall of the process reads as seconds of the pool's time), or a command that keeps every
+/// core busy (a plan's grid, a tuning sweep). Tests that hold it never overlap.
+pub(crate) fn machine() -> std::sync::MutexGuard<'static, ()> {
+    static MACHINE: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    MACHINE.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}

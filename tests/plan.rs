@@ -9,6 +9,7 @@ const PER_PROJECT_RPS: f64 = 10.0 / 60.0;
 const RATES: [f64; 7] = [0.45, 0.9, 1.3, 1.7, 2.1, 2.4, 2.9];
 
 fn plan(jobs: &str) -> (serde_json::Value, String) {
+    let _machine = crate::common::machine();
     let dir = temp_dir("plan");
     let rates: Vec<String> = RATES.iter().map(f64::to_string).collect();
     let out = keysim()

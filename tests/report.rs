@@ -338,11 +338,13 @@ fn a_daily_token_limit_gets_its_own_panels() {
 #[test]
 fn tune_warnings_finds_settings_that_meet_the_goal_and_its_page_renders_in_chromium() {
     let dir = temp_dir("tune");
+    let machine = crate::common::machine();
     let out = keysim()
         .args(["tune-warnings", "scenarios/warn-real-tpm400k.toml", "--quiet", "--json", "--out"])
         .arg(&dir)
         .output()
         .unwrap();
+    drop(machine);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let j: serde_json::Value = serde_json::from_slice(&out.stdout).expect("tune.json on stdout");
     let points = j["points"].as_array().expect("points");

@@ -10,11 +10,13 @@ use std::ops::Range;
 use toml::de::{DeTable, DeValue};
 use toml::Spanned;
 
-/// The scenario's text with its overrides appended as TOML lines (the last of a repeated path).
-pub(super) fn source(text: &str, overrides: &[String]) -> String {
+/// The scenario's text with its overrides appended as TOML lines (the last of a repeated path),
+/// and where each override stands in it, in order.
+pub(super) fn source(text: &str, overrides: &[String]) -> (String, Vec<Range<usize>>) {
     let mut source = text.to_owned();
+    let mut places = Vec::new();
     if overrides.is_empty() {
-        return source;
+        return (source, places);
     }
     source.push_str("\n# --set\n");
     let split: Vec<(&str, &str)> =
@@ -24,9 +26,11 @@ pub(super) fn source(text: &str, overrides: &[String]) -> String {
             continue;
         }
         let literal = if DeValue::parse(value).is_ok() { (*value).to_owned() } else { format!("{value:?}") };
+        let start = source.len();
         source.push_str(&format!("{path} = {literal}\n"));
+        places.push(start..source.len());
     }
-    source
+    (source, places)
 }
 
 fn shift_value(v: Spanned<DeValue<'_>>, by: usize) -> Spanned<DeValue<'_>> {
@@ -120,7 +124,8 @@ mod tests {
 
     #[test]
     fn a_repeated_path_takes_its_last_value() {
-        let s = source("", &["engine.reserve=0.1".into(), "engine.reserve=0.2".into()]);
+        let (s, places) = source("", &["engine.reserve=0.1".into(), "engine.reserve=0.2".into()]);
+        assert_eq!(places.len(), 1);
         assert!(s.contains("engine.reserve = 0.2") && !s.contains("0.1"), "{s}");
     }
 }

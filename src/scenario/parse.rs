@@ -43,27 +43,21 @@ fn parse_as(
     overrides: &[String],
     needs_traffic: bool,
 ) -> Result<Scenario, Diagnostics> {
-    let source = super::overrides::source(text, overrides);
+    let (source, places) = super::overrides::source(text, overrides);
     let fail = |items| Diagnostics { origin: origin.to_owned(), source: source.clone(), items };
     let mut root = pool_file::document(&source[..text.len()]).map_err(fail)?;
     let mut ctx = Ctx::default();
-    // Overrides apply in order, each a line of its own: `traffic=[…]` replaces the traffic,
-    // then `traffic.0.scale=2` reaches into it.
-    let mut at = text.len();
-    for line in source[text.len()..].split_inclusive('\n') {
-        let (from, to) = (at, at + line.len());
-        at = to;
-        if line.trim().is_empty() || line.starts_with('#') {
-            continue;
-        }
-        match DeTable::parse(&source[from..to]) {
+    // Overrides apply in order, each on its own: `traffic=[…]` replaces the traffic, then
+    // `traffic.0.scale=2` reaches into it.
+    for place in places {
+        match DeTable::parse(&source[place.clone()]) {
             Ok(t) => {
-                let shifted = super::overrides::shift_table(t.into_inner(), from);
+                let shifted = super::overrides::shift_table(t.into_inner(), place.start);
                 for (span, message) in super::overrides::merge(&mut root, shifted) {
                     ctx.error(span, message);
                 }
             }
-            Err(e) => ctx.error(from..to, format!("bad --set override: {}", e.message())),
+            Err(e) => ctx.error(place, format!("bad --set override: {}", e.message())),
         }
     }
     let root = Spanned::new(0..source.len(), root);
