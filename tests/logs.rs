@@ -47,6 +47,11 @@ fn each_importer_reads_its_sample_and_runs() {
     assert_eq!(count(&classes, "search/gemini-2.5-pro"), 2);
     assert_eq!(count(&classes, "search/gemini-2.5-flash"), 4);
     assert_eq!(s["requests"]["failed"], 1, "the provider's 500 replays as a failure: {s}");
+    // Real payloads from LiteLLM 1.110.2's callback (tests/logs/pool.toml says how).
+    let (s, classes) = replay(POOL, "tests/logs/litellm-callback.jsonl", &[]);
+    assert_eq!(total(&s), 12, "{s}");
+    assert_eq!(count(&classes, "notebook/gemini-2.5-flash"), 4);
+    assert_eq!(count(&classes, "anonymous/gemini-2.5-flash") + count(&classes, "anonymous/gemini-2.5-pro"), 8);
     // Spend logs, one array with ISO times: the user, else the key's hash.
     let (s, classes) = replay(POOL, "tests/logs/litellm-spend.json", &["--format", "litellm"]);
     assert_eq!(total(&s), 8);
