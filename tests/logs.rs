@@ -196,3 +196,27 @@ fn gate_compare_and_tune_judge_a_change_on_a_log() {
     let t: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert!(t.to_string().contains("horizon"), "{t}");
 }
+
+/// A log as people hand it over: an OTLP export pretty-printed (`jq .`), an array of spans, a
+/// byte-order mark before the first line.
+#[test]
+fn pretty_printed_documents_and_a_byte_order_mark_are_read() {
+    let dir = temp_dir("logs-pretty");
+    let text = std::fs::read_to_string(crate::common::root().join("tests/logs/otel-otlp.jsonl")).unwrap();
+    let export: Value = serde_json::from_str(text.lines().next().unwrap()).unwrap();
+    let pretty = dir.join("export.json");
+    std::fs::write(&pretty, serde_json::to_string_pretty(&export).unwrap()).unwrap();
+    assert_eq!(total(&replay(POOL, pretty.to_str().unwrap(), &[]).0), 4, "four model calls, the tool left out");
+    let spans = dir.join("spans.json");
+    let flat: Vec<Value> = std::fs::read_to_string(crate::common::root().join("tests/logs/otel-spans.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    std::fs::write(&spans, serde_json::to_string_pretty(&flat).unwrap()).unwrap();
+    assert_eq!(total(&replay(POOL, spans.to_str().unwrap(), &["--format", "otel"]).0), 5);
+    let bom = dir.join("bom.jsonl");
+    let line = r#"{"v":1,"ts":1765036800000,"client":"token-1","surface":"gemini","model":"gemini-2.5-flash","outcome":"served","wait_ms":0.1,"total_ms":300.0,"retries":0,"breaches":0,"input":10,"output":5}"#;
+    std::fs::write(&bom, format!("\u{feff}{line}\n{line}\n")).unwrap();
+    assert_eq!(total(&replay(POOL, bom.to_str().unwrap(), &[]).0), 2);
+}

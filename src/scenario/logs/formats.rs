@@ -78,10 +78,14 @@ impl Format {
     /// The names [`Format::name`] gives.
     pub const NAMES: [&str; 5] = ["auto", "keysim", "litellm", "otel", "csv"];
 
-    /// The format of a log that begins with `bytes`.
+    /// The format of a log that begins with `bytes` (its first line, or for a document spread
+    /// over lines, all of `bytes`).
     pub fn detect(bytes: &[u8]) -> Self {
+        let bytes = bytes.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(bytes);
         let first = bytes.split(|b| *b == b'\n').map(<[u8]>::trim_ascii).find(|l| !l.is_empty()).unwrap_or(b"");
-        let has = |s: &str| first.windows(s.len()).any(|w| w == s.as_bytes());
+        let whole = serde_json::from_slice::<serde::de::IgnoredAny>(first).is_ok();
+        let seen = if whole { first } else { bytes };
+        let has = |s: &str| seen.windows(s.len()).any(|w| w == s.as_bytes());
         match first.first() {
             Some(b'{' | b'[') if has("\"resourceSpans\"") || has("\"gen_ai.") => Self::Otel,
             Some(b'{') if has("\"v\"") && has("\"outcome\"") => Self::Keysim,
@@ -121,6 +125,7 @@ pub(super) fn json_lines(
             Err(e) => return Err(io_error(n, &e)),
         }
         let line = buf.trim_ascii();
+        let line = if n == 1 { line.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(line) } else { line };
         if !line.is_empty() {
             one(line, n as u32, b)?;
         }
@@ -324,5 +329,8 @@ mod tests {
         assert_eq!(Format::detect(b"{\"resourceSpans\":[]}"), Format::Otel);
         assert_eq!(Format::detect(b"{\"id\":\"x\",\"startTime\":1.5,\"model\":\"m\"}"), Format::LiteLlm);
         assert!(matches!(Format::detect(b"TIMESTAMP,ContextTokens\n"), Format::Csv(_)));
+        // A document spread over lines is told by all of it; a byte-order mark is skipped.
+        assert_eq!(Format::detect(b"{\n  \"resourceSpans\": []\n}\n"), Format::Otel);
+        assert_eq!(Format::detect(b"\xEF\xBB\xBF{\"v\":1,\"outcome\":\"served\"}\n"), Format::Keysim);
     }
 }

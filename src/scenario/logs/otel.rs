@@ -23,34 +23,61 @@ use super::{Builder, LineError, Outcome, Record};
 /// Operations that are not a call to a model.
 const NOT_CALLS: [&str; 5] = ["execute_tool", "invoke_agent", "create_agent", "invoke_workflow", "retrieval"];
 
-/// Reads spans from `input`.
+/// Reads spans from `input`: a JSON document per line, or one document spread over lines (an
+/// export pretty-printed, an array of spans), then read whole.
 pub(super) fn read(input: &mut dyn std::io::BufRead, b: &mut Builder) -> Result<(), LineError> {
-    json_lines(input, b, |text, n, b| {
-        let v: Value = serde_json::from_slice(text).map_err(|e| json_error(n, &e))?;
-        match v.get("resourceSpans") {
-            Some(Value::Array(resources)) => {
-                for r in resources {
-                    let attrs = r.get("resource").and_then(|r| r.get("attributes"));
-                    let service = attrs.and_then(|a| attr(a, "service.name")).and_then(as_text);
-                    let scopes = r.get("scopeSpans").or_else(|| r.get("instrumentationLibrarySpans"));
-                    for s in scopes.and_then(Value::as_array).into_iter().flatten() {
-                        for span in s.get("spans").and_then(Value::as_array).into_iter().flatten() {
-                            one(span, service.as_deref(), n, b)?;
-                        }
+    let mut head = Vec::new();
+    input.read_until(b'\n', &mut head).map_err(|e| io(&e))?;
+    let first = head.trim_ascii();
+    if first.is_empty() || serde_json::from_slice::<serde::de::IgnoredAny>(first).is_ok() {
+        if !first.is_empty() {
+            document(first, 1, b)?;
+        }
+        // Lines count on from the first.
+        return json_lines(input, b, |text, n, b| document(text, n + 1, b));
+    }
+    let mut bytes = head;
+    input.read_to_end(&mut bytes).map_err(|e| io(&e))?;
+    match serde_json::from_slice::<Value>(&bytes) {
+        Ok(Value::Array(items)) => items.iter().try_for_each(|v| value(v, 1, b)),
+        Ok(v) => value(&v, 1, b),
+        Err(e) => Err(LineError { line: e.line(), column: Some(e.column()), message: json_error(1, &e).message }),
+    }
+}
+
+fn io(e: &std::io::Error) -> LineError {
+    LineError { line: 1, column: None, message: format!("cannot read: {e}") }
+}
+
+/// One JSON document of line `n`.
+fn document(text: &[u8], n: u32, b: &mut Builder) -> Result<(), LineError> {
+    let v: Value = serde_json::from_slice(text).map_err(|e| json_error(n, &e))?;
+    value(&v, n, b)
+}
+
+/// An export (`resourceSpans`) or a span, of line `n`.
+fn value(v: &Value, n: u32, b: &mut Builder) -> Result<(), LineError> {
+    match v.get("resourceSpans") {
+        Some(Value::Array(resources)) => {
+            for r in resources {
+                let attrs = r.get("resource").and_then(|r| r.get("attributes"));
+                let service = attrs.and_then(|a| attr(a, "service.name")).and_then(as_text);
+                let scopes = r.get("scopeSpans").or_else(|| r.get("instrumentationLibrarySpans"));
+                for s in scopes.and_then(Value::as_array).into_iter().flatten() {
+                    for span in s.get("spans").and_then(Value::as_array).into_iter().flatten() {
+                        one(span, service.as_deref(), n, b)?;
                     }
                 }
-                Ok(())
             }
-            Some(_) => {
-                Err(LineError { line: n as usize, column: None, message: "`resourceSpans` is not an array".into() })
-            }
-            None => {
-                let attrs = v.get("resource").and_then(|r| r.get("attributes"));
-                let service = attrs.and_then(|a| attr(a, "service.name")).and_then(as_text);
-                one(&v, service.as_deref(), n, b)
-            }
+            Ok(())
         }
-    })
+        Some(_) => Err(LineError { line: n as usize, column: None, message: "`resourceSpans` is not an array".into() }),
+        None => {
+            let attrs = v.get("resource").and_then(|r| r.get("attributes"));
+            let service = attrs.and_then(|a| attr(a, "service.name")).and_then(as_text);
+            one(v, service.as_deref(), n, b)
+        }
+    }
 }
 
 /// Attribute `key` of `attrs`: OTLP's `[{key, value: {stringValue|intValue|…}}]`, or an object.
