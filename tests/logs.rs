@@ -197,8 +197,8 @@ fn gate_compare_and_tune_judge_a_change_on_a_log() {
     assert!(t.to_string().contains("horizon"), "{t}");
 }
 
-/// A log as people hand it over: an OTLP export pretty-printed (`jq .`), an array of spans, a
-/// byte-order mark before the first line.
+/// A log as people hand it over: an OTLP export pretty-printed (`jq .`), an array of spans,
+/// times with offsets, a byte-order mark before the first line.
 #[test]
 fn pretty_printed_documents_and_a_byte_order_mark_are_read() {
     let dir = temp_dir("logs-pretty");
@@ -215,6 +215,18 @@ fn pretty_printed_documents_and_a_byte_order_mark_are_read() {
         .collect();
     std::fs::write(&spans, serde_json::to_string_pretty(&flat).unwrap()).unwrap();
     assert_eq!(total(&replay(POOL, spans.to_str().unwrap(), &["--format", "otel"]).0), 5);
+    // The Azure 2024 traces' times: a space, microseconds and an offset.
+    let azure = dir.join("azure-2024.csv");
+    std::fs::write(
+        &azure,
+        "TIMESTAMP,ContextTokens,GeneratedTokens\n2024-05-10 00:00:00.009930+00:00,2048,28\n\
+         2024-05-10 02:00:00.512000+02:00,1024,12\n2024-05-10 00:00:01.000000+00:00,512,4\n",
+    )
+    .unwrap();
+    let (s, _) = replay(POOL, azure.to_str().unwrap(), &["--model", "gemini-2.5-flash"]);
+    assert_eq!(total(&s), 3);
+    assert_eq!(s["start"], "2024-05-10T00:00:00.010Z", "{s}");
+    assert_eq!(s["duration_s"].as_f64(), Some(1.99), "the last at 00:00:01, and a second: {s}");
     let bom = dir.join("bom.jsonl");
     let line = r#"{"v":1,"ts":1765036800000,"client":"token-1","surface":"gemini","model":"gemini-2.5-flash","outcome":"served","wait_ms":0.1,"total_ms":300.0,"retries":0,"breaches":0,"input":10,"output":5}"#;
     std::fs::write(&bom, format!("\u{feff}{line}\n{line}\n")).unwrap();

@@ -2,7 +2,6 @@
 
 use std::path::Path;
 
-use chrono::NaiveDateTime;
 use toml::de::DeValue;
 
 use super::model::*;
@@ -375,7 +374,7 @@ pub(super) fn read_trace(text: &str, cols: [&str; 3], speedup: f64, limit: Optio
         let line = n + 2;
         let rec = rec.map_err(|e| format!("line {line}: {e}"))?;
         let field = |i: usize| rec.get(idx[i]).unwrap_or("");
-        let t = parse_time(field(0))
+        let t = super::logs::parse_seconds(field(0))
             .ok_or_else(|| format!("line {line}: bad time '{}' in column '{}'", field(0), cols[0]))?;
         let num = |i: usize| {
             field(i)
@@ -405,19 +404,6 @@ pub(super) fn read_trace(text: &str, cols: [&str; 3], speedup: f64, limit: Optio
     let last = rows.last().map_or(0, |r| r.at);
     let gap = if rows.len() > 1 { last / (rows.len() as u64 - 1) } else { 1_000 };
     Ok((rows, last + gap.max(1)))
-}
-
-/// Seconds of a trace time: a number of seconds, or `YYYY-MM-DD HH:MM:SS[.fraction]`.
-fn parse_time(s: &str) -> Option<f64> {
-    if let Ok(x) = s.parse::<f64>() {
-        return x.is_finite().then_some(x);
-    }
-    let (main, frac) = s.split_once('.').unwrap_or((s, "0"));
-    let t = NaiveDateTime::parse_from_str(main, "%Y-%m-%d %H:%M:%S")
-        .or_else(|_| NaiveDateTime::parse_from_str(main, "%Y-%m-%dT%H:%M:%S"))
-        .ok()?;
-    let frac: f64 = format!("0.{frac}").parse().ok()?;
-    Some(t.and_utc().timestamp() as f64 + frac)
 }
 
 /// What `[[events]]` hold: the pool's events (the engine is told) and the provider's own

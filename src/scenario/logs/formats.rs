@@ -216,7 +216,7 @@ fn keysim(text: &[u8], n: u32, b: &mut Builder) -> Result<(), LineError> {
 }
 
 /// Milliseconds since the epoch of a time as logs write it: seconds (or ms, or ns) since the
-/// epoch as a number, or an RFC 3339 / ISO date-time (UTC without an offset).
+/// epoch as a number, or a date-time ([`parse_seconds`]).
 pub(crate) fn parse_ms(s: &str) -> Option<u64> {
     let s = s.trim();
     if let Ok(x) = s.parse::<f64>() {
@@ -232,16 +232,46 @@ pub(crate) fn parse_ms(s: &str) -> Option<u64> {
         };
         return Some(ms.round() as u64);
     }
-    if let Ok(t) = chrono::DateTime::parse_from_rfc3339(s) {
-        return u64::try_from(t.timestamp_millis()).ok();
+    let secs = parse_seconds(s)?;
+    (secs >= 0.0).then(|| (secs * 1e3).round() as u64)
+}
+
+/// Seconds since the epoch of a number of seconds, or of a date-time `YYYY-MM-DD HH:MM:SS`
+/// (or with `T`), any fraction of a second, and an optional zone: `Z`, `±hh:mm` or `±hhmm`
+/// (UTC without one) — RFC 3339 and the forms traces use (`2024-05-10 00:00:00.009930+00:00`).
+pub(crate) fn parse_seconds(s: &str) -> Option<f64> {
+    let s = s.trim();
+    if let Ok(x) = s.parse::<f64>() {
+        return x.is_finite().then_some(x);
     }
-    let (main, frac) = s.split_once('.').unwrap_or((s, ""));
-    let frac = frac.trim_end_matches('Z');
-    let t = ["%Y-%m-%d %H:%M:%S", "%Y-%m-%dT%H:%M:%S"]
-        .iter()
-        .find_map(|f| chrono::NaiveDateTime::parse_from_str(main.trim_end_matches('Z'), f).ok())?;
-    let frac_ms = if frac.is_empty() { 0.0 } else { format!("0.{frac}").parse::<f64>().ok()? * 1e3 };
-    u64::try_from(t.and_utc().timestamp_millis()).ok().map(|ms| ms + frac_ms.round() as u64)
+    let (body, offset_s) = match s.strip_suffix(['Z', 'z']) {
+        Some(body) => (body, 0),
+        None => zone(s),
+    };
+    let (main, frac) = body.split_once('.').unwrap_or((body, "0"));
+    let t = chrono::NaiveDateTime::parse_from_str(main, "%Y-%m-%d %H:%M:%S")
+        .or_else(|_| chrono::NaiveDateTime::parse_from_str(main, "%Y-%m-%dT%H:%M:%S"))
+        .ok()?;
+    if !frac.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let frac: f64 = format!("0.{frac}").parse().ok()?;
+    Some((t.and_utc().timestamp() - offset_s) as f64 + frac)
+}
+
+/// A date-time's zone offset (`±hh:mm`, `±hhmm` after the time), in seconds east of UTC, and
+/// the text before it; no zone: the text and 0.
+fn zone(s: &str) -> (&str, i64) {
+    // The zone can only follow the time (`YYYY-MM-DD HH:MM:SS` is 19 characters).
+    let Some(at) = s.get(19..).and_then(|tail| tail.rfind(['+', '-'])).map(|i| i + 19) else { return (s, 0) };
+    let digits: String = s[at + 1..].chars().filter(|c| *c != ':').collect();
+    match (digits.len(), digits.parse::<i64>()) {
+        (4, Ok(hhmm)) => {
+            let secs = (hhmm / 100) * 3600 + (hhmm % 100) * 60;
+            (&s[..at], if s.as_bytes()[at] == b'-' { -secs } else { secs })
+        }
+        _ => (s, 0),
+    }
 }
 
 fn csv(input: &mut dyn BufRead, c: &Columns, b: &mut Builder) -> Result<(), LineError> {
@@ -320,7 +350,14 @@ mod tests {
         }
         assert_eq!(parse_ms("2025-12-06 05:46:40.25"), Some(want + 250));
         assert_eq!(parse_ms("2025-12-05T21:46:40-08:00"), Some(want));
-        assert_eq!(parse_ms("yesterday"), None);
+        assert_eq!(parse_ms("2025-12-05 21:46:40.000-0800"), Some(want));
+        // The Azure 2024 traces' form: a space, microseconds, an offset.
+        assert_eq!(parse_ms("2025-12-06 05:46:40.009930+00:00"), Some(want + 10));
+        assert_eq!(parse_ms("2025-12-06T07:46:40.5+02:00"), Some(want + 500));
+        assert_eq!(parse_seconds("2023-11-16 18:17:03.9799600"), Some(1_700_158_623.97996));
+        for bad in ["yesterday", "2025-12-06", "2025-12-06 05:46:40.x", "2025-12-06 05:46:40+0x:00"] {
+            assert_eq!(parse_ms(bad), None, "{bad}");
+        }
     }
 
     #[test]

@@ -18,6 +18,7 @@ use std::sync::{Arc, Mutex};
 use rand::{Rng, SeedableRng};
 use rand_pcg::Pcg64Mcg;
 
+pub(crate) use formats::parse_seconds;
 pub use formats::{Columns, Format};
 pub use table::pacific;
 pub(super) use table::{log_classes, LogTraffic};
