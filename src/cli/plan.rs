@@ -35,8 +35,8 @@ pub(super) struct PlanOptions {
 }
 
 pub(super) fn plan(o: PlanOptions) -> Result<i32, CliError> {
-    let (grid, slo) = grid_and_objective(&o)?;
-    let columns = column_scenarios(&o, &grid)?;
+    let (grid, slo, logs) = grid_and_objective(&o)?;
+    let columns = column_scenarios(&o, &grid, &logs)?;
     let name = columns[0].name.clone();
     let points = grid.points();
     let jobs = o.jobs.unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get())).clamp(1, 64);
@@ -69,8 +69,8 @@ pub(super) fn plan(o: PlanOptions) -> Result<i32, CliError> {
     Ok(0)
 }
 
-/// The sweeps and the objective, checked.
-fn grid_and_objective(o: &PlanOptions) -> Result<(Grid, Objective), CliError> {
+/// The sweeps and the objective, checked, and which `[[traffic]]` tables replay a log.
+fn grid_and_objective(o: &PlanOptions) -> Result<(Grid, Objective, Vec<usize>), CliError> {
     let bad = CliError::BadInput;
     let mut axes = o.sweeps.iter().map(|s| parse_axis(s)).collect::<Result<Vec<_>, _>>().map_err(bad)?;
     let logs = log_tables(o)?;
@@ -116,7 +116,7 @@ fn grid_and_objective(o: &PlanOptions) -> Result<(Grid, Objective), CliError> {
     if grid.points() > MAX_POINTS {
         return Err(CliError::BadInput(format!("the grid has more than {MAX_POINTS} points; sweep fewer values")));
     }
-    Ok((grid, slo))
+    Ok((grid, slo, logs))
 }
 
 /// Pool sizes to try on a log: from 1 to half again what the largest growth asks (of the
@@ -164,7 +164,7 @@ fn log_tables(o: &PlanOptions) -> Result<Vec<usize>, CliError> {
 
 /// The scenario of every column: one parse per combination of `--set` sweeps (files such as
 /// corpora and tokenizers load once), then its rate.
-fn column_scenarios(o: &PlanOptions, grid: &Grid) -> Result<Vec<Scenario>, CliError> {
+fn column_scenarios(o: &PlanOptions, grid: &Grid, logs: &[usize]) -> Result<Vec<Scenario>, CliError> {
     let mut parsed: HashMap<Vec<usize>, Scenario> = HashMap::new();
     let mut columns = Vec::with_capacity(grid.columns());
     for col in 0..grid.columns() {
@@ -180,9 +180,7 @@ fn column_scenarios(o: &PlanOptions, grid: &Grid) -> Result<Vec<Scenario>, CliEr
             for (a, &i) in grid.others.iter().zip(&c) {
                 match a {
                     Axis::Set { path, values } => overrides.push(format!("{path}={}", values[i])),
-                    Axis::Growth(g) => {
-                        overrides.extend(log_tables(o)?.into_iter().map(|t| format!("traffic.{t}.scale={:?}", g[i])))
-                    }
+                    Axis::Growth(g) => overrides.extend(logs.iter().map(|t| format!("traffic.{t}.scale={:?}", g[i]))),
                     _ => {}
                 }
             }

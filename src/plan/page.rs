@@ -36,8 +36,10 @@ pub(crate) fn sentence(
     sizes: &[u64],
     busiest: Option<&Minute>,
 ) -> String {
-    let logged =
-        sc.traffic.iter().any(|c| matches!(&c.arrival, Arrival::Trace(t) if t.rows.iter().any(|r| r.answer.is_some())));
+    let logged = sc
+        .traffic
+        .iter()
+        .any(|c| matches!(&c.arrival, Arrival::Trace(t) if t.rows.first().is_some_and(|r| r.answer.is_some())));
     let mut where_ = match busiest.filter(|_| logged) {
         Some(b) => {
             format!("on the log's demand (busiest minute {}: {} requests, {} input tokens)", b.at, b.requests, b.tokens)

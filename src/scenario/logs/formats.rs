@@ -133,6 +133,61 @@ pub(super) fn json_lines(
     Ok(())
 }
 
+/// A JSON document of a log: a line of JSON lines, or an entry of one document read whole.
+pub(super) enum Doc<'a> {
+    /// A line's text.
+    Line(&'a [u8]),
+    /// An entry of a document read whole.
+    Entry(serde_json::Value),
+}
+
+/// Reads `input` as JSON lines, or, when its first line is not a whole JSON value (a document
+/// spread over lines: pretty-printed, an array) or is `{"data": [...]}`, as one document read
+/// whole: its entries (an array's items, `data`'s, or itself), each as of line 1, in order.
+/// `one` takes each document with its line.
+pub(super) fn json_documents(
+    input: &mut dyn BufRead,
+    b: &mut Builder,
+    mut one: impl FnMut(Doc<'_>, u32, &mut Builder) -> Result<(), LineError>,
+) -> Result<(), LineError> {
+    use serde_json::Value;
+    let mut head = Vec::new();
+    let mut n = 0;
+    loop {
+        head.clear();
+        n += 1;
+        if input.read_until(b'\n', &mut head).map_err(|e| io_error(n as usize, &e))? == 0 {
+            return Ok(());
+        }
+        if !head.trim_ascii().is_empty() {
+            break;
+        }
+    }
+    let first = head.trim_ascii();
+    let first = first.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(first);
+    if serde_json::from_slice::<Value>(first).is_ok_and(|v| !v.get("data").is_some_and(Value::is_array)) {
+        one(Doc::Line(first), n, b)?;
+        // Lines count on from the first.
+        return json_lines(input, b, |text, m, b| one(Doc::Line(text), m + n, b));
+    }
+    let mut bytes = head;
+    input.read_to_end(&mut bytes).map_err(|e| io_error(n as usize, &e))?;
+    let entries = match serde_json::from_slice::<Value>(&bytes).map_err(|e| whole_error(&e))? {
+        Value::Array(items) => items,
+        Value::Object(mut o) if o.get("data").is_some_and(Value::is_array) => match o.remove("data") {
+            Some(Value::Array(items)) => items,
+            _ => Vec::new(),
+        },
+        v => vec![v],
+    };
+    entries.into_iter().try_for_each(|v| one(Doc::Entry(v), 1, b))
+}
+
+/// A JSON error in a document read whole: its own line and column.
+fn whole_error(e: &serde_json::Error) -> LineError {
+    LineError { line: e.line(), column: Some(e.column()), message: json_error(1, e).message }
+}
+
 /// A JSON error at line `n`.
 pub(super) fn json_error(n: u32, e: &serde_json::Error) -> LineError {
     let message = e.to_string();

@@ -17,7 +17,7 @@ use std::io::BufRead;
 use serde::Deserialize;
 use serde_json::Value;
 
-use super::formats::{fault, json_error, json_lines, parse_ms};
+use super::formats::{fault, json_documents, json_error, parse_ms, Doc};
 use super::{Builder, LineError, Outcome, Record};
 
 #[derive(Deserialize)]
@@ -57,53 +57,21 @@ struct Payload {
 /// Reads LiteLLM's payloads or spend logs from `input`: JSON lines as they come, or one
 /// document (an array, `{"data": [...]}`, or a payload spread over lines) whole.
 pub(super) fn read(input: &mut dyn BufRead, b: &mut Builder) -> Result<(), LineError> {
-    let first = input.fill_buf().map_err(|e| io(&e))?.iter().find(|c| !c.is_ascii_whitespace()).copied();
-    let mut head = Vec::new();
-    if first == Some(b'{') {
-        input.read_until(b'\n', &mut head).map_err(|e| io(&e))?;
-        // A whole payload on the first line: JSON lines (or one `{"data": …}` line).
-        if let Ok(v) = serde_json::from_slice::<Value>(&head) {
-            if !v.get("data").is_some_and(Value::is_array) {
-                one(serde_json::from_value(v).map_err(|e| json_error(1, &e))?, 1, b)?;
-                // Lines count on from the first.
-                return json_lines(input, b, |text, n, b| {
-                    let n = n + 1;
-                    let p: Payload = serde_json::from_slice(text).map_err(|e| json_error(n, &e))?;
-                    one(p, n, b)
-                });
+    let mut entry = 0;
+    json_documents(input, b, |doc, n, b| {
+        let p: Payload = match doc {
+            Doc::Line(text) => serde_json::from_slice(text).map_err(|e| json_error(n, &e))?,
+            Doc::Entry(v) => {
+                entry += 1;
+                serde_json::from_value(v).map_err(|e| LineError {
+                    line: n as usize,
+                    column: None,
+                    message: format!("entry {entry}: {e}"),
+                })?
             }
-        }
-    }
-    let mut bytes = head;
-    input.read_to_end(&mut bytes).map_err(|e| io(&e))?;
-    let entries: Vec<Value> = match serde_json::from_slice::<Value>(&bytes).map_err(|e| whole_error(&e))? {
-        Value::Array(a) => a,
-        Value::Object(mut o) if o.get("data").is_some_and(Value::is_array) => match o.remove("data") {
-            Some(Value::Array(a)) => a,
-            _ => Vec::new(),
-        },
-        v => vec![v],
-    };
-    // The entries of one document: its line 1.
-    for (i, v) in entries.into_iter().enumerate() {
-        let p: Payload = serde_json::from_value(v).map_err(|e| LineError {
-            line: 1,
-            column: None,
-            message: format!("entry {}: {e}", i + 1),
-        })?;
-        one(p, 1, b)?;
-    }
-    Ok(())
-}
-
-fn io(e: &std::io::Error) -> LineError {
-    LineError { line: 1, column: None, message: format!("cannot read: {e}") }
-}
-
-fn whole_error(e: &serde_json::Error) -> LineError {
-    let mut l = json_error(e.line() as u32, e);
-    l.column = Some(e.column());
-    l
+        };
+        one(p, n, b)
+    })
 }
 
 fn time(v: &Option<Value>) -> Option<u64> {

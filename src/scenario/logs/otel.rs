@@ -17,7 +17,7 @@
 
 use serde_json::{Map, Value};
 
-use super::formats::{fault, json_error, json_lines, parse_ms};
+use super::formats::{fault, json_documents, json_error, parse_ms, Doc};
 use super::{Builder, LineError, Outcome, Record};
 
 /// Operations that are not a call to a model.
@@ -26,27 +26,10 @@ const NOT_CALLS: [&str; 5] = ["execute_tool", "invoke_agent", "create_agent", "i
 /// Reads spans from `input`: a JSON document per line, or one document spread over lines (an
 /// export pretty-printed, an array of spans), then read whole.
 pub(super) fn read(input: &mut dyn std::io::BufRead, b: &mut Builder) -> Result<(), LineError> {
-    let mut head = Vec::new();
-    input.read_until(b'\n', &mut head).map_err(|e| io(&e))?;
-    let first = head.trim_ascii();
-    if first.is_empty() || serde_json::from_slice::<serde::de::IgnoredAny>(first).is_ok() {
-        if !first.is_empty() {
-            document(first, 1, b)?;
-        }
-        // Lines count on from the first.
-        return json_lines(input, b, |text, n, b| document(text, n + 1, b));
-    }
-    let mut bytes = head;
-    input.read_to_end(&mut bytes).map_err(|e| io(&e))?;
-    match serde_json::from_slice::<Value>(&bytes) {
-        Ok(Value::Array(items)) => items.iter().try_for_each(|v| value(v, 1, b)),
-        Ok(v) => value(&v, 1, b),
-        Err(e) => Err(LineError { line: e.line(), column: Some(e.column()), message: json_error(1, &e).message }),
-    }
-}
-
-fn io(e: &std::io::Error) -> LineError {
-    LineError { line: 1, column: None, message: format!("cannot read: {e}") }
+    json_documents(input, b, |doc, n, b| match doc {
+        Doc::Line(text) => document(text, n, b),
+        Doc::Entry(v) => value(&v, n, b),
+    })
 }
 
 /// One JSON document of line `n`.

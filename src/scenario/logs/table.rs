@@ -205,7 +205,7 @@ fn split(
     start: u64,
     end: u64,
     rng: &mut Pcg64Mcg,
-) -> BTreeMap<(u32, usize), Vec<Recorded>> {
+) -> Vec<((u32, usize), Vec<Recorded>)> {
     let mut known: BTreeMap<(u32, usize), (Vec<u64>, Vec<u64>)> = BTreeMap::new();
     for (_, r) in grown {
         let k = (r.client, model_of[r.model as usize].unwrap_or(0));
@@ -248,7 +248,7 @@ fn split(
         (&log.clients[a.0 .0 as usize], &models[a.0 .1].name)
             .cmp(&(&log.clients[b.0 .0 as usize], &models[b.0 .1].name))
     });
-    sorted.into_iter().collect()
+    sorted
 }
 
 /// `format` (and `columns`, which imply `csv`) of the table.
